@@ -1,0 +1,143 @@
+//! Grants that give back what they hold when dropped.
+
+use super::Budget;
+use crate::handle::{Counter, Level};
+use crate::Verdict;
+use std::fmt;
+use std::time::Duration;
+
+/// One unit (or more) of a level dimension, held until dropped.
+///
+/// Returned by [`Budget::enter`]. Dropping the guard, by return or by unwinding from a panic, lowers the
+/// level again on the budget and every ancestor, exactly once.
+#[must_use = "the level is released as soon as the guard is dropped"]
+pub struct LevelGuard<'b> {
+    pub(super) budget: &'b Budget,
+    pub(super) level: Level,
+    pub(super) amount: u64,
+}
+
+impl LevelGuard<'_> {
+    /// How much of the level this guard holds.
+    pub fn amount(&self) -> u64 {
+        self.amount
+    }
+}
+
+impl Drop for LevelGuard<'_> {
+    fn drop(&mut self) {
+        self.budget
+            .node
+            .release_chain(self.level.index(), self.amount);
+    }
+}
+
+impl fmt::Debug for LevelGuard<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LevelGuard")
+            .field("level", &self.level)
+            .field("amount", &self.amount)
+            .finish()
+    }
+}
+
+/// An estimate charged up front, to be settled to the actual amount.
+///
+/// Returned by [`Budget::reserve`]. A gallery knows its image count before it looks any image up:
+/// reserving that count refuses a 10,000-image gallery before the first lookup instead of after the
+/// 500th. Once the work is done, [`settle`](Self::settle) refunds what the estimate over-counted or
+/// charges what it under-counted.
+///
+/// Dropping a reservation without settling keeps the whole estimate charged: after a panic nobody knows
+/// how much of the work ran, and refunding would let a crashing request mint budget. Call
+/// [`cancel`](Self::cancel) when the work is known not to have started.
+#[must_use = "a reservation should be settled or cancelled"]
+pub struct Reservation<'b> {
+    pub(super) budget: &'b Budget,
+    pub(super) counter: Counter,
+    pub(super) amount: u64,
+}
+
+impl Reservation<'_> {
+    /// The reserved amount.
+    pub fn amount(&self) -> u64 {
+        self.amount
+    }
+
+    /// Settles to `actual`: refunds the difference if the estimate was high; if it was low, charges the
+    /// excess, all or nothing. When the excess does not fit, the estimate stays charged and the verdict
+    /// says by how much the work went over.
+    pub fn settle(self, actual: u64) -> Result<(), Verdict> {
+        let (budget, counter, amount) = (self.budget, self.counter, self.amount);
+        std::mem::forget(self);
+        if actual <= amount {
+            budget.refund(counter, amount - actual);
+            Ok(())
+        } else {
+            budget.try_charge(counter, actual - amount)
+        }
+    }
+
+    /// Gives the whole estimate back: the work did not happen.
+    pub fn cancel(self) {
+        let (budget, counter, amount) = (self.budget, self.counter, self.amount);
+        std::mem::forget(self);
+        budget.refund(counter, amount);
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        // Keep the estimate charged; see the type's documentation.
+    }
+}
+
+impl fmt::Debug for Reservation<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reservation")
+            .field("counter", &self.counter)
+            .field("amount", &self.amount)
+            .finish()
+    }
+}
+
+/// Measures the calling thread's CPU time and charges it to the budget's `cpu_time` counter.
+///
+/// Returned by [`Budget::cpu_meter`]. Call [`charge`](Self::charge) at convenient points (each charges
+/// the CPU time since the previous one); dropping the meter charges the rest.
+#[must_use = "CPU time is charged when the meter is checked or dropped"]
+pub struct CpuMeter<'b> {
+    pub(super) budget: &'b Budget,
+    pub(super) last: Option<Duration>,
+}
+
+impl CpuMeter<'_> {
+    /// Charges the CPU time used since the meter started or was last charged.
+    pub fn charge(&mut self) -> Result<(), Verdict> {
+        let now = self.budget.node.cpu_clock.thread_cpu();
+        let spent = match (self.last, now) {
+            (Some(last), Some(now)) => now.saturating_sub(last),
+            _ => Duration::ZERO,
+        };
+        if now.is_some() {
+            self.last = now;
+        }
+        self.budget
+            .try_charge(Counter::CPU_TIME, crate::clock::duration_to_nanos(spent))
+    }
+}
+
+impl Drop for CpuMeter<'_> {
+    fn drop(&mut self) {
+        // A refusal here has already flipped the budget's cancellation flag; nothing else to do.
+        let _ = self.charge();
+    }
+}
+
+impl fmt::Debug for CpuMeter<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CpuMeter")
+            .field("last", &self.last)
+            .finish()
+    }
+}

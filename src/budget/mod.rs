@@ -1,0 +1,519 @@
+//! Per-request budgets.
+//!
+//! A [`Budget`] is what one request may still spend, over every dimension of its class, plus its
+//! deadline. It is checked *before* the expensive work runs: [`try_charge`](Budget::try_charge) either
+//! takes the whole amount or refuses with a [`Verdict`] and changes nothing. A budget is `Send + Sync`
+//! and cloning it is cheap, so threads doing parallel sub-work of one request share it.
+//!
+//! A sub-request gets a [`child`](Budget::child) budget: every charge to the child is also a charge to
+//! every ancestor (all or nothing), and the child's deadline ends a margin before its parent's, so inner
+//! timeouts always fire before outer ones. This is what the 2015 Commons outage lacked: each sub-request
+//! started with fresh limits, and the timeouts were not staggered.
+//!
+//! Hot-path costs: a charge is one CAS loop per budget in the chain and never allocates or locks; the
+//! cancellation flag is one relaxed load; a deadline check with the coarse clock is a few nanoseconds.
+
+mod guard;
+pub(crate) mod node;
+mod overrides;
+pub(crate) mod report;
+mod state;
+
+pub use guard::{CpuMeter, LevelGuard, Reservation};
+pub use overrides::Overrides;
+pub use report::{DimensionUsage, LimitReport, WallTime};
+pub use state::CancelReason;
+
+use crate::clock::{duration_to_nanos, Clock, CpuClock, Timestamp};
+use crate::engine::snapshot::Snapshot;
+use crate::handle::{Class, Counter, Level};
+use crate::policy::{DimensionKind, MAX_DIMENSIONS, WALL_TIME};
+use crate::sync::{Arc, Ordering};
+use crate::verdict::{Reason, Retry, Unit};
+use crate::{Priority, RequestId, Verdict};
+use node::{Node, NodeInit, Refused};
+use state::{CANCELLED, DEADLINE, EXHAUSTED};
+use std::fmt;
+use std::time::Duration;
+
+/// How deeply child budgets may nest (a root budget is depth 0).
+pub const MAX_BUDGET_DEPTH: usize = 16;
+
+/// What one request may still spend. See the [module documentation](self).
+///
+/// ```
+/// use costguard::{Engine, Policy, Reason, RequestId};
+/// use std::time::Duration;
+///
+/// let policy = Policy::builder()
+///     .counter("file_lookups")
+///     .level("nesting_depth")
+///     .class("parse", |c| {
+///         c.wall_time(Duration::from_secs(30))
+///             .limit("file_lookups", 500)
+///             .limit("nesting_depth", 2)
+///     })
+///     .build()
+///     .unwrap();
+/// let engine = Engine::new(policy).unwrap();
+/// let lookups = engine.counter("file_lookups").unwrap();
+/// let depth = engine.level("nesting_depth").unwrap();
+/// let budget = engine.begin_by_name("parse", RequestId::new("edit-1").unwrap()).unwrap();
+///
+/// // A gallery of 10,000 images is refused before its first lookup.
+/// let refused = budget.reserve(lookups, 10_000).unwrap_err();
+/// assert_eq!(refused.reason(), Reason::CannotFit);
+/// assert_eq!(budget.used(lookups), 0);
+///
+/// // A gallery of 40 is reserved, then settled to what it really looked up.
+/// let reservation = budget.reserve(lookups, 40).unwrap();
+/// reservation.settle(38).unwrap();
+/// assert_eq!(budget.used(lookups), 38);
+///
+/// // Levels are held through guards.
+/// let outer = budget.enter(depth).unwrap();
+/// let inner = budget.enter(depth).unwrap();
+/// assert!(budget.enter(depth).is_err());
+/// drop((inner, outer));
+/// assert_eq!(budget.level(depth), 0);
+/// ```
+#[derive(Clone)]
+pub struct Budget {
+    pub(crate) node: Arc<Node>,
+}
+
+/// Everything needed to start a budget.
+pub(crate) struct Start<'a> {
+    pub(crate) snapshot: Arc<Snapshot>,
+    pub(crate) class: Class,
+    pub(crate) request_id: RequestId,
+    pub(crate) overrides: &'a Overrides,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) cpu_clock: Arc<dyn CpuClock>,
+}
+
+impl Budget {
+    /// Starts a root budget (engine side), or refuses when the class is unknown or the deadline is
+    /// already zero.
+    pub(crate) fn start(s: Start<'_>) -> Result<Budget, Verdict> {
+        let Some(rules) = s.snapshot.class(s.class) else {
+            return Err(Verdict::new(Reason::UnknownClass, Retry::Never).with_request(s.request_id));
+        };
+        let now = s.clock.now();
+        let wall = s.overrides.wall_time.map_or(rules.wall_time, |w| {
+            rules.wall_time.min(duration_to_nanos(w))
+        });
+        if wall == 0 {
+            return Err(Verdict::new(Reason::InsufficientTime, Retry::Never)
+                .with_class(&rules.name)
+                .with_request(s.request_id));
+        }
+        let limits = tightened(&rules.limits, s.overrides);
+        let priority = s
+            .overrides
+            .priority
+            .map_or(rules.priority, |p| rules.priority.least_important(p));
+        let deadline = Timestamp::from_nanos(now.as_nanos().saturating_add(wall));
+        Ok(Budget {
+            node: Node::new(NodeInit {
+                limits,
+                start: now,
+                deadline,
+                parent: None,
+                request_id: s.overrides.request_id.unwrap_or(s.request_id),
+                priority,
+                class: s.class,
+                snapshot: s.snapshot,
+                clock: s.clock,
+                cpu_clock: s.cpu_clock,
+            }),
+        })
+    }
+
+    /// Charges `n` of a counter, all or nothing, to this budget and every ancestor.
+    ///
+    /// A refused charge changes nothing. A charge refused because too little was left (not because the
+    /// amount could never fit) also flips the cancellation flag of the budget that ran out.
+    #[inline]
+    pub fn try_charge(&self, counter: Counter, n: u64) -> Result<(), Verdict> {
+        let node = &*self.node;
+        let dim = counter.index();
+        if node.parent.is_none() {
+            match node.try_add(dim, n) {
+                Ok(_) => Ok(()),
+                Err(used) => Err(self.refusal(Refused {
+                    node,
+                    dim,
+                    requested: n,
+                    used,
+                })),
+            }
+        } else {
+            node.charge_chain(dim, n).map_err(|r| self.refusal(r))
+        }
+    }
+
+    /// Charges several counters at once, all or nothing: if any does not fit, none is charged.
+    ///
+    /// A counter may appear more than once; its amounts add up.
+    pub fn try_charge_many(&self, charges: &[(Counter, u64)]) -> Result<(), Verdict> {
+        self.node
+            .charge_many_chain(charges)
+            .map_err(|r| self.refusal(r))
+    }
+
+    /// Takes one retry from the request tree's shared retry allowance.
+    pub fn try_retry(&self) -> Result<(), Verdict> {
+        self.try_charge(Counter::RETRIES, 1)
+    }
+
+    /// Gives back up to `n` of a counter, returning how much was given back.
+    ///
+    /// A refund is capped by what this budget itself has in use, so refunds can never create allowance
+    /// that was not charged through this budget.
+    pub fn refund(&self, counter: Counter, n: u64) -> u64 {
+        self.node.refund_chain(counter.index(), n)
+    }
+
+    /// Charges an estimate now, to be settled to the actual amount later.
+    pub fn reserve(&self, counter: Counter, estimate: u64) -> Result<Reservation<'_>, Verdict> {
+        self.try_charge(counter, estimate)?;
+        Ok(Reservation {
+            budget: self,
+            counter,
+            amount: estimate,
+        })
+    }
+
+    /// Raises a level by one for as long as the guard lives.
+    pub fn enter(&self, level: Level) -> Result<LevelGuard<'_>, Verdict> {
+        self.enter_n(level, 1)
+    }
+
+    /// Raises a level by `n` for as long as the guard lives.
+    pub fn enter_n(&self, level: Level, n: u64) -> Result<LevelGuard<'_>, Verdict> {
+        let dim = level.index();
+        self.node
+            .charge_chain(dim, n)
+            .map_err(|r| self.refusal(r))?;
+        Ok(LevelGuard {
+            budget: self,
+            level,
+            amount: n,
+        })
+    }
+
+    /// Starts charging the calling thread's CPU time to the `cpu_time` counter.
+    pub fn cpu_meter(&self) -> CpuMeter<'_> {
+        CpuMeter {
+            budget: self,
+            last: self.node.cpu_clock.thread_cpu(),
+        }
+    }
+
+    /// The amount of a counter charged through this budget.
+    pub fn used(&self, counter: Counter) -> u64 {
+        self.node.used[counter.index()].load(Ordering::Relaxed)
+    }
+
+    /// The current value of a level in this budget.
+    pub fn level(&self, level: Level) -> u64 {
+        self.node.used[level.index()].load(Ordering::Relaxed)
+    }
+
+    /// This budget's own limit on a counter, or `None` when it only counts it.
+    pub fn limit(&self, counter: Counter) -> Option<u64> {
+        let l = self.node.limits[counter.index()];
+        (l != u64::MAX).then_some(l)
+    }
+
+    /// How much of a counter can still be charged: the least left in this budget or any ancestor
+    /// (`u64::MAX` when nothing limits it).
+    pub fn remaining_of(&self, counter: Counter) -> u64 {
+        self.node.chain_remaining(counter.index())
+    }
+
+    /// How much of a level can still be entered, over this budget and its ancestors.
+    pub fn headroom(&self, level: Level) -> u64 {
+        self.node.chain_remaining(level.index())
+    }
+
+    /// The deadline, or `None` when there is none.
+    pub fn deadline(&self) -> Option<Timestamp> {
+        (!self.node.deadline.is_never()).then_some(self.node.deadline)
+    }
+
+    /// Time left until the deadline, by the precise clock ([`Duration::MAX`] without a deadline).
+    ///
+    /// Never more than the budget's whole allowance, even if the clock steps backwards; zero once the
+    /// deadline has been seen to pass.
+    pub fn remaining(&self) -> Duration {
+        let node = &*self.node;
+        if node.deadline.is_never() {
+            return Duration::MAX;
+        }
+        if node.state.load(Ordering::Relaxed) & DEADLINE != 0 {
+            return Duration::ZERO;
+        }
+        let now = node.clock.now();
+        if now >= node.deadline {
+            node.set_bits(DEADLINE);
+            return Duration::ZERO;
+        }
+        let allowance = node.deadline.saturating_duration_since(node.start);
+        node.deadline.saturating_duration_since(now).min(allowance)
+    }
+
+    /// Whether the deadline has passed, by the coarse clock (a few nanoseconds; may notice the deadline
+    /// up to one coarse tick late, never early). Once true, stays true.
+    #[inline]
+    pub fn expired(&self) -> bool {
+        self.node.deadline_passed()
+    }
+
+    /// Whether the budget is cancelled: a counter ran out, the deadline was seen to pass, it or an
+    /// ancestor was cancelled. One relaxed load, for the inside of hot loops; once true, stays true.
+    ///
+    /// The flag learns of the deadline from deadline checks ([`expired`](Self::expired),
+    /// [`check`](Self::check), [`remaining`](Self::remaining)); call [`check`](Self::check) now and then
+    /// in long loops.
+    #[inline]
+    pub fn is_cancelled(&self) -> bool {
+        self.node.state.load(Ordering::Relaxed) != 0
+    }
+
+    /// Why the budget is cancelled, if it is.
+    pub fn cancel_reason(&self) -> Option<CancelReason> {
+        CancelReason::from_bits(self.node.state.load(Ordering::Relaxed))
+    }
+
+    /// Checks the cancellation flag and the deadline (coarse clock): `Ok` while work may go on,
+    /// otherwise the verdict that explains why not.
+    #[inline]
+    pub fn check(&self) -> Result<(), Verdict> {
+        if !self.is_cancelled() && !self.node.deadline_passed() {
+            return Ok(());
+        }
+        Err(self.cancel_verdict())
+    }
+
+    /// Cancels the budget and every descendant. Charges still succeed while amounts fit (cancellation is
+    /// advice to stop work, read through [`is_cancelled`](Self::is_cancelled) and
+    /// [`check`](Self::check)); new child budgets are refused.
+    pub fn cancel(&self) {
+        self.node.cancel();
+    }
+
+    /// A child budget of the same class, for a sub-request.
+    pub fn child(&self) -> Result<Budget, Verdict> {
+        self.child_with(None, &Overrides::default())
+    }
+
+    /// A child budget of another class (from the policy this budget started with).
+    pub fn child_in(&self, class: Class) -> Result<Budget, Verdict> {
+        self.child_with(Some(class), &Overrides::default())
+    }
+
+    /// A child budget with tightened limits.
+    ///
+    /// The child's limits are its class's, tightened by `overrides`; every charge also goes to every
+    /// ancestor. Its deadline is the earlier of its own wall time and this budget's deadline minus the
+    /// class's `child_margin`. Refused when this budget is cancelled or expired, when less than the
+    /// margin is left, or when budgets would nest deeper than [`MAX_BUDGET_DEPTH`].
+    pub fn child_with(
+        &self,
+        class: Option<Class>,
+        overrides: &Overrides,
+    ) -> Result<Budget, Verdict> {
+        let parent = &self.node;
+        let id = overrides.request_id.unwrap_or(parent.request_id);
+        if usize::from(parent.depth) + 1 >= MAX_BUDGET_DEPTH {
+            return Err(Verdict::new(Reason::TooDeep, Retry::Never)
+                .with_amounts(1, MAX_BUDGET_DEPTH as u64, MAX_BUDGET_DEPTH as u64)
+                .with_request(id));
+        }
+        self.check()?;
+        let class = class.unwrap_or(parent.class);
+        let Some(rules) = parent.snapshot.class(class) else {
+            return Err(Verdict::new(Reason::UnknownClass, Retry::Never).with_request(id));
+        };
+        let margin = parent.rules().map_or(0, |r| r.child_margin);
+        let now = parent.clock.now();
+        let cap = if parent.deadline.is_never() {
+            Timestamp::NEVER
+        } else {
+            Timestamp::from_nanos(parent.deadline.as_nanos().saturating_sub(margin))
+        };
+        if cap <= now {
+            let wall = wall_name();
+            let total = parent
+                .deadline
+                .as_nanos()
+                .saturating_sub(parent.start.as_nanos());
+            let elapsed = now.as_nanos().saturating_sub(parent.start.as_nanos());
+            return Err(Verdict::new(Reason::InsufficientTime, Retry::Never)
+                .with_class(&rules.name)
+                .with_dimension(&wall, Unit::Nanos)
+                .with_amounts(margin, elapsed, total)
+                .with_request(id));
+        }
+        let wall = overrides.wall_time.map_or(rules.wall_time, |w| {
+            rules.wall_time.min(duration_to_nanos(w))
+        });
+        let own = Timestamp::from_nanos(now.as_nanos().saturating_add(wall));
+        let priority = overrides
+            .priority
+            .map_or(parent.priority, |p| parent.priority.least_important(p))
+            .least_important(rules.priority);
+        Ok(Budget {
+            node: Node::new(NodeInit {
+                limits: tightened(&rules.limits, overrides),
+                start: now,
+                deadline: own.min(cap),
+                parent: Some(Arc::clone(parent)),
+                request_id: id,
+                priority,
+                class,
+                snapshot: Arc::clone(&parent.snapshot),
+                clock: Arc::clone(&parent.clock),
+                cpu_clock: Arc::clone(&parent.cpu_clock),
+            }),
+        })
+    }
+
+    /// What this budget and its children used of every limit.
+    pub fn report(&self) -> LimitReport {
+        report::build(&self.node)
+    }
+
+    /// The request id.
+    pub fn request_id(&self) -> RequestId {
+        self.node.request_id
+    }
+
+    /// The request's priority.
+    pub fn priority(&self) -> Priority {
+        self.node.priority
+    }
+
+    /// The class handle.
+    pub fn class(&self) -> Class {
+        self.node.class
+    }
+
+    /// The class name.
+    pub fn class_name(&self) -> &str {
+        self.node.rules().map_or("", |r| &r.name)
+    }
+
+    /// The generation of the policy this budget started with.
+    pub fn policy_generation(&self) -> u64 {
+        self.node.snapshot.generation
+    }
+
+    /// How many budgets are above this one.
+    pub fn depth(&self) -> usize {
+        usize::from(self.node.depth)
+    }
+
+    /// The verdict for a refused chain charge. Cold: only refusals get here.
+    #[cold]
+    #[inline(never)]
+    fn refusal(&self, r: Refused<'_>) -> Verdict {
+        let node = r.node;
+        let snapshot = &node.snapshot;
+        let limit = node.limits[r.dim];
+        let level = snapshot
+            .dims
+            .info(r.dim)
+            .is_some_and(|d| d.kind == DimensionKind::Level);
+        let (reason, retry) = if r.requested > limit {
+            (Reason::CannotFit, Retry::Never)
+        } else if level {
+            (Reason::LimitExceeded, Retry::Later)
+        } else {
+            (Reason::LimitExceeded, Retry::Never)
+        };
+        if reason == Reason::LimitExceeded && !level {
+            node.mark_exhausted(r.dim);
+        }
+        let mut v = Verdict::new(reason, retry)
+            .with_amounts(r.requested, r.used, limit)
+            .with_request(self.node.request_id);
+        if let Some(rules) = node.rules() {
+            v = v.with_class(&rules.name);
+        }
+        if let Some(info) = snapshot.dims.info(r.dim) {
+            v = v.with_dimension(&info.name, info.unit);
+        }
+        v
+    }
+
+    /// The verdict explaining why this budget is cancelled or expired.
+    #[cold]
+    fn cancel_verdict(&self) -> Verdict {
+        // Find the budget where the cancellation started.
+        let mut node = &*self.node;
+        while node.state.load(Ordering::Relaxed) & (EXHAUSTED | DEADLINE | CANCELLED) == 0 {
+            match &node.parent {
+                Some(p) => node = p,
+                None => break,
+            }
+        }
+        let bits = node.state.load(Ordering::Relaxed);
+        let id = self.node.request_id;
+        let mut v = if bits & DEADLINE != 0 {
+            let total = node
+                .deadline
+                .as_nanos()
+                .saturating_sub(node.start.as_nanos());
+            let elapsed = node
+                .clock
+                .coarse()
+                .as_nanos()
+                .saturating_sub(node.start.as_nanos())
+                .max(total);
+            Verdict::new(Reason::DeadlineExceeded, Retry::Never)
+                .with_dimension(&wall_name(), Unit::Nanos)
+                .with_amounts(0, elapsed, total)
+        } else if let (true, Some(dim)) = (bits & EXHAUSTED != 0, node.exhausted_dim()) {
+            let used = node.used[dim % MAX_DIMENSIONS].load(Ordering::Relaxed);
+            let mut v = Verdict::new(Reason::LimitExceeded, Retry::Never).with_amounts(
+                0,
+                used,
+                node.limits[dim % MAX_DIMENSIONS],
+            );
+            if let Some(info) = node.snapshot.dims.info(dim) {
+                v = v.with_dimension(&info.name, info.unit);
+            }
+            v
+        } else {
+            Verdict::new(Reason::Cancelled, Retry::Never)
+        };
+        if let Some(rules) = node.rules() {
+            v = v.with_class(&rules.name);
+        }
+        v.with_request(id)
+    }
+}
+
+/// The shared name of the wall-time pseudo-dimension.
+fn wall_name() -> Arc<str> {
+    static NAME: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+    Arc::clone(NAME.get_or_init(|| Arc::from(WALL_TIME)))
+}
+
+fn tightened(class: &[u64; MAX_DIMENSIONS], overrides: &Overrides) -> [u64; MAX_DIMENSIONS] {
+    std::array::from_fn(|i| class[i].min(overrides.limits[i]))
+}
+
+impl fmt::Debug for Budget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Budget")
+            .field("request_id", &self.node.request_id)
+            .field("class", &self.class_name())
+            .field("depth", &self.node.depth)
+            .field("cancelled", &self.cancel_reason())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,249 @@
+//! The engine: the compiled policy, its hot reload, and where budgets begin.
+//!
+//! One engine serves a whole process. It holds the current policy as an immutable snapshot behind an
+//! atomically swappable pointer: starting a budget loads the snapshot without a lock, and a reload swaps
+//! in a new one without disturbing budgets already running, which keep the snapshot they started with
+//! until they finish. A reload that fails validation changes nothing.
+
+pub(crate) mod snapshot;
+
+use crate::budget::{Budget, Overrides, Start};
+use crate::clock::{Clock, CpuClock, MonotonicClock, ThreadCpuClock};
+use crate::handle::{Class, Counter, Level, NameError};
+use crate::policy::{DimensionKind, Policy, PolicyError};
+use crate::sync::{Arc, Mutex, SwapCell};
+use crate::{RequestId, Verdict};
+use snapshot::{Registry, Snapshot};
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+/// How often the default clock's coarse reading is refreshed.
+pub const DEFAULT_COARSE_TICK: Duration = Duration::from_millis(1);
+
+/// Holds the policy and starts budgets. Cheap to clone; clones share everything.
+///
+/// ```
+/// use costguard::{Engine, Policy, RequestId};
+/// use std::time::Duration;
+///
+/// let v1 = Policy::from_toml_str(r#"
+///     [dimensions]
+///     db_queries = "counter"
+///     [classes.api]
+///     wall_time = "10s"
+///     limits = { db_queries = 100 }
+/// "#).unwrap();
+/// let engine = Engine::new(v1).unwrap();
+/// let api = engine.class("api").unwrap();
+/// let db = engine.counter("db_queries").unwrap();
+/// let running = engine.begin(api, RequestId::new("a").unwrap()).unwrap();
+///
+/// // A bad policy is refused and the old one stays.
+/// assert!(engine.reload_toml_str("[classes.api]\nwall_time = 10").is_err());
+/// assert_eq!(engine.generation(), 1);
+///
+/// // A good one applies to new budgets; running ones keep theirs.
+/// engine.reload_toml_str(r#"
+///     [dimensions]
+///     db_queries = "counter"
+///     [classes.api]
+///     limits = { db_queries = 5 }
+/// "#).unwrap();
+/// let fresh = engine.begin(api, RequestId::new("b").unwrap()).unwrap();
+/// assert_eq!((running.limit(db), fresh.limit(db)), (Some(100), Some(5)));
+/// ```
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    current: SwapCell<Snapshot>,
+    registry: Mutex<Registry>,
+    clock: Arc<dyn Clock>,
+    cpu_clock: Arc<dyn CpuClock>,
+}
+
+/// Configures an [`Engine`].
+#[must_use]
+pub struct EngineBuilder {
+    policy: Policy,
+    clock: Option<Arc<dyn Clock>>,
+    cpu_clock: Option<Arc<dyn CpuClock>>,
+}
+
+impl EngineBuilder {
+    /// The clock for deadlines (default: [`MonotonicClock`] with a 1 ms coarse ticker).
+    pub fn clock(mut self, clock: impl Clock + 'static) -> Self {
+        self.clock = Some(Arc::new(clock));
+        self
+    }
+
+    /// The CPU clock for the `cpu_time` dimension (default: [`ThreadCpuClock`]).
+    pub fn cpu_clock(mut self, clock: impl CpuClock + 'static) -> Self {
+        self.cpu_clock = Some(Arc::new(clock));
+        self
+    }
+
+    /// Compiles the policy and builds the engine.
+    pub fn build(self) -> Result<Engine, PolicyError> {
+        let mut registry = Registry::new();
+        let snapshot = registry.compile(self.policy, 1)?;
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                current: SwapCell::new(Arc::new(snapshot)),
+                registry: Mutex::new(registry),
+                clock: self
+                    .clock
+                    .unwrap_or_else(|| Arc::new(MonotonicClock::with_ticker(DEFAULT_COARSE_TICK))),
+                cpu_clock: self.cpu_clock.unwrap_or_else(|| Arc::new(ThreadCpuClock)),
+            }),
+        })
+    }
+}
+
+impl Engine {
+    /// An engine with the default clocks.
+    pub fn new(policy: Policy) -> Result<Engine, PolicyError> {
+        Engine::builder(policy).build()
+    }
+
+    /// Starts configuring an engine.
+    pub fn builder(policy: Policy) -> EngineBuilder {
+        EngineBuilder {
+            policy,
+            clock: None,
+            cpu_clock: None,
+        }
+    }
+
+    /// Replaces the policy for budgets started from now on, and returns the new generation.
+    ///
+    /// The new policy must be compatible with the names the engine already handed out: a dimension
+    /// cannot change between counter and level. On any error the current policy stays.
+    pub fn reload(&self, policy: Policy) -> Result<u64, PolicyError> {
+        let mut registry = self.inner.registry.lock();
+        let generation = self.inner.current.load_full().generation.saturating_add(1);
+        let snapshot = registry.compile(policy, generation)?;
+        self.inner.current.store(Arc::new(snapshot));
+        Ok(generation)
+    }
+
+    /// Reads and applies a policy file; see [`reload`](Self::reload).
+    pub fn reload_file(&self, path: impl AsRef<Path>) -> Result<u64, PolicyError> {
+        self.reload(Policy::from_toml_file(path)?)
+    }
+
+    /// Parses and applies policy text; see [`reload`](Self::reload).
+    pub fn reload_toml_str(&self, source: &str) -> Result<u64, PolicyError> {
+        self.reload(Policy::from_toml_str(source)?)
+    }
+
+    /// The generation of the current policy (1 for the first, +1 per successful reload).
+    pub fn generation(&self) -> u64 {
+        self.inner.current.load_full().generation
+    }
+
+    /// The current policy.
+    pub fn policy(&self) -> Policy {
+        self.inner.current.load_full().policy.clone()
+    }
+
+    /// The engine's clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.clock
+    }
+
+    /// The handle of a class of the current policy.
+    pub fn class(&self, name: &str) -> Result<Class, NameError> {
+        self.inner
+            .current
+            .load_full()
+            .class_by_name(name)
+            .ok_or_else(|| NameError::Unknown {
+                expected: "class",
+                name: name.to_owned(),
+            })
+    }
+
+    fn dimension(&self, name: &str, want: DimensionKind) -> Result<u8, NameError> {
+        let snapshot = self.inner.current.load_full();
+        let index = snapshot.dims.find(name).ok_or_else(|| NameError::Unknown {
+            expected: want.as_str(),
+            name: name.to_owned(),
+        })?;
+        let kind = snapshot.dims.dims[index].kind;
+        if kind != want {
+            return Err(NameError::WrongKind {
+                name: name.to_owned(),
+                actual: kind.as_str(),
+                expected: want.as_str(),
+            });
+        }
+        Ok(index as u8)
+    }
+
+    /// The handle of a counter dimension (including the built-ins `retries` and `cpu_time`).
+    pub fn counter(&self, name: &str) -> Result<Counter, NameError> {
+        self.dimension(name, DimensionKind::Counter).map(Counter)
+    }
+
+    /// The handle of a level dimension.
+    pub fn level(&self, name: &str) -> Result<Level, NameError> {
+        self.dimension(name, DimensionKind::Level).map(Level)
+    }
+
+    /// Starts the budget of a request of `class` under the current policy.
+    pub fn begin(&self, class: Class, id: RequestId) -> Result<Budget, Verdict> {
+        self.begin_with(class, id, &Overrides::default())
+    }
+
+    /// Starts a budget, looking the class up by name (a hash lookup; prefer [`begin`](Self::begin) with
+    /// a handle resolved once).
+    pub fn begin_by_name(&self, class: &str, id: RequestId) -> Result<Budget, Verdict> {
+        let snapshot = self.inner.current.load_full();
+        let class = snapshot.class_by_name(class).unwrap_or(Class(u16::MAX));
+        self.start(snapshot, class, id, &Overrides::default())
+    }
+
+    /// Starts a budget whose limits are tightened by `overrides`.
+    pub fn begin_with(
+        &self,
+        class: Class,
+        id: RequestId,
+        overrides: &Overrides,
+    ) -> Result<Budget, Verdict> {
+        self.start(self.inner.current.load_full(), class, id, overrides)
+    }
+
+    pub(crate) fn start(
+        &self,
+        snapshot: Arc<Snapshot>,
+        class: Class,
+        id: RequestId,
+        overrides: &Overrides,
+    ) -> Result<Budget, Verdict> {
+        Budget::start(Start {
+            snapshot,
+            class,
+            request_id: id,
+            overrides,
+            clock: Arc::clone(&self.inner.clock),
+            cpu_clock: Arc::clone(&self.inner.cpu_clock),
+        })
+    }
+
+    pub(crate) fn snapshot(&self) -> Arc<Snapshot> {
+        self.inner.current.load_full()
+    }
+}
+
+impl fmt::Debug for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Engine")
+            .field("generation", &self.generation())
+            .field("clock", &self.inner.clock)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,203 @@
+//! The compiled form of a policy: arrays indexed by handle.
+
+use crate::handle::Class;
+use crate::policy::{
+    DimensionKind, Policy, PolicyError, CPU_TIME, MAX_CLASSES, MAX_DIMENSIONS, RETRIES,
+};
+use crate::verdict::Unit;
+use crate::{clock::duration_to_nanos, Priority};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// What the engine knows about one dimension id.
+#[derive(Clone, Debug)]
+pub(crate) struct DimInfo {
+    pub(crate) name: Arc<str>,
+    pub(crate) kind: DimensionKind,
+    pub(crate) unit: Unit,
+}
+
+/// Names are given ids once and keep them for the life of the engine, so handles survive reloads.
+#[derive(Debug)]
+pub(crate) struct Registry {
+    dims: Vec<DimInfo>,
+    classes: Vec<Arc<str>>,
+}
+
+impl Registry {
+    pub(crate) fn new() -> Self {
+        let builtin = |name: &str, unit| DimInfo {
+            name: Arc::from(name),
+            kind: DimensionKind::Counter,
+            unit,
+        };
+        Registry {
+            dims: vec![
+                builtin(RETRIES, Unit::Count),
+                builtin(CPU_TIME, Unit::Nanos),
+            ],
+            classes: Vec::new(),
+        }
+    }
+
+    /// Assigns ids to the policy's names and compiles it, or explains why it cannot be applied to an
+    /// engine that already knows other names. Nothing changes unless the whole policy fits.
+    pub(crate) fn compile(
+        &mut self,
+        policy: Policy,
+        generation: u64,
+    ) -> Result<Snapshot, PolicyError> {
+        let mut dims = self.dims.clone();
+        for d in policy.dimensions() {
+            match dims.iter().find(|known| known.name.as_ref() == d.name()) {
+                Some(known) if known.kind != d.kind() => {
+                    return Err(PolicyError::single(
+                        format!("dimensions.{}", d.name()),
+                        format!(
+                            "was a {} and cannot become a {} while the engine runs (handles to it exist)",
+                            known.kind.as_str(),
+                            d.kind().as_str()
+                        ),
+                    ));
+                }
+                Some(_) => {}
+                None => dims.push(DimInfo {
+                    name: Arc::clone(d.name_arc()),
+                    kind: d.kind(),
+                    unit: d.unit(),
+                }),
+            }
+        }
+        if dims.len() > MAX_DIMENSIONS {
+            return Err(PolicyError::single(
+                "dimensions",
+                format!(
+                    "this engine has seen {} distinct dimension names; at most {MAX_DIMENSIONS} fit (restart to forget old ones)",
+                    dims.len()
+                ),
+            ));
+        }
+        let mut classes = self.classes.clone();
+        for c in policy.classes() {
+            if !classes.iter().any(|k| k.as_ref() == c.name()) {
+                classes.push(Arc::clone(c.name_arc()));
+            }
+        }
+        if classes.len() > MAX_CLASSES * 4 {
+            return Err(PolicyError::single(
+                "classes",
+                format!(
+                    "this engine has seen {} distinct class names; at most {} fit",
+                    classes.len(),
+                    MAX_CLASSES * 4
+                ),
+            ));
+        }
+        // Units follow the newest policy that declares a dimension.
+        for d in policy.dimensions() {
+            if let Some(known) = dims.iter_mut().find(|k| k.name.as_ref() == d.name()) {
+                known.unit = d.unit();
+            }
+        }
+        self.dims = dims;
+        self.classes = classes;
+        Ok(Snapshot::new(policy, generation, self))
+    }
+}
+
+/// The per-dimension table shared by every class of a snapshot.
+#[derive(Debug)]
+pub(crate) struct DimTable {
+    pub(crate) dims: Vec<DimInfo>,
+    /// Bit `i` set: dimension `i` is a level.
+    pub(crate) levels: u32,
+}
+
+impl DimTable {
+    pub(crate) fn info(&self, index: usize) -> Option<&DimInfo> {
+        self.dims.get(index)
+    }
+
+    pub(crate) fn find(&self, name: &str) -> Option<usize> {
+        self.dims.iter().position(|d| d.name.as_ref() == name)
+    }
+}
+
+/// A class compiled against a snapshot's dimension table.
+#[derive(Debug)]
+pub(crate) struct ClassRules {
+    pub(crate) name: Arc<str>,
+    /// `u64::MAX`: not limited.
+    pub(crate) limits: [u64; MAX_DIMENSIONS],
+    /// Nanoseconds; `u64::MAX`: no deadline.
+    pub(crate) wall_time: u64,
+    pub(crate) child_margin: u64,
+    pub(crate) priority: Priority,
+}
+
+/// One compiled policy version. Budgets hold the snapshot they started with.
+#[derive(Debug)]
+pub(crate) struct Snapshot {
+    pub(crate) generation: u64,
+    pub(crate) policy: Policy,
+    pub(crate) dims: DimTable,
+    /// Indexed by class id; `None` for classes this version does not have.
+    pub(crate) classes: Vec<Option<ClassRules>>,
+    by_name: HashMap<Arc<str>, Class>,
+}
+
+impl Snapshot {
+    fn new(policy: Policy, generation: u64, registry: &Registry) -> Self {
+        let dims = registry.dims.clone();
+        let levels = dims
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.kind == DimensionKind::Level)
+            .fold(0u32, |bits, (i, _)| bits | (1 << i));
+        let mut classes: Vec<Option<ClassRules>> = Vec::new();
+        classes.resize_with(registry.classes.len(), || None);
+        let mut by_name = HashMap::new();
+        for c in policy.classes() {
+            let Some(id) = registry.classes.iter().position(|k| k.as_ref() == c.name()) else {
+                continue;
+            };
+            let mut limits = [u64::MAX; MAX_DIMENSIONS];
+            for (name, limit) in c.limit_entries() {
+                if let Some(i) = dims.iter().position(|d| d.name == *name) {
+                    limits[i] = *limit;
+                }
+            }
+            if let Some(r) = c.retries() {
+                limits[usize::from(crate::Counter::RETRIES.0)] = r;
+            }
+            if let Some(t) = c.cpu_time() {
+                limits[usize::from(crate::Counter::CPU_TIME.0)] = duration_to_nanos(t);
+            }
+            classes[id] = Some(ClassRules {
+                name: Arc::clone(c.name_arc()),
+                limits,
+                wall_time: c.wall_time().map_or(u64::MAX, duration_to_nanos),
+                child_margin: duration_to_nanos(c.child_margin()),
+                priority: c.priority(),
+            });
+            by_name.insert(Arc::clone(c.name_arc()), Class(id as u16));
+        }
+        Snapshot {
+            generation,
+            policy,
+            dims: DimTable { dims, levels },
+            classes,
+            by_name,
+        }
+    }
+
+    pub(crate) fn class(&self, class: Class) -> Option<&ClassRules> {
+        self.classes
+            .get(usize::from(class.0))
+            .and_then(Option::as_ref)
+    }
+
+    pub(crate) fn class_by_name(&self, name: &str) -> Option<Class> {
+        self.by_name.get(name).copied()
+    }
+}

@@ -1,0 +1,84 @@
+//! Small typed handles for names resolved once.
+//!
+//! Hot paths never hash a string: a dimension or class name is resolved to a handle when the service
+//! starts ([`Engine::counter`](crate::Engine::counter), [`Engine::level`](crate::Engine::level),
+//! [`Engine::class`](crate::Engine::class)), and the handle indexes an array from then on. Handles stay
+//! valid across policy reloads: an engine gives a name the same handle for its whole life. Counters and
+//! levels are different types, so a level cannot be charged like a counter by mistake.
+
+use crate::policy::MAX_DIMENSIONS;
+use std::fmt;
+
+/// A counter dimension: a total that only grows during a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Counter(pub(crate) u8);
+
+/// A level dimension: a current value that goes up and down, held through a guard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Level(pub(crate) u8);
+
+/// A request class.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Class(pub(crate) u16);
+
+impl Counter {
+    /// The built-in retry allowance of a request tree.
+    pub const RETRIES: Counter = Counter(0);
+    /// The built-in thread CPU time counter, in nanoseconds.
+    pub const CPU_TIME: Counter = Counter(1);
+
+    #[inline]
+    pub(crate) fn index(self) -> usize {
+        usize::from(self.0) % MAX_DIMENSIONS
+    }
+}
+
+impl Level {
+    #[inline]
+    pub(crate) fn index(self) -> usize {
+        usize::from(self.0) % MAX_DIMENSIONS
+    }
+}
+
+/// A name that could not be resolved to a handle.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NameError {
+    /// No dimension or class has this name in the current policy.
+    Unknown {
+        /// What was asked for: `counter`, `level` or `class`.
+        expected: &'static str,
+        /// The name.
+        name: String,
+    },
+    /// The dimension exists but is of the other kind.
+    WrongKind {
+        /// The name.
+        name: String,
+        /// What it is.
+        actual: &'static str,
+        /// What was asked for.
+        expected: &'static str,
+    },
+}
+
+impl fmt::Display for NameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NameError::Unknown { expected, name } => {
+                write!(
+                    f,
+                    "no {expected} named `{}` in the policy",
+                    name.escape_debug()
+                )
+            }
+            NameError::WrongKind {
+                name,
+                actual,
+                expected,
+            } => write!(f, "`{name}` is a {actual}, not a {expected}"),
+        }
+    }
+}
+
+impl std::error::Error for NameError {}

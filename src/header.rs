@@ -1,0 +1,392 @@
+//! Budgets across process hops.
+//!
+//! When a parser calls an API over HTTP, the API should not start with fresh limits: it should inherit
+//! "400 file lookups and 2.1 s left". [`Budget::to_header`] encodes what a budget has left into one
+//! compact header value; the callee decodes it with [`Propagation::decode`] and starts its budget with
+//! [`Engine::begin_propagated`], which can only **tighten** the callee's own policy: each limit becomes
+//! the smaller of the policy's and the header's, the deadline the earlier, the priority the less
+//! important. A forged header can make a request poorer, never richer.
+//!
+//! The value is untrusted input, so the grammar is strict and small:
+//!
+//! ```text
+//! value  = "cg1" *( ";" field )            ; at most 1024 bytes, at most 40 fields
+//! field  = "id=" request-id                 ; 1-64 of A-Z a-z 0-9 . _ : -
+//!        / "pri=" priority                  ; critical | normal | sheddable | background
+//!        / "t=" decimal                     ; milliseconds left; absent: no deadline
+//!        / name "=" decimal                 ; what is left of a dimension (retries, cpu_time too)
+//! name   = %x61-7A *31( %x61-7A / DIGIT / "_" )
+//! decimal = "0" / %x31-39 *19DIGIT        ; must fit in 64 bits
+//! ```
+//!
+//! Each key may appear once. Spaces and tabs around the whole value are ignored (HTTP allows them);
+//! nothing else is. A value that breaks any rule is refused whole with a [`HeaderError`] naming the byte
+//! offset; the callee then runs under its own policy alone, which is never looser than with the header.
+//!
+//! ```
+//! use costguard::{Engine, Policy, Propagation, RequestId};
+//! use costguard::clock::ManualClock;
+//! use std::time::Duration;
+//!
+//! let policy = Policy::builder()
+//!     .counter("file_lookups")
+//!     .class("parse", |c| c.wall_time(Duration::from_secs(30)).limit("file_lookups", 500))
+//!     .class("api", |c| c.wall_time(Duration::from_secs(60)).limit("file_lookups", 1000))
+//!     .build()
+//!     .unwrap();
+//! let clock = ManualClock::new();
+//! let engine = Engine::builder(policy).clock(clock.clone()).build().unwrap();
+//! let lookups = engine.counter("file_lookups").unwrap();
+//!
+//! // The caller has used 100 lookups and 27.9 s.
+//! let parse = engine.begin_by_name("parse", RequestId::new("edit-9").unwrap()).unwrap();
+//! parse.try_charge(lookups, 100).unwrap();
+//! clock.advance(Duration::from_millis(27_900));
+//! let header = parse.to_header();
+//! assert_eq!(header, "cg1;id=edit-9;pri=normal;t=2090;file_lookups=400");
+//!
+//! // The callee's own policy allows 1000 lookups and 60 s; the header tightens both.
+//! let prop = Propagation::decode(&header).unwrap();
+//! let api = engine.class("api").unwrap();
+//! let budget = engine.begin_propagated(api, RequestId::new("local").unwrap(), &prop).unwrap();
+//! assert_eq!(budget.remaining_of(lookups), 400);
+//! assert_eq!(budget.remaining(), Duration::from_millis(2090));
+//! assert_eq!(budget.request_id().as_str(), "edit-9");
+//! ```
+
+use crate::budget::{Budget, Overrides};
+use crate::handle::Class;
+use crate::policy::valid_name;
+use crate::sync::Arc;
+use crate::{Engine, Priority, RequestId, Verdict};
+use std::fmt::{self, Write};
+use std::time::Duration;
+
+/// The HTTP header name costguard uses by convention.
+pub const HEADER_NAME: &str = "costguard-budget";
+/// The longest header value accepted, in bytes.
+pub const MAX_HEADER_LEN: usize = 1024;
+/// The most fields a header value may carry.
+pub const MAX_HEADER_FIELDS: usize = 40;
+const VERSION: &str = "cg1";
+
+/// What a caller passes on to its callee: the remaining allowance of its budget.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Propagation {
+    request_id: Option<RequestId>,
+    priority: Option<Priority>,
+    remaining: Option<Duration>,
+    allowances: Vec<(String, u64)>,
+}
+
+/// Why a header value was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeaderError {
+    kind: HeaderErrorKind,
+    offset: usize,
+}
+
+/// The kinds of [`HeaderError`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum HeaderErrorKind {
+    /// Longer than [`MAX_HEADER_LEN`].
+    TooLong,
+    /// More fields than [`MAX_HEADER_FIELDS`].
+    TooManyFields,
+    /// Does not start with the version token `cg1`.
+    BadVersion,
+    /// A field is not `key=value`, or the key is not a valid name.
+    BadField,
+    /// A key appears twice.
+    DuplicateKey,
+    /// A number is malformed or does not fit in 64 bits.
+    BadNumber,
+    /// The request id is malformed.
+    BadRequestId,
+    /// The priority is not one of the four names.
+    BadPriority,
+}
+
+impl HeaderError {
+    fn at(kind: HeaderErrorKind, offset: usize) -> Self {
+        HeaderError { kind, offset }
+    }
+
+    /// What is wrong.
+    pub fn kind(&self) -> HeaderErrorKind {
+        self.kind
+    }
+
+    /// The byte offset in the (trimmed) value where the problem starts.
+    pub fn offset(&self) -> usize {
+        self.offset
+    }
+}
+
+impl fmt::Display for HeaderError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match self.kind {
+            HeaderErrorKind::TooLong => "header value is longer than 1024 bytes",
+            HeaderErrorKind::TooManyFields => "header value has more than 40 fields",
+            HeaderErrorKind::BadVersion => "header value does not start with `cg1`",
+            HeaderErrorKind::BadField => "malformed field (expected key=value)",
+            HeaderErrorKind::DuplicateKey => "key appears twice",
+            HeaderErrorKind::BadNumber => "malformed or out-of-range number",
+            HeaderErrorKind::BadRequestId => "malformed request id",
+            HeaderErrorKind::BadPriority => "unknown priority",
+        };
+        write!(f, "{what} at byte {}", self.offset)
+    }
+}
+
+impl std::error::Error for HeaderError {}
+
+/// A strict decimal: no sign, no leading zeros, at most 20 digits, fits in `u64`.
+fn decimal(s: &str) -> Option<u64> {
+    let b = s.as_bytes();
+    if b.is_empty() || b.len() > 20 || !b.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    if b.len() > 1 && b[0] == b'0' {
+        return None;
+    }
+    s.parse().ok()
+}
+
+impl Propagation {
+    /// Decodes a header value. See the [module documentation](self) for the grammar.
+    pub fn decode(value: &str) -> Result<Propagation, HeaderError> {
+        use HeaderErrorKind as K;
+        if value.len() > MAX_HEADER_LEN + 64 {
+            return Err(HeaderError::at(K::TooLong, MAX_HEADER_LEN));
+        }
+        let value = value.trim_matches(|c| c == ' ' || c == '\t');
+        if value.len() > MAX_HEADER_LEN {
+            return Err(HeaderError::at(K::TooLong, MAX_HEADER_LEN));
+        }
+        let mut fields = value.split(';');
+        if fields.next() != Some(VERSION) {
+            return Err(HeaderError::at(K::BadVersion, 0));
+        }
+        let mut out = Propagation::default();
+        let mut offset = VERSION.len() + 1;
+        let (mut saw_id, mut saw_pri, mut saw_t) = (false, false, false);
+        for (count, field) in fields.enumerate() {
+            if count >= MAX_HEADER_FIELDS {
+                return Err(HeaderError::at(K::TooManyFields, offset));
+            }
+            let at = offset;
+            offset += field.len() + 1;
+            let Some((key, val)) = field.split_once('=') else {
+                return Err(HeaderError::at(K::BadField, at));
+            };
+            let val_at = at + key.len() + 1;
+            let dup = |seen: &mut bool| {
+                if std::mem::replace(seen, true) {
+                    Err(HeaderError::at(K::DuplicateKey, at))
+                } else {
+                    Ok(())
+                }
+            };
+            match key {
+                "id" => {
+                    dup(&mut saw_id)?;
+                    let id = RequestId::new(val)
+                        .map_err(|_| HeaderError::at(K::BadRequestId, val_at))?;
+                    out.request_id = Some(id);
+                }
+                "pri" => {
+                    dup(&mut saw_pri)?;
+                    let p = val
+                        .parse()
+                        .map_err(|_| HeaderError::at(K::BadPriority, val_at))?;
+                    out.priority = Some(p);
+                }
+                "t" => {
+                    dup(&mut saw_t)?;
+                    let ms = decimal(val).ok_or(HeaderError::at(K::BadNumber, val_at))?;
+                    out.remaining = Some(Duration::from_millis(ms));
+                }
+                name if valid_name(name) => {
+                    if out.allowances.iter().any(|(n, _)| n == name) {
+                        return Err(HeaderError::at(K::DuplicateKey, at));
+                    }
+                    let n = decimal(val).ok_or(HeaderError::at(K::BadNumber, val_at))?;
+                    out.allowances.push((name.to_owned(), n));
+                }
+                _ => return Err(HeaderError::at(K::BadField, at)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Encodes as a header value.
+    pub fn encode(&self) -> String {
+        let mut s = String::from(VERSION);
+        // Writing to a String cannot fail.
+        if let Some(id) = &self.request_id {
+            let _ = write!(s, ";id={id}");
+        }
+        if let Some(p) = self.priority {
+            let _ = write!(s, ";pri={p}");
+        }
+        if let Some(t) = self.remaining {
+            let _ = write!(s, ";t={}", u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
+        }
+        for (name, n) in &self.allowances {
+            let _ = write!(s, ";{name}={n}");
+        }
+        s
+    }
+
+    /// The request id the caller sent.
+    pub fn request_id(&self) -> Option<RequestId> {
+        self.request_id
+    }
+
+    /// The priority the caller sent.
+    pub fn priority(&self) -> Option<Priority> {
+        self.priority
+    }
+
+    /// The time the caller said was left.
+    pub fn remaining(&self) -> Option<Duration> {
+        self.remaining
+    }
+
+    /// The allowance the caller sent for a dimension, by name.
+    pub fn allowance(&self, name: &str) -> Option<u64> {
+        self.allowances
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|&(_, v)| v)
+    }
+
+    /// Every allowance sent, in header order.
+    pub fn allowances(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.allowances.iter().map(|(n, v)| (n.as_str(), *v))
+    }
+}
+
+impl Budget {
+    /// What this budget has left, to pass to a callee in another process.
+    ///
+    /// Time left is reduced by the class's `child_margin` and rounded down to whole milliseconds, so the
+    /// callee always gives up before the caller does.
+    pub fn propagation(&self) -> Propagation {
+        let node = &self.node;
+        let snapshot = &node.snapshot;
+        let remaining = self.deadline().map(|_| {
+            let margin = node.rules().map_or(0, |r| r.child_margin);
+            self.remaining()
+                .saturating_sub(Duration::from_nanos(margin))
+        });
+        let allowances = snapshot
+            .dims
+            .dims
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| node.chain_limits(*i))
+            .map(|(i, d)| (d.name.to_string(), node.chain_remaining(i)))
+            .collect();
+        Propagation {
+            request_id: Some(node.request_id),
+            priority: Some(node.priority),
+            remaining,
+            allowances,
+        }
+    }
+
+    /// [`propagation`](Self::propagation), encoded as a header value.
+    pub fn to_header(&self) -> String {
+        self.propagation().encode()
+    }
+}
+
+impl Engine {
+    /// Starts a budget for a request that arrived with a propagation header.
+    ///
+    /// The budget's limits are the class's tightened by the header (see the [module
+    /// documentation](self)). Dimensions this policy does not know are ignored. The header's request id
+    /// is used when present, `fallback_id` otherwise. A header with no time left is refused with
+    /// [`Reason::InsufficientTime`](crate::Reason::InsufficientTime).
+    pub fn begin_propagated(
+        &self,
+        class: Class,
+        fallback_id: RequestId,
+        propagation: &Propagation,
+    ) -> Result<Budget, Verdict> {
+        let snapshot = self.snapshot();
+        let mut overrides = Overrides::new();
+        for (name, n) in &propagation.allowances {
+            if let Some(i) = snapshot.dims.find(name) {
+                overrides.set_limit_index(i, *n);
+            }
+        }
+        if let Some(t) = propagation.remaining {
+            overrides = overrides.wall_time(t);
+        }
+        if let Some(p) = propagation.priority {
+            overrides = overrides.priority(p);
+        }
+        let id = propagation.request_id.unwrap_or(fallback_id);
+        self.start(Arc::clone(&snapshot), class, id, &overrides)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(v: &str) -> HeaderErrorKind {
+        Propagation::decode(v).unwrap_err().kind()
+    }
+
+    #[test]
+    fn round_trip() {
+        let p = Propagation {
+            request_id: Some(RequestId::new("r-1").unwrap()),
+            priority: Some(Priority::Sheddable),
+            remaining: Some(Duration::from_millis(2100)),
+            allowances: vec![("file_lookups".into(), 400), ("retries".into(), 0)],
+        };
+        let v = p.encode();
+        assert_eq!(
+            v,
+            "cg1;id=r-1;pri=sheddable;t=2100;file_lookups=400;retries=0"
+        );
+        assert_eq!(Propagation::decode(&v), Ok(p));
+        assert_eq!(Propagation::decode(" \tcg1 \t"), Ok(Propagation::default()));
+    }
+
+    #[test]
+    fn hostile_values_are_refused() {
+        use HeaderErrorKind as K;
+        assert_eq!(err(""), K::BadVersion);
+        assert_eq!(err("cg2;t=1"), K::BadVersion);
+        assert_eq!(err("CG1"), K::BadVersion);
+        assert_eq!(err("cg1;"), K::BadField);
+        assert_eq!(err("cg1;t"), K::BadField);
+        assert_eq!(err("cg1;t=1;t=2"), K::DuplicateKey);
+        assert_eq!(err("cg1;a=1;a=2"), K::DuplicateKey);
+        assert_eq!(err("cg1;t=-1"), K::BadNumber);
+        assert_eq!(err("cg1;t=+1"), K::BadNumber);
+        assert_eq!(err("cg1;t=01"), K::BadNumber);
+        assert_eq!(err("cg1;t=1.5"), K::BadNumber);
+        assert_eq!(err("cg1;t=18446744073709551616"), K::BadNumber);
+        assert_eq!(err("cg1;t="), K::BadNumber);
+        assert_eq!(err("cg1;id=a b"), K::BadRequestId);
+        assert_eq!(err("cg1;pri=urgent"), K::BadPriority);
+        assert_eq!(err("cg1;Bad=1"), K::BadField);
+        assert_eq!(err("cg1;a b=1"), K::BadField);
+        assert_eq!(err("cg1; t=1"), K::BadField);
+        assert_eq!(err(&format!("cg1;id={}", "x".repeat(2000))), K::TooLong);
+        let many: String = (0..41).map(|i| format!(";d{i}=1")).collect();
+        assert_eq!(err(&format!("cg1{many}")), K::TooManyFields);
+        assert!(Propagation::decode("cg1;t=18446744073709551615").is_ok());
+        let e = Propagation::decode("cg1;id=ok;t=x").unwrap_err();
+        assert_eq!(e.offset(), 12);
+        assert_eq!(e.to_string(), "malformed or out-of-range number at byte 12");
+    }
+}

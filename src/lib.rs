@@ -1,0 +1,82 @@
+//! # costguard
+//!
+//! An in-process request budget engine: it stops one expensive request, or one broken dependency, from
+//! taking a whole service down.
+//!
+//! Every request gets a [`Budget`] over the dimensions its class declares (file-metadata lookups, DB
+//! queries, bytes, nesting depth, retries, wall time, CPU time, ...). Work is charged *before* it runs;
+//! a charge that would overrun the budget is refused with a [`Verdict`] that names the limit and says
+//! whether retrying can help. Sub-requests draw from their parent's budget, with deadlines staggered so
+//! inner timeouts always fire first, and budgets travel across process hops in a header that can only
+//! tighten the callee's limits.
+//!
+//! ```
+//! use costguard::clock::ManualClock;
+//! use costguard::{Engine, Policy, Reason, RequestId};
+//! use std::time::Duration;
+//!
+//! let policy = Policy::from_toml_str(r#"
+//!     [dimensions]
+//!     file_lookups = "counter"
+//!     db_queries = "counter"
+//!
+//!     [classes.parse]
+//!     wall_time = "30s"
+//!     retries = 2
+//!     limits = { file_lookups = 500, db_queries = 1000 }
+//! "#).unwrap();
+//! let clock = ManualClock::new();
+//! let engine = Engine::builder(policy).clock(clock.clone()).build().unwrap();
+//! let lookups = engine.counter("file_lookups").unwrap();
+//! let db = engine.counter("db_queries").unwrap();
+//! let parse = engine.class("parse").unwrap();
+//!
+//! let budget = engine.begin(parse, RequestId::new("edit-2015").unwrap()).unwrap();
+//! let mut rendered = 0;
+//! for _image in 0..10_000 {
+//!     // One metadata lookup and one DB query per image, charged together before the work.
+//!     if let Err(verdict) = budget.try_charge_many(&[(lookups, 1), (db, 1)]) {
+//!         assert_eq!(verdict.reason(), Reason::LimitExceeded);
+//!         assert_eq!(verdict.dimension(), Some("file_lookups"));
+//!         break;
+//!     }
+//!     rendered += 1;
+//! }
+//! assert_eq!(rendered, 500);
+//! assert!(budget.is_cancelled());
+//!
+//! clock.advance(Duration::from_secs(31));
+//! assert!(budget.expired());
+//! println!("{}", budget.report());
+//! ```
+//!
+//! Modules: [`policy`] (what may be spent), [`Engine`] (the compiled, hot-reloadable policy),
+//! [`budget`](mod@budget) (per-request accounting), [`header`] (budgets across process hops),
+//! [`clock`] (injected time), [`Verdict`] (every refusal).
+
+#![deny(unsafe_code)]
+#![warn(missing_docs, rust_2018_idioms)]
+
+pub mod budget;
+pub mod clock;
+mod engine;
+mod handle;
+pub mod header;
+pub mod policy;
+mod priority;
+mod request_id;
+mod sync;
+pub mod units;
+mod verdict;
+
+pub use budget::{
+    Budget, CancelReason, CpuMeter, LevelGuard, LimitReport, Overrides, Reservation,
+    MAX_BUDGET_DEPTH,
+};
+pub use engine::{Engine, EngineBuilder, DEFAULT_COARSE_TICK};
+pub use handle::{Class, Counter, Level, NameError};
+pub use header::{HeaderError, HeaderErrorKind, Propagation, HEADER_NAME};
+pub use policy::{Policy, PolicyError};
+pub use priority::{Priority, UnknownPriority};
+pub use request_id::{RequestId, RequestIdError, MAX_REQUEST_ID_LEN};
+pub use verdict::{Reason, Retry, Unit, Verdict};

@@ -1,0 +1,397 @@
+//! Policies read from TOML.
+//!
+//! The document is walked by hand over toml's spanned tree rather than through serde derive, so that
+//! every problem, syntax or meaning, names the field and its line and column, and so that all of them
+//! are reported together.
+
+use super::error::{Location, Problems};
+use super::{validate, DimensionKind, Field, Policy, PolicyError, RawClass, RawDimension};
+use crate::units::{parse_duration, parse_quantity};
+use crate::verdict::Unit;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
+
+/// The largest policy file read, in bytes.
+pub const MAX_POLICY_BYTES: usize = 1 << 20;
+
+const TOP_KEYS: &str = "dimensions, classes";
+const CLASS_KEYS: &str = "wall_time, cpu_time, retries, child_margin, priority, limits";
+const DIMENSION_KEYS: &str = "kind, unit";
+
+pub(crate) fn load(path: &Path) -> Result<Policy, PolicyError> {
+    let file: Arc<Path> = Arc::from(path);
+    let read = std::fs::metadata(path).and_then(|meta| {
+        if meta.len() > MAX_POLICY_BYTES as u64 {
+            Ok(None)
+        } else {
+            std::fs::read_to_string(path).map(Some)
+        }
+    });
+    match read {
+        Ok(Some(source)) => parse(&source, Some(file)),
+        Ok(None) => Err(PolicyError::single(
+            path.display().to_string(),
+            format!("policy file is larger than {MAX_POLICY_BYTES} bytes"),
+        )),
+        Err(e) => Err(PolicyError::single(
+            path.display().to_string(),
+            format!("cannot read policy file: {e}"),
+        )),
+    }
+}
+
+struct Reader<'s> {
+    source: &'s str,
+    file: Option<Arc<Path>>,
+    problems: Problems,
+}
+
+type Value<'i> = Spanned<DeValue<'i>>;
+
+impl Reader<'_> {
+    fn at(&self, offset: usize) -> Option<Location> {
+        Some(Location::of_offset(self.source, offset, self.file.as_ref()))
+    }
+
+    fn problem(&mut self, offset: usize, field: &str, message: impl Into<String>) {
+        let at = self.at(offset);
+        self.problems.push(at, field, message);
+    }
+
+    fn table<'a, 'i>(&mut self, v: &'a Value<'i>, field: &str) -> Option<&'a DeTable<'i>> {
+        match v.get_ref() {
+            DeValue::Table(t) => Some(t),
+            other => {
+                let found = type_name(other);
+                self.problem(
+                    v.span().start,
+                    field,
+                    format!("expected a table, found {found}"),
+                );
+                None
+            }
+        }
+    }
+
+    /// A whole number, written as an integer or as a string with a unit (`"2MiB"`).
+    fn quantity(&mut self, v: &Value<'_>, field: &str) -> Option<u64> {
+        let at = v.span().start;
+        match v.get_ref() {
+            DeValue::Integer(i) => match i128::from_str_radix(i.as_str(), i.radix()) {
+                Ok(n) if n < 0 => {
+                    self.problem(at, field, format!("must not be negative (found {n})"));
+                    None
+                }
+                Ok(n) => match u64::try_from(n) {
+                    Ok(n) => Some(n),
+                    Err(_) => {
+                        self.problem(
+                            at,
+                            field,
+                            format!("{n} is too large (at most {})", u64::MAX),
+                        );
+                        None
+                    }
+                },
+                Err(_) => {
+                    self.problem(at, field, "integer out of range");
+                    None
+                }
+            },
+            DeValue::String(s) => match parse_quantity(s) {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    let msg = format!(
+                        "{e} in {:?}: expected a whole number, optionally with a unit like \"2MiB\" or \"10k\"",
+                        truncate(s)
+                    );
+                    self.problem(at, field, msg);
+                    None
+                }
+            },
+            DeValue::Float(x) => {
+                let msg = format!("{} is not a whole number", x.as_str());
+                self.problem(at, field, msg);
+                None
+            }
+            other => {
+                let msg = format!("expected a whole number, found {}", type_name(other));
+                self.problem(at, field, msg);
+                None
+            }
+        }
+    }
+
+    /// A duration string; `"none"` (only where `allow_none`) gives `Some(None)`.
+    fn duration(
+        &mut self,
+        v: &Value<'_>,
+        field: &str,
+        allow_none: bool,
+    ) -> Option<Option<Duration>> {
+        let at = v.span().start;
+        match v.get_ref() {
+            DeValue::String(s) if allow_none && s == "none" => Some(None),
+            DeValue::String(s) => match parse_duration(s) {
+                Ok(d) => Some(Some(d)),
+                Err(e) => {
+                    let msg = format!(
+                        "{e} in {:?}: expected a duration like \"30s\", \"500ms\" or \"1.5s\"",
+                        truncate(s)
+                    );
+                    self.problem(at, field, msg);
+                    None
+                }
+            },
+            DeValue::Integer(_) | DeValue::Float(_) => {
+                self.problem(
+                    at,
+                    field,
+                    "a duration needs a unit, like \"30s\" or \"500ms\"",
+                );
+                None
+            }
+            other => {
+                let msg = format!("expected a duration string, found {}", type_name(other));
+                self.problem(at, field, msg);
+                None
+            }
+        }
+    }
+
+    fn string<'a>(&mut self, v: &'a Value<'_>, field: &str) -> Option<&'a str> {
+        match v.get_ref() {
+            DeValue::String(s) => Some(s),
+            other => {
+                let msg = format!("expected a string, found {}", type_name(other));
+                self.problem(v.span().start, field, msg);
+                None
+            }
+        }
+    }
+
+    fn unknown_key(&mut self, key: &Spanned<std::borrow::Cow<'_, str>>, base: &str, allowed: &str) {
+        let field = join(base, key.get_ref());
+        let msg = format!(
+            "unknown key `{}` (expected one of: {allowed})",
+            truncate(key.get_ref())
+        );
+        self.problem(key.span().start, &field, msg);
+    }
+
+    fn dimension(
+        &mut self,
+        key: &Spanned<std::borrow::Cow<'_, str>>,
+        v: &Value<'_>,
+    ) -> Option<RawDimension> {
+        let field = join("dimensions", key.get_ref());
+        let name = Field::new(key.get_ref().to_string(), self.at(key.span().start));
+        let (kind_value, unit_value) = match v.get_ref() {
+            DeValue::String(_) => (Some(v), None),
+            DeValue::Table(t) => {
+                let mut kind = None;
+                let mut unit = None;
+                for (k, val) in t.iter() {
+                    match k.get_ref().as_ref() {
+                        "kind" => kind = Some(val),
+                        "unit" => unit = Some(val),
+                        _ => self.unknown_key(k, &field, DIMENSION_KEYS),
+                    }
+                }
+                if kind.is_none() {
+                    self.problem(
+                        v.span().start,
+                        &field,
+                        "missing `kind` (\"counter\" or \"level\")",
+                    );
+                }
+                (kind, unit)
+            }
+            other => {
+                let msg = format!(
+                    "expected \"counter\", \"level\" or a table {{ kind, unit }}, found {}",
+                    type_name(other)
+                );
+                self.problem(v.span().start, &field, msg);
+                (None, None)
+            }
+        };
+        let kind_field = join(&field, "kind");
+        let kind = match kind_value.map(|k| (k, self.string(k, &kind_field))) {
+            Some((_, Some("counter"))) => DimensionKind::Counter,
+            Some((_, Some("level"))) => DimensionKind::Level,
+            Some((k, Some(other))) => {
+                let msg = format!(
+                    "unknown kind {:?} (expected \"counter\" or \"level\")",
+                    truncate(other)
+                );
+                self.problem(k.span().start, &kind_field, msg);
+                return None;
+            }
+            _ => return None,
+        };
+        let unit_field = join(&field, "unit");
+        let unit = match unit_value.map(|u| (u, self.string(u, &unit_field))) {
+            None => Unit::Count,
+            Some((_, Some("count"))) => Unit::Count,
+            Some((_, Some("bytes"))) => Unit::Bytes,
+            Some((u, Some(other))) => {
+                let msg = format!(
+                    "unknown unit {:?} (expected \"count\" or \"bytes\")",
+                    truncate(other)
+                );
+                self.problem(u.span().start, &unit_field, msg);
+                return None;
+            }
+            Some((_, None)) => return None,
+        };
+        Some(RawDimension { name, kind, unit })
+    }
+
+    fn class(
+        &mut self,
+        key: &Spanned<std::borrow::Cow<'_, str>>,
+        v: &Value<'_>,
+    ) -> Option<RawClass> {
+        let base = join("classes", key.get_ref());
+        let table = self.table(v, &base)?;
+        let mut class = RawClass {
+            name: Field::new(key.get_ref().to_string(), self.at(key.span().start)),
+            ..RawClass::default()
+        };
+        for (k, val) in table.iter() {
+            let field = join(&base, k.get_ref());
+            let at = self.at(val.span().start);
+            match k.get_ref().as_ref() {
+                "wall_time" => {
+                    class.wall_time = self.duration(val, &field, true).map(|d| Field::new(d, at));
+                }
+                "cpu_time" => {
+                    class.cpu_time = self.duration(val, &field, true).map(|d| Field::new(d, at));
+                }
+                "child_margin" => {
+                    class.child_margin = self
+                        .duration(val, &field, false)
+                        .flatten()
+                        .map(|d| Field::new(d, at));
+                }
+                "retries" => {
+                    class.retries = self.quantity(val, &field).map(|n| Field::new(n, at));
+                }
+                "priority" => {
+                    if let Some(s) = self.string(val, &field) {
+                        match s.parse() {
+                            Ok(p) => class.priority = Some(Field::new(p, at)),
+                            Err(e) => self.problem(
+                                val.span().start,
+                                &field,
+                                format!("{:?}: {e}", truncate(s)),
+                            ),
+                        }
+                    }
+                }
+                "limits" => {
+                    let Some(limits) = self.table(val, &field) else {
+                        continue;
+                    };
+                    for (dim, limit) in limits.iter() {
+                        let limit_field = join(&field, dim.get_ref());
+                        if let Some(n) = self.quantity(limit, &limit_field) {
+                            class.limits.push((
+                                Field::new(dim.get_ref().to_string(), self.at(dim.span().start)),
+                                Field::new(n, self.at(limit.span().start)),
+                            ));
+                        }
+                    }
+                }
+                _ => self.unknown_key(k, &base, CLASS_KEYS),
+            }
+        }
+        Some(class)
+    }
+}
+
+pub(crate) fn parse(source: &str, file: Option<Arc<Path>>) -> Result<Policy, PolicyError> {
+    let mut reader = Reader {
+        source,
+        file,
+        problems: Problems::default(),
+    };
+    if source.len() > MAX_POLICY_BYTES {
+        reader.problems.push(
+            None,
+            "",
+            format!("policy is larger than {MAX_POLICY_BYTES} bytes"),
+        );
+        return reader.problems.into_result(Policy::empty());
+    }
+    let doc = match DeTable::parse(source) {
+        Ok(doc) => doc,
+        Err(e) => {
+            let at = e.span().map_or(0, |s| s.start);
+            let message = format!("invalid TOML: {}", e.message().trim_end());
+            reader.problem(at, "", message);
+            return reader.problems.into_result(Policy::empty());
+        }
+    };
+    let mut dims = Vec::new();
+    let mut classes = Vec::new();
+    for (key, value) in doc.get_ref().iter() {
+        match key.get_ref().as_ref() {
+            "dimensions" => {
+                if let Some(t) = reader.table(value, "dimensions") {
+                    dims.extend(t.iter().filter_map(|(k, v)| reader.dimension(k, v)));
+                }
+            }
+            "classes" => {
+                if let Some(t) = reader.table(value, "classes") {
+                    classes.extend(t.iter().filter_map(|(k, v)| reader.class(k, v)));
+                }
+            }
+            _ => reader.unknown_key(key, "", TOP_KEYS),
+        }
+    }
+    validate(dims, classes, reader.problems)
+}
+
+impl Policy {
+    fn empty() -> Policy {
+        Policy {
+            dimensions: Vec::new(),
+            classes: Vec::new(),
+        }
+    }
+}
+
+fn join(base: &str, key: &str) -> String {
+    let key = truncate(key);
+    if base.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{base}.{key}")
+    }
+}
+
+/// At most 64 bytes of untrusted text for error messages, cut on a character boundary.
+fn truncate(s: &str) -> &str {
+    let mut end = s.len().min(64);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+fn type_name(v: &DeValue<'_>) -> &'static str {
+    match v {
+        DeValue::String(_) => "a string",
+        DeValue::Integer(_) => "an integer",
+        DeValue::Float(_) => "a float",
+        DeValue::Boolean(_) => "a boolean",
+        DeValue::Datetime(_) => "a datetime",
+        DeValue::Array(_) => "an array",
+        DeValue::Table(_) => "a table",
+    }
+}

@@ -1,0 +1,432 @@
+//! Policies: which request classes exist and what each may spend.
+//!
+//! A policy is data, validated once: either built in code with [`Policy::builder`] or read from a TOML
+//! file with [`Policy::from_toml_str`] / [`Policy::from_toml_file`]. A [`Policy`] value is always valid;
+//! there is no way to construct one with a zero wall time, an unknown dimension or a duplicate name. The
+//! [`Engine`](crate::Engine) compiles it into a form whose hot paths index arrays instead of hashing
+//! names.
+//!
+//! A policy declares **dimensions** once, then gives each **class** limits on some of them:
+//!
+//! - a *counter* only grows during a request (file lookups, DB queries, bytes, gallery images);
+//! - a *level* goes up and down, and its limit bounds the current value (concurrent sub-calls, nesting);
+//! - every class also has the built-in counters `retries` (the retry allowance of the whole request
+//!   tree) and `cpu_time` (thread CPU time, in nanoseconds), and a wall-time deadline.
+//!
+//! A dimension a class does not limit is still counted, so the limit report shows it.
+//!
+//! ```toml
+//! [dimensions]
+//! file_lookups = "counter"
+//! bytes = { kind = "counter", unit = "bytes" }
+//! nesting_depth = "level"
+//!
+//! [classes.parse]
+//! wall_time = "30s"
+//! retries = 3
+//! child_margin = "50ms"
+//! limits = { file_lookups = 500, bytes = "2MiB", nesting_depth = 40 }
+//! ```
+
+mod builder;
+mod error;
+mod file;
+
+pub use builder::{ClassBuilder, PolicyBuilder};
+pub use error::{Location, PolicyError, Problem};
+
+use crate::verdict::Unit;
+use crate::Priority;
+use error::Problems;
+use std::collections::HashSet;
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The most dimensions an engine knows, the two built-in ones (`retries`, `cpu_time`) included.
+pub const MAX_DIMENSIONS: usize = 32;
+/// The most classes a policy may declare.
+pub const MAX_CLASSES: usize = 256;
+/// The longest dimension or class name, in bytes.
+pub const MAX_NAME_LEN: usize = 32;
+
+/// Names that cannot be declared as dimensions: built-ins and keys of the propagation header.
+pub(crate) const RESERVED_NAMES: [&str; 5] = ["retries", "cpu_time", "wall_time", "id", "pri"];
+
+/// The name of the built-in retry allowance counter.
+pub const RETRIES: &str = "retries";
+/// The name of the built-in CPU time counter (nanoseconds).
+pub const CPU_TIME: &str = "cpu_time";
+/// The name under which wall time appears in reports and verdicts.
+pub const WALL_TIME: &str = "wall_time";
+
+/// The default margin by which a child's deadline ends before its parent's.
+pub const DEFAULT_CHILD_MARGIN: Duration = Duration::from_millis(10);
+
+/// How a dimension is counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DimensionKind {
+    /// Only grows during a request; the limit bounds the total.
+    Counter,
+    /// Goes up and down; the limit bounds the current value (held through a guard).
+    Level,
+}
+
+impl DimensionKind {
+    /// `counter` or `level`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DimensionKind::Counter => "counter",
+            DimensionKind::Level => "level",
+        }
+    }
+}
+
+/// A declared dimension.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dimension {
+    name: Arc<str>,
+    kind: DimensionKind,
+    unit: Unit,
+}
+
+impl Dimension {
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// Counter or level.
+    pub fn kind(&self) -> DimensionKind {
+        self.kind
+    }
+    /// The unit amounts are counted in.
+    pub fn unit(&self) -> Unit {
+        self.unit
+    }
+    pub(crate) fn name_arc(&self) -> &Arc<str> {
+        &self.name
+    }
+}
+
+/// What one request class may spend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClassPolicy {
+    name: Arc<str>,
+    wall_time: Option<Duration>,
+    cpu_time: Option<Duration>,
+    retries: Option<u64>,
+    child_margin: Duration,
+    priority: Priority,
+    limits: Vec<(Arc<str>, u64)>,
+}
+
+impl ClassPolicy {
+    /// The class name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// The wall-time limit of a request of this class; `None` is no deadline.
+    pub fn wall_time(&self) -> Option<Duration> {
+        self.wall_time
+    }
+    /// The thread CPU time limit, if any.
+    pub fn cpu_time(&self) -> Option<Duration> {
+        self.cpu_time
+    }
+    /// The retry allowance of a whole request tree, if limited.
+    pub fn retries(&self) -> Option<u64> {
+        self.retries
+    }
+    /// How much earlier than its parent's a child budget's deadline ends.
+    pub fn child_margin(&self) -> Duration {
+        self.child_margin
+    }
+    /// The default priority of requests of this class.
+    pub fn priority(&self) -> Priority {
+        self.priority
+    }
+    /// The limit on each declared dimension this class limits.
+    pub fn limits(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.limits.iter().map(|(n, l)| (&**n, *l))
+    }
+    pub(crate) fn name_arc(&self) -> &Arc<str> {
+        &self.name
+    }
+    pub(crate) fn limit_entries(&self) -> &[(Arc<str>, u64)] {
+        &self.limits
+    }
+}
+
+/// A validated set of dimensions and request classes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    dimensions: Vec<Dimension>,
+    classes: Vec<ClassPolicy>,
+}
+
+impl Policy {
+    /// Starts a policy in code.
+    pub fn builder() -> PolicyBuilder {
+        PolicyBuilder::default()
+    }
+
+    /// Reads a policy from TOML text. Errors give line and column.
+    pub fn from_toml_str(source: &str) -> Result<Policy, PolicyError> {
+        file::parse(source, None)
+    }
+
+    /// Reads a policy from a TOML file. Errors give the file, line and column.
+    pub fn from_toml_file(path: impl AsRef<Path>) -> Result<Policy, PolicyError> {
+        file::load(path.as_ref())
+    }
+
+    /// The declared dimensions (the built-ins `retries` and `cpu_time` are not listed).
+    pub fn dimensions(&self) -> &[Dimension] {
+        &self.dimensions
+    }
+
+    /// The classes, in declaration order.
+    pub fn classes(&self) -> &[ClassPolicy] {
+        &self.classes
+    }
+
+    /// The class called `name`.
+    pub fn class(&self, name: &str) -> Option<&ClassPolicy> {
+        self.classes.iter().find(|c| &*c.name == name)
+    }
+
+    /// The dimension called `name`.
+    pub fn dimension(&self, name: &str) -> Option<&Dimension> {
+        self.dimensions.iter().find(|d| &*d.name == name)
+    }
+}
+
+impl fmt::Display for Policy {
+    /// The effective limits, one class per paragraph.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, class) in self.classes.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            writeln!(f, "class {} (priority {})", class.name, class.priority)?;
+            let none = || "none".to_owned();
+            let time = |d: Option<Duration>| d.map_or_else(none, crate::units::format_duration);
+            writeln!(f, "  {:<24} {}", WALL_TIME, time(class.wall_time))?;
+            writeln!(f, "  {:<24} {}", CPU_TIME, time(class.cpu_time))?;
+            let retries = class.retries.map_or_else(none, |r| r.to_string());
+            writeln!(f, "  {:<24} {}", RETRIES, retries)?;
+            writeln!(
+                f,
+                "  {:<24} {}",
+                "child_margin",
+                crate::units::format_duration(class.child_margin)
+            )?;
+            for dim in &self.dimensions {
+                let limit = class
+                    .limits
+                    .iter()
+                    .find(|(n, _)| *n == dim.name)
+                    .map_or_else(|| "unlimited".to_owned(), |(_, l)| dim.unit.format(*l));
+                writeln!(f, "  {:<24} {} ({})", dim.name, limit, dim.kind.as_str())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A value and where it was written, for error messages.
+#[derive(Clone, Debug)]
+pub(crate) struct Field<T> {
+    pub(crate) value: T,
+    pub(crate) at: Option<Location>,
+}
+
+impl<T> Field<T> {
+    pub(crate) fn new(value: T, at: Option<Location>) -> Self {
+        Field { value, at }
+    }
+}
+
+/// A dimension as written, before validation.
+#[derive(Clone, Debug)]
+pub(crate) struct RawDimension {
+    pub(crate) name: Field<String>,
+    pub(crate) kind: DimensionKind,
+    pub(crate) unit: Unit,
+}
+
+/// A class as written, before validation.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct RawClass {
+    pub(crate) name: Field<String>,
+    /// `Some(None)`: explicitly no deadline.
+    pub(crate) wall_time: Option<Field<Option<Duration>>>,
+    pub(crate) cpu_time: Option<Field<Option<Duration>>>,
+    pub(crate) retries: Option<Field<u64>>,
+    pub(crate) child_margin: Option<Field<Duration>>,
+    pub(crate) priority: Option<Field<Priority>>,
+    pub(crate) limits: Vec<(Field<String>, Field<u64>)>,
+}
+
+impl Default for Field<String> {
+    fn default() -> Self {
+        Field::new(String::new(), None)
+    }
+}
+
+/// Whether `name` is a valid dimension or class name: `[a-z][a-z0-9_]*`, at most 32 bytes.
+pub(crate) fn valid_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= MAX_NAME_LEN
+        && b[0].is_ascii_lowercase()
+        && b.iter()
+            .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_')
+}
+
+fn name_problem(name: &str) -> String {
+    format!(
+        "`{}` is not a valid name: use 1 to {MAX_NAME_LEN} characters of a-z, 0-9 and _, starting with a letter",
+        name.escape_debug()
+    )
+}
+
+/// Checks everything that does not depend on the syntax the policy was written in.
+pub(crate) fn validate(
+    dims: Vec<RawDimension>,
+    classes: Vec<RawClass>,
+    mut problems: Problems,
+) -> Result<Policy, PolicyError> {
+    let mut seen = HashSet::new();
+    let mut dimensions = Vec::with_capacity(dims.len());
+    for d in dims {
+        let name = &d.name.value;
+        let field = format!("dimensions.{name}");
+        if !valid_name(name) {
+            problems.push(d.name.at.clone(), field, name_problem(name));
+        } else if RESERVED_NAMES.contains(&name.as_str()) {
+            problems.push(
+                d.name.at.clone(),
+                field,
+                format!("`{name}` is reserved (built-in or a header key); choose another name"),
+            );
+        } else if !seen.insert(name.clone()) {
+            problems.push(
+                d.name.at.clone(),
+                field,
+                format!("dimension `{name}` is declared twice"),
+            );
+        } else {
+            dimensions.push(Dimension {
+                name: Arc::from(name.as_str()),
+                kind: d.kind,
+                unit: d.unit,
+            });
+        }
+    }
+    let builtin = RESERVED_NAMES.len() - 3; // retries and cpu_time take dimension slots
+    if dimensions.len() + builtin > MAX_DIMENSIONS {
+        problems.push(
+            None,
+            "dimensions",
+            format!(
+                "{} dimensions declared; at most {} fit beside the built-in ones",
+                dimensions.len(),
+                MAX_DIMENSIONS - builtin
+            ),
+        );
+    }
+    if classes.len() > MAX_CLASSES {
+        problems.push(
+            None,
+            "classes",
+            format!(
+                "{} classes declared; at most {MAX_CLASSES} are allowed",
+                classes.len()
+            ),
+        );
+    }
+
+    let mut class_names = HashSet::new();
+    let mut out = Vec::with_capacity(classes.len());
+    for c in classes {
+        let name = &c.name.value;
+        let base = format!("classes.{name}");
+        if !valid_name(name) {
+            problems.push(c.name.at.clone(), &base, name_problem(name));
+            continue;
+        }
+        if !class_names.insert(name.clone()) {
+            problems.push(
+                c.name.at.clone(),
+                &base,
+                format!("class `{name}` is declared twice"),
+            );
+            continue;
+        }
+        for (field, time) in [("wall_time", &c.wall_time), ("cpu_time", &c.cpu_time)] {
+            if let Some(Field { value: Some(d), at }) = time {
+                if d.is_zero() {
+                    problems.push(
+                        at.clone(),
+                        format!("{base}.{field}"),
+                        "must be greater than zero (omit it, or write \"none\", for no limit)",
+                    );
+                }
+            }
+        }
+        if let Some(m) = &c.child_margin {
+            if m.value.is_zero() {
+                problems.push(
+                    m.at.clone(),
+                    format!("{base}.child_margin"),
+                    "must be greater than zero, so that a child's deadline ends before its parent's",
+                );
+            }
+        }
+        let mut limits: Vec<(Arc<str>, u64)> = Vec::with_capacity(c.limits.len());
+        for (dim, limit) in &c.limits {
+            let field = format!("{base}.limits.{}", dim.value);
+            match dimensions.iter().find(|d| *d.name == *dim.value) {
+                None if matches!(dim.value.as_str(), RETRIES | CPU_TIME | WALL_TIME) => problems
+                    .push(
+                        dim.at.clone(),
+                        field,
+                        format!(
+                            "`{}` is set on the class itself, not under limits",
+                            dim.value
+                        ),
+                    ),
+                None => problems.push(
+                    dim.at.clone(),
+                    field,
+                    format!(
+                        "unknown dimension `{}`; declare it under [dimensions] first",
+                        dim.value.escape_debug()
+                    ),
+                ),
+                Some(d) if limits.iter().any(|(n, _)| *n == d.name) => {
+                    problems.push(dim.at.clone(), field, "limit given twice".to_owned())
+                }
+                Some(d) => limits.push((Arc::clone(&d.name), limit.value)),
+            }
+        }
+        out.push(ClassPolicy {
+            name: Arc::from(name.as_str()),
+            wall_time: c.wall_time.and_then(|f| f.value),
+            cpu_time: c.cpu_time.and_then(|f| f.value),
+            retries: c.retries.map(|f| f.value),
+            child_margin: c.child_margin.map_or(DEFAULT_CHILD_MARGIN, |f| f.value),
+            priority: c.priority.map_or(Priority::default(), |f| f.value),
+            limits,
+        });
+    }
+    if out.is_empty() && problems.is_empty() {
+        problems.push(None, "classes", "a policy needs at least one class");
+    }
+    problems.into_result(Policy {
+        dimensions,
+        classes: out,
+    })
+}

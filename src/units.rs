@@ -1,0 +1,231 @@
+//! Parsing of human-written quantities in policy files: `30s`, `500ms`, `2MiB`, `10k`.
+//!
+//! The grammar is strict and small on purpose. A policy file is written by an operator, so a typo like
+//! `30 sec` or `2MB ` should be an error naming the value, not a silently different limit.
+//!
+//! - duration: `<decimal><unit>` with unit `ns`, `us`, `µs`, `ms`, `s`, `m`, `h`; the decimal may have a
+//!   fraction (`1.5s`) as long as the result is a whole number of nanoseconds.
+//! - quantity: `<integer>[suffix]` with suffix `k`/`M`/`G`/`T` (powers of 1000), `Ki`/`Mi`/`Gi`/`Ti`
+//!   (powers of 1024), optionally followed by `B` (`2MiB`, `512B`, `10kB`).
+//!
+//! Every computation is checked: a value that does not fit in 64 bits is an error, not a wrap.
+
+use std::fmt;
+use std::time::Duration;
+
+/// Longest value accepted, in bytes; longer input is rejected before it is looked at.
+const MAX_LEN: usize = 40;
+
+/// Why a quantity or duration could not be parsed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UnitError {
+    /// Nothing to parse.
+    Empty,
+    /// Longer than any sane value.
+    TooLong,
+    /// The number part is missing or malformed.
+    BadNumber,
+    /// The unit is missing or not one of the accepted ones.
+    BadUnit,
+    /// The value does not fit in 64 bits (or is not a whole number of the base unit).
+    OutOfRange,
+}
+
+impl fmt::Display for UnitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            UnitError::Empty => "empty value",
+            UnitError::TooLong => "value is too long",
+            UnitError::BadNumber => "malformed number",
+            UnitError::BadUnit => "unknown or missing unit",
+            UnitError::OutOfRange => "value out of range",
+        })
+    }
+}
+
+impl std::error::Error for UnitError {}
+
+/// Splits `s` into its leading decimal number (digits with at most one `.`) and the unit after it.
+fn split_number(s: &str) -> Result<(&str, &str, &str), UnitError> {
+    if s.is_empty() {
+        return Err(UnitError::Empty);
+    }
+    if s.len() > MAX_LEN {
+        return Err(UnitError::TooLong);
+    }
+    let int_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (int, rest) = s.split_at(int_end);
+    if int.is_empty() {
+        return Err(UnitError::BadNumber);
+    }
+    if let Some(after_dot) = rest.strip_prefix('.') {
+        let frac_end = after_dot
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(after_dot.len());
+        let (frac, unit) = after_dot.split_at(frac_end);
+        if frac.is_empty() {
+            return Err(UnitError::BadNumber);
+        }
+        Ok((int, frac, unit))
+    } else {
+        Ok((int, "", rest))
+    }
+}
+
+/// `int.frac * scale`, exactly, or an error if it is not a whole number or does not fit in `u64`.
+fn scaled(int: &str, frac: &str, scale: u64) -> Result<u64, UnitError> {
+    let int: u128 = int.parse().map_err(|_| UnitError::OutOfRange)?;
+    let mut total = int
+        .checked_mul(u128::from(scale))
+        .ok_or(UnitError::OutOfRange)?;
+    if !frac.is_empty() {
+        if frac.len() > 18 {
+            return Err(UnitError::OutOfRange);
+        }
+        let digits: u128 = frac.parse().map_err(|_| UnitError::BadNumber)?;
+        let denom = 10u128.pow(frac.len() as u32);
+        let num = digits
+            .checked_mul(u128::from(scale))
+            .ok_or(UnitError::OutOfRange)?;
+        if num % denom != 0 {
+            return Err(UnitError::OutOfRange);
+        }
+        total = total
+            .checked_add(num / denom)
+            .ok_or(UnitError::OutOfRange)?;
+    }
+    u64::try_from(total).map_err(|_| UnitError::OutOfRange)
+}
+
+/// Parses a duration such as `30s`, `500ms`, `1.5s`, `2m` or `1h`.
+///
+/// ```
+/// use costguard::units::parse_duration;
+/// use std::time::Duration;
+///
+/// assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+/// assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+/// assert!(parse_duration("30").is_err()); // a unit is required
+/// ```
+pub fn parse_duration(s: &str) -> Result<Duration, UnitError> {
+    let (int, frac, unit) = split_number(s)?;
+    let scale = match unit {
+        "ns" => 1,
+        "us" | "µs" => 1_000,
+        "ms" => 1_000_000,
+        "s" => 1_000_000_000,
+        "m" => 60_000_000_000,
+        "h" => 3_600_000_000_000,
+        _ => return Err(UnitError::BadUnit),
+    };
+    scaled(int, frac, scale).map(Duration::from_nanos)
+}
+
+/// Parses a whole quantity such as `500`, `10k`, `2MiB` or `512B`.
+///
+/// ```
+/// use costguard::units::parse_quantity;
+///
+/// assert_eq!(parse_quantity("2MiB"), Ok(2 * 1024 * 1024));
+/// assert_eq!(parse_quantity("10k"), Ok(10_000));
+/// assert!(parse_quantity("1.5").is_err()); // counts are whole numbers
+/// ```
+pub fn parse_quantity(s: &str) -> Result<u64, UnitError> {
+    let (int, frac, unit) = split_number(s)?;
+    let unit = unit.strip_suffix('B').unwrap_or(unit);
+    let scale: u64 = match unit {
+        "" => 1,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        _ => return Err(UnitError::BadUnit),
+    };
+    scaled(int, frac, scale)
+}
+
+/// Formats a duration compactly for reports (`1.250s`, `300ms`, `12µs`, `none`).
+pub(crate) fn format_duration(d: Duration) -> String {
+    if d == Duration::MAX || d.as_secs() > u64::MAX / 2 {
+        return "none".to_owned();
+    }
+    let nanos = d.as_nanos();
+    if nanos >= 1_000_000_000 {
+        format!("{:.3}s", d.as_secs_f64())
+    } else if nanos >= 1_000_000 {
+        format!("{}ms", nanos / 1_000_000)
+    } else if nanos >= 1_000 {
+        format!("{}µs", nanos / 1_000)
+    } else {
+        format!("{nanos}ns")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
+        assert_eq!(parse_duration("250µs"), Ok(Duration::from_micros(250)));
+        assert_eq!(parse_duration("0.001s"), Ok(Duration::from_millis(1)));
+        assert_eq!(parse_duration("1.5ns"), Err(UnitError::OutOfRange));
+        assert_eq!(parse_duration("30"), Err(UnitError::BadUnit));
+        assert_eq!(parse_duration("30 s"), Err(UnitError::BadUnit));
+        assert_eq!(parse_duration("-1s"), Err(UnitError::BadNumber));
+        assert_eq!(parse_duration("s"), Err(UnitError::BadNumber));
+        assert_eq!(parse_duration("1.s"), Err(UnitError::BadNumber));
+        assert_eq!(parse_duration(""), Err(UnitError::Empty));
+        assert_eq!(parse_duration("NaNs"), Err(UnitError::BadNumber));
+        assert_eq!(
+            parse_duration("99999999999999h"),
+            Err(UnitError::OutOfRange)
+        );
+        assert_eq!(
+            parse_duration("18446744073709551615ns"),
+            Ok(Duration::from_nanos(u64::MAX))
+        );
+        assert_eq!(
+            parse_duration("18446744073709551616ns"),
+            Err(UnitError::OutOfRange)
+        );
+        assert_eq!(parse_duration(&"9".repeat(100)), Err(UnitError::TooLong));
+    }
+
+    #[test]
+    fn quantities() {
+        assert_eq!(parse_quantity("0"), Ok(0));
+        assert_eq!(parse_quantity("512B"), Ok(512));
+        assert_eq!(parse_quantity("10kB"), Ok(10_000));
+        assert_eq!(parse_quantity("1KiB"), Ok(1024));
+        assert_eq!(parse_quantity("1.5KiB"), Ok(1536));
+        assert_eq!(parse_quantity("1.1"), Err(UnitError::OutOfRange));
+        assert_eq!(parse_quantity("16Ei"), Err(UnitError::BadUnit));
+        assert_eq!(parse_quantity("18446744073709551615"), Ok(u64::MAX));
+        assert_eq!(
+            parse_quantity("18446744073709551616"),
+            Err(UnitError::OutOfRange)
+        );
+        assert_eq!(parse_quantity("20000000T"), Err(UnitError::OutOfRange));
+        assert_eq!(parse_quantity("2 MiB"), Err(UnitError::BadUnit));
+        assert_eq!(parse_quantity("+5"), Err(UnitError::BadNumber));
+    }
+
+    #[test]
+    fn formatting() {
+        assert_eq!(format_duration(Duration::from_millis(1250)), "1.250s");
+        assert_eq!(format_duration(Duration::from_millis(300)), "300ms");
+        assert_eq!(format_duration(Duration::from_micros(12)), "12µs");
+        assert_eq!(format_duration(Duration::MAX), "none");
+    }
+}

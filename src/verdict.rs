@@ -1,0 +1,344 @@
+//! The one refusal type of the library.
+//!
+//! Every "no" costguard says, whether a budget charge, a deadline or (in later layers) admission and
+//! backend protection, is a [`Verdict`]: which limit refused, by how much, for which request, and whether
+//! retrying can help. Callers map it to a response (HTTP 429/503 with `Retry-After`, a parser's limit
+//! warning) without parsing strings. Building one never allocates: names are shared `Arc<str>`s.
+//!
+//! Retrying is a decision with two very different answers, kept apart as in governor's
+//! `NotUntil`/`InsufficientCapacity`: [`Retry::After`] ("not now") and [`Retry::Never`] ("this can not
+//! fit: retrying the same work will fail the same way"). The 2015 outage was made of retries that could
+//! never succeed.
+
+use crate::units::format_duration;
+use crate::RequestId;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why a charge, a child budget or an admission was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Reason {
+    /// The amount does not fit in what is left of the limit.
+    LimitExceeded,
+    /// The amount is larger than the whole limit: it could never fit, however long one waits.
+    CannotFit,
+    /// The request's deadline has passed.
+    DeadlineExceeded,
+    /// Too little time is left for the work to finish before the deadline.
+    InsufficientTime,
+    /// The budget was cancelled (explicitly, or because an ancestor was).
+    Cancelled,
+    /// Child budgets are nested deeper than [`MAX_BUDGET_DEPTH`](crate::MAX_BUDGET_DEPTH).
+    TooDeep,
+    /// The class does not exist in the policy the budget would use.
+    UnknownClass,
+}
+
+impl Reason {
+    /// A stable snake_case name, for metrics labels and JSON.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Reason::LimitExceeded => "limit_exceeded",
+            Reason::CannotFit => "cannot_fit",
+            Reason::DeadlineExceeded => "deadline_exceeded",
+            Reason::InsufficientTime => "insufficient_time",
+            Reason::Cancelled => "cancelled",
+            Reason::TooDeep => "too_deep",
+            Reason::UnknownClass => "unknown_class",
+        }
+    }
+}
+
+/// Whether and when the refused work may be tried again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Retry {
+    /// Retrying cannot help: the work can not fit in this request's limits.
+    Never,
+    /// Retrying may succeed once capacity held by other work is released; no time can be promised.
+    Later,
+    /// Retrying may succeed after this long (an honest `Retry-After`).
+    After(Duration),
+}
+
+/// The unit a limit is counted in; used to print amounts readably.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Unit {
+    /// Plain counts (lookups, queries, retries).
+    #[default]
+    Count,
+    /// Bytes, printed with binary prefixes.
+    Bytes,
+    /// Nanoseconds, printed as a duration (wall and CPU time).
+    Nanos,
+}
+
+impl Unit {
+    /// `amount` in this unit, for people.
+    pub fn format(self, amount: u64) -> String {
+        match self {
+            Unit::Count => amount.to_string(),
+            Unit::Nanos => {
+                if amount == u64::MAX {
+                    "none".to_owned()
+                } else {
+                    format_duration(Duration::from_nanos(amount))
+                }
+            }
+            Unit::Bytes => {
+                const STEPS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+                let mut value = amount as f64;
+                let mut step = 0;
+                while value >= 1024.0 && step + 1 < STEPS.len() {
+                    value /= 1024.0;
+                    step += 1;
+                }
+                if step == 0 {
+                    format!("{amount}B")
+                } else {
+                    format!("{value:.1}{}", STEPS[step])
+                }
+            }
+        }
+    }
+
+    /// The lowercase name used in policy files and JSON.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Unit::Count => "count",
+            Unit::Bytes => "bytes",
+            Unit::Nanos => "nanoseconds",
+        }
+    }
+}
+
+/// A refusal: which limit said no, by how much, for which request, and whether to retry.
+///
+/// ```
+/// use costguard::{Engine, Policy, Reason, RequestId, Retry};
+///
+/// let policy = Policy::builder()
+///     .counter("file_lookups")
+///     .class("parse", |c| c.limit("file_lookups", 2))
+///     .build()
+///     .unwrap();
+/// let engine = Engine::new(policy).unwrap();
+/// let lookups = engine.counter("file_lookups").unwrap();
+/// let budget = engine.begin_by_name("parse", RequestId::new("req-1").unwrap()).unwrap();
+///
+/// let verdict = budget.try_charge(lookups, 3).unwrap_err();
+/// assert_eq!(verdict.reason(), Reason::CannotFit);
+/// assert_eq!(verdict.dimension(), Some("file_lookups"));
+/// assert_eq!((verdict.requested(), verdict.used(), verdict.limit()), (3, 0, 2));
+/// assert_eq!(verdict.retry(), Retry::Never);
+/// assert_eq!(verdict.request_id().unwrap().as_str(), "req-1");
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct Verdict {
+    reason: Reason,
+    class: Option<Arc<str>>,
+    dimension: Option<Arc<str>>,
+    unit: Unit,
+    requested: u64,
+    used: u64,
+    limit: u64,
+    request_id: Option<RequestId>,
+    retry: Retry,
+}
+
+impl Verdict {
+    /// A verdict with the given reason and nothing else filled in.
+    pub(crate) fn new(reason: Reason, retry: Retry) -> Self {
+        Verdict {
+            reason,
+            class: None,
+            dimension: None,
+            unit: Unit::Count,
+            requested: 0,
+            used: 0,
+            limit: 0,
+            request_id: None,
+            retry,
+        }
+    }
+
+    pub(crate) fn with_class(mut self, class: &Arc<str>) -> Self {
+        self.class = Some(Arc::clone(class));
+        self
+    }
+
+    pub(crate) fn with_dimension(mut self, name: &Arc<str>, unit: Unit) -> Self {
+        self.dimension = Some(Arc::clone(name));
+        self.unit = unit;
+        self
+    }
+
+    pub(crate) fn with_amounts(mut self, requested: u64, used: u64, limit: u64) -> Self {
+        self.requested = requested;
+        self.used = used;
+        self.limit = limit;
+        self
+    }
+
+    pub(crate) fn with_request(mut self, id: RequestId) -> Self {
+        self.request_id = Some(id);
+        self
+    }
+
+    /// Why the work was refused.
+    pub fn reason(&self) -> Reason {
+        self.reason
+    }
+
+    /// The request class whose limit refused, if any.
+    pub fn class(&self) -> Option<&str> {
+        self.class.as_deref()
+    }
+
+    /// The budget dimension that refused (`file_lookups`, `wall_time`, ...), if any.
+    pub fn dimension(&self) -> Option<&str> {
+        self.dimension.as_deref()
+    }
+
+    /// The unit of [`requested`](Self::requested), [`used`](Self::used) and [`limit`](Self::limit).
+    pub fn unit(&self) -> Unit {
+        self.unit
+    }
+
+    /// The amount asked for.
+    pub fn requested(&self) -> u64 {
+        self.requested
+    }
+
+    /// The amount already in use when the request was refused.
+    pub fn used(&self) -> u64 {
+        self.used
+    }
+
+    /// The limit that refused.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// The request this verdict is about.
+    pub fn request_id(&self) -> Option<&RequestId> {
+        self.request_id.as_ref()
+    }
+
+    /// Whether and when to retry.
+    pub fn retry(&self) -> Retry {
+        self.retry
+    }
+
+    /// The `Retry-After` delay to send, or `None` when retrying cannot help or no time can be promised.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self.retry {
+            Retry::After(d) => Some(d),
+            Retry::Never | Retry::Later => None,
+        }
+    }
+}
+
+impl fmt::Debug for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Verdict")
+            .field("reason", &self.reason)
+            .field("class", &self.class())
+            .field("dimension", &self.dimension())
+            .field("requested", &self.requested)
+            .field("used", &self.used)
+            .field("limit", &self.limit)
+            .field("request_id", &self.request_id)
+            .field("retry", &self.retry)
+            .finish()
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(id) = &self.request_id {
+            write!(f, "request {id}: ")?;
+        }
+        match (self.class(), self.dimension()) {
+            (Some(c), Some(d)) => write!(f, "{c}/{d}: ")?,
+            (Some(c), None) => write!(f, "{c}: ")?,
+            (None, Some(d)) => write!(f, "{d}: ")?,
+            (None, None) => {}
+        }
+        let u = self.unit;
+        match self.reason {
+            Reason::LimitExceeded => write!(
+                f,
+                "{} more would exceed the limit ({} of {} used)",
+                u.format(self.requested),
+                u.format(self.used),
+                u.format(self.limit)
+            )?,
+            Reason::CannotFit => write!(
+                f,
+                "{} can never fit in a limit of {}",
+                u.format(self.requested),
+                u.format(self.limit)
+            )?,
+            Reason::DeadlineExceeded => write!(
+                f,
+                "deadline exceeded ({} of {})",
+                u.format(self.used),
+                u.format(self.limit)
+            )?,
+            Reason::InsufficientTime => write!(
+                f,
+                "too little time left ({} left, {} needed)",
+                u.format(self.limit.saturating_sub(self.used)),
+                u.format(self.requested)
+            )?,
+            Reason::Cancelled => f.write_str("the request was cancelled")?,
+            Reason::TooDeep => write!(f, "budgets nested deeper than {}", self.limit)?,
+            Reason::UnknownClass => f.write_str("no such class in the policy")?,
+        }
+        match self.retry {
+            Retry::Never => f.write_str("; retrying cannot help"),
+            Retry::Later => f.write_str("; retry once other work finishes"),
+            Retry::After(d) => write!(f, "; retry after {}", format_duration(d)),
+        }
+    }
+}
+
+impl std::error::Error for Verdict {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units_format_readably() {
+        assert_eq!(Unit::Bytes.format(512), "512B");
+        assert_eq!(Unit::Bytes.format(2 * 1024 * 1024), "2.0MiB");
+        assert_eq!(Unit::Nanos.format(1_500_000_000), "1.500s");
+        assert_eq!(Unit::Nanos.format(u64::MAX), "none");
+        assert_eq!(Unit::Count.format(7), "7");
+    }
+
+    #[test]
+    fn display_names_everything() {
+        let class: Arc<str> = Arc::from("parse");
+        let dim: Arc<str> = Arc::from("file_lookups");
+        let v = Verdict::new(Reason::LimitExceeded, Retry::Never)
+            .with_class(&class)
+            .with_dimension(&dim, Unit::Count)
+            .with_amounts(1, 500, 500)
+            .with_request(RequestId::new("r1").unwrap());
+        assert_eq!(
+            v.to_string(),
+            "request r1: parse/file_lookups: 1 more would exceed the limit (500 of 500 used); retrying cannot help"
+        );
+        assert_eq!(v.retry_after(), None);
+        let later = Verdict::new(
+            Reason::LimitExceeded,
+            Retry::After(Duration::from_millis(300)),
+        );
+        assert_eq!(later.retry_after(), Some(Duration::from_millis(300)));
+        assert!(later.to_string().ends_with("retry after 300ms"));
+    }
+}
