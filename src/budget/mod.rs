@@ -344,7 +344,7 @@ impl Budget {
         } else {
             Timestamp::from_nanos(parent.deadline.as_nanos().saturating_sub(margin))
         };
-        if cap <= now {
+        if cap <= now && !cap.is_never() {
             let wall = wall_name();
             let total = parent
                 .deadline

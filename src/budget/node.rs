@@ -303,7 +303,8 @@ impl Node {
         if self.state.load(Ordering::Relaxed) & DEADLINE != 0 {
             return true;
         }
-        if self.clock.coarse() >= self.deadline {
+        // `NEVER` is "no deadline": even a clock saturated at the end of time has not reached it.
+        if self.clock.coarse() >= self.deadline && !self.deadline.is_never() {
             self.set_bits(DEADLINE);
             return true;
         }

@@ -1,0 +1,588 @@
+//! Budget behaviour, deterministic on the manual clock.
+
+use costguard::clock::{ManualClock, ManualCpuClock, Timestamp};
+use costguard::{
+    Budget, CancelReason, Counter, Engine, Level, Overrides, Policy, Priority, Reason,
+    RequestId, Retry, MAX_BUDGET_DEPTH,
+};
+use std::time::Duration;
+
+struct Fixture {
+    clock: ManualClock,
+    cpu: ManualCpuClock,
+    engine: Engine,
+    lookups: Counter,
+    db: Counter,
+    bytes: Counter,
+    depth: Level,
+}
+
+fn fixture() -> Fixture {
+    let policy = Policy::builder()
+        .counter("file_lookups")
+        .counter("db_queries")
+        .bytes("bytes")
+        .level("depth")
+        .class("parse", |c| {
+            c.wall_time(Duration::from_secs(30))
+                .cpu_time(Duration::from_secs(20))
+                .retries(3)
+                .child_margin(Duration::from_millis(100))
+                .limit("file_lookups", 500)
+                .limit("db_queries", 1000)
+                .limit("bytes", 2 << 20)
+                .limit("depth", 3)
+        })
+        .class("api", |c| {
+            c.wall_time(Duration::from_secs(60))
+                .priority(Priority::Sheddable)
+                .limit("file_lookups", 300)
+        })
+        .build()
+        .unwrap();
+    let clock = ManualClock::new();
+    let cpu = ManualCpuClock::new();
+    let engine = Engine::builder(policy)
+        .clock(clock.clone())
+        .cpu_clock(cpu.clone())
+        .build()
+        .unwrap();
+    Fixture {
+        lookups: engine.counter("file_lookups").unwrap(),
+        db: engine.counter("db_queries").unwrap(),
+        bytes: engine.counter("bytes").unwrap(),
+        depth: engine.level("depth").unwrap(),
+        clock,
+        cpu,
+        engine,
+    }
+}
+
+fn id(s: &str) -> RequestId {
+    RequestId::new(s).unwrap()
+}
+
+impl Fixture {
+    fn parse(&self) -> Budget {
+        self.engine.begin_by_name("parse", id("req-1")).unwrap()
+    }
+}
+
+#[test]
+fn charges_are_all_or_nothing() {
+    let f = fixture();
+    let b = f.parse();
+    b.try_charge(f.lookups, 499).unwrap();
+    let v = b.try_charge(f.lookups, 2).unwrap_err();
+    assert_eq!(v.reason(), Reason::LimitExceeded);
+    assert_eq!((v.requested(), v.used(), v.limit()), (2, 499, 500));
+    assert_eq!(v.class(), Some("parse"));
+    assert_eq!(v.retry(), Retry::Never);
+    assert_eq!(b.used(f.lookups), 499, "a refused charge changes nothing");
+    b.try_charge(f.lookups, 1).unwrap();
+    assert_eq!(b.remaining_of(f.lookups), 0);
+    assert_eq!(b.try_charge(f.lookups, 0), Ok(()), "zero always fits");
+}
+
+#[test]
+fn a_charge_that_can_never_fit_says_so() {
+    let f = fixture();
+    let b = f.parse();
+    let v = b.try_charge(f.lookups, 501).unwrap_err();
+    assert_eq!(v.reason(), Reason::CannotFit);
+    assert_eq!(v.retry(), Retry::Never);
+    assert!(!b.is_cancelled(), "an impossible request does not exhaust what is left");
+    let v = b.try_charge(f.lookups, u64::MAX).unwrap_err();
+    assert_eq!(v.reason(), Reason::CannotFit);
+    assert_eq!(b.used(f.lookups), 0);
+}
+
+#[test]
+fn overflowing_sums_are_refused_not_wrapped() {
+    let f = fixture();
+    let b = f.parse();
+    // db_queries is unlimited in "api"; fill it to near u64::MAX and overflow it.
+    let api = f.engine.begin_by_name("api", id("r")).unwrap();
+    api.try_charge(f.db, u64::MAX - 1).unwrap();
+    let v = api.try_charge(f.db, 2).unwrap_err();
+    assert_eq!(v.reason(), Reason::LimitExceeded);
+    assert_eq!(api.used(f.db), u64::MAX - 1);
+    // Multi-dimension charges whose amounts of one counter add past u64::MAX.
+    let v = b
+        .try_charge_many(&[(f.db, u64::MAX), (f.db, 2)])
+        .unwrap_err();
+    assert_eq!(v.dimension(), Some("db_queries"));
+    assert_eq!(b.used(f.db), 0);
+}
+
+#[test]
+fn multi_dimension_charges_roll_back() {
+    let f = fixture();
+    let b = f.parse();
+    b.try_charge(f.db, 999).unwrap();
+    let v = b
+        .try_charge_many(&[(f.lookups, 10), (f.bytes, 100), (f.db, 2)])
+        .unwrap_err();
+    assert_eq!(v.dimension(), Some("db_queries"));
+    assert_eq!(b.used(f.lookups), 0);
+    assert_eq!(b.used(f.bytes), 0);
+    assert_eq!(b.used(f.db), 999);
+    b.try_charge_many(&[(f.lookups, 10), (f.bytes, 100), (f.db, 1)])
+        .unwrap();
+    assert_eq!(
+        (b.used(f.lookups), b.used(f.bytes), b.used(f.db)),
+        (10, 100, 1000)
+    );
+}
+
+#[test]
+fn refunds_never_mint_budget() {
+    let f = fixture();
+    let b = f.parse();
+    b.try_charge(f.lookups, 10).unwrap();
+    assert_eq!(b.refund(f.lookups, 4), 4);
+    assert_eq!(b.refund(f.lookups, 100), 6, "capped by what was charged");
+    assert_eq!(b.refund(f.lookups, u64::MAX), 0);
+    assert_eq!(b.remaining_of(f.lookups), 500);
+    // A child cannot refund what its parent charged.
+    b.try_charge(f.lookups, 50).unwrap();
+    let child = b.child().unwrap();
+    assert_eq!(child.refund(f.lookups, 50), 0);
+    assert_eq!(b.used(f.lookups), 50);
+}
+
+#[test]
+fn reservations_settle_to_the_actual_amount() {
+    let f = fixture();
+    let b = f.parse();
+    // Known up front: a 10,000-image gallery can never fit.
+    let v = b.reserve(f.lookups, 10_000).unwrap_err();
+    assert_eq!(v.reason(), Reason::CannotFit);
+    assert_eq!(b.used(f.lookups), 0);
+
+    let r = b.reserve(f.lookups, 100).unwrap();
+    assert_eq!(b.used(f.lookups), 100);
+    r.settle(80).unwrap();
+    assert_eq!(b.used(f.lookups), 80);
+
+    let r = b.reserve(f.lookups, 100).unwrap();
+    r.settle(150).unwrap();
+    assert_eq!(b.used(f.lookups), 230);
+
+    // Under-estimated beyond the limit: the estimate stays, the verdict says by how much.
+    let r = b.reserve(f.lookups, 200).unwrap();
+    let v = r.settle(400).unwrap_err();
+    assert_eq!((v.requested(), v.used()), (200, 430));
+    assert_eq!(b.used(f.lookups), 430);
+
+    let r = b.reserve(f.lookups, 50).unwrap();
+    r.cancel();
+    assert_eq!(b.used(f.lookups), 430);
+
+    // Dropped without settling (as in a panic): the estimate stays charged.
+    {
+        let _r = b.reserve(f.lookups, 20).unwrap();
+    }
+    assert_eq!(b.used(f.lookups), 450);
+}
+
+#[test]
+fn levels_go_up_and_down_and_report_their_peak() {
+    let f = fixture();
+    let b = f.parse();
+    {
+        let _a = b.enter(f.depth).unwrap();
+        let _b = b.enter_n(f.depth, 2).unwrap();
+        assert_eq!(b.level(f.depth), 3);
+        let v = b.enter(f.depth).unwrap_err();
+        assert_eq!(v.reason(), Reason::LimitExceeded);
+        assert_eq!(v.retry(), Retry::Later, "a level frees up when work finishes");
+        assert!(!b.is_cancelled(), "a full level does not cancel the request");
+    }
+    assert_eq!(b.level(f.depth), 0);
+    assert_eq!(b.headroom(f.depth), 3);
+    let row = b.report();
+    let row = row.dimension("depth").unwrap();
+    assert_eq!((row.used, row.peak, row.limit), (0, Some(3), Some(3)));
+}
+
+#[test]
+fn level_guards_release_on_panic() {
+    let f = fixture();
+    let b = f.parse();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _g = b.enter_n(f.depth, 3).unwrap();
+        panic!("boom");
+    }));
+    assert!(result.is_err());
+    assert_eq!(b.level(f.depth), 0);
+}
+
+#[test]
+fn exhaustion_flips_the_cancellation_flag() {
+    let f = fixture();
+    let b = f.parse();
+    let worker = b.clone();
+    assert!(!worker.is_cancelled());
+    b.try_charge(f.lookups, 500).unwrap();
+    assert!(!worker.is_cancelled(), "reaching the limit exactly is not running out");
+    b.try_charge(f.lookups, 1).unwrap_err();
+    assert!(worker.is_cancelled());
+    assert_eq!(worker.cancel_reason(), Some(CancelReason::Exhausted));
+    let v = worker.check().unwrap_err();
+    assert_eq!(v.reason(), Reason::LimitExceeded);
+    assert_eq!(v.dimension(), Some("file_lookups"));
+}
+
+#[test]
+fn deadlines_on_the_manual_clock() {
+    let f = fixture();
+    let b = f.parse();
+    assert_eq!(b.remaining(), Duration::from_secs(30));
+    f.clock.advance(Duration::from_millis(29_999));
+    assert!(!b.expired());
+    assert_eq!(b.check(), Ok(()));
+    assert_eq!(b.remaining(), Duration::from_millis(1));
+    f.clock.advance(Duration::from_millis(1));
+    assert!(b.expired());
+    assert!(b.is_cancelled());
+    assert_eq!(b.remaining(), Duration::ZERO);
+    let v = b.check().unwrap_err();
+    assert_eq!(v.reason(), Reason::DeadlineExceeded);
+    assert_eq!(v.dimension(), Some("wall_time"));
+    // A clock that steps backwards does not revive an expired budget.
+    f.clock.set(Timestamp::ZERO);
+    assert!(b.expired());
+    assert_eq!(b.remaining(), Duration::ZERO);
+}
+
+#[test]
+fn a_clock_stepping_back_never_extends_the_allowance() {
+    let f = fixture();
+    f.clock.set(Timestamp::from_nanos(5_000_000_000));
+    let b = f.parse();
+    f.clock.set(Timestamp::ZERO);
+    assert_eq!(b.remaining(), Duration::from_secs(30));
+    assert!(!b.expired());
+}
+
+#[test]
+fn no_wall_time_means_no_deadline() {
+    let policy = Policy::builder()
+        .class("batch", |c| c.wall_time(Duration::MAX))
+        .build()
+        .unwrap();
+    let clock = ManualClock::new();
+    let engine = Engine::builder(policy).clock(clock.clone()).build().unwrap();
+    let b = engine.begin_by_name("batch", id("b")).unwrap();
+    clock.advance(Duration::from_secs(1 << 40));
+    assert!(!b.expired());
+    assert_eq!(b.remaining(), Duration::MAX);
+    assert_eq!(b.deadline(), None);
+    let child = b.child().unwrap();
+    assert_eq!(child.deadline(), None);
+}
+
+#[test]
+fn children_draw_from_their_ancestors() {
+    let f = fixture();
+    let root = f.parse();
+    root.try_charge(f.lookups, 200).unwrap();
+    let api = f.engine.class("api").unwrap();
+    let child = root.child_in(api).unwrap();
+    assert_eq!(child.class_name(), "api");
+    // The child's own limit is 300, but only 300 are left in the root either way: take 250.
+    child.try_charge(f.lookups, 250).unwrap();
+    assert_eq!(root.used(f.lookups), 450);
+    // 60 more fits the child (250 + 60 < 300) but not the root (450 + 60 > 500).
+    let v = child.try_charge(f.lookups, 60).unwrap_err();
+    assert_eq!(v.class(), Some("parse"), "the root refused");
+    assert_eq!(v.request_id(), Some(&id("req-1")));
+    assert_eq!(child.used(f.lookups), 250);
+    assert_eq!(root.used(f.lookups), 450);
+    assert_eq!(child.remaining_of(f.lookups), 50);
+    // The root ran out, so it and the child are cancelled.
+    assert!(root.is_cancelled() && child.is_cancelled());
+    assert_eq!(child.cancel_reason(), Some(CancelReason::Inherited));
+    assert_eq!(child.check().unwrap_err().class(), Some("parse"));
+}
+
+#[test]
+fn grandchildren_charge_every_ancestor_all_or_nothing() {
+    let f = fixture();
+    let root = f.parse();
+    let tight = Overrides::new().limit(f.lookups, 10).limit(f.db, 5);
+    let child = root.child_with(None, &tight).unwrap();
+    let grandchild = child.child().unwrap();
+    grandchild
+        .try_charge_many(&[(f.lookups, 4), (f.db, 5)])
+        .unwrap();
+    let v = grandchild
+        .try_charge_many(&[(f.lookups, 1), (f.db, 1)])
+        .unwrap_err();
+    assert_eq!(v.dimension(), Some("db_queries"));
+    for b in [&root, &child, &grandchild] {
+        assert_eq!((b.used(f.lookups), b.used(f.db)), (4, 5));
+    }
+    assert_eq!(grandchild.depth(), 2);
+}
+
+#[test]
+fn child_deadlines_are_staggered() {
+    let f = fixture();
+    let root = f.parse(); // 30 s, margin 100 ms
+    let child = root.child().unwrap();
+    assert_eq!(child.remaining(), Duration::from_millis(29_900));
+    let grandchild = child.child().unwrap();
+    assert_eq!(grandchild.remaining(), Duration::from_millis(29_800));
+    // A child whose own wall time is shorter keeps it.
+    let short = root
+        .child_with(None, &Overrides::new().wall_time(Duration::from_secs(2)))
+        .unwrap();
+    assert_eq!(short.remaining(), Duration::from_secs(2));
+    // Inner deadlines fire first.
+    f.clock.advance(Duration::from_millis(29_800));
+    assert!(grandchild.expired());
+    assert!(!child.expired());
+    assert!(!root.expired());
+    // Less than the margin left: refused up front.
+    f.clock.advance(Duration::from_millis(150));
+    let v = root.child().unwrap_err();
+    assert_eq!(v.reason(), Reason::InsufficientTime);
+    assert_eq!(v.retry(), Retry::Never);
+}
+
+#[test]
+fn cancelling_reaches_every_descendant_and_refuses_new_children() {
+    let f = fixture();
+    let root = f.parse();
+    let a = root.child().unwrap();
+    let b = a.child().unwrap();
+    root.cancel();
+    assert!(a.is_cancelled() && b.is_cancelled());
+    assert_eq!(b.cancel_reason(), Some(CancelReason::Inherited));
+    assert_eq!(root.child().unwrap_err().reason(), Reason::Cancelled);
+    assert_eq!(b.check().unwrap_err().reason(), Reason::Cancelled);
+    // Charges still fit: cancellation is advice, limits are rules.
+    b.try_charge(f.lookups, 1).unwrap();
+}
+
+#[test]
+fn nesting_is_bounded() {
+    let f = fixture();
+    let mut chain = vec![f.parse()];
+    let policy_depth = MAX_BUDGET_DEPTH - 1;
+    for _ in 0..policy_depth {
+        let next = chain.last().unwrap().child().unwrap();
+        chain.push(next);
+    }
+    let v = chain.last().unwrap().child().unwrap_err();
+    assert_eq!(v.reason(), Reason::TooDeep);
+    chain.last().unwrap().try_charge(f.lookups, 1).unwrap();
+    assert!(chain.iter().all(|b| b.used(f.lookups) == 1));
+}
+
+#[test]
+fn the_retry_allowance_is_shared_by_the_tree() {
+    let f = fixture();
+    let root = f.parse(); // retries = 3
+    let a = root.child().unwrap();
+    let b = root.child().unwrap();
+    a.try_retry().unwrap();
+    b.try_retry().unwrap();
+    a.try_retry().unwrap();
+    let v = b.try_retry().unwrap_err();
+    assert_eq!(v.dimension(), Some("retries"));
+    assert_eq!(root.used(Counter::RETRIES), 3);
+}
+
+#[test]
+fn cpu_time_is_metered() {
+    let f = fixture();
+    let b = f.parse(); // cpu_time 20 s
+    let mut meter = b.cpu_meter();
+    f.cpu.advance(Duration::from_secs(5));
+    meter.charge().unwrap();
+    assert_eq!(b.used(Counter::CPU_TIME), 5_000_000_000);
+    f.cpu.advance(Duration::from_secs(16));
+    let v = meter.charge().unwrap_err();
+    assert_eq!(v.dimension(), Some("cpu_time"));
+    assert!(b.is_cancelled());
+    drop(meter);
+    assert_eq!(b.used(Counter::CPU_TIME), 5_000_000_000);
+}
+
+#[test]
+fn the_limit_report_covers_children() {
+    let f = fixture();
+    let root = f.parse();
+    root.try_charge(f.lookups, 7).unwrap();
+    let api = f.engine.class("api").unwrap();
+    {
+        let finished = root.child_in(api).unwrap();
+        finished.try_charge(f.lookups, 3).unwrap();
+    }
+    let live = root
+        .child_with(None, &Overrides::new().request_id(id("sub-2")))
+        .unwrap();
+    live.try_charge(f.bytes, 3 << 20 >> 1).unwrap();
+    f.clock.advance(Duration::from_millis(1250));
+
+    let report = root.report();
+    assert_eq!(report.request_id, "req-1");
+    assert_eq!(report.class, "parse");
+    assert_eq!(report.wall_time.elapsed_ns, 1_250_000_000);
+    assert_eq!(report.wall_time.limit_ns, Some(30_000_000_000));
+    assert_eq!(report.dimension("file_lookups").unwrap().used, 10);
+    assert_eq!(report.children.len(), 2);
+    assert_eq!(report.children[0].class, "api");
+    assert_eq!(report.children[0].dimension("file_lookups").unwrap().used, 3);
+    assert_eq!(report.children[1].request_id, "sub-2");
+
+    let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+    assert_eq!(json["request_id"], "req-1");
+    assert_eq!(json["children"][1]["request_id"], "sub-2");
+    let text = report.to_string();
+    assert!(text.contains("limit report for request req-1 (class parse"));
+    assert!(text.contains("wall_time"));
+    assert!(text.contains("1.250s of 30.000s"));
+    assert!(text.contains("file_lookups"));
+    assert!(text.contains("10 of 500"));
+    assert!(text.contains("1.5MiB of 2.0MiB"));
+}
+
+#[test]
+fn reload_leaves_running_budgets_alone() {
+    let f = fixture();
+    let before = f.parse();
+    let generation = f
+        .engine
+        .reload(
+            Policy::builder()
+                .counter("file_lookups")
+                .counter("db_queries")
+                .bytes("bytes")
+                .level("depth")
+                .class("parse", |c| c.limit("file_lookups", 5))
+                .build()
+                .unwrap(),
+        )
+        .unwrap();
+    assert_eq!(generation, 2);
+    let after = f.parse();
+    assert_eq!(before.limit(f.lookups), Some(500));
+    assert_eq!(after.limit(f.lookups), Some(5));
+    assert_eq!((before.policy_generation(), after.policy_generation()), (1, 2));
+    // Children of the old budget still use the old policy, including classes since removed.
+    let api = f.engine.class("api");
+    assert!(api.is_err(), "api is gone from the new policy");
+    assert!(f.engine.begin_by_name("api", id("x")).is_err());
+    assert_eq!(before.child().unwrap().limit(f.lookups), Some(500));
+}
+
+#[test]
+fn a_failed_reload_keeps_the_old_policy() {
+    let f = fixture();
+    let err = f
+        .engine
+        .reload(
+            Policy::builder()
+                .level("file_lookups") // was a counter
+                .class("parse", |c| c)
+                .build()
+                .unwrap(),
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("was a counter and cannot become a level"));
+    assert_eq!(f.engine.generation(), 1);
+    assert_eq!(f.parse().limit(f.lookups), Some(500));
+    assert!(f.engine.reload_toml_str("not toml [").is_err());
+    assert_eq!(f.engine.generation(), 1);
+}
+
+#[test]
+fn handles_are_typed_and_stable() {
+    let f = fixture();
+    assert_eq!(f.engine.counter("retries").unwrap(), Counter::RETRIES);
+    assert_eq!(f.engine.counter("cpu_time").unwrap(), Counter::CPU_TIME);
+    assert!(f.engine.level("file_lookups").is_err());
+    assert!(f.engine.counter("depth").is_err());
+    assert!(f.engine.counter("nope").is_err());
+    assert!(f.engine.class("nope").is_err());
+    let unknown = f.engine.begin_by_name("nope", id("x")).unwrap_err();
+    assert_eq!(unknown.reason(), Reason::UnknownClass);
+}
+
+#[test]
+fn priorities_only_go_down() {
+    let f = fixture();
+    let parse = f.engine.class("parse").unwrap();
+    let b = f
+        .engine
+        .begin_with(parse, id("r"), &Overrides::new().priority(Priority::Critical))
+        .unwrap();
+    assert_eq!(b.priority(), Priority::Normal, "an override cannot raise priority");
+    let api = f.engine.class("api").unwrap();
+    assert_eq!(b.child_in(api).unwrap().priority(), Priority::Sheddable);
+    let bg = f
+        .engine
+        .begin_with(parse, id("r"), &Overrides::new().priority(Priority::Background))
+        .unwrap();
+    assert_eq!(bg.child().unwrap().priority(), Priority::Background);
+}
+
+#[test]
+fn zero_wall_time_override_is_refused() {
+    let f = fixture();
+    let parse = f.engine.class("parse").unwrap();
+    let v = f
+        .engine
+        .begin_with(parse, id("r"), &Overrides::new().wall_time(Duration::ZERO))
+        .unwrap_err();
+    assert_eq!(v.reason(), Reason::InsufficientTime);
+}
+
+#[test]
+fn budgets_are_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Budget>();
+    assert_send_sync::<Engine>();
+    assert_send_sync::<costguard::Verdict>();
+    assert_send_sync::<costguard::LevelGuard<'static>>();
+    assert_send_sync::<costguard::Reservation<'static>>();
+}
+
+#[test]
+fn threads_charging_one_budget_never_overrun_it() {
+    let f = fixture();
+    let b = f.parse();
+    let child = b.child().unwrap();
+    let threads = 4;
+    let granted: u64 = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let target = if t % 2 == 0 { b.clone() } else { child.clone() };
+                let (lookups, depth) = (f.lookups, f.depth);
+                s.spawn(move || {
+                    let mut ok = 0u64;
+                    for i in 0..10_000u64 {
+                        if target.try_charge(lookups, 1 + i % 3).is_ok() {
+                            ok += 1 + i % 3;
+                        }
+                        if let Ok(g) = target.enter(depth) {
+                            assert!(target.level(depth) <= 3);
+                            drop(g);
+                        }
+                    }
+                    ok
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    assert!(b.used(f.lookups) <= 500);
+    assert_eq!(b.used(f.lookups), granted, "every granted unit is accounted once");
+    assert!(child.used(f.lookups) <= b.used(f.lookups));
+    assert_eq!(b.level(f.depth), 0);
+    assert_eq!(child.level(f.depth), 0);
+}

@@ -1,0 +1,130 @@
+//! Budgets across process hops: what a callee inherits from the header, and what it cannot.
+
+use costguard::clock::ManualClock;
+use costguard::{
+    Counter, Engine, HeaderErrorKind, Policy, Priority, Propagation, Reason, RequestId,
+};
+use std::time::Duration;
+
+fn engine() -> (Engine, ManualClock) {
+    let policy = Policy::builder()
+        .counter("file_lookups")
+        .counter("db_queries")
+        .level("subcalls")
+        .class("parse", |c| {
+            c.wall_time(Duration::from_secs(30))
+                .retries(8)
+                .child_margin(Duration::from_millis(100))
+                .limit("file_lookups", 500)
+                .limit("subcalls", 4)
+        })
+        .class("api", |c| {
+            c.wall_time(Duration::from_secs(60))
+                .retries(5)
+                .limit("file_lookups", 1000)
+                .limit("db_queries", 50)
+        })
+        .build()
+        .unwrap();
+    let clock = ManualClock::new();
+    (
+        Engine::builder(policy).clock(clock.clone()).build().unwrap(),
+        clock,
+    )
+}
+
+fn id(s: &str) -> RequestId {
+    RequestId::new(s).unwrap()
+}
+
+#[test]
+fn a_sub_request_inherits_what_is_left_instead_of_fresh_limits() {
+    let (engine, clock) = engine();
+    let lookups = engine.counter("file_lookups").unwrap();
+    let db = engine.counter("db_queries").unwrap();
+    let subcalls = engine.level("subcalls").unwrap();
+    let parse = engine.begin_by_name("parse", id("edit-1")).unwrap();
+    parse.try_charge(lookups, 100).unwrap();
+    parse.try_charge(Counter::RETRIES, 6).unwrap();
+    let _held = parse.enter(subcalls).unwrap();
+    clock.advance(Duration::from_millis(27_800));
+
+    let header = parse.to_header();
+    let prop = Propagation::decode(&header).unwrap();
+    assert_eq!(prop.remaining(), Some(Duration::from_millis(2_100)));
+    assert_eq!(prop.allowance("file_lookups"), Some(400));
+    assert_eq!(prop.allowance("retries"), Some(2));
+    assert_eq!(prop.allowance("subcalls"), Some(3));
+    assert_eq!(prop.allowance("db_queries"), None, "unlimited dimensions are not sent");
+
+    let api = engine.class("api").unwrap();
+    let callee = engine.begin_propagated(api, id("local"), &prop).unwrap();
+    assert_eq!(callee.request_id(), id("edit-1"));
+    assert_eq!(callee.remaining_of(lookups), 400);
+    assert_eq!(callee.remaining_of(Counter::RETRIES), 2);
+    assert_eq!(callee.remaining_of(db), 50, "the callee's own limits still apply");
+    assert_eq!(callee.remaining(), Duration::from_millis(2_100));
+    // The callee's callee gets less again: the chain of deadlines is staggered.
+    clock.advance(Duration::from_millis(100));
+    let next = Propagation::decode(&callee.to_header()).unwrap();
+    assert!(next.remaining().unwrap() < Duration::from_millis(2_000));
+}
+
+#[test]
+fn a_header_can_only_tighten() {
+    let (engine, _clock) = engine();
+    let lookups = engine.counter("file_lookups").unwrap();
+    let api = engine.class("api").unwrap();
+    let generous =
+        Propagation::decode("cg1;pri=critical;t=99999999999;file_lookups=18446744073709551615;retries=1000")
+            .unwrap();
+    let b = engine.begin_propagated(api, id("x"), &generous).unwrap();
+    assert_eq!(b.remaining_of(lookups), 1000);
+    assert_eq!(b.remaining_of(Counter::RETRIES), 5);
+    assert_eq!(b.remaining(), Duration::from_secs(60));
+    assert_eq!(b.priority(), Priority::Normal, "a header cannot raise priority");
+
+    let lowered = Propagation::decode("cg1;pri=background").unwrap();
+    let b = engine.begin_propagated(api, id("x"), &lowered).unwrap();
+    assert_eq!(b.priority(), Priority::Background);
+}
+
+#[test]
+fn unknown_dimensions_are_ignored_and_no_time_left_is_refused() {
+    let (engine, _clock) = engine();
+    let api = engine.class("api").unwrap();
+    let prop = Propagation::decode("cg1;gallery_images=3;file_lookups=7").unwrap();
+    let b = engine.begin_propagated(api, id("x"), &prop).unwrap();
+    assert_eq!(b.remaining_of(engine.counter("file_lookups").unwrap()), 7);
+    assert_eq!(b.request_id(), id("x"), "no id in the header: the fallback is used");
+
+    let expired = Propagation::decode("cg1;t=0").unwrap();
+    let v = engine.begin_propagated(api, id("x"), &expired).unwrap_err();
+    assert_eq!(v.reason(), Reason::InsufficientTime);
+}
+
+#[test]
+fn a_budget_without_deadline_sends_none() {
+    let policy = Policy::builder().class("bg", |c| c).build().unwrap();
+    let engine = Engine::builder(policy).clock(ManualClock::new()).build().unwrap();
+    let b = engine.begin_by_name("bg", id("x")).unwrap();
+    assert_eq!(b.to_header(), "cg1;id=x;pri=normal");
+}
+
+#[test]
+fn malformed_headers_are_typed_errors() {
+    for (value, kind) in [
+        ("cg1;t=1;t=1", HeaderErrorKind::DuplicateKey),
+        ("cg1;file_lookups=-1", HeaderErrorKind::BadNumber),
+        ("cg1;id=\u{0}", HeaderErrorKind::BadRequestId),
+        ("cg0", HeaderErrorKind::BadVersion),
+        ("cg1;=1", HeaderErrorKind::BadField),
+    ] {
+        assert_eq!(Propagation::decode(value).unwrap_err().kind(), kind, "{value:?}");
+    }
+    let long = format!("cg1;id={}", "a".repeat(64)) + &";x=1".repeat(300);
+    assert_eq!(
+        Propagation::decode(&long).unwrap_err().kind(),
+        HeaderErrorKind::TooLong
+    );
+}

@@ -1,0 +1,340 @@
+//! Model-checked concurrency tests.
+//!
+//! These only build with the crate's own cfg, which swaps every atomic and lock in costguard for
+//! loom's:
+//!
+//! ```text
+//! RUSTFLAGS="--cfg costguard_loom" LOOM_MAX_PREEMPTIONS=2 CARGO_TARGET_DIR=target/loom \
+//!     cargo test --release --test loom
+//! ```
+//!
+//! Each model is small (two or three threads, a handful of operations) and checks one invariant.
+//! Engines are always built inside the model with a [`ManualClock`]: the default clock spawns a real
+//! ticker thread, which loom cannot see.
+#![cfg(costguard_loom)]
+
+use costguard::clock::ManualClock;
+use costguard::{Budget, Counter, Engine, Level, Policy, RequestId};
+use loom::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use loom::thread;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn id(s: &str) -> RequestId {
+    RequestId::new(s).unwrap()
+}
+
+/// An engine over `policy` with a manual clock. Must be called inside `loom::model`.
+fn engine(policy: Policy) -> Engine {
+    Engine::builder(policy)
+        .clock(ManualClock::new())
+        .build()
+        .unwrap()
+}
+
+/// One class `job` with counters `a` and `b` limited as given.
+fn ab_policy(a: u64, b: u64) -> Policy {
+    Policy::builder()
+        .counter("a")
+        .counter("b")
+        .class("job", |c| {
+            c.wall_time(Duration::from_secs(30))
+                .limit("a", a)
+                .limit("b", b)
+        })
+        .build()
+        .unwrap()
+}
+
+/// A root budget of class `job` under `ab_policy(a, b)`, with the handles of `a` and `b`.
+fn ab_budget(a: u64, b: u64) -> (Engine, Budget, Counter, Counter) {
+    let engine = engine(ab_policy(a, b));
+    let ca = engine.counter("a").unwrap();
+    let cb = engine.counter("b").unwrap();
+    let budget = engine.begin_by_name("job", id("r")).unwrap();
+    (engine, budget, ca, cb)
+}
+
+/// Concurrent charges never overrun a limit.
+///
+/// The whole point of a budget: three workers of one request race for an allowance that only fits
+/// two of them. The CAS loop must refuse exactly the one that does not fit, and no successful charge
+/// may be lost (`used` is the sum of what was granted).
+#[test]
+fn concurrent_charges_never_overrun_limit() {
+    loom::model(|| {
+        let (_engine, budget, a, _) = ab_budget(2, u64::MAX);
+        let handles: Vec<_> = (0..3)
+            .map(|_| {
+                let budget = budget.clone();
+                thread::spawn(move || budget.try_charge(a, 1).is_ok())
+            })
+            .collect();
+        let granted: u64 = handles
+            .into_iter()
+            .map(|h| u64::from(h.join().unwrap()))
+            .sum();
+        let used = budget.used(a);
+        assert!(used <= 2, "used {used} > limit 2");
+        assert_eq!(used, granted, "used must be the sum of granted charges");
+        // A root budget has no ancestor to roll back through, so nothing is refused spuriously.
+        assert_eq!(granted, 2);
+    });
+}
+
+/// A refused multi-dimension charge leaves nothing behind.
+///
+/// `try_charge_many` promises all or nothing. Two calls take the same two dimensions in opposite
+/// orders, and only one can fit; the loser has already charged its first dimension when it finds the
+/// second one full, and must roll that back. A partial charge left behind would leak allowance for
+/// the rest of the request.
+#[test]
+fn charge_many_refusal_leaves_no_partial_charge() {
+    loom::model(|| {
+        let (_engine, budget, a, b) = ab_budget(1, 1);
+        let t1 = {
+            let budget = budget.clone();
+            thread::spawn(move || budget.try_charge_many(&[(a, 1), (b, 1)]).is_ok())
+        };
+        let t2 = {
+            let budget = budget.clone();
+            thread::spawn(move || budget.try_charge_many(&[(b, 1), (a, 1)]).is_ok())
+        };
+        let ok1 = u64::from(t1.join().unwrap());
+        let ok2 = u64::from(t2.join().unwrap());
+        // Both may be refused (each can see the other's charge before it is rolled back), but
+        // both can never succeed.
+        assert!(ok1 + ok2 <= 1);
+        assert_eq!(budget.used(a), ok1 + ok2, "partial charge left on `a`");
+        assert_eq!(budget.used(b), ok1 + ok2, "partial charge left on `b`");
+    });
+}
+
+/// Children charging concurrently never overrun their parent.
+///
+/// Sub-requests draw from their parent's allowance: two children race for a parent limit that fits
+/// only one of them, while the parent charges on its own. The parent's limit must hold, the parent's
+/// `used` must be exactly what it and its children were granted (rollbacks included), and a child
+/// can never have more in use than its parent.
+#[test]
+fn child_charges_never_overrun_parent() {
+    loom::model(|| {
+        let policy = Policy::builder()
+            .counter("a")
+            .class("job", |c| c.wall_time(Duration::from_secs(30)).limit("a", 3))
+            .class("sub", |c| c.wall_time(Duration::from_secs(10)).limit("a", 2))
+            .build()
+            .unwrap();
+        let engine = engine(policy);
+        let a = engine.counter("a").unwrap();
+        let sub = engine.class("sub").unwrap();
+        let parent = engine.begin_by_name("job", id("p")).unwrap();
+        let c1 = parent.child_in(sub).unwrap();
+        let c2 = parent.child_in(sub).unwrap();
+        parent.try_charge(a, 1).unwrap();
+
+        let t1 = {
+            let c1 = c1.clone();
+            thread::spawn(move || c1.try_charge(a, 2).is_ok())
+        };
+        let t2 = {
+            let c2 = c2.clone();
+            thread::spawn(move || c2.try_charge(a, 2).is_ok())
+        };
+        let ok1 = t1.join().unwrap();
+        let ok2 = t2.join().unwrap();
+
+        assert!(!(ok1 && ok2), "both children fit in a parent that only had room for one");
+        let (u1, u2, up) = (c1.used(a), c2.used(a), parent.used(a));
+        assert!(up <= 3, "parent used {up} > limit 3");
+        assert_eq!(u1, if ok1 { 2 } else { 0 });
+        assert_eq!(u2, if ok2 { 2 } else { 0 });
+        assert_eq!(up, 1 + u1 + u2, "parent must hold its own charge plus its children's");
+        assert!(u1 <= up && u2 <= up);
+    });
+}
+
+/// A child created while its parent is being cancelled always ends up cancelled.
+///
+/// Cancelling a budget must reach every descendant, including one whose creation races with the
+/// cancellation: either the child sees the parent's bit when it registers, or the cancelling thread
+/// finds the child in the parent's list. A child that slipped between the two would keep working for
+/// a request that was already abandoned.
+#[test]
+fn child_created_during_cancel_is_cancelled() {
+    loom::model(|| {
+        let (_engine, parent, _, _) = ab_budget(1, 1);
+        let canceller = {
+            let parent = parent.clone();
+            thread::spawn(move || parent.cancel())
+        };
+        let creator = {
+            let parent = parent.clone();
+            thread::spawn(move || parent.child().ok())
+        };
+        canceller.join().unwrap();
+        // `child()` refuses once it sees the parent cancelled; a child it did create must be
+        // cancelled now.
+        if let Some(child) = creator.join().unwrap() {
+            assert!(child.is_cancelled(), "child escaped its parent's cancellation");
+        }
+        assert!(parent.is_cancelled());
+    });
+}
+
+/// A refused counter charge cancels the budget for every thread that synchronizes with it.
+///
+/// Workers poll `is_cancelled()` (one relaxed load) to stop early once a counter ran out. The bit set
+/// by a refusal in one thread must be visible to another thread that learned of the refusal through
+/// a release/acquire edge (here, a flag) or a join.
+#[test]
+fn refused_charge_cancellation_is_visible_to_other_threads() {
+    loom::model(|| {
+        let (_engine, budget, a, _) = ab_budget(1, 1);
+        budget.try_charge(a, 1).unwrap();
+        let refused = Arc::new(loom::sync::atomic::AtomicBool::new(false));
+
+        let charger = {
+            let budget = budget.clone();
+            let refused = Arc::clone(&refused);
+            thread::spawn(move || {
+                assert!(budget.try_charge(a, 1).is_err());
+                refused.store(true, Ordering::Release);
+            })
+        };
+        let watcher = {
+            let budget = budget.clone();
+            let refused = Arc::clone(&refused);
+            thread::spawn(move || {
+                if refused.load(Ordering::Acquire) {
+                    assert!(budget.is_cancelled(), "refusal not visible through acquire");
+                }
+            })
+        };
+        charger.join().unwrap();
+        watcher.join().unwrap();
+        assert!(budget.is_cancelled(), "refusal not visible after join");
+    });
+}
+
+/// A policy reload racing with budget starts gives each budget one whole policy.
+///
+/// A reload must never hand a new budget a mix of old and new limits, a budget must never exceed the
+/// limits it got, and a budget started before the reload keeps the limits it started with.
+#[test]
+fn reload_gives_each_budget_one_whole_policy() {
+    loom::model(|| {
+        let engine = engine(ab_policy(2, 5));
+        let a = engine.counter("a").unwrap();
+        let b = engine.counter("b").unwrap();
+        let job = engine.class("job").unwrap();
+        let before = engine.begin(job, id("old")).unwrap();
+
+        let reloader = {
+            let engine = engine.clone();
+            thread::spawn(move || engine.reload(ab_policy(1, 4)).unwrap())
+        };
+        let starter = {
+            let engine = engine.clone();
+            let before = before.clone();
+            thread::spawn(move || {
+                let fresh = engine.begin(job, id("new")).unwrap();
+                let limits = (fresh.limit(a), fresh.limit(b));
+                let expected = match fresh.policy_generation() {
+                    1 => (Some(2), Some(5)),
+                    2 => (Some(1), Some(4)),
+                    g => panic!("unexpected generation {g}"),
+                };
+                assert_eq!(limits, expected, "budget got a mix of two policies");
+                let limit = limits.0.unwrap();
+                let granted = (0..3).filter(|_| fresh.try_charge(a, 1).is_ok()).count() as u64;
+                assert_eq!(granted, limit);
+                assert_eq!(fresh.used(a), limit);
+                // The budget started before the reload charges against its own, old limits.
+                let granted = (0..3).filter(|_| before.try_charge(a, 1).is_ok()).count() as u64;
+                assert_eq!(granted, 2);
+            })
+        };
+        assert_eq!(reloader.join().unwrap(), 2);
+        starter.join().unwrap();
+
+        assert_eq!(engine.generation(), 2);
+        assert_eq!(before.policy_generation(), 1);
+        assert_eq!((before.limit(a), before.limit(b)), (Some(2), Some(5)));
+        assert_eq!(before.used(a), 2);
+    });
+}
+
+/// A level with limit 1 is held by at most one thread at a time, and always returns to zero.
+///
+/// Levels bound concurrent work (in-flight sub-calls, nesting). Two threads entering a level of limit
+/// 1 must exclude each other, and dropping the guards must give every unit back.
+#[test]
+fn level_guard_excludes_and_returns_to_zero() {
+    loom::model(|| {
+        let policy = Policy::builder()
+            .level("inflight")
+            .class("job", |c| {
+                c.wall_time(Duration::from_secs(30)).limit("inflight", 1)
+            })
+            .build()
+            .unwrap();
+        let engine = engine(policy);
+        let level: Level = engine.level("inflight").unwrap();
+        let budget = engine.begin_by_name("job", id("r")).unwrap();
+        let inside = Arc::new(AtomicUsize::new(0));
+
+        let handles: Vec<_> = (0..2)
+            .map(|_| {
+                let budget = budget.clone();
+                let inside = Arc::clone(&inside);
+                thread::spawn(move || {
+                    if let Ok(guard) = budget.enter(level) {
+                        let others = inside.fetch_add(1, Ordering::SeqCst);
+                        assert_eq!(others, 0, "two holders of a level with limit 1");
+                        let seen = budget.level(level);
+                        assert_eq!(seen, 1, "level {seen} while holding the only unit");
+                        inside.fetch_sub(1, Ordering::SeqCst);
+                        drop(guard);
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        assert_eq!(budget.level(level), 0);
+    });
+}
+
+/// The harness catches an overrun: a charge written as a separate load and store (no CAS).
+///
+/// If this model ever stopped failing, the other models would prove nothing.
+#[test]
+#[should_panic(expected = "overrun")]
+fn canary_load_then_store_charge_overruns() {
+    fn broken_try_add(cell: &AtomicU64, n: u64, limit: u64) -> bool {
+        let used = cell.load(Ordering::Acquire);
+        if used + n > limit {
+            return false;
+        }
+        cell.store(used + n, Ordering::Release);
+        true
+    }
+
+    loom::model(|| {
+        let used = Arc::new(AtomicU64::new(0));
+        let handles: Vec<_> = (0..2)
+            .map(|_| {
+                let used = Arc::clone(&used);
+                thread::spawn(move || broken_try_add(&used, 1, 1))
+            })
+            .collect();
+        let granted = handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .filter(|&ok| ok)
+            .count();
+        assert!(granted <= 1, "overrun: {granted} charges granted against a limit of 1");
+    });
+}
