@@ -586,3 +586,18 @@ fn threads_charging_one_budget_never_overrun_it() {
     assert_eq!(b.level(f.depth), 0);
     assert_eq!(child.level(f.depth), 0);
 }
+
+#[test]
+fn a_wide_fan_out_keeps_a_bounded_report() {
+    let f = fixture();
+    let root = f.parse();
+    for _ in 0..100 {
+        let child = root.child().unwrap();
+        child.try_charge(f.db, 1).unwrap();
+    }
+    let report = root.report();
+    assert_eq!(report.children.len(), 64);
+    assert_eq!(report.children_omitted, 36);
+    assert_eq!(report.dimension("db_queries").unwrap().used, 100);
+    assert!(report.to_string().contains("... and 36 more finished children"));
+}

@@ -321,16 +321,23 @@ impl Drop for Node {
         let Some(parent) = self.parent.as_ref() else {
             return;
         };
-        let report = super::report::build(self);
         let me: *const Node = self;
+        let room = {
+            let mut family = parent.family.lock();
+            family
+                .live
+                .retain(|w| w.strong_count() > 0 && !std::ptr::eq(w.as_ptr(), me));
+            family.finished.len() < MAX_CHILD_REPORTS
+        };
+        // Build the report outside the parent's lock, and only when there is room to keep it: a parent
+        // with thousands of finished children pays for 64 reports, not thousands.
+        let report = room.then(|| super::report::build(self));
         let mut family = parent.family.lock();
-        family
-            .live
-            .retain(|w| w.strong_count() > 0 && !std::ptr::eq(w.as_ptr(), me));
-        if family.finished.len() < MAX_CHILD_REPORTS {
-            family.finished.push(report);
-        } else {
-            family.omitted = family.omitted.saturating_add(1);
+        match report {
+            Some(report) if family.finished.len() < MAX_CHILD_REPORTS => {
+                family.finished.push(report);
+            }
+            _ => family.omitted = family.omitted.saturating_add(1),
         }
     }
 }
