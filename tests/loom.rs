@@ -14,8 +14,8 @@
 #![cfg(costguard_loom)]
 
 use costguard::clock::ManualClock;
-use costguard::{Budget, Counter, Engine, Level, Policy, RequestId};
-use loom::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use costguard::{Budget, Counter, Engine, Level, Overrides, Policy, RequestId};
+use loom::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use loom::thread;
 use std::sync::Arc;
 use std::time::Duration;
@@ -86,43 +86,61 @@ fn concurrent_charges_never_overrun_limit() {
 ///
 /// `try_charge_many` promises all or nothing. Two calls take the same two dimensions in opposite
 /// orders, and only one can fit; the loser has already charged its first dimension when it finds the
-/// second one full, and must roll that back. A partial charge left behind would leak allowance for
-/// the rest of the request.
+/// second one full, and must roll that back. A third call goes through a child whose own limit on `b`
+/// is zero: it is refused at the leaf after the parent accepted it, with one dimension already
+/// charged on the child, and must roll back both. A partial charge left behind would leak allowance
+/// for the rest of the request.
 #[test]
 fn charge_many_refusal_leaves_no_partial_charge() {
     loom::model(|| {
-        let (_engine, budget, a, b) = ab_budget(1, 1);
+        let (_engine, parent, a, b) = ab_budget(1, 1);
+        let child = parent
+            .child_with(None, &Overrides::new().limit(b, 0))
+            .unwrap();
         let t1 = {
-            let budget = budget.clone();
-            thread::spawn(move || budget.try_charge_many(&[(a, 1), (b, 1)]).is_ok())
+            let parent = parent.clone();
+            thread::spawn(move || parent.try_charge_many(&[(a, 1), (b, 1)]).is_ok())
         };
         let t2 = {
-            let budget = budget.clone();
-            thread::spawn(move || budget.try_charge_many(&[(b, 1), (a, 1)]).is_ok())
+            let parent = parent.clone();
+            thread::spawn(move || parent.try_charge_many(&[(b, 1), (a, 1)]).is_ok())
+        };
+        let t3 = {
+            let child = child.clone();
+            thread::spawn(move || child.try_charge_many(&[(a, 1), (b, 1)]).is_ok())
         };
         let ok1 = u64::from(t1.join().unwrap());
         let ok2 = u64::from(t2.join().unwrap());
-        // Both may be refused (each can see the other's charge before it is rolled back), but
+        assert!(!t3.join().unwrap(), "a charge over a zero limit succeeded");
+        // Both may be refused (each can see another's charge before it is rolled back), but
         // both can never succeed.
         assert!(ok1 + ok2 <= 1);
-        assert_eq!(budget.used(a), ok1 + ok2, "partial charge left on `a`");
-        assert_eq!(budget.used(b), ok1 + ok2, "partial charge left on `b`");
+        assert_eq!(parent.used(a), ok1 + ok2, "partial charge left on `a`");
+        assert_eq!(parent.used(b), ok1 + ok2, "partial charge left on `b`");
+        assert_eq!(child.used(a), 0, "partial charge left on the child");
+        assert_eq!(child.used(b), 0);
     });
 }
 
 /// Children charging concurrently never overrun their parent.
 ///
-/// Sub-requests draw from their parent's allowance: two children race for a parent limit that fits
-/// only one of them, while the parent charges on its own. The parent's limit must hold, the parent's
-/// `used` must be exactly what it and its children were granted (rollbacks included), and a child
-/// can never have more in use than its parent.
+/// Sub-requests draw from their parent's allowance, root first, and a charge refused further down
+/// the chain must roll back what it already took from the ancestors. Two children race for a parent
+/// limit that fits only one more charge of 2; the second child first tries a charge its own limit
+/// refuses (after the parent accepted it), then a regular one. The parent's limit must hold, its
+/// `used` must be exactly its own charge plus what its children were granted (so every rollback
+/// happened), and a child can never have more in use than its parent.
 #[test]
 fn child_charges_never_overrun_parent() {
     loom::model(|| {
         let policy = Policy::builder()
             .counter("a")
-            .class("job", |c| c.wall_time(Duration::from_secs(30)).limit("a", 3))
-            .class("sub", |c| c.wall_time(Duration::from_secs(10)).limit("a", 2))
+            .class("job", |c| {
+                c.wall_time(Duration::from_secs(30)).limit("a", 4)
+            })
+            .class("sub", |c| {
+                c.wall_time(Duration::from_secs(10)).limit("a", 2)
+            })
             .build()
             .unwrap();
         let engine = engine(policy);
@@ -139,18 +157,61 @@ fn child_charges_never_overrun_parent() {
         };
         let t2 = {
             let c2 = c2.clone();
-            thread::spawn(move || c2.try_charge(a, 2).is_ok())
+            thread::spawn(move || {
+                // Fits the parent (1 + 3 <= 4) but not the child (3 > 2): refused at the leaf.
+                assert!(c2.try_charge(a, 3).is_err());
+                c2.try_charge(a, 2).is_ok()
+            })
         };
         let ok1 = t1.join().unwrap();
         let ok2 = t2.join().unwrap();
 
-        assert!(!(ok1 && ok2), "both children fit in a parent that only had room for one");
+        assert!(
+            !(ok1 && ok2),
+            "both children fit in a parent that only had room for one"
+        );
         let (u1, u2, up) = (c1.used(a), c2.used(a), parent.used(a));
-        assert!(up <= 3, "parent used {up} > limit 3");
+        assert!(up <= 4, "parent used {up} > limit 4");
         assert_eq!(u1, if ok1 { 2 } else { 0 });
         assert_eq!(u2, if ok2 { 2 } else { 0 });
-        assert_eq!(up, 1 + u1 + u2, "parent must hold its own charge plus its children's");
+        assert_eq!(
+            up,
+            1 + u1 + u2,
+            "parent must hold its own charge plus its children's"
+        );
         assert!(u1 <= up && u2 <= up);
+    });
+}
+
+/// A refund racing with a charge loses neither.
+///
+/// A refund walks the chain leaf first and subtracts with a CAS loop, like a charge adds. A child
+/// refunds what it charged while the parent charges on its own; if either update overwrote the
+/// other, allowance would be lost or minted for the rest of the request.
+#[test]
+fn refund_and_charge_never_lose_an_update() {
+    loom::model(|| {
+        let (_engine, parent, a, _) = ab_budget(2, 1);
+        let child = parent.child().unwrap();
+        child.try_charge(a, 1).unwrap();
+
+        let refunder = {
+            let child = child.clone();
+            thread::spawn(move || child.refund(a, 1))
+        };
+        let charger = {
+            let parent = parent.clone();
+            thread::spawn(move || parent.try_charge(a, 1).is_ok())
+        };
+        assert_eq!(refunder.join().unwrap(), 1);
+        // 1 + 1 fits the limit of 2 whichever runs first.
+        assert!(charger.join().unwrap());
+        assert_eq!(child.used(a), 0);
+        assert_eq!(
+            parent.used(a),
+            1,
+            "a concurrent refund and charge lost an update"
+        );
     });
 }
 
@@ -176,7 +237,10 @@ fn child_created_during_cancel_is_cancelled() {
         // `child()` refuses once it sees the parent cancelled; a child it did create must be
         // cancelled now.
         if let Some(child) = creator.join().unwrap() {
-            assert!(child.is_cancelled(), "child escaped its parent's cancellation");
+            assert!(
+                child.is_cancelled(),
+                "child escaped its parent's cancellation"
+            );
         }
         assert!(parent.is_cancelled());
     });
@@ -192,7 +256,7 @@ fn refused_charge_cancellation_is_visible_to_other_threads() {
     loom::model(|| {
         let (_engine, budget, a, _) = ab_budget(1, 1);
         budget.try_charge(a, 1).unwrap();
-        let refused = Arc::new(loom::sync::atomic::AtomicBool::new(false));
+        let refused = Arc::new(AtomicBool::new(false));
 
         let charger = {
             let budget = budget.clone();
@@ -335,6 +399,9 @@ fn canary_load_then_store_charge_overruns() {
             .map(|h| h.join().unwrap())
             .filter(|&ok| ok)
             .count();
-        assert!(granted <= 1, "overrun: {granted} charges granted against a limit of 1");
+        assert!(
+            granted <= 1,
+            "overrun: {granted} charges granted against a limit of 1"
+        );
     });
 }
