@@ -88,14 +88,21 @@ fn main() {
         images: counter("gallery_images"),
     };
     let parse = engine
-        .begin_by_name("parse", RequestId::new("edit-20150423-0340").expect("valid id"))
+        .begin_by_name(
+            "parse",
+            RequestId::new("edit-20150423-0340").expect("valid id"),
+        )
         .unwrap_or_else(|v| {
             eprintln!("{v}");
             std::process::exit(2);
         });
 
     println!("Parsing User:Example/Galleries (three <gallery> tags)\n");
-    let galleries = [("recent uploads", 40u64), ("all of April", 10_000), ("Djvu scans", 600)];
+    let galleries = [
+        ("recent uploads", 40u64),
+        ("all of April", 10_000),
+        ("Djvu scans", 600),
+    ];
     let mut unguarded_lookups = 0;
     let mut guarded_lookups = 0;
     for (name, images) in galleries {

@@ -10,7 +10,7 @@
 //! The value is untrusted input, so the grammar is strict and small:
 //!
 //! ```text
-//! value  = "cg1" *( ";" field )            ; at most 1024 bytes, at most 40 fields
+//! value  = "cg1" *( ";" field )            ; at most 2048 bytes, at most 40 fields
 //! field  = "id=" request-id                 ; 1-64 of A-Z a-z 0-9 . _ : -
 //!        / "pri=" priority                  ; critical | normal | sheddable | background
 //!        / "t=" decimal                     ; milliseconds left; absent: no deadline
@@ -21,7 +21,8 @@
 //!
 //! Each key may appear once. Spaces and tabs around the whole value are ignored (HTTP allows them);
 //! nothing else is. A value that breaks any rule is refused whole with a [`HeaderError`] naming the byte
-//! offset; the callee then runs under its own policy alone, which is never looser than with the header.
+//! offset. The callee then runs under its own policy alone: never looser than that policy, though
+//! without the caller's tighter limits, so a caller should treat a refused header as a bug to fix.
 //!
 //! ```
 //! use costguard::{Engine, Policy, Propagation, RequestId};
@@ -64,8 +65,10 @@ use std::time::Duration;
 
 /// The HTTP header name costguard uses by convention.
 pub const HEADER_NAME: &str = "costguard-budget";
-/// The longest header value accepted, in bytes.
-pub const MAX_HEADER_LEN: usize = 1024;
+/// The longest header value accepted, in bytes: room for every field a budget can have (an id of 64
+/// bytes, a priority, a time and 32 dimensions with 32-byte names and 20-digit values come to about
+/// 1.9 KB), so that whatever [`Budget::to_header`] writes, [`Propagation::decode`] accepts.
+pub const MAX_HEADER_LEN: usize = 2048;
 /// The most fields a header value may carry.
 pub const MAX_HEADER_FIELDS: usize = 40;
 const VERSION: &str = "cg1";
@@ -127,7 +130,7 @@ impl HeaderError {
 impl fmt::Display for HeaderError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let what = match self.kind {
-            HeaderErrorKind::TooLong => "header value is longer than 1024 bytes",
+            HeaderErrorKind::TooLong => "header value is longer than 2048 bytes",
             HeaderErrorKind::TooManyFields => "header value has more than 40 fields",
             HeaderErrorKind::BadVersion => "header value does not start with `cg1`",
             HeaderErrorKind::BadField => "malformed field (expected key=value)",
@@ -361,6 +364,21 @@ mod tests {
     }
 
     #[test]
+    fn the_longest_possible_header_decodes() {
+        let p = Propagation {
+            request_id: Some(RequestId::new(&"r".repeat(64)).unwrap()),
+            priority: Some(Priority::Background),
+            remaining: Some(Duration::from_millis(u64::MAX)),
+            allowances: (0..crate::policy::MAX_DIMENSIONS)
+                .map(|i| (format!("d{i:0>31}"), u64::MAX))
+                .collect(),
+        };
+        let v = p.encode();
+        assert!(v.len() <= MAX_HEADER_LEN, "{} bytes", v.len());
+        assert_eq!(Propagation::decode(&v), Ok(p));
+    }
+
+    #[test]
     fn hostile_values_are_refused() {
         use HeaderErrorKind as K;
         assert_eq!(err(""), K::BadVersion);
@@ -381,7 +399,7 @@ mod tests {
         assert_eq!(err("cg1;Bad=1"), K::BadField);
         assert_eq!(err("cg1;a b=1"), K::BadField);
         assert_eq!(err("cg1; t=1"), K::BadField);
-        assert_eq!(err(&format!("cg1;id={}", "x".repeat(2000))), K::TooLong);
+        assert_eq!(err(&format!("cg1;id={}", "x".repeat(4000))), K::TooLong);
         let many: String = (0..41).map(|i| format!(";d{i}=1")).collect();
         assert_eq!(err(&format!("cg1{many}")), K::TooManyFields);
         assert!(Propagation::decode("cg1;t=18446744073709551615").is_ok());

@@ -27,6 +27,18 @@ impl<T> Mutex<T> {
         Mutex(imp::Mutex::new(value))
     }
 
+    /// The lock if it is free right now.
+    pub(crate) fn try_lock(&self) -> Option<imp::MutexGuard<'_, T>> {
+        #[cfg(not(costguard_loom))]
+        {
+            self.0.try_lock()
+        }
+        #[cfg(costguard_loom)]
+        {
+            self.0.try_lock().ok()
+        }
+    }
+
     pub(crate) fn lock(&self) -> imp::MutexGuard<'_, T> {
         #[cfg(not(costguard_loom))]
         {

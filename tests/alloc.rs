@@ -5,8 +5,8 @@
 //! the counter around the operations under test (including dropping what they return, such as a
 //! refusal's `Verdict`) and asserts that the thread made no heap call at all. Counting per thread keeps
 //! the tests independent of each other and of background threads when the harness runs them in
-//! parallel. The ignored tests at the end assert the same for the known exceptions, which allocate
-//! today (`cargo test --test alloc -- --ignored` shows the counts).
+//! parallel. The tests at the end cover cancellation reaching live children, which once collected
+//! them into a `Vec`.
 
 use costguard::clock::{ManualClock, MonotonicClock};
 use costguard::{
@@ -431,11 +431,9 @@ fn child_charge_refused_by_an_already_cancelled_ancestor_does_not_allocate() {
 // The first time a cancellation bit is set on a budget that has live children, `Node::set_bits`
 // collects those children into a `Vec<Arc<Node>>` before telling them: one allocation (and one free)
 // per budget of the subtree that has live children. Later refusals and checks do not allocate (see the
-// test above). The three ignored tests below are the acceptance tests for notifying children without
-// collecting them; `cargo test --test alloc -- --ignored` shows the current counts.
+// test above). The three tests below cover notifying children without collecting them.
 
 #[test]
-#[ignore = "allocates: Node::set_bits collects live children into a Vec (2 allocs here)"]
 fn child_charge_first_refused_by_an_ancestor_does_not_allocate() {
     let f = Fixture::new();
     let (_root, _mid, leaf) = depth2(&f);
@@ -445,7 +443,6 @@ fn child_charge_first_refused_by_an_ancestor_does_not_allocate() {
 }
 
 #[test]
-#[ignore = "allocates: Node::set_bits collects live children into a Vec (1 alloc here)"]
 fn cancel_of_a_budget_with_a_child_does_not_allocate() {
     let f = Fixture::new();
     let root = f.budget();
@@ -456,7 +453,6 @@ fn cancel_of_a_budget_with_a_child_does_not_allocate() {
 }
 
 #[test]
-#[ignore = "allocates: Node::set_bits collects live children into a Vec (1 alloc here)"]
 fn first_expiry_of_a_budget_with_a_child_does_not_allocate() {
     let f = Fixture::new();
     let root = f.budget();

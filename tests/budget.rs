@@ -2,8 +2,8 @@
 
 use costguard::clock::{ManualClock, ManualCpuClock, Timestamp};
 use costguard::{
-    Budget, CancelReason, Counter, Engine, Level, Overrides, Policy, Priority, Reason,
-    RequestId, Retry, MAX_BUDGET_DEPTH,
+    Budget, CancelReason, Counter, Engine, Level, Overrides, Policy, Priority, Reason, RequestId,
+    Retry, MAX_BUDGET_DEPTH,
 };
 use std::time::Duration;
 
@@ -91,7 +91,10 @@ fn a_charge_that_can_never_fit_says_so() {
     let v = b.try_charge(f.lookups, 501).unwrap_err();
     assert_eq!(v.reason(), Reason::CannotFit);
     assert_eq!(v.retry(), Retry::Never);
-    assert!(!b.is_cancelled(), "an impossible request does not exhaust what is left");
+    assert!(
+        !b.is_cancelled(),
+        "an impossible request does not exhaust what is left"
+    );
     let v = b.try_charge(f.lookups, u64::MAX).unwrap_err();
     assert_eq!(v.reason(), Reason::CannotFit);
     assert_eq!(b.used(f.lookups), 0);
@@ -196,8 +199,15 @@ fn levels_go_up_and_down_and_report_their_peak() {
         assert_eq!(b.level(f.depth), 3);
         let v = b.enter(f.depth).unwrap_err();
         assert_eq!(v.reason(), Reason::LimitExceeded);
-        assert_eq!(v.retry(), Retry::Later, "a level frees up when work finishes");
-        assert!(!b.is_cancelled(), "a full level does not cancel the request");
+        assert_eq!(
+            v.retry(),
+            Retry::Later,
+            "a level frees up when work finishes"
+        );
+        assert!(
+            !b.is_cancelled(),
+            "a full level does not cancel the request"
+        );
     }
     assert_eq!(b.level(f.depth), 0);
     assert_eq!(b.headroom(f.depth), 3);
@@ -225,7 +235,10 @@ fn exhaustion_flips_the_cancellation_flag() {
     let worker = b.clone();
     assert!(!worker.is_cancelled());
     b.try_charge(f.lookups, 500).unwrap();
-    assert!(!worker.is_cancelled(), "reaching the limit exactly is not running out");
+    assert!(
+        !worker.is_cancelled(),
+        "reaching the limit exactly is not running out"
+    );
     b.try_charge(f.lookups, 1).unwrap_err();
     assert!(worker.is_cancelled());
     assert_eq!(worker.cancel_reason(), Some(CancelReason::Exhausted));
@@ -273,7 +286,10 @@ fn no_wall_time_means_no_deadline() {
         .build()
         .unwrap();
     let clock = ManualClock::new();
-    let engine = Engine::builder(policy).clock(clock.clone()).build().unwrap();
+    let engine = Engine::builder(policy)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
     let b = engine.begin_by_name("batch", id("b")).unwrap();
     clock.advance(Duration::from_secs(1 << 40));
     assert!(!b.expired());
@@ -436,7 +452,10 @@ fn the_limit_report_covers_children() {
     assert_eq!(report.dimension("file_lookups").unwrap().used, 10);
     assert_eq!(report.children.len(), 2);
     assert_eq!(report.children[0].class, "api");
-    assert_eq!(report.children[0].dimension("file_lookups").unwrap().used, 3);
+    assert_eq!(
+        report.children[0].dimension("file_lookups").unwrap().used,
+        3
+    );
     assert_eq!(report.children[1].request_id, "sub-2");
 
     let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
@@ -472,7 +491,10 @@ fn reload_leaves_running_budgets_alone() {
     let after = f.parse();
     assert_eq!(before.limit(f.lookups), Some(500));
     assert_eq!(after.limit(f.lookups), Some(5));
-    assert_eq!((before.policy_generation(), after.policy_generation()), (1, 2));
+    assert_eq!(
+        (before.policy_generation(), after.policy_generation()),
+        (1, 2)
+    );
     // Children of the old budget still use the old policy, including classes since removed.
     let api = f.engine.class("api");
     assert!(api.is_err(), "api is gone from the new policy");
@@ -493,7 +515,9 @@ fn a_failed_reload_keeps_the_old_policy() {
                 .unwrap(),
         )
         .unwrap_err();
-    assert!(err.to_string().contains("was a counter and cannot become a level"));
+    assert!(err
+        .to_string()
+        .contains("was a counter and cannot become a level"));
     assert_eq!(f.engine.generation(), 1);
     assert_eq!(f.parse().limit(f.lookups), Some(500));
     assert!(f.engine.reload_toml_str("not toml [").is_err());
@@ -519,14 +543,26 @@ fn priorities_only_go_down() {
     let parse = f.engine.class("parse").unwrap();
     let b = f
         .engine
-        .begin_with(parse, id("r"), &Overrides::new().priority(Priority::Critical))
+        .begin_with(
+            parse,
+            id("r"),
+            &Overrides::new().priority(Priority::Critical),
+        )
         .unwrap();
-    assert_eq!(b.priority(), Priority::Normal, "an override cannot raise priority");
+    assert_eq!(
+        b.priority(),
+        Priority::Normal,
+        "an override cannot raise priority"
+    );
     let api = f.engine.class("api").unwrap();
     assert_eq!(b.child_in(api).unwrap().priority(), Priority::Sheddable);
     let bg = f
         .engine
-        .begin_with(parse, id("r"), &Overrides::new().priority(Priority::Background))
+        .begin_with(
+            parse,
+            id("r"),
+            &Overrides::new().priority(Priority::Background),
+        )
         .unwrap();
     assert_eq!(bg.child().unwrap().priority(), Priority::Background);
 }
@@ -581,7 +617,11 @@ fn threads_charging_one_budget_never_overrun_it() {
         handles.into_iter().map(|h| h.join().unwrap()).sum()
     });
     assert!(b.used(f.lookups) <= 500);
-    assert_eq!(b.used(f.lookups), granted, "every granted unit is accounted once");
+    assert_eq!(
+        b.used(f.lookups),
+        granted,
+        "every granted unit is accounted once"
+    );
     assert!(child.used(f.lookups) <= b.used(f.lookups));
     assert_eq!(b.level(f.depth), 0);
     assert_eq!(child.level(f.depth), 0);
@@ -599,5 +639,7 @@ fn a_wide_fan_out_keeps_a_bounded_report() {
     assert_eq!(report.children.len(), 64);
     assert_eq!(report.children_omitted, 36);
     assert_eq!(report.dimension("db_queries").unwrap().used, 100);
-    assert!(report.to_string().contains("... and 36 more finished children"));
+    assert!(report
+        .to_string()
+        .contains("... and 36 more finished children"));
 }

@@ -215,6 +215,41 @@ fn refund_and_charge_never_lose_an_update() {
     });
 }
 
+/// A parent's refund never gives back what a child is charging at the same moment.
+///
+/// A refund is capped by what a budget charged through itself. The child notes its charge in the
+/// parent's record of descendants' use before the charge lands, so however the two interleave the
+/// parent gives back at most its own unit (possibly nothing, if it looked while the child's charge
+/// was in flight), and the child's unit stays charged.
+#[test]
+fn parent_refund_never_takes_a_childs_charge() {
+    loom::model(|| {
+        let (_engine, parent, a, _) = ab_budget(2, 1);
+        let child = parent.child().unwrap();
+        parent.try_charge(a, 1).unwrap();
+
+        let charger = {
+            let child = child.clone();
+            thread::spawn(move || child.try_charge(a, 1).is_ok())
+        };
+        let refunder = {
+            let parent = parent.clone();
+            thread::spawn(move || parent.refund(a, 2))
+        };
+        assert!(charger.join().unwrap());
+        let given = refunder.join().unwrap();
+        assert!(given <= 1, "the parent gave back the child's charge");
+        assert_eq!((parent.used(a), child.used(a)), (2 - given, 1));
+        assert_eq!(
+            parent.refund(a, 2),
+            1 - given,
+            "the rest of its own, now the race is over"
+        );
+        assert_eq!(child.refund(a, 1), 1);
+        assert_eq!(parent.used(a), 0);
+    });
+}
+
 /// A child created while its parent is being cancelled always ends up cancelled.
 ///
 /// Cancelling a budget must reach every descendant, including one whose creation races with the

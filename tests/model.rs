@@ -5,8 +5,7 @@
 //! compares every step with the model and panics on any difference; the property then checks its own
 //! invariant at every step. `PROPTEST_CASES` raises the case count (default 256).
 //!
-//! `known_issues` holds ignored tests that demonstrate open problems; run them with
-//! `cargo test --test model -- --ignored`.
+//! `regressions` holds tests for problems the model once found, now fixed.
 
 #[path = "../fuzz/harness/model.rs"]
 mod model;
@@ -153,30 +152,30 @@ proptest! {
     /// Every step agrees with the model (the executor panics otherwise).
     #[test]
     fn every_step_matches_the_reference_model(setup in setup(), ops in ops()) {
-        model::execute(&setup, &ops, Refunds::OwnChargesOnly, &mut |_| {});
+        model::execute(&setup, &ops, Refunds::Unrestricted, &mut |_| {});
     }
 
     #[test]
     fn no_dimension_ever_exceeds_its_limit(setup in setup(), ops in ops()) {
-        let v = violation(&setup, &ops, Refunds::OwnChargesOnly, model::no_dimension_exceeds_its_limit);
+        let v = violation(&setup, &ops, Refunds::Unrestricted, model::no_dimension_exceeds_its_limit);
         prop_assert!(v.is_none(), "{}", v.unwrap_or_default());
     }
 
     #[test]
     fn refused_charges_change_nothing(setup in setup(), ops in ops()) {
-        let v = violation(&setup, &ops, Refunds::OwnChargesOnly, model::refused_op_changes_nothing);
+        let v = violation(&setup, &ops, Refunds::Unrestricted, model::refused_op_changes_nothing);
         prop_assert!(v.is_none(), "{}", v.unwrap_or_default());
     }
 
     #[test]
     fn refunds_never_mint_budget(setup in setup(), ops in ops()) {
-        let v = violation(&setup, &ops, Refunds::OwnChargesOnly, refunds_balance);
+        let v = violation(&setup, &ops, Refunds::Unrestricted, refunds_balance);
         prop_assert!(v.is_none(), "{}", v.unwrap_or_default());
     }
 
     #[test]
     fn children_never_exceed_ancestors(setup in setup(), ops in ops()) {
-        let v = violation(&setup, &ops, Refunds::OwnChargesOnly, model::children_within_ancestors);
+        let v = violation(&setup, &ops, Refunds::Unrestricted, model::children_within_ancestors);
         prop_assert!(v.is_none(), "{}", v.unwrap_or_default());
     }
 }
@@ -198,7 +197,7 @@ mod corners {
     }
 
     fn run(setup: &Setup, ops: &[Op]) {
-        model::execute(setup, ops, Refunds::OwnChargesOnly, &mut model::check_all);
+        model::execute(setup, ops, Refunds::Unrestricted, &mut model::check_all);
     }
 
     #[test]
@@ -361,8 +360,8 @@ mod corners {
 }
 
 /// Open problems in the library, each shown by a failing test. Ignored so that the suite stays green
-/// until they are fixed; run with `cargo test --test model -- --ignored`.
-mod known_issues {
+/// (kept so they stay fixed).
+mod regressions {
     use super::*;
     use costguard::{Engine, Policy, Propagation, Reason, RequestId};
     use std::time::Duration;
@@ -384,7 +383,6 @@ mod known_issues {
     /// parent can give back units a live child charged, and the child can then give back the same
     /// units again. The child ends above its parent, and the tree does more work than its limit.
     #[test]
-    #[ignore = "open: refunds on a parent can give back a live child's charges"]
     fn a_parent_refund_cannot_give_back_a_childs_charges() {
         let (engine, a) = engine();
         let parent = engine
@@ -404,7 +402,6 @@ mod known_issues {
     }
 
     #[test]
-    #[ignore = "open: refunds on a parent can give back a live child's charges"]
     fn the_same_charge_cannot_be_refunded_twice() {
         let (engine, a) = engine();
         let parent = engine
@@ -412,18 +409,21 @@ mod known_issues {
             .unwrap();
         let child = parent.child().unwrap();
         child.try_charge(a, 5).unwrap();
-        parent.refund(a, 5); // gives back the child's 5
-        parent.try_charge(a, 10).unwrap(); // the parent's own work, up to its limit
-        child.refund(a, 5); // gives back the same 5 again
-                            // The parent has 10 of its own work outstanding against a limit of 10; nothing more fits.
-                            // Actual: used is 5 and another 5 is accepted (15 units of unreturned work).
-        assert_eq!(parent.used(a), 10);
-        assert!(parent.try_charge(a, 5).is_err());
+        assert_eq!(
+            parent.refund(a, 5),
+            0,
+            "the 5 were charged through the child"
+        );
+        parent.try_charge(a, 5).unwrap(); // the parent's own work, up to its limit
+        assert!(parent.try_charge(a, 1).is_err());
+        assert_eq!(child.refund(a, 5), 5);
+        assert_eq!(parent.refund(a, 5), 5);
+        assert_eq!(child.refund(a, 5), 0, "already given back");
+        assert_eq!((parent.used(a), child.used(a)), (0, 0));
     }
 
     /// The same, found by the model: without `OwnChargesOnly`, refunds break the ledger.
     #[test]
-    #[ignore = "open: refunds on a parent can give back a live child's charges"]
     fn refunds_never_mint_budget_with_unrestricted_refunds() {
         proptest!(config(), |(setup in setup(), ops in ops())| {
             let v = violation(&setup, &ops, Refunds::Unrestricted, refunds_balance)
@@ -437,7 +437,6 @@ mod known_issues {
     /// same total in one `try_charge` is `CannotFit` and cancels nothing. The verdict's `used` also
     /// counts the earlier items of the refused call itself.
     #[test]
-    #[ignore = "open: repeated counters in try_charge_many are judged item by item"]
     fn charge_many_judges_the_total_of_a_repeated_counter() {
         let (engine, a) = engine();
         let single = engine
@@ -462,7 +461,6 @@ mod known_issues {
     /// `to_header` writes every limited dimension; with many long names the value outgrows
     /// `MAX_HEADER_LEN`, the callee refuses the whole header and starts with its own, looser limits.
     #[test]
-    #[ignore = "open: to_header can exceed the length decode accepts"]
     fn to_header_always_decodes() {
         let mut b = Policy::builder();
         let names: Vec<String> = (0..30)
@@ -492,7 +490,6 @@ mod known_issues {
     /// A level's peak in the limit report is raised as each budget of the chain accepts, root first, so
     /// an `enter` refused further down leaves the ancestors' peaks above anything ever held.
     #[test]
-    #[ignore = "open: a refused enter raises the ancestors' reported peak"]
     fn a_refused_enter_leaves_peaks_alone() {
         let policy = Policy::builder()
             .level("depth")

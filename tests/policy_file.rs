@@ -55,7 +55,9 @@ fn errors_name_the_file_line_and_field() {
     assert_eq!(lines.len(), 2, "{lines:#?}");
     assert!(lines[0].starts_with(&format!("{shown}:5:13: classes.parse.wall_time: ")));
     assert!(lines[0].contains("\"30 seconds\""));
-    assert!(lines[1].starts_with(&format!("{shown}:6:27: classes.parse.limits.file_lookups: must not be negative")));
+    assert!(lines[1].starts_with(&format!(
+        "{shown}:6:27: classes.parse.limits.file_lookups: must not be negative"
+    )));
 }
 
 #[test]
@@ -143,7 +145,8 @@ fn empty_and_huge_inputs_are_refused() {
 
 #[test]
 fn none_means_no_limit_for_times() {
-    let p = Policy::from_toml_str("[classes.x]\nwall_time = \"none\"\ncpu_time = \"none\"\n").unwrap();
+    let p =
+        Policy::from_toml_str("[classes.x]\nwall_time = \"none\"\ncpu_time = \"none\"\n").unwrap();
     let x = p.class("x").unwrap();
     assert_eq!((x.wall_time(), x.cpu_time()), (None, None));
 }

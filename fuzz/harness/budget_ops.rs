@@ -24,7 +24,7 @@ pub const MAX_OPS: usize = 256;
 
 pub fn run(data: &[u8]) {
     let (setup, ops) = decode(data);
-    model::execute(&setup, &ops, Refunds::OwnChargesOnly, &mut model::check_all);
+    model::execute(&setup, &ops, Refunds::Unrestricted, &mut model::check_all);
 }
 
 /// The policy and operations an input stands for.

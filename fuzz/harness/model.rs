@@ -214,11 +214,10 @@ pub const DEEPEST: u8 = u8::MAX;
 
 /// Which refunds the executor issues.
 ///
-/// A refund is capped by the budget's own `used`, which includes what its descendants charged. A
-/// refund on a parent can therefore give back units a live child charged; the child can then refund
-/// the same units again, and the child's `used` ends above its parent's. Until that is settled in the
-/// library, runs use [`Refunds::OwnChargesOnly`], which never asks a budget to refund more than it
-/// charged through its own handle; [`Refunds::Unrestricted`] shows the problem.
+/// A refund is capped by what the budget charged through its own handle, so asking for more is
+/// safe; [`Refunds::Unrestricted`] (what the runs use) asks for anything, and
+/// [`Refunds::OwnChargesOnly`] never asks for more than that cap, for runs that want only refunds
+/// that give back their whole amount.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refunds {
     OwnChargesOnly,
@@ -409,18 +408,16 @@ impl Model {
         for &y in &chain {
             let used = self.nodes[y].used[d];
             match used.checked_add(n) {
-                Some(v) if v <= self.nodes[y].limits[d] => {
-                    // The library records a level's peak as each budget of the chain accepts, root
-                    // first, so a refusal further down still leaves the raised peaks above it.
-                    if is_level(d) {
-                        self.nodes[y].peak[d] = self.nodes[y].peak[d].max(v);
-                    }
-                }
+                Some(v) if v <= self.nodes[y].limits[d] => {}
                 _ => return Err(self.refusal(y, d, n, used)),
             }
         }
+        // Peaks are recorded only once the whole chain accepted.
         for &y in &chain {
             self.nodes[y].used[d] += n;
+            if is_level(d) {
+                self.nodes[y].peak[d] = self.nodes[y].peak[d].max(self.nodes[y].used[d]);
+            }
         }
         self.nodes[x].own_net[d] += i128::from(n);
         Ok(())
@@ -434,7 +431,16 @@ impl Model {
             for &(d, n) in items {
                 match tmp[d].checked_add(n) {
                     Some(v) if v <= self.nodes[y].limits[d] => tmp[d] = v,
-                    _ => return Err(self.refusal(y, d, n, tmp[d])),
+                    _ => {
+                        // A repeated counter is judged by the call's total for it, against what was
+                        // in use before the call.
+                        let total = items
+                            .iter()
+                            .filter(|&&(e, _)| e == d)
+                            .fold(0u64, |t, &(_, m)| t.saturating_add(m));
+                        let before = self.nodes[y].used[d];
+                        return Err(self.refusal(y, d, total, before));
+                    }
                 }
             }
         }
@@ -449,9 +455,11 @@ impl Model {
         Ok(())
     }
 
-    /// `refund`: returns what was given back.
+    /// `refund`: returns what was given back: at most what `x` charged through its own handle and
+    /// has not given back (a parent cannot refund its children's charges).
     pub fn refund(&mut self, x: usize, d: usize, n: u64) -> u64 {
-        let r = n.min(self.nodes[x].used[d]);
+        let own = u64::try_from(self.nodes[x].own_net[d].max(0)).unwrap_or(u64::MAX);
+        let r = n.min(self.nodes[x].used[d]).min(own);
         for y in self.chain(x) {
             self.nodes[y].used[d] = self.nodes[y].used[d].saturating_sub(r);
         }
@@ -650,6 +658,9 @@ impl Model {
             return Err(Reason::InsufficientTime);
         }
         let wall = self.setup.wall_nanos(class).min(t.wall.unwrap_or(u64::MAX));
+        if wall == 0 {
+            return Err(Reason::InsufficientTime);
+        }
         let deadline = self.now.saturating_add(wall).min(cap);
         let base = self.setup.classes[class].limits;
         let limits = std::array::from_fn(|d| base[d].min(t.limits[d]));

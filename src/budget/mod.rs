@@ -27,7 +27,7 @@ pub use state::CancelReason;
 use crate::clock::{duration_to_nanos, Clock, CpuClock, Timestamp};
 use crate::engine::snapshot::Snapshot;
 use crate::handle::{Class, Counter, Level};
-use crate::policy::{DimensionKind, MAX_DIMENSIONS, WALL_TIME};
+use crate::policy::{DimensionKind, MAX_DIMENSIONS};
 use crate::sync::{Arc, Ordering};
 use crate::verdict::{Reason, Retry, Unit};
 use crate::{Priority, RequestId, Verdict};
@@ -169,8 +169,9 @@ impl Budget {
 
     /// Gives back up to `n` of a counter, returning how much was given back.
     ///
-    /// A refund is capped by what this budget itself has in use, so refunds can never create allowance
-    /// that was not charged through this budget.
+    /// A refund is capped by what was charged through this budget itself (not through its children),
+    /// so refunds can never create allowance. While a child's charge is in flight at the same moment,
+    /// a refund may give back less than it could; the return value says how much it gave back.
     pub fn refund(&self, counter: Counter, n: u64) -> u64 {
         self.node.refund_chain(counter.index(), n)
     }
@@ -196,6 +197,7 @@ impl Budget {
         self.node
             .charge_chain(dim, n)
             .map_err(|r| self.refusal(r))?;
+        self.node.record_peak(dim);
         Ok(LevelGuard {
             budget: self,
             level,
@@ -345,7 +347,7 @@ impl Budget {
             Timestamp::from_nanos(parent.deadline.as_nanos().saturating_sub(margin))
         };
         if cap <= now && !cap.is_never() {
-            let wall = wall_name();
+            let wall = Arc::clone(&parent.snapshot.wall);
             let total = parent
                 .deadline
                 .as_nanos()
@@ -360,6 +362,11 @@ impl Budget {
         let wall = overrides.wall_time.map_or(rules.wall_time, |w| {
             rules.wall_time.min(duration_to_nanos(w))
         });
+        if wall == 0 {
+            return Err(Verdict::new(Reason::InsufficientTime, Retry::Never)
+                .with_class(&rules.name)
+                .with_request(id));
+        }
         let own = Timestamp::from_nanos(now.as_nanos().saturating_add(wall));
         let priority = overrides
             .priority
@@ -474,7 +481,7 @@ impl Budget {
                 .saturating_sub(node.start.as_nanos())
                 .max(total);
             Verdict::new(Reason::DeadlineExceeded, Retry::Never)
-                .with_dimension(&wall_name(), Unit::Nanos)
+                .with_dimension(&node.snapshot.wall, Unit::Nanos)
                 .with_amounts(0, elapsed, total)
         } else if let (true, Some(dim)) = (bits & EXHAUSTED != 0, node.exhausted_dim()) {
             let used = node.used[dim % MAX_DIMENSIONS].load(Ordering::Relaxed);
@@ -495,12 +502,6 @@ impl Budget {
         }
         v.with_request(id)
     }
-}
-
-/// The shared name of the wall-time pseudo-dimension.
-fn wall_name() -> Arc<str> {
-    static NAME: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
-    Arc::clone(NAME.get_or_init(|| Arc::from(WALL_TIME)))
 }
 
 fn tightened(class: &[u64; MAX_DIMENSIONS], overrides: &Overrides) -> [u64; MAX_DIMENSIONS] {

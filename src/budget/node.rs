@@ -23,11 +23,10 @@ pub(crate) const MAX_CHILD_REPORTS: usize = 64;
 /// No dimension has been exhausted yet.
 const NONE_EXHAUSTED: u32 = u32::MAX;
 
-/// Children of a budget: live ones for cancellation, finished ones for the report.
+/// Reports of children that finished, for the parent's report.
 #[derive(Debug, Default)]
-pub(crate) struct Family {
-    pub(crate) live: Vec<Weak<Node>>,
-    pub(crate) finished: Vec<LimitReport>,
+pub(crate) struct Finished {
+    pub(crate) reports: Vec<LimitReport>,
     pub(crate) omitted: u64,
 }
 
@@ -51,8 +50,6 @@ pub(crate) struct Node {
     pub(crate) first_exhausted: AtomicU32,
     /// Effective limits: the class's, tightened by overrides. `u64::MAX` is unlimited.
     pub(crate) limits: [u64; MAX_DIMENSIONS],
-    /// Bit `i`: dimension `i` is a level.
-    pub(crate) levels: u32,
     pub(crate) start: Timestamp,
     pub(crate) deadline: Timestamp,
     pub(crate) parent: Option<Arc<Node>>,
@@ -63,7 +60,14 @@ pub(crate) struct Node {
     pub(crate) snapshot: Arc<Snapshot>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) cpu_clock: Arc<dyn CpuClock>,
-    pub(crate) family: Mutex<Family>,
+    /// Live children, for cancellation. Held while cancellation walks them; a child that finishes
+    /// meanwhile only tries this lock, so the walk never waits on itself.
+    pub(crate) live: Mutex<Vec<Weak<Node>>>,
+    /// Finished children's reports. Never held while another lock is taken.
+    pub(crate) finished: Mutex<Finished>,
+    /// Per dimension, the part of `used` charged through descendants; created with the first child.
+    /// A refund may only give back the rest: what was charged through this budget itself.
+    pub(crate) from_children: std::sync::OnceLock<Box<[AtomicU64; MAX_DIMENSIONS]>>,
 }
 
 /// Everything a new node needs.
@@ -92,7 +96,6 @@ impl Node {
             peak: std::array::from_fn(|_| AtomicU64::new(0)),
             first_exhausted: AtomicU32::new(NONE_EXHAUSTED),
             limits: init.limits,
-            levels: init.snapshot.dims.levels,
             start: init.start,
             deadline: init.deadline,
             parent: init.parent,
@@ -103,13 +106,22 @@ impl Node {
             snapshot: init.snapshot,
             clock: init.clock,
             cpu_clock: init.cpu_clock,
-            family: Mutex::new(Family::default()),
+            live: Mutex::new(Vec::new()),
+            finished: Mutex::new(Finished::default()),
+            from_children: std::sync::OnceLock::new(),
         });
         if let Some(parent) = &node.parent {
+            // Every ancestor needs its record of descendants' charges before the first one arrives.
+            let mut ancestor = Some(parent);
+            while let Some(a) = ancestor {
+                a.from_children
+                    .get_or_init(|| Box::new(std::array::from_fn(|_| AtomicU64::new(0))));
+                ancestor = a.parent.as_ref();
+            }
             {
-                let mut family = parent.family.lock();
-                family.live.retain(|w| w.strong_count() > 0);
-                family.live.push(Arc::downgrade(&node));
+                let mut live = parent.live.lock();
+                live.retain(|w| w.strong_count() > 0);
+                live.push(Arc::downgrade(&node));
             }
             // Registered first, checked second: a parent cancelled before the registration is seen
             // here; one cancelled after it walks its list and finds this node.
@@ -136,13 +148,10 @@ impl Node {
                 Some(new) if new <= limit => new,
                 _ => return Err(used),
             };
-            match cell.compare_exchange_weak(used, new, Ordering::Relaxed, Ordering::Relaxed) {
-                Ok(_) => {
-                    if self.levels & (1 << dim) != 0 {
-                        self.peak[dim].fetch_max(new, Ordering::Relaxed);
-                    }
-                    return Ok(new);
-                }
+            // Release: a descendant's charge is noted in `from_children` first, and a refund that
+            // sees this amount must also see that note (free on x86, where every CAS is a barrier).
+            match cell.compare_exchange_weak(used, new, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return Ok(new),
                 Err(actual) => used = actual,
             }
         }
@@ -159,29 +168,64 @@ impl Node {
             if take == 0 {
                 return 0;
             }
-            match cell.compare_exchange_weak(
-                used,
-                used - take,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
+            match cell.compare_exchange_weak(used, used - take, Ordering::AcqRel, Ordering::Relaxed)
+            {
                 Ok(_) => return take,
                 Err(actual) => used = actual,
             }
         }
     }
 
+    fn descendants(&self) -> Option<&[AtomicU64; MAX_DIMENSIONS]> {
+        self.from_children.get().map(|b| &**b)
+    }
+
+    /// Notes that `n` of `dim` is being charged through a descendant (before the charge itself, so
+    /// that a concurrent refund never mistakes it for this budget's own). `false` if the note would
+    /// overflow, in which case the charge cannot fit either and nothing is noted: the note must be
+    /// exactly reversible.
+    fn add_from_child(&self, dim: usize, n: u64) -> bool {
+        match self.descendants() {
+            Some(d) => d[dim]
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| v.checked_add(n))
+                .is_ok(),
+            None => true,
+        }
+    }
+
+    fn sub_from_child(&self, dim: usize, n: u64) {
+        if let Some(d) = self.descendants() {
+            let _ = d[dim].fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                Some(v.saturating_sub(n))
+            });
+        }
+    }
+
     /// Charges `n` to `dim` on this node and every ancestor, all or nothing.
     #[inline]
     pub(crate) fn charge_chain(&self, dim: usize, n: u64) -> Result<(), Refused<'_>> {
+        self.charge_chain_via(dim, n, false)
+    }
+
+    #[inline]
+    fn charge_chain_via(&self, dim: usize, n: u64, via_child: bool) -> Result<(), Refused<'_>> {
         if let Some(parent) = &self.parent {
-            parent.charge_chain(dim, n)?;
+            parent.charge_chain_via(dim, n, true)?;
         }
-        match self.try_add(dim, n) {
+        let noted = !via_child || self.add_from_child(dim, n);
+        let added = if noted {
+            self.try_add(dim, n)
+        } else {
+            Err(self.used[dim].load(Ordering::Relaxed))
+        };
+        match added {
             Ok(_) => Ok(()),
             Err(used) => {
+                if via_child && noted {
+                    self.sub_from_child(dim, n);
+                }
                 if let Some(parent) = &self.parent {
-                    parent.release_chain(dim, n);
+                    parent.release_chain_via(dim, n, true);
                 }
                 Err(Refused {
                     node: self,
@@ -196,55 +240,125 @@ impl Node {
     /// Gives back `n` of `dim` on this node and then on every ancestor (leaf first).
     #[inline]
     pub(crate) fn release_chain(&self, dim: usize, n: u64) {
+        self.release_chain_via(dim, n, false);
+    }
+
+    fn release_chain_via(&self, dim: usize, n: u64, via_child: bool) {
         self.sub_saturating(dim, n);
+        if via_child {
+            self.sub_from_child(dim, n);
+        }
         if let Some(parent) = &self.parent {
-            parent.release_chain(dim, n);
+            parent.release_chain_via(dim, n, true);
         }
     }
 
-    /// Refunds up to `n` of `dim`: the amount is capped by this node's own use, so a refund can never
-    /// give back more than was charged through this budget. Returns the amount refunded.
+    /// Refunds up to `n` of `dim`, capped by what was charged through this budget itself (not through
+    /// its children), so a refund can never give back what another budget charged. Returns the amount
+    /// refunded. Racing with a descendant's charge still in flight, it may give back less than it
+    /// could, never more.
     pub(crate) fn refund_chain(&self, dim: usize, n: u64) -> u64 {
-        let taken = self.sub_saturating(dim, n);
-        if taken > 0 {
-            if let Some(parent) = &self.parent {
-                parent.release_chain(dim, taken);
+        let cell = &self.used[dim];
+        let mut used = cell.load(Ordering::Acquire);
+        let taken = loop {
+            // Read after `used`: a descendant's charge is noted here before it reaches `used`, so
+            // this can only under-estimate this budget's own share, never over-estimate it.
+            let kids = self
+                .descendants()
+                .map_or(0, |d| d[dim].load(Ordering::Acquire));
+            let take = used.saturating_sub(kids).min(n);
+            if take == 0 {
+                return 0;
             }
+            match cell.compare_exchange_weak(used, used - take, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => break take,
+                Err(actual) => used = actual,
+            }
+        };
+        if let Some(parent) = &self.parent {
+            parent.release_chain_via(dim, taken, true);
         }
         taken
     }
 
+    /// Records the current value of a level as its peak, on this node and every ancestor. Called
+    /// only once the whole chain accepted, so a refused entry never raises a peak.
+    pub(crate) fn record_peak(&self, dim: usize) {
+        let now = self.used[dim].load(Ordering::Relaxed);
+        if now > self.peak[dim].load(Ordering::Relaxed) {
+            self.peak[dim].fetch_max(now, Ordering::Relaxed);
+        }
+        if let Some(parent) = &self.parent {
+            parent.record_peak(dim);
+        }
+    }
+
     /// Charges every `(dim, n)` of `items` on this node and every ancestor, all or nothing.
     pub(crate) fn charge_many_chain(&self, items: &[(Counter, u64)]) -> Result<(), Refused<'_>> {
+        self.charge_many_via(items, false)
+    }
+
+    fn charge_many_via(
+        &self,
+        items: &[(Counter, u64)],
+        via_child: bool,
+    ) -> Result<(), Refused<'_>> {
         if let Some(parent) = &self.parent {
-            parent.charge_many_chain(items)?;
+            parent.charge_many_via(items, true)?;
         }
         for (i, &(counter, n)) in items.iter().enumerate() {
             let dim = counter.index();
-            if let Err(used) = self.try_add(dim, n) {
+            let noted = !via_child || self.add_from_child(dim, n);
+            let added = if noted {
+                self.try_add(dim, n)
+            } else {
+                Err(self.used[dim].load(Ordering::Relaxed))
+            };
+            if let Err(used) = added {
+                if via_child && noted {
+                    self.sub_from_child(dim, n);
+                }
                 for &(done, done_n) in items[..i].iter().rev() {
                     self.sub_saturating(done.index(), done_n);
+                    if via_child {
+                        self.sub_from_child(done.index(), done_n);
+                    }
                 }
                 if let Some(parent) = &self.parent {
-                    parent.release_many_chain(items);
+                    parent.release_many_via(items, true);
                 }
+                // Judge a repeated counter by the call's total for it, against what was in use
+                // before the call: the same verdict a single charge of the total would get.
+                let same = |&&(c, _): &&(Counter, u64)| c.index() == dim;
+                let earlier = items[..i]
+                    .iter()
+                    .filter(same)
+                    .fold(0u64, |t, &(_, m)| t.saturating_add(m));
+                let total = items
+                    .iter()
+                    .filter(same)
+                    .fold(0u64, |t, &(_, m)| t.saturating_add(m));
                 return Err(Refused {
                     node: self,
                     dim,
-                    requested: n,
-                    used,
+                    requested: total,
+                    used: used.saturating_sub(earlier),
                 });
             }
         }
         Ok(())
     }
 
-    fn release_many_chain(&self, items: &[(Counter, u64)]) {
+    fn release_many_via(&self, items: &[(Counter, u64)], via_child: bool) {
         for &(counter, n) in items.iter().rev() {
             self.sub_saturating(counter.index(), n);
+            if via_child {
+                self.sub_from_child(counter.index(), n);
+            }
         }
         if let Some(parent) = &self.parent {
-            parent.release_many_chain(items);
+            parent.release_many_via(items, true);
         }
     }
 
@@ -265,6 +379,9 @@ impl Node {
     /// Records that a counter charge on `dim` was refused for lack of allowance.
     #[cold]
     pub(crate) fn mark_exhausted(&self, dim: usize) {
+        if self.state.load(Ordering::Relaxed) & EXHAUSTED != 0 {
+            return;
+        }
         let _ = self.first_exhausted.compare_exchange(
             NONE_EXHAUSTED,
             dim as u32,
@@ -280,18 +397,16 @@ impl Node {
     }
 
     /// Sets cancellation bits; the first time any bit is set, every live descendant inherits it.
+    ///
+    /// Walks the children under this node's `live` lock without collecting them (no allocation).
+    /// A child whose last handle is dropped during the walk only *tries* that lock in its `Drop`, so
+    /// the walk cannot deadlock on itself. Locks are taken parent before child, never the reverse.
     #[cold]
     pub(crate) fn set_bits(&self, bits: u32) {
         let before = self.state.fetch_or(bits, Ordering::AcqRel);
         if before == 0 {
-            let children: Vec<Arc<Node>> = self
-                .family
-                .lock()
-                .live
-                .iter()
-                .filter_map(Weak::upgrade)
-                .collect();
-            for child in children {
+            let live = self.live.lock();
+            for child in live.iter().filter_map(Weak::upgrade) {
                 child.set_bits(INHERITED);
             }
         }
@@ -322,22 +437,21 @@ impl Drop for Node {
             return;
         };
         let me: *const Node = self;
-        let room = {
-            let mut family = parent.family.lock();
-            family
-                .live
-                .retain(|w| w.strong_count() > 0 && !std::ptr::eq(w.as_ptr(), me));
-            family.finished.len() < MAX_CHILD_REPORTS
-        };
-        // Build the report outside the parent's lock, and only when there is room to keep it: a parent
-        // with thousands of finished children pays for 64 reports, not thousands.
+        // Prune this entry if the list is free; a cancellation walking it holds the lock, and dead
+        // entries are pruned at the next registration anyway.
+        if let Some(mut live) = parent.live.try_lock() {
+            live.retain(|w| w.strong_count() > 0 && !std::ptr::eq(w.as_ptr(), me));
+        }
+        let room = parent.finished.lock().reports.len() < MAX_CHILD_REPORTS;
+        // Build the report outside the parent's locks, and only when there is room to keep it: a
+        // parent with thousands of finished children pays for 64 reports, not thousands.
         let report = room.then(|| super::report::build(self));
-        let mut family = parent.family.lock();
+        let mut finished = parent.finished.lock();
         match report {
-            Some(report) if family.finished.len() < MAX_CHILD_REPORTS => {
-                family.finished.push(report);
+            Some(report) if finished.reports.len() < MAX_CHILD_REPORTS => {
+                finished.reports.push(report);
             }
-            _ => family.omitted = family.omitted.saturating_add(1),
+            _ => finished.omitted = finished.omitted.saturating_add(1),
         }
     }
 }

@@ -197,12 +197,13 @@ pub(crate) fn build(node: &Node) -> LimitReport {
             limit,
         });
     }
-    let (mut children, omitted, live) = {
-        let family = node.family.lock();
-        let live: Vec<Arc<Node>> = family.live.iter().filter_map(Weak::upgrade).collect();
-        (family.finished.clone(), family.omitted, live)
+    let (mut children, omitted) = {
+        let finished = node.finished.lock();
+        (finished.reports.clone(), finished.omitted)
     };
+    let live: Vec<Arc<Node>> = node.live.lock().iter().filter_map(Weak::upgrade).collect();
     children.extend(live.iter().map(|child| build(child)));
+    // `live` is dropped here, outside every lock: a child finishing now can report to its parent.
     LimitReport {
         request_id: node.request_id.as_str().to_owned(),
         class: node

@@ -109,8 +109,6 @@ impl Registry {
 #[derive(Debug)]
 pub(crate) struct DimTable {
     pub(crate) dims: Vec<DimInfo>,
-    /// Bit `i` set: dimension `i` is a level.
-    pub(crate) levels: u32,
 }
 
 impl DimTable {
@@ -144,16 +142,13 @@ pub(crate) struct Snapshot {
     /// Indexed by class id; `None` for classes this version does not have.
     pub(crate) classes: Vec<Option<ClassRules>>,
     by_name: HashMap<Arc<str>, Class>,
+    /// The name of the wall-time pseudo-dimension, shared by every deadline verdict.
+    pub(crate) wall: Arc<str>,
 }
 
 impl Snapshot {
     fn new(policy: Policy, generation: u64, registry: &Registry) -> Self {
         let dims = registry.dims.clone();
-        let levels = dims
-            .iter()
-            .enumerate()
-            .filter(|(_, d)| d.kind == DimensionKind::Level)
-            .fold(0u32, |bits, (i, _)| bits | (1 << i));
         let mut classes: Vec<Option<ClassRules>> = Vec::new();
         classes.resize_with(registry.classes.len(), || None);
         let mut by_name = HashMap::new();
@@ -185,9 +180,10 @@ impl Snapshot {
         Snapshot {
             generation,
             policy,
-            dims: DimTable { dims, levels },
+            dims: DimTable { dims },
             classes,
             by_name,
+            wall: Arc::from(crate::policy::WALL_TIME),
         }
     }
 
