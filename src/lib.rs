@@ -60,6 +60,7 @@
 // path, which, like every charge path, must not allocate; the success path only writes a discriminant.
 #![allow(clippy::result_large_err)]
 
+pub mod admission;
 pub mod budget;
 pub mod clock;
 mod engine;
@@ -72,6 +73,7 @@ mod sync;
 pub mod units;
 mod verdict;
 
+pub use admission::{AdmissionStats, AdmitRequest, Admitted, Outcome, RefusalEvent};
 pub use budget::{
     Budget, CancelReason, CpuMeter, LevelGuard, LimitReport, Overrides, Reservation,
     MAX_BUDGET_DEPTH,

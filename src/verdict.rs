@@ -34,6 +34,22 @@ pub enum Reason {
     TooDeep,
     /// The class does not exist in the policy the budget would use.
     UnknownClass,
+    /// The class already runs as many requests as its concurrency limit allows.
+    ConcurrencyLimit,
+    /// Shed by priority: the class is busy enough that only more important requests may start.
+    Shed,
+    /// The key (user, IP, tenant) already has as many requests in flight as it may.
+    KeyConcurrency,
+    /// The key is over its rate.
+    RateLimited,
+    /// A shared pool of cost in flight is full.
+    PoolExhausted,
+    /// The class's wait queue is full.
+    QueueFull,
+    /// The request waited as long as it may and got no permit.
+    QueueTimeout,
+    /// The key is longer than [`MAX_KEY_LEN`](crate::admission::MAX_KEY_LEN) bytes.
+    KeyTooLong,
 }
 
 impl Reason {
@@ -47,6 +63,14 @@ impl Reason {
             Reason::Cancelled => "cancelled",
             Reason::TooDeep => "too_deep",
             Reason::UnknownClass => "unknown_class",
+            Reason::ConcurrencyLimit => "concurrency_limit",
+            Reason::Shed => "shed",
+            Reason::KeyConcurrency => "key_concurrency",
+            Reason::RateLimited => "rate_limited",
+            Reason::PoolExhausted => "pool_exhausted",
+            Reason::QueueFull => "queue_full",
+            Reason::QueueTimeout => "queue_timeout",
+            Reason::KeyTooLong => "key_too_long",
         }
     }
 }
@@ -296,6 +320,34 @@ impl fmt::Display for Verdict {
             Reason::Cancelled => f.write_str("the request was cancelled")?,
             Reason::TooDeep => write!(f, "budgets nested deeper than {}", self.limit)?,
             Reason::UnknownClass => f.write_str("no such class in the policy")?,
+            Reason::ConcurrencyLimit => write!(f, "{} of {} in flight", self.used, self.limit)?,
+            Reason::Shed => write!(
+                f,
+                "shed by priority ({} in flight, this priority may fill {})",
+                self.used, self.limit
+            )?,
+            Reason::KeyConcurrency => write!(
+                f,
+                "this key has {} of {} requests in flight",
+                self.used, self.limit
+            )?,
+            Reason::RateLimited => {
+                write!(f, "over the rate for this key (cost {})", self.requested)?
+            }
+            Reason::PoolExhausted => write!(
+                f,
+                "{} more would exceed the pool ({} of {} in flight)",
+                u.format(self.requested),
+                u.format(self.used),
+                u.format(self.limit)
+            )?,
+            Reason::QueueFull => write!(f, "wait queue full ({} of {})", self.used, self.limit)?,
+            Reason::QueueTimeout => write!(f, "no permit within {}", u.format(self.used))?,
+            Reason::KeyTooLong => write!(
+                f,
+                "key of {} bytes is longer than {}",
+                self.requested, self.limit
+            )?,
         }
         match self.retry {
             Retry::Never => f.write_str("; retrying cannot help"),

@@ -87,6 +87,8 @@ pub(crate) struct Start<'a> {
     pub(crate) snapshot: Arc<Snapshot>,
     pub(crate) class: Class,
     pub(crate) request_id: RequestId,
+    /// A priority chosen by the service (trusted); overrides can still only lower it.
+    pub(crate) priority: Option<Priority>,
     pub(crate) overrides: &'a Overrides,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) cpu_clock: Arc<dyn CpuClock>,
@@ -109,10 +111,11 @@ impl Budget {
                 .with_request(s.request_id));
         }
         let limits = tightened(&rules.limits, s.overrides);
+        let base = s.priority.unwrap_or(rules.priority);
         let priority = s
             .overrides
             .priority
-            .map_or(rules.priority, |p| rules.priority.least_important(p));
+            .map_or(base, |p| base.least_important(p));
         let deadline = Timestamp::from_nanos(now.as_nanos().saturating_add(wall));
         Ok(Budget {
             node: Node::new(NodeInit {

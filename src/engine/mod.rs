@@ -7,6 +7,7 @@
 
 pub(crate) mod snapshot;
 
+use crate::admission::{RefusalEvent, RefusalHook};
 use crate::budget::{Budget, Overrides, Start};
 use crate::clock::{Clock, CpuClock, MonotonicClock, ThreadCpuClock};
 use crate::handle::{Class, Counter, Level, NameError};
@@ -63,6 +64,9 @@ struct Inner {
     registry: Mutex<Registry>,
     clock: Arc<dyn Clock>,
     cpu_clock: Arc<dyn CpuClock>,
+    hook: Option<RefusalHook>,
+    /// Expires async waiters; started with the first one.
+    timer: std::sync::OnceLock<std::thread::Thread>,
 }
 
 /// Configures an [`Engine`].
@@ -71,6 +75,7 @@ pub struct EngineBuilder {
     policy: Policy,
     clock: Option<Arc<dyn Clock>>,
     cpu_clock: Option<Arc<dyn CpuClock>>,
+    hook: Option<RefusalHook>,
 }
 
 impl EngineBuilder {
@@ -86,18 +91,28 @@ impl EngineBuilder {
         self
     }
 
+    /// A hook that sees every admission refusal (and every refusal shadow mode only records), with
+    /// its request id. It runs on the refusing thread: keep it short and non-blocking.
+    pub fn on_refusal(mut self, hook: impl Fn(&RefusalEvent<'_>) + Send + Sync + 'static) -> Self {
+        self.hook = Some(Arc::new(hook));
+        self
+    }
+
     /// Compiles the policy and builds the engine.
     pub fn build(self) -> Result<Engine, PolicyError> {
+        let clock = self
+            .clock
+            .unwrap_or_else(|| Arc::new(MonotonicClock::with_ticker(DEFAULT_COARSE_TICK)));
         let mut registry = Registry::new();
-        let snapshot = registry.compile(self.policy, 1)?;
+        let snapshot = registry.compile(self.policy, 1, clock.now().as_nanos())?;
         Ok(Engine {
             inner: Arc::new(Inner {
                 current: SwapCell::new(Arc::new(snapshot)),
                 registry: Mutex::new(registry),
-                clock: self
-                    .clock
-                    .unwrap_or_else(|| Arc::new(MonotonicClock::with_ticker(DEFAULT_COARSE_TICK))),
+                clock,
                 cpu_clock: self.cpu_clock.unwrap_or_else(|| Arc::new(ThreadCpuClock)),
+                hook: self.hook,
+                timer: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -115,6 +130,7 @@ impl Engine {
             policy,
             clock: None,
             cpu_clock: None,
+            hook: None,
         }
     }
 
@@ -125,8 +141,11 @@ impl Engine {
     pub fn reload(&self, policy: Policy) -> Result<u64, PolicyError> {
         let mut registry = self.inner.registry.lock();
         let generation = self.inner.current.load_full().generation.saturating_add(1);
-        let snapshot = registry.compile(policy, generation)?;
+        let snapshot = registry.compile(policy, generation, self.inner.clock.now().as_nanos())?;
         self.inner.current.store(Arc::new(snapshot));
+        drop(registry);
+        // A raised limit may let waiters in.
+        self.expire_waiters();
         Ok(generation)
     }
 
@@ -153,6 +172,30 @@ impl Engine {
     /// The engine's clock.
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.inner.clock
+    }
+
+    pub(crate) fn cpu_clock(&self) -> &Arc<dyn CpuClock> {
+        &self.inner.cpu_clock
+    }
+
+    pub(crate) fn refusal_hook(&self) -> Option<&RefusalHook> {
+        self.inner.hook.as_ref()
+    }
+
+    /// Starts the waiter timer if needed, and wakes it.
+    pub(crate) fn wake_timer(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        let thread = self.inner.timer.get_or_init(|| {
+            let spawned = std::thread::Builder::new()
+                .name("costguard-waiters".into())
+                .spawn(move || timer_loop(weak));
+            match spawned {
+                Ok(handle) => handle.thread().clone(),
+                // Without a timer, waits still end on their own poll or on the next release.
+                Err(_) => std::thread::current(),
+            }
+        });
+        thread.unpark();
     }
 
     /// The handle of a class of the current policy.
@@ -228,6 +271,7 @@ impl Engine {
             snapshot,
             class,
             request_id: id,
+            priority: None,
             overrides,
             clock: Arc::clone(&self.inner.clock),
             cpu_clock: Arc::clone(&self.inner.cpu_clock),
@@ -236,6 +280,28 @@ impl Engine {
 
     pub(crate) fn snapshot(&self) -> Arc<Snapshot> {
         self.inner.current.load_full()
+    }
+}
+
+/// Expires async waiters while any exist; sleeps otherwise. Ends with the engine.
+fn timer_loop(engine: std::sync::Weak<Inner>) {
+    loop {
+        let Some(inner) = engine.upgrade() else {
+            return;
+        };
+        let engine = Engine { inner };
+        engine.expire_waiters();
+        let waiting = engine.snapshot().classes.iter().flatten().any(|r| {
+            r.admission
+                .as_ref()
+                .is_some_and(|a| a.gate.queue.has_waiters())
+        });
+        drop(engine);
+        if waiting {
+            std::thread::sleep(Duration::from_millis(1));
+        } else {
+            std::thread::park_timeout(Duration::from_millis(200));
+        }
     }
 }
 

@@ -1,8 +1,10 @@
 //! The compiled form of a policy: arrays indexed by handle.
 
+use crate::admission::{ClassAdmission, Gate, KeyRef, KeyTable, Pool, PoolRef};
 use crate::handle::Class;
 use crate::policy::{
-    DimensionKind, Policy, PolicyError, CPU_TIME, MAX_CLASSES, MAX_DIMENSIONS, RETRIES,
+    AdaptiveLimit, Concurrency, DimensionKind, Policy, PolicyError, CPU_TIME, MAX_CLASSES,
+    MAX_DIMENSIONS, RETRIES,
 };
 use crate::verdict::Unit;
 use crate::{clock::duration_to_nanos, Priority};
@@ -22,6 +24,11 @@ pub(crate) struct DimInfo {
 pub(crate) struct Registry {
     dims: Vec<DimInfo>,
     classes: Vec<Arc<str>>,
+    /// Admission state that must outlive policy versions, by class id.
+    gates: Vec<Option<Arc<Gate>>>,
+    adaptive: Vec<Option<AdaptiveLimit>>,
+    key_tables: Vec<Option<Arc<KeyTable>>>,
+    pools: Vec<(Arc<str>, Arc<Pool>)>,
 }
 
 impl Registry {
@@ -37,6 +44,10 @@ impl Registry {
                 builtin(CPU_TIME, Unit::Nanos),
             ],
             classes: Vec::new(),
+            gates: Vec::new(),
+            adaptive: Vec::new(),
+            key_tables: Vec::new(),
+            pools: Vec::new(),
         }
     }
 
@@ -46,6 +57,7 @@ impl Registry {
         &mut self,
         policy: Policy,
         generation: u64,
+        now: u64,
     ) -> Result<Snapshot, PolicyError> {
         let mut dims = self.dims.clone();
         for d in policy.dimensions() {
@@ -101,7 +113,95 @@ impl Registry {
         }
         self.dims = dims;
         self.classes = classes;
-        Ok(Snapshot::new(policy, generation, self))
+        let admission = self.compile_admission(&policy, now);
+        Ok(Snapshot::new(policy, generation, self, admission))
+    }
+
+    /// Finds or creates the persistent admission state of every class and pool, applies the new
+    /// limits to it, and returns each class's compiled settings, by class id.
+    fn compile_admission(&mut self, policy: &Policy, now: u64) -> Vec<Option<ClassAdmission>> {
+        let n = self.classes.len();
+        self.gates.resize_with(n, || None);
+        self.adaptive.resize_with(n, || None);
+        self.key_tables.resize_with(n, || None);
+        for p in policy.pools() {
+            match self
+                .pools
+                .iter()
+                .find(|(name, _)| name.as_ref() == p.name())
+            {
+                Some((_, pool)) => pool.set_limit(p.limit()),
+                None => self
+                    .pools
+                    .push((Arc::from(p.name()), Arc::new(Pool::new(p.limit())))),
+            }
+        }
+        let mut out: Vec<Option<ClassAdmission>> = (0..n).map(|_| None).collect();
+        for c in policy.classes() {
+            let Some(a) = c.admission() else { continue };
+            let Some(id) = self.classes.iter().position(|k| k.as_ref() == c.name()) else {
+                continue;
+            };
+            let gate = Arc::clone(self.gates[id].get_or_insert_with(|| {
+                Arc::new(Gate::new(c.name_arc(), a.concurrency().initial()))
+            }));
+            let previous = self.adaptive[id];
+            let adaptive = match a.concurrency() {
+                Concurrency::Static(limit) => {
+                    gate.limiter.set_limit(limit);
+                    None
+                }
+                Concurrency::Adaptive(config) => {
+                    if previous.is_some_and(|p| p.algorithm == config.algorithm) {
+                        gate.limiter.set_limit(gate.sampler.clamp(&config));
+                    } else {
+                        let window = crate::clock::duration_to_nanos(config.window);
+                        gate.sampler.reset(config.initial, now, window);
+                        gate.limiter.set_limit(config.initial);
+                    }
+                    Some(config)
+                }
+            };
+            self.adaptive[id] = adaptive;
+            let keys = a.per_key().map(|pk| {
+                let table = match &self.key_tables[id] {
+                    Some(t) if t.capacity() == pk.max_keys as usize => Arc::clone(t),
+                    _ => Arc::new(KeyTable::new(pk.max_keys)),
+                };
+                self.key_tables[id] = Some(Arc::clone(&table));
+                KeyRef {
+                    table,
+                    limits: crate::admission::key_limits(&pk),
+                }
+            });
+            let pools = a
+                .pools()
+                .filter_map(|name| {
+                    let (name, pool) = self.pools.iter().find(|(n, _)| n.as_ref() == name)?;
+                    let spec = policy.pools().iter().find(|p| p.name() == name.as_ref())?;
+                    let dim = self
+                        .dims
+                        .iter()
+                        .position(|d| d.name.as_ref() == spec.dimension())?;
+                    Some(PoolRef {
+                        name: Arc::clone(name),
+                        pool: Arc::clone(pool),
+                        dim,
+                        unit: self.dims[dim].unit,
+                    })
+                })
+                .collect();
+            out[id] = Some(ClassAdmission {
+                gate,
+                headroom: a.headroom().0,
+                queue: a.queue(),
+                shadow: a.shadow(),
+                pools,
+                keys,
+                adaptive,
+            });
+        }
+        out
     }
 }
 
@@ -131,6 +231,7 @@ pub(crate) struct ClassRules {
     pub(crate) wall_time: u64,
     pub(crate) child_margin: u64,
     pub(crate) priority: Priority,
+    pub(crate) admission: Option<ClassAdmission>,
 }
 
 /// One compiled policy version. Budgets hold the snapshot they started with.
@@ -144,10 +245,16 @@ pub(crate) struct Snapshot {
     by_name: HashMap<Arc<str>, Class>,
     /// The name of the wall-time pseudo-dimension, shared by every deadline verdict.
     pub(crate) wall: Arc<str>,
+    pools: Vec<(Arc<str>, Arc<Pool>)>,
 }
 
 impl Snapshot {
-    fn new(policy: Policy, generation: u64, registry: &Registry) -> Self {
+    fn new(
+        policy: Policy,
+        generation: u64,
+        registry: &Registry,
+        mut admission: Vec<Option<ClassAdmission>>,
+    ) -> Self {
         let dims = registry.dims.clone();
         let mut classes: Vec<Option<ClassRules>> = Vec::new();
         classes.resize_with(registry.classes.len(), || None);
@@ -174,6 +281,7 @@ impl Snapshot {
                 wall_time: c.wall_time().map_or(u64::MAX, duration_to_nanos),
                 child_margin: duration_to_nanos(c.child_margin()),
                 priority: c.priority(),
+                admission: admission.get_mut(id).and_then(Option::take),
             });
             by_name.insert(Arc::clone(c.name_arc()), Class(id as u16));
         }
@@ -184,6 +292,7 @@ impl Snapshot {
             classes,
             by_name,
             wall: Arc::from(crate::policy::WALL_TIME),
+            pools: registry.pools.clone(),
         }
     }
 
@@ -195,5 +304,12 @@ impl Snapshot {
 
     pub(crate) fn class_by_name(&self, name: &str) -> Option<Class> {
         self.by_name.get(name).copied()
+    }
+
+    pub(crate) fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
+        self.pools
+            .iter()
+            .find(|(n, _)| n.as_ref() == name)
+            .map(|(_, p)| p)
     }
 }

@@ -1,5 +1,6 @@
 //! Policies built in code.
 
+use super::admission::{RawAdmission, RawConcurrency, RawPerKey, RawPool, RawQueue};
 use super::error::Problems;
 use super::{validate, DimensionKind, Field, Policy, PolicyError, RawClass, RawDimension};
 use crate::verdict::Unit;
@@ -39,6 +40,7 @@ use std::time::Duration;
 pub struct PolicyBuilder {
     dims: Vec<RawDimension>,
     classes: Vec<RawClass>,
+    pools: Vec<RawPool>,
 }
 
 impl PolicyBuilder {
@@ -79,9 +81,19 @@ impl PolicyBuilder {
         self
     }
 
+    /// Declares a pool of cost in flight over a counter, shared by the classes that list it.
+    pub fn pool(mut self, name: &str, dimension: &str, limit: u64) -> Self {
+        self.pools.push(RawPool {
+            name: Field::new(name.to_owned(), None),
+            dimension: Some(Field::new(dimension.to_owned(), None)),
+            limit: Some(Field::new(limit, None)),
+        });
+        self
+    }
+
     /// Validates the policy.
     pub fn build(self) -> Result<Policy, PolicyError> {
-        validate(self.dims, self.classes, Problems::default())
+        validate(self.dims, self.classes, self.pools, Problems::default())
     }
 }
 
@@ -133,6 +145,204 @@ impl ClassBuilder {
             Field::new(dimension.to_owned(), None),
             Field::new(limit, None),
         ));
+        self
+    }
+
+    /// Admission settings, configured by `f`. A class without them admits every request.
+    pub fn admission(mut self, f: impl FnOnce(AdmissionBuilder) -> AdmissionBuilder) -> Self {
+        let raw = f(AdmissionBuilder::default()).raw;
+        self.raw.admission = Some(Field::new(raw, None));
+        self
+    }
+}
+
+/// Configures the admission settings of one class of a [`PolicyBuilder`].
+///
+/// ```
+/// use costguard::{Policy, Priority};
+/// use std::time::Duration;
+///
+/// let policy = Policy::builder()
+///     .counter("db_queries")
+///     .pool("db_in_flight", "db_queries", 400)
+///     .class("api", |c| {
+///         c.admission(|a| {
+///             a.concurrency(64)
+///                 .headroom(Priority::Background, 0.25)
+///                 .queue(32, Duration::from_millis(100))
+///                 .pool("db_in_flight")
+///                 .per_key_concurrency(4)
+///                 .per_key_rate(20, Duration::from_secs(1), 40)
+///                 .max_keys(100_000)
+///         })
+///     })
+///     .build()
+///     .unwrap();
+/// assert_eq!(policy.class("api").unwrap().admission().unwrap().headroom().0, [1000, 900, 750, 250]);
+/// ```
+#[derive(Clone, Debug, Default)]
+#[must_use]
+pub struct AdmissionBuilder {
+    raw: RawAdmission,
+}
+
+impl AdmissionBuilder {
+    /// A fixed concurrency limit.
+    pub fn concurrency(mut self, limit: u64) -> Self {
+        self.raw.concurrency = Some(Field::new(RawConcurrency::Static(limit), None));
+        self
+    }
+
+    fn adaptive(mut self, algorithm: &str, initial: u64, min: u64, max: u64) -> Self {
+        self.raw.concurrency = Some(Field::new(
+            RawConcurrency::Adaptive {
+                algorithm: algorithm.to_owned(),
+                initial: Some(initial),
+                min: Some(min),
+                max: Some(max),
+                window: None,
+                backoff: None,
+                latency_threshold: None,
+                tolerance: None,
+                smoothing: None,
+            },
+            None,
+        ));
+        self
+    }
+
+    /// An AIMD limit between `min` and `max`: ×`backoff` when a window's mean latency passes
+    /// `latency_threshold` or requests fail by overload, +1 otherwise while the limit is in use.
+    pub fn aimd(
+        self,
+        initial: u64,
+        min: u64,
+        max: u64,
+        backoff: f64,
+        latency_threshold: Duration,
+    ) -> Self {
+        let mut b = self.adaptive("aimd", initial, min, max);
+        if let Some(Field {
+            value:
+                RawConcurrency::Adaptive {
+                    backoff: bo,
+                    latency_threshold: lt,
+                    ..
+                },
+            ..
+        }) = &mut b.raw.concurrency
+        {
+            *bo = Some(backoff);
+            *lt = Some(latency_threshold);
+        }
+        b
+    }
+
+    /// A Gradient2 limit between `min` and `max` (tolerance 1.5, smoothing 0.2 unless set with
+    /// [`gradient_tuning`](Self::gradient_tuning)).
+    pub fn gradient2(self, initial: u64, min: u64, max: u64) -> Self {
+        self.adaptive("gradient2", initial, min, max)
+    }
+
+    /// Tolerance and smoothing of a Gradient2 limit.
+    pub fn gradient_tuning(mut self, tolerance: f64, smoothing: f64) -> Self {
+        if let Some(Field {
+            value:
+                RawConcurrency::Adaptive {
+                    tolerance: t,
+                    smoothing: s,
+                    ..
+                },
+            ..
+        }) = &mut self.raw.concurrency
+        {
+            *t = Some(tolerance);
+            *s = Some(smoothing);
+        }
+        self
+    }
+
+    /// How often an adaptive limit is recomputed (default 1 s).
+    pub fn window(mut self, window: Duration) -> Self {
+        if let Some(Field {
+            value: RawConcurrency::Adaptive { window: w, .. },
+            ..
+        }) = &mut self.raw.concurrency
+        {
+            *w = Some(window);
+        }
+        self
+    }
+
+    /// The share (0 to 1) of the limit requests of `priority` may fill.
+    pub fn headroom(mut self, priority: crate::Priority, share: f64) -> Self {
+        self.raw.headroom.push((
+            Field::new(priority.as_str().to_owned(), None),
+            Field::new(share, None),
+        ));
+        self
+    }
+
+    /// Lets up to `capacity` requests wait up to `max_wait` instead of being refused.
+    pub fn queue(mut self, capacity: u64, max_wait: Duration) -> Self {
+        let q = self
+            .raw
+            .queue
+            .get_or_insert_with(|| Field::new(RawQueue::default(), None));
+        q.value.capacity = Some(capacity);
+        q.value.max_wait = Some(max_wait);
+        self
+    }
+
+    /// CoDel settings of the queue (defaults 5 ms and 100 ms).
+    pub fn codel(mut self, target: Duration, interval: Duration) -> Self {
+        let q = self
+            .raw
+            .queue
+            .get_or_insert_with(|| Field::new(RawQueue::default(), None));
+        q.value.codel_target = Some(target);
+        q.value.codel_interval = Some(interval);
+        self
+    }
+
+    /// Records refusals without enforcing them.
+    pub fn shadow(mut self, shadow: bool) -> Self {
+        self.raw.shadow = shadow;
+        self
+    }
+
+    /// Draws from a declared pool.
+    pub fn pool(mut self, name: &str) -> Self {
+        self.raw.pools.push(Field::new(name.to_owned(), None));
+        self
+    }
+
+    fn per_key(&mut self) -> &mut RawPerKey {
+        &mut self
+            .raw
+            .per_key
+            .get_or_insert_with(|| Field::new(RawPerKey::default(), None))
+            .value
+    }
+
+    /// At most `n` requests of one key in flight.
+    pub fn per_key_concurrency(mut self, n: u64) -> Self {
+        self.per_key().concurrency = Some(n);
+        self
+    }
+
+    /// At most `amount` units of cost per `per` for one key, in bursts of up to `burst`.
+    pub fn per_key_rate(mut self, amount: u64, per: Duration, burst: u64) -> Self {
+        let k = self.per_key();
+        k.rate = Some(amount);
+        k.per = Some(per);
+        k.burst = Some(burst);
+        self
+    }
+
+    /// The most keys tracked at once (default 65,536).
+    pub fn max_keys(mut self, n: u64) -> Self {
+        self.per_key().max_keys = Some(n);
         self
     }
 }

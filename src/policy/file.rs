@@ -4,6 +4,7 @@
 //! every problem, syntax or meaning, names the field and its line and column, and so that all of them
 //! are reported together.
 
+use super::admission::{RawAdmission, RawConcurrency, RawPerKey, RawPool, RawQueue};
 use super::error::{Location, Problems};
 use super::{validate, DimensionKind, Field, Policy, PolicyError, RawClass, RawDimension};
 use crate::units::{parse_duration, parse_quantity};
@@ -17,8 +18,14 @@ use toml::Spanned;
 /// The largest policy file read, in bytes.
 pub const MAX_POLICY_BYTES: usize = 1 << 20;
 
-const TOP_KEYS: &str = "dimensions, classes";
-const CLASS_KEYS: &str = "wall_time, cpu_time, retries, child_margin, priority, limits";
+const TOP_KEYS: &str = "dimensions, classes, pools";
+const CLASS_KEYS: &str = "wall_time, cpu_time, retries, child_margin, priority, limits, admission";
+const ADMISSION_KEYS: &str = "concurrency, headroom, queue, shadow, pools, per_key";
+const CONCURRENCY_KEYS: &str =
+    "algorithm, initial, min, max, window, backoff, latency_threshold, tolerance, smoothing";
+const QUEUE_KEYS: &str = "capacity, max_wait, codel_target, codel_interval";
+const PER_KEY_KEYS: &str = "concurrency, rate, per, burst, max_keys";
+const POOL_KEYS: &str = "dimension, limit";
 const DIMENSION_KEYS: &str = "kind, unit";
 
 pub(crate) fn load(path: &Path) -> Result<Policy, PolicyError> {
@@ -160,6 +167,193 @@ impl Reader<'_> {
                 None
             }
         }
+    }
+
+    /// A number that may have a fraction (`0.9`, `1`); NaN and infinities are refused here.
+    fn fraction(&mut self, v: &Value<'_>, field: &str) -> Option<f64> {
+        let at = v.span().start;
+        let parsed = match v.get_ref() {
+            DeValue::Float(x) => x.as_str().parse::<f64>().ok(),
+            DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix())
+                .ok()
+                .map(|n| n as f64),
+            other => {
+                let msg = format!("expected a number, found {}", type_name(other));
+                self.problem(at, field, msg);
+                return None;
+            }
+        };
+        match parsed {
+            Some(x) if x.is_finite() => Some(x),
+            _ => {
+                self.problem(at, field, "must be a finite number");
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, v: &Value<'_>, field: &str) -> Option<bool> {
+        match v.get_ref() {
+            DeValue::Boolean(b) => Some(*b),
+            other => {
+                let msg = format!("expected true or false, found {}", type_name(other));
+                self.problem(v.span().start, field, msg);
+                None
+            }
+        }
+    }
+
+    fn concurrency(&mut self, v: &Value<'_>, field: &str) -> Option<RawConcurrency> {
+        if !matches!(v.get_ref(), DeValue::Table(_)) {
+            return self.quantity(v, field).map(RawConcurrency::Static);
+        }
+        let table = self.table(v, field)?;
+        let mut algorithm = None;
+        let (mut initial, mut min, mut max, mut window) = (None, None, None, None);
+        let (mut backoff, mut threshold, mut tolerance, mut smoothing) = (None, None, None, None);
+        for (k, val) in table.iter() {
+            let f = join(field, k.get_ref());
+            match k.get_ref().as_ref() {
+                "algorithm" => algorithm = self.string(val, &f).map(str::to_owned),
+                "initial" => initial = self.quantity(val, &f),
+                "min" => min = self.quantity(val, &f),
+                "max" => max = self.quantity(val, &f),
+                "window" => window = self.duration(val, &f, false).flatten(),
+                "backoff" => backoff = self.fraction(val, &f),
+                "latency_threshold" => threshold = self.duration(val, &f, false).flatten(),
+                "tolerance" => tolerance = self.fraction(val, &f),
+                "smoothing" => smoothing = self.fraction(val, &f),
+                _ => self.unknown_key(k, field, CONCURRENCY_KEYS),
+            }
+        }
+        let Some(algorithm) = algorithm else {
+            self.problem(
+                v.span().start,
+                field,
+                "an adaptive limit needs `algorithm` (\"aimd\" or \"gradient2\")",
+            );
+            return None;
+        };
+        Some(RawConcurrency::Adaptive {
+            algorithm,
+            initial,
+            min,
+            max,
+            window,
+            backoff,
+            latency_threshold: threshold,
+            tolerance,
+            smoothing,
+        })
+    }
+
+    fn admission(&mut self, v: &Value<'_>, base: &str) -> Option<RawAdmission> {
+        let table = self.table(v, base)?;
+        let mut a = RawAdmission::default();
+        for (k, val) in table.iter() {
+            let field = join(base, k.get_ref());
+            let at = self.at(val.span().start);
+            match k.get_ref().as_ref() {
+                "concurrency" => {
+                    a.concurrency = self.concurrency(val, &field).map(|c| Field::new(c, at));
+                }
+                "shadow" => a.shadow = self.boolean(val, &field).unwrap_or(false),
+                "headroom" => {
+                    let Some(t) = self.table(val, &field) else {
+                        continue;
+                    };
+                    for (p, share) in t.iter() {
+                        let f = join(&field, p.get_ref());
+                        if let Some(x) = self.fraction(share, &f) {
+                            a.headroom.push((
+                                Field::new(p.get_ref().to_string(), self.at(p.span().start)),
+                                Field::new(x, self.at(share.span().start)),
+                            ));
+                        }
+                    }
+                }
+                "pools" => match val.get_ref() {
+                    DeValue::Array(items) => {
+                        for item in items.iter() {
+                            if let Some(name) = self.string(item, &field) {
+                                let at = self.at(item.span().start);
+                                a.pools.push(Field::new(name.to_owned(), at));
+                            }
+                        }
+                    }
+                    other => {
+                        let msg = format!(
+                            "expected an array of pool names, found {}",
+                            type_name(other)
+                        );
+                        self.problem(val.span().start, &field, msg);
+                    }
+                },
+                "queue" => {
+                    let Some(t) = self.table(val, &field) else {
+                        continue;
+                    };
+                    let mut q = RawQueue::default();
+                    for (qk, qv) in t.iter() {
+                        let f = join(&field, qk.get_ref());
+                        match qk.get_ref().as_ref() {
+                            "capacity" => q.capacity = self.quantity(qv, &f),
+                            "max_wait" => q.max_wait = self.duration(qv, &f, false).flatten(),
+                            "codel_target" => {
+                                q.codel_target = self.duration(qv, &f, false).flatten()
+                            }
+                            "codel_interval" => {
+                                q.codel_interval = self.duration(qv, &f, false).flatten()
+                            }
+                            _ => self.unknown_key(qk, &field, QUEUE_KEYS),
+                        }
+                    }
+                    a.queue = Some(Field::new(q, at));
+                }
+                "per_key" => {
+                    let Some(t) = self.table(val, &field) else {
+                        continue;
+                    };
+                    let mut pk = RawPerKey::default();
+                    for (kk, kv) in t.iter() {
+                        let f = join(&field, kk.get_ref());
+                        match kk.get_ref().as_ref() {
+                            "concurrency" => pk.concurrency = self.quantity(kv, &f),
+                            "rate" => pk.rate = self.quantity(kv, &f),
+                            "per" => pk.per = self.duration(kv, &f, false).flatten(),
+                            "burst" => pk.burst = self.quantity(kv, &f),
+                            "max_keys" => pk.max_keys = self.quantity(kv, &f),
+                            _ => self.unknown_key(kk, &field, PER_KEY_KEYS),
+                        }
+                    }
+                    a.per_key = Some(Field::new(pk, at));
+                }
+                _ => self.unknown_key(k, base, ADMISSION_KEYS),
+            }
+        }
+        Some(a)
+    }
+
+    fn pool(&mut self, key: &Spanned<std::borrow::Cow<'_, str>>, v: &Value<'_>) -> Option<RawPool> {
+        let base = join("pools", key.get_ref());
+        let table = self.table(v, &base)?;
+        let mut pool = RawPool {
+            name: Field::new(key.get_ref().to_string(), self.at(key.span().start)),
+            dimension: None,
+            limit: None,
+        };
+        for (k, val) in table.iter() {
+            let f = join(&base, k.get_ref());
+            let at = self.at(val.span().start);
+            match k.get_ref().as_ref() {
+                "dimension" => {
+                    pool.dimension = self.string(val, &f).map(|d| Field::new(d.to_owned(), at));
+                }
+                "limit" => pool.limit = self.quantity(val, &f).map(|n| Field::new(n, at)),
+                _ => self.unknown_key(k, &base, POOL_KEYS),
+            }
+        }
+        Some(pool)
     }
 
     fn string<'a>(&mut self, v: &'a Value<'_>, field: &str) -> Option<&'a str> {
@@ -307,6 +501,9 @@ impl Reader<'_> {
                         }
                     }
                 }
+                "admission" => {
+                    class.admission = self.admission(val, &field).map(|a| Field::new(a, at));
+                }
                 _ => self.unknown_key(k, &base, CLASS_KEYS),
             }
         }
@@ -339,6 +536,7 @@ pub(crate) fn parse(source: &str, file: Option<Arc<Path>>) -> Result<Policy, Pol
     };
     let mut dims = Vec::new();
     let mut classes = Vec::new();
+    let mut pools = Vec::new();
     for (key, value) in doc.get_ref().iter() {
         match key.get_ref().as_ref() {
             "dimensions" => {
@@ -351,10 +549,15 @@ pub(crate) fn parse(source: &str, file: Option<Arc<Path>>) -> Result<Policy, Pol
                     classes.extend(t.iter().filter_map(|(k, v)| reader.class(k, v)));
                 }
             }
+            "pools" => {
+                if let Some(t) = reader.table(value, "pools") {
+                    pools.extend(t.iter().filter_map(|(k, v)| reader.pool(k, v)));
+                }
+            }
             _ => reader.unknown_key(key, "", TOP_KEYS),
         }
     }
-    validate(dims, classes, reader.problems)
+    validate(dims, classes, pools, reader.problems)
 }
 
 impl Policy {
@@ -362,6 +565,7 @@ impl Policy {
         Policy {
             dimensions: Vec::new(),
             classes: Vec::new(),
+            pools: Vec::new(),
         }
     }
 }

@@ -28,11 +28,16 @@
 //! limits = { file_lookups = 500, bytes = "2MiB", nesting_depth = 40 }
 //! ```
 
+mod admission;
 mod builder;
 mod error;
 mod file;
 
-pub use builder::{ClassBuilder, PolicyBuilder};
+pub use admission::{
+    AdaptiveLimit, AdmissionPolicy, Algorithm, Concurrency, Headroom, PerKey, Permille, PoolPolicy,
+    QueuePolicy, RateLimit, MAX_CONCURRENCY, MAX_KEYS, MAX_POOLS, MAX_POOLS_PER_CLASS,
+};
+pub use builder::{AdmissionBuilder, ClassBuilder, PolicyBuilder};
 pub use error::{Location, PolicyError, Problem};
 
 use crate::verdict::Unit;
@@ -119,9 +124,22 @@ pub struct ClassPolicy {
     child_margin: Duration,
     priority: Priority,
     limits: Vec<(Arc<str>, u64)>,
+    admission: Option<AdmissionPolicy>,
 }
 
 impl ClassPolicy {
+    /// Admission settings: concurrency limit, priorities, queue, per-key limits, pools. `None` admits
+    /// every request of the class (its budget still applies).
+    pub fn admission(&self) -> Option<&AdmissionPolicy> {
+        self.admission.as_ref()
+    }
+    /// The limit on a declared dimension, if this class limits it.
+    pub fn limit(&self, dimension: &str) -> Option<u64> {
+        self.limits
+            .iter()
+            .find(|(n, _)| &**n == dimension)
+            .map(|(_, l)| *l)
+    }
     /// The class name.
     pub fn name(&self) -> &str {
         &self.name
@@ -163,6 +181,7 @@ impl ClassPolicy {
 pub struct Policy {
     dimensions: Vec<Dimension>,
     classes: Vec<ClassPolicy>,
+    pools: Vec<PoolPolicy>,
 }
 
 impl Policy {
@@ -200,6 +219,11 @@ impl Policy {
     pub fn dimension(&self, name: &str) -> Option<&Dimension> {
         self.dimensions.iter().find(|d| &*d.name == name)
     }
+
+    /// The shared cost pools.
+    pub fn pools(&self) -> &[PoolPolicy] {
+        &self.pools
+    }
 }
 
 impl fmt::Display for Policy {
@@ -222,6 +246,61 @@ impl fmt::Display for Policy {
                 "child_margin",
                 crate::units::format_duration(class.child_margin)
             )?;
+            if let Some(a) = &class.admission {
+                let limit = match a.concurrency {
+                    Concurrency::Static(n) => n.to_string(),
+                    Concurrency::Adaptive(l) => format!(
+                        "adaptive ({}), {} to {}, starting at {}",
+                        match l.algorithm {
+                            Algorithm::Aimd { .. } => "aimd",
+                            Algorithm::Gradient2 { .. } => "gradient2",
+                        },
+                        l.min,
+                        l.max,
+                        l.initial
+                    ),
+                };
+                writeln!(
+                    f,
+                    "  {:<24} {}{}",
+                    "concurrency",
+                    limit,
+                    if a.shadow { " (shadow)" } else { "" }
+                )?;
+                if let Some(q) = a.queue {
+                    writeln!(
+                        f,
+                        "  {:<24} {} waiting, at most {}",
+                        "queue",
+                        q.capacity,
+                        crate::units::format_duration(q.max_wait)
+                    )?;
+                }
+                if let Some(k) = a.per_key {
+                    let c = k
+                        .concurrency
+                        .map_or_else(|| "-".to_owned(), |c| c.to_string());
+                    let r = k.rate.map_or_else(
+                        || "-".to_owned(),
+                        |r| {
+                            format!(
+                                "{} per {} (burst {})",
+                                r.amount,
+                                crate::units::format_duration(r.per),
+                                r.burst
+                            )
+                        },
+                    );
+                    writeln!(
+                        f,
+                        "  {:<24} concurrency {c}, rate {r}, {} keys tracked",
+                        "per_key", k.max_keys
+                    )?;
+                }
+                for p in &a.pools {
+                    writeln!(f, "  {:<24} {p}", "pool")?;
+                }
+            }
             for dim in &self.dimensions {
                 let limit = class
                     .limits
@@ -267,6 +346,7 @@ pub(crate) struct RawClass {
     pub(crate) child_margin: Option<Field<Duration>>,
     pub(crate) priority: Option<Field<Priority>>,
     pub(crate) limits: Vec<(Field<String>, Field<u64>)>,
+    pub(crate) admission: Option<Field<admission::RawAdmission>>,
 }
 
 impl Default for Field<String> {
@@ -285,7 +365,7 @@ pub(crate) fn valid_name(name: &str) -> bool {
             .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_')
 }
 
-fn name_problem(name: &str) -> String {
+pub(crate) fn name_problem(name: &str) -> String {
     format!(
         "`{}` is not a valid name: use 1 to {MAX_NAME_LEN} characters of a-z, 0-9 and _, starting with a letter",
         name.escape_debug()
@@ -296,6 +376,7 @@ fn name_problem(name: &str) -> String {
 pub(crate) fn validate(
     dims: Vec<RawDimension>,
     classes: Vec<RawClass>,
+    pools: Vec<admission::RawPool>,
     mut problems: Problems,
 ) -> Result<Policy, PolicyError> {
     let mut seen = HashSet::new();
@@ -348,6 +429,7 @@ pub(crate) fn validate(
         );
     }
 
+    let pools = admission::validate_pools(pools, &dimensions, &mut problems);
     let mut class_names = HashSet::new();
     let mut out = Vec::with_capacity(classes.len());
     for c in classes {
@@ -412,7 +494,11 @@ pub(crate) fn validate(
                 Some(d) => limits.push((Arc::clone(&d.name), limit.value)),
             }
         }
+        let admission = c
+            .admission
+            .and_then(|a| admission::validate_admission(a, &base, &pools, &mut problems));
         out.push(ClassPolicy {
+            admission,
             name: Arc::from(name.as_str()),
             wall_time: c.wall_time.and_then(|f| f.value),
             cpu_time: c.cpu_time.and_then(|f| f.value),
@@ -428,5 +514,6 @@ pub(crate) fn validate(
     problems.into_result(Policy {
         dimensions,
         classes: out,
+        pools,
     })
 }

@@ -1,0 +1,313 @@
+//! Per-key state with a hard memory bound.
+//!
+//! Keys (users, IPs, tenants) are chosen by whoever sends the requests, so the table that tracks them
+//! is a fixed array of `max_keys` slots allocated once: memory never grows with the number of distinct
+//! keys seen. Keys are hashed with a per-table random seed (ahash), so an attacker cannot aim many keys
+//! at one slot. Each slot is two atomic words and no pointers:
+//!
+//! | word  | bits   | field                                                   |
+//! |-------|--------|---------------------------------------------------------|
+//! | `key` | 16..64 | fingerprint of the key (48 bits of its hash; 0 = empty) |
+//! | `key` | 0..16  | requests of this key in flight ("pins")                 |
+//! | `tat` | 0..64  | theoretical arrival time of its rate limit (clock ns)   |
+//!
+//! A key lives in one of the 8 slots after its hash. A slot whose key has nothing in flight and whose
+//! rate allowance is full again (`tat <= now`) is idle, and is taken over by the next new key that needs
+//! room: eviction loses nothing, since a fresh entry behaves exactly like an idle one. Only a thread
+//! that holds a pin writes `tat`, and a slot with pins cannot be taken over, because pins and
+//! fingerprint share one word.
+//!
+//! **Past the bound.** When all 8 candidate slots of a new key are busy, the key is served by one
+//! shared overflow entry with the same per-key limits: all such keys together get the share of one key.
+//! An attacker who floods the table thus gets less, not more, while well-behaved keys already in the
+//! table keep their own entries. (Two fingerprints collide with probability about 2^-48 per pair in a
+//! probe window; colliding keys share an entry.)
+
+use super::gcra::{Gcra, Nonconforming};
+use crate::sync::{AtomicU64, Ordering};
+
+const PINS: u64 = 0xffff;
+const FP_SHIFT: u32 = 16;
+/// Candidate slots per key.
+const PROBE: usize = 8;
+/// The slot number that stands for the overflow entry.
+pub(crate) const OVERFLOW: u32 = u32::MAX;
+/// The fingerprint of the overflow entry (real fingerprints are odd too, but live in other slots).
+const OVERFLOW_FP: u64 = 1;
+
+#[derive(Debug, Default)]
+struct Slot {
+    key: AtomicU64,
+    tat: AtomicU64,
+}
+
+/// Why a key may not start another request now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum KeyRefusal {
+    /// As many requests of this key are in flight as it may have.
+    Concurrency { in_flight: u64, limit: u64 },
+    /// Over its rate.
+    Rate(Nonconforming),
+}
+
+/// The limits one key is held to.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct KeyLimits {
+    /// At most this many in flight (at most 65,535).
+    pub(crate) concurrency: u64,
+    pub(crate) rate: Option<Gcra>,
+}
+
+#[derive(Debug)]
+pub(crate) struct KeyTable {
+    hasher: ahash::RandomState,
+    slots: Box<[Slot]>,
+    overflow: Slot,
+}
+
+impl KeyTable {
+    pub(crate) fn new(max_keys: u32) -> Self {
+        let slots: Box<[Slot]> = (0..max_keys.max(1)).map(|_| Slot::default()).collect();
+        KeyTable {
+            hasher: ahash::RandomState::new(),
+            slots,
+            overflow: Slot {
+                key: AtomicU64::new(OVERFLOW_FP << FP_SHIFT),
+                tat: AtomicU64::new(0),
+            },
+        }
+    }
+
+    pub(crate) fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Bytes of memory the table holds, whatever the number of keys seen.
+    pub(crate) fn memory(&self) -> usize {
+        std::mem::size_of::<Self>() + std::mem::size_of_val(&*self.slots)
+    }
+
+    fn slot(&self, index: u32) -> &Slot {
+        if index == OVERFLOW {
+            &self.overflow
+        } else {
+            self.slots.get(index as usize).unwrap_or(&self.overflow)
+        }
+    }
+
+    /// Pins `key` and charges `cost` to its rate. Returns the slot to unpin later, and, in shadow mode,
+    /// the refusal that was not enforced.
+    pub(crate) fn acquire(
+        &self,
+        key: &[u8],
+        now: u64,
+        cost: u64,
+        limits: KeyLimits,
+        shadow: bool,
+    ) -> Result<(u32, Option<KeyRefusal>), KeyRefusal> {
+        let hash = self.hasher.hash_one(key);
+        let fp = (hash >> FP_SHIFT) | 1;
+        let len = self.slots.len();
+        let start = (hash as usize) % len;
+        let candidates = (0..PROBE.min(len)).map(|i| ((start + i) % len) as u32);
+
+        // An entry of this key already?
+        for index in candidates.clone() {
+            if self.slot(index).key.load(Ordering::Acquire) >> FP_SHIFT == fp {
+                if let Some(result) = self.pin_and_charge(index, fp, now, cost, limits, shadow) {
+                    return result;
+                }
+            }
+        }
+        // Room for it: an empty slot, or one whose key is idle.
+        for index in candidates {
+            let slot = self.slot(index);
+            let word = slot.key.load(Ordering::Acquire);
+            let empty = word == 0;
+            let idle = word & PINS == 0 && slot.tat.load(Ordering::Acquire) <= now;
+            if (empty || idle)
+                && slot
+                    .key
+                    .compare_exchange(
+                        word,
+                        (fp << FP_SHIFT) | 1,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    )
+                    .is_ok()
+            {
+                // This thread holds the only pin of a fresh entry: its rate state starts full.
+                slot.tat.store(0, Ordering::Release);
+                return self.charge_rate(index, now, cost, limits, shadow);
+            }
+        }
+        self.pin_and_charge(OVERFLOW, OVERFLOW_FP, now, cost, limits, shadow)
+            .unwrap_or(Err(KeyRefusal::Concurrency {
+                in_flight: limits.concurrency,
+                limit: limits.concurrency,
+            }))
+    }
+
+    /// Pins slot `index` if it still holds `fp`; `None` if the key moved out meanwhile.
+    fn pin_and_charge(
+        &self,
+        index: u32,
+        fp: u64,
+        now: u64,
+        cost: u64,
+        limits: KeyLimits,
+        shadow: bool,
+    ) -> Option<Result<(u32, Option<KeyRefusal>), KeyRefusal>> {
+        let slot = self.slot(index);
+        let mut word = slot.key.load(Ordering::Acquire);
+        let mut over = None;
+        loop {
+            if word >> FP_SHIFT != fp {
+                return None;
+            }
+            let pins = word & PINS;
+            let next = if pins < limits.concurrency.min(PINS) {
+                word + 1
+            } else if shadow && pins < PINS {
+                over = Some(KeyRefusal::Concurrency {
+                    in_flight: pins,
+                    limit: limits.concurrency,
+                });
+                word + 1
+            } else {
+                return Some(Err(KeyRefusal::Concurrency {
+                    in_flight: pins,
+                    limit: limits.concurrency,
+                }));
+            };
+            match slot
+                .key
+                .compare_exchange_weak(word, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => break,
+                Err(actual) => word = actual,
+            }
+        }
+        Some(
+            self.charge_rate(index, now, cost, limits, shadow)
+                .map(|(i, r)| (i, over.or(r))),
+        )
+    }
+
+    /// With the slot pinned, charges the rate; unpins on refusal.
+    fn charge_rate(
+        &self,
+        index: u32,
+        now: u64,
+        cost: u64,
+        limits: KeyLimits,
+        shadow: bool,
+    ) -> Result<(u32, Option<KeyRefusal>), KeyRefusal> {
+        let Some(gcra) = limits.rate else {
+            return Ok((index, None));
+        };
+        let slot = self.slot(index);
+        let mut tat = slot.tat.load(Ordering::Acquire);
+        loop {
+            match gcra.decide(tat, now, cost) {
+                Ok(next) => match slot.tat.compare_exchange_weak(
+                    tat,
+                    next,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => return Ok((index, None)),
+                    Err(actual) => tat = actual,
+                },
+                // Shadow mode: the request goes ahead but, like a refused one, spends nothing.
+                Err(n) if shadow => return Ok((index, Some(KeyRefusal::Rate(n)))),
+                Err(n) => {
+                    self.release(index);
+                    return Err(KeyRefusal::Rate(n));
+                }
+            }
+        }
+    }
+
+    /// Unpins a slot returned by [`acquire`](Self::acquire).
+    pub(crate) fn release(&self, index: u32) {
+        let _ = self
+            .slot(index)
+            .key
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                (w & PINS != 0).then(|| w - 1)
+            });
+    }
+
+    /// Keys with an entry (for statistics; walks the table).
+    pub(crate) fn occupied(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| s.key.load(Ordering::Relaxed) != 0)
+            .count()
+    }
+}
+
+#[cfg(all(test, not(costguard_loom)))]
+mod tests {
+    use super::*;
+
+    const SEC: u64 = 1_000_000_000;
+
+    fn limits(concurrency: u64) -> KeyLimits {
+        KeyLimits {
+            concurrency,
+            rate: Some(Gcra::new(2, SEC, 2)),
+        }
+    }
+
+    #[test]
+    fn a_key_is_capped_and_released() {
+        let t = KeyTable::new(16);
+        let (a, _) = t.acquire(b"alice", 0, 1, limits(2), false).unwrap();
+        let (a2, _) = t.acquire(b"alice", 0, 1, limits(2), false).unwrap();
+        assert_eq!(a, a2);
+        assert!(matches!(
+            t.acquire(b"alice", 0, 1, limits(2), false),
+            Err(KeyRefusal::Concurrency { in_flight: 2, .. })
+        ));
+        t.release(a);
+        // Two units of burst are spent: the third request waits for the rate, half a second.
+        assert_eq!(
+            t.acquire(b"alice", 0, 1, limits(2), false),
+            Err(KeyRefusal::Rate(Nonconforming::Wait(SEC / 2)))
+        );
+        assert!(t.acquire(b"bob", 0, 1, limits(2), false).is_ok());
+        assert!(t.acquire(b"alice", SEC / 2, 1, limits(3), false).is_ok());
+    }
+
+    #[test]
+    fn idle_keys_are_evicted_and_a_full_table_overflows() {
+        let t = KeyTable::new(1);
+        let (a, _) = t.acquire(b"a", 0, 1, limits(5), false).unwrap();
+        // "a" holds the only slot: "b" goes to the overflow entry.
+        let (b, _) = t.acquire(b"b", 0, 1, limits(5), false).unwrap();
+        assert_eq!(b, OVERFLOW);
+        t.release(a);
+        t.release(b);
+        // "a" is idle once its rate has refilled; then "c" takes the slot.
+        let (c, _) = t.acquire(b"c", 0, 1, limits(5), false).unwrap();
+        assert_eq!(c, OVERFLOW, "a's allowance is not full yet");
+        t.release(c);
+        let (c, _) = t.acquire(b"c", SEC, 1, limits(5), false).unwrap();
+        assert_eq!(c, 0);
+        assert_eq!(t.occupied(), 1);
+        assert_eq!(t.capacity(), 1);
+    }
+
+    #[test]
+    fn shadow_mode_records_but_admits() {
+        let t = KeyTable::new(4);
+        let (_, none) = t.acquire(b"k", 0, 1, limits(1), true).unwrap();
+        assert_eq!(none, None);
+        let (_, over) = t.acquire(b"k", 0, 1, limits(1), true).unwrap();
+        assert!(matches!(over, Some(KeyRefusal::Concurrency { .. })));
+        let (_, rate) = t.acquire(b"k", 0, 5, limits(9), true).unwrap();
+        assert_eq!(rate, Some(KeyRefusal::Rate(Nonconforming::Never)));
+    }
+}

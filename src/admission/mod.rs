@@ -1,0 +1,733 @@
+//! Admission control: the door every request passes before it may spend anything.
+//!
+//! In 2015 nothing capped how much concurrent work the API tier took on: threads waited on the
+//! database until they starved, and the overload came back in waves as callers retried. Admission
+//! decides, before the work starts and in nanoseconds, whether a request may run now, may wait
+//! briefly, or is refused with a precise [`Verdict`] and an honest retry hint, so that the work that
+//! is admitted completes.
+//!
+//! [`Engine::try_admit`] checks, in this order, stopping at the first refusal and undoing what it took:
+//!
+//! 1. **cost**: a declared estimate larger than the class's budget limit, or than a pool it draws from,
+//!    can never fit (`CannotFit`, never retry);
+//! 2. **concurrency** (a bulkhead per class): the class's limit, static or adaptive
+//!    ([`adaptive`](crate::policy::Algorithm)), of which each priority may fill only its headroom share,
+//!    so sheddable and background work is refused first (`Shed`) and critical work keeps running;
+//! 3. **per-key limits**: at most so many requests in flight per key, and a cost-weighted rate (GCRA),
+//!    in a table of fixed size whatever the number of keys;
+//! 4. **pools**: the estimate is held in each shared pool of cost in flight the class draws from;
+//! 5. the request's **budget** is started.
+//!
+//! The result is an [`Admitted`] grant that holds the permit, the key's share, the pool amounts and
+//! the budget, and gives them all back exactly once when dropped, by return or by panic.
+//! [`Engine::admit`] (blocking) and [`Engine::admit_async`] (a runtime-agnostic `Future`) may wait in
+//! the class's queue instead of being refused (see [`queue`](crate::policy::QueuePolicy)). A class in
+//! **shadow** mode evaluates everything and records what would have been refused, but admits.
+
+mod adaptive;
+mod gcra;
+mod keys;
+mod limiter;
+mod pool;
+mod queue;
+mod stats;
+mod wait;
+
+pub use stats::{AdmissionStats, ClassStats, Counts, PoolStats};
+pub use wait::AdmitFuture;
+
+pub(crate) use keys::{KeyLimits, KeyTable};
+pub(crate) use pool::Pool;
+
+use crate::budget::{Budget, Overrides, Start};
+use crate::clock::Timestamp;
+use crate::engine::snapshot::Snapshot;
+use crate::handle::{Class, Counter};
+use crate::policy::{AdaptiveLimit, Permille, QueuePolicy, MAX_DIMENSIONS};
+use crate::sync::{Arc, AtomicU64, Ordering};
+use crate::verdict::{Reason, Retry, Unit};
+use crate::{Engine, Priority, RequestId, Verdict};
+use adaptive::Sampler;
+use gcra::Nonconforming;
+use keys::KeyRefusal;
+use limiter::Limiter;
+use queue::WaitQueue;
+use stats::Stats;
+use std::fmt;
+use std::time::Duration;
+
+/// The longest key accepted, in bytes.
+pub const MAX_KEY_LEN: usize = 256;
+
+/// What to admit: the class, the request, and what is known about it up front.
+///
+/// ```
+/// use costguard::{AdmitRequest, Engine, Policy, Priority, RequestId};
+///
+/// let policy = Policy::builder()
+///     .counter("db_queries")
+///     .class("api", |c| c.limit("db_queries", 100).admission(|a| a.concurrency(2)))
+///     .build()
+///     .unwrap();
+/// let engine = Engine::new(policy).unwrap();
+/// let api = engine.class("api").unwrap();
+/// let db = engine.counter("db_queries").unwrap();
+///
+/// let request = AdmitRequest::new(api, RequestId::new("r1").unwrap())
+///     .priority(Priority::Sheddable)
+///     .key(b"user:42")
+///     .estimate(db, 10);
+/// let admitted = engine.try_admit(&request).unwrap();
+/// admitted.budget().try_charge(db, 3).unwrap();
+/// drop(admitted); // permit, key share and budget are released here
+/// ```
+#[derive(Clone, Copy)]
+pub struct AdmitRequest<'a> {
+    class: Class,
+    id: RequestId,
+    priority: Option<Priority>,
+    key: Option<&'a [u8]>,
+    estimates: [u64; MAX_DIMENSIONS],
+    rate_cost: u64,
+    overrides: Option<&'a Overrides>,
+}
+
+impl<'a> AdmitRequest<'a> {
+    /// A request of `class` with id `id`, at the class's default priority, with no key or estimate.
+    pub fn new(class: Class, id: RequestId) -> Self {
+        AdmitRequest {
+            class,
+            id,
+            priority: None,
+            key: None,
+            estimates: [0; MAX_DIMENSIONS],
+            rate_cost: 1,
+            overrides: None,
+        }
+    }
+
+    /// The request's priority (the class's default otherwise).
+    pub fn priority(mut self, priority: Priority) -> Self {
+        self.priority = Some(priority);
+        self
+    }
+
+    /// The key per-key limits apply to (user, IP, tenant). At most [`MAX_KEY_LEN`] bytes.
+    pub fn key(mut self, key: &'a [u8]) -> Self {
+        self.key = Some(key);
+        self
+    }
+
+    /// A declared estimate of a counter: refused up front if it can never fit the class's budget, and
+    /// held in the pools over that counter while the request runs.
+    pub fn estimate(mut self, counter: Counter, amount: u64) -> Self {
+        self.estimates[counter.index()] = amount;
+        self
+    }
+
+    /// The cost charged to the key's rate limit (default 1).
+    pub fn rate_cost(mut self, cost: u64) -> Self {
+        self.rate_cost = cost;
+        self
+    }
+
+    /// Tighter budget limits for this request (from a propagation header, for instance).
+    pub fn overrides(mut self, overrides: &'a Overrides) -> Self {
+        self.overrides = Some(overrides);
+        self
+    }
+}
+
+impl fmt::Debug for AdmitRequest<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdmitRequest")
+            .field("class", &self.class)
+            .field("id", &self.id)
+            .field("priority", &self.priority)
+            .field("key_len", &self.key.map(<[u8]>::len))
+            .field("rate_cost", &self.rate_cost)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How an admitted request ended, for adaptive limits and Retry-After estimates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// It succeeded.
+    Success,
+    /// It failed because of the request itself (a 4xx): says nothing about capacity; not sampled.
+    ClientError,
+    /// It failed in a way that suggests overload (a 5xx, a timeout): sampled as overload.
+    Overload,
+    /// It was cancelled before it finished: not sampled.
+    Cancelled,
+}
+
+/// A refusal event, as seen by the hook set with
+/// [`EngineBuilder::on_refusal`](crate::EngineBuilder::on_refusal).
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct RefusalEvent<'a> {
+    /// The verdict (with the request id).
+    pub verdict: &'a Verdict,
+    /// True when the class is in shadow mode: the request was admitted anyway.
+    pub shadow: bool,
+}
+
+/// The hook type.
+pub(crate) type RefusalHook = Arc<dyn Fn(&RefusalEvent<'_>) + Send + Sync>;
+
+/// Persistent admission state of one class: survives reloads, so in-flight counts stay true.
+///
+/// Hot state is pointer-free atomic words (the limiter, the counters), ready to live in shared memory.
+#[derive(Debug)]
+pub(crate) struct Gate {
+    pub(crate) limiter: Limiter,
+    pub(crate) queue: WaitQueue,
+    pub(crate) stats: Stats,
+    pub(crate) sampler: Sampler,
+    /// Smoothed latency of finished requests, ns; 0 before the first.
+    latency_ns: AtomicU64,
+    pub(crate) name: Arc<str>,
+    names: [Arc<str>; 3],
+}
+
+const CONCURRENCY: usize = 0;
+const KEY_CONCURRENCY: usize = 1;
+const RATE: usize = 2;
+
+impl Gate {
+    pub(crate) fn new(class: &Arc<str>, limit: u32) -> Self {
+        Gate {
+            limiter: Limiter::new(limit),
+            queue: WaitQueue::default(),
+            stats: Stats::default(),
+            sampler: Sampler::new(),
+            latency_ns: AtomicU64::new(0),
+            name: Arc::clone(class),
+            names: [
+                Arc::from("concurrency"),
+                Arc::from("key_concurrency"),
+                Arc::from("rate"),
+            ],
+        }
+    }
+
+    /// A hint for when a permit may be free: about one mean latency divided among the requests in
+    /// flight, for each request ahead in the queue.
+    fn retry_hint(&self) -> Retry {
+        let latency = self.latency_ns.load(Ordering::Relaxed);
+        if latency == 0 {
+            return Retry::Later;
+        }
+        let in_flight = u64::from(self.limiter.in_flight().max(1));
+        let ahead = u64::from(self.queue.len()) + 1;
+        let nanos = (latency / in_flight).saturating_mul(ahead).max(1_000_000);
+        Retry::After(Duration::from_nanos(nanos))
+    }
+
+    fn record_latency(&self, latency: u64) {
+        let old = self.latency_ns.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            latency
+        } else {
+            old - old / 8 + latency / 8
+        };
+        self.latency_ns.store(new, Ordering::Relaxed);
+    }
+}
+
+/// A pool a class draws from, with the dimension whose estimate it holds.
+#[derive(Debug)]
+pub(crate) struct PoolRef {
+    pub(crate) name: Arc<str>,
+    pub(crate) pool: Arc<Pool>,
+    pub(crate) dim: usize,
+    pub(crate) unit: Unit,
+}
+
+/// The per-key table of a class and the limits of one key.
+#[derive(Debug)]
+pub(crate) struct KeyRef {
+    pub(crate) table: Arc<KeyTable>,
+    pub(crate) limits: KeyLimits,
+}
+
+/// A class's admission settings compiled into one policy snapshot.
+#[derive(Debug)]
+pub(crate) struct ClassAdmission {
+    pub(crate) gate: Arc<Gate>,
+    pub(crate) headroom: [Permille; 4],
+    pub(crate) queue: Option<QueuePolicy>,
+    pub(crate) shadow: bool,
+    pub(crate) pools: Vec<PoolRef>,
+    pub(crate) keys: Option<KeyRef>,
+    pub(crate) adaptive: Option<AdaptiveLimit>,
+}
+
+/// The most pools one class draws from (sized into every grant).
+const POOLS: usize = crate::policy::MAX_POOLS_PER_CLASS;
+
+/// An admitted request: its permit, its key's share, its pool amounts and its budget, released
+/// together, exactly once, when dropped.
+#[must_use = "the request is admitted only while the grant lives"]
+pub struct Admitted {
+    budget: Budget,
+    class: Class,
+    permit: bool,
+    key_slot: Option<u32>,
+    pools: [u64; POOLS],
+    start: Timestamp,
+    outcome: Option<Outcome>,
+}
+
+impl Admitted {
+    /// The request's budget.
+    pub fn budget(&self) -> &Budget {
+        &self.budget
+    }
+
+    /// Records how the request ended (for adaptive limits) and releases everything.
+    pub fn finish(mut self, outcome: Outcome) {
+        self.outcome = Some(outcome);
+    }
+
+    /// Records how the request ended, to be applied when the grant is dropped.
+    pub fn set_outcome(&mut self, outcome: Outcome) {
+        self.outcome = Some(outcome);
+    }
+
+    fn admission(&self) -> Option<&ClassAdmission> {
+        self.budget
+            .node
+            .snapshot
+            .class(self.class)
+            .and_then(|r| r.admission.as_ref())
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let Some(adm) = self.admission() else {
+            return;
+        };
+        if let (Some(slot), Some(keys)) = (self.key_slot, &adm.keys) {
+            keys.table.release(slot);
+        }
+        for (held, pool) in self.pools.iter().zip(&adm.pools) {
+            if *held > 0 {
+                pool.pool.give(*held);
+            }
+        }
+        if !self.permit {
+            return;
+        }
+        let gate = &adm.gate;
+        gate.limiter.release();
+        let clock = &self.budget.node.clock;
+        let sampled = matches!(self.outcome, Some(Outcome::Success | Outcome::Overload));
+        let now = if sampled || gate.queue.has_waiters() {
+            clock.now().as_nanos()
+        } else {
+            0
+        };
+        if sampled {
+            let latency = now.saturating_sub(self.start.as_nanos());
+            gate.record_latency(latency);
+            if let Some(config) = &adm.adaptive {
+                gate.sampler
+                    .record(latency, self.outcome == Some(Outcome::Overload));
+                let window = crate::clock::duration_to_nanos(config.window);
+                let in_flight = gate.limiter.in_flight();
+                if let Some(limit) = gate.sampler.maybe_update(config, now, window, in_flight) {
+                    gate.limiter.set_limit(limit);
+                }
+            }
+        }
+        if gate.queue.has_waiters() {
+            gate.queue.dispatch(&gate.limiter, adm.queue.as_ref(), now);
+        }
+    }
+}
+
+impl fmt::Debug for Admitted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Admitted")
+            .field("budget", &self.budget)
+            .field("permit", &self.permit)
+            .field("key_slot", &self.key_slot)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A refusal, and whether waiting in the class's queue could turn it into an admission.
+pub(crate) struct Refusal {
+    pub(crate) verdict: Verdict,
+    pub(crate) queueable: Option<Permille>,
+}
+
+impl Engine {
+    /// Admits a request now or refuses it; never waits.
+    pub fn try_admit(&self, request: &AdmitRequest<'_>) -> Result<Admitted, Verdict> {
+        self.admit_step(request, false).map_err(|r| r.verdict)
+    }
+
+    /// Admits a request, waiting in the class's queue when the class has one and is full.
+    ///
+    /// Blocks the calling thread for at most the queue's `max_wait` (less while CoDel sees a standing
+    /// queue), and never past the request's deadline.
+    pub fn admit(&self, request: &AdmitRequest<'_>) -> Result<Admitted, Verdict> {
+        match self.admit_step(request, true) {
+            Ok(admitted) => Ok(admitted),
+            Err(Refusal {
+                verdict,
+                queueable: None,
+            }) => Err(verdict),
+            Err(Refusal {
+                queueable: Some(share),
+                verdict,
+            }) => wait::block(self, request, share, verdict),
+        }
+    }
+
+    /// Admits a request, waiting asynchronously in the class's queue when the class has one and is
+    /// full. The future works with any executor; dropping it gives back anything it was granted.
+    pub fn admit_async<'e, 'a>(&'e self, request: AdmitRequest<'a>) -> AdmitFuture<'e, 'a> {
+        AdmitFuture::new(self, request)
+    }
+
+    /// Expires waiters whose time is up and hands free permits to the others. Runs by itself on a
+    /// timer thread while async waiters exist; call it after moving a manual clock.
+    pub fn expire_waiters(&self) {
+        let snapshot = self.snapshot();
+        let now = self.clock().now().as_nanos();
+        for rules in snapshot.classes.iter().flatten() {
+            if let Some(adm) = &rules.admission {
+                if adm.gate.queue.has_waiters() {
+                    adm.gate
+                        .queue
+                        .dispatch(&adm.gate.limiter, adm.queue.as_ref(), now);
+                }
+            }
+        }
+    }
+
+    /// Counters and current state of every class with admission settings, and of every pool.
+    pub fn admission_stats(&self) -> AdmissionStats {
+        let snapshot = self.snapshot();
+        let mut out = AdmissionStats::default();
+        for class in snapshot.policy.classes() {
+            let Some(id) = snapshot.class_by_name(class.name()) else {
+                continue;
+            };
+            let Some(adm) = snapshot.class(id).and_then(|r| r.admission.as_ref()) else {
+                continue;
+            };
+            out.classes.push(ClassStats {
+                class: class.name().to_owned(),
+                in_flight: adm.gate.limiter.in_flight(),
+                limit: adm.gate.limiter.limit(),
+                queue_len: adm.gate.queue.len(),
+                shadow: adm.shadow,
+                keys: adm
+                    .keys
+                    .as_ref()
+                    .map(|k| (k.table.occupied(), k.table.capacity())),
+                counts: adm.gate.stats.read(),
+            });
+        }
+        for p in snapshot.policy.pools() {
+            if let Some(pool) = snapshot.pool(p.name()) {
+                out.pools.push(PoolStats {
+                    pool: p.name().to_owned(),
+                    in_use: pool.used(),
+                    limit: pool.limit(),
+                });
+            }
+        }
+        out
+    }
+
+    /// Bytes held by the per-key table of `class` (fixed when the policy is applied).
+    pub fn key_table_memory(&self, class: Class) -> Option<usize> {
+        let snapshot = self.snapshot();
+        let adm = snapshot.class(class)?.admission.as_ref()?;
+        adm.keys.as_ref().map(|k| k.table.memory())
+    }
+
+    /// Everything before waiting: the cost checks and the concurrency permit, then the rest.
+    pub(crate) fn admit_step(
+        &self,
+        req: &AdmitRequest<'_>,
+        queueable: bool,
+    ) -> Result<Admitted, Refusal> {
+        let snapshot = self.snapshot();
+        let Some(rules) = snapshot.class(req.class) else {
+            return Err(plain(
+                Verdict::new(Reason::UnknownClass, Retry::Never).with_request(req.id),
+            ));
+        };
+        let priority = req.priority.unwrap_or(rules.priority);
+        let adm = rules.admission.as_ref();
+        let refuse = |verdict: Verdict, queueable: Option<Permille>| {
+            let verdict = verdict.with_class(&rules.name).with_request(req.id);
+            if let Some(adm) = adm {
+                self.report_refusal(adm, &verdict, priority, false);
+            }
+            Refusal { verdict, queueable }
+        };
+
+        // 1. Estimates that can never fit.
+        for (dim, &estimate) in req.estimates.iter().enumerate() {
+            if estimate > rules.limits[dim] {
+                let mut v = Verdict::new(Reason::CannotFit, Retry::Never).with_amounts(
+                    estimate,
+                    0,
+                    rules.limits[dim],
+                );
+                if let Some(info) = snapshot.dims.info(dim) {
+                    v = v.with_dimension(&info.name, info.unit);
+                }
+                return Err(refuse(v, None));
+            }
+        }
+        if let Some(key) = req.key {
+            if key.len() > MAX_KEY_LEN {
+                let v = Verdict::new(Reason::KeyTooLong, Retry::Never).with_amounts(
+                    key.len() as u64,
+                    0,
+                    MAX_KEY_LEN as u64,
+                );
+                return Err(refuse(v, None));
+            }
+        }
+        let Some(adm) = adm else {
+            return self.admit_rest(&snapshot, req, priority, false);
+        };
+        for p in &adm.pools {
+            let estimate = req.estimates[p.dim];
+            if estimate > p.pool.limit() {
+                let v = Verdict::new(Reason::CannotFit, Retry::Never)
+                    .with_dimension(&p.name, p.unit)
+                    .with_amounts(estimate, 0, p.pool.limit());
+                return Err(refuse(v, None));
+            }
+        }
+
+        // 2. Concurrency, within this priority's headroom.
+        let share = adm.headroom[priority as usize];
+        if adm.shadow {
+            if let Err((in_flight, allowed)) = adm.gate.limiter.try_acquire(share) {
+                let v = self.concurrency_verdict(adm, in_flight, allowed);
+                self.report_refusal(
+                    adm,
+                    &v.with_class(&rules.name).with_request(req.id),
+                    priority,
+                    true,
+                );
+                adm.gate.limiter.force_acquire();
+            }
+        } else if let Err((in_flight, allowed)) = adm.gate.limiter.try_acquire(share) {
+            let waits = queueable && adm.queue.is_some();
+            let v = self.concurrency_verdict(adm, in_flight, allowed);
+            if waits {
+                // Not a refusal yet: the caller will wait.
+                return Err(Refusal {
+                    verdict: v.with_class(&rules.name).with_request(req.id),
+                    queueable: Some(share),
+                });
+            }
+            return Err(refuse(v, None));
+        }
+        self.admit_rest(&snapshot, req, priority, true)
+    }
+
+    fn concurrency_verdict(&self, adm: &ClassAdmission, in_flight: u32, allowed: u32) -> Verdict {
+        let limit = adm.gate.limiter.limit();
+        let reason = if allowed < limit && in_flight < limit {
+            Reason::Shed
+        } else {
+            Reason::ConcurrencyLimit
+        };
+        Verdict::new(reason, adm.gate.retry_hint())
+            .with_dimension(&adm.gate.names[CONCURRENCY], Unit::Count)
+            .with_amounts(1, u64::from(in_flight), u64::from(allowed))
+    }
+
+    pub(crate) fn report_refusal(
+        &self,
+        adm: &ClassAdmission,
+        verdict: &Verdict,
+        priority: Priority,
+        shadow: bool,
+    ) {
+        adm.gate.stats.refused(verdict.reason(), priority, shadow);
+        if let Some(hook) = self.refusal_hook() {
+            hook(&RefusalEvent { verdict, shadow });
+        }
+    }
+
+    /// With the concurrency permit held (if `permit`): key, pools, budget. Undoes all on refusal.
+    pub(crate) fn admit_rest(
+        &self,
+        snapshot: &Arc<Snapshot>,
+        req: &AdmitRequest<'_>,
+        priority: Priority,
+        permit: bool,
+    ) -> Result<Admitted, Refusal> {
+        let rules = snapshot.class(req.class).ok_or_else(|| {
+            plain(Verdict::new(Reason::UnknownClass, Retry::Never).with_request(req.id))
+        })?;
+        let adm = rules.admission.as_ref();
+        let clock = self.clock();
+        let now = clock.now();
+        let give_back = |slot: Option<u32>, pools: &[u64; POOLS]| {
+            if let Some(adm) = adm {
+                if let (Some(slot), Some(keys)) = (slot, &adm.keys) {
+                    keys.table.release(slot);
+                }
+                for (held, p) in pools.iter().zip(&adm.pools) {
+                    if *held > 0 {
+                        p.pool.give(*held);
+                    }
+                }
+                if permit {
+                    adm.gate.limiter.release();
+                    if adm.gate.queue.has_waiters() {
+                        adm.gate.queue.dispatch(
+                            &adm.gate.limiter,
+                            adm.queue.as_ref(),
+                            now.as_nanos(),
+                        );
+                    }
+                }
+            }
+        };
+        let refuse = |v: Verdict, slot: Option<u32>, pools: &[u64; POOLS]| {
+            give_back(slot, pools);
+            let v = v.with_class(&rules.name).with_request(req.id);
+            if let Some(adm) = adm {
+                self.report_refusal(adm, &v, priority, false);
+            }
+            plain(v)
+        };
+        let mut pools = [0u64; POOLS];
+        let mut slot = None;
+        if let Some(adm) = adm {
+            // 3. The key.
+            if let (Some(key), Some(keys)) = (req.key, &adm.keys) {
+                match keys.table.acquire(
+                    key,
+                    now.as_nanos(),
+                    req.rate_cost,
+                    keys.limits,
+                    adm.shadow,
+                ) {
+                    Ok((s, over)) => {
+                        slot = Some(s);
+                        if let Some(over) = over {
+                            let v = self.key_verdict(adm, over, req.rate_cost);
+                            let v = v.with_class(&rules.name).with_request(req.id);
+                            self.report_refusal(adm, &v, priority, true);
+                        }
+                    }
+                    Err(r) => {
+                        let v = self.key_verdict(adm, r, req.rate_cost);
+                        return Err(refuse(v, None, &pools));
+                    }
+                }
+            }
+            // 4. Pools.
+            for (i, p) in adm.pools.iter().enumerate() {
+                let amount = req.estimates[p.dim];
+                if amount == 0 {
+                    continue;
+                }
+                if adm.shadow {
+                    if let Err(used) = p.pool.try_take(amount) {
+                        let v = pool_verdict(p, amount, used)
+                            .with_class(&rules.name)
+                            .with_request(req.id);
+                        self.report_refusal(adm, &v, priority, true);
+                        p.pool.force_take(amount);
+                    }
+                } else if let Err(used) = p.pool.try_take(amount) {
+                    return Err(refuse(pool_verdict(p, amount, used), slot, &pools));
+                }
+                pools[i] = amount;
+            }
+        }
+        // 5. The budget.
+        let default_overrides = Overrides::new();
+        let budget = Budget::start(Start {
+            snapshot: Arc::clone(snapshot),
+            class: req.class,
+            request_id: req.id,
+            priority: Some(priority),
+            overrides: req.overrides.unwrap_or(&default_overrides),
+            clock: Arc::clone(clock),
+            cpu_clock: Arc::clone(self.cpu_clock()),
+        });
+        let budget = match budget {
+            Ok(b) => b,
+            Err(v) => return Err(refuse(v, slot, &pools)),
+        };
+        if let Some(adm) = adm {
+            adm.gate.stats.admitted();
+        }
+        Ok(Admitted {
+            budget,
+            class: req.class,
+            permit,
+            key_slot: slot,
+            pools,
+            start: now,
+            outcome: None,
+        })
+    }
+
+    fn key_verdict(&self, adm: &ClassAdmission, r: KeyRefusal, cost: u64) -> Verdict {
+        match r {
+            KeyRefusal::Concurrency { in_flight, limit } => {
+                Verdict::new(Reason::KeyConcurrency, Retry::Later)
+                    .with_dimension(&adm.gate.names[KEY_CONCURRENCY], Unit::Count)
+                    .with_amounts(1, in_flight, limit)
+            }
+            KeyRefusal::Rate(n) => {
+                let (reason, retry) = match n {
+                    Nonconforming::Wait(ns) => {
+                        (Reason::RateLimited, Retry::After(Duration::from_nanos(ns)))
+                    }
+                    Nonconforming::Never => (Reason::CannotFit, Retry::Never),
+                };
+                Verdict::new(reason, retry)
+                    .with_dimension(&adm.gate.names[RATE], Unit::Count)
+                    .with_amounts(cost, 0, 0)
+            }
+        }
+    }
+}
+
+/// The limits of one key, from a class's per-key policy.
+pub(crate) fn key_limits(pk: &crate::policy::PerKey) -> KeyLimits {
+    KeyLimits {
+        concurrency: pk.concurrency.map_or(u64::from(u16::MAX), u64::from),
+        rate: pk
+            .rate
+            .map(|r| gcra::Gcra::new(r.amount, crate::clock::duration_to_nanos(r.per), r.burst)),
+    }
+}
+
+fn pool_verdict(p: &PoolRef, amount: u64, used: u64) -> Verdict {
+    Verdict::new(Reason::PoolExhausted, Retry::Later)
+        .with_dimension(&p.name, p.unit)
+        .with_amounts(amount, used, p.pool.limit())
+}
+
+fn plain(verdict: Verdict) -> Refusal {
+    Refusal {
+        verdict,
+        queueable: None,
+    }
+}

@@ -1,0 +1,221 @@
+//! Waiting for a permit instead of being refused.
+//!
+//! A short wait smooths bursts; a long one turns overload into latency for everyone, which is how the
+//! 2015 API tier starved: threads waited without limit. So waiting here is bounded every way: by the
+//! queue's capacity, by its `max_wait`, by the request's own deadline, and by CoDel: when even the
+//! shortest wait of an interval stays above the target, the queue is standing rather than absorbing a
+//! burst; new waiters then get only the target's worth of patience and are served newest first (a
+//! newest-first queue under overload serves requests whose callers are still there).
+//!
+//! Each waiter has one state word that leaves `WAITING` exactly once, by CAS: to `GRANTED` by a
+//! releaser that took a permit on its behalf, or to `ABANDONED`/`EXPIRED` when it times out or is
+//! dropped. Whoever loses that race knows it: a releaser that finds its waiter gone gives the permit
+//! back; a waiter that finds itself granted after deciding to leave releases the permit it was handed.
+//! No permit is stranded.
+//!
+//! A releaser learns that someone waits from one atomic count, read after its release; a waiter
+//! retries once after it has become visible. With both sides sequentially consistent, at least one of
+//! them sees the other, so a permit freed as a waiter arrives is never missed.
+
+use super::limiter::Limiter;
+use crate::policy::{Permille, QueuePolicy};
+use crate::sync::{Arc, AtomicU32, Mutex, Ordering};
+use std::collections::VecDeque;
+use std::task::Waker;
+
+pub(crate) const WAITING: u32 = 0;
+pub(crate) const GRANTED: u32 = 1;
+pub(crate) const ABANDONED: u32 = 2;
+pub(crate) const EXPIRED: u32 = 3;
+
+/// How to wake a waiter.
+#[derive(Debug)]
+pub(crate) enum Wake {
+    Nobody,
+    Thread(std::thread::Thread),
+    Task(Waker),
+}
+
+#[derive(Debug)]
+pub(crate) struct Waiter {
+    pub(crate) state: AtomicU32,
+    pub(crate) share: Permille,
+    pub(crate) enqueued: u64,
+    pub(crate) deadline: u64,
+    wake: Mutex<Wake>,
+}
+
+impl Waiter {
+    pub(crate) fn new(share: Permille, enqueued: u64, deadline: u64, wake: Wake) -> Self {
+        Waiter {
+            state: AtomicU32::new(WAITING),
+            share,
+            enqueued,
+            deadline,
+            wake: Mutex::new(wake),
+        }
+    }
+
+    pub(crate) fn state(&self) -> u32 {
+        self.state.load(Ordering::Acquire)
+    }
+
+    /// Leaves the queue by the waiter's own decision; `false` if it was granted or expired first.
+    pub(crate) fn abandon(&self) -> bool {
+        self.state
+            .compare_exchange(WAITING, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    pub(crate) fn set_waker(&self, waker: &Waker) {
+        let mut wake = self.wake.lock();
+        match &*wake {
+            Wake::Task(w) if w.will_wake(waker) => {}
+            _ => *wake = Wake::Task(waker.clone()),
+        }
+    }
+
+    fn notify(&self) {
+        match std::mem::replace(&mut *self.wake.lock(), Wake::Nobody) {
+            Wake::Nobody => {}
+            Wake::Thread(t) => t.unpark(),
+            Wake::Task(w) => w.wake(),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Codel {
+    interval_end: u64,
+    min_sojourn: u64,
+    overloaded: bool,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    waiters: VecDeque<Arc<Waiter>>,
+    codel: Codel,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct WaitQueue {
+    /// How many waiters are queued; read by every release.
+    waiting: AtomicU32,
+    inner: Mutex<Inner>,
+}
+
+impl WaitQueue {
+    #[inline]
+    pub(crate) fn has_waiters(&self) -> bool {
+        self.waiting.load(Ordering::SeqCst) > 0
+    }
+
+    pub(crate) fn len(&self) -> u32 {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// How long a new waiter may wait: `max_wait`, or only the CoDel target while overloaded.
+    pub(crate) fn patience(&self, policy: &QueuePolicy) -> u64 {
+        let overloaded = self.inner.lock().codel.overloaded;
+        let d = if overloaded {
+            policy.codel_target
+        } else {
+            policy.max_wait
+        };
+        crate::clock::duration_to_nanos(d)
+    }
+
+    /// Queues a waiter; `Err(len)` when the queue is full.
+    pub(crate) fn enqueue(&self, waiter: Arc<Waiter>, capacity: u32) -> Result<(), u32> {
+        let mut inner = self.inner.lock();
+        let len = inner.waiters.len() as u32;
+        if len >= capacity {
+            return Err(len);
+        }
+        inner.waiters.push_back(waiter);
+        self.waiting.store(len + 1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Takes a waiter out after it abandoned.
+    pub(crate) fn remove(&self, waiter: &Arc<Waiter>) {
+        let mut inner = self.inner.lock();
+        inner.waiters.retain(|w| !Arc::ptr_eq(w, waiter));
+        let len = inner.waiters.len() as u32;
+        if len == 0 {
+            inner.codel = Codel::default();
+        }
+        self.waiting.store(len, Ordering::SeqCst);
+    }
+
+    /// Hands free permits to waiters (newest first while CoDel says overloaded) and expires waiters
+    /// whose deadline has passed. Called after releases and by the timer.
+    pub(crate) fn dispatch(&self, limiter: &Limiter, policy: Option<&QueuePolicy>, now: u64) {
+        let mut inner = self.inner.lock();
+        let mut blocked = false;
+        let mut i = 0;
+        while i < inner.waiters.len() {
+            let lifo = inner.codel.overloaded;
+            let index = if lifo { inner.waiters.len() - 1 - i } else { i };
+            let w = Arc::clone(&inner.waiters[index]);
+            if w.state() != WAITING {
+                inner.waiters.remove(index);
+                continue;
+            }
+            if w.deadline <= now {
+                if w.state
+                    .compare_exchange(WAITING, EXPIRED, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    w.notify();
+                }
+                inner.waiters.remove(index);
+                continue;
+            }
+            if blocked || limiter.try_acquire(w.share).is_err() {
+                // No permit for this one; keep looking only to expire the others.
+                blocked = true;
+                i += 1;
+                continue;
+            }
+            if w.state
+                .compare_exchange(WAITING, GRANTED, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                if let Some(policy) = policy {
+                    inner
+                        .codel
+                        .on_grant(now.saturating_sub(w.enqueued), now, policy);
+                }
+                w.notify();
+            } else {
+                // It left at this very instant: the permit taken for it goes back.
+                limiter.release();
+            }
+            inner.waiters.remove(index);
+        }
+        let len = inner.waiters.len() as u32;
+        if len == 0 {
+            inner.codel = Codel::default();
+        }
+        self.waiting.store(len, Ordering::SeqCst);
+    }
+}
+
+impl Codel {
+    fn on_grant(&mut self, sojourn: u64, now: u64, policy: &QueuePolicy) {
+        let target = crate::clock::duration_to_nanos(policy.codel_target);
+        let interval = crate::clock::duration_to_nanos(policy.codel_interval);
+        if self.interval_end == 0 {
+            self.interval_end = now.saturating_add(interval);
+            self.min_sojourn = sojourn;
+            return;
+        }
+        self.min_sojourn = self.min_sojourn.min(sojourn);
+        if now >= self.interval_end {
+            self.overloaded = self.min_sojourn > target;
+            self.min_sojourn = u64::MAX;
+            self.interval_end = now.saturating_add(interval);
+        }
+    }
+}

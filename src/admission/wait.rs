@@ -1,0 +1,277 @@
+//! Waiting for a permit: blocking, or as a runtime-agnostic future.
+
+use super::queue::{Waiter, Wake, EXPIRED, GRANTED};
+use super::{AdmitRequest, Admitted, ClassAdmission, Refusal};
+use crate::engine::snapshot::Snapshot;
+use crate::policy::Permille;
+use crate::sync::Arc;
+use crate::verdict::{Reason, Unit};
+use crate::{Engine, Priority, Verdict};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+/// A waiter being set up: what it needs to finish or give up.
+struct Queued {
+    waiter: Arc<Waiter>,
+    snapshot: Arc<Snapshot>,
+    priority: Priority,
+}
+
+fn admission<'s>(snapshot: &'s Snapshot, req: &AdmitRequest<'_>) -> Option<&'s ClassAdmission> {
+    snapshot.class(req.class)?.admission.as_ref()
+}
+
+/// Puts a waiter in the queue, or refuses when the queue is full. If a permit came free meanwhile,
+/// returns `Ok(None)` with the permit held.
+fn enqueue(
+    engine: &Engine,
+    req: &AdmitRequest<'_>,
+    share: Permille,
+    full: Verdict,
+    wake: Wake,
+) -> Result<Option<Queued>, Verdict> {
+    let snapshot = engine.snapshot();
+    let Some(rules) = snapshot.class(req.class) else {
+        return Err(full);
+    };
+    let priority = req.priority.unwrap_or(rules.priority);
+    let (Some(adm), Some(policy)) = (
+        rules.admission.as_ref(),
+        rules.admission.as_ref().and_then(|a| a.queue),
+    ) else {
+        return Err(full);
+    };
+    let now = engine.clock().now().as_nanos();
+    let own = req
+        .overrides
+        .and_then(|o| o.wall_time)
+        .map_or(rules.wall_time, |w| {
+            rules.wall_time.min(crate::clock::duration_to_nanos(w))
+        });
+    let patience = adm.gate.queue.patience(&policy).min(own);
+    let waiter = Arc::new(Waiter::new(share, now, now.saturating_add(patience), wake));
+    if let Err(len) = adm.gate.queue.enqueue(Arc::clone(&waiter), policy.capacity) {
+        let v = Verdict::new(Reason::QueueFull, adm.gate.retry_hint())
+            .with_amounts(1, u64::from(len), u64::from(policy.capacity))
+            .with_class(&rules.name)
+            .with_request(req.id);
+        engine.report_refusal(adm, &v, priority, false);
+        return Err(v);
+    }
+    adm.gate.stats.waited();
+    // A permit freed before this waiter became visible would be missed: look once more.
+    if adm.gate.limiter.try_acquire(share).is_ok() {
+        if waiter.abandon() {
+            adm.gate.queue.remove(&waiter);
+        } else {
+            // Granted at the same instant: keep one permit, give the other back.
+            adm.gate.limiter.release();
+            adm.gate
+                .queue
+                .dispatch(&adm.gate.limiter, adm.queue.as_ref(), now);
+        }
+        return Ok(None);
+    }
+    Ok(Some(Queued {
+        waiter,
+        snapshot,
+        priority,
+    }))
+}
+
+fn timed_out(engine: &Engine, req: &AdmitRequest<'_>, q: &Queued) -> Verdict {
+    let waited = engine
+        .clock()
+        .now()
+        .as_nanos()
+        .saturating_sub(q.waiter.enqueued);
+    let Some(adm) = admission(&q.snapshot, req) else {
+        return Verdict::new(Reason::QueueTimeout, crate::Retry::Later).with_request(req.id);
+    };
+    let mut v = Verdict::new(Reason::QueueTimeout, adm.gate.retry_hint())
+        .with_amounts(
+            0,
+            waited,
+            q.waiter.deadline.saturating_sub(q.waiter.enqueued),
+        )
+        .with_request(req.id)
+        .with_class(&adm.gate.name);
+    v = v.with_dimension(&adm.gate.names[super::CONCURRENCY], Unit::Nanos);
+    engine.report_refusal(adm, &v, q.priority, false);
+    v
+}
+
+fn finish(
+    engine: &Engine,
+    req: &AdmitRequest<'_>,
+    snapshot: &Arc<Snapshot>,
+    priority: Priority,
+) -> Result<Admitted, Verdict> {
+    engine
+        .admit_rest(snapshot, req, priority, true)
+        .map_err(|r: Refusal| r.verdict)
+}
+
+/// Gives back a permit a waiter was granted but will not use.
+fn return_permit(engine: &Engine, req: &AdmitRequest<'_>, q: &Queued) {
+    if let Some(adm) = admission(&q.snapshot, req) {
+        adm.gate.limiter.release();
+        let now = engine.clock().now().as_nanos();
+        adm.gate
+            .queue
+            .dispatch(&adm.gate.limiter, adm.queue.as_ref(), now);
+    }
+}
+
+/// Blocks the calling thread until admitted, refused or timed out.
+pub(crate) fn block(
+    engine: &Engine,
+    req: &AdmitRequest<'_>,
+    share: Permille,
+    full: Verdict,
+) -> Result<Admitted, Verdict> {
+    let wake = Wake::Thread(std::thread::current());
+    let Some(q) = enqueue(engine, req, share, full, wake)? else {
+        let snapshot = engine.snapshot();
+        let priority = snapshot
+            .class(req.class)
+            .map_or(Priority::Normal, |r| req.priority.unwrap_or(r.priority));
+        return finish(engine, req, &snapshot, priority);
+    };
+    loop {
+        match q.waiter.state() {
+            GRANTED => return finish(engine, req, &q.snapshot, q.priority),
+            EXPIRED => return Err(timed_out(engine, req, &q)),
+            _ => {}
+        }
+        let now = engine.clock().now().as_nanos();
+        if now >= q.waiter.deadline {
+            if q.waiter.abandon() {
+                if let Some(adm) = admission(&q.snapshot, req) {
+                    adm.gate.queue.remove(&q.waiter);
+                }
+                return Err(timed_out(engine, req, &q));
+            }
+            continue; // granted or expired at this instant: the loop reads which
+        }
+        std::thread::park_timeout(Duration::from_nanos(q.waiter.deadline - now));
+    }
+}
+
+enum State<'a> {
+    Start(AdmitRequest<'a>),
+    Waiting(AdmitRequest<'a>, Queued),
+    Done,
+}
+
+/// The future returned by [`Engine::admit_async`].
+///
+/// It needs no particular runtime: it is woken when a permit is handed to it, or by the engine's
+/// timer thread when its wait is over. Dropping it while it waits leaves the queue; if a permit was
+/// handed to it at that instant, the permit is given back.
+#[must_use = "futures do nothing unless polled"]
+pub struct AdmitFuture<'e, 'a> {
+    engine: &'e Engine,
+    state: State<'a>,
+}
+
+impl<'e, 'a> AdmitFuture<'e, 'a> {
+    pub(crate) fn new(engine: &'e Engine, request: AdmitRequest<'a>) -> Self {
+        AdmitFuture {
+            engine,
+            state: State::Start(request),
+        }
+    }
+}
+
+impl std::fmt::Debug for AdmitFuture<'_, '_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match self.state {
+            State::Start(_) => "start",
+            State::Waiting(..) => "waiting",
+            State::Done => "done",
+        };
+        f.debug_struct("AdmitFuture")
+            .field("state", &state)
+            .finish()
+    }
+}
+
+impl Future for AdmitFuture<'_, '_> {
+    type Output = Result<Admitted, Verdict>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let engine = this.engine;
+        match std::mem::replace(&mut this.state, State::Done) {
+            State::Done => Poll::Ready(Err(Verdict::new(Reason::Cancelled, crate::Retry::Never))),
+            State::Start(req) => match engine.admit_step(&req, true) {
+                Ok(admitted) => Poll::Ready(Ok(admitted)),
+                Err(Refusal {
+                    verdict,
+                    queueable: None,
+                }) => Poll::Ready(Err(verdict)),
+                Err(Refusal {
+                    verdict,
+                    queueable: Some(share),
+                }) => {
+                    let wake = Wake::Task(cx.waker().clone());
+                    match enqueue(engine, &req, share, verdict, wake) {
+                        Err(v) => Poll::Ready(Err(v)),
+                        Ok(None) => {
+                            let snapshot = engine.snapshot();
+                            let priority = snapshot
+                                .class(req.class)
+                                .map_or(Priority::Normal, |r| req.priority.unwrap_or(r.priority));
+                            Poll::Ready(finish(engine, &req, &snapshot, priority))
+                        }
+                        Ok(Some(q)) => {
+                            engine.wake_timer();
+                            this.state = State::Waiting(req, q);
+                            Poll::Pending
+                        }
+                    }
+                }
+            },
+            State::Waiting(req, q) => loop {
+                match q.waiter.state() {
+                    GRANTED => return Poll::Ready(finish(engine, &req, &q.snapshot, q.priority)),
+                    EXPIRED => return Poll::Ready(Err(timed_out(engine, &req, &q))),
+                    _ => {}
+                }
+                if engine.clock().now().as_nanos() >= q.waiter.deadline {
+                    if q.waiter.abandon() {
+                        if let Some(adm) = admission(&q.snapshot, &req) {
+                            adm.gate.queue.remove(&q.waiter);
+                        }
+                        return Poll::Ready(Err(timed_out(engine, &req, &q)));
+                    }
+                    continue;
+                }
+                q.waiter.set_waker(cx.waker());
+                // Granted between the check and the new waker: look again rather than sleep.
+                if q.waiter.state() != super::queue::WAITING {
+                    continue;
+                }
+                this.state = State::Waiting(req, q);
+                return Poll::Pending;
+            },
+        }
+    }
+}
+
+impl Drop for AdmitFuture<'_, '_> {
+    fn drop(&mut self) {
+        if let State::Waiting(req, q) = &self.state {
+            if q.waiter.abandon() {
+                if let Some(adm) = admission(&q.snapshot, req) {
+                    adm.gate.queue.remove(&q.waiter);
+                }
+            } else if q.waiter.state() == GRANTED {
+                return_permit(self.engine, req, q);
+            }
+        }
+    }
+}
