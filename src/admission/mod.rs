@@ -336,13 +336,15 @@ impl Drop for Admitted {
             let latency = now.saturating_sub(self.start.as_nanos());
             gate.record_latency(latency);
             if let Some(config) = &adm.adaptive {
-                gate.sampler
-                    .record(latency, self.outcome == Some(Outcome::Overload));
+                // A sample that finishes after its window closed belongs to the next window: close
+                // the old one first. Count this request as in flight: it was, until a moment ago.
                 let window = crate::clock::duration_to_nanos(config.window);
-                let in_flight = gate.limiter.in_flight();
+                let in_flight = gate.limiter.in_flight().saturating_add(1);
                 if let Some(limit) = gate.sampler.maybe_update(config, now, window, in_flight) {
                     gate.limiter.set_limit(limit);
                 }
+                gate.sampler
+                    .record(latency, self.outcome == Some(Outcome::Overload));
             }
         }
         if gate.queue.has_waiters() {

@@ -78,13 +78,16 @@ impl Concurrency {
 
 /// The share of the concurrency limit each priority may fill, per mille, indexed by
 /// [`Priority`](crate::Priority) (critical first). Lower priorities see less of the limit, so under
-/// overload they are refused first and critical work keeps a reserve.
+/// overload they are refused first.
+///
+/// By default normal work sees the whole limit, sheddable work 80% and background work 50%. Lower
+/// the normal share (say to 0.9) to keep a reserve that only critical work may use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Headroom(pub [Permille; 4]);
 
 impl Default for Headroom {
     fn default() -> Self {
-        Headroom([1000, 900, 750, 500])
+        Headroom([1000, 1000, 800, 500])
     }
 }
 

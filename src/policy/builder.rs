@@ -178,7 +178,7 @@ impl ClassBuilder {
 ///     })
 ///     .build()
 ///     .unwrap();
-/// assert_eq!(policy.class("api").unwrap().admission().unwrap().headroom().0, [1000, 900, 750, 250]);
+/// assert_eq!(policy.class("api").unwrap().admission().unwrap().headroom().0, [1000, 1000, 800, 250]);
 /// ```
 #[derive(Clone, Debug, Default)]
 #[must_use]

@@ -1,0 +1,787 @@
+//! Admission control, deterministic on the manual clock.
+
+use costguard::clock::ManualClock;
+use costguard::{
+    AdmitRequest, Admitted, Class, Engine, Outcome, Policy, Priority, Reason, RequestId, Retry,
+};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+fn id(n: u64) -> RequestId {
+    RequestId::from_u64(n)
+}
+
+fn engine(policy: Policy) -> (Engine, ManualClock) {
+    let clock = ManualClock::new();
+    let engine = Engine::builder(policy)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    (engine, clock)
+}
+
+fn simple(limit: u64) -> (Engine, ManualClock, Class) {
+    let policy = Policy::builder()
+        .class("api", |c| c.admission(|a| a.concurrency(limit)))
+        .build()
+        .unwrap();
+    let (e, clock) = engine(policy);
+    let api = e.class("api").unwrap();
+    (e, clock, api)
+}
+
+#[test]
+fn a_full_class_refuses_and_a_release_lets_the_next_in() {
+    let (e, _clock, api) = simple(2);
+    let a = e.try_admit(&AdmitRequest::new(api, id(1))).unwrap();
+    let _b = e.try_admit(&AdmitRequest::new(api, id(2))).unwrap();
+    let v = e.try_admit(&AdmitRequest::new(api, id(3))).unwrap_err();
+    assert_eq!(v.reason(), Reason::ConcurrencyLimit);
+    assert_eq!((v.used(), v.limit()), (2, 2));
+    assert_eq!(v.class(), Some("api"));
+    assert_eq!(v.request_id(), Some(&id(3)));
+    assert_eq!(
+        v.retry(),
+        Retry::Later,
+        "no latency seen yet: no time promised"
+    );
+    drop(a);
+    let c = e.try_admit(&AdmitRequest::new(api, id(4))).unwrap();
+    assert_eq!(c.budget().request_id(), id(4));
+    let stats = e.admission_stats();
+    let api_stats = stats.class("api").unwrap();
+    assert_eq!((api_stats.in_flight, api_stats.limit), (2, 2));
+    assert_eq!(api_stats.counts.admitted, 3);
+    assert_eq!(api_stats.counts.refused(Reason::ConcurrencyLimit), 1);
+}
+
+#[test]
+fn lower_priorities_see_less_of_the_limit() {
+    let policy = Policy::builder()
+        .class("api", |c| {
+            c.admission(|a| {
+                a.concurrency(10)
+                    .headroom(Priority::Normal, 0.9)
+                    .headroom(Priority::Sheddable, 0.75)
+                    .headroom(Priority::Background, 0.5)
+            })
+        })
+        .build()
+        .unwrap();
+    let (e, _clock) = engine(policy);
+    let api = e.class("api").unwrap();
+    let at = |p: Priority, n: u64| AdmitRequest::new(api, id(n)).priority(p);
+    let mut held: Vec<Admitted> = Vec::new();
+    for n in 0..5 {
+        held.push(e.try_admit(&at(Priority::Background, n)).unwrap());
+    }
+    let v = e.try_admit(&at(Priority::Background, 5)).unwrap_err();
+    assert_eq!(v.reason(), Reason::Shed);
+    assert_eq!((v.used(), v.limit()), (5, 5));
+    // Sheddable sees 75% (7), normal 90% (9), critical everything.
+    held.push(e.try_admit(&at(Priority::Sheddable, 6)).unwrap());
+    held.push(e.try_admit(&at(Priority::Sheddable, 7)).unwrap());
+    assert_eq!(
+        e.try_admit(&at(Priority::Sheddable, 8))
+            .unwrap_err()
+            .reason(),
+        Reason::Shed
+    );
+    held.push(e.try_admit(&at(Priority::Normal, 9)).unwrap());
+    held.push(e.try_admit(&at(Priority::Normal, 10)).unwrap());
+    assert_eq!(
+        e.try_admit(&at(Priority::Normal, 11)).unwrap_err().reason(),
+        Reason::Shed
+    );
+    held.push(e.try_admit(&at(Priority::Critical, 12)).unwrap());
+    let v = e.try_admit(&at(Priority::Critical, 13)).unwrap_err();
+    assert_eq!(v.reason(), Reason::ConcurrencyLimit);
+    let counts = e.admission_stats().class("api").unwrap().counts.clone();
+    assert_eq!(counts.shed_by_priority, [0, 1, 1, 1]);
+    assert_eq!(held[0].budget().priority(), Priority::Background);
+}
+
+#[test]
+fn estimates_that_can_never_fit_are_refused_before_any_work() {
+    let policy = Policy::builder()
+        .counter("file_lookups")
+        .class("parse", |c| {
+            c.limit("file_lookups", 500).admission(|a| a.concurrency(4))
+        })
+        .build()
+        .unwrap();
+    let (e, _clock) = engine(policy);
+    let parse = e.class("parse").unwrap();
+    let lookups = e.counter("file_lookups").unwrap();
+    let v = e
+        .try_admit(&AdmitRequest::new(parse, id(1)).estimate(lookups, 10_000))
+        .unwrap_err();
+    assert_eq!(v.reason(), Reason::CannotFit);
+    assert_eq!(v.retry(), Retry::Never);
+    assert_eq!(v.dimension(), Some("file_lookups"));
+    assert_eq!(e.admission_stats().class("parse").unwrap().in_flight, 0);
+    assert!(e
+        .try_admit(&AdmitRequest::new(parse, id(2)).estimate(lookups, 500))
+        .is_ok());
+}
+
+#[test]
+fn pools_bound_cost_in_flight_across_classes() {
+    let policy = Policy::builder()
+        .counter("db_queries")
+        .pool("db", "db_queries", 100)
+        .class("api", |c| c.admission(|a| a.concurrency(50).pool("db")))
+        .class("parse", |c| c.admission(|a| a.concurrency(50).pool("db")))
+        .build()
+        .unwrap();
+    let (e, _clock) = engine(policy);
+    let (api, parse) = (e.class("api").unwrap(), e.class("parse").unwrap());
+    let db = e.counter("db_queries").unwrap();
+    let a = e
+        .try_admit(&AdmitRequest::new(api, id(1)).estimate(db, 60))
+        .unwrap();
+    let v = e
+        .try_admit(&AdmitRequest::new(parse, id(2)).estimate(db, 50))
+        .unwrap_err();
+    assert_eq!(v.reason(), Reason::PoolExhausted);
+    assert_eq!((v.requested(), v.used(), v.limit()), (50, 60, 100));
+    assert_eq!(v.dimension(), Some("db"));
+    let v = e
+        .try_admit(&AdmitRequest::new(parse, id(3)).estimate(db, 101))
+        .unwrap_err();
+    assert_eq!(v.reason(), Reason::CannotFit, "larger than the pool itself");
+    // A refusal gave its concurrency permit back.
+    assert_eq!(e.admission_stats().class("parse").unwrap().in_flight, 0);
+    let _b = e
+        .try_admit(&AdmitRequest::new(parse, id(4)).estimate(db, 40))
+        .unwrap();
+    drop(a);
+    let stats = e.admission_stats();
+    assert_eq!((stats.pools[0].in_use, stats.pools[0].limit), (40, 100));
+}
+
+fn per_key_policy() -> Policy {
+    Policy::builder()
+        .class("api", |c| {
+            c.admission(|a| {
+                a.concurrency(100)
+                    .per_key_concurrency(2)
+                    .per_key_rate(10, Duration::from_secs(1), 3)
+                    .max_keys(64)
+            })
+        })
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn one_key_cannot_take_more_than_its_share() {
+    let (e, clock) = engine(per_key_policy());
+    let api = e.class("api").unwrap();
+    let req = |n: u64, key: &'static [u8]| AdmitRequest::new(api, id(n)).key(key);
+    let a1 = e.try_admit(&req(1, b"alice")).unwrap();
+    let a2 = e.try_admit(&req(2, b"alice")).unwrap();
+    let v = e.try_admit(&req(3, b"alice")).unwrap_err();
+    assert_eq!(v.reason(), Reason::KeyConcurrency);
+    assert_eq!(v.retry(), Retry::Later);
+    let _b = e.try_admit(&req(4, b"bob")).unwrap();
+    drop((a1, a2));
+    // Three units of burst spent: the next waits exactly one emission interval (100 ms).
+    let _a3 = e.try_admit(&req(5, b"alice")).unwrap();
+    let v = e.try_admit(&req(6, b"alice")).unwrap_err();
+    assert_eq!(v.reason(), Reason::RateLimited);
+    assert_eq!(v.retry(), Retry::After(Duration::from_millis(100)));
+    assert_eq!(v.retry_after(), Some(Duration::from_millis(100)));
+    clock.advance(Duration::from_millis(100));
+    let _a4 = e.try_admit(&req(7, b"alice")).unwrap();
+    // A cost larger than the burst can never conform.
+    let v = e
+        .try_admit(&AdmitRequest::new(api, id(8)).key(b"carol").rate_cost(4))
+        .unwrap_err();
+    assert_eq!((v.reason(), v.retry()), (Reason::CannotFit, Retry::Never));
+    // A refused key gives its concurrency permit back.
+    assert_eq!(e.admission_stats().class("api").unwrap().in_flight, 3);
+}
+
+#[test]
+fn hostile_keys_are_bounded() {
+    let (e, _clock) = engine(per_key_policy());
+    let api = e.class("api").unwrap();
+    let long = vec![b'x'; 257];
+    let v = e
+        .try_admit(&AdmitRequest::new(api, id(1)).key(&long))
+        .unwrap_err();
+    assert_eq!(v.reason(), Reason::KeyTooLong);
+    assert!(e
+        .try_admit(&AdmitRequest::new(api, id(1)).key(&long[..256]))
+        .is_ok());
+    // Far more keys than the table holds, each holding a request: the table stays full, extra keys
+    // share the overflow entry, and together they get one key's share (2 in flight).
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for n in 0..1_000u64 {
+        let key = n.to_le_bytes();
+        match e.try_admit(&AdmitRequest::new(api, id(n)).key(&key)) {
+            Ok(a) => held.push(a),
+            Err(v) => {
+                assert!(matches!(
+                    v.reason(),
+                    Reason::KeyConcurrency | Reason::ConcurrencyLimit
+                ));
+                refused += 1;
+            }
+        }
+    }
+    let keys = e.admission_stats().class("api").unwrap().keys.unwrap();
+    assert_eq!(keys.1, 64);
+    assert!(keys.0 <= 64);
+    assert!(refused > 0);
+    assert!(held.len() <= 100);
+    let memory = e.key_table_memory(api).unwrap();
+    assert!(memory < 64 * 16 + 256, "{memory} bytes");
+}
+
+#[test]
+fn shadow_mode_records_but_admits() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let policy = Policy::builder()
+        .class("api", |c| {
+            c.admission(|a| a.concurrency(1).shadow(true).per_key_concurrency(1))
+        })
+        .build()
+        .unwrap();
+    let log = Arc::clone(&seen);
+    let e = Engine::builder(policy)
+        .clock(ManualClock::new())
+        .on_refusal(move |event| {
+            log.lock().unwrap().push((
+                event.verdict.reason(),
+                event.verdict.request_id().copied(),
+                event.shadow,
+            ));
+        })
+        .build()
+        .unwrap();
+    let api = e.class("api").unwrap();
+    let _a = e
+        .try_admit(&AdmitRequest::new(api, id(1)).key(b"k"))
+        .unwrap();
+    let _b = e
+        .try_admit(&AdmitRequest::new(api, id(2)).key(b"k"))
+        .unwrap();
+    let stats = e.admission_stats();
+    let s = stats.class("api").unwrap();
+    assert_eq!(s.in_flight, 2, "shadow mode admits over the limit");
+    assert!(s.shadow);
+    assert_eq!(s.counts.shadow_refused(Reason::ConcurrencyLimit), 1);
+    assert_eq!(s.counts.shadow_refused(Reason::KeyConcurrency), 1);
+    assert_eq!(s.counts.refused(Reason::ConcurrencyLimit), 0);
+    let seen = seen.lock().unwrap();
+    assert_eq!(
+        *seen,
+        vec![
+            (Reason::ConcurrencyLimit, Some(id(2)), true),
+            (Reason::KeyConcurrency, Some(id(2)), true)
+        ]
+    );
+}
+
+#[test]
+fn the_hook_sees_every_enforced_refusal() {
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = Arc::clone(&count);
+    let policy = Policy::builder()
+        .class("api", |c| c.admission(|a| a.concurrency(1)))
+        .build()
+        .unwrap();
+    let e = Engine::builder(policy)
+        .clock(ManualClock::new())
+        .on_refusal(move |event| {
+            assert!(!event.shadow);
+            assert!(event.verdict.request_id().is_some());
+            c.fetch_add(1, Ordering::Relaxed);
+        })
+        .build()
+        .unwrap();
+    let api = e.class("api").unwrap();
+    let _a = e.try_admit(&AdmitRequest::new(api, id(1))).unwrap();
+    for n in 2..7 {
+        e.try_admit(&AdmitRequest::new(api, id(n))).unwrap_err();
+    }
+    assert_eq!(count.load(Ordering::Relaxed), 5);
+}
+
+#[test]
+fn retry_after_follows_observed_latency() {
+    let (e, clock, api) = simple(4);
+    // Requests take 200 ms each.
+    for n in 0..4 {
+        let a = e.try_admit(&AdmitRequest::new(api, id(n))).unwrap();
+        clock.advance(Duration::from_millis(200));
+        a.finish(Outcome::Success);
+    }
+    let held: Vec<_> = (0..4)
+        .map(|n| e.try_admit(&AdmitRequest::new(api, id(10 + n))).unwrap())
+        .collect();
+    let v = e.try_admit(&AdmitRequest::new(api, id(20))).unwrap_err();
+    // One mean latency shared among four in flight: a permit frees every 50 ms on average.
+    assert_eq!(v.retry(), Retry::After(Duration::from_millis(50)));
+    drop(held);
+}
+
+#[test]
+fn a_reload_changes_the_limit_without_a_burst() {
+    let (e, _clock, api) = simple(4);
+    let held: Vec<_> = (0..4)
+        .map(|n| e.try_admit(&AdmitRequest::new(api, id(n))).unwrap())
+        .collect();
+    e.reload(
+        Policy::builder()
+            .class("api", |c| c.admission(|a| a.concurrency(2)))
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    let mut held = held.into_iter();
+    drop(held.next());
+    assert_eq!(
+        e.try_admit(&AdmitRequest::new(api, id(9)))
+            .unwrap_err()
+            .reason(),
+        Reason::ConcurrencyLimit,
+        "3 in flight, limit 2: still full"
+    );
+    drop(held.next());
+    drop(held.next());
+    let _a = e.try_admit(&AdmitRequest::new(api, id(10))).unwrap();
+    let s = e.admission_stats();
+    assert_eq!(
+        (
+            s.class("api").unwrap().in_flight,
+            s.class("api").unwrap().limit
+        ),
+        (2, 2)
+    );
+    drop(held);
+    assert_eq!(e.admission_stats().class("api").unwrap().in_flight, 1);
+}
+
+#[test]
+fn an_adaptive_limit_follows_latency_on_the_manual_clock() {
+    let policy = Policy::builder()
+        .class("api", |c| {
+            c.admission(|a| {
+                a.aimd(4, 1, 8, 0.5, Duration::from_millis(100))
+                    .window(Duration::from_secs(1))
+            })
+        })
+        .build()
+        .unwrap();
+    let (e, clock) = engine(policy);
+    let api = e.class("api").unwrap();
+    let limit = |e: &Engine| e.admission_stats().class("api").unwrap().limit;
+    assert_eq!(limit(&e), 4);
+    // A window of slow requests (300 ms): the limit halves.
+    let run = |latency_ms: u64, outcome: Outcome| {
+        let held: Vec<_> = (0..limit(&e) as u64)
+            .map(|n| e.try_admit(&AdmitRequest::new(api, id(n))).unwrap())
+            .collect();
+        clock.advance(Duration::from_millis(latency_ms));
+        for a in held {
+            a.finish(outcome);
+        }
+    };
+    // Each window is judged when the first sample after it arrives: here, by the second run.
+    run(300, Outcome::Success);
+    clock.advance(Duration::from_secs(1));
+    run(300, Outcome::Success);
+    assert_eq!(limit(&e), 2);
+    // Client errors and cancellations are not samples: nothing changes.
+    clock.advance(Duration::from_secs(1));
+    run(900, Outcome::ClientError);
+    clock.advance(Duration::from_secs(1));
+    run(900, Outcome::Cancelled);
+    assert_eq!(limit(&e), 2);
+    // The second slow window halves it once more, then fast windows in use add 1 each, up to max.
+    clock.advance(Duration::from_secs(1));
+    run(10, Outcome::Success);
+    assert_eq!(limit(&e), 1);
+    for _ in 0..10 {
+        clock.advance(Duration::from_secs(1));
+        run(10, Outcome::Success);
+    }
+    assert_eq!(limit(&e), 8);
+    // Overload failures back it off even when fast.
+    clock.advance(Duration::from_secs(1));
+    run(10, Outcome::Overload);
+    clock.advance(Duration::from_secs(1));
+    run(10, Outcome::Success);
+    assert_eq!(limit(&e), 4);
+}
+
+fn queued_policy(max_wait_ms: u64) -> Policy {
+    Policy::builder()
+        .class("api", |c| {
+            c.admission(|a| {
+                a.concurrency(1)
+                    .queue(2, Duration::from_millis(max_wait_ms))
+                    .codel(Duration::from_millis(5), Duration::from_millis(100))
+            })
+        })
+        .build()
+        .unwrap()
+}
+
+fn wait_for_queue(e: &Engine, len: u32) {
+    // Waits for another thread to reach the queue (an event, not a time).
+    while e.admission_stats().class("api").unwrap().queue_len != len {
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn a_blocking_waiter_gets_the_released_permit() {
+    let (e, _clock) = engine(queued_policy(500));
+    let api = e.class("api").unwrap();
+    let first = e.admit(&AdmitRequest::new(api, id(1))).unwrap();
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| {
+            e.admit(&AdmitRequest::new(api, id(2)))
+                .map(|a| a.budget().request_id())
+        });
+        wait_for_queue(&e, 1);
+        drop(first);
+        assert_eq!(waiter.join().unwrap().unwrap(), id(2));
+    });
+    let s = e.admission_stats();
+    let s = s.class("api").unwrap();
+    assert_eq!((s.in_flight, s.queue_len, s.counts.waited), (0, 0, 1));
+}
+
+#[test]
+fn a_full_queue_refuses_and_waits_end_at_max_wait() {
+    let (e, clock) = engine(queued_policy(100));
+    let api = e.class("api").unwrap();
+    let _held = e.admit(&AdmitRequest::new(api, id(1))).unwrap();
+    std::thread::scope(|s| {
+        let w1 = s.spawn(|| e.admit(&AdmitRequest::new(api, id(2))).map(|_| ()));
+        let w2 = s.spawn(|| e.admit(&AdmitRequest::new(api, id(3))).map(|_| ()));
+        wait_for_queue(&e, 2);
+        let v = e.admit(&AdmitRequest::new(api, id(4))).unwrap_err();
+        assert_eq!(v.reason(), Reason::QueueFull);
+        clock.advance(Duration::from_millis(100));
+        e.expire_waiters();
+        for w in [w1, w2] {
+            let v = w.join().unwrap().unwrap_err();
+            assert_eq!(v.reason(), Reason::QueueTimeout);
+        }
+    });
+    let s = e.admission_stats();
+    let s = s.class("api").unwrap();
+    assert_eq!((s.in_flight, s.queue_len), (1, 0));
+    assert_eq!(s.counts.timed_out, 2);
+    assert_eq!(s.counts.refused(Reason::QueueFull), 1);
+}
+
+#[test]
+fn a_wait_is_capped_by_the_request_deadline() {
+    let policy = Policy::builder()
+        .class("api", |c| {
+            c.wall_time(Duration::from_millis(20))
+                .admission(|a| a.concurrency(1).queue(4, Duration::from_secs(10)))
+        })
+        .build()
+        .unwrap();
+    let (e, clock) = engine(policy);
+    let api = e.class("api").unwrap();
+    let _held = e.admit(&AdmitRequest::new(api, id(1))).unwrap();
+    std::thread::scope(|s| {
+        let w = s.spawn(|| e.admit(&AdmitRequest::new(api, id(2))).map(|_| ()));
+        wait_for_queue(&e, 1);
+        clock.advance(Duration::from_millis(20));
+        e.expire_waiters();
+        let v = w.join().unwrap().unwrap_err();
+        assert_eq!(v.reason(), Reason::QueueTimeout);
+        assert_eq!(
+            v.limit(),
+            20_000_000,
+            "waited at most the request's own 20 ms"
+        );
+    });
+}
+
+mod executor {
+    //! Just enough of an executor to poll a future by hand.
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Wake, Waker};
+
+    #[derive(Default)]
+    pub struct CountingWaker(pub AtomicUsize);
+
+    impl Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    pub fn poll<F: Future + Unpin>(f: &mut F, waker: &Arc<CountingWaker>) -> Poll<F::Output> {
+        let waker = Waker::from(Arc::clone(waker));
+        Pin::new(f).poll(&mut Context::from_waker(&waker))
+    }
+}
+
+#[test]
+fn an_async_waiter_is_woken_with_a_permit() {
+    use executor::{poll, CountingWaker};
+    let (e, _clock) = engine(queued_policy(500));
+    let api = e.class("api").unwrap();
+    let first = e.try_admit(&AdmitRequest::new(api, id(1))).unwrap();
+    let waker = Arc::new(CountingWaker::default());
+    let mut fut = e.admit_async(AdmitRequest::new(api, id(2)));
+    assert!(poll(&mut fut, &waker).is_pending());
+    assert_eq!(e.admission_stats().class("api").unwrap().queue_len, 1);
+    drop(first);
+    assert!(
+        waker.0.load(Ordering::SeqCst) >= 1,
+        "the release woke the task"
+    );
+    match poll(&mut fut, &waker) {
+        std::task::Poll::Ready(Ok(a)) => assert_eq!(a.budget().request_id(), id(2)),
+        other => panic!("expected admission, got {other:?}"),
+    }
+    assert_eq!(e.admission_stats().class("api").unwrap().in_flight, 0);
+}
+
+#[test]
+fn a_dropped_async_waiter_strands_nothing() {
+    use executor::{poll, CountingWaker};
+    let (e, clock) = engine(queued_policy(500));
+    let api = e.class("api").unwrap();
+    let waker = Arc::new(CountingWaker::default());
+    let first = e.try_admit(&AdmitRequest::new(api, id(1))).unwrap();
+    // Dropped while waiting: it leaves the queue.
+    let mut fut = e.admit_async(AdmitRequest::new(api, id(2)));
+    assert!(poll(&mut fut, &waker).is_pending());
+    drop(fut);
+    assert_eq!(e.admission_stats().class("api").unwrap().queue_len, 0);
+    // Granted, then dropped before it was polled again: the permit comes back.
+    let mut fut = e.admit_async(AdmitRequest::new(api, id(3)));
+    assert!(poll(&mut fut, &waker).is_pending());
+    drop(first);
+    assert_eq!(
+        e.admission_stats().class("api").unwrap().in_flight,
+        1,
+        "handed to the waiter"
+    );
+    drop(fut);
+    assert_eq!(e.admission_stats().class("api").unwrap().in_flight, 0);
+    // Timed out on the manual clock.
+    let _held = e.try_admit(&AdmitRequest::new(api, id(4))).unwrap();
+    let mut fut = e.admit_async(AdmitRequest::new(api, id(5)));
+    assert!(poll(&mut fut, &waker).is_pending());
+    clock.advance(Duration::from_millis(500));
+    e.expire_waiters();
+    match poll(&mut fut, &waker) {
+        std::task::Poll::Ready(Err(v)) => assert_eq!(v.reason(), Reason::QueueTimeout),
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+}
+
+#[test]
+fn codel_serves_newest_first_and_shortens_waits_under_standing_queues() {
+    use executor::{poll, CountingWaker};
+    let policy = Policy::builder()
+        .class("api", |c| {
+            c.admission(|a| {
+                a.concurrency(1)
+                    .queue(8, Duration::from_secs(1))
+                    .codel(Duration::from_millis(5), Duration::from_millis(100))
+            })
+        })
+        .build()
+        .unwrap();
+    let (e, clock) = engine(policy);
+    let api = e.class("api").unwrap();
+    let waker = Arc::new(CountingWaker::default());
+    let mut held = e.try_admit(&AdmitRequest::new(api, id(0))).unwrap();
+    // Keep a standing queue for over an interval: each waiter waits 50 ms before it gets in.
+    let mut futures: Vec<_> = (1..=4)
+        .map(|n| {
+            let mut f = e.admit_async(AdmitRequest::new(api, id(n)));
+            assert!(poll(&mut f, &waker).is_pending());
+            f
+        })
+        .collect();
+    for _ in 0..3 {
+        clock.advance(Duration::from_millis(50));
+        drop(held);
+        let mut next = futures.remove(0);
+        held = match poll(&mut next, &waker) {
+            std::task::Poll::Ready(Ok(a)) => a,
+            other => panic!("expected admission, got {other:?}"),
+        };
+        let mut f = e.admit_async(AdmitRequest::new(api, id(10 + futures.len() as u64)));
+        assert!(poll(&mut f, &waker).is_pending());
+        futures.push(f);
+    }
+    // Overloaded now: the waiter that arrived once the queue was standing had only the CoDel
+    // target (5 ms) of patience and is gone; of the others, the newest is served first.
+    clock.advance(Duration::from_millis(50));
+    drop(held);
+    let polled: Vec<_> = futures.iter_mut().map(|f| poll(f, &waker)).collect();
+    let admitted: Vec<usize> = (0..polled.len())
+        .filter(|&i| matches!(polled[i], std::task::Poll::Ready(Ok(_))))
+        .collect();
+    assert_eq!(admitted, vec![polled.len() - 2], "{polled:?}");
+    assert!(
+        polled[0].is_pending(),
+        "the oldest is not served first under overload"
+    );
+    match &polled[polled.len() - 1] {
+        std::task::Poll::Ready(Err(v)) => {
+            assert_eq!(v.reason(), Reason::QueueTimeout);
+            assert_eq!(v.limit(), 5_000_000, "patience cut to the CoDel target");
+        }
+        other => panic!("expected a short timeout, got {other:?}"),
+    }
+    // Keep the grant: the class stays full for the next waiter.
+    let _held: Vec<_> = polled.into_iter().collect();
+    // ...and a new waiter gets only the CoDel target (5 ms) of patience.
+    let mut late = e.admit_async(AdmitRequest::new(api, id(99)));
+    assert!(poll(&mut late, &waker).is_pending());
+    clock.advance(Duration::from_millis(5));
+    e.expire_waiters();
+    match poll(&mut late, &waker) {
+        std::task::Poll::Ready(Err(v)) => assert_eq!(v.reason(), Reason::QueueTimeout),
+        other => panic!("expected a short timeout, got {other:?}"),
+    }
+}
+
+#[test]
+fn classes_without_admission_admit_everything_with_a_budget() {
+    let policy = Policy::builder()
+        .counter("db_queries")
+        .class("batch", |c| c.limit("db_queries", 3))
+        .build()
+        .unwrap();
+    let (e, _clock) = engine(policy);
+    let batch = e.class("batch").unwrap();
+    let db = e.counter("db_queries").unwrap();
+    let a = e.try_admit(&AdmitRequest::new(batch, id(1))).unwrap();
+    a.budget().try_charge(db, 3).unwrap();
+    assert!(e.admission_stats().classes.is_empty());
+}
+
+#[test]
+fn prometheus_exposition_names_classes_reasons_and_pools() {
+    let policy = Policy::builder()
+        .counter("db_queries")
+        .pool("db", "db_queries", 10)
+        .class("api", |c| c.admission(|a| a.concurrency(1).pool("db")))
+        .build()
+        .unwrap();
+    let (e, _clock) = engine(policy);
+    let api = e.class("api").unwrap();
+    let db = e.counter("db_queries").unwrap();
+    let _a = e
+        .try_admit(&AdmitRequest::new(api, id(1)).estimate(db, 4))
+        .unwrap();
+    e.try_admit(&AdmitRequest::new(api, id(2))).unwrap_err();
+    let text = e.admission_stats().to_prometheus();
+    for line in [
+        "# TYPE costguard_admitted_total counter",
+        "costguard_admitted_total{class=\"api\"} 1",
+        "costguard_refused_total{class=\"api\",reason=\"concurrency_limit\"} 1",
+        "costguard_in_flight{class=\"api\"} 1",
+        "costguard_concurrency_limit{class=\"api\"} 1",
+        "costguard_shed_total{class=\"api\",priority=\"background\"} 0",
+        "costguard_pool_in_use{pool=\"db\"} 4",
+        "costguard_pool_limit{pool=\"db\"} 10",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
+}
+
+#[test]
+fn hammering_threads_never_exceed_the_limits_and_everything_returns_to_zero() {
+    let policy = Policy::builder()
+        .counter("db_queries")
+        .pool("db", "db_queries", 40)
+        .class("api", |c| {
+            c.limit("db_queries", 10).admission(|a| {
+                a.concurrency(6)
+                    .pool("db")
+                    .per_key_concurrency(2)
+                    .max_keys(8)
+            })
+        })
+        .build()
+        .unwrap();
+    let (e, _clock) = engine(policy);
+    let api = e.class("api").unwrap();
+    let db = e.counter("db_queries").unwrap();
+    let in_flight = AtomicUsize::new(0);
+    let peak = AtomicUsize::new(0);
+    let per_key: Vec<AtomicUsize> = (0..3).map(|_| AtomicUsize::new(0)).collect();
+    let key_peak = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for t in 0..8u64 {
+            let (e, in_flight, peak, per_key, key_peak) =
+                (&e, &in_flight, &peak, &per_key, &key_peak);
+            s.spawn(move || {
+                for i in 0..2_000u64 {
+                    let k = ((t + i) % 3) as usize;
+                    let key = [k as u8];
+                    let req = AdmitRequest::new(api, id(t * 10_000 + i))
+                        .key(&key)
+                        .estimate(db, 7);
+                    let Ok(admitted) = e.try_admit(&req) else {
+                        continue;
+                    };
+                    let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                    peak.fetch_max(now, Ordering::SeqCst);
+                    let kn = per_key[k].fetch_add(1, Ordering::SeqCst) + 1;
+                    key_peak.fetch_max(kn, Ordering::SeqCst);
+                    // Some admitted work panics; the grant must still be released.
+                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        let _held = &admitted;
+                        per_key[k].fetch_sub(1, Ordering::SeqCst);
+                        in_flight.fetch_sub(1, Ordering::SeqCst);
+                        if i % 97 == 0 {
+                            panic!("injected");
+                        }
+                        drop(admitted);
+                    }));
+                    let _ = result;
+                }
+            });
+        }
+    });
+    // Pool of 40 with estimates of 7 admits at most 5 at once; the class limit is 6; keys 2 each.
+    assert!(
+        peak.load(Ordering::SeqCst) <= 5,
+        "peak {}",
+        peak.load(Ordering::SeqCst)
+    );
+    assert!(key_peak.load(Ordering::SeqCst) <= 2);
+    let stats = e.admission_stats();
+    let s = stats.class("api").unwrap();
+    assert_eq!((s.in_flight, s.queue_len), (0, 0));
+    assert_eq!(stats.pools[0].in_use, 0);
+    assert!(s.counts.admitted > 0);
+    // Every key entry is released: all three keys can take two requests again.
+    let held: Vec<_> = (0..3u8)
+        .flat_map(|k| {
+            let key = [k];
+            (0..2).map(move |n| (key, n))
+        })
+        .map(|(key, n)| {
+            e.try_admit(&AdmitRequest::new(api, id(u64::from(key[0]) * 10 + n)).key(&key))
+        })
+        .collect();
+    assert_eq!(held.iter().filter(|r| r.is_ok()).count(), 6);
+}
