@@ -66,6 +66,7 @@ struct Inner {
     cpu_clock: Arc<dyn CpuClock>,
     hook: Option<RefusalHook>,
     /// Expires async waiters; started with the first one.
+    #[cfg_attr(costguard_loom, allow(dead_code))]
     timer: std::sync::OnceLock<std::thread::Thread>,
 }
 
