@@ -150,3 +150,168 @@ fn none_means_no_limit_for_times() {
     let x = p.class("x").unwrap();
     assert_eq!((x.wall_time(), x.cpu_time()), (None, None));
 }
+
+#[test]
+fn admission_settings_load_from_toml() {
+    let policy = Policy::from_toml_str(
+        r#"
+[dimensions]
+db_queries = "counter"
+
+[pools.db_in_flight]
+dimension = "db_queries"
+limit = 400
+
+[classes.api.admission]
+concurrency = { algorithm = "gradient2", initial = 32, min = 8, max = 256, tolerance = 2.0, smoothing = 0.1, window = "500ms" }
+headroom = { normal = 0.9, sheddable = 0.6, background = 0.25 }
+queue = { capacity = 64, max_wait = "250ms", codel_target = "10ms", codel_interval = "200ms" }
+pools = ["db_in_flight"]
+per_key = { concurrency = 4, rate = 20, per = "1s", burst = 40, max_keys = 100000 }
+
+[classes.batch.admission]
+concurrency = { algorithm = "aimd", initial = 4, min = 1, max = 16, backoff = 0.75, latency_threshold = "2s" }
+shadow = true
+"#,
+    )
+    .unwrap();
+    use costguard::policy::{Algorithm, Concurrency, PerKey, RateLimit};
+    let api = policy.class("api").unwrap().admission().unwrap();
+    match api.concurrency() {
+        Concurrency::Adaptive(a) => {
+            assert_eq!((a.initial, a.min, a.max), (32, 8, 256));
+            assert_eq!(a.window, Duration::from_millis(500));
+            assert_eq!(
+                a.algorithm,
+                Algorithm::Gradient2 {
+                    tolerance: 2000,
+                    smoothing: 100
+                }
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(api.headroom().0, [1000, 900, 600, 250]);
+    let q = api.queue().unwrap();
+    assert_eq!((q.capacity, q.max_wait), (64, Duration::from_millis(250)));
+    assert_eq!(api.pools().collect::<Vec<_>>(), vec!["db_in_flight"]);
+    assert_eq!(
+        api.per_key(),
+        Some(PerKey {
+            concurrency: Some(4),
+            rate: Some(RateLimit {
+                amount: 20,
+                per: Duration::from_secs(1),
+                burst: 40
+            }),
+            max_keys: 100_000
+        })
+    );
+    let batch = policy.class("batch").unwrap().admission().unwrap();
+    assert!(batch.shadow());
+    assert!(matches!(
+        batch.concurrency(),
+        Concurrency::Adaptive(a) if a.algorithm == Algorithm::Aimd { backoff: 750, latency_threshold: Duration::from_secs(2) }
+    ));
+    assert_eq!(policy.pools()[0].limit(), 400);
+    let text = policy.to_string();
+    assert!(text.contains("adaptive (gradient2), 8 to 256, starting at 32"));
+    assert!(text.contains("concurrency 4, rate 20 per 1.000s (burst 40), 100000 keys tracked"));
+}
+
+#[test]
+fn absurd_admission_settings_are_clear_errors() {
+    let p = problems(
+        r#"
+[dimensions]
+q = "counter"
+lvl = "level"
+
+[pools.a]
+dimension = "lvl"
+limit = 1
+[pools.b]
+dimension = "nope"
+limit = 0
+[pools.c]
+limit = 5
+
+[classes.zero.admission]
+concurrency = 0
+[classes.neg.admission]
+concurrency = -3
+[classes.nan.admission]
+concurrency = { algorithm = "aimd", min = 10, max = 2, backoff = nan, latency_threshold = "0s" }
+[classes.inverted.admission]
+concurrency = { algorithm = "gradient2", initial = 50, min = 1, max = 10, tolerance = 0.5, smoothing = 2 }
+[classes.unknown_algo.admission]
+concurrency = { algorithm = "pid", max = 4 }
+[classes.headroom.admission]
+concurrency = 4
+headroom = { critical = 0.5, normal = 1.5, urgent = 0.1, background = 0.9 }
+pools = ["missing", "missing"]
+[classes.queue.admission]
+concurrency = 4
+queue = { capacity = 0, max_wait = "0s" }
+per_key = { per = "1s", max_keys = 0 }
+[classes.nothing.admission]
+shadow = "yes"
+"#,
+    );
+    let all = p.join("\n");
+    for needle in [
+        "pools.a.dimension: `lvl` is a level; a pool holds a counter",
+        "pools.b.dimension: unknown dimension `nope`",
+        "pools.c: missing `dimension`",
+        "classes.zero.admission.concurrency: must be between 1 and 16777216 (found 0)",
+        "classes.neg.admission.concurrency: must not be negative (found -3)",
+        "classes.nan.admission.concurrency.backoff: must be a finite number",
+        "classes.nan.admission.concurrency.latency_threshold: must be greater than zero",
+        "classes.inverted.admission.concurrency.tolerance: must be between 1 and 10 (found 0.5)",
+        "classes.inverted.admission.concurrency.smoothing: must be a fraction above 0, at most 1 (found 2)",
+        "classes.unknown_algo.admission.concurrency.algorithm: unknown algorithm",
+        "classes.headroom.admission.headroom.normal: must be a fraction between 0 and 1 (found 1.5)",
+        "classes.headroom.admission.headroom.urgent: unknown priority `urgent`",
+        "classes.headroom.admission.pools: unknown pool `missing`",
+        "classes.queue.admission.queue.capacity: must be between 1",
+        "classes.queue.admission.queue.max_wait: must be greater than zero",
+        "classes.queue.admission.per_key.rate: `per` and `burst` need `rate`",
+        "classes.queue.admission.per_key.max_keys: must be between 1",
+        "classes.nothing.admission.shadow: expected true or false, found a string",
+        "classes.nothing.admission.concurrency: missing `concurrency`",
+    ] {
+        assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+    }
+}
+
+#[test]
+fn inverted_bounds_and_headroom_order_are_refused_in_code_too() {
+    let err = Policy::builder()
+        .class("a", |c| {
+            c.admission(|a| a.aimd(5, 10, 2, 0.9, Duration::from_millis(100)))
+        })
+        .class("b", |c| {
+            c.admission(|a| a.gradient2(100, 1, 10))
+        })
+        .class("c", |c| {
+            c.admission(|a| {
+                a.concurrency(10)
+                    .headroom(Priority::Background, 0.9)
+                    .headroom(Priority::Sheddable, 0.5)
+            })
+        })
+        .class("d", |c| c.admission(|a| a.concurrency(10).headroom(Priority::Critical, 0.5)))
+        .class("e", |c| c.admission(|a| a.concurrency(10).headroom(Priority::Normal, f64::NAN)))
+        .build()
+        .unwrap_err();
+    let all = err.to_string();
+    for needle in [
+        "classes.a.admission.concurrency.min: min 10 is above max 2",
+        "classes.b.admission.concurrency.initial: must be between min 1 and max 10 (found 100)",
+        "classes.c.admission.headroom: a less important priority cannot see more of the limit",
+        "classes.d.admission.headroom.critical: critical work always sees the whole limit",
+        "classes.e.admission.headroom.normal: must be a fraction between 0 and 1 (found NaN)",
+    ] {
+        assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+    }
+}
