@@ -13,7 +13,9 @@
 //! ```
 
 use costguard::clock::ManualClock;
-use costguard::{Budget, Counter, Engine, Policy, Propagation, RequestId, Verdict};
+use costguard::{
+    AdmitRequest, Admitted, Counter, Engine, Outcome, Policy, Propagation, RequestId, Verdict,
+};
 use std::time::Duration;
 
 /// The default policy, the same file the README shows.
@@ -27,36 +29,43 @@ struct Handles {
     images: Counter,
 }
 
-/// The API tier: looks up metadata for `images` images under a budget inherited through a header.
-/// Returns how many it looked up, and the verdict that stopped it early, if any.
+/// The API tier: admits the call (its budget tightened by the caller's header), then looks up
+/// metadata for `images` images. Returns the grant, how many it looked up, and the verdict that
+/// stopped it early, if any.
 fn api_imageinfo(
     engine: &Engine,
     clock: &ManualClock,
     h: &Handles,
     header: &str,
     images: u64,
-) -> (Budget, u64, Option<Verdict>) {
+) -> Result<(Admitted, u64, Option<Verdict>), Verdict> {
     let api = engine.class("api").expect("policy has an api class");
-    let fallback = RequestId::new("api-local").expect("valid id");
-    let budget = match Propagation::decode(header) {
-        Ok(prop) => engine.begin_propagated(api, fallback, &prop),
-        // A malformed header is dropped: the API's own policy still applies, never a looser one.
-        Err(_) => engine.begin(api, fallback),
-    }
-    .expect("api budget");
+    // A malformed header is dropped: the API's own policy still applies, never a looser one.
+    let prop = Propagation::decode(header).unwrap_or_default();
+    let overrides = prop.overrides(engine);
+    let id = prop
+        .request_id()
+        .unwrap_or_else(|| RequestId::new("api-local").expect("valid id"));
+    let admitted = engine.try_admit(
+        &AdmitRequest::new(api, id)
+            .key(b"client:parsoid")
+            .estimate(h.db, images.min(500))
+            .overrides(&overrides),
+    )?;
+    let budget = admitted.budget();
     let mut done = 0;
     for _ in 0..images {
         if let Err(v) = budget.check() {
-            return (budget, done, Some(v));
+            return Ok((admitted, done, Some(v)));
         }
         // One lookup and its DB query, charged together before the query runs.
         if let Err(v) = budget.try_charge_many(&[(h.lookups, 1), (h.db, 1)]) {
-            return (budget, done, Some(v));
+            return Ok((admitted, done, Some(v)));
         }
         clock.advance(QUERY_TIME);
         done += 1;
     }
-    (budget, done, None)
+    Ok((admitted, done, None))
 }
 
 fn main() {
@@ -87,15 +96,20 @@ fn main() {
         db: counter("db_queries"),
         images: counter("gallery_images"),
     };
-    let parse = engine
-        .begin_by_name(
-            "parse",
-            RequestId::new("edit-20150423-0340").expect("valid id"),
-        )
+    // The edit's parse passes admission first: the parse class's concurrency limit, the editor's
+    // per-user share, and the shared pool of DB queries in flight.
+    let parse_class = engine.class("parse").unwrap_or_else(|e| {
+        eprintln!("{e}");
+        std::process::exit(2);
+    });
+    let edit = RequestId::new("edit-20150423-0340").expect("valid id");
+    let admitted = engine
+        .try_admit(&AdmitRequest::new(parse_class, edit).key(b"user:Example"))
         .unwrap_or_else(|v| {
             eprintln!("{v}");
             std::process::exit(2);
         });
+    let parse = admitted.budget();
 
     println!("Parsing User:Example/Galleries (three <gallery> tags)\n");
     let galleries = [
@@ -125,12 +139,19 @@ fn main() {
                 Err(v) => println!("not retried: {v}"),
             }
         }
-        let (api_budget, done, stopped) = api_imageinfo(&engine, &clock, &h, &header, images);
+        let (api_call, done, stopped) = match api_imageinfo(&engine, &clock, &h, &header, images) {
+            Ok(call) => call,
+            Err(v) => {
+                println!("API refused the call\n    {v}");
+                continue;
+            }
+        };
         // The API's usage comes back with its response and is charged to the parse.
         let spent = [
-            (h.lookups, api_budget.used(h.lookups)),
-            (h.db, api_budget.used(h.db)),
+            (h.lookups, api_call.budget().used(h.lookups)),
+            (h.db, api_call.budget().used(h.db)),
         ];
+        api_call.finish(Outcome::Success);
         if let Err(v) = parse.try_charge_many(&spent) {
             println!("\n    usage not accounted: {v}");
         }
@@ -145,6 +166,18 @@ fn main() {
 
     println!("\n{}", parse.report());
     println!("JSON: {}", parse.report().to_json());
+    println!();
+    for class in &engine.admission_stats().classes {
+        println!(
+            "admission {:<7} admitted {}, refused {}, in flight {} of {}",
+            class.class,
+            class.counts.admitted,
+            class.counts.refused.iter().map(|(_, n)| n).sum::<u64>(),
+            class.in_flight,
+            class.limit
+        );
+    }
+    admitted.finish(Outcome::Success);
     println!(
         "\nFile lookups for this edit: {guarded_lookups} guarded, {unguarded_lookups} unguarded \
          (before Parsoid's 8 and RESTBase's 5 retries multiplied them)."

@@ -266,6 +266,29 @@ impl Propagation {
             .map(|&(_, v)| v)
     }
 
+    /// The tightening this header asks of a budget under `engine`'s current policy, for
+    /// [`AdmitRequest::overrides`](crate::AdmitRequest::overrides). Dimensions the policy does not
+    /// know are ignored; the request id is not included (use [`request_id`](Self::request_id)).
+    pub fn overrides(&self, engine: &Engine) -> Overrides {
+        self.overrides_in(&engine.snapshot())
+    }
+
+    fn overrides_in(&self, snapshot: &crate::engine::snapshot::Snapshot) -> Overrides {
+        let mut overrides = Overrides::new();
+        for (name, n) in &self.allowances {
+            if let Some(i) = snapshot.dims.find(name) {
+                overrides.set_limit_index(i, *n);
+            }
+        }
+        if let Some(t) = self.remaining {
+            overrides = overrides.wall_time(t);
+        }
+        if let Some(p) = self.priority {
+            overrides = overrides.priority(p);
+        }
+        overrides
+    }
+
     /// Every allowance sent, in header order.
     pub fn allowances(&self) -> impl Iterator<Item = (&str, u64)> {
         self.allowances.iter().map(|(n, v)| (n.as_str(), *v))
@@ -321,18 +344,7 @@ impl Engine {
         propagation: &Propagation,
     ) -> Result<Budget, Verdict> {
         let snapshot = self.snapshot();
-        let mut overrides = Overrides::new();
-        for (name, n) in &propagation.allowances {
-            if let Some(i) = snapshot.dims.find(name) {
-                overrides.set_limit_index(i, *n);
-            }
-        }
-        if let Some(t) = propagation.remaining {
-            overrides = overrides.wall_time(t);
-        }
-        if let Some(p) = propagation.priority {
-            overrides = overrides.priority(p);
-        }
+        let overrides = propagation.overrides_in(&snapshot);
         let id = propagation.request_id.unwrap_or(fallback_id);
         self.start(Arc::clone(&snapshot), class, id, &overrides)
     }
