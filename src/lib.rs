@@ -1,7 +1,7 @@
 //! # costguard
 //!
-//! An in-process request budget engine: it stops one expensive request, or one broken dependency, from
-//! taking a whole service down.
+//! An in-process request budget and admission control engine: it stops one expensive request, or one
+//! broken dependency, from taking a whole service down.
 //!
 //! Every request gets a [`Budget`] over the dimensions its class declares (file-metadata lookups, DB
 //! queries, bytes, nesting depth, retries, wall time, CPU time, ...). Work is charged *before* it runs;
@@ -50,9 +50,37 @@
 //! println!("{}", budget.report());
 //! ```
 //!
+//! Before a request spends anything, [`Engine::try_admit`] decides whether it may start at all: a
+//! concurrency limit per class (static or adaptive) of which lower priorities see less, per-key
+//! limits in bounded memory, and shared pools of cost in flight. The [`Admitted`] grant carries the
+//! request's budget and releases everything when dropped.
+//!
+//! ```
+//! use costguard::clock::ManualClock;
+//! use costguard::{AdmitRequest, Engine, Policy, Priority, Reason, RequestId};
+//!
+//! let policy = Policy::from_toml_str(r#"
+//!     [classes.api]
+//!     wall_time = "10s"
+//!     [classes.api.admission]
+//!     concurrency = 2
+//!     per_key = { concurrency = 1 }
+//! "#).unwrap();
+//! let engine = Engine::builder(policy).clock(ManualClock::new()).build().unwrap();
+//! let api = engine.class("api").unwrap();
+//! let request = |n: u64, user: &'static [u8]| AdmitRequest::new(api, RequestId::from_u64(n)).key(user);
+//!
+//! let alice = engine.try_admit(&request(1, b"alice")).unwrap();
+//! assert_eq!(engine.try_admit(&request(2, b"alice")).unwrap_err().reason(), Reason::KeyConcurrency);
+//! let bob = engine.try_admit(&request(3, b"bob")).unwrap();
+//! assert_eq!(engine.try_admit(&request(4, b"carol")).unwrap_err().reason(), Reason::ConcurrencyLimit);
+//! drop((alice, bob));
+//! assert!(engine.try_admit(&request(5, b"carol")).is_ok());
+//! ```
+//!
 //! Modules: [`policy`] (what may be spent), [`Engine`] (the compiled, hot-reloadable policy),
-//! [`budget`](mod@budget) (per-request accounting), [`header`] (budgets across process hops),
-//! [`clock`] (injected time), [`Verdict`] (every refusal).
+//! [`admission`] (the door), [`budget`](mod@budget) (per-request accounting), [`header`] (budgets
+//! across process hops), [`clock`] (injected time), [`Verdict`] (every refusal).
 
 #![deny(unsafe_code)]
 #![warn(missing_docs, rust_2018_idioms)]

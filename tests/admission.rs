@@ -785,3 +785,64 @@ fn hammering_threads_never_exceed_the_limits_and_everything_returns_to_zero() {
         .collect();
     assert_eq!(held.iter().filter(|r| r.is_ok()).count(), 6);
 }
+
+#[test]
+fn the_observed_maximum_in_flight_equals_the_limit_never_more() {
+    // Eight threads against a class limit of 4 and, separately, one key limited to 2. Each admitted
+    // thread holds its grant until the limit is observed full (an event, not a time), so the peak
+    // reaches the limit; a peak above it would be a bug.
+    for (limit, key_limit, key) in [(4u64, None, None), (64, Some(2u64), Some(b"one-user" as &[u8]))] {
+        let policy = Policy::builder()
+            .class("api", |c| {
+                c.admission(|a| match key_limit {
+                    Some(k) => a.concurrency(limit).per_key_concurrency(k),
+                    None => a.concurrency(limit),
+                })
+            })
+            .build()
+            .unwrap();
+        let (e, _clock) = engine(policy);
+        let api = e.class("api").unwrap();
+        let cap = key_limit.unwrap_or(limit) as usize;
+        let in_flight = AtomicUsize::new(0);
+        let peak = AtomicUsize::new(0);
+        let rounds_at_cap = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for t in 0..8u64 {
+                let (e, in_flight, peak, rounds_at_cap) = (&e, &in_flight, &peak, &rounds_at_cap);
+                s.spawn(move || {
+                    for i in 0..100u64 {
+                        let mut req = AdmitRequest::new(api, id(t * 1_000 + i));
+                        if let Some(key) = key {
+                            req = req.key(key);
+                        }
+                        let Ok(admitted) = e.try_admit(&req) else { continue };
+                        let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                        peak.fetch_max(now, Ordering::SeqCst);
+                        // Hold until the class is seen full, or a bounded number of tries.
+                        for _ in 0..10_000 {
+                            if in_flight.load(Ordering::SeqCst) >= cap {
+                                rounds_at_cap.fetch_add(1, Ordering::Relaxed);
+                                break;
+                            }
+                            std::thread::yield_now();
+                        }
+                        in_flight.fetch_sub(1, Ordering::SeqCst);
+                        drop(admitted);
+                    }
+                });
+            }
+        });
+        assert_eq!(peak.load(Ordering::SeqCst), cap, "the observed maximum is the limit");
+        assert!(rounds_at_cap.load(Ordering::Relaxed) > 0);
+        let stats = e.admission_stats();
+        let s = stats.class("api").unwrap();
+        assert_eq!(s.in_flight, 0);
+        let refused_by = if key_limit.is_some() {
+            Reason::KeyConcurrency
+        } else {
+            Reason::ConcurrencyLimit
+        };
+        assert!(s.counts.refused(refused_by) > 0);
+    }
+}
