@@ -1,5 +1,8 @@
 //! Admission control, deterministic on the manual clock.
 
+// Threads here return `Result<_, Verdict>`; a verdict carries its request id inline.
+#![allow(clippy::result_large_err)]
+
 use costguard::clock::ManualClock;
 use costguard::{
     AdmitRequest, Admitted, Class, Engine, Outcome, Policy, Priority, Reason, RequestId, Retry,
