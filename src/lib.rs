@@ -98,6 +98,9 @@ pub mod policy;
 mod priority;
 mod request_id;
 mod sync;
+/// A tower layer that admits every request before the service runs it (feature `tower`).
+#[cfg(feature = "tower")]
+pub mod tower;
 pub mod units;
 mod verdict;
 
