@@ -20,7 +20,11 @@
 //! **Past the bound.** When all 8 candidate slots of a new key are busy, the key is served by one
 //! shared overflow entry with the same per-key limits: all such keys together get the share of one key.
 //! An attacker who floods the table thus gets less, not more, while well-behaved keys already in the
-//! table keep their own entries. (Two fingerprints collide with probability about 2^-48 per pair in a
+//! table keep their own entries. Limits hold per entry: a key whose requests are still running on the
+//! overflow entry when a slot of its own frees up may briefly hold up to twice its limit (one on each)
+//! until those requests finish; the class's limit is never exceeded. (Holding new keys back while
+//! the overflow entry is busy would close that window, but under a flood it would keep every new key
+//! off the table for as long as the flood lasts.) (Two fingerprints collide with probability about 2^-48 per pair in a
 //! probe window; colliding keys share an entry.)
 
 use super::gcra::{Gcra, Nonconforming};
