@@ -290,9 +290,7 @@ fn inverted_bounds_and_headroom_order_are_refused_in_code_too() {
         .class("a", |c| {
             c.admission(|a| a.aimd(5, 10, 2, 0.9, Duration::from_millis(100)))
         })
-        .class("b", |c| {
-            c.admission(|a| a.gradient2(100, 1, 10))
-        })
+        .class("b", |c| c.admission(|a| a.gradient2(100, 1, 10)))
         .class("c", |c| {
             c.admission(|a| {
                 a.concurrency(10)
@@ -300,8 +298,12 @@ fn inverted_bounds_and_headroom_order_are_refused_in_code_too() {
                     .headroom(Priority::Sheddable, 0.5)
             })
         })
-        .class("d", |c| c.admission(|a| a.concurrency(10).headroom(Priority::Critical, 0.5)))
-        .class("e", |c| c.admission(|a| a.concurrency(10).headroom(Priority::Normal, f64::NAN)))
+        .class("d", |c| {
+            c.admission(|a| a.concurrency(10).headroom(Priority::Critical, 0.5))
+        })
+        .class("e", |c| {
+            c.admission(|a| a.concurrency(10).headroom(Priority::Normal, f64::NAN))
+        })
         .build()
         .unwrap_err();
     let all = err.to_string();
