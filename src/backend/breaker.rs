@@ -161,7 +161,8 @@ pub(crate) fn finish(
                 Verdict::Failure => next.failures = (word.failures + 1).min(FAIL_MAX),
                 Verdict::Neutral => return (w, Change::None),
             }
-            if v == Verdict::Failure && (next.failures >= consecutive || trip) {
+            // The window can trip on slow successes too, not only on failures.
+            if (v == Verdict::Failure && next.failures >= consecutive) || trip {
                 let mut open = word.next(OPEN);
                 open.opened = (word.opened + 1).min(OPENED_MAX);
                 (open.pack(), Change::Opened)
