@@ -768,3 +768,141 @@ fn kafka_2016_in_miniature_connects_hang_but_threads_do_not_pile_up() {
             .ejected
     );
 }
+
+#[test]
+fn backend_policies_load_from_toml() {
+    let p = Policy::from_toml_str(
+        r#"
+[classes.api]
+
+[backends.kafka]
+hosts = ["kafka1012:9092", "kafka1013:9092"]
+timeout = "500ms"
+margin = "20ms"
+max_in_flight = 64
+max_connecting_per_host = 2
+
+[backends.kafka.breaker]
+consecutive_failures = 5
+failure_ratio = 0.5
+slow_ratio = 0.8
+slow_call = "1s"
+window = "10s"
+min_calls = 20
+open_for = "1s"
+max_open_for = "1m"
+probes = 2
+ramp_up = "30s"
+
+[backends.kafka.ejection]
+consecutive_failures = 3
+base = "5s"
+max = "5m"
+max_ejected = 0.34
+
+[backends.kafka.retry]
+ratio = 0.1
+min_per_second = 5
+backoff_base = "25ms"
+backoff_max = "1s"
+"#,
+    )
+    .unwrap();
+    let k = p.backend("kafka").unwrap();
+    assert_eq!(
+        k.hosts().collect::<Vec<_>>(),
+        vec!["kafka1012:9092", "kafka1013:9092"]
+    );
+    assert_eq!(
+        (k.timeout(), k.margin()),
+        (Duration::from_millis(500), Duration::from_millis(20))
+    );
+    assert_eq!(k.max_in_flight(), (64, 64));
+    assert_eq!(k.max_connecting().1, 2);
+    let b = k.breaker();
+    assert_eq!(
+        (
+            b.consecutive_failures,
+            b.failure_ratio,
+            b.slow_ratio,
+            b.probes
+        ),
+        (5, 500, 800, 2)
+    );
+    assert_eq!(
+        (b.max_open_for, b.ramp_up),
+        (Duration::from_secs(60), Duration::from_secs(30))
+    );
+    assert_eq!(k.ejection().max_ejected, 340);
+    assert_eq!((k.retry().ratio, k.retry().min_per_second), (100, 5));
+}
+
+#[test]
+fn absurd_backend_settings_are_clear_errors() {
+    let p = Policy::from_toml_str(
+        r#"
+[classes.api]
+
+[backends.zero]
+max_in_flight = 0
+max_connecting = -1
+timeout = "0s"
+
+[backends.ratios]
+hosts = ["ok", "ok", "bad host!"]
+[backends.ratios.breaker]
+failure_ratio = -0.5
+slow_ratio = nan
+probes = 99
+open_for = "10m"
+max_open_for = "1m"
+[backends.ratios.ejection]
+max_ejected = 1.5
+[backends.ratios.retry]
+ratio = 2
+backoff_base = 5
+[backends.ratios.sideways]
+x = 1
+
+[backends."Bad Name"]
+"#,
+    )
+    .unwrap_err();
+    let all = p.to_string();
+    for needle in [
+        "backends.zero.max_in_flight: must be between 1 and 16777216 (found 0)",
+        "backends.zero.max_connecting: must not be negative (found -1)",
+        "backends.zero.timeout: must be greater than zero",
+        "backends.ratios.hosts: host `ok` listed twice",
+        "backends.ratios.hosts: `bad host!` is not a valid host",
+        "backends.ratios.breaker.failure_ratio: must be a fraction between 0 and 1 (found -0.5)",
+        "backends.ratios.breaker.slow_ratio: must be a finite number",
+        "backends.ratios.breaker.probes: must be between 1 and 15 (found 99)",
+        "backends.ratios.breaker.max_open_for: must not be below breaker.open_for",
+        "backends.ratios.ejection.max_ejected: must be a fraction between 0 and 1 (found 1.5)",
+        "backends.ratios.retry.ratio: must be a fraction between 0 and 1 (found 2)",
+        "backends.ratios.retry.backoff_base: a duration needs a unit",
+        "backends.ratios.sideways: unknown key `sideways`",
+        "`Bad Name` is not a valid name",
+    ] {
+        assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+    }
+    // Every problem has a line.
+    assert!(p.problems().iter().all(|p| p.location.is_some()), "{all}");
+    let code = Policy::builder()
+        .class("api", |c| c)
+        .backend("b", |b| {
+            b.count("max_inflight", 3).fraction("retry.ratio", f64::NAN)
+        })
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        code.contains("backends.b.max_inflight: unknown setting"),
+        "{code}"
+    );
+    assert!(
+        code.contains("backends.b.retry.ratio: must be a fraction between 0 and 1 (found NaN)"),
+        "{code}"
+    );
+}
