@@ -906,3 +906,28 @@ x = 1
         "{code}"
     );
 }
+
+#[test]
+fn backends_appear_in_the_same_snapshot_and_exposition_as_admission() {
+    let f = fixture(single("kafka", |b| {
+        b.hosts(&["k1"]).count("breaker.consecutive_failures", 1)
+    }));
+    let kafka = f.engine.backend("kafka").unwrap();
+    let budget = f.budget();
+    f.run(kafka, &budget, AttemptOutcome::ConnectFailure)
+        .unwrap();
+    let stats = f.engine.admission_stats();
+    assert_eq!(stats.backends.len(), 1);
+    assert_eq!(stats.backends[0].breaker, "open");
+    let text = stats.to_prometheus();
+    for line in [
+        "costguard_breaker_state{backend=\"kafka\",host=\"\",state=\"open\"} 1",
+        "costguard_breaker_state{backend=\"kafka\",host=\"k1\",state=\"open\"} 1",
+        "costguard_backend_attempts_total{backend=\"kafka\",outcome=\"connect_failure\"} 1",
+        "costguard_backend_in_flight{backend=\"kafka\"} 0",
+        "costguard_host_ejected{backend=\"kafka\",host=\"k1\"} 0",
+        "# TYPE costguard_backend_retry_tokens gauge",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
+}
