@@ -931,3 +931,16 @@ fn backends_appear_in_the_same_snapshot_and_exposition_as_admission() {
         assert!(text.contains(line), "missing {line:?} in\n{text}");
     }
 }
+
+#[test]
+fn the_readme_backend_snippet_loads() {
+    let readme = include_str!("../README.md");
+    let start = readme.find("[backends.kafka]").unwrap();
+    let end = start + readme[start..].find("```").unwrap();
+    let p = Policy::from_toml_str(&format!("[classes.api]\n{}", &readme[start..end])).unwrap();
+    let k = p.backend("kafka").unwrap();
+    assert_eq!(k.hosts().count(), 3);
+    assert_eq!(k.breaker().probes, 1);
+    assert_eq!(k.ejection().max_ejected, 340);
+    assert_eq!(k.retry().min_per_second, 5);
+}
