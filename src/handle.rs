@@ -21,6 +21,10 @@ pub struct Level(pub(crate) u8);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Class(pub(crate) u16);
 
+/// A backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Backend(pub(crate) u16);
+
 impl Counter {
     /// The built-in retry allowance of a request tree.
     pub const RETRIES: Counter = Counter(0);

@@ -89,6 +89,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod admission;
+pub mod backend;
 pub mod budget;
 pub mod clock;
 mod engine;
@@ -105,12 +106,13 @@ pub mod units;
 mod verdict;
 
 pub use admission::{AdmissionStats, AdmitRequest, Admitted, Outcome, RefusalEvent};
+pub use backend::{Attempt, AttemptOutcome, RetryDecision};
 pub use budget::{
     Budget, CancelReason, CpuMeter, LevelGuard, LimitReport, Overrides, Reservation,
     MAX_BUDGET_DEPTH,
 };
 pub use engine::{Engine, EngineBuilder, DEFAULT_COARSE_TICK};
-pub use handle::{Class, Counter, Level, NameError};
+pub use handle::{Backend, Class, Counter, Level, NameError};
 pub use header::{HeaderError, HeaderErrorKind, Propagation, HEADER_NAME};
 pub use policy::{Policy, PolicyError};
 pub use priority::{Priority, UnknownPriority};

@@ -50,6 +50,18 @@ pub enum Reason {
     QueueTimeout,
     /// The key is longer than [`MAX_KEY_LEN`](crate::admission::MAX_KEY_LEN) bytes.
     KeyTooLong,
+    /// The backend's (or host's) circuit breaker is open or has every probe slot taken.
+    CircuitOpen,
+    /// The backend already has as many calls in flight as it may.
+    BulkheadFull,
+    /// The backend already has as many connection attempts in progress as it may.
+    ConnectLimit,
+    /// No host of the backend's pool is healthy and free.
+    NoHealthyHost,
+    /// The backend's process-wide retry budget is empty.
+    RetryBudgetExhausted,
+    /// The outcome is not one that retrying can fix.
+    NotRetryable,
 }
 
 impl Reason {
@@ -71,6 +83,12 @@ impl Reason {
             Reason::QueueFull => "queue_full",
             Reason::QueueTimeout => "queue_timeout",
             Reason::KeyTooLong => "key_too_long",
+            Reason::CircuitOpen => "circuit_open",
+            Reason::BulkheadFull => "bulkhead_full",
+            Reason::ConnectLimit => "connect_limit",
+            Reason::NoHealthyHost => "no_healthy_host",
+            Reason::RetryBudgetExhausted => "retry_budget_exhausted",
+            Reason::NotRetryable => "not_retryable",
         }
     }
 }
@@ -348,6 +366,16 @@ impl fmt::Display for Verdict {
                 "key of {} bytes is longer than {}",
                 self.requested, self.limit
             )?,
+            Reason::CircuitOpen => f.write_str("circuit open")?,
+            Reason::BulkheadFull => write!(f, "{} of {} calls in flight", self.used, self.limit)?,
+            Reason::ConnectLimit => write!(
+                f,
+                "{} of {} connection attempts in progress",
+                self.used, self.limit
+            )?,
+            Reason::NoHealthyHost => f.write_str("no healthy host free")?,
+            Reason::RetryBudgetExhausted => f.write_str("the backend's retry budget is spent")?,
+            Reason::NotRetryable => f.write_str("this outcome is not retried")?,
         }
         match self.retry {
             Retry::Never => f.write_str("; retrying cannot help"),

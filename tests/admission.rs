@@ -794,7 +794,10 @@ fn the_observed_maximum_in_flight_equals_the_limit_never_more() {
     // Eight threads against a class limit of 4 and, separately, one key limited to 2. Each admitted
     // thread holds its grant until the limit is observed full (an event, not a time), so the peak
     // reaches the limit; a peak above it would be a bug.
-    for (limit, key_limit, key) in [(4u64, None, None), (64, Some(2u64), Some(b"one-user" as &[u8]))] {
+    for (limit, key_limit, key) in [
+        (4u64, None, None),
+        (64, Some(2u64), Some(b"one-user" as &[u8])),
+    ] {
         let policy = Policy::builder()
             .class("api", |c| {
                 c.admission(|a| match key_limit {
@@ -819,7 +822,9 @@ fn the_observed_maximum_in_flight_equals_the_limit_never_more() {
                         if let Some(key) = key {
                             req = req.key(key);
                         }
-                        let Ok(admitted) = e.try_admit(&req) else { continue };
+                        let Ok(admitted) = e.try_admit(&req) else {
+                            continue;
+                        };
                         let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
                         peak.fetch_max(now, Ordering::SeqCst);
                         // Hold until the class is seen full, or a bounded number of tries.
@@ -836,7 +841,11 @@ fn the_observed_maximum_in_flight_equals_the_limit_never_more() {
                 });
             }
         });
-        assert_eq!(peak.load(Ordering::SeqCst), cap, "the observed maximum is the limit");
+        assert_eq!(
+            peak.load(Ordering::SeqCst),
+            cap,
+            "the observed maximum is the limit"
+        );
         assert!(rounds_at_cap.load(Ordering::Relaxed) > 0);
         let stats = e.admission_stats();
         let s = stats.class("api").unwrap();

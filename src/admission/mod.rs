@@ -415,10 +415,14 @@ impl Engine {
         }
     }
 
-    /// Counters and current state of every class with admission settings, and of every pool.
+    /// Counters and current state of every class with admission settings, of every pool and of
+    /// every backend.
     pub fn admission_stats(&self) -> AdmissionStats {
         let snapshot = self.snapshot();
-        let mut out = AdmissionStats::default();
+        let mut out = AdmissionStats {
+            backends: self.backend_stats(),
+            ..AdmissionStats::default()
+        };
         for class in snapshot.policy.classes() {
             let Some(id) = snapshot.class_by_name(class.name()) else {
                 continue;

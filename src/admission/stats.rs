@@ -147,7 +147,7 @@ pub struct PoolStats {
     pub limit: u64,
 }
 
-/// A snapshot of admission across classes and pools.
+/// A snapshot of admission across classes and pools, and of every backend.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct AdmissionStats {
@@ -155,6 +155,8 @@ pub struct AdmissionStats {
     pub classes: Vec<ClassStats>,
     /// Pools, in policy order.
     pub pools: Vec<PoolStats>,
+    /// Backends, in policy order.
+    pub backends: Vec<crate::backend::BackendStats>,
 }
 
 impl AdmissionStats {
@@ -276,6 +278,90 @@ impl AdmissionStats {
             "gauge",
             "Limit of a shared pool.",
             pools(&|p| p.limit),
+        );
+        let backends = |f: &dyn Fn(&crate::backend::BackendStats) -> u64| -> Vec<(String, u64)> {
+            self.backends
+                .iter()
+                .map(|b| (format!("backend=\"{}\"", b.backend), f(b)))
+                .collect()
+        };
+        let mut breaker = Vec::new();
+        let mut outcomes = Vec::new();
+        let mut host_rows: [Vec<(String, u64)>; 3] = Default::default();
+        for b in &self.backends {
+            for state in ["closed", "open", "half_open"] {
+                breaker.push((
+                    format!("backend=\"{}\",host=\"\",state=\"{state}\"", b.backend),
+                    u64::from(b.breaker == state),
+                ));
+            }
+            for (outcome, n) in &b.outcomes {
+                outcomes.push((
+                    format!("backend=\"{}\",outcome=\"{outcome}\"", b.backend),
+                    *n,
+                ));
+            }
+            for h in &b.hosts {
+                let labels = format!("backend=\"{}\",host=\"{}\"", b.backend, h.host);
+                for state in ["closed", "open", "half_open"] {
+                    breaker.push((
+                        format!("{labels},state=\"{state}\""),
+                        u64::from(h.breaker == state),
+                    ));
+                }
+                host_rows[0].push((labels.clone(), u64::from(h.ejected)));
+                host_rows[1].push((labels.clone(), u64::from(h.in_flight)));
+                host_rows[2].push((labels, u64::from(h.connecting)));
+            }
+        }
+        family(
+            "costguard_breaker_state",
+            "gauge",
+            "1 for the state each breaker is in (host empty: the backend's own).",
+            breaker,
+        );
+        family(
+            "costguard_backend_in_flight",
+            "gauge",
+            "Calls in flight to a backend.",
+            backends(&|b| u64::from(b.in_flight)),
+        );
+        family(
+            "costguard_backend_connecting",
+            "gauge",
+            "Connection attempts in progress to a backend.",
+            backends(&|b| u64::from(b.connecting)),
+        );
+        family(
+            "costguard_backend_retry_tokens",
+            "gauge",
+            "Whole tokens in a backend's retry budget.",
+            backends(&|b| b.retry_tokens),
+        );
+        family(
+            "costguard_backend_attempts_total",
+            "counter",
+            "Attempts to call a backend, by outcome.",
+            outcomes,
+        );
+        let [ejected, in_flight, connecting] = host_rows;
+        family(
+            "costguard_host_ejected",
+            "gauge",
+            "1 while a host is ejected from its pool.",
+            ejected,
+        );
+        family(
+            "costguard_host_in_flight",
+            "gauge",
+            "Calls in flight to a host.",
+            in_flight,
+        );
+        family(
+            "costguard_host_connecting",
+            "gauge",
+            "Connection attempts in progress to a host.",
+            connecting,
         );
         out
     }

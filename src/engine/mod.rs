@@ -8,6 +8,7 @@
 pub(crate) mod snapshot;
 
 use crate::admission::{RefusalEvent, RefusalHook};
+use crate::backend::{Transition, TransitionHook};
 use crate::budget::{Budget, Overrides, Start};
 use crate::clock::{Clock, CpuClock, MonotonicClock, ThreadCpuClock};
 use crate::handle::{Class, Counter, Level, NameError};
@@ -65,6 +66,7 @@ struct Inner {
     clock: Arc<dyn Clock>,
     cpu_clock: Arc<dyn CpuClock>,
     hook: Option<RefusalHook>,
+    transitions: Option<TransitionHook>,
     /// Expires async waiters; started with the first one.
     #[cfg_attr(costguard_loom, allow(dead_code))]
     timer: std::sync::OnceLock<std::thread::Thread>,
@@ -77,6 +79,7 @@ pub struct EngineBuilder {
     clock: Option<Arc<dyn Clock>>,
     cpu_clock: Option<Arc<dyn CpuClock>>,
     hook: Option<RefusalHook>,
+    transitions: Option<TransitionHook>,
 }
 
 impl EngineBuilder {
@@ -99,13 +102,26 @@ impl EngineBuilder {
         self
     }
 
+    /// A hook that sees every breaker transition and host ejection or readmission. It runs on the
+    /// thread that caused the transition: keep it short and non-blocking.
+    pub fn on_transition(mut self, hook: impl Fn(&Transition) + Send + Sync + 'static) -> Self {
+        self.transitions = Some(Arc::new(hook));
+        self
+    }
+
     /// Compiles the policy and builds the engine.
     pub fn build(self) -> Result<Engine, PolicyError> {
         let clock = self
             .clock
             .unwrap_or_else(|| Arc::new(MonotonicClock::with_ticker(DEFAULT_COARSE_TICK)));
         let mut registry = Registry::new();
-        let snapshot = registry.compile(self.policy, 1, clock.now().as_nanos())?;
+        let snapshot = registry.compile(
+            self.policy,
+            1,
+            clock.now().as_nanos(),
+            &clock,
+            self.transitions.as_ref(),
+        )?;
         Ok(Engine {
             inner: Arc::new(Inner {
                 current: SwapCell::new(Arc::new(snapshot)),
@@ -113,6 +129,7 @@ impl EngineBuilder {
                 clock,
                 cpu_clock: self.cpu_clock.unwrap_or_else(|| Arc::new(ThreadCpuClock)),
                 hook: self.hook,
+                transitions: self.transitions,
                 timer: std::sync::OnceLock::new(),
             }),
         })
@@ -132,6 +149,7 @@ impl Engine {
             clock: None,
             cpu_clock: None,
             hook: None,
+            transitions: None,
         }
     }
 
@@ -142,7 +160,13 @@ impl Engine {
     pub fn reload(&self, policy: Policy) -> Result<u64, PolicyError> {
         let mut registry = self.inner.registry.lock();
         let generation = self.inner.current.load_full().generation.saturating_add(1);
-        let snapshot = registry.compile(policy, generation, self.inner.clock.now().as_nanos())?;
+        let snapshot = registry.compile(
+            policy,
+            generation,
+            self.inner.clock.now().as_nanos(),
+            &self.inner.clock,
+            self.inner.transitions.as_ref(),
+        )?;
         self.inner.current.store(Arc::new(snapshot));
         drop(registry);
         // A raised limit may let waiters in.

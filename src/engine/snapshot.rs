@@ -1,7 +1,9 @@
 //! The compiled form of a policy: arrays indexed by handle.
 
 use crate::admission::{ClassAdmission, Gate, KeyRef, KeyTable, Pool, PoolRef};
-use crate::handle::Class;
+use crate::backend::{BackendRules, BackendState, TransitionHook};
+use crate::clock::Clock;
+use crate::handle::{Backend, Class};
 use crate::policy::{
     AdaptiveLimit, Concurrency, DimensionKind, Policy, PolicyError, CPU_TIME, MAX_CLASSES,
     MAX_DIMENSIONS, RETRIES,
@@ -29,7 +31,12 @@ pub(crate) struct Registry {
     adaptive: Vec<Option<AdaptiveLimit>>,
     key_tables: Vec<Option<Arc<KeyTable>>>,
     pools: Vec<(Arc<str>, Arc<Pool>)>,
+    /// Backends by id, with the state that outlives policy versions.
+    backends: Vec<KnownBackend>,
 }
+
+/// A backend name the engine has seen, and its state for the host list it last had.
+type KnownBackend = (Arc<str>, Option<(Vec<Arc<str>>, Arc<BackendState>)>);
 
 impl Registry {
     pub(crate) fn new() -> Self {
@@ -48,6 +55,7 @@ impl Registry {
             adaptive: Vec::new(),
             key_tables: Vec::new(),
             pools: Vec::new(),
+            backends: Vec::new(),
         }
     }
 
@@ -58,6 +66,8 @@ impl Registry {
         policy: Policy,
         generation: u64,
         now: u64,
+        clock: &Arc<dyn Clock>,
+        hook: Option<&TransitionHook>,
     ) -> Result<Snapshot, PolicyError> {
         let mut dims = self.dims.clone();
         for d in policy.dimensions() {
@@ -113,8 +123,65 @@ impl Registry {
         }
         self.dims = dims;
         self.classes = classes;
+        if self.backends.len() + policy.backends().len() > crate::policy::MAX_BACKENDS * 4 {
+            return Err(PolicyError::single(
+                "backends",
+                "this engine has seen too many distinct backend names (restart to forget old ones)",
+            ));
+        }
         let admission = self.compile_admission(&policy, now);
-        Ok(Snapshot::new(policy, generation, self, admission))
+        let backends = self.compile_backends(&policy, now, clock, hook);
+        let mut snapshot = Snapshot::new(policy, generation, self, admission);
+        snapshot.backends = backends;
+        Ok(snapshot)
+    }
+
+    /// Finds or creates each backend's persistent state (kept while its host list is unchanged).
+    fn compile_backends(
+        &mut self,
+        policy: &Policy,
+        now: u64,
+        clock: &Arc<dyn Clock>,
+        hook: Option<&TransitionHook>,
+    ) -> Vec<Option<Arc<BackendRules>>> {
+        for b in policy.backends() {
+            let id = match self
+                .backends
+                .iter()
+                .position(|(n, _)| n.as_ref() == b.name())
+            {
+                Some(id) => id,
+                None => {
+                    self.backends.push((Arc::from(b.name()), None));
+                    self.backends.len() - 1
+                }
+            };
+            let hosts: Vec<Arc<str>> = b.hosts().map(Arc::from).collect();
+            let keep = matches!(&self.backends[id].1, Some((h, _)) if *h == hosts);
+            if !keep {
+                self.backends[id].1 = Some((hosts, Arc::new(BackendState::new(b, now))));
+            }
+        }
+        let mut out: Vec<Option<Arc<BackendRules>>> =
+            (0..self.backends.len()).map(|_| None).collect();
+        for b in policy.backends() {
+            if let Some(id) = self
+                .backends
+                .iter()
+                .position(|(n, _)| n.as_ref() == b.name())
+            {
+                if let Some((_, state)) = &self.backends[id].1 {
+                    out[id] = Some(Arc::new(BackendRules {
+                        state: Arc::clone(state),
+                        rates: crate::backend::rates(b),
+                        policy: b.clone(),
+                        clock: Arc::clone(clock),
+                        hook: hook.cloned(),
+                    }));
+                }
+            }
+        }
+        out
     }
 
     /// Finds or creates the persistent admission state of every class and pool, applies the new
@@ -246,6 +313,8 @@ pub(crate) struct Snapshot {
     /// The name of the wall-time pseudo-dimension, shared by every deadline verdict.
     pub(crate) wall: Arc<str>,
     pools: Vec<(Arc<str>, Arc<Pool>)>,
+    /// Backends by id; `None` for backends this version does not have.
+    pub(crate) backends: Vec<Option<Arc<BackendRules>>>,
 }
 
 impl Snapshot {
@@ -293,6 +362,7 @@ impl Snapshot {
             by_name,
             wall: Arc::from(crate::policy::WALL_TIME),
             pools: registry.pools.clone(),
+            backends: Vec::new(),
         }
     }
 
@@ -304,6 +374,19 @@ impl Snapshot {
 
     pub(crate) fn class_by_name(&self, name: &str) -> Option<Class> {
         self.by_name.get(name).copied()
+    }
+
+    pub(crate) fn backend(&self, backend: Backend) -> Option<&Arc<BackendRules>> {
+        self.backends
+            .get(usize::from(backend.0))
+            .and_then(Option::as_ref)
+    }
+
+    pub(crate) fn backend_by_name(&self, name: &str) -> Option<Backend> {
+        self.backends
+            .iter()
+            .position(|b| b.as_ref().is_some_and(|b| b.policy.name() == name))
+            .map(|i| Backend(i as u16))
     }
 
     pub(crate) fn pool(&self, name: &str) -> Option<&Arc<Pool>> {

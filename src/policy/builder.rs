@@ -1,6 +1,7 @@
 //! Policies built in code.
 
 use super::admission::{RawAdmission, RawConcurrency, RawPerKey, RawPool, RawQueue};
+use super::backend::{field, RawBackend};
 use super::error::Problems;
 use super::{validate, DimensionKind, Field, Policy, PolicyError, RawClass, RawDimension};
 use crate::verdict::Unit;
@@ -41,6 +42,7 @@ pub struct PolicyBuilder {
     dims: Vec<RawDimension>,
     classes: Vec<RawClass>,
     pools: Vec<RawPool>,
+    backends: Vec<RawBackend>,
 }
 
 impl PolicyBuilder {
@@ -91,9 +93,27 @@ impl PolicyBuilder {
         self
     }
 
+    /// Declares a backend, configured by `f`.
+    pub fn backend(mut self, name: &str, f: impl FnOnce(BackendBuilder) -> BackendBuilder) -> Self {
+        let start = BackendBuilder {
+            raw: RawBackend {
+                name: field(name.to_owned()),
+                ..RawBackend::default()
+            },
+        };
+        self.backends.push(f(start).raw);
+        self
+    }
+
     /// Validates the policy.
     pub fn build(self) -> Result<Policy, PolicyError> {
-        validate(self.dims, self.classes, self.pools, Problems::default())
+        validate(
+            self.dims,
+            self.classes,
+            self.pools,
+            self.backends,
+            Problems::default(),
+        )
     }
 }
 
@@ -412,5 +432,71 @@ mod tests {
         assert!(err
             .to_string()
             .contains("31 dimensions declared; at most 30"));
+    }
+}
+
+/// Configures one backend of a [`PolicyBuilder`]. Settings are named as in policy files
+/// (`"breaker.open_for"`); [`PolicyBuilder::build`] rejects unknown names and absurd values.
+///
+/// ```
+/// use costguard::Policy;
+/// use std::time::Duration;
+///
+/// let policy = Policy::builder()
+///     .class("api", |c| c)
+///     .backend("kafka", |b| {
+///         b.hosts(&["kafka1001", "kafka1012", "kafka1013"])
+///             .duration("timeout", Duration::from_millis(500))
+///             .count("max_connecting_per_host", 2)
+///             .count("breaker.probes", 1)
+///             .fraction("ejection.max_ejected", 0.34)
+///     })
+///     .build()
+///     .unwrap();
+/// assert_eq!(policy.backend("kafka").unwrap().hosts().count(), 3);
+/// ```
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct BackendBuilder {
+    raw: RawBackend,
+}
+
+impl BackendBuilder {
+    /// The hosts of the backend's pool.
+    pub fn hosts(mut self, hosts: &[&str]) -> Self {
+        self.raw.hosts = hosts.iter().map(|h| field((*h).to_owned())).collect();
+        self
+    }
+
+    /// A duration setting (`timeout`, `margin`, `breaker.open_for`, `ejection.base`,
+    /// `retry.backoff_base`, ...).
+    pub fn duration(mut self, key: &str, value: Duration) -> Self {
+        match super::backend::DURATIONS
+            .iter()
+            .chain(&super::backend::RETRY_DURATIONS)
+            .find(|k| **k == key)
+        {
+            Some(k) => self.raw.durations.push((k, field(value))),
+            None => self.raw.unknown.push(key.to_owned()),
+        }
+        self
+    }
+
+    /// A count setting (`max_in_flight`, `max_connecting_per_host`, `breaker.probes`, ...).
+    pub fn count(mut self, key: &str, value: u64) -> Self {
+        match super::backend::COUNTS.iter().find(|k| **k == key) {
+            Some(k) => self.raw.counts.push((k, field(value))),
+            None => self.raw.unknown.push(key.to_owned()),
+        }
+        self
+    }
+
+    /// A fraction setting (`breaker.failure_ratio`, `ejection.max_ejected`, `retry.ratio`, ...).
+    pub fn fraction(mut self, key: &str, value: f64) -> Self {
+        match super::backend::FRACTIONS.iter().find(|k| **k == key) {
+            Some(k) => self.raw.fractions.push((k, field(value))),
+            None => self.raw.unknown.push(key.to_owned()),
+        }
+        self
     }
 }

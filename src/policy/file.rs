@@ -5,6 +5,7 @@
 //! are reported together.
 
 use super::admission::{RawAdmission, RawConcurrency, RawPerKey, RawPool, RawQueue};
+use super::backend::{RawBackend, COUNTS, DURATIONS, FRACTIONS, RETRY_DURATIONS};
 use super::error::{Location, Problems};
 use super::{validate, DimensionKind, Field, Policy, PolicyError, RawClass, RawDimension};
 use crate::units::{parse_duration, parse_quantity};
@@ -18,7 +19,7 @@ use toml::Spanned;
 /// The largest policy file read, in bytes.
 pub const MAX_POLICY_BYTES: usize = 1 << 20;
 
-const TOP_KEYS: &str = "dimensions, classes, pools";
+const TOP_KEYS: &str = "dimensions, classes, pools, backends";
 const CLASS_KEYS: &str = "wall_time, cpu_time, retries, child_margin, priority, limits, admission";
 const ADMISSION_KEYS: &str = "concurrency, headroom, queue, shadow, pools, per_key";
 const CONCURRENCY_KEYS: &str =
@@ -356,6 +357,90 @@ impl Reader<'_> {
         Some(pool)
     }
 
+    fn backend(
+        &mut self,
+        key: &Spanned<std::borrow::Cow<'_, str>>,
+        v: &Value<'_>,
+    ) -> Option<RawBackend> {
+        let base = join("backends", key.get_ref());
+        let table = self.table(v, &base)?;
+        let mut b = RawBackend {
+            name: Field::new(key.get_ref().to_string(), self.at(key.span().start)),
+            ..RawBackend::default()
+        };
+        self.backend_settings(table, &base, "", &mut b);
+        Some(b)
+    }
+
+    /// Settings of a backend table, or of its `breaker`, `ejection` and `retry` sub-tables (`prefix`).
+    fn backend_settings(
+        &mut self,
+        table: &DeTable<'_>,
+        base: &str,
+        prefix: &str,
+        b: &mut RawBackend,
+    ) {
+        for (k, val) in table.iter() {
+            let name = format!("{prefix}{}", k.get_ref());
+            let field = join(base, k.get_ref());
+            let at = self.at(val.span().start);
+            if prefix.is_empty() && matches!(k.get_ref().as_ref(), "breaker" | "ejection" | "retry")
+            {
+                if let Some(t) = self.table(val, &field) {
+                    self.backend_settings(t, &field, &format!("{}.", k.get_ref()), b);
+                }
+            } else if prefix.is_empty() && k.get_ref() == "hosts" {
+                match val.get_ref() {
+                    DeValue::Array(items) => {
+                        for item in items.iter() {
+                            if let Some(h) = self.string(item, &field) {
+                                let at = self.at(item.span().start);
+                                b.hosts.push(Field::new(h.to_owned(), at));
+                            }
+                        }
+                    }
+                    other => {
+                        let msg = format!(
+                            "expected an array of host names, found {}",
+                            type_name(other)
+                        );
+                        self.problem(val.span().start, &field, msg);
+                    }
+                }
+            } else if let Some(key) = DURATIONS
+                .iter()
+                .chain(&RETRY_DURATIONS)
+                .find(|d| **d == name)
+            {
+                if let Some(d) = self.duration(val, &field, false).flatten() {
+                    b.durations.push((key, Field::new(d, at)));
+                }
+            } else if let Some(key) = COUNTS.iter().find(|d| **d == name) {
+                if let Some(n) = self.quantity(val, &field) {
+                    b.counts.push((key, Field::new(n, at)));
+                }
+            } else if let Some(key) = FRACTIONS.iter().find(|d| **d == name) {
+                if let Some(x) = self.fraction(val, &field) {
+                    b.fractions.push((key, Field::new(x, at)));
+                }
+            } else {
+                let allowed: Vec<&str> = DURATIONS
+                    .iter()
+                    .chain(&RETRY_DURATIONS)
+                    .chain(&COUNTS)
+                    .chain(&FRACTIONS)
+                    .filter_map(|k| k.strip_prefix(prefix))
+                    .filter(|k| !k.contains('.'))
+                    .collect();
+                let mut allowed = allowed.join(", ");
+                if prefix.is_empty() {
+                    allowed.push_str(", hosts, breaker, ejection, retry");
+                }
+                self.unknown_key(k, base, &allowed);
+            }
+        }
+    }
+
     fn string<'a>(&mut self, v: &'a Value<'_>, field: &str) -> Option<&'a str> {
         match v.get_ref() {
             DeValue::String(s) => Some(s),
@@ -537,6 +622,7 @@ pub(crate) fn parse(source: &str, file: Option<Arc<Path>>) -> Result<Policy, Pol
     let mut dims = Vec::new();
     let mut classes = Vec::new();
     let mut pools = Vec::new();
+    let mut backends = Vec::new();
     for (key, value) in doc.get_ref().iter() {
         match key.get_ref().as_ref() {
             "dimensions" => {
@@ -554,10 +640,15 @@ pub(crate) fn parse(source: &str, file: Option<Arc<Path>>) -> Result<Policy, Pol
                     pools.extend(t.iter().filter_map(|(k, v)| reader.pool(k, v)));
                 }
             }
+            "backends" => {
+                if let Some(t) = reader.table(value, "backends") {
+                    backends.extend(t.iter().filter_map(|(k, v)| reader.backend(k, v)));
+                }
+            }
             _ => reader.unknown_key(key, "", TOP_KEYS),
         }
     }
-    validate(dims, classes, pools, reader.problems)
+    validate(dims, classes, pools, backends, reader.problems)
 }
 
 impl Policy {
@@ -566,6 +657,7 @@ impl Policy {
             dimensions: Vec::new(),
             classes: Vec::new(),
             pools: Vec::new(),
+            backends: Vec::new(),
         }
     }
 }

@@ -29,6 +29,7 @@
 //! ```
 
 mod admission;
+mod backend;
 mod builder;
 mod error;
 mod file;
@@ -37,7 +38,10 @@ pub use admission::{
     AdaptiveLimit, AdmissionPolicy, Algorithm, Concurrency, Headroom, PerKey, Permille, PoolPolicy,
     QueuePolicy, RateLimit, MAX_CONCURRENCY, MAX_KEYS, MAX_POOLS, MAX_POOLS_PER_CLASS,
 };
-pub use builder::{AdmissionBuilder, ClassBuilder, PolicyBuilder};
+pub use backend::{
+    BackendPolicy, BreakerPolicy, EjectionPolicy, RetryPolicy, MAX_BACKENDS, MAX_HOSTS, MAX_PROBES,
+};
+pub use builder::{AdmissionBuilder, BackendBuilder, ClassBuilder, PolicyBuilder};
 pub use error::{Location, PolicyError, Problem};
 
 use crate::verdict::Unit;
@@ -182,6 +186,7 @@ pub struct Policy {
     dimensions: Vec<Dimension>,
     classes: Vec<ClassPolicy>,
     pools: Vec<PoolPolicy>,
+    backends: Vec<BackendPolicy>,
 }
 
 impl Policy {
@@ -223,6 +228,16 @@ impl Policy {
     /// The shared cost pools.
     pub fn pools(&self) -> &[PoolPolicy] {
         &self.pools
+    }
+
+    /// The backends.
+    pub fn backends(&self) -> &[BackendPolicy] {
+        &self.backends
+    }
+
+    /// The backend called `name`.
+    pub fn backend(&self, name: &str) -> Option<&BackendPolicy> {
+        self.backends.iter().find(|b| &*b.name == name)
     }
 }
 
@@ -377,6 +392,7 @@ pub(crate) fn validate(
     dims: Vec<RawDimension>,
     classes: Vec<RawClass>,
     pools: Vec<admission::RawPool>,
+    backends: Vec<backend::RawBackend>,
     mut problems: Problems,
 ) -> Result<Policy, PolicyError> {
     let mut seen = HashSet::new();
@@ -430,6 +446,7 @@ pub(crate) fn validate(
     }
 
     let pools = admission::validate_pools(pools, &dimensions, &mut problems);
+    let backends = backend::validate_backends(backends, &mut problems);
     let mut class_names = HashSet::new();
     let mut out = Vec::with_capacity(classes.len());
     for c in classes {
@@ -515,5 +532,6 @@ pub(crate) fn validate(
         dimensions,
         classes: out,
         pools,
+        backends,
     })
 }

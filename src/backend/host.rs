@@ -1,0 +1,285 @@
+//! A host of a backend's pool: its bulkheads, its breaker, and its ejection state.
+//!
+//! Ejection is what an operator did by hand in 2016: take the broken broker out of the pool. Here a
+//! host that keeps failing to connect or timing out is ejected for a time that doubles with each
+//! ejection, and never more than a configured share of the pool is out at once. When its time is up,
+//! it comes back on probation: one connection attempt at a time, and the first failure ejects it
+//! again at once; the first success ends probation and forgives past ejections.
+//!
+//! The ejection word:
+//!
+//! | bits   | field                                       |
+//! |--------|---------------------------------------------|
+//! | 0..16  | connect failures or timeouts in a row       |
+//! | 16..24 | ejections in a row (the exponent)           |
+//! | 24     | ejected                                     |
+//! | 25     | on probation (readmitted, not yet proven)   |
+
+use super::breaker::{self, Begin, Change, Role};
+use super::window::Window;
+use crate::sync::{AtomicU32, AtomicU64, Ordering};
+use crossbeam_utils::CachePadded;
+use std::sync::Arc;
+
+const FAILS: u64 = 0xffff;
+const EJECTIONS_SHIFT: u32 = 16;
+const EJECTED: u64 = 1 << 24;
+const PROBATION: u64 = 1 << 25;
+
+/// A breaker with its times and window.
+#[derive(Debug, Default)]
+pub(crate) struct BreakerCell {
+    pub(crate) word: CachePadded<AtomicU64>,
+    pub(crate) open_until: AtomicU64,
+    pub(crate) closed_at: AtomicU64,
+    pub(crate) probe_deadline: AtomicU64,
+    pub(crate) window: Window,
+}
+
+impl BreakerCell {
+    /// Lets an attempt through or says why not. `Ok(true)` when this moved the breaker to half-open.
+    pub(crate) fn begin(
+        &self,
+        now: u64,
+        probes: u64,
+        timeout: u64,
+    ) -> Result<(Role, u64, bool), breaker::Closed> {
+        let mut w = self.word.load(Ordering::Acquire);
+        loop {
+            let b = Begin {
+                now,
+                open_until: self.open_until.load(Ordering::Acquire),
+                probe_deadline: self.probe_deadline.load(Ordering::Acquire),
+                probes,
+            };
+            let (next, role) = breaker::begin(w, b)?;
+            if next == w {
+                return Ok((role, breaker::Word::unpack(w).generation, false));
+            }
+            match self
+                .word
+                .compare_exchange_weak(w, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => {
+                    let gen = breaker::Word::unpack(next).generation;
+                    if role == Role::Probe {
+                        self.probe_deadline
+                            .fetch_max(now.saturating_add(timeout), Ordering::AcqRel);
+                    }
+                    let half_opened = breaker::Word::unpack(w).state != breaker::HALF_OPEN
+                        || breaker::Word::unpack(w).generation != gen;
+                    return Ok((role, gen, half_opened && role == Role::Probe));
+                }
+                Err(actual) => w = actual,
+            }
+        }
+    }
+
+    /// Applies an outcome; returns the transition it caused.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn finish(
+        &self,
+        role: Role,
+        generation: u64,
+        v: breaker::Verdict,
+        trip: bool,
+        consecutive: u64,
+        probes: u64,
+        open_ns: impl Fn(u64) -> u64,
+        now: u64,
+    ) -> Change {
+        let mut w = self.word.load(Ordering::Acquire);
+        loop {
+            let (next, change) = breaker::finish(w, role, generation, v, trip, consecutive, probes);
+            if next == w {
+                return Change::None;
+            }
+            // Publish the times before the state that refers to them.
+            match change {
+                Change::Opened => {
+                    let opened = breaker::Word::unpack(next).opened;
+                    self.open_until
+                        .store(now.saturating_add(open_ns(opened)), Ordering::Release);
+                }
+                Change::Closed => self.closed_at.store(now, Ordering::Release),
+                Change::None => {}
+            }
+            match self
+                .word
+                .compare_exchange_weak(w, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return change,
+                Err(actual) => w = actual,
+            }
+        }
+    }
+
+    pub(crate) fn state(&self) -> u64 {
+        breaker::Word::unpack(self.word.load(Ordering::Relaxed)).state
+    }
+}
+
+/// One host.
+#[derive(Debug)]
+pub(crate) struct HostState {
+    pub(crate) name: Arc<str>,
+    pub(crate) in_flight: CachePadded<AtomicU32>,
+    pub(crate) connecting: AtomicU32,
+    pub(crate) breaker: BreakerCell,
+    pub(crate) eject: AtomicU64,
+    pub(crate) ejected_until: AtomicU64,
+}
+
+/// When and for how long hosts are ejected, in clock nanoseconds.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct EjectRule {
+    pub(crate) threshold: u64,
+    pub(crate) base: u64,
+    pub(crate) max: u64,
+    /// The most hosts ejected at once.
+    pub(crate) max_ejected: u32,
+}
+
+impl EjectRule {
+    /// The length of the `n`-th ejection in a row: `base × 2^(n-1)`, capped.
+    pub(crate) fn duration(&self, n: u64) -> u64 {
+        self.base
+            .saturating_mul(1u64 << n.saturating_sub(1).min(32))
+            .min(self.max)
+    }
+}
+
+/// What became of a host's ejection state after an outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Ejection {
+    None,
+    Ejected,
+}
+
+impl HostState {
+    pub(crate) fn new(name: Arc<str>) -> Self {
+        HostState {
+            name,
+            in_flight: CachePadded::new(AtomicU32::new(0)),
+            connecting: AtomicU32::new(0),
+            breaker: BreakerCell::default(),
+            eject: AtomicU64::new(0),
+            ejected_until: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn is_ejected(&self) -> bool {
+        self.eject.load(Ordering::Acquire) & EJECTED != 0
+    }
+
+    pub(crate) fn on_probation(&self) -> bool {
+        self.eject.load(Ordering::Acquire) & PROBATION != 0
+    }
+
+    /// Brings the host back on probation if its ejection is over. `true` if this call did.
+    pub(crate) fn readmit_if_due(&self, now: u64, ejected_hosts: &AtomicU32) -> bool {
+        let w = self.eject.load(Ordering::Acquire);
+        if w & EJECTED == 0 || now < self.ejected_until.load(Ordering::Acquire) {
+            return false;
+        }
+        let next = (w & !EJECTED & !FAILS) | PROBATION;
+        if self
+            .eject
+            .compare_exchange(w, next, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            let _ = ejected_hosts.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                Some(n.saturating_sub(1))
+            });
+            return true;
+        }
+        false
+    }
+
+    /// Applies an outcome to the ejection state. `connect_or_timeout`: the outcome counts toward
+    /// ejection; `success`: it proves the host. Ejects when due, if room can be reserved among the
+    /// ejected.
+    pub(crate) fn on_outcome(
+        &self,
+        connect_or_timeout: bool,
+        success: bool,
+        now: u64,
+        rule: &EjectRule,
+        ejected_hosts: &AtomicU32,
+    ) -> Ejection {
+        let (threshold, max_ejected) = (rule.threshold, rule.max_ejected);
+        let mut w = self.eject.load(Ordering::Acquire);
+        loop {
+            if w & EJECTED != 0 {
+                return Ejection::None;
+            }
+            let fails = w & FAILS;
+            let ejections = (w >> EJECTIONS_SHIFT) & 0xff;
+            let next = if success {
+                // Proven: probation ends and past ejections are forgiven.
+                0
+            } else if connect_or_timeout {
+                let fails = (fails + 1).min(FAILS);
+                let due = fails >= threshold || w & PROBATION != 0;
+                if due {
+                    // Reserve room among the ejected before ejecting.
+                    let reserved = ejected_hosts
+                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                            (n < max_ejected).then_some(n + 1)
+                        })
+                        .is_ok();
+                    if reserved {
+                        let count = (ejections + 1).min(0xff);
+                        let next = EJECTED | (count << EJECTIONS_SHIFT);
+                        // The time is written before the state that refers to it.
+                        self.ejected_until
+                            .store(now.saturating_add(rule.duration(count)), Ordering::Release);
+                        match self.eject.compare_exchange(
+                            w,
+                            next,
+                            Ordering::AcqRel,
+                            Ordering::Acquire,
+                        ) {
+                            Ok(_) => return Ejection::Ejected,
+                            Err(actual) => {
+                                let _ = ejected_hosts.fetch_update(
+                                    Ordering::AcqRel,
+                                    Ordering::Acquire,
+                                    |n| Some(n.saturating_sub(1)),
+                                );
+                                w = actual;
+                                continue;
+                            }
+                        }
+                    }
+                }
+                (w & !FAILS) | fails
+            } else {
+                return Ejection::None;
+            };
+            match self
+                .eject
+                .compare_exchange_weak(w, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Ejection::None,
+                Err(actual) => w = actual,
+            }
+        }
+    }
+}
+
+/// Takes one unit of a counter if it stays at or below `cap`.
+pub(crate) fn take(counter: &AtomicU32, cap: u32) -> bool {
+    counter
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < cap).then_some(n + 1)
+        })
+        .is_ok()
+}
+
+/// Gives one unit back, never below zero.
+pub(crate) fn give(counter: &AtomicU32) {
+    let _ = counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+        Some(n.saturating_sub(1))
+    });
+}

@@ -1,0 +1,912 @@
+//! Dependency protection: every call a request makes to something else goes through an [`Attempt`].
+//!
+//! In 2016 one Kafka broker went away; every app server kept connecting to it, threads piled up in
+//! `connect()`, and the API tier stalled for 25 minutes until a person removed the broker from
+//! configuration. In 2015 two layers retried a timed-out call 8 and 5 times, so load grew tenfold
+//! exactly when the backends could least take it. This module does by itself what the operators did by
+//! hand, and bounds the retries of a whole request tree:
+//!
+//! - **bulkheads**: caps on calls in flight and, separately, on connection attempts in progress, for
+//!   each backend and each host; past a cap an attempt fails fast with a [`Verdict`];
+//! - **circuit breakers** per backend and per host: open on failures in a row, on a failure ratio or a
+//!   slow-call ratio over a sliding window; stay open for a jittered, doubling time; admit exactly the
+//!   configured number of probes when half-open (a probe that hangs gives its slot back after its
+//!   timeout); after closing, ramp traffic up instead of jumping to full load;
+//! - **outlier ejection** of hosts that keep failing to connect or timing out, never more than a set
+//!   share of the pool, readmitted on probation; choosing a host skips ejected and saturated hosts;
+//! - **timeouts from budgets**: an attempt's timeout is the smaller of the backend's and the request's
+//!   remaining time minus a margin, and an attempt that could not finish in time is refused up front;
+//! - **retry decisions** ([`Engine::retry`]) that answer "may I retry, and after how long?" from the
+//!   outcome, the request tree's retry allowance, the backend's retry budget, backoff with full jitter,
+//!   and the time left.
+//!
+//! An attempt is begun and finished explicitly, so the API is the same from Rust, C and PHP;
+//! [`Engine::call`] wraps the loop for Rust callers.
+
+mod breaker;
+mod host;
+mod retry_budget;
+mod window;
+
+use crate::budget::Budget;
+use crate::clock::{duration_to_nanos, Clock};
+use crate::handle::{Backend, Counter};
+use crate::policy::BackendPolicy;
+use crate::sync::{Arc, AtomicU32, AtomicU64, Ordering};
+use crate::verdict::{Reason, Retry, Unit};
+use crate::{Engine, Verdict};
+use crossbeam_utils::CachePadded;
+use host::{give, take, BreakerCell, Ejection, HostState};
+use retry_budget::{Rates, RetryBudget};
+use std::fmt;
+use std::time::Duration;
+
+/// How an attempt ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum AttemptOutcome {
+    /// It succeeded.
+    Success,
+    /// The request was wrong (a 4xx): never counts against the backend.
+    ClientError,
+    /// The backend failed (a 5xx).
+    ServerError,
+    /// This attempt timed out.
+    Timeout,
+    /// The backend reported that *its* dependency timed out (a 504 from below): not retried here,
+    /// since the layer below already spent its time.
+    UpstreamTimeout,
+    /// Connecting failed (refused, unreachable, connect timeout).
+    ConnectFailure,
+    /// The backend refused, possibly saying when to come back.
+    Refused {
+        /// Its Retry-After, if it gave one.
+        retry_after: Option<Duration>,
+    },
+    /// The caller gave up on it; says nothing about the backend.
+    Cancelled,
+}
+
+impl AttemptOutcome {
+    /// A stable snake_case name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Success => "success",
+            AttemptOutcome::ClientError => "client_error",
+            AttemptOutcome::ServerError => "server_error",
+            AttemptOutcome::Timeout => "timeout",
+            AttemptOutcome::UpstreamTimeout => "upstream_timeout",
+            AttemptOutcome::ConnectFailure => "connect_failure",
+            AttemptOutcome::Refused { .. } => "refused",
+            AttemptOutcome::Cancelled => "cancelled",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            AttemptOutcome::Success => 0,
+            AttemptOutcome::ClientError => 1,
+            AttemptOutcome::ServerError => 2,
+            AttemptOutcome::Timeout => 3,
+            AttemptOutcome::UpstreamTimeout => 4,
+            AttemptOutcome::ConnectFailure => 5,
+            AttemptOutcome::Refused { .. } => 6,
+            AttemptOutcome::Cancelled => 7,
+        }
+    }
+
+    fn breaker(self) -> breaker::Verdict {
+        match self {
+            AttemptOutcome::Success => breaker::Verdict::Success,
+            AttemptOutcome::ClientError | AttemptOutcome::Cancelled => breaker::Verdict::Neutral,
+            _ => breaker::Verdict::Failure,
+        }
+    }
+}
+
+const OUTCOMES: [&str; 8] = [
+    "success",
+    "client_error",
+    "server_error",
+    "timeout",
+    "upstream_timeout",
+    "connect_failure",
+    "refused",
+    "cancelled",
+];
+
+/// A breaker or ejection transition, as seen by the hook set with
+/// [`EngineBuilder::on_transition`](crate::EngineBuilder::on_transition).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Transition {
+    /// The backend.
+    pub backend: Arc<str>,
+    /// The host, for a host's breaker or an ejection.
+    pub host: Option<Arc<str>>,
+    /// What happened.
+    pub kind: TransitionKind,
+    /// When, by the engine's clock (ns).
+    pub at: u64,
+}
+
+/// Kinds of [`Transition`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TransitionKind {
+    /// A breaker opened.
+    Opened,
+    /// A breaker let its first probe through.
+    HalfOpened,
+    /// A breaker closed.
+    Closed,
+    /// A host was ejected from its pool.
+    Ejected,
+    /// An ejected host came back, on probation.
+    Readmitted,
+}
+
+pub(crate) type TransitionHook = Arc<dyn Fn(&Transition) + Send + Sync>;
+
+/// Persistent state of a backend: survives reloads that keep its host list.
+#[derive(Debug)]
+pub(crate) struct BackendState {
+    pub(crate) breaker: BreakerCell,
+    pub(crate) in_flight: CachePadded<AtomicU32>,
+    pub(crate) connecting: AtomicU32,
+    pub(crate) hosts: Box<[HostState]>,
+    pub(crate) ejected: AtomicU32,
+    pub(crate) retry: RetryBudget,
+    /// Smoothed latency of successful attempts, ns (0: none yet).
+    pub(crate) latency: AtomicU64,
+    next_host: AtomicU32,
+    rng: AtomicU64,
+    outcomes: [AtomicU64; 8],
+    names: [Arc<str>; 4],
+}
+
+const N_IN_FLIGHT: usize = 0;
+const N_CONNECTING: usize = 1;
+const N_BREAKER: usize = 2;
+const N_TIME: usize = 3;
+
+impl BackendState {
+    pub(crate) fn new(policy: &BackendPolicy, now: u64) -> Self {
+        let rates = rates(policy);
+        BackendState {
+            breaker: BreakerCell::default(),
+            in_flight: CachePadded::new(AtomicU32::new(0)),
+            connecting: AtomicU32::new(0),
+            hosts: policy
+                .hosts
+                .iter()
+                .map(|h| HostState::new(Arc::clone(h)))
+                .collect(),
+            ejected: AtomicU32::new(0),
+            retry: RetryBudget::new(now, rates),
+            latency: AtomicU64::new(0),
+            next_host: AtomicU32::new(0),
+            rng: AtomicU64::new(0x9e37_79b9_7f4a_7c15 ^ now),
+            outcomes: Default::default(),
+            names: [
+                Arc::from("in_flight"),
+                Arc::from("connecting"),
+                Arc::from("breaker"),
+                Arc::from("wall_time"),
+            ],
+        }
+    }
+
+    /// A uniform float in [0, 1) from a shared splitmix64 stream.
+    fn random(&self) -> f64 {
+        let x = self
+            .rng
+            .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
+            .wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+pub(crate) fn rates(p: &BackendPolicy) -> Rates {
+    Rates::new(u64::from(p.retry.ratio), u64::from(p.retry.min_per_second))
+}
+
+/// A backend compiled into one policy snapshot.
+pub(crate) struct BackendRules {
+    pub(crate) state: Arc<BackendState>,
+    pub(crate) policy: BackendPolicy,
+    pub(crate) rates: Rates,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) hook: Option<TransitionHook>,
+}
+
+impl fmt::Debug for BackendRules {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BackendRules")
+            .field("backend", &self.policy.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BackendRules {
+    fn emit(&self, host: Option<&Arc<str>>, kind: TransitionKind, at: u64) {
+        if let Some(hook) = &self.hook {
+            hook(&Transition {
+                backend: Arc::clone(&self.policy.name),
+                host: host.cloned(),
+                kind,
+                at,
+            });
+        }
+    }
+
+    fn open_ns(&self) -> impl Fn(u64) -> u64 + '_ {
+        let b = &self.policy.breaker;
+        let (base, max) = (
+            duration_to_nanos(b.open_for),
+            duration_to_nanos(b.max_open_for),
+        );
+        move |opened| breaker::open_for(base, max, opened, 0.5 + self.state.random() / 2.0)
+    }
+
+    fn verdict(&self, reason: Reason, retry: Retry, name: usize) -> Verdict {
+        Verdict::new(reason, retry).with_dimension(&self.state.names[name], Unit::Count)
+    }
+}
+
+/// One call to a backend, in progress. Finish it with [`finish`](Self::finish); dropping it unfinished
+/// counts as [`AttemptOutcome::Cancelled`]. Either way its permits are released exactly once.
+#[must_use = "an attempt holds its backend's permits until it is finished or dropped"]
+pub struct Attempt {
+    rules: Arc<BackendRules>,
+    host: Option<u32>,
+    connecting: bool,
+    role: breaker::Role,
+    generation: u64,
+    host_role: breaker::Role,
+    host_generation: u64,
+    start: u64,
+    timeout: Duration,
+    done: bool,
+}
+
+impl Attempt {
+    /// The timeout to use for this attempt: the backend's, or less if the request has less time.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The host chosen for this attempt, if the backend has a pool.
+    pub fn host(&self) -> Option<&str> {
+        self.host
+            .and_then(|h| self.rules.state.hosts.get(h as usize))
+            .map(|h| &*h.name)
+    }
+
+    /// Whether this attempt is one of the probes of a half-open breaker.
+    pub fn is_probe(&self) -> bool {
+        self.role == breaker::Role::Probe || self.host_role == breaker::Role::Probe
+    }
+
+    /// The connection is established: releases the connect permits (calls in flight stay held).
+    pub fn connected(&mut self) {
+        if std::mem::replace(&mut self.connecting, false) {
+            let state = &self.rules.state;
+            give(&state.connecting);
+            if let Some(h) = self.host.and_then(|h| state.hosts.get(h as usize)) {
+                give(&h.connecting);
+            }
+        }
+    }
+
+    /// Records how the attempt ended and releases everything.
+    pub fn finish(mut self, outcome: AttemptOutcome) {
+        self.complete(outcome);
+    }
+
+    fn complete(&mut self, outcome: AttemptOutcome) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        self.connected();
+        let rules = &*self.rules;
+        let state = &rules.state;
+        let now = rules.clock.now().as_nanos();
+        let latency = now.saturating_sub(self.start);
+        state.outcomes[outcome.index()].fetch_add(1, Ordering::Relaxed);
+        let b = &rules.policy.breaker;
+        let v = outcome.breaker();
+        let slow = latency > duration_to_nanos(b.slow_call);
+        let span = duration_to_nanos(b.window);
+        if outcome == AttemptOutcome::Success {
+            let old = state.latency.load(Ordering::Relaxed);
+            let new = if old == 0 {
+                latency
+            } else {
+                old - old / 8 + latency / 8
+            };
+            state.latency.store(new, Ordering::Relaxed);
+        }
+        let trips = |cell: &BreakerCell| {
+            if v == breaker::Verdict::Neutral {
+                return false;
+            }
+            cell.window
+                .record(now, span, v == breaker::Verdict::Failure, slow);
+            let t = cell.window.totals(now, span);
+            t.calls >= u64::from(b.min_calls)
+                && (t.failures * 1000 >= u64::from(b.failure_ratio) * t.calls
+                    || t.slow * 1000 >= u64::from(b.slow_ratio) * t.calls)
+        };
+        let consecutive = u64::from(b.consecutive_failures);
+        let probes = u64::from(b.probes);
+        let host = self.host.and_then(|h| state.hosts.get(h as usize));
+        if let Some(h) = host {
+            let trip = trips(&h.breaker);
+            let change = h.breaker.finish(
+                self.host_role,
+                self.host_generation,
+                v,
+                trip,
+                consecutive,
+                probes,
+                rules.open_ns(),
+                now,
+            );
+            self.report(change, Some(&h.name), &h.breaker, now);
+            let e = &rules.policy.ejection;
+            let hosts = state.hosts.len() as u64;
+            let rule = host::EjectRule {
+                threshold: u64::from(e.consecutive_failures),
+                base: duration_to_nanos(e.base),
+                max: duration_to_nanos(e.max),
+                max_ejected: (hosts * u64::from(e.max_ejected) / 1000) as u32,
+            };
+            let counts = matches!(
+                outcome,
+                AttemptOutcome::ConnectFailure | AttemptOutcome::Timeout
+            );
+            let ejection = h.on_outcome(
+                counts,
+                outcome == AttemptOutcome::Success,
+                now,
+                &rule,
+                &state.ejected,
+            );
+            if ejection == Ejection::Ejected {
+                rules.emit(Some(&h.name), TransitionKind::Ejected, now);
+            }
+            give(&h.in_flight);
+        }
+        let trip = trips(&state.breaker);
+        let change = state.breaker.finish(
+            self.role,
+            self.generation,
+            v,
+            trip,
+            consecutive,
+            probes,
+            rules.open_ns(),
+            now,
+        );
+        self.report(change, None, &state.breaker, now);
+        give(&state.in_flight);
+    }
+
+    fn report(
+        &self,
+        change: breaker::Change,
+        host: Option<&Arc<str>>,
+        cell: &BreakerCell,
+        now: u64,
+    ) {
+        match change {
+            breaker::Change::Opened => self.rules.emit(host, TransitionKind::Opened, now),
+            breaker::Change::Closed => {
+                cell.window.clear();
+                self.rules.emit(host, TransitionKind::Closed, now);
+            }
+            breaker::Change::None => {}
+        }
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        self.complete(AttemptOutcome::Cancelled);
+    }
+}
+
+impl fmt::Debug for Attempt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Attempt")
+            .field("backend", &self.rules.policy.name)
+            .field("host", &self.host())
+            .field("timeout", &self.timeout)
+            .field("probe", &self.is_probe())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The answer to "may I retry?".
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RetryDecision {
+    /// Yes, after waiting this long.
+    After(Duration),
+    /// No, and why.
+    Stop(Verdict),
+}
+
+/// A call through [`Engine::call`] that did not succeed.
+#[derive(Debug)]
+pub enum CallError<E> {
+    /// No attempt could be made (or retried), and why.
+    Refused(Verdict),
+    /// The last attempt failed with this error, and retrying was refused for this reason.
+    Failed(E, Verdict),
+}
+
+impl<E: fmt::Display> fmt::Display for CallError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CallError::Refused(v) => write!(f, "call refused: {v}"),
+            CallError::Failed(e, v) => write!(f, "call failed: {e} (not retried: {v})"),
+        }
+    }
+}
+
+impl<E: fmt::Debug + fmt::Display> std::error::Error for CallError<E> {}
+
+impl Engine {
+    /// The handle of a backend of the current policy.
+    pub fn backend(&self, name: &str) -> Result<Backend, crate::NameError> {
+        self.snapshot()
+            .backend_by_name(name)
+            .ok_or_else(|| crate::NameError::Unknown {
+                expected: "backend",
+                name: name.to_owned(),
+            })
+    }
+
+    /// Begins an attempt to call `backend` for the request `budget` belongs to. `retry` is 0 for a
+    /// first attempt (it funds the backend's retry budget) and the retry number otherwise.
+    ///
+    /// Refused when the time the request has left cannot cover what the backend usually needs, when the
+    /// backend's breaker is open, when its calls or connection attempts in flight are at their caps, or
+    /// when no host of its pool is healthy and free.
+    pub fn begin_attempt(
+        &self,
+        backend: Backend,
+        budget: &Budget,
+        retry: u32,
+    ) -> Result<Attempt, Verdict> {
+        let snapshot = self.snapshot();
+        let id = budget.request_id();
+        let Some(rules) = snapshot.backend(backend) else {
+            return Err(Verdict::new(Reason::UnknownClass, Retry::Never).with_request(id));
+        };
+        let rules = Arc::clone(rules);
+        let p = &rules.policy;
+        let state = &rules.state;
+        let name = Arc::clone(&p.name);
+        let refuse = |v: Verdict| v.with_class(&name).with_request(id);
+        let now = rules.clock.now().as_nanos();
+
+        // Time: the backend's timeout, or what the request has left minus a margin.
+        let own = duration_to_nanos(p.timeout);
+        let remaining = budget.remaining();
+        let timeout = if remaining == Duration::MAX {
+            own
+        } else {
+            let left = duration_to_nanos(remaining).saturating_sub(duration_to_nanos(p.margin));
+            let usual = state.latency.load(Ordering::Relaxed);
+            if left == 0 || left < usual {
+                return Err(refuse(
+                    rules
+                        .verdict(Reason::InsufficientTime, Retry::Never, N_TIME)
+                        .with_amounts(usual, 0, left),
+                ));
+            }
+            own.min(left)
+        };
+        if retry == 0 {
+            state.retry.deposit(rules.rates);
+        }
+
+        // The backend's breaker.
+        let (role, generation, half_opened) =
+            match state
+                .breaker
+                .begin(now, u64::from(p.breaker.probes), timeout)
+            {
+                Ok(r) => r,
+                Err(breaker::Closed::Open(ns)) => {
+                    return Err(refuse(rules.verdict(
+                        Reason::CircuitOpen,
+                        Retry::After(Duration::from_nanos(ns)),
+                        N_BREAKER,
+                    )))
+                }
+                Err(breaker::Closed::Probing) => {
+                    return Err(refuse(rules.verdict(
+                        Reason::CircuitOpen,
+                        Retry::Later,
+                        N_BREAKER,
+                    )))
+                }
+            };
+        if half_opened {
+            rules.emit(None, TransitionKind::HalfOpened, now);
+        }
+        let mut attempt = Attempt {
+            rules: Arc::clone(&rules),
+            host: None,
+            connecting: false,
+            role,
+            generation,
+            host_role: breaker::Role::Normal,
+            host_generation: 0,
+            start: now,
+            timeout: Duration::from_nanos(timeout),
+            done: false,
+        };
+        // From here on, a refusal drops `attempt` unfinished: neutral, and everything taken is given
+        // back; but in-flight and connecting are only given back once taken, so take them first.
+        let cap = ramped(
+            p.max_in_flight,
+            &state.breaker,
+            duration_to_nanos(p.breaker.ramp_up),
+            now,
+        );
+        if !take(&state.in_flight, cap) {
+            attempt.done = true;
+            release_probe(&state.breaker, role, generation);
+            return Err(refuse(
+                rules
+                    .verdict(Reason::BulkheadFull, Retry::Later, N_IN_FLIGHT)
+                    .with_amounts(
+                        1,
+                        u64::from(state.in_flight.load(Ordering::Relaxed)),
+                        u64::from(cap),
+                    ),
+            ));
+        }
+        if !take(&state.connecting, p.max_connecting) {
+            attempt.done = true;
+            give(&state.in_flight);
+            release_probe(&state.breaker, role, generation);
+            return Err(refuse(
+                rules
+                    .verdict(Reason::ConnectLimit, Retry::Later, N_CONNECTING)
+                    .with_amounts(1, u64::from(p.max_connecting), u64::from(p.max_connecting)),
+            ));
+        }
+        attempt.connecting = true;
+        if !state.hosts.is_empty() {
+            match self.choose_host(&rules, now, timeout) {
+                Some((h, host_role, host_generation)) => {
+                    attempt.host = Some(h);
+                    attempt.host_role = host_role;
+                    attempt.host_generation = host_generation;
+                }
+                None => {
+                    // Nothing was taken on any host; give the backend's permits back, neutrally.
+                    attempt.done = true;
+                    give(&state.connecting);
+                    give(&state.in_flight);
+                    release_probe(&state.breaker, role, generation);
+                    return Err(refuse(rules.verdict(
+                        Reason::NoHealthyHost,
+                        Retry::Later,
+                        N_CONNECTING,
+                    )));
+                }
+            }
+        }
+        Ok(attempt)
+    }
+
+    /// Picks a host: not ejected, breaker willing, below its caps; of the first two such hosts in
+    /// round-robin order, the one with fewer calls in flight. Takes its permits.
+    fn choose_host(
+        &self,
+        rules: &BackendRules,
+        now: u64,
+        timeout: u64,
+    ) -> Option<(u32, breaker::Role, u64)> {
+        let state = &rules.state;
+        let p = &rules.policy;
+        let n = state.hosts.len();
+        let start = state.next_host.fetch_add(1, Ordering::Relaxed) as usize;
+        let mut candidates: [Option<usize>; 2] = [None, None];
+        for i in 0..n {
+            let h = (start + i) % n;
+            let host = &state.hosts[h];
+            if host.readmit_if_due(now, &state.ejected) {
+                rules.emit(Some(&host.name), TransitionKind::Readmitted, now);
+            }
+            if host.is_ejected()
+                || host.breaker.state() == breaker::OPEN
+                    && now < host.breaker.open_until.load(Ordering::Acquire)
+            {
+                continue;
+            }
+            let connect_cap = if host.on_probation() {
+                1
+            } else {
+                p.max_connecting_per_host
+            };
+            if host.in_flight.load(Ordering::Relaxed) >= p.max_in_flight_per_host
+                || host.connecting.load(Ordering::Relaxed) >= connect_cap
+            {
+                continue;
+            }
+            if candidates[0].is_none() {
+                candidates[0] = Some(h);
+            } else {
+                candidates[1] = Some(h);
+                break;
+            }
+        }
+        let mut order: Vec<usize> = candidates.iter().flatten().copied().collect();
+        order.sort_by_key(|&h| state.hosts[h].in_flight.load(Ordering::Relaxed));
+        for h in order {
+            let host = &state.hosts[h];
+            let connect_cap = if host.on_probation() {
+                1
+            } else {
+                p.max_connecting_per_host
+            };
+            let Ok((role, generation, half_opened)) =
+                host.breaker
+                    .begin(now, u64::from(p.breaker.probes), timeout)
+            else {
+                continue;
+            };
+            if !take(&host.in_flight, p.max_in_flight_per_host) {
+                release_probe(&host.breaker, role, generation);
+                continue;
+            }
+            if !take(&host.connecting, connect_cap) {
+                give(&host.in_flight);
+                release_probe(&host.breaker, role, generation);
+                continue;
+            }
+            if half_opened {
+                rules.emit(Some(&host.name), TransitionKind::HalfOpened, now);
+            }
+            return Some((h as u32, role, generation));
+        }
+        None
+    }
+
+    /// May the request retry its call to `backend` after `outcome`, and after how long?
+    ///
+    /// No when the outcome is not worth retrying (success, client error, cancellation, a timeout
+    /// reported by the layer below, a refusal without Retry-After); when the time the request has left
+    /// cannot cover the backoff and a typical call; when the request tree's retry allowance is spent
+    /// (shared through its budget and propagated headers); or when the backend's retry budget is empty.
+    /// Yes after a backoff with full jitter (`attempt` is the number of attempts made so far), never
+    /// sooner than the backend's own Retry-After. A yes takes one retry from the tree and one token
+    /// from the backend.
+    pub fn retry(
+        &self,
+        backend: Backend,
+        budget: &Budget,
+        outcome: AttemptOutcome,
+        attempt: u32,
+    ) -> RetryDecision {
+        let snapshot = self.snapshot();
+        let id = budget.request_id();
+        let Some(rules) = snapshot.backend(backend) else {
+            return RetryDecision::Stop(
+                Verdict::new(Reason::UnknownClass, Retry::Never).with_request(id),
+            );
+        };
+        let p = &rules.policy;
+        let state = &rules.state;
+        let stop = |reason: Reason, retry: Retry| {
+            RetryDecision::Stop(
+                Verdict::new(reason, retry)
+                    .with_class(&p.name)
+                    .with_request(id),
+            )
+        };
+        let floor = match outcome {
+            AttemptOutcome::ServerError
+            | AttemptOutcome::Timeout
+            | AttemptOutcome::ConnectFailure => Duration::ZERO,
+            AttemptOutcome::Refused {
+                retry_after: Some(d),
+            } => d,
+            _ => return stop(Reason::NotRetryable, Retry::Never),
+        };
+        let base = duration_to_nanos(p.retry.backoff_base);
+        let cap = duration_to_nanos(p.retry.backoff_max);
+        let ceiling = base.saturating_mul(1u64 << attempt.min(32)).min(cap);
+        let backoff = Duration::from_nanos((ceiling as f64 * state.random()) as u64).max(floor);
+        let remaining = budget.remaining();
+        if remaining != Duration::MAX {
+            let usual = Duration::from_nanos(state.latency.load(Ordering::Relaxed));
+            let need = backoff.saturating_add(usual).saturating_add(p.margin);
+            if remaining <= need {
+                return RetryDecision::Stop(
+                    Verdict::new(Reason::InsufficientTime, Retry::Never)
+                        .with_class(&p.name)
+                        .with_dimension(&state.names[N_TIME], Unit::Nanos)
+                        .with_amounts(duration_to_nanos(need), 0, duration_to_nanos(remaining))
+                        .with_request(id),
+                );
+            }
+        }
+        if let Err(v) = budget.try_retry() {
+            return RetryDecision::Stop(v);
+        }
+        let now = rules.clock.now().as_nanos();
+        if !state.retry.try_withdraw(now, rules.rates) {
+            budget.refund(Counter::RETRIES, 1);
+            return stop(Reason::RetryBudgetExhausted, Retry::Later);
+        }
+        RetryDecision::After(backoff)
+    }
+
+    /// Calls `backend` through `f`, retrying as [`retry`](Self::retry) allows. `f` gets the attempt
+    /// (its host and timeout) and returns the result with the outcome to record; `sleep` waits out a
+    /// backoff (`std::thread::sleep` in a blocking service, a manual clock's `advance` in a test).
+    pub fn call<T, E>(
+        &self,
+        backend: Backend,
+        budget: &Budget,
+        mut sleep: impl FnMut(Duration),
+        mut f: impl FnMut(&mut Attempt) -> Result<T, (E, AttemptOutcome)>,
+    ) -> Result<T, CallError<E>> {
+        let mut n = 0u32;
+        loop {
+            let mut attempt = self
+                .begin_attempt(backend, budget, n)
+                .map_err(CallError::Refused)?;
+            n = n.saturating_add(1);
+            match f(&mut attempt) {
+                Ok(value) => {
+                    attempt.finish(AttemptOutcome::Success);
+                    return Ok(value);
+                }
+                Err((error, outcome)) => {
+                    attempt.finish(outcome);
+                    match self.retry(backend, budget, outcome, n) {
+                        RetryDecision::After(d) => sleep(d),
+                        RetryDecision::Stop(v) => return Err(CallError::Failed(error, v)),
+                    }
+                }
+            }
+        }
+    }
+
+    /// The state of every backend and host.
+    pub fn backend_stats(&self) -> Vec<BackendStats> {
+        let snapshot = self.snapshot();
+        snapshot
+            .backends
+            .iter()
+            .flatten()
+            .map(|r| {
+                let s = &r.state;
+                BackendStats {
+                    backend: r.policy.name.to_string(),
+                    breaker: state_name(s.breaker.state()),
+                    in_flight: s.in_flight.load(Ordering::Relaxed),
+                    connecting: s.connecting.load(Ordering::Relaxed),
+                    retry_tokens: s.retry.balance() / retry_budget::TOKEN,
+                    outcomes: OUTCOMES
+                        .iter()
+                        .zip(&s.outcomes)
+                        .map(|(n, c)| (*n, c.load(Ordering::Relaxed)))
+                        .collect(),
+                    hosts: s
+                        .hosts
+                        .iter()
+                        .map(|h| HostStats {
+                            host: h.name.to_string(),
+                            breaker: state_name(h.breaker.state()),
+                            ejected: h.is_ejected(),
+                            in_flight: h.in_flight.load(Ordering::Relaxed),
+                            connecting: h.connecting.load(Ordering::Relaxed),
+                        })
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+}
+
+/// Gives a probe slot back when an attempt that took one goes no further.
+fn release_probe(cell: &BreakerCell, role: breaker::Role, generation: u64) {
+    if role == breaker::Role::Probe {
+        cell.finish(
+            role,
+            generation,
+            breaker::Verdict::Neutral,
+            false,
+            u64::MAX,
+            u64::MAX,
+            |_| 0,
+            0,
+        );
+    }
+}
+
+/// The in-flight cap during a breaker's ramp-up after closing: grows from 1 to `max` over `ramp`.
+fn ramped(max: u32, cell: &BreakerCell, ramp: u64, now: u64) -> u32 {
+    let closed_at = cell.closed_at.load(Ordering::Acquire);
+    if ramp == 0 || closed_at == 0 || cell.state() != breaker::CLOSED {
+        return max;
+    }
+    let elapsed = now.saturating_sub(closed_at);
+    if elapsed >= ramp {
+        return max;
+    }
+    ((u128::from(max) * u128::from(elapsed) / u128::from(ramp)) as u32).max(1)
+}
+
+fn state_name(state: u64) -> &'static str {
+    match state {
+        breaker::CLOSED => "closed",
+        breaker::OPEN => "open",
+        _ => "half_open",
+    }
+}
+
+/// The state of one backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BackendStats {
+    /// The backend.
+    pub backend: String,
+    /// `closed`, `open` or `half_open`.
+    pub breaker: &'static str,
+    /// Calls in flight.
+    pub in_flight: u32,
+    /// Connection attempts in progress.
+    pub connecting: u32,
+    /// Whole tokens in its retry budget.
+    pub retry_tokens: u64,
+    /// Attempts by outcome.
+    pub outcomes: Vec<(&'static str, u64)>,
+    /// Its hosts.
+    pub hosts: Vec<HostStats>,
+}
+
+impl BackendStats {
+    /// Attempts that ended with `outcome` (by [`AttemptOutcome::as_str`] name).
+    pub fn outcome(&self, outcome: &str) -> u64 {
+        self.outcomes
+            .iter()
+            .find(|(n, _)| *n == outcome)
+            .map_or(0, |(_, c)| *c)
+    }
+
+    /// The host called `name`.
+    pub fn host(&self, name: &str) -> Option<&HostStats> {
+        self.hosts.iter().find(|h| h.host == name)
+    }
+}
+
+/// The state of one host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HostStats {
+    /// The host.
+    pub host: String,
+    /// Its breaker.
+    pub breaker: &'static str,
+    /// Whether it is ejected from the pool.
+    pub ejected: bool,
+    /// Calls in flight.
+    pub in_flight: u32,
+    /// Connection attempts in progress.
+    pub connecting: u32,
+}

@@ -1,0 +1,138 @@
+//! A process-wide retry budget per backend, in fixed-point tokens.
+//!
+//! Retries are where overload multiplies: in 2015 two layers retried 8 and 5 times each. A backend's
+//! retry budget lets retries be at most a configured share of first attempts, plus a small floor per
+//! second so that a quiet service can still retry at all. Every first attempt deposits `ratio`
+//! thousandths of a token; every retry withdraws a whole token (1000); the floor refills with time.
+//! The balance is capped, so a long calm spell cannot bank a storm's worth of retries.
+
+use crate::sync::{AtomicU64, Ordering};
+use crossbeam_utils::CachePadded;
+
+/// One token, in the fixed-point unit.
+pub(crate) const TOKEN: u64 = 1000;
+
+#[derive(Debug)]
+pub(crate) struct RetryBudget {
+    /// Thousandths of a token.
+    balance: CachePadded<AtomicU64>,
+    /// When the floor last refilled, ns.
+    refilled: AtomicU64,
+}
+
+/// The budget's settings, in the units it counts in.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Rates {
+    /// Deposited per first attempt, thousandths of a token.
+    pub(crate) deposit: u64,
+    /// Tokens per second of floor.
+    pub(crate) floor_per_second: u64,
+    /// The most the balance holds, thousandths.
+    pub(crate) cap: u64,
+}
+
+impl Rates {
+    pub(crate) fn new(ratio_permille: u64, floor_per_second: u64) -> Self {
+        Rates {
+            deposit: ratio_permille,
+            floor_per_second,
+            // Ten seconds of floor, and at least ten retries' worth.
+            cap: floor_per_second
+                .saturating_mul(10)
+                .max(10)
+                .saturating_mul(TOKEN),
+        }
+    }
+}
+
+impl RetryBudget {
+    pub(crate) fn new(now: u64, rates: Rates) -> Self {
+        RetryBudget {
+            balance: CachePadded::new(AtomicU64::new(
+                rates.cap.min(rates.floor_per_second * TOKEN),
+            )),
+            refilled: AtomicU64::new(now),
+        }
+    }
+
+    fn add(&self, n: u64, cap: u64) {
+        let _ = self
+            .balance
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                Some(b.saturating_add(n).min(cap))
+            });
+    }
+
+    /// A first attempt: deposit.
+    pub(crate) fn deposit(&self, rates: Rates) {
+        if rates.deposit > 0 {
+            self.add(rates.deposit, rates.cap);
+        }
+    }
+
+    /// Adds the floor earned since the last refill; one thread claims each stretch of time.
+    fn refill(&self, now: u64, rates: Rates) {
+        let last = self.refilled.load(Ordering::Acquire);
+        if now <= last || rates.floor_per_second == 0 {
+            return;
+        }
+        let earned =
+            u128::from(now - last) * u128::from(rates.floor_per_second) * u128::from(TOKEN)
+                / 1_000_000_000;
+        if earned == 0 {
+            return;
+        }
+        if self
+            .refilled
+            .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.add(u64::try_from(earned).unwrap_or(u64::MAX), rates.cap);
+        }
+    }
+
+    /// A retry: withdraw one token if there is one.
+    pub(crate) fn try_withdraw(&self, now: u64, rates: Rates) -> bool {
+        self.refill(now, rates);
+        self.balance
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                b.checked_sub(TOKEN)
+            })
+            .is_ok()
+    }
+
+    /// The balance, in thousandths of a token.
+    pub(crate) fn balance(&self) -> u64 {
+        self.balance.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(all(test, not(costguard_loom)))]
+mod tests {
+    use super::*;
+
+    const SEC: u64 = 1_000_000_000;
+
+    #[test]
+    fn retries_follow_the_ratio_plus_the_floor() {
+        // 10% of first attempts, 1 per second of floor, starting empty of floor time.
+        let rates = Rates::new(100, 1);
+        let b = RetryBudget::new(0, rates);
+        assert_eq!(b.balance(), TOKEN, "starts with one second of floor");
+        assert!(b.try_withdraw(0, rates));
+        assert!(!b.try_withdraw(0, rates));
+        for _ in 0..10 {
+            b.deposit(rates);
+        }
+        assert!(
+            b.try_withdraw(0, rates),
+            "ten first attempts earn one retry"
+        );
+        assert!(!b.try_withdraw(0, rates));
+        assert!(b.try_withdraw(SEC, rates), "a second of floor earns one");
+        // The balance is capped: a long calm spell banks at most ten seconds of floor.
+        assert!(!b.try_withdraw(SEC, rates));
+        b.refill(1_000 * SEC, rates);
+        assert_eq!(b.balance(), 10 * TOKEN);
+    }
+}

@@ -1,0 +1,946 @@
+//! Dependency protection, deterministic on the manual clock.
+
+use costguard::backend::{CallError, TransitionKind};
+use costguard::clock::ManualClock;
+use costguard::{
+    AttemptOutcome, Backend, Budget, Counter, Engine, Policy, Reason, RequestId, Retry,
+    RetryDecision,
+};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const MS: Duration = Duration::from_millis(1);
+
+type Log = Arc<Mutex<Vec<(TransitionKind, Option<String>)>>>;
+
+struct Fixture {
+    engine: Engine,
+    clock: ManualClock,
+    log: Log,
+}
+
+fn fixture(policy: Policy) -> Fixture {
+    let clock = ManualClock::new();
+    let log: Log = Arc::default();
+    let seen = Arc::clone(&log);
+    let engine = Engine::builder(policy)
+        .clock(clock.clone())
+        .on_transition(move |t| {
+            seen.lock()
+                .unwrap()
+                .push((t.kind, t.host.as_deref().map(str::to_owned)))
+        })
+        .build()
+        .unwrap();
+    Fixture { engine, clock, log }
+}
+
+impl Fixture {
+    fn budget(&self) -> Budget {
+        self.engine
+            .begin_by_name("api", RequestId::new("r").unwrap())
+            .unwrap()
+    }
+
+    fn kinds(&self) -> Vec<TransitionKind> {
+        self.log.lock().unwrap().iter().map(|(k, _)| *k).collect()
+    }
+
+    fn run(&self, b: Backend, budget: &Budget, outcome: AttemptOutcome) -> Result<(), Reason> {
+        let a = self
+            .engine
+            .begin_attempt(b, budget, 0)
+            .map_err(|v| v.reason())?;
+        a.finish(outcome);
+        Ok(())
+    }
+}
+
+fn single(
+    name: &str,
+    setup: impl FnOnce(costguard::policy::BackendBuilder) -> costguard::policy::BackendBuilder,
+) -> Policy {
+    Policy::builder()
+        .class("api", |c| c.wall_time(Duration::from_secs(30)).retries(10))
+        .class("long", |c| c.wall_time(Duration::from_secs(3600)))
+        .backend(name, setup)
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn a_breaker_opens_after_failures_in_a_row_then_probes_and_closes() {
+    let f = fixture(single("db", |b| {
+        b.count("breaker.consecutive_failures", 3)
+            .count("breaker.probes", 2)
+            .duration("breaker.open_for", Duration::from_secs(1))
+            .duration("breaker.ramp_up", Duration::ZERO)
+    }));
+    let db = f.engine.backend("db").unwrap();
+    let budget = f.budget();
+    f.run(db, &budget, AttemptOutcome::ServerError).unwrap();
+    f.run(db, &budget, AttemptOutcome::ClientError).unwrap(); // says nothing about the backend
+    f.run(db, &budget, AttemptOutcome::Timeout).unwrap();
+    assert!(f.kinds().is_empty());
+    f.run(db, &budget, AttemptOutcome::ConnectFailure).unwrap();
+    assert_eq!(f.kinds(), vec![TransitionKind::Opened]);
+    // Open: refused with an honest Retry-After, jittered between half and all of open_for.
+    let v = f.engine.begin_attempt(db, &budget, 0).unwrap_err();
+    assert_eq!(v.reason(), Reason::CircuitOpen);
+    let wait = v.retry_after().unwrap();
+    assert!(
+        wait >= Duration::from_millis(500) && wait <= Duration::from_secs(1),
+        "{wait:?}"
+    );
+    assert_eq!(f.engine.backend_stats()[0].breaker, "open");
+    // After it: exactly two probes, however many callers.
+    f.clock.advance(wait);
+    let p1 = f.engine.begin_attempt(db, &budget, 0).unwrap();
+    let p2 = f.engine.begin_attempt(db, &budget, 0).unwrap();
+    assert!(p1.is_probe() && p2.is_probe());
+    for _ in 0..5 {
+        let v = f.engine.begin_attempt(db, &budget, 0).unwrap_err();
+        assert_eq!((v.reason(), v.retry()), (Reason::CircuitOpen, Retry::Later));
+    }
+    assert_eq!(f.engine.backend_stats()[0].breaker, "half_open");
+    p1.finish(AttemptOutcome::Success);
+    p2.finish(AttemptOutcome::Success);
+    assert_eq!(
+        f.kinds(),
+        vec![
+            TransitionKind::Opened,
+            TransitionKind::HalfOpened,
+            TransitionKind::Closed
+        ]
+    );
+    f.run(db, &budget, AttemptOutcome::Success).unwrap();
+}
+
+#[test]
+fn a_failed_probe_reopens_for_longer() {
+    let f = fixture(single("db", |b| {
+        b.count("breaker.consecutive_failures", 1)
+            .duration("breaker.open_for", Duration::from_secs(1))
+            .duration("breaker.max_open_for", Duration::from_secs(3))
+    }));
+    let db = f.engine.backend("db").unwrap();
+    let budget = f.budget();
+    f.run(db, &budget, AttemptOutcome::ServerError).unwrap();
+    let mut waits = Vec::new();
+    for _ in 0..4 {
+        let wait = f
+            .engine
+            .begin_attempt(db, &budget, 0)
+            .unwrap_err()
+            .retry_after()
+            .unwrap();
+        waits.push(wait);
+        f.clock.advance(wait);
+        f.run(db, &budget, AttemptOutcome::Timeout).unwrap(); // the probe fails
+    }
+    // 1 s, 2 s, then capped at 3 s; each jittered into its upper half.
+    let within = |w: Duration, full: u64| {
+        w >= Duration::from_millis(full * 500) && w <= Duration::from_secs(full)
+    };
+    assert!(within(waits[0], 1) && within(waits[1], 2), "{waits:?}");
+    assert!(within(waits[2], 3) && within(waits[3], 3), "{waits:?}");
+}
+
+#[test]
+fn a_hung_probe_gives_its_slot_back_after_its_timeout() {
+    let f = fixture(single("db", |b| {
+        b.count("breaker.consecutive_failures", 1)
+            .duration("timeout", Duration::from_millis(200))
+    }));
+    let db = f.engine.backend("db").unwrap();
+    let budget = f.budget();
+    f.run(db, &budget, AttemptOutcome::ServerError).unwrap();
+    f.clock.advance(Duration::from_secs(2));
+    let hung = f.engine.begin_attempt(db, &budget, 0).unwrap();
+    assert_eq!(hung.timeout(), Duration::from_millis(200));
+    assert_eq!(
+        f.engine.begin_attempt(db, &budget, 0).unwrap_err().reason(),
+        Reason::CircuitOpen
+    );
+    f.clock.advance(Duration::from_millis(200));
+    let fresh = f.engine.begin_attempt(db, &budget, 0).unwrap();
+    assert!(fresh.is_probe());
+    // The hung probe's late success belongs to an earlier period and cannot close the breaker...
+    hung.finish(AttemptOutcome::Success);
+    assert_eq!(f.engine.backend_stats()[0].breaker, "half_open");
+    // ...the fresh probe's does.
+    fresh.finish(AttemptOutcome::Success);
+    assert_eq!(f.engine.backend_stats()[0].breaker, "closed");
+}
+
+#[test]
+fn failure_and_slow_ratios_need_a_minimum_volume() {
+    let f = fixture(single("db", |b| {
+        b.count("breaker.consecutive_failures", 1000)
+            .count("breaker.min_calls", 10)
+            .fraction("breaker.failure_ratio", 0.5)
+    }));
+    let db = f.engine.backend("db").unwrap();
+    let budget = f.budget();
+    for i in 0..9 {
+        let outcome = if i % 3 == 0 {
+            AttemptOutcome::Success
+        } else {
+            AttemptOutcome::ServerError
+        };
+        f.run(db, &budget, outcome).unwrap();
+    }
+    assert!(
+        f.kinds().is_empty(),
+        "six failures in nine calls, but below the volume"
+    );
+    f.run(db, &budget, AttemptOutcome::ServerError).unwrap();
+    assert_eq!(f.kinds(), vec![TransitionKind::Opened]);
+
+    let slow = fixture(single("api", |b| {
+        b.count("breaker.consecutive_failures", 1000)
+            .count("breaker.min_calls", 4)
+            .fraction("breaker.slow_ratio", 0.75)
+            .duration("breaker.slow_call", Duration::from_millis(100))
+    }));
+    let backend = slow.engine.backend("api").unwrap();
+    let budget = slow.budget();
+    for _ in 0..4 {
+        let a = slow.engine.begin_attempt(backend, &budget, 0).unwrap();
+        slow.clock.advance(Duration::from_millis(150));
+        a.finish(AttemptOutcome::Success);
+    }
+    assert_eq!(
+        slow.kinds(),
+        vec![TransitionKind::Opened],
+        "slow successes open it too"
+    );
+}
+
+#[test]
+fn traffic_ramps_up_after_closing() {
+    let f = fixture(single("db", |b| {
+        b.count("breaker.consecutive_failures", 1)
+            .count("max_in_flight", 10)
+            .duration("breaker.ramp_up", Duration::from_secs(10))
+    }));
+    let db = f.engine.backend("db").unwrap();
+    let budget = f.budget();
+    f.run(db, &budget, AttemptOutcome::ServerError).unwrap();
+    f.clock.advance(Duration::from_secs(2));
+    f.run(db, &budget, AttemptOutcome::Success).unwrap(); // the probe closes it
+    let take = |n: usize| -> usize {
+        let held: Vec<_> = (0..n)
+            .filter_map(|_| f.engine.begin_attempt(db, &budget, 0).ok())
+            .collect();
+        let got = held.len();
+        for mut a in held {
+            a.connected();
+            a.finish(AttemptOutcome::Success);
+        }
+        got
+    };
+    assert_eq!(take(10), 1, "just closed: one at a time");
+    f.clock.advance(Duration::from_secs(5));
+    assert_eq!(take(10), 5, "half way through the ramp");
+    f.clock.advance(Duration::from_secs(5));
+    assert_eq!(take(10), 10);
+}
+
+#[test]
+fn bulkheads_cap_calls_and_connection_attempts() {
+    let f = fixture(single("kafka", |b| {
+        b.hosts(&["k1", "k2"])
+            .count("max_in_flight", 3)
+            .count("max_connecting", 2)
+            .count("max_connecting_per_host", 1)
+    }));
+    let kafka = f.engine.backend("kafka").unwrap();
+    let budget = f.budget();
+    let mut a = f.engine.begin_attempt(kafka, &budget, 0).unwrap();
+    let b = f.engine.begin_attempt(kafka, &budget, 0).unwrap();
+    assert_ne!(a.host(), b.host(), "one connection attempt per host");
+    let v = f.engine.begin_attempt(kafka, &budget, 0).unwrap_err();
+    assert_eq!(v.reason(), Reason::ConnectLimit);
+    a.connected();
+    let mut c = f.engine.begin_attempt(kafka, &budget, 0).unwrap();
+    assert_eq!(c.host(), a.host());
+    c.connected();
+    let v = f.engine.begin_attempt(kafka, &budget, 0).unwrap_err();
+    assert_eq!(v.reason(), Reason::BulkheadFull);
+    let stats = &f.engine.backend_stats()[0];
+    assert_eq!((stats.in_flight, stats.connecting), (3, 1));
+    drop((a, b, c));
+    let stats = &f.engine.backend_stats()[0];
+    assert_eq!((stats.in_flight, stats.connecting), (0, 0));
+    assert_eq!(stats.outcome("cancelled"), 3, "dropped unfinished: neutral");
+}
+
+#[test]
+fn failing_hosts_are_ejected_then_readmitted_on_probation() {
+    let f = fixture(single("kafka", |b| {
+        b.hosts(&["k1", "k2", "k3"])
+            .count("ejection.consecutive_failures", 2)
+            .duration("ejection.base", Duration::from_secs(10))
+            .fraction("ejection.max_ejected", 0.34)
+            .count("breaker.consecutive_failures", 1000)
+            .count("breaker.min_calls", 1000)
+    }));
+    let kafka = f.engine.backend("kafka").unwrap();
+    let budget = f
+        .engine
+        .begin_by_name("long", RequestId::new("r").unwrap())
+        .unwrap();
+    // Every attempt that lands on k2 fails to connect; the others succeed.
+    let round = |n: usize| -> Vec<String> {
+        (0..n)
+            .map(|_| {
+                let a = f.engine.begin_attempt(kafka, &budget, 0).unwrap();
+                let host = a.host().unwrap().to_owned();
+                let outcome = if host == "k2" {
+                    AttemptOutcome::ConnectFailure
+                } else {
+                    AttemptOutcome::Success
+                };
+                a.finish(outcome);
+                host
+            })
+            .collect()
+    };
+    round(6);
+    assert_eq!(
+        f.log.lock().unwrap().as_slice(),
+        &[(TransitionKind::Ejected, Some("k2".to_owned()))]
+    );
+    let stats = &f.engine.backend_stats()[0];
+    assert!(stats.host("k2").unwrap().ejected);
+    assert!(
+        round(12).iter().all(|h| h != "k2"),
+        "ejected hosts get no traffic"
+    );
+    // Only a third of the pool may be out: k3 failing now is not ejected.
+    // After the ejection, k2 returns on probation; one failure ejects it again, for twice as long.
+    f.clock.advance(Duration::from_secs(10));
+    let hosts = round(3);
+    assert!(hosts.contains(&"k2".to_owned()));
+    let kinds = f.kinds();
+    assert_eq!(
+        &kinds[1..],
+        &[TransitionKind::Readmitted, TransitionKind::Ejected]
+    );
+    f.clock.advance(Duration::from_secs(10));
+    assert!(
+        round(6).iter().all(|h| h != "k2"),
+        "the second ejection lasts 20 s"
+    );
+    f.clock.advance(Duration::from_secs(10));
+    // Readmitted and now healthy: a success ends probation.
+    let a = loop {
+        let a = f.engine.begin_attempt(kafka, &budget, 0).unwrap();
+        if a.host() == Some("k2") {
+            break a;
+        }
+        a.finish(AttemptOutcome::Success);
+    };
+    a.finish(AttemptOutcome::Success);
+    assert!(!f.engine.backend_stats()[0].host("k2").unwrap().ejected);
+}
+
+#[test]
+fn never_more_than_the_configured_share_is_ejected() {
+    let f = fixture(single("kafka", |b| {
+        b.hosts(&["k1", "k2"])
+            .count("ejection.consecutive_failures", 1)
+            .fraction("ejection.max_ejected", 0.5)
+            .count("breaker.consecutive_failures", 1000)
+    }));
+    let kafka = f.engine.backend("kafka").unwrap();
+    let budget = f.budget();
+    for _ in 0..6 {
+        if let Ok(a) = f.engine.begin_attempt(kafka, &budget, 0) {
+            a.finish(AttemptOutcome::ConnectFailure);
+        }
+    }
+    let stats = &f.engine.backend_stats()[0];
+    assert_eq!(stats.hosts.iter().filter(|h| h.ejected).count(), 1);
+}
+
+#[test]
+fn attempt_timeouts_come_from_the_request_budget() {
+    let f = fixture(single("db", |b| {
+        b.duration("timeout", Duration::from_secs(2))
+            .duration("margin", Duration::from_millis(50))
+    }));
+    let db = f.engine.backend("db").unwrap();
+    let budget = f.budget(); // 30 s
+    let a = f.engine.begin_attempt(db, &budget, 0).unwrap();
+    assert_eq!(a.timeout(), Duration::from_secs(2));
+    // Calls take 300 ms.
+    f.clock.advance(Duration::from_millis(300));
+    a.finish(AttemptOutcome::Success);
+    f.clock.advance(Duration::from_millis(28_700)); // 1 s left
+    let a = f.engine.begin_attempt(db, &budget, 0).unwrap();
+    assert_eq!(a.timeout(), Duration::from_millis(950));
+    a.finish(AttemptOutcome::Cancelled);
+    f.clock.advance(Duration::from_millis(700)); // 300 ms left, 250 after the margin: too little
+    let v = f.engine.begin_attempt(db, &budget, 0).unwrap_err();
+    assert_eq!(v.reason(), Reason::InsufficientTime);
+    assert_eq!((v.requested(), v.limit()), (300_000_000, 250_000_000));
+}
+
+#[test]
+fn retry_decisions() {
+    let f = fixture(single("db", |b| {
+        b.duration("retry.backoff_base", Duration::from_millis(100))
+            .duration("retry.backoff_max", Duration::from_millis(400))
+            .fraction("retry.ratio", 0.5)
+            .count("retry.min_per_second", 0)
+    }));
+    let db = f.engine.backend("db").unwrap();
+    let budget = f.budget();
+    let stop = |d: RetryDecision| match d {
+        RetryDecision::Stop(v) => v,
+        other => panic!("expected a stop, got {other:?}"),
+    };
+    for outcome in [
+        AttemptOutcome::Success,
+        AttemptOutcome::ClientError,
+        AttemptOutcome::Cancelled,
+        AttemptOutcome::UpstreamTimeout,
+        AttemptOutcome::Refused { retry_after: None },
+    ] {
+        let v = stop(f.engine.retry(db, &budget, outcome, 1));
+        assert_eq!(
+            (v.reason(), v.retry()),
+            (Reason::NotRetryable, Retry::Never),
+            "{outcome:?}"
+        );
+    }
+    // The budget starts with no tokens (no floor): two first attempts earn one retry.
+    let v = stop(f.engine.retry(db, &budget, AttemptOutcome::Timeout, 1));
+    assert_eq!(v.reason(), Reason::RetryBudgetExhausted);
+    assert_eq!(
+        budget.used(Counter::RETRIES),
+        0,
+        "the tree's retry was given back"
+    );
+    for _ in 0..4 {
+        f.run(db, &budget, AttemptOutcome::ServerError).unwrap();
+    }
+    // Full jitter: at most base × 2^attempt, capped.
+    match f.engine.retry(db, &budget, AttemptOutcome::ServerError, 1) {
+        RetryDecision::After(d) => assert!(d <= Duration::from_millis(200), "{d:?}"),
+        other => panic!("{other:?}"),
+    }
+    // Never sooner than the backend's own Retry-After.
+    match f.engine.retry(
+        db,
+        &budget,
+        AttemptOutcome::Refused {
+            retry_after: Some(Duration::from_secs(3)),
+        },
+        5,
+    ) {
+        RetryDecision::After(d) => assert_eq!(d, Duration::from_secs(3)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(budget.used(Counter::RETRIES), 2);
+    // Not when the time left cannot cover the wait.
+    f.clock.advance(Duration::from_millis(29_000));
+    let v = stop(f.engine.retry(
+        db,
+        &budget,
+        AttemptOutcome::Refused {
+            retry_after: Some(Duration::from_secs(2)),
+        },
+        1,
+    ));
+    assert_eq!(v.reason(), Reason::InsufficientTime);
+}
+
+#[test]
+fn the_retry_budget_refills_with_its_floor() {
+    let f = fixture(single("db", |b| {
+        b.fraction("retry.ratio", 0.0)
+            .count("retry.min_per_second", 2)
+            .duration("retry.backoff_base", MS)
+    }));
+    let db = f.engine.backend("db").unwrap();
+    let budget = f.budget();
+    let mut granted = 0;
+    for _ in 0..10 {
+        if matches!(
+            f.engine.retry(db, &budget, AttemptOutcome::Timeout, 1),
+            RetryDecision::After(_)
+        ) {
+            granted += 1;
+        }
+    }
+    assert_eq!(
+        granted, 2,
+        "two seconds' floor to start with... one second of it: two tokens"
+    );
+    f.clock.advance(Duration::from_secs(1));
+    let mut later = 0;
+    for _ in 0..10 {
+        if matches!(
+            f.engine.retry(db, &budget, AttemptOutcome::Timeout, 1),
+            RetryDecision::After(_)
+        ) {
+            later += 1;
+        }
+    }
+    assert_eq!(later, 2);
+    assert!(f.engine.backend_stats()[0].retry_tokens == 0);
+}
+
+#[test]
+fn call_retries_within_the_trees_allowance() {
+    let f = fixture(single("db", |b| {
+        b.fraction("retry.ratio", 1.0)
+            .count("retry.min_per_second", 100)
+            .count("breaker.consecutive_failures", 100)
+    }));
+    let db = f.engine.backend("db").unwrap();
+    let budget = f.budget(); // 10 retries for the tree
+    let mut calls = 0;
+    let clock = f.clock.clone();
+    let result: Result<(), CallError<&str>> = f.engine.call(
+        db,
+        &budget,
+        |d| clock.advance(d),
+        |_| {
+            calls += 1;
+            Err(("boom", AttemptOutcome::ServerError))
+        },
+    );
+    match result {
+        Err(CallError::Failed("boom", v)) => assert_eq!(v.dimension(), Some("retries")),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(calls, 11, "one attempt and the tree's ten retries");
+    let mut tries = 0;
+    let ok: Result<u32, CallError<&str>> = f.engine.call(
+        db,
+        &f.budget(),
+        |_| {},
+        |_| {
+            tries += 1;
+            if tries < 3 {
+                Err(("flaky", AttemptOutcome::Timeout))
+            } else {
+                Ok(7)
+            }
+        },
+    );
+    assert_eq!(ok.unwrap(), 7);
+}
+
+#[test]
+fn retry_amplification_across_three_layers_stays_within_the_trees_allowance() {
+    // RESTBase retries a parse up to 5 times, Parsoid each API call up to 8 times, and the API its
+    // DB query up to 3 times: unguarded, one failing request makes 6 × 9 × 4 = 216 DB attempts. With
+    // one request tree sharing a retry allowance of 4, every layer's retries draw from the same pool.
+    let policy = Policy::builder()
+        .class("restbase", |c| {
+            c.wall_time(Duration::from_secs(60)).retries(4)
+        })
+        .class("parsoid", |c| c.wall_time(Duration::from_secs(60)))
+        .class("api", |c| c.wall_time(Duration::from_secs(60)))
+        .backend("parsoid", |b| {
+            b.fraction("retry.ratio", 1.0)
+                .count("retry.min_per_second", 1000)
+        })
+        .backend("api", |b| {
+            b.fraction("retry.ratio", 1.0)
+                .count("retry.min_per_second", 1000)
+        })
+        .backend("db", |b| {
+            b.fraction("retry.ratio", 1.0)
+                .count("retry.min_per_second", 1000)
+                .count("breaker.consecutive_failures", 4095)
+        })
+        .build()
+        .unwrap();
+    let f = fixture(policy);
+    let (parsoid, api, db) = (
+        f.engine.backend("parsoid").unwrap(),
+        f.engine.backend("api").unwrap(),
+        f.engine.backend("db").unwrap(),
+    );
+    let root = f
+        .engine
+        .begin_by_name("restbase", RequestId::new("edit").unwrap())
+        .unwrap();
+    let db_attempts = std::cell::Cell::new(0u32);
+    let clock = f.clock.clone();
+    let sleep = |d: Duration| clock.advance(d);
+    let layer = |budget: &Budget,
+                 backend: Backend,
+                 max_retries: u32,
+                 inner: &dyn Fn(&Budget) -> Result<(), ()>| {
+        let mut n = 0;
+        loop {
+            let attempt = f.engine.begin_attempt(backend, budget, n).map_err(|_| ())?;
+            let child = budget.child().map_err(|_| ())?;
+            let outcome = if inner(&child).is_ok() {
+                AttemptOutcome::Success
+            } else {
+                AttemptOutcome::ServerError
+            };
+            attempt.finish(outcome);
+            if outcome == AttemptOutcome::Success {
+                return Ok(());
+            }
+            n += 1;
+            if n > max_retries {
+                return Err(());
+            }
+            match f.engine.retry(backend, budget, outcome, n) {
+                RetryDecision::After(d) => sleep(d),
+                RetryDecision::Stop(_) => return Err(()),
+            }
+        }
+    };
+    let database = |_: &Budget| -> Result<(), ()> {
+        db_attempts.set(db_attempts.get() + 1);
+        Err(())
+    };
+    let api_layer = |b: &Budget| layer(b, db, 3, &database);
+    let parsoid_layer = |b: &Budget| layer(b, api, 8, &api_layer);
+    let restbase = layer(&root, parsoid, 5, &parsoid_layer);
+    assert!(restbase.is_err());
+    assert_eq!(
+        root.used(Counter::RETRIES),
+        4,
+        "every layer drew from the one allowance"
+    );
+    assert!(
+        db_attempts.get() <= 1 + 4,
+        "{} DB attempts",
+        db_attempts.get()
+    );
+}
+
+#[test]
+fn backends_survive_reloads_that_keep_their_hosts() {
+    let f = fixture(single("db", |b| b.count("breaker.consecutive_failures", 1)));
+    let db = f.engine.backend("db").unwrap();
+    let budget = f.budget();
+    f.run(db, &budget, AttemptOutcome::ServerError).unwrap();
+    f.engine
+        .reload(single("db", |b| b.count("breaker.consecutive_failures", 2)))
+        .unwrap();
+    assert_eq!(f.engine.backend("db").unwrap(), db);
+    assert_eq!(
+        f.engine.backend_stats()[0].breaker,
+        "open",
+        "state outlives the reload"
+    );
+    assert!(f.engine.backend("nope").is_err());
+}
+
+#[test]
+fn kafka_2016_in_miniature_connects_hang_but_threads_do_not_pile_up() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Condvar;
+
+    let policy = Policy::builder()
+        .class("api", |c| c.wall_time(Duration::from_secs(3600)))
+        .backend("kafka", |b| {
+            b.hosts(&["kafka1012", "kafka1013", "kafka1014"])
+                .count("max_connecting_per_host", 2)
+                .count("ejection.consecutive_failures", 2)
+                .duration("ejection.base", Duration::from_secs(60))
+                .count("breaker.consecutive_failures", 4095)
+                .count("breaker.min_calls", 1_000_000)
+        })
+        .backend("db", |b| b)
+        .build()
+        .unwrap();
+    let f = fixture(policy);
+    let (kafka, db) = (
+        f.engine.backend("kafka").unwrap(),
+        f.engine.backend("db").unwrap(),
+    );
+    let dead = AtomicBool::new(true);
+    let stuck = AtomicUsize::new(0);
+    let max_stuck = AtomicUsize::new(0);
+    let served_db = AtomicUsize::new(0);
+    let finished = AtomicUsize::new(0);
+    // Connect timeouts "fire" when the test bumps this generation: an event, not a sleep.
+    let timeouts = (Mutex::new(0u64), Condvar::new());
+    const THREADS: usize = 12;
+    const REQUESTS: usize = 40;
+    std::thread::scope(|s| {
+        for t in 0..THREADS {
+            let (f, dead, stuck, max_stuck, served_db, finished, timeouts) = (
+                &f, &dead, &stuck, &max_stuck, &served_db, &finished, &timeouts,
+            );
+            s.spawn(move || {
+                for i in 0..REQUESTS {
+                    let budget = f
+                        .engine
+                        .begin_by_name("api", RequestId::from_u64((t * 1000 + i) as u64))
+                        .unwrap();
+                    // Every request logs an event to Kafka...
+                    if let Ok(mut attempt) = f.engine.begin_attempt(kafka, &budget, 0) {
+                        if attempt.host() == Some("kafka1012") && dead.load(Ordering::SeqCst) {
+                            let now = stuck.fetch_add(1, Ordering::SeqCst) + 1;
+                            max_stuck.fetch_max(now, Ordering::SeqCst);
+                            let (lock, cv) = timeouts;
+                            let mut generation = lock.lock().unwrap();
+                            let start = *generation;
+                            while *generation == start {
+                                generation = cv.wait(generation).unwrap();
+                            }
+                            drop(generation);
+                            stuck.fetch_sub(1, Ordering::SeqCst);
+                            attempt.finish(AttemptOutcome::Timeout);
+                        } else {
+                            attempt.connected();
+                            attempt.finish(AttemptOutcome::Success);
+                        }
+                    }
+                    // ...and does its real work against the database, which must keep working.
+                    let query = f.engine.begin_attempt(db, &budget, 0).unwrap();
+                    query.finish(AttemptOutcome::Success);
+                    served_db.fetch_add(1, Ordering::SeqCst);
+                }
+                finished.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+        // The connect timeout fires for whoever is stuck, until every thread is done.
+        while finished.load(Ordering::SeqCst) < THREADS {
+            if stuck.load(Ordering::SeqCst) > 0 {
+                let (lock, cv) = &timeouts;
+                *lock.lock().unwrap() += 1;
+                cv.notify_all();
+            }
+            std::thread::yield_now();
+        }
+    });
+    assert!(
+        max_stuck.load(Ordering::SeqCst) <= 2,
+        "at most the connect cap is ever stuck"
+    );
+    assert!(max_stuck.load(Ordering::SeqCst) >= 1);
+    assert_eq!(
+        served_db.load(Ordering::SeqCst),
+        THREADS * REQUESTS,
+        "the other backend kept serving"
+    );
+    let stats = &f.engine.backend_stats()[0];
+    assert!(
+        stats.host("kafka1012").unwrap().ejected,
+        "the broker was ejected, by nobody's hand"
+    );
+    assert!(f
+        .log
+        .lock()
+        .unwrap()
+        .contains(&(TransitionKind::Ejected, Some("kafka1012".to_owned()))));
+    assert_eq!((stats.in_flight, stats.connecting), (0, 0));
+    // It comes back up; once its ejection is over it is readmitted and serves again.
+    dead.store(false, Ordering::SeqCst);
+    f.clock.advance(Duration::from_secs(60));
+    let budget = f
+        .engine
+        .begin_by_name("api", RequestId::new("later").unwrap())
+        .unwrap();
+    let mut hosts = Vec::new();
+    for _ in 0..6 {
+        let mut a = f.engine.begin_attempt(kafka, &budget, 0).unwrap();
+        hosts.push(a.host().unwrap().to_owned());
+        a.connected();
+        a.finish(AttemptOutcome::Success);
+    }
+    assert!(hosts.iter().any(|h| h == "kafka1012"), "{hosts:?}");
+    assert!(f
+        .log
+        .lock()
+        .unwrap()
+        .contains(&(TransitionKind::Readmitted, Some("kafka1012".to_owned()))));
+    assert!(
+        !f.engine.backend_stats()[0]
+            .host("kafka1012")
+            .unwrap()
+            .ejected
+    );
+}
+
+#[test]
+fn backend_policies_load_from_toml() {
+    let p = Policy::from_toml_str(
+        r#"
+[classes.api]
+
+[backends.kafka]
+hosts = ["kafka1012:9092", "kafka1013:9092"]
+timeout = "500ms"
+margin = "20ms"
+max_in_flight = 64
+max_connecting_per_host = 2
+
+[backends.kafka.breaker]
+consecutive_failures = 5
+failure_ratio = 0.5
+slow_ratio = 0.8
+slow_call = "1s"
+window = "10s"
+min_calls = 20
+open_for = "1s"
+max_open_for = "1m"
+probes = 2
+ramp_up = "30s"
+
+[backends.kafka.ejection]
+consecutive_failures = 3
+base = "5s"
+max = "5m"
+max_ejected = 0.34
+
+[backends.kafka.retry]
+ratio = 0.1
+min_per_second = 5
+backoff_base = "25ms"
+backoff_max = "1s"
+"#,
+    )
+    .unwrap();
+    let k = p.backend("kafka").unwrap();
+    assert_eq!(
+        k.hosts().collect::<Vec<_>>(),
+        vec!["kafka1012:9092", "kafka1013:9092"]
+    );
+    assert_eq!(
+        (k.timeout(), k.margin()),
+        (Duration::from_millis(500), Duration::from_millis(20))
+    );
+    assert_eq!(k.max_in_flight(), (64, 64));
+    assert_eq!(k.max_connecting().1, 2);
+    let b = k.breaker();
+    assert_eq!(
+        (
+            b.consecutive_failures,
+            b.failure_ratio,
+            b.slow_ratio,
+            b.probes
+        ),
+        (5, 500, 800, 2)
+    );
+    assert_eq!(
+        (b.max_open_for, b.ramp_up),
+        (Duration::from_secs(60), Duration::from_secs(30))
+    );
+    assert_eq!(k.ejection().max_ejected, 340);
+    assert_eq!((k.retry().ratio, k.retry().min_per_second), (100, 5));
+}
+
+#[test]
+fn absurd_backend_settings_are_clear_errors() {
+    let p = Policy::from_toml_str(
+        r#"
+[classes.api]
+
+[backends.zero]
+max_in_flight = 0
+max_connecting = -1
+timeout = "0s"
+
+[backends.ratios]
+hosts = ["ok", "ok", "bad host!"]
+[backends.ratios.breaker]
+failure_ratio = -0.5
+slow_ratio = nan
+probes = 99
+open_for = "10m"
+max_open_for = "1m"
+[backends.ratios.ejection]
+max_ejected = 1.5
+[backends.ratios.retry]
+ratio = 2
+backoff_base = 5
+[backends.ratios.sideways]
+x = 1
+
+[backends."Bad Name"]
+"#,
+    )
+    .unwrap_err();
+    let all = p.to_string();
+    for needle in [
+        "backends.zero.max_in_flight: must be between 1 and 16777216 (found 0)",
+        "backends.zero.max_connecting: must not be negative (found -1)",
+        "backends.zero.timeout: must be greater than zero",
+        "backends.ratios.hosts: host `ok` listed twice",
+        "backends.ratios.hosts: `bad host!` is not a valid host",
+        "backends.ratios.breaker.failure_ratio: must be a fraction between 0 and 1 (found -0.5)",
+        "backends.ratios.breaker.slow_ratio: must be a finite number",
+        "backends.ratios.breaker.probes: must be between 1 and 15 (found 99)",
+        "backends.ratios.breaker.max_open_for: must not be below breaker.open_for",
+        "backends.ratios.ejection.max_ejected: must be a fraction between 0 and 1 (found 1.5)",
+        "backends.ratios.retry.ratio: must be a fraction between 0 and 1 (found 2)",
+        "backends.ratios.retry.backoff_base: a duration needs a unit",
+        "backends.ratios.sideways: unknown key `sideways`",
+        "`Bad Name` is not a valid name",
+    ] {
+        assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+    }
+    // Every problem has a line.
+    assert!(p.problems().iter().all(|p| p.location.is_some()), "{all}");
+    let code = Policy::builder()
+        .class("api", |c| c)
+        .backend("b", |b| {
+            b.count("max_inflight", 3).fraction("retry.ratio", f64::NAN)
+        })
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        code.contains("backends.b.max_inflight: unknown setting"),
+        "{code}"
+    );
+    assert!(
+        code.contains("backends.b.retry.ratio: must be a fraction between 0 and 1 (found NaN)"),
+        "{code}"
+    );
+}
+
+#[test]
+fn backends_appear_in_the_same_snapshot_and_exposition_as_admission() {
+    let f = fixture(single("kafka", |b| {
+        b.hosts(&["k1"]).count("breaker.consecutive_failures", 1)
+    }));
+    let kafka = f.engine.backend("kafka").unwrap();
+    let budget = f.budget();
+    f.run(kafka, &budget, AttemptOutcome::ConnectFailure)
+        .unwrap();
+    let stats = f.engine.admission_stats();
+    assert_eq!(stats.backends.len(), 1);
+    assert_eq!(stats.backends[0].breaker, "open");
+    let text = stats.to_prometheus();
+    for line in [
+        "costguard_breaker_state{backend=\"kafka\",host=\"\",state=\"open\"} 1",
+        "costguard_breaker_state{backend=\"kafka\",host=\"k1\",state=\"open\"} 1",
+        "costguard_backend_attempts_total{backend=\"kafka\",outcome=\"connect_failure\"} 1",
+        "costguard_backend_in_flight{backend=\"kafka\"} 0",
+        "costguard_host_ejected{backend=\"kafka\",host=\"k1\"} 0",
+        "# TYPE costguard_backend_retry_tokens gauge",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
+}
+
+#[test]
+fn the_readme_backend_snippet_loads() {
+    let readme = include_str!("../README.md");
+    let start = readme.find("[backends.kafka]").unwrap();
+    let end = start + readme[start..].find("```").unwrap();
+    let p = Policy::from_toml_str(&format!("[classes.api]\n{}", &readme[start..end])).unwrap();
+    let k = p.backend("kafka").unwrap();
+    assert_eq!(k.hosts().count(), 3);
+    assert_eq!(k.breaker().probes, 1);
+    assert_eq!(k.ejection().max_ejected, 340);
+    assert_eq!(k.retry().min_per_second, 5);
+}
