@@ -25,6 +25,21 @@ pub struct Class(pub(crate) u16);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Backend(pub(crate) u16);
 
+/// One host of a backend's pool, for callers that must reach a particular host (a partition leader,
+/// a primary).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Host {
+    pub(crate) backend: Backend,
+    pub(crate) index: u16,
+}
+
+impl Host {
+    /// The backend the host belongs to.
+    pub fn backend(self) -> Backend {
+        self.backend
+    }
+}
+
 impl Counter {
     /// The built-in retry allowance of a request tree.
     pub const RETRIES: Counter = Counter(0);

@@ -112,7 +112,7 @@ pub use budget::{
     MAX_BUDGET_DEPTH,
 };
 pub use engine::{Engine, EngineBuilder, DEFAULT_COARSE_TICK};
-pub use handle::{Backend, Class, Counter, Level, NameError};
+pub use handle::{Backend, Class, Counter, Host, Level, NameError};
 pub use header::{HeaderError, HeaderErrorKind, Propagation, HEADER_NAME};
 pub use policy::{Policy, PolicyError};
 pub use priority::{Priority, UnknownPriority};

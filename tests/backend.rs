@@ -944,3 +944,30 @@ fn the_readme_backend_snippet_loads() {
     assert_eq!(k.ejection().max_ejected, 340);
     assert_eq!(k.retry().min_per_second, 5);
 }
+
+#[test]
+fn a_particular_host_can_be_asked_for_and_is_refused_while_ejected() {
+    let f = fixture(single("kafka", |b| {
+        b.hosts(&["k1", "k2"])
+            .count("ejection.consecutive_failures", 1)
+            .count("breaker.consecutive_failures", 4095)
+    }));
+    let kafka = f.engine.backend("kafka").unwrap();
+    let k2 = f.engine.host(kafka, "k2").unwrap();
+    assert_eq!(k2.backend(), kafka);
+    assert!(f.engine.host(kafka, "k9").is_err());
+    let budget = f.budget();
+    for _ in 0..3 {
+        let a = f.engine.begin_attempt_on(k2, &budget, 0).unwrap();
+        assert_eq!(a.host(), Some("k2"));
+        a.finish(AttemptOutcome::Success);
+    }
+    f.engine
+        .begin_attempt_on(k2, &budget, 0)
+        .unwrap()
+        .finish(AttemptOutcome::ConnectFailure);
+    let v = f.engine.begin_attempt_on(k2, &budget, 0).unwrap_err();
+    assert_eq!(v.reason(), Reason::NoHealthyHost, "not sent elsewhere");
+    let a = f.engine.begin_attempt(kafka, &budget, 0).unwrap();
+    assert_eq!(a.host(), Some("k1"));
+}

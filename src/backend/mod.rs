@@ -30,7 +30,7 @@ mod window;
 
 use crate::budget::Budget;
 use crate::clock::{duration_to_nanos, Clock};
-use crate::handle::{Backend, Counter};
+use crate::handle::{Backend, Counter, Host};
 use crate::policy::BackendPolicy;
 use crate::sync::{Arc, AtomicU32, AtomicU64, Ordering};
 use crate::verdict::{Reason, Retry, Unit};
@@ -79,6 +79,33 @@ impl AttemptOutcome {
             AttemptOutcome::ConnectFailure => "connect_failure",
             AttemptOutcome::Refused { .. } => "refused",
             AttemptOutcome::Cancelled => "cancelled",
+        }
+    }
+
+    /// Classifies an HTTP response: 2xx and 3xx succeed; 429 and 503 are refusals (with the
+    /// response's Retry-After, if any); 504 is a timeout reported from below; 408 is this attempt's
+    /// timeout; other 4xx are client errors; other 5xx server errors.
+    ///
+    /// ```
+    /// use costguard::AttemptOutcome;
+    /// use std::time::Duration;
+    ///
+    /// assert_eq!(AttemptOutcome::from_http(200, None), AttemptOutcome::Success);
+    /// assert_eq!(AttemptOutcome::from_http(404, None), AttemptOutcome::ClientError);
+    /// assert_eq!(
+    ///     AttemptOutcome::from_http(503, Some(Duration::from_secs(2))),
+    ///     AttemptOutcome::Refused { retry_after: Some(Duration::from_secs(2)) }
+    /// );
+    /// assert_eq!(AttemptOutcome::from_http(504, None), AttemptOutcome::UpstreamTimeout);
+    /// ```
+    pub fn from_http(status: u16, retry_after: Option<Duration>) -> AttemptOutcome {
+        match status {
+            429 | 503 => AttemptOutcome::Refused { retry_after },
+            504 => AttemptOutcome::UpstreamTimeout,
+            408 => AttemptOutcome::Timeout,
+            100..=399 => AttemptOutcome::Success,
+            400..=499 => AttemptOutcome::ClientError,
+            _ => AttemptOutcome::ServerError,
         }
     }
 
@@ -472,6 +499,22 @@ impl Engine {
             })
     }
 
+    /// The handle of a host of a backend's pool.
+    pub fn host(&self, backend: Backend, name: &str) -> Result<Host, crate::NameError> {
+        let snapshot = self.snapshot();
+        snapshot
+            .backend(backend)
+            .and_then(|r| r.policy.hosts.iter().position(|h| &**h == name))
+            .map(|i| Host {
+                backend,
+                index: i as u16,
+            })
+            .ok_or_else(|| crate::NameError::Unknown {
+                expected: "host",
+                name: name.to_owned(),
+            })
+    }
+
     /// Begins an attempt to call `backend` for the request `budget` belongs to. `retry` is 0 for a
     /// first attempt (it funds the backend's retry budget) and the retry number otherwise.
     ///
@@ -481,6 +524,28 @@ impl Engine {
     pub fn begin_attempt(
         &self,
         backend: Backend,
+        budget: &Budget,
+        retry: u32,
+    ) -> Result<Attempt, Verdict> {
+        self.begin_attempt_at(backend, None, budget, retry)
+    }
+
+    /// Begins an attempt on one particular host of a pool, as [`begin_attempt`](Self::begin_attempt)
+    /// does, but refused (rather than sent elsewhere) when that host is ejected, its breaker is open or
+    /// it is at its caps.
+    pub fn begin_attempt_on(
+        &self,
+        host: Host,
+        budget: &Budget,
+        retry: u32,
+    ) -> Result<Attempt, Verdict> {
+        self.begin_attempt_at(host.backend, Some(u32::from(host.index)), budget, retry)
+    }
+
+    fn begin_attempt_at(
+        &self,
+        backend: Backend,
+        target: Option<u32>,
         budget: &Budget,
         retry: u32,
     ) -> Result<Attempt, Verdict> {
@@ -587,7 +652,7 @@ impl Engine {
         }
         attempt.connecting = true;
         if !state.hosts.is_empty() {
-            match self.choose_host(&rules, now, timeout) {
+            match self.choose_host(&rules, target, now, timeout) {
                 Some((h, host_role, host_generation)) => {
                     attempt.host = Some(h);
                     attempt.host_role = host_role;
@@ -610,21 +675,28 @@ impl Engine {
         Ok(attempt)
     }
 
-    /// Picks a host: not ejected, breaker willing, below its caps; of the first two such hosts in
-    /// round-robin order, the one with fewer calls in flight. Takes its permits.
+    /// Picks a host (or checks `target`): not ejected, breaker willing, below its caps; of the first
+    /// two such hosts in round-robin order, the one with fewer calls in flight. Takes its permits.
     fn choose_host(
         &self,
         rules: &BackendRules,
+        target: Option<u32>,
         now: u64,
         timeout: u64,
     ) -> Option<(u32, breaker::Role, u64)> {
         let state = &rules.state;
         let p = &rules.policy;
-        let n = state.hosts.len();
-        let start = state.next_host.fetch_add(1, Ordering::Relaxed) as usize;
+        let (n, start) = match target {
+            Some(t) if (t as usize) < state.hosts.len() => (1, t as usize),
+            Some(_) => return None,
+            None => (
+                state.hosts.len(),
+                state.next_host.fetch_add(1, Ordering::Relaxed) as usize,
+            ),
+        };
         let mut candidates: [Option<usize>; 2] = [None, None];
         for i in 0..n {
-            let h = (start + i) % n;
+            let h = (start + i) % state.hosts.len();
             let host = &state.hosts[h];
             if host.readmit_if_due(now, &state.ejected) {
                 rules.emit(Some(&host.name), TransitionKind::Readmitted, now);
