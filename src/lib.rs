@@ -78,9 +78,15 @@
 //! assert!(engine.try_admit(&request(5, b"carol")).is_ok());
 //! ```
 //!
+//! Every call a request makes to another service is an [`Attempt`] at a backend
+//! ([`Engine::begin_attempt`]): bulkheads on calls and connection attempts, circuit breakers, host
+//! ejection, timeouts derived from the request's remaining time, and retry decisions
+//! ([`Engine::retry`]) bounded by the request tree's allowance and a per-backend retry budget.
+//!
 //! Modules: [`policy`] (what may be spent), [`Engine`] (the compiled, hot-reloadable policy),
-//! [`admission`] (the door), [`budget`](mod@budget) (per-request accounting), [`header`] (budgets
-//! across process hops), [`clock`] (injected time), [`Verdict`] (every refusal).
+//! [`admission`] (the door), [`budget`](mod@budget) (per-request accounting), [`backend`]
+//! (dependency protection), [`header`] (budgets across process hops), [`clock`] (injected time),
+//! [`Verdict`] (every refusal).
 
 #![deny(unsafe_code)]
 #![warn(missing_docs, rust_2018_idioms)]
