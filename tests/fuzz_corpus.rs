@@ -2,6 +2,8 @@
 //! (`fuzz/regressions/<target>/`) through the same harness code the fuzz targets run, so that
 //! `cargo test` on stable catches regressions without libFuzzer.
 
+#[path = "../fuzz/harness/admission_ops.rs"]
+mod admission_ops;
 #[path = "../fuzz/harness/budget_ops.rs"]
 mod budget_ops;
 #[path = "../fuzz/harness/header_decode.rs"]
@@ -62,4 +64,9 @@ fn header_decode_corpus() {
 #[test]
 fn budget_ops_corpus() {
     replay("budget_ops", budget_ops::run);
+}
+
+#[test]
+fn admission_ops_corpus() {
+    replay("admission_ops", admission_ops::run);
 }

@@ -13,10 +13,11 @@
 //! 2. **concurrency** (a bulkhead per class): the class's limit, static or adaptive
 //!    ([`adaptive`](crate::policy::Algorithm)), of which each priority may fill only its headroom share,
 //!    so sheddable and background work is refused first (`Shed`) and critical work keeps running;
-//! 3. **per-key limits**: at most so many requests in flight per key, and a cost-weighted rate (GCRA),
-//!    in a table of fixed size whatever the number of keys;
-//! 4. **pools**: the estimate is held in each shared pool of cost in flight the class draws from;
-//! 5. the request's **budget** is started.
+//! 3. **pools**: the estimate is held in each shared pool of cost in flight the class draws from;
+//! 4. the request's **budget** is started;
+//! 5. **per-key limits**: at most so many requests in flight per key, and a cost-weighted rate (GCRA),
+//!    in a table of fixed size whatever the number of keys. Last, because a rate allowance once spent
+//!    cannot be given back: nothing refuses after it.
 //!
 //! The result is an [`Admitted`] grant that holds the permit, the key's share, the pool amounts and
 //! the budget, and gives them all back exactly once when dropped, by return or by panic.
@@ -517,7 +518,12 @@ impl Engine {
                 let v = Verdict::new(Reason::CannotFit, Retry::Never)
                     .with_dimension(&p.name, p.unit)
                     .with_amounts(estimate, 0, p.pool.limit());
-                return Err(refuse(v, None));
+                if !adm.shadow {
+                    return Err(refuse(v, None));
+                }
+                // Shadow mode records every admission refusal and enforces none.
+                let v = v.with_class(&rules.name).with_request(req.id);
+                self.report_refusal(adm, &v, priority, true);
             }
         }
 
@@ -574,7 +580,7 @@ impl Engine {
         }
     }
 
-    /// With the concurrency permit held (if `permit`): key, pools, budget. Undoes all on refusal.
+    /// With the concurrency permit held (if `permit`): pools, budget, key. Undoes all on refusal.
     pub(crate) fn admit_rest(
         &self,
         snapshot: &Arc<Snapshot>,
@@ -620,8 +626,45 @@ impl Engine {
         };
         let mut pools = [0u64; POOLS];
         let mut slot = None;
+        // 3. Pools.
         if let Some(adm) = adm {
-            // 3. The key.
+            for (i, p) in adm.pools.iter().enumerate() {
+                let amount = req.estimates[p.dim];
+                if amount == 0 {
+                    continue;
+                }
+                if adm.shadow {
+                    if let Err(used) = p.pool.try_take(amount) {
+                        let v = pool_verdict(p, amount, used)
+                            .with_class(&rules.name)
+                            .with_request(req.id);
+                        self.report_refusal(adm, &v, priority, true);
+                        p.pool.force_take(amount);
+                    }
+                } else if let Err(used) = p.pool.try_take(amount) {
+                    return Err(refuse(pool_verdict(p, amount, used), None, &pools));
+                }
+                pools[i] = amount;
+            }
+        }
+        // 4. The budget.
+        let default_overrides = Overrides::new();
+        let budget = Budget::start(Start {
+            snapshot: Arc::clone(snapshot),
+            class: req.class,
+            request_id: req.id,
+            priority: Some(priority),
+            overrides: req.overrides.unwrap_or(&default_overrides),
+            clock: Arc::clone(clock),
+            cpu_clock: Arc::clone(self.cpu_clock()),
+        });
+        let budget = match budget {
+            Ok(b) => b,
+            Err(v) => return Err(refuse(v, None, &pools)),
+        };
+        // 5. The key, last: its rate allowance, once spent, cannot be given back, so nothing may
+        // refuse after it.
+        if let Some(adm) = adm {
             if let (Some(key), Some(keys)) = (req.key, &adm.keys) {
                 match keys.table.acquire(
                     key,
@@ -644,41 +687,7 @@ impl Engine {
                     }
                 }
             }
-            // 4. Pools.
-            for (i, p) in adm.pools.iter().enumerate() {
-                let amount = req.estimates[p.dim];
-                if amount == 0 {
-                    continue;
-                }
-                if adm.shadow {
-                    if let Err(used) = p.pool.try_take(amount) {
-                        let v = pool_verdict(p, amount, used)
-                            .with_class(&rules.name)
-                            .with_request(req.id);
-                        self.report_refusal(adm, &v, priority, true);
-                        p.pool.force_take(amount);
-                    }
-                } else if let Err(used) = p.pool.try_take(amount) {
-                    return Err(refuse(pool_verdict(p, amount, used), slot, &pools));
-                }
-                pools[i] = amount;
-            }
         }
-        // 5. The budget.
-        let default_overrides = Overrides::new();
-        let budget = Budget::start(Start {
-            snapshot: Arc::clone(snapshot),
-            class: req.class,
-            request_id: req.id,
-            priority: Some(priority),
-            overrides: req.overrides.unwrap_or(&default_overrides),
-            clock: Arc::clone(clock),
-            cpu_clock: Arc::clone(self.cpu_clock()),
-        });
-        let budget = match budget {
-            Ok(b) => b,
-            Err(v) => return Err(refuse(v, slot, &pools)),
-        };
         if let Some(adm) = adm {
             adm.gate.stats.admitted();
         }
