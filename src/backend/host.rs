@@ -56,16 +56,19 @@ impl BreakerCell {
             if next == w {
                 return Ok((role, breaker::Word::unpack(w).generation, false));
             }
+            // A probe's deadline is published before its slot: a caller that finds every slot taken
+            // must never see a stale deadline and take the probes for hung. (If the CAS then fails,
+            // the deadline was raised for nothing, which only delays recovery from hung probes.)
+            if role == Role::Probe {
+                self.probe_deadline
+                    .fetch_max(now.saturating_add(timeout), Ordering::AcqRel);
+            }
             match self
                 .word
                 .compare_exchange_weak(w, next, Ordering::AcqRel, Ordering::Acquire)
             {
                 Ok(_) => {
                     let gen = breaker::Word::unpack(next).generation;
-                    if role == Role::Probe {
-                        self.probe_deadline
-                            .fetch_max(now.saturating_add(timeout), Ordering::AcqRel);
-                    }
                     let half_opened = breaker::Word::unpack(w).state != breaker::HALF_OPEN
                         || breaker::Word::unpack(w).generation != gen;
                     return Ok((role, gen, half_opened && role == Role::Probe));

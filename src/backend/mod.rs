@@ -30,7 +30,7 @@ mod window;
 
 use crate::budget::Budget;
 use crate::clock::{duration_to_nanos, Clock};
-use crate::handle::{Backend, Counter, Host};
+use crate::handle::{Backend, Host};
 use crate::policy::BackendPolicy;
 use crate::sync::{Arc, AtomicU32, AtomicU64, Ordering};
 use crate::verdict::{Reason, Retry, Unit};
@@ -815,13 +815,16 @@ impl Engine {
                 );
             }
         }
-        if let Err(v) = budget.try_retry() {
-            return RetryDecision::Stop(v);
-        }
+        // The backend's token first, the tree's retry last: a refusal by the tree is final (it
+        // cancels the request), so the tree must never be charged for a retry something else then
+        // refuses, even for a moment. A token held for an instant only delays another request.
         let now = rules.clock.now().as_nanos();
         if !state.retry.try_withdraw(now, rules.rates) {
-            budget.refund(Counter::RETRIES, 1);
             return stop(Reason::RetryBudgetExhausted, Retry::Later);
+        }
+        if let Err(v) = budget.try_retry() {
+            state.retry.give_back(rules.rates);
+            return RetryDecision::Stop(v);
         }
         RetryDecision::After(backoff)
     }

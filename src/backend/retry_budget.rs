@@ -101,6 +101,11 @@ impl RetryBudget {
             .is_ok()
     }
 
+    /// Gives a withdrawn token back (the retry was refused by something else after all).
+    pub(crate) fn give_back(&self, rates: Rates) {
+        self.add(TOKEN, rates.cap);
+    }
+
     /// The balance, in thousandths of a token.
     pub(crate) fn balance(&self) -> u64 {
         self.balance.load(Ordering::Relaxed)

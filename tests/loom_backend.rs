@@ -1,0 +1,335 @@
+//! Model-checked concurrency tests of dependency protection: breakers, retry budgets, bulkheads.
+//!
+//! Like `tests/loom.rs`, these only build with the crate's own cfg:
+//!
+//! ```text
+//! RUSTFLAGS="--cfg costguard_loom" LOOM_MAX_PREEMPTIONS=2 CARGO_TARGET_DIR=target/loom \
+//!     cargo test --release --test loom_backend
+//! ```
+//!
+//! Each model is small (two or three threads, one or two backend calls each) and checks one
+//! invariant. Engines are built inside the model on a [`ManualClock`], which stands still unless a
+//! model moves it, so nothing refills or expires behind the model's back.
+#![cfg(costguard_loom)]
+
+use costguard::clock::ManualClock;
+use costguard::policy::BackendBuilder;
+use costguard::{
+    Attempt, AttemptOutcome, Backend, Budget, Counter, Engine, Policy, Reason, RequestId, Retry,
+    RetryDecision,
+};
+use loom::sync::atomic::{AtomicUsize, Ordering};
+use loom::thread;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// An engine with one class `api` (30 s, `retries` retries per request tree) and one backend `db`
+/// set up by `setup`, on a manual clock; the engine, the clock, the backend and a root budget.
+/// Must be called inside `loom::model`.
+fn fixture(
+    retries: u64,
+    setup: impl FnOnce(BackendBuilder) -> BackendBuilder,
+) -> (Engine, ManualClock, Backend, Budget) {
+    let policy = Policy::builder()
+        .class("api", |c| {
+            c.wall_time(Duration::from_secs(30)).retries(retries)
+        })
+        .backend("db", setup)
+        .build()
+        .unwrap();
+    let clock = ManualClock::new();
+    let engine = Engine::builder(policy)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let db = engine.backend("db").unwrap();
+    let budget = engine.begin_by_name("api", RequestId::from_u64(1)).unwrap();
+    (engine, clock, db, budget)
+}
+
+/// A half-open breaker lets exactly its configured number of probes through, however many callers
+/// race for them, and their successes close it.
+///
+/// The half-open state is the backend's most fragile moment: it just failed, and the probes are the
+/// only traffic it should see until it proves itself. Here the breaker opened on one failure, its
+/// open time has passed, and three callers race through `begin_attempt` with `probes = 2`, holding
+/// what they got. Exactly two get an attempt, both probes; the third is refused as `CircuitOpen`,
+/// to come back later. A third probe would be load the breaker promised to keep away, and a probe
+/// from a second probing period would split the successes between two generations so that the
+/// probes' successes no longer close the breaker. Once the two probes succeed the breaker is closed
+/// and the next attempt is an ordinary one.
+#[test]
+fn half_open_admits_exactly_the_configured_probes() {
+    loom::model(|| {
+        let (engine, clock, db, budget) = fixture(10, |b| {
+            b.count("breaker.consecutive_failures", 1)
+                .count("breaker.probes", 2)
+                .duration("breaker.open_for", Duration::from_secs(1))
+                .duration("breaker.ramp_up", Duration::ZERO)
+                .fraction("retry.ratio", 0.0)
+        });
+        engine
+            .begin_attempt(db, &budget, 0)
+            .unwrap()
+            .finish(AttemptOutcome::ServerError);
+        assert_eq!(engine.backend_stats()[0].breaker, "open");
+        // The open time is jittered between half and all of open_for.
+        clock.advance(Duration::from_secs(1));
+
+        let handles: Vec<_> = (0..3)
+            .map(|_| {
+                let engine = engine.clone();
+                let budget = budget.clone();
+                thread::spawn(move || engine.begin_attempt(db, &budget, 0))
+            })
+            .collect();
+        let mut probes: Vec<Attempt> = Vec::new();
+        for h in handles {
+            match h.join().unwrap() {
+                Ok(attempt) => {
+                    assert!(attempt.is_probe(), "a half-open breaker let a non-probe in");
+                    probes.push(attempt);
+                }
+                Err(v) => {
+                    assert_eq!(
+                        (v.reason(), v.retry()),
+                        (Reason::CircuitOpen, Retry::Later),
+                        "{v:?}"
+                    );
+                }
+            }
+        }
+        assert_eq!(
+            probes.len(),
+            2,
+            "{} probes admitted with breaker.probes = 2",
+            probes.len()
+        );
+        assert_eq!(engine.backend_stats()[0].breaker, "half_open");
+        for probe in probes {
+            probe.finish(AttemptOutcome::Success);
+        }
+        assert_eq!(
+            engine.backend_stats()[0].breaker,
+            "closed",
+            "two successful probes did not close the breaker"
+        );
+        let next = engine.begin_attempt(db, &budget, 0).unwrap();
+        assert!(!next.is_probe(), "a closed breaker handed out a probe");
+        next.finish(AttemptOutcome::Success);
+        assert_eq!(engine.backend_stats()[0].in_flight, 0);
+    });
+}
+
+/// Retry tokens are conserved: every token deposited by a first attempt pays for at most one retry,
+/// a refused retry costs nothing, and the request tree's retry count is exactly the retries granted.
+///
+/// The retry budget is what stops retries from multiplying load when a backend is already failing;
+/// a lost update in its CAS loops would mint retries (or drop deposits), and a refused retry that
+/// kept the tree's retry would starve the request of retries it never made. Each first attempt
+/// deposits one whole token (`retry.ratio = 1`) into a budget that starts empty (no floor, and the
+/// clock stands still, so nothing refills). One first attempt is made before the race; then one
+/// thread makes a first attempt and asks to retry it while two others only ask to retry. Whatever
+/// the interleaving, the two tokens pay for exactly two retries (a retry asked after its own deposit
+/// only finds the budget empty once both tokens are spent), the third is refused for the retry
+/// budget, the backend ends with no token (not a negative balance), and the tree's retry count is
+/// two: the refused retry gave its retry back.
+#[test]
+fn retry_tokens_are_conserved() {
+    loom::model(|| {
+        let (engine, _clock, db, budget) = fixture(10, |b| {
+            b.fraction("retry.ratio", 1.0)
+                .count("retry.min_per_second", 0)
+        });
+        assert_eq!(engine.backend_stats()[0].retry_tokens, 0);
+        // A first attempt, dropped unfinished: neutral for the breaker, but its deposit is made.
+        let first_attempt = move |engine: &Engine, budget: &Budget| {
+            drop(engine.begin_attempt(db, budget, 0).unwrap());
+        };
+        let retry = move |engine: &Engine, budget: &Budget| match engine.retry(
+            db,
+            budget,
+            AttemptOutcome::ServerError,
+            1,
+        ) {
+            RetryDecision::After(_) => true,
+            RetryDecision::Stop(v) => {
+                assert_eq!(v.reason(), Reason::RetryBudgetExhausted, "{v:?}");
+                false
+            }
+        };
+        first_attempt(&engine, &budget);
+        assert_eq!(engine.backend_stats()[0].retry_tokens, 1);
+
+        let handles: Vec<_> = [true, false, false]
+            .into_iter()
+            .map(|deposits| {
+                let engine = engine.clone();
+                let budget = budget.clone();
+                thread::spawn(move || {
+                    if deposits {
+                        first_attempt(&engine, &budget);
+                    }
+                    retry(&engine, &budget)
+                })
+            })
+            .collect();
+        let granted = handles
+            .into_iter()
+            .map(|h| u64::from(h.join().unwrap()))
+            .sum::<u64>();
+        let tokens = engine.backend_stats()[0].retry_tokens;
+        assert_eq!(
+            granted + tokens,
+            2,
+            "retries granted ({granted}) plus tokens left ({tokens}) != tokens deposited (2)"
+        );
+        assert_eq!(granted, 2, "a deposited token was left unspent");
+        assert_eq!(
+            budget.used(Counter::RETRIES),
+            granted,
+            "the tree's retry count differs from the retries granted"
+        );
+        assert!(!budget.is_cancelled(), "{:?}", budget.cancel_reason());
+        // Spent: refused again, and the refusal still gives the tree's retry back.
+        assert!(!retry(&engine, &budget));
+        assert_eq!(budget.used(Counter::RETRIES), 2);
+    });
+}
+
+/// A retry refused by the backend's retry budget never uses up the request tree's retries.
+///
+/// A request tree's retry allowance is shared by everything the request does, and running out of
+/// it cancels the request (the refusal is final: `Retry::Never`). A retry the backend's budget
+/// refuses was never made, so it must not count against the tree, not even for a moment: if it
+/// held the tree's last retry while being refused, a concurrent retry of the same tree would be
+/// refused for a retry nobody made, and the request cancelled with both its allowance and the
+/// backend's token unspent. The tree allows one retry and the backend gets one token, deposited by
+/// a first attempt racing with the retries: one thread makes that first attempt and then asks to
+/// retry, another only asks to retry. Exactly one retry is granted, the token is spent, and the tree
+/// counts exactly that retry, so if the request is cancelled, it is for the retry it really made.
+#[test]
+fn backend_refusal_never_uses_up_the_trees_retries() {
+    loom::model(|| {
+        let (engine, _clock, db, budget) = fixture(1, |b| {
+            b.fraction("retry.ratio", 1.0)
+                .count("retry.min_per_second", 0)
+        });
+        let handles: Vec<_> = [true, false]
+            .into_iter()
+            .map(|deposits| {
+                let engine = engine.clone();
+                let budget = budget.clone();
+                thread::spawn(move || {
+                    if deposits {
+                        drop(engine.begin_attempt(db, &budget, 0).unwrap());
+                    }
+                    engine.retry(db, &budget, AttemptOutcome::ServerError, 1)
+                })
+            })
+            .collect();
+        let decisions: Vec<RetryDecision> =
+            handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let granted = decisions
+            .iter()
+            .filter(|d| matches!(d, RetryDecision::After(_)))
+            .count() as u64;
+        assert_eq!(
+            granted,
+            1,
+            "one token and one tree retry, but {granted} retries granted: {decisions:?}, \
+             request cancelled: {:?}",
+            budget.cancel_reason()
+        );
+        assert_eq!(budget.used(Counter::RETRIES), 1);
+        assert_eq!(engine.backend_stats()[0].retry_tokens, 0);
+    });
+}
+
+/// Two threads begin an attempt, connect, and finish it, under a connect cap of 1 set by `setup`;
+/// a refused attempt must be refused for `refusal`. A side counter, raised only after
+/// `begin_attempt` returned and lowered before `connected()`, is never above the true number of
+/// connection attempts in progress, so seeing it at 2 proves the cap was broken. Afterwards nothing
+/// is connecting or in flight, on the backend or on any host. The attempts end with a client error:
+/// the backend answered, and the breakers (not what this checks) stay out of it.
+fn connect_cap_model(setup: fn(BackendBuilder) -> BackendBuilder, refusal: Reason) {
+    loom::model(move || {
+        let (engine, _clock, db, budget) = fixture(10, |b| setup(b).fraction("retry.ratio", 0.0));
+        let connecting = Arc::new(AtomicUsize::new(0));
+        let handles: Vec<_> = (0..2)
+            .map(|_| {
+                let engine = engine.clone();
+                let budget = budget.clone();
+                let connecting = Arc::clone(&connecting);
+                thread::spawn(move || {
+                    let mut attempt = match engine.begin_attempt(db, &budget, 0) {
+                        Ok(attempt) => attempt,
+                        Err(v) => {
+                            assert_eq!(v.reason(), refusal, "{v:?}");
+                            return false;
+                        }
+                    };
+                    let now = connecting.fetch_add(1, Ordering::SeqCst) + 1;
+                    assert!(
+                        now <= 1,
+                        "{now} connection attempts in progress with a cap of 1"
+                    );
+                    connecting.fetch_sub(1, Ordering::SeqCst);
+                    attempt.connected();
+                    attempt.finish(AttemptOutcome::ClientError);
+                    true
+                })
+            })
+            .collect();
+        let made = handles
+            .into_iter()
+            .map(|h| u64::from(h.join().unwrap()))
+            .sum::<u64>();
+        assert!(made >= 1, "both attempts refused");
+        let stats = &engine.backend_stats()[0];
+        assert_eq!(
+            (stats.connecting, stats.in_flight),
+            (0, 0),
+            "(connecting, in flight) after every attempt finished: a permit was lost or kept"
+        );
+        for host in &stats.hosts {
+            assert_eq!(
+                (host.connecting, host.in_flight),
+                (0, 0),
+                "(connecting, in flight) on {}",
+                host.host
+            );
+        }
+        assert_eq!(stats.outcome("client_error"), made);
+    });
+}
+
+/// Connection attempts in progress to one host never exceed its connect cap, and every permit comes
+/// back.
+///
+/// This is the 2016 outage in miniature: threads piling up in `connect()` to one broken host. With
+/// one host and `max_connecting_per_host = 1` (the backend-wide cap is higher, so the host's is the
+/// one that binds), the second of two racing attempts finds no free host and is refused as
+/// `NoHealthyHost`, giving back the backend permits it had already taken.
+#[test]
+fn connect_cap_per_host_is_never_exceeded() {
+    connect_cap_model(
+        |b| {
+            b.hosts(&["h1"])
+                .count("max_connecting", 4)
+                .count("max_connecting_per_host", 1)
+        },
+        Reason::NoHealthyHost,
+    );
+}
+
+/// Connection attempts in progress to a backend never exceed its connect cap, and every permit comes
+/// back.
+///
+/// The backend-wide cap bounds the threads stuck connecting to a backend however its load is spread
+/// over hosts (here it has none). With `max_connecting = 1`, the second of two racing attempts is
+/// refused as `ConnectLimit`, giving back the call-in-flight permit it had already taken.
+#[test]
+fn connect_cap_per_backend_is_never_exceeded() {
+    connect_cap_model(|b| b.count("max_connecting", 1), Reason::ConnectLimit);
+}
