@@ -80,7 +80,11 @@ fn half_open_admits_exactly_the_configured_probes() {
             .map(|_| {
                 let engine = engine.clone();
                 let budget = budget.clone();
-                thread::spawn(move || engine.begin_attempt(db, &budget, 0))
+                thread::spawn(move || {
+                    engine
+                        .begin_attempt(db, &budget, 0)
+                        .map_err(|v| (v.reason(), v.retry()))
+                })
             })
             .collect();
         let mut probes: Vec<Attempt> = Vec::new();
@@ -90,12 +94,8 @@ fn half_open_admits_exactly_the_configured_probes() {
                     assert!(attempt.is_probe(), "a half-open breaker let a non-probe in");
                     probes.push(attempt);
                 }
-                Err(v) => {
-                    assert_eq!(
-                        (v.reason(), v.retry()),
-                        (Reason::CircuitOpen, Retry::Later),
-                        "{v:?}"
-                    );
+                Err(refusal) => {
+                    assert_eq!(refusal, (Reason::CircuitOpen, Retry::Later));
                 }
             }
         }
