@@ -4,6 +4,8 @@
 
 #[path = "../fuzz/harness/admission_ops.rs"]
 mod admission_ops;
+#[path = "../fuzz/harness/backend_ops.rs"]
+mod backend_ops;
 #[path = "../fuzz/harness/budget_ops.rs"]
 mod budget_ops;
 #[path = "../fuzz/harness/header_decode.rs"]
@@ -69,4 +71,9 @@ fn budget_ops_corpus() {
 #[test]
 fn admission_ops_corpus() {
     replay("admission_ops", admission_ops::run);
+}
+
+#[test]
+fn backend_ops_corpus() {
+    replay("backend_ops", backend_ops::run);
 }

@@ -10,8 +10,8 @@
 //! | 28..64 | generation: changes with every transition              |
 //!
 //! Every transition bumps the generation, and an attempt remembers the generation it began under, so
-//! the late finish of a probe from an earlier half-open period can never close a breaker that has
-//! moved on. Beside the word live the time the breaker may next be probed (`open_until`) and when it
+//! a late finish from an earlier period (a probe from an earlier half-open period, an ordinary call
+//! from before an outage) can never move a breaker that has moved on. Beside the word live the time the breaker may next be probed (`open_until`) and when it
 //! last closed (for the ramp-up), each written before the CAS that publishes the transition.
 
 pub(crate) const CLOSED: u64 = 0;
@@ -154,7 +154,9 @@ pub(crate) fn finish(
 ) -> (u64, Change) {
     let word = Word::unpack(w);
     match (word.state, role) {
-        (CLOSED, Role::Normal) => {
+        // Only an attempt that began in this closed period counts: one that began before an outage
+        // and ends after the breaker closed again belongs to another period.
+        (CLOSED, Role::Normal) if word.generation == generation => {
             let mut next = word;
             match v {
                 Verdict::Success => next.failures = 0,

@@ -117,6 +117,17 @@ impl BreakerCell {
         }
     }
 
+    /// Whether [`begin`](Self::begin) would let an attempt through now (a pure look, no change).
+    pub(crate) fn would_admit(&self, now: u64, probes: u64) -> bool {
+        let b = Begin {
+            now,
+            open_until: self.open_until.load(Ordering::Acquire),
+            probe_deadline: self.probe_deadline.load(Ordering::Acquire),
+            probes,
+        };
+        breaker::begin(self.word.load(Ordering::Acquire), b).is_ok()
+    }
+
     pub(crate) fn state(&self) -> u64 {
         breaker::Word::unpack(self.word.load(Ordering::Relaxed)).state
     }

@@ -702,8 +702,7 @@ impl Engine {
                 rules.emit(Some(&host.name), TransitionKind::Readmitted, now);
             }
             if host.is_ejected()
-                || host.breaker.state() == breaker::OPEN
-                    && now < host.breaker.open_until.load(Ordering::Acquire)
+                || !host.breaker.would_admit(now, u64::from(p.breaker.probes))
             {
                 continue;
             }
