@@ -701,9 +701,7 @@ impl Engine {
             if host.readmit_if_due(now, &state.ejected) {
                 rules.emit(Some(&host.name), TransitionKind::Readmitted, now);
             }
-            if host.is_ejected()
-                || !host.breaker.would_admit(now, u64::from(p.breaker.probes))
-            {
+            if host.is_ejected() || !host.breaker.would_admit(now, u64::from(p.breaker.probes)) {
                 continue;
             }
             let connect_cap = if host.on_probation() {
