@@ -721,9 +721,16 @@ impl Engine {
                 break;
             }
         }
-        let mut order: Vec<usize> = candidates.iter().flatten().copied().collect();
-        order.sort_by_key(|&h| state.hosts[h].in_flight.load(Ordering::Relaxed));
-        for h in order {
+        // The less loaded of the two first, without allocating.
+        let load = |h: Option<usize>| {
+            h.map_or(u32::MAX, |h| {
+                state.hosts[h].in_flight.load(Ordering::Relaxed)
+            })
+        };
+        if load(candidates[1]) < load(candidates[0]) {
+            candidates.swap(0, 1);
+        }
+        for h in candidates.into_iter().flatten() {
             let host = &state.hosts[h];
             let connect_cap = if host.on_probation() {
                 1
