@@ -1,2 +1,517 @@
-//! Placeholder until the admission benches land.
-fn main() {}
+//! Hot-path benchmarks for admission.
+//!
+//! As in `benches/budget.rs`, every subject is measured beside a baseline in the same criterion group
+//! and the figures that matter are ratios, not absolute nanoseconds (two shared cores, noisy
+//! neighbours). `benches/ratios.py` prints them; BENCHMARKS.md lists the goals and the measured figures.
+//!
+//! Groups:
+//! - `admit`: `try_admit` + drop of the grant, uncontended, for a class with a concurrency limit no run
+//!   reaches, against a bare `fetch_add` + `fetch_sub` pair and against tokio's
+//!   `Semaphore::try_acquire` + drop of the permit; `begin` + drop (the budget alone) shows what part
+//!   of an admission is the budget;
+//! - `admit_keys`: per-key admission with 100,000 keys in the table (max_keys 131,072), a pseudo-random
+//!   key among them against always the same key, with the table populated two ways: every key
+//!   admitted and released once (`idle`: entries present, nothing in flight) and every key holding one
+//!   grant (`held`: no entry can be taken over);
+//! - `admit_contention`: aggregate throughput of two threads admitting to one class against one thread,
+//!   with the same pair for a bare `fetch_add` + `fetch_sub` and for tokio's semaphore, plus two
+//!   threads on two classes of one engine and on two engines as references. Timed only over chunks in
+//!   which both threads had a core (see `run_threads`), as in `benches/budget.rs`.
+//!
+//! Run: `cargo bench --bench admission` then `python3 benches/ratios.py`.
+
+use costguard::clock::{CpuClock, ManualClock, ThreadCpuClock};
+use costguard::{AdmitRequest, Admitted, Class, Engine, Policy, RequestId};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use std::cell::OnceCell;
+use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// A class concurrency limit no benchmark reaches (100,000 grants are held at most).
+const CONCURRENCY: u64 = 1_000_000;
+
+/// Keys in the per-key benchmarks, and the table they live in.
+const KEYS: u64 = 100_000;
+const MAX_KEYS: u64 = 131_072;
+
+/// An engine on a `ManualClock` with one admission class per name, each with a concurrency limit of
+/// `CONCURRENCY` and, if `per_key`, per-key concurrency limits in a table of `MAX_KEYS` entries.
+fn engine(classes: &[&str], per_key: bool) -> Engine {
+    let mut policy = Policy::builder();
+    for name in classes {
+        policy = policy.class(name, |c| {
+            c.admission(|a| {
+                let a = a.concurrency(CONCURRENCY);
+                if per_key {
+                    // The largest per-key limit: a key holding one grant can always take another.
+                    a.per_key_concurrency(u64::from(u16::MAX))
+                        .max_keys(MAX_KEYS)
+                } else {
+                    a
+                }
+            })
+        });
+    }
+    let policy = policy.build().expect("bench policy");
+    Engine::builder(policy)
+        .clock(ManualClock::new())
+        .build()
+        .expect("bench engine")
+}
+
+fn class(engine: &Engine, name: &str) -> Class {
+    engine.class(name).expect("bench class")
+}
+
+/// Admits and drops the grant, consuming the outcome the way callers do (only Ok/Err is looked at;
+/// the `Result` is not passed through `black_box`, which would copy it).
+#[inline]
+fn admit_drop(engine: &Engine, request: &AdmitRequest<'_>) {
+    let admitted = black_box(engine).try_admit(black_box(request));
+    black_box(admitted.is_ok());
+    drop(admitted);
+}
+
+/// The baseline: the two atomic read-modify-writes a permit needs at the very least.
+#[inline]
+fn fetch_add_sub(cell: &AtomicU64) {
+    let cell = black_box(cell);
+    black_box(cell.fetch_add(1, Ordering::AcqRel));
+    black_box(cell.fetch_sub(1, Ordering::AcqRel));
+}
+
+#[inline]
+fn tokio_acquire_drop(sem: &tokio::sync::Semaphore) {
+    let permit = black_box(sem).try_acquire();
+    black_box(permit.is_ok());
+    drop(permit);
+}
+
+fn bench_admit(c: &mut Criterion) {
+    let mut g = c.benchmark_group("admit");
+
+    let cell = AtomicU64::new(0);
+    g.bench_function("atomic_fetch_add_sub", |b| b.iter(|| fetch_add_sub(&cell)));
+
+    let sem = tokio::sync::Semaphore::new(CONCURRENCY as usize);
+    g.bench_function("tokio_semaphore_try_acquire", |b| {
+        b.iter(|| tokio_acquire_drop(&sem))
+    });
+
+    let e = engine(&["api"], false);
+    let api = class(&e, "api");
+    let request = AdmitRequest::new(api, RequestId::from_u64(1));
+    g.bench_function("try_admit", |b| b.iter(|| admit_drop(&e, &request)));
+
+    // The budget alone, as `Engine::begin` starts it for the same class.
+    let id = RequestId::from_u64(1);
+    g.bench_function("begin", |b| {
+        b.iter(|| {
+            let budget = black_box(&e).begin(api, black_box(id));
+            black_box(budget.is_ok());
+            drop(budget);
+        })
+    });
+    g.finish();
+    assert_eq!(
+        e.admission_stats().class("api").expect("stats").in_flight,
+        0
+    );
+}
+
+/// A key of 16 bytes (the length of a short user or tenant id): a fixed prefix and the key's number.
+#[inline]
+fn key_bytes(n: u64) -> [u8; 16] {
+    let mut key = *b"tenant::\0\0\0\0\0\0\0\0";
+    key[8..].copy_from_slice(&n.to_le_bytes());
+    key
+}
+
+/// A pseudo-random number of `0..n` per call (a Weyl sequence through a multiply-xorshift mix, then
+/// Lemire's multiply-shift reduction). With `n == 1` the same code always yields 0, so the same-key
+/// and random-key benchmarks run identical instructions apart from the key they admit.
+struct Pick {
+    state: u64,
+}
+
+impl Pick {
+    #[inline]
+    fn next(&mut self, n: u64) -> u64 {
+        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.state;
+        z = (z ^ (z >> 32)).wrapping_mul(0xd6e8_feb8_6659_fd93);
+        z ^= z >> 32;
+        ((z >> 32) * n) >> 32
+    }
+}
+
+/// Per-key fixture: an engine whose table holds `KEYS` keys, and the grants that keep them live (if
+/// `hold`).
+struct Keyed {
+    engine: Engine,
+    class: Class,
+    _held: Vec<Admitted>,
+}
+
+impl Keyed {
+    fn new(hold: bool) -> Keyed {
+        let engine = engine(&["keyed"], true);
+        let class = class(&engine, "keyed");
+        let mut held = Vec::with_capacity(if hold { KEYS as usize } else { 0 });
+        for n in 0..KEYS {
+            let key = key_bytes(n);
+            let admitted = engine
+                .try_admit(&AdmitRequest::new(class, RequestId::from_u64(n)).key(&key))
+                .expect("populating the key table");
+            if hold {
+                held.push(admitted);
+            }
+        }
+        let keyed = Keyed {
+            engine,
+            class,
+            _held: held,
+        };
+        keyed.save_occupancy(if hold { "held" } else { "idle" });
+        keyed
+    }
+
+    /// Admits and drops key `pick.next(n)`.
+    #[inline]
+    fn admit_drop(&self, pick: &mut Pick, n: u64) {
+        let key = key_bytes(pick.next(black_box(n)));
+        admit_drop(
+            &self.engine,
+            &AdmitRequest::new(self.class, RequestId::from_u64(1)).key(&key),
+        );
+    }
+
+    /// Records how many of the `KEYS` keys have an entry of their own (the rest share the overflow
+    /// entry, or, for idle keys, took over each other's slots), next to criterion's output, where
+    /// `ratios.py` reads it.
+    fn save_occupancy(&self, how: &str) {
+        let stats = self.engine.admission_stats();
+        let (occupied, capacity) = stats
+            .class("keyed")
+            .and_then(|c| c.keys)
+            .expect("key stats");
+        let dir = criterion_dir().join("admit_keys");
+        let written = std::fs::create_dir_all(&dir).and_then(|()| {
+            std::fs::write(
+                dir.join(format!("occupancy_{how}.json")),
+                format!(
+                    "{{\"keys\": {KEYS}, \"occupied\": {occupied}, \"capacity\": {capacity}}}\n"
+                ),
+            )
+        });
+        if let Err(e) = written {
+            eprintln!("could not save the key table occupancy: {e}");
+        }
+        eprintln!(
+            "admit_keys ({how}): {KEYS} keys admitted, {occupied} entries of {capacity} occupied"
+        );
+    }
+}
+
+fn bench_keys(c: &mut Criterion) {
+    let mut g = c.benchmark_group("admit_keys");
+
+    // The same engine without a key: what the table adds at all.
+    let plain = engine(&["api"], false);
+    let api = class(&plain, "api");
+    let request = AdmitRequest::new(api, RequestId::from_u64(1));
+    g.bench_function("no_key", |b| b.iter(|| admit_drop(&plain, &request)));
+    drop(plain);
+
+    for hold in [false, true] {
+        let how = if hold { "held" } else { "idle" };
+        // Built by the first benchmark that runs, so that a filtered run does not populate (and, for
+        // `held`, allocate 100,000 budgets for) a table it does not use.
+        let keyed = OnceCell::new();
+        let mut pick = Pick { state: 1 };
+        g.bench_function(format!("same_key_{how}"), |b| {
+            let keyed = keyed.get_or_init(|| Keyed::new(hold));
+            b.iter(|| keyed.admit_drop(&mut pick, 1))
+        });
+        g.bench_function(format!("random_key_100k_{how}"), |b| {
+            let keyed = keyed.get_or_init(|| Keyed::new(hold));
+            b.iter(|| keyed.admit_drop(&mut pick, KEYS))
+        });
+    }
+    g.finish();
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Contention: the chunked, CPU-time-checked method of `benches/budget.rs`.
+
+/// A chunk counts as run in parallel when the threads' CPU time is at least this fraction of
+/// `threads * wall time`, i.e. no thread was descheduled for long during it.
+const PARALLEL: f64 = 0.9;
+
+/// The root of criterion's output, where the side files of this bench go.
+fn criterion_dir() -> std::path::PathBuf {
+    std::env::var_os("CRITERION_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("CARGO_TARGET_DIR")
+                .map(|t| std::path::PathBuf::from(t).join("criterion"))
+        })
+        .unwrap_or_else(|| std::path::PathBuf::from("target/criterion"))
+}
+
+/// What one contention benchmark saw of the machine, summed over all its `iter_custom` calls (see
+/// `Parallelism` in `benches/budget.rs`).
+#[derive(Default)]
+struct Parallelism {
+    cpu_ns: AtomicU64,
+    wall_ns: AtomicU64,
+    chunks: AtomicU64,
+    parallel_chunks: AtomicU64,
+}
+
+impl Parallelism {
+    fn add(&self, cpu: Duration, wall: Duration, parallel: bool) {
+        self.cpu_ns
+            .fetch_add(cpu.as_nanos() as u64, Ordering::Relaxed);
+        self.wall_ns
+            .fetch_add(wall.as_nanos() as u64, Ordering::Relaxed);
+        self.chunks.fetch_add(1, Ordering::Relaxed);
+        if parallel {
+            self.parallel_chunks.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Writes the figures next to criterion's output for `group/name`, where `ratios.py` reads them
+    /// (only when the benchmark ran, so a filtered run leaves other figures alone).
+    fn save(&self, group: &str, name: &str) {
+        let wall = self.wall_ns.load(Ordering::Relaxed);
+        let chunks = self.chunks.load(Ordering::Relaxed);
+        if wall == 0 || chunks == 0 {
+            return;
+        }
+        let parallelism = self.cpu_ns.load(Ordering::Relaxed) as f64 / wall as f64;
+        let fraction = self.parallel_chunks.load(Ordering::Relaxed) as f64 / chunks as f64;
+        let dir = criterion_dir().join(group).join(name);
+        let written = std::fs::create_dir_all(&dir).and_then(|()| {
+            std::fs::write(
+                dir.join("parallelism.json"),
+                format!(
+                    "{{\"parallelism\": {parallelism:.3}, \"parallel_chunks\": {fraction:.3}}}\n"
+                ),
+            )
+        });
+        if let Err(e) = written {
+            eprintln!("could not save the parallelism of {group}/{name}: {e}");
+        }
+        eprintln!(
+            "{group}/{name}: parallelism {parallelism:.2} (CPU time / wall time), {:.0}% of chunks \
+             ran with every thread on a core",
+            fraction * 100.0
+        );
+    }
+}
+
+/// A barrier that spins (yielding now and then), so that threads released together start within
+/// nanoseconds of each other rather than a futex wake-up (tens of microseconds) apart.
+struct SpinBarrier {
+    arrived: AtomicU64,
+    threads: u64,
+}
+
+impl SpinBarrier {
+    fn new(threads: usize) -> Self {
+        SpinBarrier {
+            arrived: AtomicU64::new(0),
+            threads: threads as u64,
+        }
+    }
+
+    /// Waits until every thread has called `wait(round)`; `round` counts from 1.
+    fn wait(&self, round: u64) {
+        self.arrived.fetch_add(1, Ordering::AcqRel);
+        let mut spins = 0u32;
+        while self.arrived.load(Ordering::Acquire) < self.threads * round {
+            spins += 1;
+            if spins % 1024 == 0 {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+    }
+}
+
+fn thread_cpu() -> Duration {
+    ThreadCpuClock.thread_cpu().unwrap_or_default()
+}
+
+/// Runs `op(thread_index)` `iters` times on each of `threads` threads and returns the estimated wall
+/// time of `iters` rounds with every thread running (thread spawning is not timed).
+///
+/// As `run_threads` in `benches/budget.rs`: the iterations are done in chunks of `chunk`, the threads
+/// released together by a spinning barrier before each; a chunk's wall time runs from the first
+/// thread's start to the last thread's end; only chunks in which the threads' CPU time reached
+/// `PARALLEL * threads * wall time` are used for the estimate (if none qualifies, all are used). Every
+/// chunk is added to `par`.
+fn run_threads<F>(threads: usize, iters: u64, chunk: u64, par: &Parallelism, op: F) -> Duration
+where
+    F: Fn(usize) + Sync,
+{
+    let chunk = iters.clamp(1, chunk);
+    let rounds = iters.div_ceil(chunk);
+    let barrier = SpinBarrier::new(threads);
+    // Per thread, per chunk: (start, end, CPU time).
+    let per_thread: Vec<Vec<(Instant, Instant, Duration)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let (barrier, op) = (&barrier, &op);
+                s.spawn(move || {
+                    let mut spans = Vec::with_capacity(rounds as usize);
+                    for round in 1..=rounds {
+                        barrier.wait(round);
+                        let cpu = thread_cpu();
+                        let start = Instant::now();
+                        for _ in 0..chunk {
+                            op(t);
+                        }
+                        let end = Instant::now();
+                        spans.push((start, end, thread_cpu().saturating_sub(cpu)));
+                    }
+                    spans
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("bench thread"))
+            .collect()
+    });
+    let (mut all, mut parallel, mut parallel_chunks) = (Duration::ZERO, Duration::ZERO, 0u64);
+    for round in 0..rounds as usize {
+        let spans = per_thread.iter().map(|spans| spans[round]);
+        let start = spans.clone().map(|s| s.0).min().expect("threads > 0");
+        let end = spans.clone().map(|s| s.1).max().expect("threads > 0");
+        let cpu: Duration = spans.map(|s| s.2).sum();
+        let wall = end - start;
+        let ran_together = cpu.as_secs_f64() >= PARALLEL * threads as f64 * wall.as_secs_f64();
+        par.add(cpu, wall, ran_together);
+        all += wall;
+        if ran_together {
+            parallel += wall;
+            parallel_chunks += 1;
+        }
+    }
+    let (timed, timed_chunks) = if parallel_chunks > 0 {
+        (parallel, parallel_chunks)
+    } else {
+        (all, rounds)
+    };
+    // Scale the qualifying chunks' time to `iters` rounds.
+    timed.mul_f64(iters as f64 / (timed_chunks * chunk) as f64)
+}
+
+/// One contention benchmark: `threads` threads each doing one `op` per iteration, in chunks of
+/// `chunk` iterations; criterion counts `threads` elements per iteration, so its throughput (and
+/// `ratios.py`) is the aggregate.
+fn threaded<F>(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    threads: usize,
+    chunk: u64,
+    op: F,
+) where
+    F: Fn(usize) + Sync,
+{
+    let par = Parallelism::default();
+    g.throughput(Throughput::Elements(threads as u64));
+    g.bench_function(name, |bch| {
+        bch.iter_custom(|iters| run_threads(threads, iters, chunk, &par, &op))
+    });
+    par.save("admit_contention", name);
+}
+
+/// Chunk sizes: about 100 us per chunk uncontended (a few hundred contended), well inside one
+/// scheduler time slice, so that on a loaded machine enough chunks run with both threads on a core, and
+/// long enough that the few hundred nanoseconds by which the barrier's release can differ between the
+/// threads do not count.
+const CHUNK_ATOMIC: u64 = 20_000;
+const CHUNK_TOKIO: u64 = 5_000;
+const CHUNK_ADMIT: u64 = 500;
+
+fn bench_contention(c: &mut Criterion) {
+    let mut g = c.benchmark_group("admit_contention");
+    g.sample_size(50);
+
+    // Reference: one shared word, two unconditional read-modify-writes per operation.
+    let cell = AtomicU64::new(0);
+    let pair = |_: usize| fetch_add_sub(&cell);
+    threaded(&mut g, "fetch_add_sub_1thread", 1, CHUNK_ATOMIC, pair);
+    threaded(
+        &mut g,
+        "fetch_add_sub_2threads_shared",
+        2,
+        CHUNK_ATOMIC,
+        pair,
+    );
+
+    // The peer: tokio's semaphore, one shared semaphore.
+    let sem = tokio::sync::Semaphore::new(CONCURRENCY as usize);
+    let tokio = |_: usize| tokio_acquire_drop(&sem);
+    threaded(&mut g, "tokio_semaphore_1thread", 1, CHUNK_TOKIO, tokio);
+    threaded(
+        &mut g,
+        "tokio_semaphore_2threads_shared",
+        2,
+        CHUNK_TOKIO,
+        tokio,
+    );
+
+    // Two threads admitting to one class.
+    let e = engine(&["api", "other"], false);
+    let api = class(&e, "api");
+    let other = class(&e, "other");
+    let requests = [
+        AdmitRequest::new(api, RequestId::from_u64(1)),
+        AdmitRequest::new(api, RequestId::from_u64(2)),
+    ];
+    let admit = |t: usize| admit_drop(&e, &requests[t]);
+    threaded(&mut g, "try_admit_1thread", 1, CHUNK_ADMIT, admit);
+    threaded(&mut g, "try_admit_2threads_shared", 2, CHUNK_ADMIT, admit);
+
+    // References: two classes of one engine (no class state shared, the engine still is), and two
+    // engines (nothing shared but the allocator): how much of a second core the machine gives.
+    let classes = [
+        AdmitRequest::new(api, RequestId::from_u64(1)),
+        AdmitRequest::new(other, RequestId::from_u64(2)),
+    ];
+    threaded(
+        &mut g,
+        "try_admit_2threads_separate_classes",
+        2,
+        CHUNK_ADMIT,
+        |t| admit_drop(&e, &classes[t]),
+    );
+    let engines = [engine(&["api"], false), engine(&["api"], false)];
+    let separate = [
+        AdmitRequest::new(class(&engines[0], "api"), RequestId::from_u64(1)),
+        AdmitRequest::new(class(&engines[1], "api"), RequestId::from_u64(2)),
+    ];
+    threaded(
+        &mut g,
+        "try_admit_2threads_separate_engines",
+        2,
+        CHUNK_ADMIT,
+        |t| admit_drop(&engines[t], &separate[t]),
+    );
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    targets = bench_admit, bench_keys, bench_contention
+}
+criterion_main!(benches);

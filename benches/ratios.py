@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
-"""Prints the ratios of the `budget` benchmarks against the baselines measured in the same run.
+"""Prints the ratios of the benchmarks against the baselines measured in the same run.
 
 Reads criterion's output (target/criterion/<group>/<bench>/new/{benchmark,estimates,sample}.json)
 after
 
     cargo bench --bench budget            # or one group, e.g. `cargo bench --bench budget -- charge`
+    cargo bench --bench admission         # or e.g. `cargo bench --bench admission -- '^admit/'`
+    cargo bench --bench backend
 
 and prints, for every pair below, the subject's and the baseline's time per iteration and their ratio
-(for the contention group, the ratio of aggregate throughputs), with the goal where there is one.
+(for the contention groups, the ratio of aggregate throughputs), with the goal where there is one.
+Only the benches with results are shown (`--bench` picks one).
 
 Two statistics are shown for every ratio:
   - criterion's median (or --stat mean/slope): what criterion prints;
@@ -16,10 +19,13 @@ Two statistics are shown for every ratio:
     the intrinsic cost; the median moves with whatever the neighbours did during those 4 seconds.
     (Not for the contention rows, where the fastest sample is an uncontended one.)
 
-    python3 benches/ratios.py [--stat median|mean|slope] [--markdown] [--criterion-dir DIR]
+    python3 benches/ratios.py [--bench budget|admission|backend] [--stat median|mean|slope] [--markdown]
+                              [--criterion-dir DIR]
 
 Exit status: 0 when every goal is met by at least one of the two statistics (contention: by the
-criterion estimate), 1 when a goal is missed, 2 when a figure is missing. Only the Python standard library is used.
+criterion estimate), 1 when a goal is missed, 2 when a figure is missing or a contention run is not
+valid (its scaling reference shows the machine did not give it two cores; see SCALING_REFERENCE).
+Only the Python standard library is used.
 """
 
 import argparse
@@ -29,8 +35,9 @@ import signal
 import sys
 from pathlib import Path
 
-# (group, subject, baseline, kind, goal)
-#   kind "time": ratio = subject time / baseline time; goal is a maximum.
+# (group, subject, baseline, kind, goal[, strict])
+#   kind "time": ratio = subject time / baseline time; goal is a maximum (with strict=True, the ratio
+#     must be below it: "faster than").
 #   kind "throughput": ratio = subject ops/s / baseline ops/s, both aggregate (criterion's
 #     Throughput::Elements per iteration = number of threads); goal is a minimum.
 #   kind "abs_ns": the subject's own time in nanoseconds; goal is a maximum; the baseline is only shown.
@@ -62,7 +69,60 @@ PAIRS = [
     ("contention", "try_charge_2threads_shared", "cas_2threads_shared", "throughput", None),
     ("contention", "try_charge_2threads_separate", "try_charge_1thread", "throughput", None),
     ("contention", "try_charge_1thread", "cas_1thread", "time", None),
+    # benches/admission.rs
+    # benches/backend.rs
+    ("attempt", "begin_finish_no_hosts", "atomic_fetch_add_sub", "time", 3.0),
+    ("attempt", "begin_finish_no_hosts", "failsafe_call", "time", 0.5),
+    ("attempt", "begin_finish_3_hosts", "atomic_fetch_add_sub", "time", 3.0),
+    ("attempt", "begin_finish_3_hosts", "failsafe_call", "time", 0.5),
+    ("attempt", "failsafe_call", "atomic_fetch_add_sub", "time", None),
+    ("attempt", "begin_finish_no_hosts_retry1", "atomic_fetch_add_sub", "time", None),
+    ("attempt", "begin_finish_no_hosts_monotonic", "atomic_fetch_add_sub", "time", None),
+    ("attempt", "begin_finish_no_hosts_monotonic", "failsafe_call", "time", None),
+    ("attempt", "instant_now", "atomic_fetch_add_sub", "time", None),
+    ("retry", "retry_granted", "atomic_compare_exchange", "time", 4.0),
+    ("retry", "retry_granted_refund", "atomic_compare_exchange", "time", None),
+    ("retry", "budget_try_retry", "atomic_compare_exchange", "time", None),
+    ("admit", "try_admit", "atomic_fetch_add_sub", "time", 3.0),
+    ("admit", "try_admit", "tokio_semaphore_try_acquire", "time", 1.0, True),
+    ("admit", "tokio_semaphore_try_acquire", "atomic_fetch_add_sub", "time", None),
+    ("admit", "begin", "atomic_fetch_add_sub", "time", None),
+    ("admit", "try_admit", "begin", "time", None),
+    ("admit_keys", "random_key_100k_idle", "same_key_idle", "time", 2.0),
+    ("admit_keys", "random_key_100k_held", "same_key_held", "time", 2.0),
+    ("admit_keys", "same_key_idle", "no_key", "time", None),
+    ("admit_keys", "same_key_held", "no_key", "time", None),
+    ("admit_contention", "try_admit_2threads_shared", "try_admit_1thread", "throughput", 0.50),
+    ("admit_contention", "fetch_add_sub_2threads_shared", "fetch_add_sub_1thread", "throughput",
+     None),
+    ("admit_contention", "tokio_semaphore_2threads_shared", "tokio_semaphore_1thread", "throughput",
+     None),
+    ("admit_contention", "try_admit_2threads_separate_classes", "try_admit_1thread", "throughput",
+     None),
+    ("admit_contention", "try_admit_2threads_separate_engines", "try_admit_1thread", "throughput",
+     None),
+    ("admit_contention", "try_admit_2threads_shared", "try_admit_2threads_separate_engines",
+     "throughput", None),
+    ("admit_contention", "try_admit_2threads_shared", "tokio_semaphore_2threads_shared",
+     "throughput", None),
+    ("admit_contention", "try_admit_1thread", "tokio_semaphore_1thread", "time", None),
 ]
+
+# Per contention group, the scaling reference (two threads sharing nothing / one thread): when it is
+# below SCALING_OK the machine did not give the run two cores' worth of work, whatever the CPU-time
+# rule saw (a neighbour on the other hyperthread, or the hypervisor taking the vCPU, is invisible to
+# it), and the rows with a goal say so.
+SCALING_REFERENCE = {
+    "admit_contention": ("try_admit_2threads_separate_engines", "try_admit_1thread"),
+}
+SCALING_OK = 1.5
+
+# The bench each group belongs to.
+BENCHES = {
+    "charge": "budget", "cancel_flag": "budget", "deadline": "budget", "contention": "budget",
+    "admit": "admission", "admit_keys": "admission", "admit_contention": "admission",
+    "attempt": "backend", "retry": "backend",
+}
 
 # Figures whose files were written further apart than this are probably not from the same run.
 SAME_RUN_SECONDS = 5 * 60
@@ -128,8 +188,23 @@ def fmt(kind, value):
     return f"{value:.2f} ns"
 
 
-def meets(kind, value, goal):
-    return value >= goal if kind == "throughput" else value <= goal
+def meets(kind, value, goal, strict=False):
+    if kind == "throughput":
+        return value >= goal
+    return value < goal if strict else value <= goal
+
+
+def occupancy_note(criterion_dir, subject):
+    """For the per-key rows: how many of the keys had an entry of their own when the table was
+    populated (saved by benches/admission.rs as admit_keys/occupancy_<idle|held>.json)."""
+    for how in ("idle", "held"):
+        if subject.endswith("_" + how):
+            path = Path(criterion_dir) / "admit_keys" / f"occupancy_{how}.json"
+            if path.exists():
+                o = load_json(path)
+                return (f"{how}: {o['occupied']} of {o['keys']} keys with an entry "
+                        f"(capacity {o['capacity']})")
+    return None
 
 
 def main():
@@ -137,22 +212,30 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--stat", choices=["median", "mean", "slope"], default="median",
                         help="criterion estimate for the first ratio column (default: median)")
+    parser.add_argument("--bench", choices=sorted(set(BENCHES.values())),
+                        help="only this bench's pairs (default: every bench with results)")
     parser.add_argument("--criterion-dir", default=str(here.parent / "target" / "criterion"))
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
     args = parser.parse_args()
 
     data = load(args.criterion_dir)
     if not data:
-        print(f"no criterion results under {args.criterion_dir}; run `cargo bench --bench budget`",
-              file=sys.stderr)
+        print(f"no criterion results under {args.criterion_dir}; run `cargo bench --bench budget` "
+              "or `cargo bench --bench admission`", file=sys.stderr)
         return 2
+    # A bench with no result at all was not run: its pairs are left out rather than reported missing.
+    ran = {BENCHES.get(group) for group, _ in data}
+    benches = {args.bench} if args.bench else ran
 
     header = ("group", "subject", "baseline", f"subject ns ({args.stat})",
               f"baseline ns ({args.stat})", f"ratio ({args.stat})", "ratio (fastest)", "goal", "",
               "note")
     rows = []
     status = 0
-    for group, subject, baseline, kind, goal in PAIRS:
+    for group, subject, baseline, kind, goal, *strict in PAIRS:
+        strict = bool(strict and strict[0])
+        if BENCHES[group] not in benches:
+            continue
         s = data.get((group, subject))
         b = data.get((group, baseline))
         if s is None or b is None:
@@ -176,15 +259,32 @@ def main():
                 notes.append(f"parallelism {s.parallelism.get('parallelism', 0):.2f}, "
                              f"{100 * s.parallelism.get('parallel_chunks', 0):.0f}% of chunks "
                              "with all threads running")
+        invalid = False
+        reference = SCALING_REFERENCE.get(group)
+        if kind == "throughput" and goal is not None and reference:
+            r_s, r_b = data.get((group, reference[0])), data.get((group, reference[1]))
+            if r_s is not None and r_b is not None:
+                scaling = ratio("throughput", r_s, r_b, r_s.nanos(args.stat), r_b.nanos(args.stat))
+                if scaling < SCALING_OK:
+                    invalid = True
+                    notes.append(f"NOT VALID: scaling reference {reference[0]} only {scaling:.2f} "
+                                 f"(< {SCALING_OK}): this run did not get two cores")
+        if group == "admit_keys":
+            note = occupancy_note(args.criterion_dir, subject)
+            if note:
+                notes.append(note)
         if abs(s.mtime - b.mtime) > SAME_RUN_SECONDS:
             notes.append("different runs?")
         verdict, goal_text = "", ""
         if goal is not None:
-            goal_text = {"time": f"<= {goal}x", "throughput": f">= {goal:.2f}",
-                         "abs_ns": f"< {goal} ns"}[kind]
-            ok_main = meets(kind, main_value, goal)
-            ok_min = min_value is not None and meets(kind, min_value, goal)
-            if min_value is None:
+            goal_text = {"time": f"{'<' if strict else '<='} {goal}x",
+                         "throughput": f">= {goal:.2f}", "abs_ns": f"< {goal} ns"}[kind]
+            ok_main = meets(kind, main_value, goal, strict)
+            ok_min = min_value is not None and meets(kind, min_value, goal, strict)
+            if invalid:
+                verdict = "not valid"
+                status = max(status, 2)
+            elif min_value is None:
                 verdict = "met" if ok_main else "MISSED"
                 status = max(status, 0 if ok_main else 1)
             elif ok_main and ok_min:
@@ -208,7 +308,7 @@ def main():
         for r in [header] + rows:
             print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
     print(f"\nratio ({args.stat}): criterion's {args.stat} time per iteration; ratio (fastest): the "
-          "fastest sample of each benchmark.\nthroughput rows (contention) compare aggregate "
+          "fastest sample of each benchmark.\nthroughput rows (contention groups) compare aggregate "
           "operations per second, timed only over chunks in which every thread had a core;\n"
           "parallelism = the threads' CPU time / wall time over all chunks (2.00 when both threads "
           "always had a core).")
