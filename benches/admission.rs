@@ -16,9 +16,10 @@
 //! - `admit_contention`: aggregate throughput of two threads admitting to one class against one thread,
 //!   with the same pair for a bare `fetch_add` + `fetch_sub` and for tokio's semaphore, plus two
 //!   threads on two classes of one engine and on two engines as references. Timed only over chunks in
-//!   which both threads had a core (see `run_threads`), as in `benches/budget.rs`.
+//!   which both threads had a core (see `run_threads`), as in `benches/budget.rs`; `ratios.py` calls a
+//!   run not valid when the two-engine reference did not scale (the machine did not give it two cores).
 //!
-//! Run: `cargo bench --bench admission` then `python3 benches/ratios.py`.
+//! Run: `cargo bench --bench admission` then `python3 benches/ratios.py --bench admission`.
 
 use costguard::clock::{CpuClock, ManualClock, ThreadCpuClock};
 use costguard::{AdmitRequest, Admitted, Class, Engine, Policy, RequestId};

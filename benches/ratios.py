@@ -69,7 +69,6 @@ PAIRS = [
     ("contention", "try_charge_2threads_shared", "cas_2threads_shared", "throughput", None),
     ("contention", "try_charge_2threads_separate", "try_charge_1thread", "throughput", None),
     ("contention", "try_charge_1thread", "cas_1thread", "time", None),
-    # benches/admission.rs
     # benches/backend.rs
     ("attempt", "begin_finish_no_hosts", "atomic_fetch_add_sub", "time", 3.0),
     ("attempt", "begin_finish_no_hosts", "failsafe_call", "time", 0.5),
@@ -83,6 +82,7 @@ PAIRS = [
     ("retry", "retry_granted", "atomic_compare_exchange", "time", 4.0),
     ("retry", "retry_granted_refund", "atomic_compare_exchange", "time", None),
     ("retry", "budget_try_retry", "atomic_compare_exchange", "time", None),
+    # benches/admission.rs
     ("admit", "try_admit", "atomic_fetch_add_sub", "time", 3.0),
     ("admit", "try_admit", "tokio_semaphore_try_acquire", "time", 1.0, True),
     ("admit", "tokio_semaphore_try_acquire", "atomic_fetch_add_sub", "time", None),

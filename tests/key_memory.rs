@@ -22,7 +22,7 @@
 //!
 //! ```sh
 //! cargo test --test key_memory                          # 200,000 keys: about 1 s in a debug build
-//! cargo test --release --test key_memory -- --ignored   # 10,000,000 keys: about 5 s once built
+//! cargo test --release --test key_memory -- --ignored   # 10,000,000 keys: 3-5 s once built
 //! ```
 
 use costguard::clock::ManualClock;
@@ -253,7 +253,7 @@ fn two_hundred_thousand_keys_fit_in_the_table() {
     feed(200_000);
 }
 
-/// The full run. Ten million admissions take about a minute in a debug build and about 5 s in a
+/// The full run. Ten million admissions take about a minute in a debug build and 3-5 s in a
 /// release build: in CI, run `cargo test --release --test key_memory -- --ignored`.
 #[test]
 #[ignore = "about a minute in a debug build: run with `cargo test --release --test key_memory -- --ignored`"]
