@@ -20,11 +20,14 @@
 
 #[path = "admission_model.rs"]
 pub mod admission_model;
+#[path = "reader.rs"]
+mod reader;
 
 use admission_model::{
     AdmissionSpec, ClassSpec, Key, KeySpec, Op, PoolSpec, RateSpec, Setup, Via, NKEYS,
 };
 use costguard::{Outcome, Priority};
+use reader::Reader;
 
 /// The most operations decoded from one input.
 pub const MAX_OPS: usize = 200;
@@ -47,20 +50,6 @@ pub fn decode(data: &[u8]) -> (Setup, Vec<Op>) {
         }
     }
     (setup, ops)
-}
-
-struct Reader<'a>(&'a [u8]);
-
-impl Reader<'_> {
-    fn next(&mut self) -> Option<u8> {
-        let (&b, rest) = self.0.split_first()?;
-        self.0 = rest;
-        Some(b)
-    }
-
-    fn byte(&mut self) -> u8 {
-        self.next().unwrap_or(0)
-    }
 }
 
 /// Shares per mille, most generous first; a class's headroom picks a non-increasing run of them.

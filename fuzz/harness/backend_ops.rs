@@ -18,9 +18,12 @@
 
 #[path = "backend_model.rs"]
 pub mod backend_model;
+#[path = "reader.rs"]
+mod reader;
 
 use backend_model::{Op, Setup, MS, NO_WINDOW, SEC, SLOW_OFF};
 use costguard::AttemptOutcome;
+use reader::Reader;
 use std::time::Duration;
 
 /// The most operations decoded from one input.
@@ -43,20 +46,6 @@ pub fn decode(data: &[u8]) -> (Setup, Vec<Op>) {
         }
     }
     (setup, ops)
-}
-
-struct Reader<'a>(&'a [u8]);
-
-impl Reader<'_> {
-    fn next(&mut self) -> Option<u8> {
-        let (&b, rest) = self.0.split_first()?;
-        self.0 = rest;
-        Some(b)
-    }
-
-    fn byte(&mut self) -> u8 {
-        self.next().unwrap_or(0)
-    }
 }
 
 const TIMEOUTS: [u64; 8] = [

@@ -16,8 +16,11 @@
 
 #[path = "model.rs"]
 pub mod model;
+#[path = "reader.rs"]
+mod reader;
 
 use model::{ClassSpec, Op, Refunds, Setup, Tighten, DEEPEST, NDIM, UNLIMITED};
+use reader::Reader;
 
 /// The most operations decoded from one input.
 pub const MAX_OPS: usize = 256;
@@ -44,19 +47,7 @@ pub fn decode(data: &[u8]) -> (Setup, Vec<Op>) {
     (setup, ops)
 }
 
-struct Reader<'a>(&'a [u8]);
-
 impl Reader<'_> {
-    fn next(&mut self) -> Option<u8> {
-        let (&b, rest) = self.0.split_first()?;
-        self.0 = rest;
-        Some(b)
-    }
-
-    fn byte(&mut self) -> u8 {
-        self.next().unwrap_or(0)
-    }
-
     fn node(&mut self) -> u8 {
         match self.byte() {
             b if b >= 0xF8 => DEEPEST,
