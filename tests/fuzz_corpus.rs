@@ -2,6 +2,10 @@
 //! (`fuzz/regressions/<target>/`) through the same harness code the fuzz targets run, so that
 //! `cargo test` on stable catches regressions without libFuzzer.
 
+// Each harness is standalone (a fuzz target includes just one), so each brings its own copy of
+// `fuzz/harness/reader.rs`; here all of them are loaded together.
+#![allow(clippy::duplicate_mod)]
+
 #[path = "../fuzz/harness/admission_ops.rs"]
 mod admission_ops;
 #[path = "../fuzz/harness/backend_ops.rs"]
