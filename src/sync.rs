@@ -75,6 +75,21 @@ pub(crate) struct SwapCell<T>(
     #[cfg(costguard_loom)] loom::sync::Mutex<Arc<T>>,
 );
 
+/// A borrowed current value of a [`SwapCell`].
+pub(crate) struct SwapGuard<T>(
+    #[cfg(not(costguard_loom))] arc_swap::Guard<Arc<T>>,
+    #[cfg(costguard_loom)] Arc<T>,
+);
+
+impl<T> std::ops::Deref for SwapGuard<T> {
+    type Target = Arc<T>;
+
+    #[inline]
+    fn deref(&self) -> &Arc<T> {
+        &self.0
+    }
+}
+
 impl<T> SwapCell<T> {
     pub(crate) fn new(value: Arc<T>) -> Self {
         #[cfg(not(costguard_loom))]
@@ -96,6 +111,20 @@ impl<T> SwapCell<T> {
         #[cfg(costguard_loom)]
         {
             Arc::clone(&self.0.lock().unwrap_or_else(|p| p.into_inner()))
+        }
+    }
+
+    /// The current value, borrowed without a reference count (arc-swap's debt slot) for the length of
+    /// one operation; clone the `Arc` out of it to keep the value longer.
+    #[inline]
+    pub(crate) fn load(&self) -> SwapGuard<T> {
+        #[cfg(not(costguard_loom))]
+        {
+            SwapGuard(self.0.load())
+        }
+        #[cfg(costguard_loom)]
+        {
+            SwapGuard(self.load_full())
         }
     }
 

@@ -11,8 +11,8 @@
 //!   past their timeout give their slots back to a new probing period. After closing, the in-flight
 //!   cap ramps up from 1 to the maximum.
 //! - **Window**: a call counts while its tenth-of-the-window slice is one of the last ten; the window
-//!   trips when it holds at least `min_calls` calls and failures or slow calls reach their ratio. It is
-//!   emptied when the breaker closes.
+//!   trips when it holds at least `min_calls` calls and failures or slow calls reach their ratio, on
+//!   any call but a fast success (which lowers both ratios). It is emptied when the breaker closes.
 //! - **Retry budget**, in thousandths of a token: a first attempt deposits `ratio`; a granted retry
 //!   withdraws 1000; the floor adds `min_per_second × 1000` per second, counted when a retry asks,
 //!   from the last time it added anything; the balance never exceeds `max(10, 10 × min_per_second)`
@@ -393,6 +393,9 @@ impl Breaker {
             .calls
             .iter()
             .filter(|c| c.slice + BUCKETS > current && c.slice <= current);
+        if !failed && !slow {
+            return false;
+        }
         let (mut calls, mut failures, mut slows) = (0u64, 0u64, 0u64);
         for c in inside {
             calls += 1;

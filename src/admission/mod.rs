@@ -326,7 +326,7 @@ impl Drop for Admitted {
         }
         let gate = &adm.gate;
         gate.limiter.release();
-        let clock = &self.budget.node.clock;
+        let clock = &self.budget.node.snapshot.clock;
         let sampled = matches!(self.outcome, Some(Outcome::Success | Outcome::Overload));
         let now = if sampled || gate.queue.has_waiters() {
             clock.now().as_nanos()
@@ -469,7 +469,7 @@ impl Engine {
         req: &AdmitRequest<'_>,
         queueable: bool,
     ) -> Result<Admitted, Refusal> {
-        let snapshot = self.snapshot();
+        let snapshot = self.snapshot_guard();
         let Some(rules) = snapshot.class(req.class) else {
             return Err(plain(
                 Verdict::new(Reason::UnknownClass, Retry::Never).with_request(req.id),
@@ -655,8 +655,6 @@ impl Engine {
             request_id: req.id,
             priority: Some(priority),
             overrides: req.overrides.unwrap_or(&default_overrides),
-            clock: Arc::clone(clock),
-            cpu_clock: Arc::clone(self.cpu_clock()),
         });
         let budget = match budget {
             Ok(b) => b,

@@ -271,6 +271,10 @@ impl HostState {
             } else {
                 return Ejection::None;
             };
+            if next == w {
+                // Nothing to write (a success on a healthy host): no compare-exchange.
+                return Ejection::None;
+            }
             match self
                 .eject
                 .compare_exchange_weak(w, next, Ordering::AcqRel, Ordering::Acquire)

@@ -225,7 +225,18 @@ impl BackendState {
     }
 
     /// A uniform float in [0, 1) from a shared splitmix64 stream.
+    /// A uniformly drawn amount in `0..=ceiling` (full jitter), in integers.
+    fn jitter(&self, ceiling: u64) -> u64 {
+        let r = self.random_bits();
+        ((u128::from(ceiling) * u128::from(r)) >> 64) as u64
+    }
+
+    /// A uniform draw in `[0, 1)` (for the breaker's open-time jitter, off the hot path).
     fn random(&self) -> f64 {
+        (self.random_bits() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn random_bits(&self) -> u64 {
         let x = self
             .rng
             .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
@@ -233,8 +244,7 @@ impl BackendState {
         let mut z = x;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        (z >> 11) as f64 / (1u64 << 53) as f64
+        z ^ (z >> 31)
     }
 }
 
@@ -364,6 +374,12 @@ impl Attempt {
             }
             cell.window
                 .record(now, span, v == breaker::Verdict::Failure, slow);
+            if v == breaker::Verdict::Success && !slow {
+                // A fast success lowers both ratios: it cannot be the call that trips the breaker,
+                // so the window's totals are not read. (A breaker whose ratios were already over
+                // their thresholds when the window reached `min_calls` opens at the next failure.)
+                return false;
+            }
             let t = cell.window.totals(now, span);
             t.calls >= u64::from(b.min_calls)
                 && (t.failures * 1000 >= u64::from(b.failure_ratio) * t.calls
@@ -549,25 +565,25 @@ impl Engine {
         budget: &Budget,
         retry: u32,
     ) -> Result<Attempt, Verdict> {
-        let snapshot = self.snapshot();
+        let snapshot = self.snapshot_guard();
         let id = budget.request_id();
         let Some(rules) = snapshot.backend(backend) else {
             return Err(Verdict::new(Reason::UnknownClass, Retry::Never).with_request(id));
         };
         let rules = Arc::clone(rules);
+        drop(snapshot);
         let p = &rules.policy;
         let state = &rules.state;
-        let name = Arc::clone(&p.name);
-        let refuse = |v: Verdict| v.with_class(&name).with_request(id);
+        let refuse = |v: Verdict| v.with_class(&p.name).with_request(id);
         let now = rules.clock.now().as_nanos();
 
         // Time: the backend's timeout, or what the request has left minus a margin.
         let own = duration_to_nanos(p.timeout);
-        let remaining = budget.remaining();
-        let timeout = if remaining == Duration::MAX {
+        let remaining = budget.remaining_nanos();
+        let timeout = if remaining == u64::MAX {
             own
         } else {
-            let left = duration_to_nanos(remaining).saturating_sub(duration_to_nanos(p.margin));
+            let left = remaining.saturating_sub(duration_to_nanos(p.margin));
             let usual = state.latency.load(Ordering::Relaxed);
             if left == 0 || left < usual {
                 return Err(refuse(
@@ -607,20 +623,8 @@ impl Engine {
         if half_opened {
             rules.emit(None, TransitionKind::HalfOpened, now);
         }
-        let mut attempt = Attempt {
-            rules: Arc::clone(&rules),
-            host: None,
-            connecting: false,
-            role,
-            generation,
-            host_role: breaker::Role::Normal,
-            host_generation: 0,
-            start: now,
-            timeout: Duration::from_nanos(timeout),
-            done: false,
-        };
-        // From here on, a refusal drops `attempt` unfinished: neutral, and everything taken is given
-        // back; but in-flight and connecting are only given back once taken, so take them first.
+        // From here on, a refusal gives back everything taken so far, neutrally: the attempt is only
+        // built once every permit is held.
         let cap = ramped(
             p.max_in_flight,
             &state.breaker,
@@ -628,7 +632,6 @@ impl Engine {
             now,
         );
         if !take(&state.in_flight, cap) {
-            attempt.done = true;
             release_probe(&state.breaker, role, generation);
             return Err(refuse(
                 rules
@@ -641,7 +644,6 @@ impl Engine {
             ));
         }
         if !take(&state.connecting, p.max_connecting) {
-            attempt.done = true;
             give(&state.in_flight);
             release_probe(&state.breaker, role, generation);
             return Err(refuse(
@@ -650,17 +652,12 @@ impl Engine {
                     .with_amounts(1, u64::from(p.max_connecting), u64::from(p.max_connecting)),
             ));
         }
-        attempt.connecting = true;
+        let (mut host, mut host_role, mut host_generation) = (None, breaker::Role::Normal, 0);
         if !state.hosts.is_empty() {
             match self.choose_host(&rules, target, now, timeout) {
-                Some((h, host_role, host_generation)) => {
-                    attempt.host = Some(h);
-                    attempt.host_role = host_role;
-                    attempt.host_generation = host_generation;
-                }
+                Some((h, r, g)) => (host, host_role, host_generation) = (Some(h), r, g),
                 None => {
                     // Nothing was taken on any host; give the backend's permits back, neutrally.
-                    attempt.done = true;
                     give(&state.connecting);
                     give(&state.in_flight);
                     release_probe(&state.breaker, role, generation);
@@ -672,7 +669,18 @@ impl Engine {
                 }
             }
         }
-        Ok(attempt)
+        Ok(Attempt {
+            rules,
+            host,
+            connecting: true,
+            role,
+            generation,
+            host_role,
+            host_generation,
+            start: now,
+            timeout: Duration::from_nanos(timeout),
+            done: false,
+        })
     }
 
     /// Picks a host (or checks `target`): not ejected, breaker willing, below its caps; of the first
@@ -776,7 +784,7 @@ impl Engine {
         outcome: AttemptOutcome,
         attempt: u32,
     ) -> RetryDecision {
-        let snapshot = self.snapshot();
+        let snapshot = self.snapshot_guard();
         let id = budget.request_id();
         let Some(rules) = snapshot.backend(backend) else {
             return RetryDecision::Stop(
@@ -792,29 +800,33 @@ impl Engine {
                     .with_request(id),
             )
         };
+        // Integer nanoseconds throughout: `Duration` arithmetic and a float jitter were a third of
+        // a decision's cost.
         let floor = match outcome {
             AttemptOutcome::ServerError
             | AttemptOutcome::Timeout
-            | AttemptOutcome::ConnectFailure => Duration::ZERO,
+            | AttemptOutcome::ConnectFailure => 0,
             AttemptOutcome::Refused {
                 retry_after: Some(d),
-            } => d,
+            } => duration_to_nanos(d),
             _ => return stop(Reason::NotRetryable, Retry::Never),
         };
         let base = duration_to_nanos(p.retry.backoff_base);
         let cap = duration_to_nanos(p.retry.backoff_max);
         let ceiling = base.saturating_mul(1u64 << attempt.min(32)).min(cap);
-        let backoff = Duration::from_nanos((ceiling as f64 * state.random()) as u64).max(floor);
-        let remaining = budget.remaining();
-        if remaining != Duration::MAX {
-            let usual = Duration::from_nanos(state.latency.load(Ordering::Relaxed));
-            let need = backoff.saturating_add(usual).saturating_add(p.margin);
+        let backoff = state.jitter(ceiling).max(floor);
+        let remaining = budget.remaining_nanos();
+        if remaining != u64::MAX {
+            let usual = state.latency.load(Ordering::Relaxed);
+            let need = backoff
+                .saturating_add(usual)
+                .saturating_add(duration_to_nanos(p.margin));
             if remaining <= need {
                 return RetryDecision::Stop(
                     Verdict::new(Reason::InsufficientTime, Retry::Never)
                         .with_class(&p.name)
                         .with_dimension(&state.names[N_TIME], Unit::Nanos)
-                        .with_amounts(duration_to_nanos(need), 0, duration_to_nanos(remaining))
+                        .with_amounts(need, 0, remaining)
                         .with_request(id),
                 );
             }
@@ -830,7 +842,7 @@ impl Engine {
             state.retry.give_back(rules.rates);
             return RetryDecision::Stop(v);
         }
-        RetryDecision::After(backoff)
+        RetryDecision::After(Duration::from_nanos(backoff))
     }
 
     /// Calls `backend` through `f`, retrying as [`retry`](Self::retry) allows. `f` gets the attempt

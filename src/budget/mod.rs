@@ -24,7 +24,7 @@ pub use overrides::Overrides;
 pub use report::{DimensionUsage, LimitReport, WallTime};
 pub use state::CancelReason;
 
-use crate::clock::{duration_to_nanos, Clock, CpuClock, Timestamp};
+use crate::clock::{duration_to_nanos, Timestamp};
 use crate::engine::snapshot::Snapshot;
 use crate::handle::{Class, Counter, Level};
 use crate::policy::{DimensionKind, MAX_DIMENSIONS};
@@ -90,8 +90,6 @@ pub(crate) struct Start<'a> {
     /// A priority chosen by the service (trusted); overrides can still only lower it.
     pub(crate) priority: Option<Priority>,
     pub(crate) overrides: &'a Overrides,
-    pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) cpu_clock: Arc<dyn CpuClock>,
 }
 
 impl Budget {
@@ -101,7 +99,7 @@ impl Budget {
         let Some(rules) = s.snapshot.class(s.class) else {
             return Err(Verdict::new(Reason::UnknownClass, Retry::Never).with_request(s.request_id));
         };
-        let now = s.clock.now();
+        let now = s.snapshot.clock.now();
         let wall = s.overrides.wall_time.map_or(rules.wall_time, |w| {
             rules.wall_time.min(duration_to_nanos(w))
         });
@@ -127,8 +125,6 @@ impl Budget {
                 priority,
                 class: s.class,
                 snapshot: s.snapshot,
-                clock: s.clock,
-                cpu_clock: s.cpu_clock,
             }),
         })
     }
@@ -212,7 +208,7 @@ impl Budget {
     pub fn cpu_meter(&self) -> CpuMeter<'_> {
         CpuMeter {
             budget: self,
-            last: self.node.cpu_clock.thread_cpu(),
+            last: self.node.snapshot.cpu_clock.thread_cpu(),
         }
     }
 
@@ -253,20 +249,36 @@ impl Budget {
     /// Never more than the budget's whole allowance, even if the clock steps backwards; zero once the
     /// deadline has been seen to pass.
     pub fn remaining(&self) -> Duration {
+        match self.remaining_nanos() {
+            u64::MAX => Duration::MAX,
+            n => Duration::from_nanos(n),
+        }
+    }
+
+    /// [`remaining`](Self::remaining) in nanoseconds, `u64::MAX` without a deadline.
+    pub(crate) fn remaining_nanos(&self) -> u64 {
         let node = &*self.node;
         if node.deadline.is_never() {
-            return Duration::MAX;
+            return u64::MAX;
         }
         if node.state.load(Ordering::Relaxed) & DEADLINE != 0 {
-            return Duration::ZERO;
+            return 0;
         }
-        let now = node.clock.now();
+        let now = node.snapshot.clock.now();
         if now >= node.deadline {
             node.set_bits(DEADLINE);
-            return Duration::ZERO;
+            return 0;
         }
-        let allowance = node.deadline.saturating_duration_since(node.start);
-        node.deadline.saturating_duration_since(now).min(allowance)
+        let allowance = node
+            .deadline
+            .as_nanos()
+            .saturating_sub(node.start.as_nanos());
+        // A finite deadline is below u64::MAX nanoseconds, so this is never taken for "none".
+        node.deadline
+            .as_nanos()
+            .saturating_sub(now.as_nanos())
+            .min(allowance)
+            .min(u64::MAX - 1)
     }
 
     /// Whether the deadline has passed, by the coarse clock (a few nanoseconds; may notice the deadline
@@ -343,7 +355,7 @@ impl Budget {
             return Err(Verdict::new(Reason::UnknownClass, Retry::Never).with_request(id));
         };
         let margin = parent.rules().map_or(0, |r| r.child_margin);
-        let now = parent.clock.now();
+        let now = parent.snapshot.clock.now();
         let cap = if parent.deadline.is_never() {
             Timestamp::NEVER
         } else {
@@ -385,8 +397,6 @@ impl Budget {
                 priority,
                 class,
                 snapshot: Arc::clone(&parent.snapshot),
-                clock: Arc::clone(&parent.clock),
-                cpu_clock: Arc::clone(&parent.cpu_clock),
             }),
         })
     }
@@ -478,6 +488,7 @@ impl Budget {
                 .as_nanos()
                 .saturating_sub(node.start.as_nanos());
             let elapsed = node
+                .snapshot
                 .clock
                 .coarse()
                 .as_nanos()

@@ -9,13 +9,12 @@
 
 use super::report::LimitReport;
 use super::state::{CANCELLED, DEADLINE, EXHAUSTED, INHERITED};
-use crate::clock::{Clock, CpuClock, Timestamp};
+use crate::clock::Timestamp;
 use crate::engine::snapshot::{ClassRules, Snapshot};
 use crate::handle::{Class, Counter};
 use crate::policy::MAX_DIMENSIONS;
 use crate::sync::{Arc, AtomicU32, AtomicU64, Mutex, Ordering, Weak};
 use crate::{Priority, RequestId};
-use crossbeam_utils::CachePadded;
 
 /// How many finished children a budget keeps in its report; beyond that they are only counted.
 pub(crate) const MAX_CHILD_REPORTS: usize = 64;
@@ -38,18 +37,24 @@ pub(crate) struct Refused<'a> {
     pub(crate) used: u64,
 }
 
+/// Field order is fixed (`repr(C)`) to keep independently written words apart without aligning the
+/// node: the cancellation word, read in hot loops, and the counters, written by every charge, are
+/// separated by the read-only limits (256 bytes), so they never share a cache line. Aligning them with
+/// `CachePadded` instead made the node 1,280 bytes aligned to 128, which glibc serves only through
+/// `posix_memalign` on its slow path; at 1,016 bytes, aligned to 8, it comes from the thread cache.
 #[derive(Debug)]
+#[repr(C)]
 pub(crate) struct Node {
     /// Cancellation bits (see `state`). Read with one relaxed load in hot loops.
-    pub(crate) state: CachePadded<AtomicU32>,
-    /// Amount in use per dimension.
-    pub(crate) used: CachePadded<[AtomicU64; MAX_DIMENSIONS]>,
-    /// Highest value each level dimension reached.
-    pub(crate) peak: [AtomicU64; MAX_DIMENSIONS],
+    pub(crate) state: AtomicU32,
     /// The first dimension whose refusal exhausted this budget.
     pub(crate) first_exhausted: AtomicU32,
     /// Effective limits: the class's, tightened by overrides. `u64::MAX` is unlimited.
     pub(crate) limits: [u64; MAX_DIMENSIONS],
+    /// Amount in use per dimension.
+    pub(crate) used: [AtomicU64; MAX_DIMENSIONS],
+    /// Highest value each level dimension reached.
+    pub(crate) peak: [AtomicU64; MAX_DIMENSIONS],
     pub(crate) start: Timestamp,
     pub(crate) deadline: Timestamp,
     pub(crate) parent: Option<Arc<Node>>,
@@ -58,8 +63,6 @@ pub(crate) struct Node {
     pub(crate) priority: Priority,
     pub(crate) class: Class,
     pub(crate) snapshot: Arc<Snapshot>,
-    pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) cpu_clock: Arc<dyn CpuClock>,
     /// Live children, for cancellation. Held while cancellation walks them; a child that finishes
     /// meanwhile only tries this lock, so the walk never waits on itself.
     pub(crate) live: Mutex<Vec<Weak<Node>>>,
@@ -80,8 +83,6 @@ pub(crate) struct NodeInit {
     pub(crate) priority: Priority,
     pub(crate) class: Class,
     pub(crate) snapshot: Arc<Snapshot>,
-    pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) cpu_clock: Arc<dyn CpuClock>,
 }
 
 impl Node {
@@ -91,11 +92,11 @@ impl Node {
             .as_ref()
             .map_or(0, |p| p.depth.saturating_add(1));
         let node = Arc::new(Node {
-            state: CachePadded::new(AtomicU32::new(0)),
-            used: CachePadded::new(std::array::from_fn(|_| AtomicU64::new(0))),
-            peak: std::array::from_fn(|_| AtomicU64::new(0)),
+            state: AtomicU32::new(0),
             first_exhausted: AtomicU32::new(NONE_EXHAUSTED),
             limits: init.limits,
+            used: std::array::from_fn(|_| AtomicU64::new(0)),
+            peak: std::array::from_fn(|_| AtomicU64::new(0)),
             start: init.start,
             deadline: init.deadline,
             parent: init.parent,
@@ -104,8 +105,6 @@ impl Node {
             priority: init.priority,
             class: init.class,
             snapshot: init.snapshot,
-            clock: init.clock,
-            cpu_clock: init.cpu_clock,
             live: Mutex::new(Vec::new()),
             finished: Mutex::new(Finished::default()),
             from_children: std::sync::OnceLock::new(),
@@ -419,7 +418,7 @@ impl Node {
             return true;
         }
         // `NEVER` is "no deadline": even a clock saturated at the end of time has not reached it.
-        if self.clock.coarse() >= self.deadline && !self.deadline.is_never() {
+        if self.snapshot.clock.coarse() >= self.deadline && !self.deadline.is_never() {
             self.set_bits(DEADLINE);
             return true;
         }
@@ -453,5 +452,19 @@ impl Drop for Node {
             }
             _ => finished.omitted = finished.omitted.saturating_add(1),
         }
+    }
+}
+
+#[cfg(all(test, not(costguard_loom)))]
+mod tests {
+    use super::Node;
+
+    /// glibc's per-thread cache serves blocks of at most 1,032 bytes; the node plus the `Arc`'s two
+    /// counts must fit, or every budget takes the allocator's slow path.
+    #[test]
+    fn node_fits_the_allocator_thread_cache() {
+        let size = std::mem::size_of::<Node>() + 2 * std::mem::size_of::<usize>();
+        assert!(size <= 1032, "Arc<Node> is {size} bytes");
+        assert_eq!(std::mem::align_of::<Node>(), 8);
     }
 }

@@ -178,7 +178,7 @@ impl fmt::Display for LimitReport {
 
 pub(crate) fn build(node: &Node) -> LimitReport {
     let snapshot = &node.snapshot;
-    let now = node.clock.now();
+    let now = node.snapshot.clock.now();
     let mut dimensions = Vec::new();
     for (i, info) in snapshot.dims.dims.iter().enumerate() {
         let used = node.used[i].load(Ordering::Relaxed);

@@ -13,7 +13,7 @@ use crate::budget::{Budget, Overrides, Start};
 use crate::clock::{Clock, CpuClock, MonotonicClock, ThreadCpuClock};
 use crate::handle::{Class, Counter, Level, NameError};
 use crate::policy::{DimensionKind, Policy, PolicyError};
-use crate::sync::{Arc, Mutex, SwapCell};
+use crate::sync::{Arc, Mutex, SwapCell, SwapGuard};
 use crate::{RequestId, Verdict};
 use snapshot::{Registry, Snapshot};
 use std::fmt;
@@ -114,12 +114,15 @@ impl EngineBuilder {
         let clock = self
             .clock
             .unwrap_or_else(|| Arc::new(MonotonicClock::with_ticker(DEFAULT_COARSE_TICK)));
+        let cpu_clock: Arc<dyn CpuClock> =
+            self.cpu_clock.unwrap_or_else(|| Arc::new(ThreadCpuClock));
         let mut registry = Registry::new();
         let snapshot = registry.compile(
             self.policy,
             1,
             clock.now().as_nanos(),
             &clock,
+            &cpu_clock,
             self.transitions.as_ref(),
         )?;
         Ok(Engine {
@@ -127,7 +130,7 @@ impl EngineBuilder {
                 current: SwapCell::new(Arc::new(snapshot)),
                 registry: Mutex::new(registry),
                 clock,
-                cpu_clock: self.cpu_clock.unwrap_or_else(|| Arc::new(ThreadCpuClock)),
+                cpu_clock,
                 hook: self.hook,
                 transitions: self.transitions,
                 timer: std::sync::OnceLock::new(),
@@ -165,6 +168,7 @@ impl Engine {
             generation,
             self.inner.clock.now().as_nanos(),
             &self.inner.clock,
+            &self.inner.cpu_clock,
             self.inner.transitions.as_ref(),
         )?;
         self.inner.current.store(Arc::new(snapshot));
@@ -197,10 +201,6 @@ impl Engine {
     /// The engine's clock.
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.inner.clock
-    }
-
-    pub(crate) fn cpu_clock(&self) -> &Arc<dyn CpuClock> {
-        &self.inner.cpu_clock
     }
 
     pub(crate) fn refusal_hook(&self) -> Option<&RefusalHook> {
@@ -304,13 +304,17 @@ impl Engine {
             request_id: id,
             priority: None,
             overrides,
-            clock: Arc::clone(&self.inner.clock),
-            cpu_clock: Arc::clone(&self.inner.cpu_clock),
         })
     }
 
     pub(crate) fn snapshot(&self) -> Arc<Snapshot> {
         self.inner.current.load_full()
+    }
+
+    /// The current snapshot for the length of one operation, without a reference count.
+    #[inline]
+    pub(crate) fn snapshot_guard(&self) -> SwapGuard<Snapshot> {
+        self.inner.current.load()
     }
 }
 

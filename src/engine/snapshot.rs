@@ -2,7 +2,7 @@
 
 use crate::admission::{ClassAdmission, Gate, KeyRef, KeyTable, Pool, PoolRef};
 use crate::backend::{BackendRules, BackendState, TransitionHook};
-use crate::clock::Clock;
+use crate::clock::{Clock, CpuClock};
 use crate::handle::{Backend, Class};
 use crate::policy::{
     AdaptiveLimit, Concurrency, DimensionKind, Policy, PolicyError, CPU_TIME, MAX_CLASSES,
@@ -67,6 +67,7 @@ impl Registry {
         generation: u64,
         now: u64,
         clock: &Arc<dyn Clock>,
+        cpu_clock: &Arc<dyn CpuClock>,
         hook: Option<&TransitionHook>,
     ) -> Result<Snapshot, PolicyError> {
         let mut dims = self.dims.clone();
@@ -131,7 +132,7 @@ impl Registry {
         }
         let admission = self.compile_admission(&policy, now);
         let backends = self.compile_backends(&policy, now, clock, hook);
-        let mut snapshot = Snapshot::new(policy, generation, self, admission);
+        let mut snapshot = Snapshot::new(policy, generation, self, admission, clock, cpu_clock);
         snapshot.backends = backends;
         Ok(snapshot)
     }
@@ -315,6 +316,10 @@ pub(crate) struct Snapshot {
     pools: Vec<(Arc<str>, Arc<Pool>)>,
     /// Backends by id; `None` for backends this version does not have.
     pub(crate) backends: Vec<Option<Arc<BackendRules>>>,
+    /// The engine's clocks, here so that a budget reaches them through the snapshot it already
+    /// holds instead of taking a reference count on each.
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) cpu_clock: Arc<dyn CpuClock>,
 }
 
 impl Snapshot {
@@ -323,6 +328,8 @@ impl Snapshot {
         generation: u64,
         registry: &Registry,
         mut admission: Vec<Option<ClassAdmission>>,
+        clock: &Arc<dyn Clock>,
+        cpu_clock: &Arc<dyn CpuClock>,
     ) -> Self {
         let dims = registry.dims.clone();
         let mut classes: Vec<Option<ClassRules>> = Vec::new();
@@ -363,6 +370,8 @@ impl Snapshot {
             wall: Arc::from(crate::policy::WALL_TIME),
             pools: registry.pools.clone(),
             backends: Vec::new(),
+            clock: Arc::clone(clock),
+            cpu_clock: Arc::clone(cpu_clock),
         }
     }
 
