@@ -310,6 +310,14 @@ impl fmt::Display for Verdict {
         }
         let u = self.unit;
         match self.reason {
+            // From `check()` or `child()` on a budget an earlier refused charge cancelled: no
+            // amount was asked for this time.
+            Reason::LimitExceeded if self.requested == 0 => write!(
+                f,
+                "cancelled: an earlier charge would have exceeded the limit ({} of {} used)",
+                u.format(self.used),
+                u.format(self.limit)
+            )?,
             Reason::LimitExceeded => write!(
                 f,
                 "{} more would exceed the limit ({} of {} used)",

@@ -643,3 +643,30 @@ fn a_wide_fan_out_keeps_a_bounded_report() {
         .to_string()
         .contains("... and 36 more finished children"));
 }
+
+#[test]
+fn check_after_an_exhausting_refusal_says_the_budget_was_cancelled_by_it() {
+    let f = fixture();
+    let budget = f
+        .engine
+        .begin_by_name("parse", RequestId::new("r").unwrap())
+        .unwrap();
+    budget.try_charge(f.lookups, 499).unwrap();
+    let refused = budget.try_charge(f.lookups, 2).unwrap_err();
+    assert_eq!(refused.requested(), 2);
+    assert!(refused
+        .to_string()
+        .contains("2 more would exceed the limit (499 of 500 used)"));
+
+    let later = budget.check().unwrap_err();
+    assert_eq!(later.reason(), Reason::LimitExceeded);
+    assert_eq!(later.requested(), 0);
+    let text = later.to_string();
+    assert!(
+        text.contains(
+            "cancelled: an earlier charge would have exceeded the limit (499 of 500 used)"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("0 more"), "{text}");
+}
