@@ -108,7 +108,6 @@ impl Budget {
                 .with_class(&rules.name)
                 .with_request(s.request_id));
         }
-        let limits = tightened(&rules.limits, s.overrides);
         let base = s.priority.unwrap_or(rules.priority);
         let priority = s
             .overrides
@@ -117,7 +116,7 @@ impl Budget {
         let deadline = Timestamp::from_nanos(now.as_nanos().saturating_add(wall));
         Ok(Budget {
             node: Node::new(NodeInit {
-                limits,
+                overrides: &s.overrides.limits,
                 start: now,
                 deadline,
                 parent: None,
@@ -389,7 +388,7 @@ impl Budget {
             .least_important(rules.priority);
         Ok(Budget {
             node: Node::new(NodeInit {
-                limits: tightened(&rules.limits, overrides),
+                overrides: &overrides.limits,
                 start: now,
                 deadline: own.min(cap),
                 parent: Some(Arc::clone(parent)),
@@ -516,10 +515,6 @@ impl Budget {
         }
         v.with_request(id)
     }
-}
-
-fn tightened(class: &[u64; MAX_DIMENSIONS], overrides: &Overrides) -> [u64; MAX_DIMENSIONS] {
-    std::array::from_fn(|i| class[i].min(overrides.limits[i]))
 }
 
 impl fmt::Debug for Budget {

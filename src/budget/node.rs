@@ -74,8 +74,10 @@ pub(crate) struct Node {
 }
 
 /// Everything a new node needs.
-pub(crate) struct NodeInit {
-    pub(crate) limits: [u64; MAX_DIMENSIONS],
+pub(crate) struct NodeInit<'a> {
+    /// Limits that tighten the class's (read in place, with the class's: the node is built once,
+    /// without intermediate copies of the arrays).
+    pub(crate) overrides: &'a [u64; MAX_DIMENSIONS],
     pub(crate) start: Timestamp,
     pub(crate) deadline: Timestamp,
     pub(crate) parent: Option<Arc<Node>>,
@@ -86,7 +88,7 @@ pub(crate) struct NodeInit {
 }
 
 impl Node {
-    pub(crate) fn new(init: NodeInit) -> Arc<Node> {
+    pub(crate) fn new(init: NodeInit<'_>) -> Arc<Node> {
         let depth = init
             .parent
             .as_ref()
@@ -94,7 +96,10 @@ impl Node {
         let node = Arc::new(Node {
             state: AtomicU32::new(0),
             first_exhausted: AtomicU32::new(NONE_EXHAUSTED),
-            limits: init.limits,
+            limits: {
+                let class = init.snapshot.class(init.class).map(|r| &r.limits);
+                std::array::from_fn(|i| class.map_or(u64::MAX, |c| c[i]).min(init.overrides[i]))
+            },
             used: std::array::from_fn(|_| AtomicU64::new(0)),
             peak: std::array::from_fn(|_| AtomicU64::new(0)),
             start: init.start,
