@@ -1,4 +1,278 @@
-fn main() {
-    eprintln!("costguard: not yet");
-    std::process::exit(2);
+//! `costguard`: replays the incidents costguard exists for, with and without it, and checks policy
+//! files.
+//!
+//! Exit codes: 0 on success, 1 when a policy or a replay fails (the reason on stderr), 2 on usage
+//! errors.
+
+mod check;
+
+use clap::{Parser, Subcommand};
+use costguard::Policy;
+use costguard_cli::{chart, table, Comparison, ReplayOptions, ScenarioInfo};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+/// Replays the outages costguard exists for, without and with it; checks policy files.
+#[derive(Parser, Debug)]
+#[command(
+    name = "costguard",
+    version,
+    about,
+    long_about = None,
+    after_help = "Exit status: 0 on success, 1 when a policy or a replay fails, 2 on usage errors."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Replay a scenario twice, unguarded and guarded by the real engine, and compare the runs.
+    ///
+    /// Both runs are discrete-event simulations on a manual clock: no sleeping, and the same seed
+    /// prints the same output, byte for byte. Without a scenario name, every incident scenario runs,
+    /// one after the other.
+    Replay(ReplayArgs),
+    /// Validate a policy file and print the effective policy, or every error with file:line:column.
+    Check {
+        /// The policy file (TOML).
+        policy: PathBuf,
+    },
+    /// List the built-in scenarios, one per line (incidents are marked with *).
+    Scenarios,
+}
+
+#[derive(clap::Args, Debug)]
+struct ReplayArgs {
+    /// The scenario to replay (see `costguard scenarios`); without it, every incident scenario.
+    scenario: Option<String>,
+    /// Guard with this policy file instead of the scenario's own.
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
+    /// Seed of every random choice of the simulation.
+    #[arg(long, value_name = "N", default_value_t = ReplayOptions::default().seed)]
+    seed: u64,
+    /// Print JSON instead of the table: one object per scenario with an "unguarded" and a "guarded"
+    /// run; an array of them when several scenarios run.
+    #[arg(long)]
+    json: bool,
+    /// Also write a chart (SVG) of 5xx per minute and busy threads. When several scenarios run,
+    /// each gets its own file, named after the scenario: `--plot out.svg` writes
+    /// `out-commons-2015.svg`, `out-kafka-2016.svg`, ...
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
+}
+
+/// Why the command stops early.
+enum Failed {
+    /// A failure: exit code 1, with this message (`None` when it is already printed).
+    Error(Option<String>),
+    /// Whoever reads stdout has gone (`costguard replay | head`): stop quietly, with success.
+    PipeClosed,
+}
+
+impl<E: std::fmt::Display> From<E> for Failed {
+    fn from(e: E) -> Self {
+        Failed::Error(Some(e.to_string()))
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Replay(args) => replay(&args),
+        Command::Check { policy } => check(&policy),
+        Command::Scenarios => scenarios(),
+    };
+    match result {
+        Ok(()) | Err(Failed::PipeClosed) => ExitCode::SUCCESS,
+        Err(Failed::Error(message)) => {
+            if let Some(message) = message {
+                eprintln!("costguard: {message}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn scenarios() -> Result<(), Failed> {
+    let all = costguard_cli::scenarios();
+    let width = all.iter().map(|s| s.name.len()).max().unwrap_or(0);
+    let mut text = String::new();
+    for s in all {
+        let mark = if s.incident { '*' } else { ' ' };
+        text.push_str(&format!(
+            "{mark} {:<width$}  {}\n",
+            s.name,
+            s.summary,
+            width = width
+        ));
+    }
+    if !all.is_empty() {
+        text.push_str("\n* an incident: `costguard replay` with no name runs it\n");
+    }
+    print(&text)
+}
+
+fn check(path: &Path) -> Result<(), Failed> {
+    let policy = load_policy(path)?;
+    print(&format!(
+        "{}: a valid policy: {}\n\n{}",
+        path.display(),
+        check::summary(&policy),
+        check::describe(&policy)
+    ))
+}
+
+/// Reads a policy file; on failure prints every problem (each with file:line:column) to stderr.
+fn load_policy(path: &Path) -> Result<Policy, Failed> {
+    Policy::from_toml_file(path).map_err(|e| {
+        let problems = e.problems().len();
+        eprintln!("{e}");
+        Failed::Error(Some(format!(
+            "{} is not a valid policy ({problems} problem{})",
+            path.display(),
+            if problems == 1 { "" } else { "s" }
+        )))
+    })
+}
+
+fn replay(args: &ReplayArgs) -> Result<(), Failed> {
+    let names: Vec<String> = match &args.scenario {
+        Some(name) => vec![name.clone()],
+        None => costguard_cli::scenarios()
+            .iter()
+            .filter(|s| s.incident)
+            .map(|s| s.name.to_owned())
+            .collect(),
+    };
+    // The policy first: its errors are the user's to fix whatever the scenario.
+    let policy = args.policy.as_deref().map(load_policy).transpose()?;
+    if names.is_empty() {
+        return Err("no incident scenarios are built in".into());
+    }
+    if let Some(name) = &args.scenario {
+        known_scenario(name)?;
+    }
+    let options = ReplayOptions {
+        seed: args.seed,
+        policy,
+    };
+
+    let several = names.len() > 1;
+    let mut comparisons = Vec::with_capacity(names.len());
+    for (i, name) in names.iter().enumerate() {
+        let comparison = run_with_progress(name, &options)?;
+        if let Some(plot) = &args.plot {
+            let path = if several {
+                plot_path(plot, name)
+            } else {
+                plot.clone()
+            };
+            std::fs::write(&path, chart::render(&comparison))
+                .map_err(|e| format!("cannot write the chart to {}: {e}", path.display()))?;
+            eprintln!("costguard: chart written to {}", path.display());
+        }
+        if !args.json {
+            let separator = if i > 0 { "\n" } else { "" };
+            print(&format!("{separator}{}", table::render(&comparison)))?;
+        }
+        comparisons.push(comparison);
+    }
+    if args.json {
+        let json = if several {
+            serde_json::to_string_pretty(&comparisons)
+        } else {
+            serde_json::to_string_pretty(&comparisons[0])
+        }?;
+        print(&format!("{json}\n"))?;
+    }
+    Ok(())
+}
+
+/// Refuses an unknown name before any work, listing the names there are.
+fn known_scenario(name: &str) -> Result<&'static ScenarioInfo, Failed> {
+    let all = costguard_cli::scenarios();
+    all.iter().find(|s| s.name == name).ok_or_else(|| {
+        let known: Vec<&str> = all.iter().map(|s| s.name).collect();
+        Failed::Error(Some(if known.is_empty() {
+            format!("no scenario named `{name}`: no scenarios are built in")
+        } else {
+            format!(
+                "no scenario named `{name}`; the scenarios are: {}",
+                known.join(", ")
+            )
+        }))
+    })
+}
+
+/// `out.svg` and `kafka-2016` give `out-kafka-2016.svg`, next to `out.svg`.
+fn plot_path(plot: &Path, scenario: &str) -> PathBuf {
+    let stem = plot
+        .file_stem()
+        .map_or_else(|| "costguard".into(), |s| s.to_string_lossy().into_owned());
+    let extension = plot
+        .extension()
+        .map_or_else(|| "svg".into(), |e| e.to_string_lossy().into_owned());
+    plot.with_file_name(format!("{stem}-{scenario}.{extension}"))
+}
+
+/// How long a replay runs before a progress bar appears.
+const PROGRESS_AFTER: Duration = Duration::from_millis(300);
+
+/// Replays one scenario, with a progress bar on stderr if that is a terminal and the replay takes
+/// longer than [`PROGRESS_AFTER`]. Nothing of it reaches stdout.
+fn run_with_progress(name: &str, options: &ReplayOptions) -> Result<Comparison, Failed> {
+    let started = Instant::now();
+    let terminal = std::io::stderr().is_terminal();
+    let mut bar: Option<ProgressBar> = None;
+    let mut progress = |done: f64| {
+        if !terminal {
+            return;
+        }
+        let done = if done.is_finite() {
+            done.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        if bar.is_none() && started.elapsed() >= PROGRESS_AFTER {
+            // Hidden until styled and placed, so that its first frame is already right.
+            let b = ProgressBar::with_draw_target(Some(1000), ProgressDrawTarget::hidden())
+                .with_elapsed(started.elapsed());
+            if let Ok(style) =
+                ProgressStyle::with_template("{prefix} [{bar:40}] {percent:>3}% ({elapsed})")
+            {
+                b.set_style(style.progress_chars("=> "));
+            }
+            b.set_prefix(format!("replaying {name}"));
+            b.set_position((done * 1000.0).round() as u64);
+            b.set_draw_target(ProgressDrawTarget::stderr());
+            bar = Some(b);
+        }
+        if let Some(b) = &bar {
+            b.set_position((done * 1000.0).round() as u64);
+        }
+    };
+    let result = costguard_cli::replay(name, options, &mut progress);
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    Ok(result?)
+}
+
+/// Writes to stdout; a closed pipe (`costguard replay | head`) ends the command quietly.
+fn print(text: &str) -> Result<(), Failed> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(Failed::PipeClosed),
+        Err(e) => Err(format!("cannot write to stdout: {e}").into()),
+    }
 }

@@ -40,6 +40,12 @@ pub struct RunReport {
     pub refusals: BTreeMap<String, u64>,
     /// Notable moments (a broker ejected or readmitted, the database saturated, ...), in time order.
     pub events: Vec<Event>,
+    /// For the guarded run, the most amplification the policy's request-tree allowance permits (the
+    /// bound `amplification` must stay within); `None` for the unguarded run.
+    pub amplification_allowed: Option<f64>,
+    /// Scenario-specific tallies by name (always `unaffected_requests` and `unaffected_succeeded`;
+    /// for example parses completed, or log events delivered per broker).
+    pub counts: BTreeMap<String, u64>,
 }
 
 /// A notable moment of a run.
@@ -60,6 +66,8 @@ pub struct Comparison {
     pub seed: u64,
     /// Simulated length of each run, in seconds.
     pub duration_seconds: u64,
+    /// When the fault starts (the first edit, the broker going away), in simulated seconds.
+    pub fault_at_seconds: f64,
     /// Without costguard.
     pub unguarded: RunReport,
     /// With costguard, under the scenario's policy (or the one given).

@@ -1,0 +1,395 @@
+//! The replays prove what they claim: unguarded, each incident reproduces; guarded by the real engine,
+//! it does not. Thresholds come from the scenarios' constants and the policies, not from a recorded run.
+
+use costguard::Policy;
+use costguard_cli::scenario::{commons, kafka, retry_storm};
+use costguard_cli::{default_policy, replay, scenarios, Comparison, ReplayError, ReplayOptions};
+use std::sync::OnceLock;
+
+fn run(name: &str, seed: u64) -> Comparison {
+    let options = ReplayOptions { seed, policy: None };
+    let mut last = 0.0;
+    let c = replay(name, &options, &mut |f| {
+        assert!(
+            (0.0..=1.0).contains(&f) && f >= last,
+            "progress {f} after {last}"
+        );
+        last = f;
+    })
+    .unwrap();
+    assert_eq!(last, 1.0, "progress ends at 1");
+    c
+}
+
+fn cached(name: &'static str) -> &'static Comparison {
+    static COMMONS: OnceLock<Comparison> = OnceLock::new();
+    static KAFKA: OnceLock<Comparison> = OnceLock::new();
+    static STORM: OnceLock<Comparison> = OnceLock::new();
+    let cell = match name {
+        commons::NAME => &COMMONS,
+        kafka::NAME => &KAFKA,
+        _ => &STORM,
+    };
+    cell.get_or_init(|| run(name, ReplayOptions::default().seed))
+}
+
+fn policy(name: &str) -> Policy {
+    Policy::from_toml_str(default_policy(name).unwrap()).unwrap()
+}
+
+/// What the request tree's allowance permits per edit, worked out here from the policy and the
+/// scenario's figures: per parse job, one outer request, `1 + retries` parse attempts, and per parse
+/// as many API requests as `file_lookups` covers batches of `IMAGES_PER_CALL`.
+fn commons_allowance() -> f64 {
+    let p = policy(commons::NAME);
+    let retries = p.class("restbase").unwrap().retries().unwrap();
+    let lookups = p.class("parse").unwrap().limit("file_lookups").unwrap();
+    let lookups = lookups.min(
+        p.class("restbase")
+            .unwrap()
+            .limit("file_lookups")
+            .unwrap_or(u64::MAX),
+    );
+    let per_job = 1 + (1 + retries) * (1 + lookups / commons::IMAGES_PER_CALL);
+    (commons::PARSE_JOBS_PER_EDIT * per_job) as f64
+}
+
+fn assert_guarded_commons(c: &Comparison) {
+    let g = &c.guarded;
+    let allowed = commons_allowance();
+    assert_eq!(g.amplification_allowed, Some(allowed));
+    assert!(
+        g.amplification <= allowed,
+        "guarded amplification {} above the tree's allowance {allowed}",
+        g.amplification
+    );
+    assert!(g.amplification >= 1.0);
+    assert!(
+        g.goodput_unaffected >= 0.95,
+        "goodput {}",
+        g.goodput_unaffected
+    );
+    assert!(g.max_threads_busy < g.threads, "guarded threads exhausted");
+    // The parse's lookup allowance is what stopped each gallery.
+    assert!(g.refusals.get("limit_exceeded").copied().unwrap_or(0) >= g.originals);
+    assert!(g.recovery_seconds.is_some());
+}
+
+#[test]
+fn commons_2015_unguarded_reproduces_the_storm() {
+    let u = &cached(commons::NAME).unguarded;
+    let allowed = commons_allowance();
+    // A large amplification: far beyond anything the guarded tree may do, and the same order as the
+    // incident's half a million API requests.
+    assert!(
+        u.amplification > 10.0 * allowed,
+        "amplification {}",
+        u.amplification
+    );
+    assert!(u.generated > 100_000, "generated {}", u.generated);
+    assert_eq!(
+        u.max_threads_busy,
+        commons::API_THREADS,
+        "threads not exhausted"
+    );
+    assert_eq!(u.threads, commons::API_THREADS);
+    assert!(
+        u.max_threads_stuck > commons::API_THREADS / 2,
+        "stuck {}",
+        u.max_threads_stuck
+    );
+    assert!(
+        u.peak_db_queue > commons::DB_SLOTS,
+        "peak queue {}",
+        u.peak_db_queue
+    );
+    assert!(
+        u.goodput_unaffected < 0.95,
+        "goodput {}",
+        u.goodput_unaffected
+    );
+    assert!(u.errors_per_minute.iter().any(|&e| e > 1_000));
+    assert!(u.recovery_seconds.unwrap_or(f64::MAX) > 60.0);
+    assert!(u.refusals.is_empty() && u.amplification_allowed.is_none());
+    // Three waves of errors, one per pass of the spider, with quiet minutes between them.
+    let waves = u
+        .errors_per_minute
+        .windows(2)
+        .filter(|w| w[0] == 0 && w[1] > 0)
+        .count();
+    assert_eq!(waves as u64, commons::PASSES, "{:?}", u.errors_per_minute);
+}
+
+#[test]
+fn commons_2015_guarded_stays_within_the_allowance() {
+    let c = cached(commons::NAME);
+    assert_guarded_commons(c);
+    assert!(c.guarded.db_queries < c.unguarded.db_queries);
+    assert!(c.guarded.peak_db_queue < c.unguarded.peak_db_queue);
+    assert_eq!(c.guarded.recovery_seconds, Some(0.0));
+}
+
+fn assert_guarded_kafka(c: &Comparison) {
+    let g = &c.guarded;
+    let p = policy(kafka::NAME);
+    let (_, per_host) = p.backend("kafka").unwrap().max_connecting();
+    // No more threads than the connect cap wait on the dead broker, on any server.
+    assert!(
+        g.max_threads_stuck >= 1,
+        "nothing ever waited on the dead broker"
+    );
+    assert!(
+        g.max_threads_stuck <= kafka::SERVERS as u64 * u64::from(per_host),
+        "stuck {}",
+        g.max_threads_stuck
+    );
+    assert!(
+        g.goodput_unaffected >= 0.95,
+        "goodput {}",
+        g.goodput_unaffected
+    );
+    assert!(g.max_threads_busy < g.threads);
+    // Ejected and readmitted by the engine, without any configuration change.
+    let dead = kafka::BROKERS[kafka::DEAD];
+    let fault = kafka::FAULT_AT as f64 / 1e9;
+    let back = kafka::BROKER_BACK_AT as f64 / 1e9;
+    let at = |what: &str| -> Vec<f64> {
+        g.events
+            .iter()
+            .filter(|e| e.what.contains(dead) && e.what.ends_with(what))
+            .map(|e| e.at_seconds)
+            .collect()
+    };
+    let ejected = at("ejected");
+    let readmitted = at("readmitted on probation");
+    assert!(
+        ejected
+            .first()
+            .is_some_and(|&t| t >= fault && t < fault + 10.0),
+        "{ejected:?}"
+    );
+    assert!(readmitted.iter().any(|&t| t >= back), "{readmitted:?}");
+    assert!(!g.events.iter().any(|e| e.what.contains("by hand")));
+    let key = format!("{dead}_delivered_after_return");
+    assert!(
+        g.counts.get(&key).copied().unwrap_or(0) > 0,
+        "{:?}",
+        g.counts
+    );
+}
+
+#[test]
+fn kafka_2016_unguarded_exhausts_the_threads() {
+    let u = &cached(kafka::NAME).unguarded;
+    assert_eq!(u.threads, kafka::THREADS * kafka::SERVERS as u64);
+    assert_eq!(u.max_threads_busy, u.threads);
+    assert_eq!(
+        u.max_threads_stuck, u.threads,
+        "every thread stuck in connect()"
+    );
+    assert!(
+        u.goodput_unaffected < 0.5,
+        "goodput {}",
+        u.goodput_unaffected
+    );
+    // It recovers only after the manual depool.
+    let depool = (kafka::DEPOOL_AT - kafka::FAULT_AT) as f64 / 1e9;
+    let recovery = u.recovery_seconds.expect("recovers after the depool");
+    assert!(
+        recovery >= depool,
+        "recovery {recovery} before the depool at {depool}"
+    );
+    assert!(u.events.iter().any(|e| e.what.contains("by hand")));
+}
+
+#[test]
+fn kafka_2016_guarded_caps_connects_and_ejects_the_broker() {
+    let c = cached(kafka::NAME);
+    assert_guarded_kafka(c);
+    assert!(c.guarded.recovery_seconds.unwrap_or(f64::MAX) < 60.0);
+}
+
+fn assert_guarded_storm(c: &Comparison) {
+    let g = &c.guarded;
+    let retries = policy(retry_storm::NAME)
+        .class("app")
+        .unwrap()
+        .retries()
+        .unwrap();
+    let allowed = ((1 + u64::from(retry_storm::USER_RETRIES)) * (2 + retries)) as f64;
+    assert_eq!(g.amplification_allowed, Some(allowed));
+    assert!(
+        g.amplification <= allowed,
+        "amplification {}",
+        g.amplification
+    );
+    // Back to normal within a minute of the backend's recovery.
+    let slow = retry_storm::SLOW_FOR as f64 / 1e9;
+    let recovery = g.recovery_seconds.expect("the guarded run recovers");
+    assert!(recovery <= slow + 60.0, "recovery {recovery}");
+    assert!(
+        g.refusals.get("circuit_open").copied().unwrap_or(0) > 0,
+        "{:?}",
+        g.refusals
+    );
+    assert!(g.max_threads_busy < g.threads);
+}
+
+#[test]
+fn retry_storm_outlives_its_cause_unless_guarded() {
+    let c = cached(retry_storm::NAME);
+    assert_guarded_storm(c);
+    let (u, g) = (&c.unguarded, &c.guarded);
+    // Unguarded, the backend is still saturated long after it is fast again: metastable.
+    let slow = retry_storm::SLOW_FOR as f64 / 1e9;
+    assert!(
+        u.recovery_seconds.is_none_or(|r| r > slow + 300.0),
+        "{:?}",
+        u.recovery_seconds
+    );
+    assert!(
+        u.amplification > g.amplification_allowed.unwrap_or(0.0),
+        "{}",
+        u.amplification
+    );
+    assert!(u.goodput_unaffected + 0.2 < g.goodput_unaffected);
+    let tail = &u.errors_per_minute[u.errors_per_minute.len() - 3..];
+    assert!(tail.iter().all(|&e| e > 1_000), "{tail:?}");
+    assert!(g.errors_per_minute[g.errors_per_minute.len() - 3..]
+        .iter()
+        .all(|&e| e == 0));
+}
+
+#[test]
+fn the_same_seed_gives_the_same_result_byte_for_byte() {
+    for name in [commons::NAME, kafka::NAME, retry_storm::NAME] {
+        let again = run(name, ReplayOptions::default().seed);
+        let first = serde_json::to_string(cached(name)).unwrap();
+        assert_eq!(first, serde_json::to_string(&again).unwrap(), "{name}");
+    }
+}
+
+#[test]
+fn another_seed_still_satisfies_the_guarded_assertions() {
+    let c = run(commons::NAME, 7);
+    assert_guarded_commons(&c);
+    assert_ne!(
+        c.unguarded,
+        cached(commons::NAME).unguarded,
+        "the seed changes the traffic"
+    );
+    let c = run(kafka::NAME, 7);
+    assert_guarded_kafka(&c);
+    let c = run(retry_storm::NAME, 7);
+    assert_guarded_storm(&c);
+}
+
+#[test]
+fn a_policy_that_lacks_what_the_scenario_needs_is_refused_by_name() {
+    let thin = Policy::from_toml_str(
+        r#"
+        [dimensions]
+        db_queries = "level"
+        [classes.api]
+        wall_time = "10s"
+        [backends.parsoid]
+        timeout = "1s"
+        "#,
+    )
+    .unwrap();
+    let options = ReplayOptions {
+        seed: 1,
+        policy: Some(thin.clone()),
+    };
+    let err = replay(commons::NAME, &options, &mut |_| {}).unwrap_err();
+    let ReplayError::Policy(why) = &err else {
+        panic!("{err}");
+    };
+    for missing in [
+        "class `restbase`",
+        "class `parse`",
+        "counter `file_lookups`",
+        "counter `db_queries` (declared as a level)",
+        "backend `api`",
+        "backend `db`",
+    ] {
+        assert!(why.contains(missing), "{why} does not name {missing}");
+    }
+    assert!(
+        !why.contains("class `api`") && !why.contains("backend `parsoid`"),
+        "{why}"
+    );
+    let options = ReplayOptions {
+        seed: 1,
+        policy: Some(thin),
+    };
+    let err = replay(kafka::NAME, &options, &mut |_| {}).unwrap_err();
+    assert!(
+        err.to_string().contains("class `app`") && err.to_string().contains("backend `kafka`"),
+        "{err}"
+    );
+    // A kafka backend without the cluster's brokers is named host by host.
+    let mut toml = default_policy(kafka::NAME)
+        .unwrap()
+        .replace("\"kafka1013:9092\", ", "");
+    toml.push('\n');
+    let options = ReplayOptions {
+        seed: 1,
+        policy: Some(Policy::from_toml_str(&toml).unwrap()),
+    };
+    let err = replay(kafka::NAME, &options, &mut |_| {}).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("host `kafka1013:9092` of backend `kafka`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn scenarios_are_listed_with_policies_that_parse() {
+    let all = scenarios();
+    let names: Vec<_> = all.iter().map(|s| s.name).collect();
+    assert_eq!(names, [commons::NAME, kafka::NAME, retry_storm::NAME]);
+    assert_eq!(all.iter().filter(|s| s.incident).count(), 2);
+    for s in all {
+        Policy::from_toml_str(default_policy(s.name).unwrap()).unwrap();
+        assert!(!s.summary.is_empty());
+    }
+    assert!(matches!(
+        default_policy("nope"),
+        Err(ReplayError::UnknownScenario(n)) if n == "nope"
+    ));
+    assert!(matches!(
+        replay("nope", &ReplayOptions::default(), &mut |_| {}),
+        Err(ReplayError::UnknownScenario(_))
+    ));
+}
+
+#[test]
+fn series_cover_the_run() {
+    for name in [commons::NAME, kafka::NAME] {
+        let c = cached(name);
+        for r in [&c.unguarded, &c.guarded] {
+            assert_eq!(
+                r.errors_per_minute.len() as u64,
+                c.duration_seconds.div_ceil(60)
+            );
+            assert_eq!(r.threads_busy.len(), r.threads_stuck.len());
+            assert_eq!(
+                r.threads_busy.len() as u64,
+                c.duration_seconds / r.sample_seconds + 1
+            );
+            assert!(r.threads_busy.iter().all(|&b| b <= r.threads));
+            assert!(r
+                .threads_stuck
+                .iter()
+                .zip(&r.threads_busy)
+                .all(|(s, b)| s <= b));
+            assert!((0.0..=1.0).contains(&r.goodput_unaffected));
+            assert!(r
+                .events
+                .windows(2)
+                .all(|w| w[0].at_seconds <= w[1].at_seconds));
+        }
+    }
+}
