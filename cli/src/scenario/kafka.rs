@@ -132,6 +132,9 @@ struct Server {
 struct Model<'a> {
     now: u64,
     queue: Queue<Ev>,
+    /// Arrivals draw from their own stream, so both runs see exactly the same traffic whatever else
+    /// each draws.
+    arrivals: Rng,
     rng: Rng,
     rec: Recorder,
     reqs: Slab<Req>,
@@ -168,6 +171,7 @@ fn run(run: Run<'_>) -> Result<RunReport, ReplayError> {
     let model = Model {
         now: 0,
         queue: Queue::default(),
+        arrivals: Rng::new(run.seed, 2016_0128),
         rng: Rng::new(run.seed, 2016),
         rec: Recorder::new(DURATION, FAULT_AT, 10),
         reqs: Slab::default(),
@@ -260,9 +264,9 @@ impl Model<'_> {
         if self.now >= DURATION {
             return;
         }
-        let gap = self.rng.exponential(SECOND / RATE);
+        let gap = self.arrivals.exponential(SECOND / RATE);
         self.at(gap, Ev::Arrive);
-        let server = self.rng.below(SERVERS as u64) as usize;
+        let server = self.arrivals.below(SERVERS as u64) as usize;
         if self.now >= FAULT_AT {
             self.rec.originals += 1;
             self.rec.generated += 1;
