@@ -393,3 +393,21 @@ fn series_cover_the_run() {
         }
     }
 }
+
+#[test]
+fn both_runs_of_every_scenario_see_the_same_traffic() {
+    for s in scenarios() {
+        let c = cached(s.name);
+        assert_eq!(
+            c.unguarded.originals, c.guarded.originals,
+            "{}: originals",
+            s.name
+        );
+        assert_eq!(
+            c.unguarded.counts.get("unaffected_requests"),
+            c.guarded.counts.get("unaffected_requests"),
+            "{}: ordinary requests",
+            s.name
+        );
+    }
+}
