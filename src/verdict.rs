@@ -205,6 +205,41 @@ impl Verdict {
         }
     }
 
+    /// Rebuilds a verdict from the parts its accessors give, for a binding that carried a refusal
+    /// across a language boundary as plain fields, or a reader of logged refusals: its `Display` is
+    /// then the library's own sentence. Names are copied (this allocates; it is not a refusal path).
+    ///
+    /// ```
+    /// use costguard::{Reason, Retry, Unit, Verdict};
+    ///
+    /// let v = Verdict::from_parts(
+    ///     Reason::LimitExceeded, Retry::Never, Some("parse"), Some("file_lookups"), Unit::Count,
+    ///     [1, 500, 500], None,
+    /// );
+    /// assert_eq!(v.to_string(), "parse/file_lookups: 1 more would exceed the limit (500 of 500 used); retrying cannot help");
+    /// ```
+    pub fn from_parts(
+        reason: Reason,
+        retry: Retry,
+        class: Option<&str>,
+        dimension: Option<&str>,
+        unit: Unit,
+        [requested, used, limit]: [u64; 3],
+        request_id: Option<RequestId>,
+    ) -> Verdict {
+        Verdict {
+            reason,
+            class: class.map(Arc::from),
+            dimension: dimension.map(Arc::from),
+            unit,
+            requested,
+            used,
+            limit,
+            request_id,
+            retry,
+        }
+    }
+
     pub(crate) fn with_class(mut self, class: &Arc<str>) -> Self {
         self.class = Some(Arc::clone(class));
         self
