@@ -6,10 +6,6 @@
  */
 
 /**
- * The most slots the table can hold.
- */
-
-/**
  * The class's default priority.
  */
 

@@ -1,0 +1,677 @@
+//! Budgets: begin (optionally from a propagation header), child budgets, charges, refunds,
+//! reservations, levels, time left, cancellation, the header for the next hop and the limit report.
+
+use crate::engine::EngineObj;
+use crate::names::Names;
+use crate::object::{self, claim_reservation, with_budget, with_engine, Object};
+use crate::panic::{boundary, check};
+use crate::status::{costguard_status, Status};
+use crate::text::{self, required, TextOut};
+use crate::types::*;
+use crate::verdict::{costguard_verdict, refused};
+use costguard::header::Propagation;
+use costguard::{Budget, Counter, LevelGuard, RequestId, Reservation, Verdict};
+use std::ffi::c_char;
+use std::ptr::NonNull;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The value behind a budget handle.
+pub(crate) struct BudgetObj {
+    pub(crate) budget: Budget,
+    /// The engine's serial: names from other engines are refused.
+    pub(crate) serial: u32,
+    pub(crate) names: Arc<Names>,
+}
+
+impl BudgetObj {
+    pub(crate) fn counter(&self, c: costguard_counter) -> Result<Counter, Status> {
+        self.names.counter(self.serial, c.bits)
+    }
+}
+
+/// A guard that borrows a budget (a core `Reservation` or `LevelGuard`), kept together with the
+/// budget it borrows. The budget is boxed and leaked for as long as the guard lives, so the borrow
+/// stays valid however this value moves; the guard is dropped first.
+pub(crate) struct Held<G> {
+    guard: Mutex<Option<G>>,
+    budget: NonNull<Budget>,
+}
+
+// SAFETY: the guard only refers to the boxed budget (`Budget: Send + Sync`), and the guard types
+// held here (`Reservation`, `LevelGuard`) are a shared reference plus plain data.
+unsafe impl<G: Send> Send for Held<G> {}
+// SAFETY: as above; the guard is behind a mutex.
+unsafe impl<G: Send> Sync for Held<G> {}
+
+impl<G> Held<G> {
+    fn new(
+        budget: Budget,
+        make: impl FnOnce(&'static Budget) -> Result<G, Verdict>,
+    ) -> Result<Self, Verdict> {
+        let p = Box::into_raw(Box::new(budget));
+        // SAFETY: the box is freed only in `Drop`, after the guard; until then the reference is
+        // valid. The 'static lifetime never leaves this type: the guard is only used through it.
+        let r: &'static Budget = unsafe { &*p };
+        match make(r) {
+            Ok(guard) => Ok(Held {
+                guard: Mutex::new(Some(guard)),
+                // SAFETY: from `Box::into_raw`, so not null.
+                budget: unsafe { NonNull::new_unchecked(p) },
+            }),
+            Err(v) => {
+                // SAFETY: the box is ours again; no guard refers to it.
+                drop(unsafe { Box::from_raw(p) });
+                Err(v)
+            }
+        }
+    }
+
+    /// Takes the guard out (once).
+    fn take(&self) -> Option<G> {
+        self.guard.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+impl<G> Drop for Held<G> {
+    fn drop(&mut self) {
+        drop(
+            self.guard
+                .get_mut()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+        );
+        // SAFETY: from `Box::into_raw` in `new`; the guard that borrowed it is gone.
+        drop(unsafe { Box::from_raw(self.budget.as_ptr()) });
+    }
+}
+
+/// The value behind a reservation handle.
+pub(crate) type ReservationObj = Held<Reservation<'static>>;
+/// The value behind a level guard handle.
+pub(crate) type LevelGuardObj = Held<LevelGuard<'static>>;
+
+/// Stores a new budget, owned by this thread (see the fast path in [`crate::handle`]).
+pub(crate) fn insert_budget(budget: Budget, serial: u32, names: Arc<Names>) -> Result<u64, Status> {
+    object::insert(
+        object::BUDGET,
+        Object::Budget(BudgetObj {
+            budget,
+            serial,
+            names,
+        }),
+        object::owner(),
+    )
+}
+
+/// A request id argument: 1..=64 bytes of UTF-8.
+///
+/// # Safety
+/// As for [`text::string`].
+pub(crate) unsafe fn request_id(ptr: *const c_char, len: usize) -> Result<RequestId, Status> {
+    // SAFETY: forwarded.
+    let s = unsafe { text::string(ptr, len) }?;
+    RequestId::new(s).map_err(|e| {
+        text::set_last_error(format!("request id: {e}"));
+        Status::COSTGUARD_INVALID_ARGUMENT
+    })
+}
+
+/// An optional propagation header argument.
+///
+/// # Safety
+/// As for [`text::string`].
+pub(crate) unsafe fn header(ptr: *const c_char, len: usize) -> Result<Option<Propagation>, Status> {
+    if len == 0 {
+        return Ok(None);
+    }
+    // SAFETY: forwarded.
+    let s = unsafe { text::string(ptr, len) }?;
+    Propagation::decode(s).map(Some).map_err(|e| {
+        text::set_last_error(format!("propagation header: {e}"));
+        Status::COSTGUARD_HEADER_ERROR
+    })
+}
+
+fn begin(
+    eng: &EngineObj,
+    c: costguard_class,
+    id: RequestId,
+    header: Option<&Propagation>,
+) -> Result<Result<u64, Verdict>, Status> {
+    let s = eng.state();
+    let class = s.names.class(eng.serial, c.bits)?;
+    let started = match header {
+        Some(p) => s.engine.begin_propagated(class, id, p),
+        None => s.engine.begin(class, id),
+    };
+    match started {
+        Ok(b) => insert_budget(b, eng.serial, Arc::clone(&s.names)).map(Ok),
+        Err(v) => Ok(Err(v)),
+    }
+}
+
+/// Writes a new handle or the refusal.
+///
+/// # Safety
+/// `out` is writable; `verdict` is NULL or writable.
+unsafe fn deliver<T>(
+    result: Result<u64, Verdict>,
+    out: NonNull<T>,
+    make: impl FnOnce(u64) -> T,
+    verdict: *mut costguard_verdict,
+) -> Status {
+    match result {
+        Ok(bits) => {
+            // SAFETY: the caller's contract.
+            unsafe { out.as_ptr().write(make(bits)) };
+            Status::COSTGUARD_OK
+        }
+        // SAFETY: the caller's contract.
+        Err(v) => unsafe { refused(verdict, &v) },
+    }
+}
+
+/// Starts the budget of a request of class `c`, tightened by an optional incoming header.
+///
+/// # Safety
+/// `request_id` points to `id_len` bytes, `header` to `header_len` (or NULL with 0); `out` is
+/// writable; `verdict` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn costguard_budget_begin(
+    e: costguard_engine,
+    c: costguard_class,
+    request_id: *const c_char,
+    id_len: usize,
+    header: *const c_char,
+    header_len: usize,
+    out: *mut costguard_budget,
+    verdict: *mut costguard_verdict,
+) -> costguard_status {
+    boundary(|| {
+        let out = check!(required(out));
+        if e.bits == 0 {
+            return Status::COSTGUARD_NULL_ARGUMENT;
+        }
+        // SAFETY: the caller's contract.
+        let id = check!(unsafe { self::request_id(request_id, id_len) });
+        // SAFETY: the caller's contract.
+        let prop = check!(unsafe { self::header(header, header_len) });
+        let result = check!(check!(with_engine(e.bits, |eng| begin(
+            eng,
+            c,
+            id,
+            prop.as_ref()
+        ))));
+        // SAFETY: the caller's contract.
+        unsafe { deliver(result, out, |bits| costguard_budget { bits }, verdict) }
+    })
+}
+
+/// A child budget, of the parent's class or of `class_`.
+///
+/// # Safety
+/// `class_` is NULL or readable; `out` is writable; `verdict` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn costguard_budget_child(
+    parent: costguard_budget,
+    class_: *const costguard_class,
+    out: *mut costguard_budget,
+    verdict: *mut costguard_verdict,
+) -> costguard_status {
+    boundary(|| {
+        let out = check!(required(out));
+        // SAFETY: NULL or readable (the caller's contract).
+        let class = (!class_.is_null()).then(|| unsafe { class_.read() });
+        let result = check!(check!(with_budget(parent.bits, |b| {
+            let child = match class {
+                Some(c) => b.budget.child_in(b.names.class(b.serial, c.bits)?),
+                None => b.budget.child(),
+            };
+            match child {
+                Ok(child) => insert_budget(child, b.serial, Arc::clone(&b.names)).map(Ok),
+                Err(v) => Ok(Err(v)),
+            }
+        })));
+        // SAFETY: the caller's contract.
+        unsafe { deliver(result, out, |bits| costguard_budget { bits }, verdict) }
+    })
+}
+
+/// Frees a budget handle (the budget lives on in its children, grants and other handles). The null
+/// handle is a no-op.
+#[no_mangle]
+pub extern "C" fn costguard_budget_free(b: costguard_budget) -> costguard_status {
+    boundary(|| object::free(b.bits, object::BUDGET))
+}
+
+/// Charges `amount` of a counter, all or nothing, to the budget and every ancestor.
+///
+/// # Safety
+/// `verdict` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn costguard_budget_charge(
+    b: costguard_budget,
+    c: costguard_counter,
+    amount: u64,
+    verdict: *mut costguard_verdict,
+) -> costguard_status {
+    boundary(|| {
+        check!(with_budget(b.bits, |b| {
+            let counter = check!(b.counter(c));
+            match b.budget.try_charge(counter, amount) {
+                Ok(()) => Status::COSTGUARD_OK,
+                // SAFETY: the caller's contract.
+                Err(v) => unsafe { refused(verdict, &v) },
+            }
+        }))
+    })
+}
+
+/// A `(counter, amount)` pair for `costguard_budget_charge_many` and admission estimates.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct costguard_charge {
+    /// The counter.
+    pub counter: costguard_counter,
+    /// The amount.
+    pub amount: u64,
+}
+
+/// Charges several counters at once, all or nothing.
+///
+/// # Safety
+/// `charges` points to `n` readable charges (or is NULL with `n` 0); `verdict` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn costguard_budget_charge_many(
+    b: costguard_budget,
+    charges: *const costguard_charge,
+    n: usize,
+    verdict: *mut costguard_verdict,
+) -> costguard_status {
+    boundary(|| {
+        // SAFETY: the caller's contract.
+        let charges = check!(unsafe { slice(charges, n) });
+        check!(with_budget(b.bits, |b| {
+            let mut list = Vec::with_capacity(charges.len());
+            for ch in charges {
+                list.push((check!(b.counter(ch.counter)), ch.amount));
+            }
+            match b.budget.try_charge_many(&list) {
+                Ok(()) => Status::COSTGUARD_OK,
+                // SAFETY: the caller's contract.
+                Err(v) => unsafe { refused(verdict, &v) },
+            }
+        }))
+    })
+}
+
+/// A `(pointer, count)` array argument; NULL is allowed when the count is 0.
+///
+/// # Safety
+/// When not NULL, `p` points to `n` readable, initialized values.
+pub(crate) unsafe fn slice<'a, T>(p: *const T, n: usize) -> Result<&'a [T], Status> {
+    if n == 0 {
+        return Ok(&[]);
+    }
+    if p.is_null() {
+        return Err(Status::COSTGUARD_NULL_ARGUMENT);
+    }
+    if n.checked_mul(std::mem::size_of::<T>())
+        .is_none_or(|bytes| bytes > isize::MAX as usize)
+    {
+        return Err(Status::COSTGUARD_INVALID_ARGUMENT);
+    }
+    // SAFETY: non-null, `n` values readable (the caller's contract), size checked.
+    Ok(unsafe { std::slice::from_raw_parts(p, n) })
+}
+
+/// Gives back up to `amount` of a counter charged through this budget; `*refunded` says how much.
+///
+/// # Safety
+/// `refunded` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn costguard_budget_refund(
+    b: costguard_budget,
+    c: costguard_counter,
+    amount: u64,
+    refunded: *mut u64,
+) -> costguard_status {
+    boundary(|| {
+        let n = check!(check!(with_budget(b.bits, |b| b
+            .counter(c)
+            .map(|counter| b.budget.refund(counter, amount)))));
+        if !refunded.is_null() {
+            // SAFETY: non-null and writable.
+            unsafe { refunded.write(n) };
+        }
+        Status::COSTGUARD_OK
+    })
+}
+
+/// Takes one retry from the request tree's allowance.
+///
+/// # Safety
+/// `verdict` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn costguard_budget_try_retry(
+    b: costguard_budget,
+    verdict: *mut costguard_verdict,
+) -> costguard_status {
+    boundary(|| {
+        check!(with_budget(b.bits, |b| match b.budget.try_retry() {
+            Ok(()) => Status::COSTGUARD_OK,
+            // SAFETY: the caller's contract.
+            Err(v) => unsafe { refused(verdict, &v) },
+        }))
+    })
+}
+
+/// Charges an estimate now, to be settled later.
+///
+/// # Safety
+/// `out` is writable; `verdict` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn costguard_budget_reserve(
+    b: costguard_budget,
+    c: costguard_counter,
+    estimate: u64,
+    out: *mut costguard_reservation,
+    verdict: *mut costguard_verdict,
+) -> costguard_status {
+    boundary(|| {
+        let out = check!(required(out));
+        let result = check!(check!(with_budget(b.bits, |b| {
+            let counter = b.counter(c)?;
+            match Held::new(b.budget.clone(), |budget| budget.reserve(counter, estimate)) {
+                Ok(held) => {
+                    object::insert(object::RESERVATION, Object::Reservation(held), None).map(Ok)
+                }
+                Err(v) => Ok(Err(v)),
+            }
+        })));
+        // SAFETY: the caller's contract.
+        unsafe { deliver(result, out, |bits| costguard_reservation { bits }, verdict) }
+    })
+}
+
+/// Settles a reservation to `actual` (refunds the difference, or charges the excess all or nothing).
+/// Frees the reservation whatever the result.
+///
+/// # Safety
+/// `verdict` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn costguard_reservation_settle(
+    r: costguard_reservation,
+    actual: u64,
+    verdict: *mut costguard_verdict,
+) -> costguard_status {
+    boundary(|| {
+        check!(claim_reservation(r.bits, |held| match held.take() {
+            Some(res) => match res.settle(actual) {
+                Ok(()) => Status::COSTGUARD_OK,
+                // SAFETY: the caller's contract.
+                Err(v) => unsafe { refused(verdict, &v) },
+            },
+            None => Status::COSTGUARD_INVALID_HANDLE,
+        }))
+    })
+}
+
+/// Frees a reservation, keeping the estimate charged (as Rust's drop). The null handle is a no-op.
+#[no_mangle]
+pub extern "C" fn costguard_reservation_free(r: costguard_reservation) -> costguard_status {
+    boundary(|| object::free(r.bits, object::RESERVATION))
+}
+
+/// Gives the whole estimate back and frees the reservation.
+#[no_mangle]
+pub extern "C" fn costguard_reservation_cancel(r: costguard_reservation) -> costguard_status {
+    boundary(|| {
+        check!(claim_reservation(r.bits, |held| match held.take() {
+            Some(res) => {
+                res.cancel();
+                Status::COSTGUARD_OK
+            }
+            None => Status::COSTGUARD_INVALID_HANDLE,
+        }))
+    })
+}
+
+/// Raises a level by `n` until the guard is freed.
+///
+/// # Safety
+/// `out` is writable; `verdict` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn costguard_budget_enter(
+    b: costguard_budget,
+    l: costguard_level,
+    n: u64,
+    out: *mut costguard_level_guard,
+    verdict: *mut costguard_verdict,
+) -> costguard_status {
+    boundary(|| {
+        let out = check!(required(out));
+        let result = check!(check!(with_budget(b.bits, |b| {
+            let level = b.names.level(b.serial, l.bits)?;
+            match Held::new(b.budget.clone(), |budget| budget.enter_n(level, n)) {
+                Ok(held) => {
+                    object::insert(object::LEVEL_GUARD, Object::LevelGuard(held), None).map(Ok)
+                }
+                Err(v) => Ok(Err(v)),
+            }
+        })));
+        // SAFETY: the caller's contract.
+        unsafe { deliver(result, out, |bits| costguard_level_guard { bits }, verdict) }
+    })
+}
+
+/// Leaves the level (frees the guard). The null handle is a no-op.
+#[no_mangle]
+pub extern "C" fn costguard_level_guard_free(g: costguard_level_guard) -> costguard_status {
+    boundary(|| object::free(g.bits, object::LEVEL_GUARD))
+}
+
+/// Reads one value of a budget into a required out-pointer.
+///
+/// # Safety
+/// `out` is writable.
+unsafe fn read<T>(
+    b: costguard_budget,
+    out: *mut T,
+    f: impl FnOnce(&BudgetObj) -> Result<T, Status>,
+) -> Status {
+    let out = check!(required(out));
+    let v = check!(check!(with_budget(b.bits, f)));
+    // SAFETY: non-null and writable.
+    unsafe { out.as_ptr().write(v) };
+    Status::COSTGUARD_OK
+}
+
+/// The amount of a counter charged through this budget.
+///
+/// # Safety
+/// `out` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn costguard_budget_used(
+    b: costguard_budget,
+    c: costguard_counter,
+    out: *mut u64,
+) -> costguard_status {
+    // SAFETY: the caller's contract.
+    boundary(|| unsafe { read(b, out, |b| Ok(b.budget.used(b.counter(c)?))) })
+}
+
+/// How much of a counter can still be charged (`UINT64_MAX` if nothing limits it).
+///
+/// # Safety
+/// `out` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn costguard_budget_remaining_of(
+    b: costguard_budget,
+    c: costguard_counter,
+    out: *mut u64,
+) -> costguard_status {
+    // SAFETY: the caller's contract.
+    boundary(|| unsafe { read(b, out, |b| Ok(b.budget.remaining_of(b.counter(c)?))) })
+}
+
+/// The current value of a level in this budget.
+///
+/// # Safety
+/// `out` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn costguard_budget_level(
+    b: costguard_budget,
+    l: costguard_level,
+    out: *mut u64,
+) -> costguard_status {
+    // SAFETY: the caller's contract.
+    boundary(|| unsafe {
+        read(b, out, |b| {
+            Ok(b.budget.level(b.names.level(b.serial, l.bits)?))
+        })
+    })
+}
+
+fn nanos(d: Duration) -> u64 {
+    if d == Duration::MAX {
+        u64::MAX
+    } else {
+        u64::try_from(d.as_nanos())
+            .unwrap_or(u64::MAX - 1)
+            .min(u64::MAX - 1)
+    }
+}
+
+/// Time left until the deadline, in nanoseconds (`UINT64_MAX`: no deadline).
+///
+/// # Safety
+/// `out` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn costguard_budget_remaining_ns(
+    b: costguard_budget,
+    out: *mut u64,
+) -> costguard_status {
+    // SAFETY: the caller's contract.
+    boundary(|| unsafe { read(b, out, |b| Ok(nanos(b.budget.remaining()))) })
+}
+
+/// Whether the deadline has passed.
+///
+/// # Safety
+/// `out` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn costguard_budget_expired(
+    b: costguard_budget,
+    out: *mut bool,
+) -> costguard_status {
+    // SAFETY: the caller's contract.
+    boundary(|| unsafe { read(b, out, |b| Ok(b.budget.expired())) })
+}
+
+/// Whether the budget is cancelled (a counter ran out, the deadline passed, or it was cancelled).
+///
+/// # Safety
+/// `out` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn costguard_budget_is_cancelled(
+    b: costguard_budget,
+    out: *mut bool,
+) -> costguard_status {
+    // SAFETY: the caller's contract.
+    boundary(|| unsafe { read(b, out, |b| Ok(b.budget.is_cancelled())) })
+}
+
+/// `COSTGUARD_OK` while work may go on, else `COSTGUARD_REFUSED` with the verdict that says why.
+///
+/// # Safety
+/// `verdict` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn costguard_budget_check(
+    b: costguard_budget,
+    verdict: *mut costguard_verdict,
+) -> costguard_status {
+    boundary(|| {
+        check!(with_budget(b.bits, |b| match b.budget.check() {
+            Ok(()) => Status::COSTGUARD_OK,
+            // SAFETY: the caller's contract.
+            Err(v) => unsafe { refused(verdict, &v) },
+        }))
+    })
+}
+
+/// Cancels the budget and every descendant.
+#[no_mangle]
+pub extern "C" fn costguard_budget_cancel(b: costguard_budget) -> costguard_status {
+    boundary(|| {
+        check!(with_budget(b.bits, |b| {
+            b.budget.cancel();
+            Status::COSTGUARD_OK
+        }))
+    })
+}
+
+/// Writes text made from a budget.
+///
+/// # Safety
+/// `buf` points to `cap` writable bytes (or NULL with `cap` 0); `len` is writable.
+unsafe fn budget_text(
+    b: costguard_budget,
+    buf: *mut c_char,
+    cap: usize,
+    len: *mut usize,
+    f: impl FnOnce(&Budget) -> String,
+) -> Status {
+    boundary(|| {
+        let out = check!(TextOut::new(buf, cap, len));
+        let s = check!(with_budget(b.bits, |b| f(&b.budget)));
+        // SAFETY: checked by `TextOut::new`.
+        unsafe { out.write(&s) }
+    })
+}
+
+/// The propagation header value for a callee (`cg1;id=...`).
+///
+/// # Safety
+/// `buf` points to `cap` writable bytes (or NULL with `cap` 0); `len` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn costguard_budget_to_header(
+    b: costguard_budget,
+    buf: *mut c_char,
+    cap: usize,
+    len: *mut usize,
+) -> costguard_status {
+    // SAFETY: the caller's contract.
+    unsafe { budget_text(b, buf, cap, len, Budget::to_header) }
+}
+
+/// The limit report as JSON.
+///
+/// # Safety
+/// `buf` points to `cap` writable bytes (or NULL with `cap` 0); `len` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn costguard_budget_report_json(
+    b: costguard_budget,
+    buf: *mut c_char,
+    cap: usize,
+    len: *mut usize,
+) -> costguard_status {
+    // SAFETY: the caller's contract.
+    unsafe { budget_text(b, buf, cap, len, |b| b.report().to_json()) }
+}
+
+/// The limit report as text.
+///
+/// # Safety
+/// `buf` points to `cap` writable bytes (or NULL with `cap` 0); `len` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn costguard_budget_report_text(
+    b: costguard_budget,
+    buf: *mut c_char,
+    cap: usize,
+    len: *mut usize,
+) -> costguard_status {
+    // SAFETY: the caller's contract.
+    unsafe { budget_text(b, buf, cap, len, |b| b.report().to_string()) }
+}

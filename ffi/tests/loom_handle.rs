@@ -1,0 +1,158 @@
+//! Loom models of the handle table, one invariant each:
+//! - a free racing a use never lets the use see a dropped value;
+//! - the value is dropped exactly once, whoever is last;
+//! - a stale handle never reaches the value of the slot's next occupant;
+//! - the owner's fast path against a free from another thread (asymmetric fence modelled as two
+//!   SeqCst fences).
+//!
+//! `RUSTFLAGS="--cfg costguard_loom" LOOM_MAX_PREEMPTIONS=2 CARGO_TARGET_DIR=target/loom-ffi
+//!  cargo test -p costguard-ffi --release --test loom_handle`
+#![cfg(costguard_loom)]
+
+use costguard_ffi::handle::Table;
+use loom::sync::atomic::{AtomicUsize, Ordering};
+use loom::sync::Arc;
+
+/// Counts its drops and knows whether it was dropped.
+#[derive(Debug)]
+struct Tracked {
+    drops: Arc<AtomicUsize>,
+    id: usize,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.drops.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_use_racing_a_free_never_sees_a_dropped_value() {
+    loom::model(|| {
+        let table = Arc::new(Table::<Tracked>::new());
+        let drops = Arc::new(AtomicUsize::new(0));
+        let h = table
+            .insert(
+                2,
+                Tracked {
+                    drops: drops.clone(),
+                    id: 7,
+                },
+                None,
+            )
+            .unwrap();
+        let user = {
+            let (table, drops) = (table.clone(), drops.clone());
+            loom::thread::spawn(move || {
+                if let Ok(v) = table.acquire(h, 2, None) {
+                    assert_eq!(drops.load(Ordering::SeqCst), 0, "used after drop");
+                    assert_eq!(v.id, 7);
+                }
+            })
+        };
+        drop(table.claim(h, 2, None).unwrap());
+        user.join().unwrap();
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
+    });
+}
+
+#[test]
+fn two_frees_drop_exactly_once() {
+    loom::model(|| {
+        let table = Arc::new(Table::<Tracked>::new());
+        let drops = Arc::new(AtomicUsize::new(0));
+        let h = table
+            .insert(
+                2,
+                Tracked {
+                    drops: drops.clone(),
+                    id: 1,
+                },
+                None,
+            )
+            .unwrap();
+        let other = {
+            let table = table.clone();
+            loom::thread::spawn(move || table.claim(h, 2, None).is_ok())
+        };
+        let mine = table.claim(h, 2, None).is_ok();
+        let theirs = other.join().unwrap();
+        assert!(mine ^ theirs, "exactly one free succeeds");
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
+    });
+}
+
+#[test]
+fn a_stale_handle_never_reaches_the_next_occupant() {
+    loom::model(|| {
+        let table = Arc::new(Table::<Tracked>::new());
+        let drops = Arc::new(AtomicUsize::new(0));
+        let old = table
+            .insert(
+                2,
+                Tracked {
+                    drops: drops.clone(),
+                    id: 1,
+                },
+                None,
+            )
+            .unwrap();
+        let stale_user = {
+            let table = table.clone();
+            loom::thread::spawn(move || {
+                if let Ok(v) = table.acquire(old, 2, None) {
+                    assert_eq!(v.id, 1, "a stale handle reached a reused slot");
+                }
+            })
+        };
+        drop(table.claim(old, 2, None).unwrap());
+        let new = table
+            .insert(
+                2,
+                Tracked {
+                    drops: drops.clone(),
+                    id: 2,
+                },
+                None,
+            )
+            .unwrap();
+        stale_user.join().unwrap();
+        assert_ne!(old, new);
+        assert_eq!(table.acquire(new, 2, None).unwrap().id, 2);
+        drop(table.claim(new, 2, None).unwrap());
+        assert_eq!(drops.load(Ordering::SeqCst), 2);
+    });
+}
+
+#[test]
+fn the_owner_fast_path_against_a_free_from_another_thread() {
+    loom::model(|| {
+        let table = Arc::new(Table::<Tracked>::new());
+        let drops = Arc::new(AtomicUsize::new(0));
+        let owner = table.register();
+        let h = table
+            .insert(
+                2,
+                Tracked {
+                    drops: drops.clone(),
+                    id: 3,
+                },
+                Some(owner),
+            )
+            .unwrap();
+        let freer = {
+            let table = table.clone();
+            loom::thread::spawn(move || drop(table.claim(h, 2, None).unwrap()))
+        };
+        if let Ok(v) = table.acquire(h, 2, Some(owner)) {
+            assert_eq!(
+                drops.load(Ordering::SeqCst),
+                0,
+                "the fast path used a dropped value"
+            );
+            assert_eq!(v.id, 3);
+        }
+        freer.join().unwrap();
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
+    });
+}
