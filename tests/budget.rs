@@ -670,3 +670,42 @@ fn check_after_an_exhausting_refusal_says_the_budget_was_cancelled_by_it() {
     );
     assert!(!text.contains("0 more"), "{text}");
 }
+
+#[test]
+fn owned_guards_live_beside_the_request_and_give_back_exactly_once() {
+    // A state machine keeps the request's guards next to its budget, not in a borrowing scope.
+    struct Request {
+        budget: Budget,
+        depth: Option<costguard::LevelGuard<'static>>,
+        lookups: Option<costguard::Reservation<'static>>,
+    }
+    let f = fixture();
+    let budget = f
+        .engine
+        .begin_by_name("parse", RequestId::new("r").unwrap())
+        .unwrap();
+    let mut r = Request {
+        depth: Some(budget.enter_owned(f.depth, 2).unwrap()),
+        lookups: Some(budget.reserve_owned(f.lookups, 400).unwrap()),
+        budget,
+    };
+    assert_eq!(r.budget.level(f.depth), 2);
+    assert_eq!(r.budget.used(f.lookups), 400);
+    // The limit of 3 holds across owned and borrowed guards alike.
+    assert!(r.budget.enter_owned(f.depth, 2).is_err());
+    let one_more = r.budget.enter(f.depth).unwrap();
+    drop(one_more);
+
+    r.lookups.take().unwrap().settle(150).unwrap();
+    assert_eq!(r.budget.used(f.lookups), 150);
+    r.depth = None;
+    assert_eq!(r.budget.level(f.depth), 0);
+
+    // A guard outlives every other handle on its budget and still releases on drop.
+    let guard = r.budget.enter_owned(f.depth, 1).unwrap();
+    let watcher = r.budget.clone();
+    drop(r);
+    assert_eq!(watcher.level(f.depth), 1);
+    drop(guard);
+    assert_eq!(watcher.level(f.depth), 0);
+}

@@ -30,66 +30,18 @@ impl BudgetObj {
     }
 }
 
-/// A guard that borrows a budget (a core `Reservation` or `LevelGuard`), kept together with the
-/// budget it borrows. The budget is boxed and leaked for as long as the guard lives, so the borrow
-/// stays valid however this value moves; the guard is dropped first.
-pub(crate) struct Held<G> {
-    guard: Mutex<Option<G>>,
-    budget: NonNull<Budget>,
-}
+/// A reservation, settled or cancelled once: whoever claims the handle takes it out.
+pub(crate) struct ReservationObj(Mutex<Option<Reservation<'static>>>);
 
-// SAFETY: the guard only refers to the boxed budget (`Budget: Send + Sync`), and the guard types
-// held here (`Reservation`, `LevelGuard`) are a shared reference plus plain data.
-unsafe impl<G: Send> Send for Held<G> {}
-// SAFETY: as above; the guard is behind a mutex.
-unsafe impl<G: Send> Sync for Held<G> {}
-
-impl<G> Held<G> {
-    fn new(
-        budget: Budget,
-        make: impl FnOnce(&'static Budget) -> Result<G, Verdict>,
-    ) -> Result<Self, Verdict> {
-        let p = Box::into_raw(Box::new(budget));
-        // SAFETY: the box is freed only in `Drop`, after the guard; until then the reference is
-        // valid. The 'static lifetime never leaves this type: the guard is only used through it.
-        let r: &'static Budget = unsafe { &*p };
-        match make(r) {
-            Ok(guard) => Ok(Held {
-                guard: Mutex::new(Some(guard)),
-                // SAFETY: from `Box::into_raw`, so not null.
-                budget: unsafe { NonNull::new_unchecked(p) },
-            }),
-            Err(v) => {
-                // SAFETY: the box is ours again; no guard refers to it.
-                drop(unsafe { Box::from_raw(p) });
-                Err(v)
-            }
-        }
-    }
-
-    /// Takes the guard out (once).
-    fn take(&self) -> Option<G> {
-        self.guard.lock().unwrap_or_else(|p| p.into_inner()).take()
+impl ReservationObj {
+    /// Takes the reservation out (once).
+    fn take(&self) -> Option<Reservation<'static>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
 
-impl<G> Drop for Held<G> {
-    fn drop(&mut self) {
-        drop(
-            self.guard
-                .get_mut()
-                .unwrap_or_else(|p| p.into_inner())
-                .take(),
-        );
-        // SAFETY: from `Box::into_raw` in `new`; the guard that borrowed it is gone.
-        drop(unsafe { Box::from_raw(self.budget.as_ptr()) });
-    }
-}
-
-/// The value behind a reservation handle.
-pub(crate) type ReservationObj = Held<Reservation<'static>>;
-/// The value behind a level guard handle.
-pub(crate) type LevelGuardObj = Held<LevelGuard<'static>>;
+/// A level guard: the core's owned guard, which leaves the level when dropped.
+pub(crate) type LevelGuardObj = LevelGuard<'static>;
 
 /// Stores a new budget, owned by this thread (see the fast path in [`crate::handle`]).
 pub(crate) fn insert_budget(budget: Budget, serial: u32, names: Arc<Names>) -> Result<u64, Status> {
@@ -383,9 +335,10 @@ pub unsafe extern "C" fn costguard_budget_reserve(
         let out = check!(required(out));
         let result = check!(check!(with_budget(b.bits, |b| {
             let counter = b.counter(c)?;
-            match Held::new(b.budget.clone(), |budget| budget.reserve(counter, estimate)) {
-                Ok(held) => {
-                    object::insert(object::RESERVATION, Object::Reservation(held), None).map(Ok)
+            match b.budget.reserve_owned(counter, estimate) {
+                Ok(r) => {
+                    let obj = ReservationObj(Mutex::new(Some(r)));
+                    object::insert(object::RESERVATION, Object::Reservation(obj), None).map(Ok)
                 }
                 Err(v) => Ok(Err(v)),
             }
@@ -454,9 +407,9 @@ pub unsafe extern "C" fn costguard_budget_enter(
         let out = check!(required(out));
         let result = check!(check!(with_budget(b.bits, |b| {
             let level = b.names.level(b.serial, l.bits)?;
-            match Held::new(b.budget.clone(), |budget| budget.enter_n(level, n)) {
-                Ok(held) => {
-                    object::insert(object::LEVEL_GUARD, Object::LevelGuard(held), None).map(Ok)
+            match b.budget.enter_owned(level, n) {
+                Ok(guard) => {
+                    object::insert(object::LEVEL_GUARD, Object::LevelGuard(guard), None).map(Ok)
                 }
                 Err(v) => Ok(Err(v)),
             }

@@ -3,16 +3,19 @@
 use super::Budget;
 use crate::handle::{Counter, Level};
 use crate::Verdict;
+use std::borrow::Cow;
 use std::fmt;
 use std::time::Duration;
 
 /// One unit (or more) of a level dimension, held until dropped.
 ///
-/// Returned by [`Budget::enter`]. Dropping the guard, by return or by unwinding from a panic, lowers the
-/// level again on the budget and every ancestor, exactly once.
+/// Returned by [`Budget::enter`], borrowing the budget, or by [`Budget::enter_owned`] as a
+/// `LevelGuard<'static>` that holds its own handle on the budget (for a guard kept beside the request
+/// in a state machine or a binding rather than inside a scope). Dropping the guard, by return or by
+/// unwinding from a panic, lowers the level again on the budget and every ancestor, exactly once.
 #[must_use = "the level is released as soon as the guard is dropped"]
 pub struct LevelGuard<'b> {
-    pub(super) budget: &'b Budget,
+    pub(super) budget: Cow<'b, Budget>,
     pub(super) level: Level,
     pub(super) amount: u64,
 }
@@ -53,7 +56,7 @@ impl fmt::Debug for LevelGuard<'_> {
 /// [`cancel`](Self::cancel) when the work is known not to have started.
 #[must_use = "a reservation should be settled or cancelled"]
 pub struct Reservation<'b> {
-    pub(super) budget: &'b Budget,
+    pub(super) budget: Cow<'b, Budget>,
     pub(super) counter: Counter,
     pub(super) amount: u64,
 }
@@ -68,8 +71,9 @@ impl Reservation<'_> {
     /// excess, all or nothing. When the excess does not fit, the estimate stays charged and the verdict
     /// says by how much the work went over.
     pub fn settle(self, actual: u64) -> Result<(), Verdict> {
-        let (budget, counter, amount) = (self.budget, self.counter, self.amount);
-        std::mem::forget(self);
+        // Dropping a reservation does nothing (the estimate stays charged), so settling needs no
+        // special exit.
+        let (budget, counter, amount) = (&self.budget, self.counter, self.amount);
         if actual <= amount {
             budget.refund(counter, amount - actual);
             Ok(())
@@ -80,9 +84,7 @@ impl Reservation<'_> {
 
     /// Gives the whole estimate back: the work did not happen.
     pub fn cancel(self) {
-        let (budget, counter, amount) = (self.budget, self.counter, self.amount);
-        std::mem::forget(self);
-        budget.refund(counter, amount);
+        self.budget.refund(self.counter, self.amount);
     }
 }
 

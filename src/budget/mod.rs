@@ -33,6 +33,7 @@ use crate::verdict::{Reason, Retry, Unit};
 use crate::{Priority, RequestId, Verdict};
 use node::{Node, NodeInit, Refused};
 use state::{CANCELLED, DEADLINE, EXHAUSTED};
+use std::borrow::Cow;
 use std::fmt;
 use std::time::Duration;
 
@@ -178,7 +179,23 @@ impl Budget {
     pub fn reserve(&self, counter: Counter, estimate: u64) -> Result<Reservation<'_>, Verdict> {
         self.try_charge(counter, estimate)?;
         Ok(Reservation {
-            budget: self,
+            budget: Cow::Borrowed(self),
+            counter,
+            amount: estimate,
+        })
+    }
+
+    /// [`reserve`](Self::reserve), with a reservation that holds its own handle on the budget: for a
+    /// reservation kept beside the request (in a state machine, an event loop, a binding) rather than
+    /// inside a scope that borrows the budget.
+    pub fn reserve_owned(
+        &self,
+        counter: Counter,
+        estimate: u64,
+    ) -> Result<Reservation<'static>, Verdict> {
+        self.try_charge(counter, estimate)?;
+        Ok(Reservation {
+            budget: Cow::Owned(self.clone()),
             counter,
             amount: estimate,
         })
@@ -191,16 +208,33 @@ impl Budget {
 
     /// Raises a level by `n` for as long as the guard lives.
     pub fn enter_n(&self, level: Level, n: u64) -> Result<LevelGuard<'_>, Verdict> {
+        self.raise(level, n)?;
+        Ok(LevelGuard {
+            budget: Cow::Borrowed(self),
+            level,
+            amount: n,
+        })
+    }
+
+    /// [`enter_n`](Self::enter_n), with a guard that holds its own handle on the budget: for a guard
+    /// kept beside the request (in a state machine, an event loop, a binding) rather than inside a
+    /// scope that borrows the budget.
+    pub fn enter_owned(&self, level: Level, n: u64) -> Result<LevelGuard<'static>, Verdict> {
+        self.raise(level, n)?;
+        Ok(LevelGuard {
+            budget: Cow::Owned(self.clone()),
+            level,
+            amount: n,
+        })
+    }
+
+    fn raise(&self, level: Level, n: u64) -> Result<(), Verdict> {
         let dim = level.index();
         self.node
             .charge_chain(dim, n)
             .map_err(|r| self.refusal(r))?;
         self.node.record_peak(dim);
-        Ok(LevelGuard {
-            budget: self,
-            level,
-            amount: n,
-        })
+        Ok(())
     }
 
     /// Starts charging the calling thread's CPU time to the `cpu_time` counter.
