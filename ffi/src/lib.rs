@@ -2,7 +2,7 @@
 //!
 //! Every function here is `extern "C"`, runs inside a panic boundary ([`panic`]), NULL-checks its
 //! pointers, takes strings as `(pointer, length)` validated as UTF-8, returns a stable
-//! [`costguard_status`](status::costguard_status) and writes its outputs only on success. Objects are
+//! [`costguard_status`] and writes its outputs only on success. Objects are
 //! reached through generation-checked handles ([`handle`]), so that a double free, a use after free, a
 //! handle of another kind or engine, or a made-up value is an error code rather than undefined
 //! behaviour. The contract is `ffi/API.md`; the header `include/costguard.h` is generated from this
