@@ -859,3 +859,47 @@ fn the_observed_maximum_in_flight_equals_the_limit_never_more() {
         assert_eq!(s.counts.admitted + s.counts.refused(refused_by), 8 * 100);
     }
 }
+
+#[test]
+fn a_priority_carried_in_a_header_is_the_one_admission_sheds_by() {
+    let policy = Policy::from_toml_str(
+        r#"
+        [classes.api]
+        wall_time = "10s"
+        [classes.api.admission]
+        concurrency = 10
+        headroom = { normal = 1.0, sheddable = 0.5, background = 0.2 }
+        "#,
+    )
+    .unwrap();
+    let (engine, _clock) = engine(policy);
+    let api = engine.class("api").unwrap();
+    let held: Vec<_> = (0..5)
+        .map(|n| engine.try_admit(&AdmitRequest::new(api, id(n))).unwrap())
+        .collect();
+
+    // The caller marked this work sheddable: at half the limit, the callee's door sheds it...
+    let prop = costguard::header::Propagation::decode("cg1;id=up-1;pri=sheddable").unwrap();
+    let overrides = prop.overrides(&engine);
+    let shed = engine
+        .try_admit(&AdmitRequest::new(api, id(100)).overrides(&overrides))
+        .unwrap_err();
+    assert_eq!(shed.reason(), Reason::Shed);
+    // ... even when the callee would have called it normal or critical itself: a header only lowers.
+    let asked_critical = AdmitRequest::new(api, id(101))
+        .priority(Priority::Critical)
+        .overrides(&overrides);
+    assert_eq!(
+        engine.try_admit(&asked_critical).unwrap_err().reason(),
+        Reason::Shed
+    );
+    // Without the header, the same request is admitted, and its budget keeps the header's id.
+    assert!(engine.try_admit(&AdmitRequest::new(api, id(102))).is_ok());
+    drop(held);
+    let caller_id = prop.request_id().unwrap_or(id(103));
+    let admitted = engine
+        .try_admit(&AdmitRequest::new(api, caller_id).overrides(&overrides))
+        .unwrap();
+    assert_eq!(admitted.budget().priority(), Priority::Sheddable);
+    assert_eq!(admitted.budget().request_id().as_str(), "up-1");
+}

@@ -132,10 +132,24 @@ impl<'a> AdmitRequest<'a> {
         self
     }
 
-    /// Tighter budget limits for this request (from a propagation header, for instance).
+    /// Tighter budget limits for this request (from a propagation header, for instance). A priority in
+    /// them can only lower the request's: admission sheds the request at the lower one, so work a
+    /// caller marked sheddable is shed first at every hop. For a request that arrived with a header:
+    /// `AdmitRequest::new(class, propagation.request_id().unwrap_or(own_id))` with
+    /// `.overrides(&propagation.overrides(&engine))`.
     pub fn overrides(mut self, overrides: &'a Overrides) -> Self {
         self.overrides = Some(overrides);
         self
+    }
+
+    /// The priority admission judges the request at: its own (or the class's), lowered by the
+    /// overrides' if they carry one.
+    pub(crate) fn effective_priority(&self, class: Priority) -> Priority {
+        let own = self.priority.unwrap_or(class);
+        match self.overrides.and_then(|o| o.priority) {
+            Some(p) => own.least_important(p),
+            None => own,
+        }
     }
 }
 
@@ -475,7 +489,7 @@ impl Engine {
                 Verdict::new(Reason::UnknownClass, Retry::Never).with_request(req.id),
             ));
         };
-        let priority = req.priority.unwrap_or(rules.priority);
+        let priority = req.effective_priority(rules.priority);
         let adm = rules.admission.as_ref();
         let refuse = |verdict: Verdict, queueable: Option<Permille>| {
             let verdict = verdict.with_class(&rules.name).with_request(req.id);

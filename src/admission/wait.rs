@@ -36,7 +36,7 @@ fn enqueue(
     let Some(rules) = snapshot.class(req.class) else {
         return Err(full);
     };
-    let priority = req.priority.unwrap_or(rules.priority);
+    let priority = req.effective_priority(rules.priority);
     let (Some(adm), Some(policy)) = (
         rules.admission.as_ref(),
         rules.admission.as_ref().and_then(|a| a.queue),
