@@ -132,6 +132,15 @@ fn commons_2015_guarded_stays_within_the_allowance() {
 fn assert_guarded_kafka(c: &Comparison) {
     let g = &c.guarded;
     let p = policy(kafka::NAME);
+    // Requests and connects per request stay within the request's retry allowance.
+    let retries = p.class("app").unwrap().retries().unwrap();
+    let allowed = (2 + retries) as f64;
+    assert_eq!(g.amplification_allowed, Some(allowed));
+    assert!(
+        g.amplification <= allowed,
+        "amplification {}",
+        g.amplification
+    );
     let (_, per_host) = p.backend("kafka").unwrap().max_connecting();
     // No more threads than the connect cap wait on the dead broker, on any server.
     assert!(

@@ -93,6 +93,13 @@ pub const SPEC: Spec = Spec {
     run,
 };
 
+/// What the request tree's retry allowance permits per request: the request itself, plus its log
+/// event's first connect and one connect per retry the class allows.
+pub fn amplification_allowed(policy: &costguard::Policy) -> Option<f64> {
+    let retries = policy.class("app")?.retries()?;
+    Some(2u64.saturating_add(retries) as f64)
+}
+
 /// Whether `broker` ignores connects at `now`.
 fn dead(now: u64, broker: usize) -> bool {
     broker == DEAD && (FAULT_AT..BROKER_BACK_AT).contains(&now)
@@ -144,6 +151,8 @@ struct Model<'a> {
     max_busy: u64,
     /// Threads in `connect()` to the dead broker right now, every server together.
     connecting_dead: u64,
+    /// The guarded policy's bound on amplification.
+    allowed: Option<f64>,
     progress: &'a mut dyn FnMut(f64),
 }
 
@@ -180,6 +189,7 @@ fn run(run: Run<'_>) -> Result<RunReport, ReplayError> {
         depooled: false,
         max_busy: 0,
         connecting_dead: 0,
+        allowed: run.guard.and_then(amplification_allowed),
         progress: run.progress,
     };
     Ok(model.run())
@@ -495,7 +505,7 @@ impl Model<'_> {
             max_threads_busy: self.max_busy,
             db_queries: 0,
             peak_db_queue: 0,
-            amplification_allowed: None,
+            amplification_allowed: self.allowed,
         })
     }
 }
