@@ -39,6 +39,12 @@ impl<T> Mutex<T> {
         }
     }
 
+    /// The value, through exclusive access (no locking).
+    #[cfg(not(costguard_loom))]
+    pub(crate) fn get_mut(&mut self) -> &mut T {
+        self.0.get_mut()
+    }
+
     pub(crate) fn lock(&self) -> imp::MutexGuard<'_, T> {
         #[cfg(not(costguard_loom))]
         {

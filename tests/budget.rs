@@ -709,3 +709,35 @@ fn owned_guards_live_beside_the_request_and_give_back_exactly_once() {
     drop(guard);
     assert_eq!(watcher.level(f.depth), 0);
 }
+
+#[test]
+fn a_budget_started_after_another_finished_on_the_same_thread_starts_clean() {
+    // Finished root budgets are reused in place on their thread: nothing of one may leak into the next.
+    let f = fixture();
+    for round in 0..6u64 {
+        let budget = f
+            .engine
+            .begin_by_name("parse", RequestId::from_u64(round))
+            .unwrap();
+        assert_eq!(budget.request_id(), RequestId::from_u64(round));
+        assert_eq!(budget.used(f.lookups), 0, "round {round}");
+        assert_eq!(budget.level(f.depth), 0);
+        assert!(!budget.is_cancelled());
+        assert!(budget.check().is_ok());
+        let report = budget.report();
+        assert!(report.children.is_empty(), "round {round}: {report:?}");
+        assert_eq!(budget.remaining(), Duration::from_secs(30));
+
+        // Spend, exhaust, cancel, nest and peak, so that the next round would see any leftover.
+        let child = budget.child().unwrap();
+        child.try_charge(f.db, 7).unwrap();
+        drop(child);
+        assert_eq!(budget.report().children.len(), 1);
+        let guard = budget.enter_n(f.depth, 3).unwrap();
+        drop(guard);
+        budget.try_charge(f.lookups, 500).unwrap();
+        assert!(budget.try_charge(f.lookups, 1).is_err());
+        budget.cancel();
+        f.clock.advance(Duration::from_secs(1));
+    }
+}

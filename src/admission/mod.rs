@@ -662,13 +662,12 @@ impl Engine {
             }
         }
         // 4. The budget.
-        let default_overrides = Overrides::new();
         let budget = Budget::start(Start {
             snapshot: Arc::clone(snapshot),
             class: req.class,
             request_id: req.id,
             priority: Some(priority),
-            overrides: req.overrides.unwrap_or(&default_overrides),
+            overrides: req.overrides.unwrap_or(&Overrides::NONE),
         });
         let budget = match budget {
             Ok(b) => b,

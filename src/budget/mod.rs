@@ -16,6 +16,7 @@
 mod guard;
 pub(crate) mod node;
 mod overrides;
+mod pool;
 pub(crate) mod report;
 mod state;
 
@@ -115,18 +116,32 @@ impl Budget {
             .priority
             .map_or(base, |p| base.least_important(p));
         let deadline = Timestamp::from_nanos(now.as_nanos().saturating_add(wall));
+        let init = NodeInit {
+            overrides: &s.overrides.limits,
+            start: now,
+            deadline,
+            parent: None,
+            request_id: s.overrides.request_id.unwrap_or(s.request_id),
+            priority,
+            class: s.class,
+            snapshot: s.snapshot,
+        };
         Ok(Budget {
-            node: Node::new(NodeInit {
-                overrides: &s.overrides.limits,
-                start: now,
-                deadline,
-                parent: None,
-                request_id: s.overrides.request_id.unwrap_or(s.request_id),
-                priority,
-                class: s.class,
-                snapshot: s.snapshot,
-            }),
+            node: Self::root_node(init),
         })
+    }
+
+    /// A root node: a finished one this thread kept, reset in place, or a new one.
+    #[inline]
+    fn root_node(init: NodeInit<'_>) -> Arc<Node> {
+        #[cfg(not(costguard_loom))]
+        if let Some(mut node) = pool::take() {
+            if let Some(n) = Arc::get_mut(&mut node) {
+                n.reinit(init);
+                return node;
+            }
+        }
+        Node::new(init)
     }
 
     /// Charges `n` of a counter, all or nothing, to this budget and every ancestor.
@@ -548,6 +563,13 @@ impl Budget {
             v = v.with_class(&rules.name);
         }
         v.with_request(id)
+    }
+}
+
+impl Drop for Budget {
+    fn drop(&mut self) {
+        // The last handle on a finished root budget: keep its node for this thread's next one.
+        pool::keep(&self.node);
     }
 }
 

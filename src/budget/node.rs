@@ -136,6 +136,38 @@ impl Node {
         node
     }
 
+    /// Makes a finished root node (from the [pool](super::pool)) new again for `init`, in place:
+    /// the same state [`new`](Self::new) would build, without building and copying a fresh one.
+    #[cfg(not(costguard_loom))]
+    pub(crate) fn reinit(&mut self, init: NodeInit<'_>) {
+        debug_assert!(init.parent.is_none() && self.parent.is_none());
+        *self.state.get_mut() = 0;
+        *self.first_exhausted.get_mut() = NONE_EXHAUSTED;
+        let class = init.snapshot.class(init.class).map(|r| &r.limits);
+        for (i, limit) in self.limits.iter_mut().enumerate() {
+            *limit = class.map_or(u64::MAX, |c| c[i]).min(init.overrides[i]);
+        }
+        // Two plain loops (not a chained iterator) so that each becomes one memset.
+        for cell in &mut self.used {
+            *cell.get_mut() = 0;
+        }
+        for cell in &mut self.peak {
+            *cell.get_mut() = 0;
+        }
+        self.start = init.start;
+        self.deadline = init.deadline;
+        self.depth = 0;
+        self.request_id = init.request_id;
+        self.priority = init.priority;
+        self.class = init.class;
+        self.snapshot = init.snapshot;
+        self.live.get_mut().clear();
+        let finished = self.finished.get_mut();
+        finished.reports.clear();
+        finished.omitted = 0;
+        self.from_children.take();
+    }
+
     pub(crate) fn rules(&self) -> Option<&ClassRules> {
         self.snapshot.class(self.class)
     }

@@ -42,14 +42,20 @@ pub struct Overrides {
     pub(crate) request_id: Option<RequestId>,
 }
 
+impl Overrides {
+    /// No overrides, as a constant: `&Overrides::NONE` is a static, so the paths that start a
+    /// budget without overrides build no 300-byte value to point at.
+    pub(crate) const NONE: Overrides = Overrides {
+        limits: [u64::MAX; MAX_DIMENSIONS],
+        wall_time: None,
+        priority: None,
+        request_id: None,
+    };
+}
+
 impl Default for Overrides {
     fn default() -> Self {
-        Overrides {
-            limits: [u64::MAX; MAX_DIMENSIONS],
-            wall_time: None,
-            priority: None,
-            request_id: None,
-        }
+        Overrides::NONE
     }
 }
 

@@ -270,7 +270,7 @@ impl Engine {
 
     /// Starts the budget of a request of `class` under the current policy.
     pub fn begin(&self, class: Class, id: RequestId) -> Result<Budget, Verdict> {
-        self.begin_with(class, id, &Overrides::default())
+        self.begin_with(class, id, &Overrides::NONE)
     }
 
     /// Starts a budget, looking the class up by name (a hash lookup; prefer [`begin`](Self::begin) with
@@ -278,7 +278,7 @@ impl Engine {
     pub fn begin_by_name(&self, class: &str, id: RequestId) -> Result<Budget, Verdict> {
         let snapshot = self.inner.current.load_full();
         let class = snapshot.class_by_name(class).unwrap_or(Class(u16::MAX));
-        self.start(snapshot, class, id, &Overrides::default())
+        self.start(snapshot, class, id, &Overrides::NONE)
     }
 
     /// Starts a budget whose limits are tightened by `overrides`.

@@ -1,0 +1,61 @@
+//! Finished root budgets, kept per thread and made new again in place.
+//!
+//! Starting a budget used to be most of the cost of admitting a request: the node is about a kilobyte
+//! (limits, counters and peaks for every dimension a policy may have), and building it meant zeroing
+//! it on the stack, copying it into a fresh allocation and freeing that allocation when the request
+//! ended. A thread that admits requests one after another can instead keep the nodes of its finished
+//! root budgets and reset one in place for the next request.
+//!
+//! Only a node nobody else can reach is kept: a root (no parent to report to), with no other handle
+//! on it (no clone of the budget, no weak reference). Each thread keeps at most [`CAPACITY`]; a kept
+//! node holds the policy snapshot it last used until it is reused or the thread exits. Under loom
+//! nothing is kept (the models check the node's algorithm, not its allocation).
+
+use super::node::Node;
+use crate::sync::Arc;
+
+/// How many finished nodes a thread keeps.
+pub(crate) const CAPACITY: usize = 4;
+
+#[cfg(not(costguard_loom))]
+thread_local! {
+    static FREE: std::cell::RefCell<Vec<Arc<Node>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A finished node to reset, if this thread kept one.
+#[inline]
+pub(crate) fn take() -> Option<Arc<Node>> {
+    #[cfg(not(costguard_loom))]
+    {
+        FREE.try_with(|free| free.try_borrow_mut().ok()?.pop())
+            .ok()
+            .flatten()
+    }
+    #[cfg(costguard_loom)]
+    {
+        None
+    }
+}
+
+/// Keeps `node` for reuse when it is a root that nothing else refers to. Called while the last
+/// budget handle on it is being dropped: the extra count taken here is the one that keeps it.
+#[inline]
+pub(crate) fn keep(node: &Arc<Node>) {
+    #[cfg(not(costguard_loom))]
+    {
+        if node.parent.is_some() || Arc::strong_count(node) != 1 || Arc::weak_count(node) != 0 {
+            return;
+        }
+        let _ = FREE.try_with(|free| {
+            if let Ok(mut free) = free.try_borrow_mut() {
+                if free.len() < CAPACITY {
+                    free.push(Arc::clone(node));
+                }
+            }
+        });
+    }
+    #[cfg(costguard_loom)]
+    {
+        let _ = node;
+    }
+}
