@@ -26,21 +26,22 @@ impl Drop for Tracked {
     }
 }
 
+/// A table holding one tracked value `id` (kind 2, no owner), its drop counter, and its handle.
+fn table_with(id: usize) -> (Arc<Table<Tracked>>, Arc<AtomicUsize>, u64) {
+    let table = Arc::new(Table::<Tracked>::new());
+    let drops = Arc::new(AtomicUsize::new(0));
+    let tracked = Tracked {
+        drops: drops.clone(),
+        id,
+    };
+    let h = table.insert(2, tracked, None).unwrap();
+    (table, drops, h)
+}
+
 #[test]
 fn a_use_racing_a_free_never_sees_a_dropped_value() {
     loom::model(|| {
-        let table = Arc::new(Table::<Tracked>::new());
-        let drops = Arc::new(AtomicUsize::new(0));
-        let h = table
-            .insert(
-                2,
-                Tracked {
-                    drops: drops.clone(),
-                    id: 7,
-                },
-                None,
-            )
-            .unwrap();
+        let (table, drops, h) = table_with(7);
         let user = {
             let (table, drops) = (table.clone(), drops.clone());
             loom::thread::spawn(move || {
@@ -59,18 +60,7 @@ fn a_use_racing_a_free_never_sees_a_dropped_value() {
 #[test]
 fn two_frees_drop_exactly_once() {
     loom::model(|| {
-        let table = Arc::new(Table::<Tracked>::new());
-        let drops = Arc::new(AtomicUsize::new(0));
-        let h = table
-            .insert(
-                2,
-                Tracked {
-                    drops: drops.clone(),
-                    id: 1,
-                },
-                None,
-            )
-            .unwrap();
+        let (table, drops, h) = table_with(1);
         let other = {
             let table = table.clone();
             loom::thread::spawn(move || table.claim(h, 2, None).is_ok())
@@ -85,18 +75,7 @@ fn two_frees_drop_exactly_once() {
 #[test]
 fn a_stale_handle_never_reaches_the_next_occupant() {
     loom::model(|| {
-        let table = Arc::new(Table::<Tracked>::new());
-        let drops = Arc::new(AtomicUsize::new(0));
-        let old = table
-            .insert(
-                2,
-                Tracked {
-                    drops: drops.clone(),
-                    id: 1,
-                },
-                None,
-            )
-            .unwrap();
+        let (table, drops, old) = table_with(1);
         let stale_user = {
             let table = table.clone();
             loom::thread::spawn(move || {

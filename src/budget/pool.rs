@@ -15,6 +15,7 @@ use super::node::Node;
 use crate::sync::Arc;
 
 /// How many finished nodes a thread keeps.
+#[cfg(not(costguard_loom))]
 pub(crate) const CAPACITY: usize = 4;
 
 #[cfg(not(costguard_loom))]
@@ -23,18 +24,12 @@ thread_local! {
 }
 
 /// A finished node to reset, if this thread kept one.
+#[cfg(not(costguard_loom))]
 #[inline]
 pub(crate) fn take() -> Option<Arc<Node>> {
-    #[cfg(not(costguard_loom))]
-    {
-        FREE.try_with(|free| free.try_borrow_mut().ok()?.pop())
-            .ok()
-            .flatten()
-    }
-    #[cfg(costguard_loom)]
-    {
-        None
-    }
+    FREE.try_with(|free| free.try_borrow_mut().ok()?.pop())
+        .ok()
+        .flatten()
 }
 
 /// Keeps `node` for reuse when it is a root that nothing else refers to. Called while the last
