@@ -21,6 +21,9 @@ use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 /// The most names one engine resolves (distinct names over its whole life, reloads included).
 pub(crate) const MAX_NAMES: usize = 4096;
 
+/// How many of an engine's first names a budget object keeps its own copy of (counters only).
+pub(crate) const EARLY: usize = 16;
+
 pub(crate) const COUNTER: u8 = 1;
 pub(crate) const LEVEL: u8 = 2;
 pub(crate) const CLASS: u8 = 3;
@@ -142,6 +145,23 @@ impl Names {
             Value::Host(c) => Ok(c),
             _ => Err(Status::COSTGUARD_INVALID_HANDLE),
         }
+    }
+
+    /// The counters among the first [`EARLY`] names, by index: the names an application resolves at
+    /// start-up, copied into each budget object so that a charge finds its counter beside the budget.
+    pub(crate) fn early_counters(&self) -> [Option<Counter>; EARLY] {
+        let len = self.len.load(Ordering::Acquire).min(EARLY);
+        let mut out = [None; EARLY];
+        for (i, slot) in out.iter_mut().enumerate().take(len) {
+            if let Some(Name {
+                value: Some(Value::Counter(c)),
+                ..
+            }) = self.entry(i as u32)
+            {
+                *slot = Some(*c);
+            }
+        }
+        out
     }
 
     /// Adds a resolved name (or finds it), returning its value. Callers serialize appends (the

@@ -255,3 +255,33 @@ fn engine_free_keeps_budgets_working() {
     assert_eq!(try_begin(e, k, "r2"), Err(INVALID));
     assert_eq!(costguard_budget_free(b), OK);
 }
+
+#[test]
+fn counters_resolve_the_same_whether_named_before_or_after_the_budget() {
+    // A budget handle copies the counters among the engine's first names; later names, names of
+    // another kind and forged values still go through the engine's list and its checks.
+    let e = engine();
+    let parse = class(e, "parse");
+    let depth = level(e, "nesting_depth");
+    let early = counter(e, "file_lookups");
+    let b = begin(e, parse, "r");
+    let late = counter(e, "db_queries");
+    assert_eq!(charge(b, early, 4), OK);
+    assert_eq!(charge(b, late, 6), OK);
+    assert_eq!(used(b, early), Ok(4));
+    assert_eq!(used(b, late), Ok(6));
+    // The limit holds on both paths.
+    assert_eq!(charge(b, early, 7), REFUSED);
+    assert_eq!(charge(b, late, 95), REFUSED);
+    // A level's index forged as a counter, and a counter index no name has, are invalid.
+    let forged_level = costguard_counter {
+        bits: (depth.bits & !0xFF00_0000) | (u64::from(early.bits >> 24 & 0xFF) << 24),
+    };
+    assert_eq!(charge(b, forged_level, 1), INVALID);
+    let unknown = costguard_counter {
+        bits: (early.bits & !0xFF_FFFF) | 15,
+    };
+    assert_eq!(charge(b, unknown, 1), INVALID);
+    assert_eq!(costguard_budget_free(b), OK);
+    assert_eq!(costguard_engine_free(e), OK);
+}
