@@ -70,10 +70,18 @@ pub(crate) struct KeyTable {
 }
 
 impl KeyTable {
-    pub(crate) fn new(max_keys: u32) -> Self {
+    /// A table of `max_keys` slots, hashed with a random seed, or with `seed` when the engine was
+    /// given one (tests, simulations).
+    pub(crate) fn new(max_keys: u32, seed: Option<u64>) -> Self {
         let slots: Box<[Slot]> = (0..max_keys.max(1)).map(|_| Slot::default()).collect();
+        let hasher = match seed {
+            Some(s) => {
+                ahash::RandomState::with_seeds(s, s ^ 0x9e37_79b9_7f4a_7c15, s.rotate_left(17), !s)
+            }
+            None => ahash::RandomState::new(),
+        };
         KeyTable {
-            hasher: ahash::RandomState::new(),
+            hasher,
             slots,
             overflow: Slot {
                 key: AtomicU64::new(OVERFLOW_FP << FP_SHIFT),
@@ -267,7 +275,7 @@ mod tests {
 
     #[test]
     fn a_key_is_capped_and_released() {
-        let t = KeyTable::new(16);
+        let t = KeyTable::new(16, None);
         let (a, _) = t.acquire(b"alice", 0, 1, limits(2), false).unwrap();
         let (a2, _) = t.acquire(b"alice", 0, 1, limits(2), false).unwrap();
         assert_eq!(a, a2);
@@ -287,7 +295,7 @@ mod tests {
 
     #[test]
     fn idle_keys_are_evicted_and_a_full_table_overflows() {
-        let t = KeyTable::new(1);
+        let t = KeyTable::new(1, None);
         let (a, _) = t.acquire(b"a", 0, 1, limits(5), false).unwrap();
         // "a" holds the only slot: "b" goes to the overflow entry.
         let (b, _) = t.acquire(b"b", 0, 1, limits(5), false).unwrap();
@@ -306,7 +314,7 @@ mod tests {
 
     #[test]
     fn shadow_mode_records_but_admits() {
-        let t = KeyTable::new(4);
+        let t = KeyTable::new(4, None);
         let (_, none) = t.acquire(b"k", 0, 1, limits(1), true).unwrap();
         assert_eq!(none, None);
         let (_, over) = t.acquire(b"k", 0, 1, limits(1), true).unwrap();

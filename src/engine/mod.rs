@@ -80,6 +80,7 @@ pub struct EngineBuilder {
     cpu_clock: Option<Arc<dyn CpuClock>>,
     hook: Option<RefusalHook>,
     transitions: Option<TransitionHook>,
+    key_seed: Option<u64>,
 }
 
 impl EngineBuilder {
@@ -109,6 +110,15 @@ impl EngineBuilder {
         self
     }
 
+    /// Fixes the seed of the per-key tables' hash, so that which keys share a slot or the overflow
+    /// entry is the same on every run: for tests and deterministic simulations. Without it every
+    /// table draws a random seed, which keeps an attacker from choosing keys that collide; do not
+    /// fix it in production.
+    pub fn key_hash_seed(mut self, seed: u64) -> Self {
+        self.key_seed = Some(seed);
+        self
+    }
+
     /// Compiles the policy and builds the engine.
     pub fn build(self) -> Result<Engine, PolicyError> {
         let clock = self
@@ -117,6 +127,7 @@ impl EngineBuilder {
         let cpu_clock: Arc<dyn CpuClock> =
             self.cpu_clock.unwrap_or_else(|| Arc::new(ThreadCpuClock));
         let mut registry = Registry::new();
+        registry.key_seed = self.key_seed;
         let snapshot = registry.compile(
             self.policy,
             1,
@@ -153,6 +164,7 @@ impl Engine {
             cpu_clock: None,
             hook: None,
             transitions: None,
+            key_seed: None,
         }
     }
 

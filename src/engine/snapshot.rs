@@ -33,6 +33,8 @@ pub(crate) struct Registry {
     pools: Vec<(Arc<str>, Arc<Pool>)>,
     /// Backends by id, with the state that outlives policy versions.
     backends: Vec<KnownBackend>,
+    /// The per-key tables' hash seed, when the engine was given one; random per table otherwise.
+    pub(crate) key_seed: Option<u64>,
 }
 
 /// A backend name the engine has seen, and its state for the host list it last had.
@@ -56,6 +58,7 @@ impl Registry {
             key_tables: Vec::new(),
             pools: Vec::new(),
             backends: Vec::new(),
+            key_seed: None,
         }
     }
 
@@ -234,7 +237,7 @@ impl Registry {
             let keys = a.per_key().map(|pk| {
                 let table = match &self.key_tables[id] {
                     Some(t) if t.capacity() == pk.max_keys as usize => Arc::clone(t),
-                    _ => Arc::new(KeyTable::new(pk.max_keys)),
+                    _ => Arc::new(KeyTable::new(pk.max_keys, self.key_seed)),
                 };
                 self.key_tables[id] = Some(Arc::clone(&table));
                 KeyRef {

@@ -165,7 +165,7 @@ fn run(run: Run<'_>) -> Result<RunReport, ReplayError> {
             Some(policy) => {
                 // Only the first server's transitions become events; the others' are counted.
                 let label = format!("app{}", i + 1);
-                let guard = Guard::new(policy.clone(), &clock, &label)?;
+                let guard = Guard::new(policy.clone(), &clock, &label, run.seed)?;
                 let app = named(guard.engine.class("app"))?;
                 let kafka = named(guard.engine.backend("kafka"))?;
                 Some((guard, app, kafka))

@@ -143,7 +143,7 @@ fn run(run: Run<'_>) -> Result<RunReport, ReplayError> {
     let (g, allowed) = match run.guard {
         None => (None, None),
         Some(policy) => {
-            let guard = Guard::new(policy.clone(), &clock, "")?;
+            let guard = Guard::new(policy.clone(), &clock, "", run.seed)?;
             let app = named(guard.engine.class("app"))?;
             let search = named(guard.engine.class("search"))?;
             let backend = named(guard.engine.backend("search"))?;

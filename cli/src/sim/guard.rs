@@ -72,12 +72,20 @@ pub struct Guard {
 }
 
 impl Guard {
-    /// An engine for `policy` on `clock`; `label` names the process in events ("" for none).
-    pub fn new(policy: Policy, clock: &ManualClock, label: &str) -> Result<Guard, ReplayError> {
+    /// An engine for `policy` on `clock`; `label` names the process in events ("" for none). The
+    /// replay's `seed` also seeds the per-key tables' hash, so that a policy with per-key limits
+    /// replays the same way every time.
+    pub fn new(
+        policy: Policy,
+        clock: &ManualClock,
+        label: &str,
+        seed: u64,
+    ) -> Result<Guard, ReplayError> {
         let transitions: Arc<Mutex<Vec<Transition>>> = Arc::default();
         let seen = Arc::clone(&transitions);
         let engine = Engine::builder(policy)
             .clock(clock.clone())
+            .key_hash_seed(seed)
             .on_transition(move |t| {
                 if let Ok(mut log) = seen.lock() {
                     log.push(t.clone());

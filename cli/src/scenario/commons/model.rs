@@ -159,7 +159,7 @@ impl<'a> Model<'a> {
         let (g, allowed) = match run.guard {
             None => (None, None),
             Some(policy) => {
-                let guard = Guard::new(policy.clone(), &clock, "")?;
+                let guard = Guard::new(policy.clone(), &clock, "", run.seed)?;
                 let e = &guard.engine;
                 let g = Guarded {
                     restbase: named(e.class("restbase"))?,
