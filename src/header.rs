@@ -58,7 +58,6 @@
 use crate::budget::{Budget, Overrides};
 use crate::handle::Class;
 use crate::policy::valid_name;
-use crate::sync::Arc;
 use crate::{Engine, Priority, RequestId, Verdict};
 use std::fmt::{self, Write};
 use std::time::Duration;
@@ -301,7 +300,7 @@ impl Budget {
     /// Time left is reduced by the class's `child_margin` and rounded down to whole milliseconds, so the
     /// callee always gives up before the caller does.
     pub fn propagation(&self) -> Propagation {
-        let node = &self.node;
+        let node = self.node();
         let snapshot = &node.snapshot;
         let remaining = self.deadline().map(|_| {
             let margin = node.rules().map_or(0, |r| r.child_margin);
@@ -343,10 +342,10 @@ impl Engine {
         fallback_id: RequestId,
         propagation: &Propagation,
     ) -> Result<Budget, Verdict> {
-        let snapshot = self.snapshot();
+        let snapshot = self.snapshot_guard();
         let overrides = propagation.overrides_in(&snapshot);
         let id = propagation.request_id.unwrap_or(fallback_id);
-        self.start(Arc::clone(&snapshot), class, id, &overrides)
+        self.start(&snapshot, class, id, &overrides)
     }
 }
 

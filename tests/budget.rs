@@ -503,6 +503,54 @@ fn reload_leaves_running_budgets_alone() {
 }
 
 #[test]
+fn a_counter_added_by_a_reload_starts_at_zero_and_is_unlimited_in_older_budgets() {
+    let policy = |with_pages: bool| {
+        let b = Policy::builder().counter("file_lookups");
+        let b = if with_pages { b.counter("pages") } else { b };
+        b.class("parse", |c| {
+            let c = c.limit("file_lookups", 10);
+            if with_pages {
+                c.limit("pages", 3)
+            } else {
+                c
+            }
+        })
+        .build()
+        .unwrap()
+    };
+    let engine = Engine::new(policy(false)).unwrap();
+    let lookups = engine.counter("file_lookups").unwrap();
+    let old = engine.begin_by_name("parse", id("old")).unwrap();
+    old.try_charge(lookups, 4).unwrap();
+    // Budgets that finish on this thread leave their state behind for the next one to reuse.
+    for i in 0..8 {
+        let b = engine.begin_by_name("parse", id(&format!("r{i}"))).unwrap();
+        b.try_charge(lookups, 9).unwrap();
+    }
+    engine.reload(policy(true)).unwrap();
+    let pages = engine.counter("pages").unwrap();
+    for i in 0..8 {
+        let b = engine.begin_by_name("parse", id(&format!("n{i}"))).unwrap();
+        assert_eq!((b.used(lookups), b.used(pages)), (0, 0));
+        assert_eq!(b.limit(pages), Some(3));
+        b.try_charge(pages, 3).unwrap();
+        assert_eq!(
+            b.try_charge(pages, 1).unwrap_err().reason(),
+            Reason::LimitExceeded
+        );
+        assert_eq!(b.report().dimensions.len(), 2);
+    }
+    // The budget begun before the reload has no `pages`: unlimited there, and nothing recorded.
+    assert_eq!(old.limit(pages), None);
+    old.try_charge(pages, 1_000).unwrap();
+    assert_eq!(old.used(pages), 0);
+    assert_eq!(old.refund(pages, 5), 0);
+    assert_eq!(old.remaining_of(pages), u64::MAX);
+    assert_eq!(old.used(lookups), 4);
+    assert_eq!(old.report().dimensions.len(), 1);
+}
+
+#[test]
 fn a_failed_reload_keeps_the_old_policy() {
     let f = fixture();
     let err = f

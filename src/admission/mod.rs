@@ -89,6 +89,8 @@ pub struct AdmitRequest<'a> {
     priority: Option<Priority>,
     key: Option<&'a [u8]>,
     estimates: [u64; MAX_DIMENSIONS],
+    /// Whether any estimate is non-zero (most requests declare none: the checks are skipped).
+    estimated: bool,
     rate_cost: u64,
     overrides: Option<&'a Overrides>,
 }
@@ -102,6 +104,7 @@ impl<'a> AdmitRequest<'a> {
             priority: None,
             key: None,
             estimates: [0; MAX_DIMENSIONS],
+            estimated: false,
             rate_cost: 1,
             overrides: None,
         }
@@ -122,7 +125,10 @@ impl<'a> AdmitRequest<'a> {
     /// A declared estimate of a counter: refused up front if it can never fit the class's budget, and
     /// held in the pools over that counter while the request runs.
     pub fn estimate(mut self, counter: Counter, amount: u64) -> Self {
-        self.estimates[counter.index()] = amount;
+        if let Some(e) = self.estimates.get_mut(counter.index()) {
+            *e = amount;
+            self.estimated |= amount > 0;
+        }
         self
     }
 
@@ -315,7 +321,7 @@ impl Admitted {
 
     fn admission(&self) -> Option<&ClassAdmission> {
         self.budget
-            .node
+            .node()
             .snapshot
             .class(self.class)
             .and_then(|r| r.admission.as_ref())
@@ -340,7 +346,7 @@ impl Drop for Admitted {
         }
         let gate = &adm.gate;
         gate.limiter.release();
-        let clock = &self.budget.node.snapshot.clock;
+        let clock = &self.budget.node().snapshot.clock;
         let sampled = matches!(self.outcome, Some(Outcome::Success | Outcome::Overload));
         let now = if sampled || gate.queue.has_waiters() {
             clock.now().as_nanos()
@@ -500,7 +506,8 @@ impl Engine {
         };
 
         // 1. Estimates that can never fit.
-        for (dim, &estimate) in req.estimates.iter().enumerate() {
+        let estimates: &[u64] = if req.estimated { &req.estimates } else { &[] };
+        for (dim, &estimate) in estimates.iter().enumerate() {
             if estimate > rules.limits[dim] {
                 let mut v = Verdict::new(Reason::CannotFit, Retry::Never).with_amounts(
                     estimate,
@@ -526,7 +533,7 @@ impl Engine {
         let Some(adm) = adm else {
             return self.admit_rest(&snapshot, req, priority, false);
         };
-        for p in &adm.pools {
+        for p in adm.pools.iter().filter(|_| req.estimated) {
             let estimate = req.estimates[p.dim];
             if estimate > p.pool.limit() {
                 let v = Verdict::new(Reason::CannotFit, Retry::Never)
@@ -642,7 +649,7 @@ impl Engine {
         let mut slot = None;
         // 3. Pools.
         if let Some(adm) = adm {
-            for (i, p) in adm.pools.iter().enumerate() {
+            for (i, p) in adm.pools.iter().enumerate().filter(|_| req.estimated) {
                 let amount = req.estimates[p.dim];
                 if amount == 0 {
                     continue;
@@ -663,7 +670,8 @@ impl Engine {
         }
         // 4. The budget.
         let budget = Budget::start(Start {
-            snapshot: Arc::clone(snapshot),
+            snapshot,
+            now,
             class: req.class,
             request_id: req.id,
             priority: Some(priority),

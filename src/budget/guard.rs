@@ -30,7 +30,7 @@ impl LevelGuard<'_> {
 impl Drop for LevelGuard<'_> {
     fn drop(&mut self) {
         self.budget
-            .node
+            .node()
             .release_chain(self.level.index(), self.amount);
     }
 }
@@ -116,7 +116,7 @@ pub struct CpuMeter<'b> {
 impl CpuMeter<'_> {
     /// Charges the CPU time used since the meter started or was last charged.
     pub fn charge(&mut self) -> Result<(), Verdict> {
-        let now = self.budget.node.snapshot.cpu_clock.thread_cpu();
+        let now = self.budget.node().snapshot.cpu_clock.thread_cpu();
         let spent = match (self.last, now) {
             (Some(last), Some(now)) => now.saturating_sub(last),
             _ => Duration::ZERO,

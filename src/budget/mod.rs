@@ -28,7 +28,7 @@ pub use state::CancelReason;
 use crate::clock::{duration_to_nanos, Timestamp};
 use crate::engine::snapshot::Snapshot;
 use crate::handle::{Class, Counter, Level};
-use crate::policy::{DimensionKind, MAX_DIMENSIONS};
+use crate::policy::DimensionKind;
 use crate::sync::{Arc, Ordering};
 use crate::verdict::{Reason, Retry, Unit};
 use crate::{Priority, RequestId, Verdict};
@@ -81,12 +81,16 @@ pub const MAX_BUDGET_DEPTH: usize = 16;
 /// ```
 #[derive(Clone)]
 pub struct Budget {
-    pub(crate) node: Arc<Node>,
+    /// Always `Some` until the budget's `Drop` moves the node out, to keep it for reuse without
+    /// touching its reference count.
+    slot: Option<Arc<Node>>,
 }
 
 /// Everything needed to start a budget.
 pub(crate) struct Start<'a> {
-    pub(crate) snapshot: Arc<Snapshot>,
+    pub(crate) snapshot: &'a Arc<Snapshot>,
+    /// The snapshot's clock, read by the caller.
+    pub(crate) now: Timestamp,
     pub(crate) class: Class,
     pub(crate) request_id: RequestId,
     /// A priority chosen by the service (trusted); overrides can still only lower it.
@@ -101,7 +105,7 @@ impl Budget {
         let Some(rules) = s.snapshot.class(s.class) else {
             return Err(Verdict::new(Reason::UnknownClass, Retry::Never).with_request(s.request_id));
         };
-        let now = s.snapshot.clock.now();
+        let now = s.now;
         let wall = s.overrides.wall_time.map_or(rules.wall_time, |w| {
             rules.wall_time.min(duration_to_nanos(w))
         });
@@ -127,8 +131,17 @@ impl Budget {
             snapshot: s.snapshot,
         };
         Ok(Budget {
-            node: Self::root_node(init),
+            slot: Some(Self::root_node(init)),
         })
+    }
+
+    /// The shared state. Every budget has one: only `Drop` takes it out of the slot.
+    #[inline]
+    pub(crate) fn node(&self) -> &Arc<Node> {
+        match &self.slot {
+            Some(node) => node,
+            None => unreachable!("a budget's node is taken only when the budget is dropped"),
+        }
     }
 
     /// A root node: a finished one this thread kept, reset in place, or a new one.
@@ -150,7 +163,7 @@ impl Budget {
     /// amount could never fit) also flips the cancellation flag of the budget that ran out.
     #[inline]
     pub fn try_charge(&self, counter: Counter, n: u64) -> Result<(), Verdict> {
-        let node = &*self.node;
+        let node = &**self.node();
         let dim = counter.index();
         if node.parent.is_none() {
             match node.try_add(dim, n) {
@@ -171,7 +184,7 @@ impl Budget {
     ///
     /// A counter may appear more than once; its amounts add up.
     pub fn try_charge_many(&self, charges: &[(Counter, u64)]) -> Result<(), Verdict> {
-        self.node
+        self.node()
             .charge_many_chain(charges)
             .map_err(|r| self.refusal(r))
     }
@@ -187,7 +200,7 @@ impl Budget {
     /// so refunds can never create allowance. While a child's charge is in flight at the same moment,
     /// a refund may give back less than it could; the return value says how much it gave back.
     pub fn refund(&self, counter: Counter, n: u64) -> u64 {
-        self.node.refund_chain(counter.index(), n)
+        self.node().refund_chain(counter.index(), n)
     }
 
     /// Charges an estimate now, to be settled to the actual amount later.
@@ -245,10 +258,10 @@ impl Budget {
 
     fn raise(&self, level: Level, n: u64) -> Result<(), Verdict> {
         let dim = level.index();
-        self.node
+        self.node()
             .charge_chain(dim, n)
             .map_err(|r| self.refusal(r))?;
-        self.node.record_peak(dim);
+        self.node().record_peak(dim);
         Ok(())
     }
 
@@ -256,40 +269,40 @@ impl Budget {
     pub fn cpu_meter(&self) -> CpuMeter<'_> {
         CpuMeter {
             budget: self,
-            last: self.node.snapshot.cpu_clock.thread_cpu(),
+            last: self.node().snapshot.cpu_clock.thread_cpu(),
         }
     }
 
     /// The amount of a counter charged through this budget.
     pub fn used(&self, counter: Counter) -> u64 {
-        self.node.used[counter.index()].load(Ordering::Relaxed)
+        self.node().used(counter.index())
     }
 
     /// The current value of a level in this budget.
     pub fn level(&self, level: Level) -> u64 {
-        self.node.used[level.index()].load(Ordering::Relaxed)
+        self.node().used(level.index())
     }
 
     /// This budget's own limit on a counter, or `None` when it only counts it.
     pub fn limit(&self, counter: Counter) -> Option<u64> {
-        let l = self.node.limits[counter.index()];
+        let l = self.node().limit(counter.index());
         (l != u64::MAX).then_some(l)
     }
 
     /// How much of a counter can still be charged: the least left in this budget or any ancestor
     /// (`u64::MAX` when nothing limits it).
     pub fn remaining_of(&self, counter: Counter) -> u64 {
-        self.node.chain_remaining(counter.index())
+        self.node().chain_remaining(counter.index())
     }
 
     /// How much of a level can still be entered, over this budget and its ancestors.
     pub fn headroom(&self, level: Level) -> u64 {
-        self.node.chain_remaining(level.index())
+        self.node().chain_remaining(level.index())
     }
 
     /// The deadline, or `None` when there is none.
     pub fn deadline(&self) -> Option<Timestamp> {
-        (!self.node.deadline.is_never()).then_some(self.node.deadline)
+        (!self.node().deadline.is_never()).then_some(self.node().deadline)
     }
 
     /// Time left until the deadline, by the precise clock ([`Duration::MAX`] without a deadline).
@@ -305,7 +318,7 @@ impl Budget {
 
     /// [`remaining`](Self::remaining) in nanoseconds, `u64::MAX` without a deadline.
     pub(crate) fn remaining_nanos(&self) -> u64 {
-        let node = &*self.node;
+        let node = &**self.node();
         if node.deadline.is_never() {
             return u64::MAX;
         }
@@ -333,7 +346,7 @@ impl Budget {
     /// up to one coarse tick late, never early). Once true, stays true.
     #[inline]
     pub fn expired(&self) -> bool {
-        self.node.deadline_passed()
+        self.node().deadline_passed()
     }
 
     /// Whether the budget is cancelled: a counter ran out, the deadline was seen to pass, it or an
@@ -344,19 +357,19 @@ impl Budget {
     /// in long loops.
     #[inline]
     pub fn is_cancelled(&self) -> bool {
-        self.node.state.load(Ordering::Relaxed) != 0
+        self.node().state.load(Ordering::Relaxed) != 0
     }
 
     /// Why the budget is cancelled, if it is.
     pub fn cancel_reason(&self) -> Option<CancelReason> {
-        CancelReason::from_bits(self.node.state.load(Ordering::Relaxed))
+        CancelReason::from_bits(self.node().state.load(Ordering::Relaxed))
     }
 
     /// Checks the cancellation flag and the deadline (coarse clock): `Ok` while work may go on,
     /// otherwise the verdict that explains why not.
     #[inline]
     pub fn check(&self) -> Result<(), Verdict> {
-        if !self.is_cancelled() && !self.node.deadline_passed() {
+        if !self.is_cancelled() && !self.node().deadline_passed() {
             return Ok(());
         }
         Err(self.cancel_verdict())
@@ -366,7 +379,7 @@ impl Budget {
     /// advice to stop work, read through [`is_cancelled`](Self::is_cancelled) and
     /// [`check`](Self::check)); new child budgets are refused.
     pub fn cancel(&self) {
-        self.node.cancel();
+        self.node().cancel();
     }
 
     /// A child budget of the same class, for a sub-request.
@@ -390,7 +403,7 @@ impl Budget {
         class: Option<Class>,
         overrides: &Overrides,
     ) -> Result<Budget, Verdict> {
-        let parent = &self.node;
+        let parent = &self.node();
         let id = overrides.request_id.unwrap_or(parent.request_id);
         if usize::from(parent.depth) + 1 >= MAX_BUDGET_DEPTH {
             return Err(Verdict::new(Reason::TooDeep, Retry::Never)
@@ -436,7 +449,7 @@ impl Budget {
             .map_or(parent.priority, |p| parent.priority.least_important(p))
             .least_important(rules.priority);
         Ok(Budget {
-            node: Node::new(NodeInit {
+            slot: Some(Node::new(NodeInit {
                 overrides: &overrides.limits,
                 start: now,
                 deadline: own.min(cap),
@@ -444,44 +457,44 @@ impl Budget {
                 request_id: id,
                 priority,
                 class,
-                snapshot: Arc::clone(&parent.snapshot),
-            }),
+                snapshot: &parent.snapshot,
+            })),
         })
     }
 
     /// What this budget and its children used of every limit.
     pub fn report(&self) -> LimitReport {
-        report::build(&self.node)
+        report::build(self.node())
     }
 
     /// The request id.
     pub fn request_id(&self) -> RequestId {
-        self.node.request_id
+        self.node().request_id
     }
 
     /// The request's priority.
     pub fn priority(&self) -> Priority {
-        self.node.priority
+        self.node().priority
     }
 
     /// The class handle.
     pub fn class(&self) -> Class {
-        self.node.class
+        self.node().class
     }
 
     /// The class name.
     pub fn class_name(&self) -> &str {
-        self.node.rules().map_or("", |r| &r.name)
+        self.node().rules().map_or("", |r| &r.name)
     }
 
     /// The generation of the policy this budget started with.
     pub fn policy_generation(&self) -> u64 {
-        self.node.snapshot.generation
+        self.node().snapshot.generation
     }
 
     /// How many budgets are above this one.
     pub fn depth(&self) -> usize {
-        usize::from(self.node.depth)
+        usize::from(self.node().depth)
     }
 
     /// The verdict for a refused chain charge. Cold: only refusals get here.
@@ -490,7 +503,7 @@ impl Budget {
     fn refusal(&self, r: Refused<'_>) -> Verdict {
         let node = r.node;
         let snapshot = &node.snapshot;
-        let limit = node.limits[r.dim];
+        let limit = node.limit(r.dim);
         let level = snapshot
             .dims
             .info(r.dim)
@@ -507,7 +520,7 @@ impl Budget {
         }
         let mut v = Verdict::new(reason, retry)
             .with_amounts(r.requested, r.used, limit)
-            .with_request(self.node.request_id);
+            .with_request(self.node().request_id);
         if let Some(rules) = node.rules() {
             v = v.with_class(&rules.name);
         }
@@ -521,7 +534,7 @@ impl Budget {
     #[cold]
     fn cancel_verdict(&self) -> Verdict {
         // Find the budget where the cancellation started.
-        let mut node = &*self.node;
+        let mut node = &**self.node();
         while node.state.load(Ordering::Relaxed) & (EXHAUSTED | DEADLINE | CANCELLED) == 0 {
             match &node.parent {
                 Some(p) => node = p,
@@ -529,7 +542,7 @@ impl Budget {
             }
         }
         let bits = node.state.load(Ordering::Relaxed);
-        let id = self.node.request_id;
+        let id = self.node().request_id;
         let mut v = if bits & DEADLINE != 0 {
             let total = node
                 .deadline
@@ -546,11 +559,10 @@ impl Budget {
                 .with_dimension(&node.snapshot.wall, Unit::Nanos)
                 .with_amounts(0, elapsed, total)
         } else if let (true, Some(dim)) = (bits & EXHAUSTED != 0, node.exhausted_dim()) {
-            let used = node.used[dim % MAX_DIMENSIONS].load(Ordering::Relaxed);
             let mut v = Verdict::new(Reason::LimitExceeded, Retry::Never).with_amounts(
                 0,
-                used,
-                node.limits[dim % MAX_DIMENSIONS],
+                node.used(dim),
+                node.limit(dim),
             );
             if let Some(info) = node.snapshot.dims.info(dim) {
                 v = v.with_dimension(&info.name, info.unit);
@@ -569,16 +581,18 @@ impl Budget {
 impl Drop for Budget {
     fn drop(&mut self) {
         // The last handle on a finished root budget: keep its node for this thread's next one.
-        pool::keep(&self.node);
+        if let Some(node) = self.slot.take() {
+            pool::keep(node);
+        }
     }
 }
 
 impl fmt::Debug for Budget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Budget")
-            .field("request_id", &self.node.request_id)
+            .field("request_id", &self.node().request_id)
             .field("class", &self.class_name())
-            .field("depth", &self.node.depth)
+            .field("depth", &self.node().depth)
             .field("cancelled", &self.cancel_reason())
             .finish_non_exhaustive()
     }

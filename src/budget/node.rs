@@ -49,6 +49,9 @@ pub(crate) struct Node {
     pub(crate) state: AtomicU32,
     /// The first dimension whose refusal exhausted this budget.
     pub(crate) first_exhausted: AtomicU32,
+    /// How many dimensions the node's policy has: only `limits[..dims]`, `used[..dims]` and
+    /// `peak[..dims]` are meaningful (see [`cell`](Self::cell)).
+    dims: usize,
     /// Effective limits: the class's, tightened by overrides. `u64::MAX` is unlimited.
     pub(crate) limits: [u64; MAX_DIMENSIONS],
     /// Amount in use per dimension.
@@ -84,7 +87,7 @@ pub(crate) struct NodeInit<'a> {
     pub(crate) request_id: RequestId,
     pub(crate) priority: Priority,
     pub(crate) class: Class,
-    pub(crate) snapshot: Arc<Snapshot>,
+    pub(crate) snapshot: &'a Arc<Snapshot>,
 }
 
 impl Node {
@@ -96,6 +99,7 @@ impl Node {
         let node = Arc::new(Node {
             state: AtomicU32::new(0),
             first_exhausted: AtomicU32::new(NONE_EXHAUSTED),
+            dims: policy_dims(init.snapshot),
             limits: {
                 let class = init.snapshot.class(init.class).map(|r| &r.limits);
                 std::array::from_fn(|i| class.map_or(u64::MAX, |c| c[i]).min(init.overrides[i]))
@@ -109,7 +113,7 @@ impl Node {
             request_id: init.request_id,
             priority: init.priority,
             class: init.class,
-            snapshot: init.snapshot,
+            snapshot: Arc::clone(init.snapshot),
             live: Mutex::new(Vec::new()),
             finished: Mutex::new(Finished::default()),
             from_children: std::sync::OnceLock::new(),
@@ -138,20 +142,25 @@ impl Node {
 
     /// Makes a finished root node (from the [pool](super::pool)) new again for `init`, in place:
     /// the same state [`new`](Self::new) would build, without building and copying a fresh one.
+    ///
+    /// Only the policy's dimensions are reset (a policy with three counters resets three of each
+    /// array, not all [`MAX_DIMENSIONS`]); the rest stay unread behind `dims`. The snapshot is
+    /// replaced only when it changed, which saves two reference-count updates per request.
     #[cfg(not(costguard_loom))]
     pub(crate) fn reinit(&mut self, init: NodeInit<'_>) {
         debug_assert!(init.parent.is_none() && self.parent.is_none());
+        let dims = policy_dims(init.snapshot);
         *self.state.get_mut() = 0;
         *self.first_exhausted.get_mut() = NONE_EXHAUSTED;
+        self.dims = dims;
         let class = init.snapshot.class(init.class).map(|r| &r.limits);
-        for (i, limit) in self.limits.iter_mut().enumerate() {
+        for (i, limit) in self.limits[..dims].iter_mut().enumerate() {
             *limit = class.map_or(u64::MAX, |c| c[i]).min(init.overrides[i]);
         }
-        // Two plain loops (not a chained iterator) so that each becomes one memset.
-        for cell in &mut self.used {
+        for cell in &mut self.used[..dims] {
             *cell.get_mut() = 0;
         }
-        for cell in &mut self.peak {
+        for cell in &mut self.peak[..dims] {
             *cell.get_mut() = 0;
         }
         self.start = init.start;
@@ -160,12 +169,56 @@ impl Node {
         self.request_id = init.request_id;
         self.priority = init.priority;
         self.class = init.class;
-        self.snapshot = init.snapshot;
-        self.live.get_mut().clear();
+        if !Arc::ptr_eq(&self.snapshot, init.snapshot) {
+            self.snapshot = Arc::clone(init.snapshot);
+        }
+        let live = self.live.get_mut();
+        if !live.is_empty() {
+            live.clear();
+        }
         let finished = self.finished.get_mut();
-        finished.reports.clear();
+        if !finished.reports.is_empty() {
+            finished.reports.clear();
+        }
         finished.omitted = 0;
         self.from_children.take();
+    }
+
+    /// The counter of `dim`, if this budget's policy has that dimension. A handle from a policy
+    /// with more dimensions (a later reload, another engine) names one this budget never had: it is
+    /// unlimited here and nothing is recorded for it.
+    #[inline]
+    fn cell(&self, dim: usize) -> Option<&AtomicU64> {
+        if dim < self.dims {
+            self.used.get(dim)
+        } else {
+            None
+        }
+    }
+
+    /// The limit of `dim` (`u64::MAX` when unlimited or not a dimension of this budget's policy).
+    #[inline]
+    pub(crate) fn limit(&self, dim: usize) -> u64 {
+        if dim < self.dims {
+            self.limits.get(dim).copied().unwrap_or(u64::MAX)
+        } else {
+            u64::MAX
+        }
+    }
+
+    /// The amount of `dim` in use (0 for a dimension this budget's policy does not have).
+    #[inline]
+    pub(crate) fn used(&self, dim: usize) -> u64 {
+        self.cell(dim).map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// The highest value level `dim` reached.
+    pub(crate) fn peak(&self, dim: usize) -> u64 {
+        if dim < self.dims {
+            self.peak.get(dim).map_or(0, |c| c.load(Ordering::Relaxed))
+        } else {
+            0
+        }
     }
 
     pub(crate) fn rules(&self) -> Option<&ClassRules> {
@@ -176,8 +229,10 @@ impl Node {
     /// Returns the new amount, or the amount in use when refused.
     #[inline]
     pub(crate) fn try_add(&self, dim: usize, n: u64) -> Result<u64, u64> {
+        let Some(cell) = self.cell(dim) else {
+            return Ok(n);
+        };
         let limit = self.limits[dim];
-        let cell = &self.used[dim];
         let mut used = cell.load(Ordering::Relaxed);
         loop {
             let new = match used.checked_add(n) {
@@ -197,7 +252,9 @@ impl Node {
     /// subtracted.
     #[inline]
     pub(crate) fn sub_saturating(&self, dim: usize, n: u64) -> u64 {
-        let cell = &self.used[dim];
+        let Some(cell) = self.cell(dim) else {
+            return 0;
+        };
         let mut used = cell.load(Ordering::Relaxed);
         loop {
             let take = used.min(n);
@@ -252,7 +309,7 @@ impl Node {
         let added = if noted {
             self.try_add(dim, n)
         } else {
-            Err(self.used[dim].load(Ordering::Relaxed))
+            Err(self.used(dim))
         };
         match added {
             Ok(_) => Ok(()),
@@ -294,7 +351,9 @@ impl Node {
     /// refunded. Racing with a descendant's charge still in flight, it may give back less than it
     /// could, never more.
     pub(crate) fn refund_chain(&self, dim: usize, n: u64) -> u64 {
-        let cell = &self.used[dim];
+        let Some(cell) = self.cell(dim) else {
+            return 0;
+        };
         let mut used = cell.load(Ordering::Acquire);
         let taken = loop {
             // Read after `used`: a descendant's charge is noted here before it reaches `used`, so
@@ -321,9 +380,11 @@ impl Node {
     /// Records the current value of a level as its peak, on this node and every ancestor. Called
     /// only once the whole chain accepted, so a refused entry never raises a peak.
     pub(crate) fn record_peak(&self, dim: usize) {
-        let now = self.used[dim].load(Ordering::Relaxed);
-        if now > self.peak[dim].load(Ordering::Relaxed) {
-            self.peak[dim].fetch_max(now, Ordering::Relaxed);
+        if let (Some(cell), Some(peak)) = (self.cell(dim), self.peak.get(dim)) {
+            let now = cell.load(Ordering::Relaxed);
+            if now > peak.load(Ordering::Relaxed) {
+                peak.fetch_max(now, Ordering::Relaxed);
+            }
         }
         if let Some(parent) = &self.parent {
             parent.record_peak(dim);
@@ -349,7 +410,7 @@ impl Node {
             let added = if noted {
                 self.try_add(dim, n)
             } else {
-                Err(self.used[dim].load(Ordering::Relaxed))
+                Err(self.used(dim))
             };
             if let Err(used) = added {
                 if via_child && noted {
@@ -400,7 +461,7 @@ impl Node {
 
     /// The least any node of the chain has left of `dim`.
     pub(crate) fn chain_remaining(&self, dim: usize) -> u64 {
-        let own = self.limits[dim].saturating_sub(self.used[dim].load(Ordering::Relaxed));
+        let own = self.limit(dim).saturating_sub(self.used(dim));
         match &self.parent {
             Some(parent) => own.min(parent.chain_remaining(dim)),
             None => own,
@@ -409,7 +470,7 @@ impl Node {
 
     /// Whether any node of the chain limits `dim`.
     pub(crate) fn chain_limits(&self, dim: usize) -> bool {
-        self.limits[dim] != u64::MAX || self.parent.as_ref().is_some_and(|p| p.chain_limits(dim))
+        self.limit(dim) != u64::MAX || self.parent.as_ref().is_some_and(|p| p.chain_limits(dim))
     }
 
     /// Records that a counter charge on `dim` was refused for lack of allowance.
@@ -465,6 +526,11 @@ impl Node {
     pub(crate) fn cancel(&self) {
         self.set_bits(CANCELLED);
     }
+}
+
+/// How many dimensions `snapshot`'s policy has (built-ins included).
+fn policy_dims(snapshot: &Snapshot) -> usize {
+    snapshot.dims.dims.len().min(MAX_DIMENSIONS)
 }
 
 impl Drop for Node {

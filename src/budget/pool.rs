@@ -32,19 +32,20 @@ pub(crate) fn take() -> Option<Arc<Node>> {
         .flatten()
 }
 
-/// Keeps `node` for reuse when it is a root that nothing else refers to. Called while the last
-/// budget handle on it is being dropped: the extra count taken here is the one that keeps it.
+/// Keeps `node` for reuse when it is a root that nothing else refers to; drops it otherwise.
+/// Called with the handle a budget held, moved out as the budget is dropped: keeping it costs no
+/// reference-count update.
 #[inline]
-pub(crate) fn keep(node: &Arc<Node>) {
+pub(crate) fn keep(node: Arc<Node>) {
     #[cfg(not(costguard_loom))]
     {
-        if node.parent.is_some() || Arc::strong_count(node) != 1 || Arc::weak_count(node) != 0 {
+        if node.parent.is_some() || Arc::strong_count(&node) != 1 || Arc::weak_count(&node) != 0 {
             return;
         }
-        let _ = FREE.try_with(|free| {
+        let _ = FREE.try_with(move |free| {
             if let Ok(mut free) = free.try_borrow_mut() {
                 if free.len() < CAPACITY {
-                    free.push(Arc::clone(node));
+                    free.push(node);
                 }
             }
         });

@@ -181,10 +181,10 @@ pub(crate) fn build(node: &Node) -> LimitReport {
     let now = node.snapshot.clock.now();
     let mut dimensions = Vec::new();
     for (i, info) in snapshot.dims.dims.iter().enumerate() {
-        let used = node.used[i].load(Ordering::Relaxed);
-        let limit = (node.limits[i] != u64::MAX).then_some(node.limits[i]);
+        let used = node.used(i);
+        let limit = Some(node.limit(i)).filter(|&l| l != u64::MAX);
         let level = info.kind == DimensionKind::Level;
-        let peak = level.then(|| node.peak[i].load(Ordering::Relaxed));
+        let peak = level.then(|| node.peak(i));
         if limit.is_none() && used == 0 && peak.unwrap_or(0) == 0 {
             continue;
         }

@@ -288,9 +288,9 @@ impl Engine {
     /// Starts a budget, looking the class up by name (a hash lookup; prefer [`begin`](Self::begin) with
     /// a handle resolved once).
     pub fn begin_by_name(&self, class: &str, id: RequestId) -> Result<Budget, Verdict> {
-        let snapshot = self.inner.current.load_full();
+        let snapshot = self.snapshot_guard();
         let class = snapshot.class_by_name(class).unwrap_or(Class(u16::MAX));
-        self.start(snapshot, class, id, &Overrides::NONE)
+        self.start(&snapshot, class, id, &Overrides::NONE)
     }
 
     /// Starts a budget whose limits are tightened by `overrides`.
@@ -300,18 +300,19 @@ impl Engine {
         id: RequestId,
         overrides: &Overrides,
     ) -> Result<Budget, Verdict> {
-        self.start(self.inner.current.load_full(), class, id, overrides)
+        self.start(&self.snapshot_guard(), class, id, overrides)
     }
 
     pub(crate) fn start(
         &self,
-        snapshot: Arc<Snapshot>,
+        snapshot: &Arc<Snapshot>,
         class: Class,
         id: RequestId,
         overrides: &Overrides,
     ) -> Result<Budget, Verdict> {
         Budget::start(Start {
             snapshot,
+            now: snapshot.clock.now(),
             class,
             request_id: id,
             priority: None,
