@@ -42,13 +42,23 @@ impl BudgetObj {
 
     #[inline(always)]
     pub(crate) fn counter(&self, c: costguard_counter) -> Result<Counter, Status> {
+        match self.early_counter(c) {
+            Some(counter) => Ok(counter),
+            None => self.names.counter(self.serial, c.bits),
+        }
+    }
+
+    /// `c`, when it is one of the counters resolved before this budget began (a copy kept in the
+    /// budget: no lock, no lookup).
+    #[inline(always)]
+    pub(crate) fn early_counter(&self, c: costguard_counter) -> Option<Counter> {
         let (serial, kind, index) = names::decode(c.bits);
         if serial == self.serial && kind == names::COUNTER {
             if let Some(Some(counter)) = self.early.get(index as usize) {
-                return Ok(*counter);
+                return Some(*counter);
             }
         }
-        self.names.counter(self.serial, c.bits)
+        None
     }
 }
 
@@ -221,6 +231,45 @@ pub extern "C" fn costguard_budget_free(b: costguard_budget) -> costguard_status
 /// `verdict` is NULL or writable.
 #[no_mangle]
 pub unsafe extern "C" fn costguard_budget_charge(
+    b: costguard_budget,
+    c: costguard_counter,
+    amount: u64,
+    verdict: *mut costguard_verdict,
+) -> costguard_status {
+    if charge_owned(b.bits, c, amount) {
+        return Status::COSTGUARD_OK;
+    }
+    // SAFETY: the caller's contract.
+    unsafe { charge_full(b, c, amount, verdict) }
+}
+
+/// The common case of `costguard_budget_charge`, outside the panic boundary: a root budget this
+/// thread made, a counter resolved before the budget began, and a charge that fits. Nothing here
+/// can panic (handle checks, a thread-local read, atomics; no calls), so it needs no boundary, and
+/// the exported function needs no stack frame for it. `false` for anything else, which then takes
+/// the full path; a refused charge changed nothing, so trying it there again is sound.
+#[inline(always)]
+fn charge_owned(b: u64, c: costguard_counter, amount: u64) -> bool {
+    if crate::fault::armed() {
+        return false;
+    }
+    let Some(r) = object::owned_budget(b) else {
+        return false;
+    };
+    let Object::Budget(b) = &*r else {
+        return false;
+    };
+    b.early_counter(c)
+        .and_then(|counter| b.budget.try_charge_root(counter, amount))
+        .unwrap_or(false)
+}
+
+/// `costguard_budget_charge` inside the panic boundary, for every case.
+///
+/// # Safety
+/// `verdict` is NULL or writable.
+#[inline(never)]
+unsafe extern "C" fn charge_full(
     b: costguard_budget,
     c: costguard_counter,
     amount: u64,

@@ -31,6 +31,20 @@ pub(crate) fn enter() {
     }
 }
 
+/// Whether an injected fault is pending or counting down: fast paths outside the boundary step
+/// aside so that every call is counted. Always false without the feature.
+#[inline(always)]
+pub(crate) fn armed() -> bool {
+    #[cfg(feature = "fault-injection")]
+    {
+        COUNTDOWN.load(Ordering::Acquire) != 0 || PENDING.try_with(Cell::get).unwrap_or(true)
+    }
+    #[cfg(not(feature = "fault-injection"))]
+    {
+        false
+    }
+}
+
 /// A checkpoint: panics if this call was marked.
 #[inline(always)]
 pub(crate) fn point() {

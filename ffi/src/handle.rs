@@ -326,6 +326,29 @@ impl<T> Table<T> {
         self.slot(p.index).ok_or(Refused::Invalid)
     }
 
+    /// The owner fast path of [`acquire`](Self::acquire) alone: a use of `handle` when `me` owns it,
+    /// it is valid and `me` is not already inside a use; `None` in every other case, for the caller
+    /// to take the full path. Nothing here can panic.
+    #[inline(always)]
+    pub fn try_owned<'t>(&'t self, handle: u64, kind: u8, me: &'t Record) -> Option<Ref<'t, T>> {
+        let slot = self.find(handle, kind).ok()?;
+        if slot.owner.load(Ordering::Relaxed) != me.id() || me.hazard.load(Ordering::Relaxed) != 0 {
+            return None;
+        }
+        me.hazard.store(handle, Ordering::Relaxed);
+        light_fence();
+        if valid(slot.state.load(Ordering::Acquire), handle) {
+            return Some(Ref {
+                table: self,
+                slot,
+                index: handle as u32 & INDEX_MASK as u32,
+                fast: Some(me),
+            });
+        }
+        me.hazard.store(0, Ordering::Release);
+        None
+    }
+
     /// Enters the value of `handle` for a use; it stays alive until the guard is dropped.
     #[inline(always)]
     pub fn acquire<'t>(
@@ -335,11 +358,9 @@ impl<T> Table<T> {
         me: Option<&'t Record>,
     ) -> Result<Ref<'t, T>, Refused> {
         let slot = self.find(handle, kind)?;
-        let mut state = slot.state.load(Ordering::Acquire);
-        if !valid(state, handle) {
-            return Err(Refused::Invalid);
-        }
         if let Some(me) = me {
+            // The owner is read before the handle is validated: the check after the hazard is
+            // published is the one that counts, and it fails for any other value in this slot.
             if slot.owner.load(Ordering::Relaxed) == me.id()
                 && me.hazard.load(Ordering::Relaxed) == 0
             {
@@ -357,6 +378,7 @@ impl<T> Table<T> {
                 return Err(Refused::Invalid);
             }
         }
+        let mut state = slot.state.load(Ordering::Acquire);
         loop {
             if !valid(state, handle) || state & READERS == READERS {
                 return Err(Refused::Invalid);

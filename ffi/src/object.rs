@@ -79,6 +79,20 @@ fn register() -> Option<&'static Record> {
         .ok()
 }
 
+/// A use of a budget this thread owns, through the owner fast path alone (see
+/// [`Table::try_owned`]): no registration, no counted path, nothing that can panic. `None` sends
+/// the caller to the full path inside the panic boundary.
+#[inline(always)]
+pub(crate) fn owned_budget(handle: u64) -> Option<Ref<'static, Object>> {
+    let p = ME.try_with(Cell::get).ok()?;
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: records of the static table are never freed.
+    let me: &'static Record = unsafe { &*p };
+    TABLE.try_owned(handle, BUDGET, me)
+}
+
 /// The owner to give a new budget: this thread, when the fast path's fence is available.
 pub(crate) fn owner() -> Option<&'static Record> {
     if crate::membarrier::available() {

@@ -180,6 +180,23 @@ impl Budget {
         }
     }
 
+    /// The charge of [`try_charge`](Self::try_charge) for a budget without ancestors, as nothing
+    /// but the compare-and-swap: `Some(true)` when charged, `Some(false)` when refused (nothing
+    /// changed, no verdict built, the budget not marked), `None` when the budget has ancestors.
+    /// Nothing on this path can panic.
+    ///
+    /// For bindings whose common case runs outside their panic boundary: on anything but
+    /// `Some(true)` they call `try_charge`, which tries again and explains a refusal.
+    #[doc(hidden)]
+    #[inline]
+    pub fn try_charge_root(&self, counter: Counter, n: u64) -> Option<bool> {
+        let node = self.slot.as_deref()?;
+        if node.parent.is_some() {
+            return None;
+        }
+        Some(node.try_add(counter.index(), n).is_ok())
+    }
+
     /// Charges several counters at once, all or nothing: if any does not fit, none is charged.
     ///
     /// A counter may appear more than once; its amounts add up.

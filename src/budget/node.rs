@@ -229,10 +229,9 @@ impl Node {
     /// Returns the new amount, or the amount in use when refused.
     #[inline]
     pub(crate) fn try_add(&self, dim: usize, n: u64) -> Result<u64, u64> {
-        let Some(cell) = self.cell(dim) else {
+        let (Some(cell), Some(&limit)) = (self.cell(dim), self.limits.get(dim)) else {
             return Ok(n);
         };
-        let limit = self.limits[dim];
         let mut used = cell.load(Ordering::Relaxed);
         loop {
             let new = match used.checked_add(n) {
@@ -278,8 +277,8 @@ impl Node {
     /// overflow, in which case the charge cannot fit either and nothing is noted: the note must be
     /// exactly reversible.
     fn add_from_child(&self, dim: usize, n: u64) -> bool {
-        match self.descendants() {
-            Some(d) => d[dim]
+        match self.descendants().and_then(|d| d.get(dim)) {
+            Some(cell) => cell
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| v.checked_add(n))
                 .is_ok(),
             None => true,
@@ -287,8 +286,8 @@ impl Node {
     }
 
     fn sub_from_child(&self, dim: usize, n: u64) {
-        if let Some(d) = self.descendants() {
-            let _ = d[dim].fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+        if let Some(cell) = self.descendants().and_then(|d| d.get(dim)) {
+            let _ = cell.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
                 Some(v.saturating_sub(n))
             });
         }
