@@ -260,7 +260,7 @@ fn charge_owned(b: u64, c: costguard_counter, amount: u64) -> bool {
         return false;
     };
     b.early_counter(c)
-        .and_then(|counter| b.budget.try_charge_root(counter, amount))
+        .and_then(|counter| b.budget.try_charge_bare(counter, amount))
         .unwrap_or(false)
 }
 

@@ -189,7 +189,7 @@ impl Budget {
     /// `Some(true)` they call `try_charge`, which tries again and explains a refusal.
     #[doc(hidden)]
     #[inline]
-    pub fn try_charge_root(&self, counter: Counter, n: u64) -> Option<bool> {
+    pub fn try_charge_bare(&self, counter: Counter, n: u64) -> Option<bool> {
         let node = self.slot.as_deref()?;
         if node.parent.is_some() {
             return None;
