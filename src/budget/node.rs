@@ -41,7 +41,7 @@ pub(crate) struct Refused<'a> {
 /// node: the cancellation word, read in hot loops, and the counters, written by every charge, are
 /// separated by the read-only limits (256 bytes), so they never share a cache line. Aligning them with
 /// `CachePadded` instead made the node 1,280 bytes aligned to 128, which glibc serves only through
-/// `posix_memalign` on its slow path; at 968 bytes, aligned to 8, it comes from the thread cache.
+/// `posix_memalign` on its slow path; at under a kilobyte, aligned to 8, it comes from the thread cache.
 #[derive(Debug)]
 #[repr(C)]
 pub(crate) struct Node {
