@@ -332,21 +332,36 @@ impl<T> Table<T> {
     #[inline(always)]
     pub fn try_owned<'t>(&'t self, handle: u64, kind: u8, me: &'t Record) -> Option<Ref<'t, T>> {
         let slot = self.find(handle, kind).ok()?;
+        self.owned(slot, handle, me)?.ok()
+    }
+
+    /// The owner fast path on `slot`: `None` when `me` does not own it or is already inside a use
+    /// (take the counted path); otherwise the use, or `Invalid`.
+    ///
+    /// The owner is read before the handle is validated: the check after the hazard is published is
+    /// the one that counts, and it fails for any other value in this slot.
+    #[inline(always)]
+    fn owned<'t>(
+        &'t self,
+        slot: &'t Slot<T>,
+        handle: u64,
+        me: &'t Record,
+    ) -> Option<Result<Ref<'t, T>, Refused>> {
         if slot.owner.load(Ordering::Relaxed) != me.id() || me.hazard.load(Ordering::Relaxed) != 0 {
             return None;
         }
         me.hazard.store(handle, Ordering::Relaxed);
         light_fence();
         if valid(slot.state.load(Ordering::Acquire), handle) {
-            return Some(Ref {
+            return Some(Ok(Ref {
                 table: self,
                 slot,
                 index: handle as u32 & INDEX_MASK as u32,
                 fast: Some(me),
-            });
+            }));
         }
         me.hazard.store(0, Ordering::Release);
-        None
+        Some(Err(Refused::Invalid))
     }
 
     /// Enters the value of `handle` for a use; it stays alive until the guard is dropped.
@@ -358,25 +373,8 @@ impl<T> Table<T> {
         me: Option<&'t Record>,
     ) -> Result<Ref<'t, T>, Refused> {
         let slot = self.find(handle, kind)?;
-        if let Some(me) = me {
-            // The owner is read before the handle is validated: the check after the hazard is
-            // published is the one that counts, and it fails for any other value in this slot.
-            if slot.owner.load(Ordering::Relaxed) == me.id()
-                && me.hazard.load(Ordering::Relaxed) == 0
-            {
-                me.hazard.store(handle, Ordering::Relaxed);
-                light_fence();
-                if valid(slot.state.load(Ordering::Acquire), handle) {
-                    return Ok(Ref {
-                        table: self,
-                        slot,
-                        index: handle as u32 & INDEX_MASK as u32,
-                        fast: Some(me),
-                    });
-                }
-                me.hazard.store(0, Ordering::Release);
-                return Err(Refused::Invalid);
-            }
+        if let Some(owned) = me.and_then(|me| self.owned(slot, handle, me)) {
+            return owned;
         }
         let mut state = slot.state.load(Ordering::Acquire);
         loop {
