@@ -641,6 +641,55 @@ fn backends_survive_reloads_that_keep_their_hosts() {
 }
 
 #[test]
+fn a_request_calls_backends_under_the_policy_it_started_with() {
+    let timeout = |s: u64| {
+        move |b: costguard::policy::BackendBuilder| b.duration("timeout", Duration::from_secs(s))
+    };
+    let f = fixture(single("db", timeout(1)));
+    let db = f.engine.backend("db").unwrap();
+    let before = f.budget();
+    f.engine
+        .reload(
+            Policy::builder()
+                .class("api", |c| c.wall_time(Duration::from_secs(30)))
+                .backend("db", timeout(2))
+                .backend("search", timeout(3))
+                .build()
+                .unwrap(),
+        )
+        .unwrap();
+    let after = f.budget();
+    let attempt = |budget: &Budget, b: Backend| f.engine.begin_attempt(b, budget, 0).unwrap();
+    let (old, new) = (attempt(&before, db), attempt(&after, db));
+    assert_eq!(
+        old.timeout(),
+        Duration::from_secs(1),
+        "the version it started under"
+    );
+    assert_eq!(new.timeout(), Duration::from_secs(2));
+    assert_eq!(
+        f.engine.backend_stats()[0].in_flight,
+        2,
+        "both versions count against the one backend state"
+    );
+    // A backend added by the reload is reached from the older request through the current policy.
+    let search = f.engine.backend("search").unwrap();
+    assert_eq!(attempt(&before, search).timeout(), Duration::from_secs(3));
+    // A budget of another engine: the call is this engine's, under this engine's current policy.
+    let other = fixture(single("db", timeout(5)));
+    let foreign = other.budget();
+    let a = attempt(&foreign, db);
+    assert_eq!(a.timeout(), Duration::from_secs(2));
+    assert_eq!(f.engine.backend_stats()[0].in_flight, 3);
+    assert_eq!(other.engine.backend_stats()[0].in_flight, 0);
+    for a in [old, new, a] {
+        a.finish(AttemptOutcome::Success);
+    }
+    assert_eq!(f.engine.backend_stats()[0].outcome("success"), 3);
+    assert_eq!(f.engine.backend_stats()[0].in_flight, 0);
+}
+
+#[test]
 fn kafka_2016_in_miniature_connects_hang_but_threads_do_not_pile_up() {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Condvar;

@@ -16,6 +16,7 @@
 //! | 25     | on probation (readmitted, not yet proven)   |
 
 use super::breaker::{self, Begin, Change, Role};
+use super::permits::Permits;
 use super::window::Window;
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
 use crossbeam_utils::CachePadded;
@@ -137,8 +138,9 @@ impl BreakerCell {
 #[derive(Debug)]
 pub(crate) struct HostState {
     pub(crate) name: Arc<str>,
-    pub(crate) in_flight: CachePadded<AtomicU32>,
-    pub(crate) connecting: AtomicU32,
+    pub(crate) permits: Permits,
+    /// Calls that count in the breaker's window (every outcome but the neutral ones), ever.
+    pub(crate) calls: AtomicU64,
     pub(crate) breaker: BreakerCell,
     pub(crate) eject: AtomicU64,
     pub(crate) ejected_until: AtomicU64,
@@ -174,8 +176,8 @@ impl HostState {
     pub(crate) fn new(name: Arc<str>) -> Self {
         HostState {
             name,
-            in_flight: CachePadded::new(AtomicU32::new(0)),
-            connecting: AtomicU32::new(0),
+            permits: Permits::default(),
+            calls: AtomicU64::new(0),
             breaker: BreakerCell::default(),
             eject: AtomicU64::new(0),
             ejected_until: AtomicU64::new(0),
@@ -284,20 +286,4 @@ impl HostState {
             }
         }
     }
-}
-
-/// Takes one unit of a counter if it stays at or below `cap`.
-pub(crate) fn take(counter: &AtomicU32, cap: u32) -> bool {
-    counter
-        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-            (n < cap).then_some(n + 1)
-        })
-        .is_ok()
-}
-
-/// Gives one unit back, never below zero.
-pub(crate) fn give(counter: &AtomicU32) {
-    let _ = counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-        Some(n.saturating_sub(1))
-    });
 }

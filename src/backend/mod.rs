@@ -25,18 +25,19 @@
 
 mod breaker;
 mod host;
+mod permits;
 mod retry_budget;
 mod window;
 
 use crate::budget::Budget;
 use crate::clock::{duration_to_nanos, Clock};
 use crate::handle::{Backend, Host};
-use crate::policy::BackendPolicy;
+use crate::policy::{BackendPolicy, BreakerPolicy};
 use crate::sync::{Arc, AtomicU32, AtomicU64, Ordering};
 use crate::verdict::{Reason, Retry, Unit};
 use crate::{Engine, Verdict};
-use crossbeam_utils::CachePadded;
-use host::{give, take, BreakerCell, Ejection, HostState};
+use host::{BreakerCell, Ejection, HostState};
+use permits::{Full, Permits};
 use retry_budget::{Rates, RetryBudget};
 use std::fmt;
 use std::time::Duration;
@@ -123,6 +124,14 @@ impl AttemptOutcome {
     }
 
     fn breaker(self) -> breaker::Verdict {
+        // `BackendState::calls` skips the counters of the neutral outcomes by these indices.
+        debug_assert_eq!(
+            matches!(self.index(), NEUTRAL_CLIENT | NEUTRAL_CANCELLED),
+            matches!(
+                self,
+                AttemptOutcome::ClientError | AttemptOutcome::Cancelled
+            )
+        );
         match self {
             AttemptOutcome::Success => breaker::Verdict::Success,
             AttemptOutcome::ClientError | AttemptOutcome::Cancelled => breaker::Verdict::Neutral,
@@ -130,6 +139,10 @@ impl AttemptOutcome {
         }
     }
 }
+
+/// The outcome counters of the two outcomes that say nothing about the backend.
+const NEUTRAL_CLIENT: usize = 1;
+const NEUTRAL_CANCELLED: usize = 7;
 
 const OUTCOMES: [&str; 8] = [
     "success",
@@ -179,8 +192,7 @@ pub(crate) type TransitionHook = Arc<dyn Fn(&Transition) + Send + Sync>;
 #[derive(Debug)]
 pub(crate) struct BackendState {
     pub(crate) breaker: BreakerCell,
-    pub(crate) in_flight: CachePadded<AtomicU32>,
-    pub(crate) connecting: AtomicU32,
+    pub(crate) permits: Permits,
     pub(crate) hosts: Box<[HostState]>,
     pub(crate) ejected: AtomicU32,
     pub(crate) retry: RetryBudget,
@@ -202,8 +214,7 @@ impl BackendState {
         let rates = rates(policy);
         BackendState {
             breaker: BreakerCell::default(),
-            in_flight: CachePadded::new(AtomicU32::new(0)),
-            connecting: AtomicU32::new(0),
+            permits: Permits::default(),
             hosts: policy
                 .hosts
                 .iter()
@@ -224,7 +235,17 @@ impl BackendState {
         }
     }
 
-    /// A uniform float in [0, 1) from a shared splitmix64 stream.
+    /// Calls that count in the breaker's window: every outcome but the neutral ones.
+    fn calls(&self) -> u64 {
+        self.outcomes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !matches!(*i, NEUTRAL_CLIENT | NEUTRAL_CANCELLED))
+            .fold(0u64, |sum, (_, n)| {
+                sum.wrapping_add(n.load(Ordering::Relaxed))
+            })
+    }
+
     /// A uniformly drawn amount in `0..=ceiling` (full jitter), in integers.
     fn jitter(&self, ceiling: u64) -> u64 {
         let r = self.random_bits();
@@ -333,9 +354,9 @@ impl Attempt {
     pub fn connected(&mut self) {
         if std::mem::replace(&mut self.connecting, false) {
             let state = &self.rules.state;
-            give(&state.connecting);
+            state.permits.connected();
             if let Some(h) = self.host.and_then(|h| state.hosts.get(h as usize)) {
-                give(&h.connecting);
+                h.permits.connected();
             }
         }
     }
@@ -349,16 +370,14 @@ impl Attempt {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
-        self.connected();
+        let connecting = std::mem::replace(&mut self.connecting, false);
         let rules = &*self.rules;
         let state = &rules.state;
         let now = rules.clock.now().as_nanos();
         let latency = now.saturating_sub(self.start);
-        state.outcomes[outcome.index()].fetch_add(1, Ordering::Relaxed);
         let b = &rules.policy.breaker;
         let v = outcome.breaker();
         let slow = latency > duration_to_nanos(b.slow_call);
-        let span = duration_to_nanos(b.window);
         if outcome == AttemptOutcome::Success {
             let old = state.latency.load(Ordering::Relaxed);
             let new = if old == 0 {
@@ -368,28 +387,18 @@ impl Attempt {
             };
             state.latency.store(new, Ordering::Relaxed);
         }
-        let trips = |cell: &BreakerCell| {
-            if v == breaker::Verdict::Neutral {
-                return false;
-            }
-            cell.window
-                .record(now, span, v == breaker::Verdict::Failure, slow);
-            if v == breaker::Verdict::Success && !slow {
-                // A fast success lowers both ratios: it cannot be the call that trips the breaker,
-                // so the window's totals are not read. (A breaker whose ratios were already over
-                // their thresholds when the window reached `min_calls` opens at the next failure.)
-                return false;
-            }
-            let t = cell.window.totals(now, span);
-            t.calls >= u64::from(b.min_calls)
-                && (t.failures * 1000 >= u64::from(b.failure_ratio) * t.calls
-                    || t.slow * 1000 >= u64::from(b.slow_ratio) * t.calls)
-        };
         let consecutive = u64::from(b.consecutive_failures);
         let probes = u64::from(b.probes);
         let host = self.host.and_then(|h| state.hosts.get(h as usize));
+        let window = |cell: &BreakerCell, calls: &dyn Fn() -> u64, count: &dyn Fn()| {
+            record(cell, b, now, v, slow, calls, count)
+        };
         if let Some(h) = host {
-            let trip = trips(&h.breaker);
+            let trip = window(&h.breaker, &|| h.calls.load(Ordering::Relaxed), &|| {
+                if v != breaker::Verdict::Neutral {
+                    h.calls.fetch_add(1, Ordering::Relaxed);
+                }
+            });
             let change = h.breaker.finish(
                 self.host_role,
                 self.host_generation,
@@ -423,9 +432,11 @@ impl Attempt {
             if ejection == Ejection::Ejected {
                 rules.emit(Some(&h.name), TransitionKind::Ejected, now);
             }
-            give(&h.in_flight);
+            h.permits.release(connecting);
         }
-        let trip = trips(&state.breaker);
+        let trip = window(&state.breaker, &|| state.calls(), &|| {
+            state.outcomes[outcome.index()].fetch_add(1, Ordering::Relaxed);
+        });
         let change = state.breaker.finish(
             self.role,
             self.generation,
@@ -437,7 +448,7 @@ impl Attempt {
             now,
         );
         self.report(change, None, &state.breaker, now);
-        give(&state.in_flight);
+        state.permits.release(connecting);
     }
 
     fn report(
@@ -565,21 +576,50 @@ impl Engine {
         budget: &Budget,
         retry: u32,
     ) -> Result<Attempt, Verdict> {
-        let snapshot = self.snapshot_guard();
-        let id = budget.request_id();
-        let Some(rules) = snapshot.backend(backend) else {
-            return Err(Verdict::new(Reason::UnknownClass, Retry::Never).with_request(id));
-        };
-        let rules = Arc::clone(rules);
-        drop(snapshot);
+        self.with_rules(backend, budget, |rules| match rules {
+            Some(rules) => self.begin_under(rules, target, budget, retry),
+            None => {
+                Err(Verdict::new(Reason::UnknownClass, Retry::Never)
+                    .with_request(budget.request_id()))
+            }
+        })
+    }
+
+    /// The rules of `backend` in the request's policy, the one its budget started under (a reload
+    /// applies to requests started after it, as it does for budgets). The budget already holds that
+    /// snapshot, so the usual case takes no guard and no reference count. A backend the request's
+    /// policy lacks (added by a later reload), or a budget of another engine, is looked up in the
+    /// current policy instead.
+    fn with_rules<R>(
+        &self,
+        backend: Backend,
+        budget: &Budget,
+        f: impl FnOnce(Option<&Arc<BackendRules>>) -> R,
+    ) -> R {
+        let own = &budget.node().snapshot;
+        if let Some(rules) = own.backend(backend).filter(|_| self.owns(own)) {
+            return f(Some(rules));
+        }
+        let current = self.snapshot_guard();
+        f(current.backend(backend))
+    }
+
+    fn begin_under(
+        &self,
+        rules: &Arc<BackendRules>,
+        target: Option<u32>,
+        budget: &Budget,
+        retry: u32,
+    ) -> Result<Attempt, Verdict> {
         let p = &rules.policy;
         let state = &rules.state;
-        let refuse = |v: Verdict| v.with_class(&p.name).with_request(id);
-        let now = rules.clock.now().as_nanos();
+        let refuse = |v: Verdict| v.with_class(&p.name).with_request(budget.request_id());
+        let clock_now = rules.clock.now();
+        let now = clock_now.as_nanos();
 
         // Time: the backend's timeout, or what the request has left minus a margin.
         let own = duration_to_nanos(p.timeout);
-        let remaining = budget.remaining_nanos();
+        let remaining = budget.remaining_nanos_by(&rules.clock, clock_now);
         let timeout = if remaining == u64::MAX {
             own
         } else {
@@ -631,35 +671,32 @@ impl Engine {
             duration_to_nanos(p.breaker.ramp_up),
             now,
         );
-        if !take(&state.in_flight, cap) {
-            release_probe(&state.breaker, role, generation);
-            return Err(refuse(
-                rules
-                    .verdict(Reason::BulkheadFull, Retry::Later, N_IN_FLIGHT)
-                    .with_amounts(
-                        1,
-                        u64::from(state.in_flight.load(Ordering::Relaxed)),
-                        u64::from(cap),
-                    ),
-            ));
-        }
-        if !take(&state.connecting, p.max_connecting) {
-            give(&state.in_flight);
-            release_probe(&state.breaker, role, generation);
-            return Err(refuse(
-                rules
-                    .verdict(Reason::ConnectLimit, Retry::Later, N_CONNECTING)
-                    .with_amounts(1, u64::from(p.max_connecting), u64::from(p.max_connecting)),
-            ));
+        match state.permits.take(cap, p.max_connecting) {
+            Ok(()) => {}
+            Err(Full::InFlight(seen)) => {
+                release_probe(&state.breaker, role, generation);
+                return Err(refuse(
+                    rules
+                        .verdict(Reason::BulkheadFull, Retry::Later, N_IN_FLIGHT)
+                        .with_amounts(1, u64::from(seen), u64::from(cap)),
+                ));
+            }
+            Err(Full::Connecting) => {
+                release_probe(&state.breaker, role, generation);
+                return Err(refuse(
+                    rules
+                        .verdict(Reason::ConnectLimit, Retry::Later, N_CONNECTING)
+                        .with_amounts(1, u64::from(p.max_connecting), u64::from(p.max_connecting)),
+                ));
+            }
         }
         let (mut host, mut host_role, mut host_generation) = (None, breaker::Role::Normal, 0);
         if !state.hosts.is_empty() {
-            match self.choose_host(&rules, target, now, timeout) {
+            match self.choose_host(rules, target, now, timeout) {
                 Some((h, r, g)) => (host, host_role, host_generation) = (Some(h), r, g),
                 None => {
                     // Nothing was taken on any host; give the backend's permits back, neutrally.
-                    give(&state.connecting);
-                    give(&state.in_flight);
+                    state.permits.release(true);
                     release_probe(&state.breaker, role, generation);
                     return Err(refuse(rules.verdict(
                         Reason::NoHealthyHost,
@@ -670,7 +707,7 @@ impl Engine {
             }
         }
         Ok(Attempt {
-            rules,
+            rules: Arc::clone(rules),
             host,
             connecting: true,
             role,
@@ -717,8 +754,8 @@ impl Engine {
             } else {
                 p.max_connecting_per_host
             };
-            if host.in_flight.load(Ordering::Relaxed) >= p.max_in_flight_per_host
-                || host.connecting.load(Ordering::Relaxed) >= connect_cap
+            if host.permits.in_flight() >= p.max_in_flight_per_host
+                || host.permits.connecting() >= connect_cap
             {
                 continue;
             }
@@ -730,11 +767,7 @@ impl Engine {
             }
         }
         // The less loaded of the two first, without allocating.
-        let load = |h: Option<usize>| {
-            h.map_or(u32::MAX, |h| {
-                state.hosts[h].in_flight.load(Ordering::Relaxed)
-            })
-        };
+        let load = |h: Option<usize>| h.map_or(u32::MAX, |h| state.hosts[h].permits.in_flight());
         if load(candidates[1]) < load(candidates[0]) {
             candidates.swap(0, 1);
         }
@@ -751,12 +784,11 @@ impl Engine {
             else {
                 continue;
             };
-            if !take(&host.in_flight, p.max_in_flight_per_host) {
-                release_probe(&host.breaker, role, generation);
-                continue;
-            }
-            if !take(&host.connecting, connect_cap) {
-                give(&host.in_flight);
+            if host
+                .permits
+                .take(p.max_in_flight_per_host, connect_cap)
+                .is_err()
+            {
                 release_probe(&host.breaker, role, generation);
                 continue;
             }
@@ -784,20 +816,28 @@ impl Engine {
         outcome: AttemptOutcome,
         attempt: u32,
     ) -> RetryDecision {
-        let snapshot = self.snapshot_guard();
-        let id = budget.request_id();
-        let Some(rules) = snapshot.backend(backend) else {
-            return RetryDecision::Stop(
-                Verdict::new(Reason::UnknownClass, Retry::Never).with_request(id),
-            );
-        };
+        self.with_rules(backend, budget, |rules| match rules {
+            Some(rules) => Self::retry_with(rules, budget, outcome, attempt),
+            None => RetryDecision::Stop(
+                Verdict::new(Reason::UnknownClass, Retry::Never).with_request(budget.request_id()),
+            ),
+        })
+    }
+
+    fn retry_with(
+        rules: &BackendRules,
+        budget: &Budget,
+        outcome: AttemptOutcome,
+        attempt: u32,
+    ) -> RetryDecision {
         let p = &rules.policy;
+
         let state = &rules.state;
         let stop = |reason: Reason, retry: Retry| {
             RetryDecision::Stop(
                 Verdict::new(reason, retry)
                     .with_class(&p.name)
-                    .with_request(id),
+                    .with_request(budget.request_id()),
             )
         };
         // Integer nanoseconds throughout: `Duration` arithmetic and a float jitter were a third of
@@ -815,7 +855,8 @@ impl Engine {
         let cap = duration_to_nanos(p.retry.backoff_max);
         let ceiling = base.saturating_mul(1u64 << attempt.min(32)).min(cap);
         let backoff = state.jitter(ceiling).max(floor);
-        let remaining = budget.remaining_nanos();
+        let clock_now = rules.clock.now();
+        let remaining = budget.remaining_nanos_by(&rules.clock, clock_now);
         if remaining != u64::MAX {
             let usual = state.latency.load(Ordering::Relaxed);
             let need = backoff
@@ -827,15 +868,14 @@ impl Engine {
                         .with_class(&p.name)
                         .with_dimension(&state.names[N_TIME], Unit::Nanos)
                         .with_amounts(need, 0, remaining)
-                        .with_request(id),
+                        .with_request(budget.request_id()),
                 );
             }
         }
         // The backend's token first, the tree's retry last: a refusal by the tree is final (it
         // cancels the request), so the tree must never be charged for a retry something else then
         // refuses, even for a moment. A token held for an instant only delays another request.
-        let now = rules.clock.now().as_nanos();
-        if !state.retry.try_withdraw(now, rules.rates) {
+        if !state.retry.try_withdraw(clock_now.as_nanos(), rules.rates) {
             return stop(Reason::RetryBudgetExhausted, Retry::Later);
         }
         if let Err(v) = budget.try_retry() {
@@ -889,8 +929,8 @@ impl Engine {
                 BackendStats {
                     backend: r.policy.name.to_string(),
                     breaker: state_name(s.breaker.state()),
-                    in_flight: s.in_flight.load(Ordering::Relaxed),
-                    connecting: s.connecting.load(Ordering::Relaxed),
+                    in_flight: s.permits.in_flight(),
+                    connecting: s.permits.connecting(),
                     retry_tokens: s.retry.balance() / retry_budget::TOKEN,
                     outcomes: OUTCOMES
                         .iter()
@@ -904,8 +944,8 @@ impl Engine {
                             host: h.name.to_string(),
                             breaker: state_name(h.breaker.state()),
                             ejected: h.is_ejected(),
-                            in_flight: h.in_flight.load(Ordering::Relaxed),
-                            connecting: h.connecting.load(Ordering::Relaxed),
+                            in_flight: h.permits.in_flight(),
+                            connecting: h.permits.connecting(),
                         })
                         .collect(),
                 }
@@ -915,6 +955,38 @@ impl Engine {
 }
 
 /// Gives a probe slot back when an attempt that took one goes no further.
+/// Records an outcome in a breaker's window and says whether the window's ratios now call for
+/// opening. `calls` reads the owner's running total of calls (the window's unit, see
+/// [`window`]) and `count` adds this outcome to it, after the window has seen it.
+fn record(
+    cell: &BreakerCell,
+    b: &BreakerPolicy,
+    now: u64,
+    v: breaker::Verdict,
+    slow: bool,
+    calls: &dyn Fn() -> u64,
+    count: &dyn Fn(),
+) -> bool {
+    if v == breaker::Verdict::Neutral {
+        count();
+        return false;
+    }
+    let span = duration_to_nanos(b.window);
+    cell.window
+        .record(now, span, calls, v == breaker::Verdict::Failure, slow);
+    count();
+    if v == breaker::Verdict::Success && !slow {
+        // A fast success lowers both ratios: it cannot be the call that trips the breaker, so the
+        // window's totals are not read. (A breaker whose ratios were already over their thresholds
+        // when the window reached `min_calls` opens at the next failure.)
+        return false;
+    }
+    let t = cell.window.totals(now, span, calls());
+    t.calls >= u64::from(b.min_calls)
+        && (t.failures * 1000 >= u64::from(b.failure_ratio) * t.calls
+            || t.slow * 1000 >= u64::from(b.slow_ratio) * t.calls)
+}
+
 fn release_probe(cell: &BreakerCell, role: breaker::Role, generation: u64) {
     if role == breaker::Role::Probe {
         cell.finish(

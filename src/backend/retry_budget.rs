@@ -55,11 +55,13 @@ impl RetryBudget {
         }
     }
 
+    /// Adds `n`, up to `cap`. A full budget (the usual state of a healthy backend) is only read.
     fn add(&self, n: u64, cap: u64) {
         let _ = self
             .balance
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
-                Some(b.saturating_add(n).min(cap))
+                let next = b.saturating_add(n).min(cap);
+                (next != b).then_some(next)
             });
     }
 

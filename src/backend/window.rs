@@ -1,9 +1,16 @@
 //! Outcomes over a sliding window, in ten fixed buckets of atomic counters.
 //!
 //! Each bucket covers a tenth of the window and remembers which slice of time it counts ("epoch"); a
-//! bucket found holding an older epoch is reset by whoever gets there first. A reset racing a record
-//! can lose that one record: the ratios are approximate by a call or two, which is what a breaker
-//! needs, and in exchange recording is three relaxed atomic adds with no lock and no allocation.
+//! bucket found holding an older epoch is restarted by whoever gets there first. Calls are not
+//! counted per bucket: the owner already keeps a running total of calls (the backend its outcome
+//! counters, a host its call counter), so a bucket only notes that total when it starts ("base"),
+//! and the calls inside the window are the total now minus the oldest live bucket's base. A success
+//! that is not slow, the common case, therefore writes nothing here at all; failures and slow calls
+//! are counted per bucket.
+//!
+//! A restart racing a record can lose that one failure, and a reader racing a restart can see the
+//! bucket's new epoch with its old base for an instant: the ratios are approximate by a call or two,
+//! which is what a breaker needs, and in exchange recording takes no lock and no allocation.
 
 use crate::sync::{AtomicU64, Ordering};
 
@@ -12,7 +19,8 @@ const BUCKETS: usize = 10;
 #[derive(Debug, Default)]
 struct Bucket {
     epoch: AtomicU64,
-    calls: AtomicU64,
+    /// The owner's total of calls when this bucket started.
+    base: AtomicU64,
     failures: AtomicU64,
     slow: AtomicU64,
 }
@@ -31,8 +39,17 @@ pub(crate) struct Window {
 }
 
 impl Window {
-    /// Records a call at `now`; the window spans `span` ns.
-    pub(crate) fn record(&self, now: u64, span: u64, failed: bool, slow: bool) {
+    /// Records a call at `now`; the window spans `span` ns. `calls` reads the owner's running total
+    /// of calls, which must not count this call yet: the owner adds it after this returns.
+    #[inline]
+    pub(crate) fn record(
+        &self,
+        now: u64,
+        span: u64,
+        calls: impl FnOnce() -> u64,
+        failed: bool,
+        slow: bool,
+    ) {
         let width = (span / BUCKETS as u64).max(1);
         let epoch = now / width + 1; // 0 means "never used"
         let b = &self.buckets[(epoch % BUCKETS as u64) as usize];
@@ -42,11 +59,10 @@ impl Window {
                 .compare_exchange(seen, epoch, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
         {
-            b.calls.store(0, Ordering::Relaxed);
+            b.base.store(calls(), Ordering::Release);
             b.failures.store(0, Ordering::Relaxed);
             b.slow.store(0, Ordering::Relaxed);
         }
-        b.calls.fetch_add(1, Ordering::Relaxed);
         if failed {
             b.failures.fetch_add(1, Ordering::Relaxed);
         }
@@ -55,18 +71,23 @@ impl Window {
         }
     }
 
-    /// Totals of the buckets still inside the window at `now`.
-    pub(crate) fn totals(&self, now: u64, span: u64) -> Totals {
+    /// Totals of the buckets still inside the window at `now`, given the owner's total of calls.
+    pub(crate) fn totals(&self, now: u64, span: u64, calls: u64) -> Totals {
         let width = (span / BUCKETS as u64).max(1);
         let current = now / width + 1;
         let mut t = Totals::default();
+        let mut base = None::<u64>;
         for b in &self.buckets {
             let epoch = b.epoch.load(Ordering::Acquire);
             if epoch != 0 && epoch + (BUCKETS as u64) > current && epoch <= current {
-                t.calls += b.calls.load(Ordering::Relaxed);
+                let start = b.base.load(Ordering::Acquire);
+                base = Some(base.map_or(start, |m| m.min(start)));
                 t.failures += b.failures.load(Ordering::Relaxed);
                 t.slow += b.slow.load(Ordering::Relaxed);
             }
+        }
+        if let Some(base) = base {
+            t.calls = calls.saturating_sub(base).max(t.failures).max(t.slow);
         }
         t
     }
@@ -83,9 +104,30 @@ impl Window {
 mod tests {
     use super::*;
 
+    /// A window with the running total its owner keeps, recorded as the engine does.
+    struct Owned {
+        window: Window,
+        calls: u64,
+    }
+
+    impl Owned {
+        fn record(&mut self, now: u64, span: u64, failed: bool, slow: bool) {
+            let calls = self.calls;
+            self.window.record(now, span, || calls, failed, slow);
+            self.calls += 1;
+        }
+
+        fn totals(&self, now: u64, span: u64) -> Totals {
+            self.window.totals(now, span, self.calls)
+        }
+    }
+
     #[test]
     fn counts_only_the_window() {
-        let w = Window::default();
+        let mut w = Owned {
+            window: Window::default(),
+            calls: 0,
+        };
         let span = 10_000;
         for t in 0..10u64 {
             w.record(t * 1_000, span, t % 2 == 0, t == 3);
@@ -109,7 +151,30 @@ mod tests {
                 slow: 0
             }
         );
-        w.clear();
-        assert_eq!(w.totals(15_000, span), Totals::default());
+        // Several calls in one bucket, and a quiet stretch that leaves gaps between buckets.
+        for _ in 0..3 {
+            w.record(15_500, span, false, false);
+        }
+        w.record(19_000, span, false, true);
+        assert_eq!(
+            w.totals(19_000, span),
+            Totals {
+                calls: 5,
+                failures: 1,
+                slow: 1
+            }
+        );
+        w.window.clear();
+        assert_eq!(w.totals(19_000, span), Totals::default());
+        w.record(19_001, span, true, false);
+        assert_eq!(
+            w.totals(19_001, span),
+            Totals {
+                calls: 1,
+                failures: 1,
+                slow: 0
+            },
+            "after a clear, the window starts from the call that restarts it"
+        );
     }
 }

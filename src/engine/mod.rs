@@ -170,6 +170,11 @@ impl Engine {
 
     /// Replaces the policy for budgets started from now on, and returns the new generation.
     ///
+    /// A running request keeps the policy it started under, for its budget and for its calls to
+    /// backends: its attempts and retry decisions follow that version's backend settings (a backend
+    /// it lacks is looked up in the current one). What backends have learned (breakers, ejections,
+    /// permits, retry budgets) is shared by every version that keeps the backend's host list.
+    ///
     /// The new policy must be compatible with the names the engine already handed out: a dimension
     /// cannot change between counter and level. On any error the current policy stays.
     pub fn reload(&self, policy: Policy) -> Result<u64, PolicyError> {
@@ -322,6 +327,13 @@ impl Engine {
 
     pub(crate) fn snapshot(&self) -> Arc<Snapshot> {
         self.inner.current.load_full()
+    }
+
+    /// Whether `snapshot` is one of this engine's policy versions: every version holds the engine's
+    /// own clock, which no other engine shares (the builder wraps each clock in a new `Arc`).
+    #[inline]
+    pub(crate) fn owns(&self, snapshot: &Snapshot) -> bool {
+        Arc::ptr_eq(&snapshot.clock, &self.inner.clock)
     }
 
     /// The current snapshot for the length of one operation, without a reference count.
