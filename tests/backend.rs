@@ -659,7 +659,10 @@ fn a_request_calls_backends_under_the_policy_it_started_with() {
         )
         .unwrap();
     let after = f.budget();
-    let attempt = |budget: &Budget, b: Backend| f.engine.begin_attempt(b, budget, 0).unwrap();
+    // Owned, so that the closure may return it; `into_owned` hands the permits over exactly once
+    // (the counts below would be off otherwise).
+    let attempt =
+        |budget: &Budget, b: Backend| f.engine.begin_attempt(b, budget, 0).unwrap().into_owned();
     let (old, new) = (attempt(&before, db), attempt(&after, db));
     assert_eq!(
         old.timeout(),

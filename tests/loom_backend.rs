@@ -81,13 +81,15 @@ fn half_open_admits_exactly_the_configured_probes() {
                 let engine = engine.clone();
                 let budget = budget.clone();
                 thread::spawn(move || {
+                    // Owned: the attempt leaves the thread, and the budget clone with it ends.
                     engine
                         .begin_attempt(db, &budget, 0)
+                        .map(Attempt::into_owned)
                         .map_err(|v| (v.reason(), v.retry()))
                 })
             })
             .collect();
-        let mut probes: Vec<Attempt> = Vec::new();
+        let mut probes: Vec<Attempt<'static>> = Vec::new();
         for h in handles {
             match h.join().unwrap() {
                 Ok(attempt) => {

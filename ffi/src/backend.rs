@@ -30,7 +30,8 @@ pub const COSTGUARD_ATTEMPT_CANCELLED: u32 = 7;
 
 /// The value behind an attempt handle.
 pub(crate) struct AttemptObj {
-    attempt: Mutex<Option<Attempt>>,
+    /// Owned (`Attempt::into_owned`): the attempt outlives the call that began it.
+    attempt: Mutex<Option<Attempt<'static>>>,
     timeout: Duration,
     host: String,
 }
@@ -91,7 +92,7 @@ fn with_engine_and_budget<R>(
 }
 
 fn begin(
-    result: Result<Result<Attempt, Verdict>, Status>,
+    result: Result<Result<Attempt<'static>, Verdict>, Status>,
     out: std::ptr::NonNull<costguard_attempt>,
     verdict: *mut costguard_verdict,
 ) -> Status {
@@ -130,7 +131,9 @@ pub unsafe extern "C" fn costguard_attempt_begin(
         let out = check!(required(out));
         let result = with_engine_and_budget(e, budget, |eng, engine, budget| {
             let backend = eng.state().names.backend(eng.serial, b.bits)?;
-            Ok(engine.begin_attempt(backend, budget, retry))
+            Ok(engine
+                .begin_attempt(backend, budget, retry)
+                .map(Attempt::into_owned))
         });
         begin(result, out, verdict)
     })
@@ -153,7 +156,9 @@ pub unsafe extern "C" fn costguard_attempt_begin_on(
         let out = check!(required(out));
         let result = with_engine_and_budget(e, budget, |eng, engine, budget| {
             let host = eng.state().names.host(eng.serial, h.bits)?;
-            Ok(engine.begin_attempt_on(host, budget, retry))
+            Ok(engine
+                .begin_attempt_on(host, budget, retry)
+                .map(Attempt::into_owned))
         });
         begin(result, out, verdict)
     })

@@ -573,7 +573,8 @@ struct Host {
 }
 
 struct Held {
-    attempt: Attempt,
+    /// Owned: it is kept beside the budget it was begun for.
+    attempt: Attempt<'static>,
     role: Role,
     generation: u64,
     start: u64,
@@ -782,7 +783,8 @@ impl World<'_> {
                 self.engine.begin_attempt_on(host, &self.budget, retry)
             }
             None => self.engine.begin_attempt(self.backend, &self.budget, retry),
-        };
+        }
+        .map(Attempt::into_owned);
         self.collect();
         if let Err(v) = &result {
             assert_eq!(v.class(), Some("be"), "{v:?}");
@@ -1225,7 +1227,7 @@ fn host_index(t: &Transition, s: &Setup) -> usize {
 }
 
 /// The engine's answer, which must be a refusal for `reason`.
-fn refusal(result: Result<Attempt, Verdict>, reason: Reason, model: &Breaker) -> Verdict {
+fn refusal(result: Result<Attempt<'_>, Verdict>, reason: Reason, model: &Breaker) -> Verdict {
     match result {
         Err(v) if v.reason() == reason => v,
         Err(v) => panic!("expected {reason:?}, got {v:?}; model {model:?}"),

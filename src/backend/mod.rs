@@ -32,7 +32,7 @@ mod window;
 use crate::budget::Budget;
 use crate::clock::{duration_to_nanos, Clock};
 use crate::handle::{Backend, Host};
-use crate::policy::{BackendPolicy, BreakerPolicy};
+use crate::policy::BackendPolicy;
 use crate::sync::{Arc, AtomicU32, AtomicU64, Ordering};
 use crate::verdict::{Reason, Retry, Unit};
 use crate::{Engine, Verdict};
@@ -41,6 +41,7 @@ use permits::{Full, Permits};
 use retry_budget::{Rates, RetryBudget};
 use std::fmt;
 use std::time::Duration;
+use window::Span;
 
 /// How an attempt ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -224,7 +225,7 @@ impl BackendState {
             retry: RetryBudget::new(now, rates),
             latency: AtomicU64::new(0),
             next_host: AtomicU32::new(0),
-            rng: AtomicU64::new(0x9e37_79b9_7f4a_7c15 ^ now),
+            rng: AtomicU64::new(GAMMA ^ now),
             outcomes: Default::default(),
             names: [
                 Arc::from("in_flight"),
@@ -257,16 +258,25 @@ impl BackendState {
         (self.random_bits() >> 11) as f64 / (1u64 << 53) as f64
     }
 
+    /// 64 random bits from the backend's splitmix64 stream. The stream is shared and seeded from
+    /// the engine's clock, so that a simulation on a manual clock draws the same numbers every run.
     fn random_bits(&self) -> u64 {
-        let x = self
+        mix(self
             .rng
-            .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
-            .wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = x;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+            .fetch_add(GAMMA, Ordering::Relaxed)
+            .wrapping_add(GAMMA))
     }
+}
+
+/// The increment of a splitmix64 stream.
+const GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// splitmix64's output function.
+fn mix(x: u64) -> u64 {
+    let mut z = x;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 pub(crate) fn rates(p: &BackendPolicy) -> Rates {
@@ -278,8 +288,36 @@ pub(crate) struct BackendRules {
     pub(crate) state: Arc<BackendState>,
     pub(crate) policy: BackendPolicy,
     pub(crate) rates: Rates,
+    ns: Nanos,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) hook: Option<TransitionHook>,
+}
+
+/// A backend's durations in clock nanoseconds, converted once per policy version rather than on
+/// every attempt.
+#[derive(Clone, Copy, Debug)]
+struct Nanos {
+    timeout: u64,
+    margin: u64,
+    ramp_up: u64,
+    slow_call: u64,
+    window: Span,
+    backoff_base: u64,
+    backoff_max: u64,
+}
+
+impl Nanos {
+    fn new(p: &BackendPolicy) -> Nanos {
+        Nanos {
+            timeout: duration_to_nanos(p.timeout),
+            margin: duration_to_nanos(p.margin),
+            ramp_up: duration_to_nanos(p.breaker.ramp_up),
+            slow_call: duration_to_nanos(p.breaker.slow_call),
+            window: Span::new(duration_to_nanos(p.breaker.window)),
+            backoff_base: duration_to_nanos(p.retry.backoff_base),
+            backoff_max: duration_to_nanos(p.retry.backoff_max),
+        }
+    }
 }
 
 impl fmt::Debug for BackendRules {
@@ -291,6 +329,22 @@ impl fmt::Debug for BackendRules {
 }
 
 impl BackendRules {
+    pub(crate) fn new(
+        state: Arc<BackendState>,
+        policy: &BackendPolicy,
+        clock: &Arc<dyn Clock>,
+        hook: Option<&TransitionHook>,
+    ) -> BackendRules {
+        BackendRules {
+            state,
+            rates: rates(policy),
+            ns: Nanos::new(policy),
+            policy: policy.clone(),
+            clock: Arc::clone(clock),
+            hook: hook.cloned(),
+        }
+    }
+
     fn emit(&self, host: Option<&Arc<str>>, kind: TransitionKind, at: u64) {
         if let Some(hook) = &self.hook {
             hook(&Transition {
@@ -316,11 +370,50 @@ impl BackendRules {
     }
 }
 
+/// The backend settings an attempt runs under.
+///
+/// Usually borrowed from the request's budget, which holds its policy version for as long as the
+/// request lives: an attempt then takes no reference count, a read-modify-write that every thread
+/// calling the backend would otherwise make on one shared cache line, twice per attempt. Owned when
+/// the attempt must outlive that borrow ([`Attempt::into_owned`]) or the settings came from the
+/// current policy rather than the request's.
+enum Rules<'b> {
+    Borrowed(&'b Arc<BackendRules>),
+    Owned(Arc<BackendRules>),
+}
+
+impl Rules<'_> {
+    fn to_owned(&self) -> Rules<'static> {
+        Rules::Owned(Arc::clone(self.arc()))
+    }
+
+    #[inline]
+    fn arc(&self) -> &Arc<BackendRules> {
+        match self {
+            Rules::Borrowed(r) => r,
+            Rules::Owned(r) => r,
+        }
+    }
+}
+
+impl std::ops::Deref for Rules<'_> {
+    type Target = BackendRules;
+
+    #[inline]
+    fn deref(&self) -> &BackendRules {
+        self.arc()
+    }
+}
+
 /// One call to a backend, in progress. Finish it with [`finish`](Self::finish); dropping it unfinished
 /// counts as [`AttemptOutcome::Cancelled`]. Either way its permits are released exactly once.
+///
+/// An attempt borrows the budget it was begun for (its request's policy lives there), so it cannot
+/// outlive it. To keep one elsewhere, in a struct beside its budget or across a language boundary,
+/// make it independent with [`into_owned`](Self::into_owned).
 #[must_use = "an attempt holds its backend's permits until it is finished or dropped"]
-pub struct Attempt {
-    rules: Arc<BackendRules>,
+pub struct Attempt<'b> {
+    rules: Rules<'b>,
     host: Option<u32>,
     connecting: bool,
     role: breaker::Role,
@@ -332,7 +425,27 @@ pub struct Attempt {
     done: bool,
 }
 
-impl Attempt {
+impl Attempt<'_> {
+    /// The same attempt, no longer borrowing its budget: it then holds a reference count on its
+    /// policy version instead, as long as it lives.
+    pub fn into_owned(mut self) -> Attempt<'static> {
+        let owned = Attempt {
+            rules: self.rules.to_owned(),
+            host: self.host,
+            connecting: self.connecting,
+            role: self.role,
+            generation: self.generation,
+            host_role: self.host_role,
+            host_generation: self.host_generation,
+            start: self.start,
+            timeout: self.timeout,
+            done: self.done,
+        };
+        // The permits now belong to `owned`: this one must release nothing as it drops.
+        self.done = true;
+        owned
+    }
+
     /// The timeout to use for this attempt: the backend's, or less if the request has less time.
     pub fn timeout(&self) -> Duration {
         self.timeout
@@ -362,6 +475,7 @@ impl Attempt {
     }
 
     /// Records how the attempt ended and releases everything.
+    #[inline]
     pub fn finish(mut self, outcome: AttemptOutcome) {
         self.complete(outcome);
     }
@@ -377,7 +491,7 @@ impl Attempt {
         let latency = now.saturating_sub(self.start);
         let b = &rules.policy.breaker;
         let v = outcome.breaker();
-        let slow = latency > duration_to_nanos(b.slow_call);
+        let slow = latency > rules.ns.slow_call;
         if outcome == AttemptOutcome::Success {
             let old = state.latency.load(Ordering::Relaxed);
             let new = if old == 0 {
@@ -391,7 +505,7 @@ impl Attempt {
         let probes = u64::from(b.probes);
         let host = self.host.and_then(|h| state.hosts.get(h as usize));
         let window = |cell: &BreakerCell, calls: &dyn Fn() -> u64, count: &dyn Fn()| {
-            record(cell, b, now, v, slow, calls, count)
+            record(cell, rules, now, v, slow, calls, count)
         };
         if let Some(h) = host {
             let trip = window(&h.breaker, &|| h.calls.load(Ordering::Relaxed), &|| {
@@ -469,13 +583,13 @@ impl Attempt {
     }
 }
 
-impl Drop for Attempt {
+impl Drop for Attempt<'_> {
     fn drop(&mut self) {
         self.complete(AttemptOutcome::Cancelled);
     }
 }
 
-impl fmt::Debug for Attempt {
+impl fmt::Debug for Attempt<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Attempt")
             .field("backend", &self.rules.policy.name)
@@ -548,69 +662,67 @@ impl Engine {
     /// Refused when the time the request has left cannot cover what the backend usually needs, when the
     /// backend's breaker is open, when its calls or connection attempts in flight are at their caps, or
     /// when no host of its pool is healthy and free.
-    pub fn begin_attempt(
+    pub fn begin_attempt<'b>(
         &self,
         backend: Backend,
-        budget: &Budget,
+        budget: &'b Budget,
         retry: u32,
-    ) -> Result<Attempt, Verdict> {
+    ) -> Result<Attempt<'b>, Verdict> {
         self.begin_attempt_at(backend, None, budget, retry)
     }
 
     /// Begins an attempt on one particular host of a pool, as [`begin_attempt`](Self::begin_attempt)
     /// does, but refused (rather than sent elsewhere) when that host is ejected, its breaker is open or
     /// it is at its caps.
-    pub fn begin_attempt_on(
+    pub fn begin_attempt_on<'b>(
         &self,
         host: Host,
-        budget: &Budget,
+        budget: &'b Budget,
         retry: u32,
-    ) -> Result<Attempt, Verdict> {
+    ) -> Result<Attempt<'b>, Verdict> {
         self.begin_attempt_at(host.backend, Some(u32::from(host.index)), budget, retry)
     }
 
-    fn begin_attempt_at(
+    fn begin_attempt_at<'b>(
         &self,
         backend: Backend,
         target: Option<u32>,
-        budget: &Budget,
+        budget: &'b Budget,
         retry: u32,
-    ) -> Result<Attempt, Verdict> {
-        self.with_rules(backend, budget, |rules| match rules {
+    ) -> Result<Attempt<'b>, Verdict> {
+        match self.rules(backend, budget) {
             Some(rules) => self.begin_under(rules, target, budget, retry),
             None => {
                 Err(Verdict::new(Reason::UnknownClass, Retry::Never)
                     .with_request(budget.request_id()))
             }
-        })
+        }
     }
 
     /// The rules of `backend` in the request's policy, the one its budget started under (a reload
     /// applies to requests started after it, as it does for budgets). The budget already holds that
-    /// snapshot, so the usual case takes no guard and no reference count. A backend the request's
-    /// policy lacks (added by a later reload), or a budget of another engine, is looked up in the
-    /// current policy instead.
-    fn with_rules<R>(
-        &self,
-        backend: Backend,
-        budget: &Budget,
-        f: impl FnOnce(Option<&Arc<BackendRules>>) -> R,
-    ) -> R {
+    /// snapshot, so the usual case borrows them from there: no guard, no reference count. A backend
+    /// the request's policy lacks (added by a later reload), or a budget of another engine, is looked
+    /// up in the current policy instead.
+    #[inline]
+    fn rules<'b>(&self, backend: Backend, budget: &'b Budget) -> Option<Rules<'b>> {
         let own = &budget.node().snapshot;
-        if let Some(rules) = own.backend(backend).filter(|_| self.owns(own)) {
-            return f(Some(rules));
+        match own.backend(backend) {
+            Some(rules) if self.owns(own) => Some(Rules::Borrowed(rules)),
+            _ => self
+                .snapshot_guard()
+                .backend(backend)
+                .map(|r| Rules::Owned(Arc::clone(r))),
         }
-        let current = self.snapshot_guard();
-        f(current.backend(backend))
     }
 
-    fn begin_under(
+    fn begin_under<'b>(
         &self,
-        rules: &Arc<BackendRules>,
+        rules: Rules<'b>,
         target: Option<u32>,
-        budget: &Budget,
+        budget: &'b Budget,
         retry: u32,
-    ) -> Result<Attempt, Verdict> {
+    ) -> Result<Attempt<'b>, Verdict> {
         let p = &rules.policy;
         let state = &rules.state;
         let refuse = |v: Verdict| v.with_class(&p.name).with_request(budget.request_id());
@@ -618,12 +730,12 @@ impl Engine {
         let now = clock_now.as_nanos();
 
         // Time: the backend's timeout, or what the request has left minus a margin.
-        let own = duration_to_nanos(p.timeout);
+        let own = rules.ns.timeout;
         let remaining = budget.remaining_nanos_by(&rules.clock, clock_now);
         let timeout = if remaining == u64::MAX {
             own
         } else {
-            let left = remaining.saturating_sub(duration_to_nanos(p.margin));
+            let left = remaining.saturating_sub(rules.ns.margin);
             let usual = state.latency.load(Ordering::Relaxed);
             if left == 0 || left < usual {
                 return Err(refuse(
@@ -665,12 +777,7 @@ impl Engine {
         }
         // From here on, a refusal gives back everything taken so far, neutrally: the attempt is only
         // built once every permit is held.
-        let cap = ramped(
-            p.max_in_flight,
-            &state.breaker,
-            duration_to_nanos(p.breaker.ramp_up),
-            now,
-        );
+        let cap = ramped(p.max_in_flight, &state.breaker, rules.ns.ramp_up, now);
         match state.permits.take(cap, p.max_connecting) {
             Ok(()) => {}
             Err(Full::InFlight(seen)) => {
@@ -692,7 +799,7 @@ impl Engine {
         }
         let (mut host, mut host_role, mut host_generation) = (None, breaker::Role::Normal, 0);
         if !state.hosts.is_empty() {
-            match self.choose_host(rules, target, now, timeout) {
+            match self.choose_host(&rules, target, now, timeout) {
                 Some((h, r, g)) => (host, host_role, host_generation) = (Some(h), r, g),
                 None => {
                     // Nothing was taken on any host; give the backend's permits back, neutrally.
@@ -707,7 +814,7 @@ impl Engine {
             }
         }
         Ok(Attempt {
-            rules: Arc::clone(rules),
+            rules,
             host,
             connecting: true,
             role,
@@ -816,12 +923,12 @@ impl Engine {
         outcome: AttemptOutcome,
         attempt: u32,
     ) -> RetryDecision {
-        self.with_rules(backend, budget, |rules| match rules {
-            Some(rules) => Self::retry_with(rules, budget, outcome, attempt),
+        match self.rules(backend, budget) {
+            Some(rules) => Self::retry_with(&rules, budget, outcome, attempt),
             None => RetryDecision::Stop(
                 Verdict::new(Reason::UnknownClass, Retry::Never).with_request(budget.request_id()),
             ),
-        })
+        }
     }
 
     fn retry_with(
@@ -851,8 +958,7 @@ impl Engine {
             } => duration_to_nanos(d),
             _ => return stop(Reason::NotRetryable, Retry::Never),
         };
-        let base = duration_to_nanos(p.retry.backoff_base);
-        let cap = duration_to_nanos(p.retry.backoff_max);
+        let (base, cap) = (rules.ns.backoff_base, rules.ns.backoff_max);
         let ceiling = base.saturating_mul(1u64 << attempt.min(32)).min(cap);
         let backoff = state.jitter(ceiling).max(floor);
         let clock_now = rules.clock.now();
@@ -861,7 +967,7 @@ impl Engine {
             let usual = state.latency.load(Ordering::Relaxed);
             let need = backoff
                 .saturating_add(usual)
-                .saturating_add(duration_to_nanos(p.margin));
+                .saturating_add(rules.ns.margin);
             if remaining <= need {
                 return RetryDecision::Stop(
                     Verdict::new(Reason::InsufficientTime, Retry::Never)
@@ -893,7 +999,7 @@ impl Engine {
         backend: Backend,
         budget: &Budget,
         mut sleep: impl FnMut(Duration),
-        mut f: impl FnMut(&mut Attempt) -> Result<T, (E, AttemptOutcome)>,
+        mut f: impl FnMut(&mut Attempt<'_>) -> Result<T, (E, AttemptOutcome)>,
     ) -> Result<T, CallError<E>> {
         let mut n = 0u32;
         loop {
@@ -960,7 +1066,7 @@ impl Engine {
 /// [`window`]) and `count` adds this outcome to it, after the window has seen it.
 fn record(
     cell: &BreakerCell,
-    b: &BreakerPolicy,
+    rules: &BackendRules,
     now: u64,
     v: breaker::Verdict,
     slow: bool,
@@ -971,7 +1077,7 @@ fn record(
         count();
         return false;
     }
-    let span = duration_to_nanos(b.window);
+    let (b, span) = (&rules.policy.breaker, rules.ns.window);
     cell.window
         .record(now, span, calls, v == breaker::Verdict::Failure, slow);
     count();

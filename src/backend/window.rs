@@ -33,25 +33,65 @@ pub(crate) struct Totals {
     pub(crate) slow: u64,
 }
 
+/// The length of a window, and a division by its bucket width that costs two multiplications.
+///
+/// `now / width` would be a 64-bit division on every recorded call. The reciprocal
+/// `ceil(2^64 / width)`, computed once per policy version, gives the quotient or one more; one
+/// multiplication back checks which.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Span {
+    width: u64,
+    /// `ceil(2^64 / width)`; 0 for a width of one nanosecond.
+    reciprocal: u64,
+}
+
+impl Span {
+    /// A window `span` ns long, in ten buckets (at least 1 ns each).
+    pub(crate) fn new(span: u64) -> Span {
+        let width = (span / BUCKETS as u64).max(1);
+        Span {
+            width,
+            reciprocal: if width == 1 { 0 } else { u64::MAX / width + 1 },
+        }
+    }
+
+    /// The slice of time `now` falls in, from 1 (0 means "never used").
+    #[inline]
+    fn epoch(self, now: u64) -> u64 {
+        let slice = if self.reciprocal == 0 {
+            now
+        } else {
+            // `now × reciprocal / 2^64` is `now / width` or one more (the reciprocal is rounded up
+            // by less than one, and `now` is below 2^64).
+            let q = ((u128::from(now) * u128::from(self.reciprocal)) >> 64) as u64;
+            if q.checked_mul(self.width).is_none_or(|back| back > now) {
+                q - 1
+            } else {
+                q
+            }
+        };
+        slice.saturating_add(1)
+    }
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Window {
     buckets: [Bucket; BUCKETS],
 }
 
 impl Window {
-    /// Records a call at `now`; the window spans `span` ns. `calls` reads the owner's running total
-    /// of calls, which must not count this call yet: the owner adds it after this returns.
+    /// Records a call at `now`. `calls` reads the owner's running total of calls, which must not
+    /// count this call yet: the owner adds it after this returns.
     #[inline]
     pub(crate) fn record(
         &self,
         now: u64,
-        span: u64,
+        span: Span,
         calls: impl FnOnce() -> u64,
         failed: bool,
         slow: bool,
     ) {
-        let width = (span / BUCKETS as u64).max(1);
-        let epoch = now / width + 1; // 0 means "never used"
+        let epoch = span.epoch(now);
         let b = &self.buckets[(epoch % BUCKETS as u64) as usize];
         let seen = b.epoch.load(Ordering::Acquire);
         if seen != epoch
@@ -72,14 +112,13 @@ impl Window {
     }
 
     /// Totals of the buckets still inside the window at `now`, given the owner's total of calls.
-    pub(crate) fn totals(&self, now: u64, span: u64, calls: u64) -> Totals {
-        let width = (span / BUCKETS as u64).max(1);
-        let current = now / width + 1;
+    pub(crate) fn totals(&self, now: u64, span: Span, calls: u64) -> Totals {
+        let current = span.epoch(now);
         let mut t = Totals::default();
         let mut base = None::<u64>;
         for b in &self.buckets {
             let epoch = b.epoch.load(Ordering::Acquire);
-            if epoch != 0 && epoch + (BUCKETS as u64) > current && epoch <= current {
+            if epoch != 0 && epoch.saturating_add(BUCKETS as u64) > current && epoch <= current {
                 let start = b.base.load(Ordering::Acquire);
                 base = Some(base.map_or(start, |m| m.min(start)));
                 t.failures += b.failures.load(Ordering::Relaxed);
@@ -111,13 +150,13 @@ mod tests {
     }
 
     impl Owned {
-        fn record(&mut self, now: u64, span: u64, failed: bool, slow: bool) {
+        fn record(&mut self, now: u64, span: Span, failed: bool, slow: bool) {
             let calls = self.calls;
             self.window.record(now, span, || calls, failed, slow);
             self.calls += 1;
         }
 
-        fn totals(&self, now: u64, span: u64) -> Totals {
+        fn totals(&self, now: u64, span: Span) -> Totals {
             self.window.totals(now, span, self.calls)
         }
     }
@@ -128,7 +167,7 @@ mod tests {
             window: Window::default(),
             calls: 0,
         };
-        let span = 10_000;
+        let span = Span::new(10_000);
         for t in 0..10u64 {
             w.record(t * 1_000, span, t % 2 == 0, t == 3);
         }
@@ -176,5 +215,30 @@ mod tests {
             },
             "after a clear, the window starts from the call that restarts it"
         );
+    }
+
+    #[test]
+    fn the_reciprocal_divides_exactly() {
+        for span in [10, 20, 30, 7_777, 10_000_000_000, 60_000_000_000, u64::MAX] {
+            let s = Span::new(span);
+            let width = (span / BUCKETS as u64).max(1);
+            for now in (0..100_000u64)
+                .chain([width - 1, width, width + 1, 86_400_000_000_000])
+                .chain((0..64).flat_map(|k| [(1u64 << k) - 1, 1 << k, u64::MAX >> k]))
+            {
+                assert_eq!(
+                    s.epoch(now),
+                    (now / width).saturating_add(1),
+                    "span {span}, now {now}"
+                );
+            }
+        }
+        assert_eq!(
+            Span::new(5).epoch(u64::MAX),
+            u64::MAX,
+            "saturates, never wraps to 0"
+        );
+        let s = Span::new(u64::MAX);
+        assert_eq!(s.epoch(u64::MAX), u64::MAX / (u64::MAX / 10) + 1);
     }
 }

@@ -175,13 +175,12 @@ impl Registry {
                 .position(|(n, _)| n.as_ref() == b.name())
             {
                 if let Some((_, state)) = &self.backends[id].1 {
-                    out[id] = Some(Arc::new(BackendRules {
-                        state: Arc::clone(state),
-                        rates: crate::backend::rates(b),
-                        policy: b.clone(),
-                        clock: Arc::clone(clock),
-                        hook: hook.cloned(),
-                    }));
+                    out[id] = Some(Arc::new(BackendRules::new(
+                        Arc::clone(state),
+                        b,
+                        clock,
+                        hook,
+                    )));
                 }
             }
         }

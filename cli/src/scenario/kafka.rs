@@ -123,7 +123,7 @@ struct Req {
     arrival: u64,
     thread: Option<ThreadId>,
     admitted: Option<Admitted>,
-    attempt: Option<Attempt>,
+    attempt: Option<Attempt<'static>>,
     broker: usize,
     tries: u32,
     /// In `connect()` to the dead broker.
@@ -349,7 +349,11 @@ impl Model<'_> {
                 let Some(budget) = req.admitted.as_ref().map(|a| a.budget()) else {
                     return;
                 };
-                match g.engine.begin_attempt(*kafka, budget, n - 1) {
+                match g
+                    .engine
+                    .begin_attempt(*kafka, budget, n - 1)
+                    .map(Attempt::into_owned)
+                {
                     Ok(attempt) => {
                         let host = attempt.host().unwrap_or("");
                         let broker = BROKERS.iter().position(|b| *b == host);

@@ -111,7 +111,7 @@ struct Req {
     calls: u32,
     waiting: Option<u32>,
     admitted: Option<Admitted>,
-    attempt: Option<Attempt>,
+    attempt: Option<Attempt<'static>>,
 }
 
 struct Call {
@@ -297,7 +297,11 @@ impl Model<'_> {
             let Some(own) = req.admitted.as_ref().map(|a| a.budget()) else {
                 return;
             };
-            match g.engine.begin_attempt(*backend, own, n - 1) {
+            match g
+                .engine
+                .begin_attempt(*backend, own, n - 1)
+                .map(Attempt::into_owned)
+            {
                 Ok(mut attempt) => {
                     attempt.connected();
                     timeout = ns(attempt.timeout());

@@ -5,7 +5,7 @@ use super::*;
 use crate::sim::guard::refused;
 use crate::sim::slab::Key;
 use costguard::header::Propagation;
-use costguard::{AdmitRequest, AttemptOutcome, Outcome, Priority, RequestId};
+use costguard::{AdmitRequest, Attempt, AttemptOutcome, Outcome, Priority, RequestId};
 
 impl Model<'_> {
     /// A request reaches the API tier: the door (guarded), then a thread or the backlog.
@@ -80,6 +80,7 @@ impl Model<'_> {
                 .guard
                 .engine
                 .begin_attempt(g.db_backend, admitted.budget(), 0)
+                .map(Attempt::into_owned)
             {
                 Ok(mut attempt) => {
                     attempt.connected();

@@ -78,7 +78,7 @@ pub(super) struct ApiReq {
     /// Guarded: the header its caller sent.
     pub header: Option<String>,
     pub admitted: Option<Admitted>,
-    pub db_attempt: Option<Attempt>,
+    pub db_attempt: Option<Attempt<'static>>,
 }
 
 /// One parse job (RESTBase's, or the job runner's).
@@ -88,7 +88,7 @@ pub(super) struct Job {
     pub tries: u32,
     pub waiting: Option<u32>,
     pub admitted: Option<Admitted>,
-    pub attempt: Option<Attempt>,
+    pub attempt: Option<Attempt<'static>>,
     pub id: u64,
 }
 
@@ -111,7 +111,7 @@ pub(super) struct Call {
     pub images: u64,
     pub tries: u32,
     pub waiting: Option<u32>,
-    pub attempt: Option<Attempt>,
+    pub attempt: Option<Attempt<'static>>,
     /// Guarded: Parsoid's child budget for this call.
     pub child: Option<Budget>,
 }

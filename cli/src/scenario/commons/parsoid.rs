@@ -8,7 +8,7 @@ use crate::sim::guard::refused;
 use crate::sim::slab::Key;
 use costguard::header::Propagation;
 use costguard::{
-    AdmitRequest, AttemptOutcome, Outcome, Overrides, Priority, RequestId, RetryDecision,
+    AdmitRequest, Attempt, AttemptOutcome, Outcome, Overrides, Priority, RequestId, RetryDecision,
 };
 
 /// How a batch ended.
@@ -63,18 +63,18 @@ impl Model<'_> {
             let Some(root) = job.admitted.as_ref().map(|a| a.budget()) else {
                 return;
             };
-            let mut attempt =
-                match g
-                    .guard
-                    .engine
-                    .begin_attempt(g.parsoid_backend, root, try_no - 1)
-                {
-                    Ok(a) => a,
-                    Err(v) => {
-                        refused(&mut self.rec, &v);
-                        return self.job_done(key, false);
-                    }
-                };
+            let mut attempt = match g
+                .guard
+                .engine
+                .begin_attempt(g.parsoid_backend, root, try_no - 1)
+                .map(Attempt::into_owned)
+            {
+                Ok(a) => a,
+                Err(v) => {
+                    refused(&mut self.rec, &v);
+                    return self.job_done(key, false);
+                }
+            };
             attempt.connected();
             timeout = duration_ns(attempt.timeout());
             // The parse's budget is a child of the job's, no longer than this attempt may take.
@@ -194,6 +194,7 @@ impl Model<'_> {
                 .guard
                 .engine
                 .begin_attempt(g.api_backend, budget, try_no - 1)
+                .map(Attempt::into_owned)
             {
                 Ok(a) => a,
                 Err(v) => {
