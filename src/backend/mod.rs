@@ -841,10 +841,14 @@ impl Engine {
         let (n, start) = match target {
             Some(t) if (t as usize) < state.hosts.len() => (1, t as usize),
             Some(_) => return None,
-            None => (
-                state.hosts.len(),
-                state.next_host.fetch_add(1, Ordering::Relaxed) as usize,
-            ),
+            None => (state.hosts.len(), {
+                // Round robin by a plain load and store, not a read-modify-write: two threads
+                // that race here may start from the same host, which only costs the balance a
+                // little, not a locked instruction on a line every caller shares.
+                let n = state.next_host.load(Ordering::Relaxed);
+                state.next_host.store(n.wrapping_add(1), Ordering::Relaxed);
+                n as usize
+            }),
         };
         let mut candidates: [Option<usize>; 2] = [None, None];
         for i in 0..n {
@@ -916,6 +920,10 @@ impl Engine {
     /// Yes after a backoff with full jitter (`attempt` is the number of attempts made so far), never
     /// sooner than the backend's own Retry-After. A yes takes one retry from the tree and one token
     /// from the backend.
+    ///
+    /// The time left is read from the clock's coarse reading ([`Clock::coarse`], at most about a
+    /// millisecond behind with the default clock): a decision does not need more precision, and a
+    /// precise reading would cost more than the rest of the decision.
     pub fn retry(
         &self,
         backend: Backend,
@@ -961,7 +969,10 @@ impl Engine {
         let (base, cap) = (rules.ns.backoff_base, rules.ns.backoff_max);
         let ceiling = base.saturating_mul(1u64 << attempt.min(32)).min(cap);
         let backoff = state.jitter(ceiling).max(floor);
-        let clock_now = rules.clock.now();
+        // The coarse reading: a decision needs the time left to about a millisecond, and the
+        // precise one (`Instant::now()` behind the production clock) would cost more than the rest
+        // of the decision together.
+        let clock_now = rules.clock.coarse();
         let remaining = budget.remaining_nanos_by(&rules.clock, clock_now);
         if remaining != u64::MAX {
             let usual = state.latency.load(Ordering::Relaxed);
