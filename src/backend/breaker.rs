@@ -18,7 +18,7 @@ pub(crate) const CLOSED: u64 = 0;
 pub(crate) const OPEN: u64 = 1;
 pub(crate) const HALF_OPEN: u64 = 2;
 
-const STATE: u64 = 0b11;
+pub(crate) const STATE: u64 = 0b11;
 const PROBES_SHIFT: u32 = 2;
 const SUCC_SHIFT: u32 = 6;
 const FAIL_SHIFT: u32 = 10;
@@ -200,6 +200,14 @@ pub(crate) fn finish(
     }
 }
 
+/// Whether `finish` would leave `w` as it is for an outcome `v`, decided from the word alone: a
+/// success that does not trip the window, on a closed breaker with no failures in a row (the usual
+/// case, whatever the attempt's role and generation). Pure.
+#[inline]
+pub(crate) fn settled(w: u64, v: Verdict, trip: bool) -> bool {
+    v == Verdict::Success && !trip && w & (STATE | (FAIL_MAX << FAIL_SHIFT)) == CLOSED
+}
+
 /// How long to stay open after opening for the `opened`-th time in a row: `base × 2^(opened-1)`,
 /// capped, then scaled by `jitter` in [0.5, 1] so that many processes do not probe in step.
 pub(crate) fn open_for(base: u64, max: u64, opened: u64, jitter: f64) -> u64 {
@@ -219,6 +227,74 @@ mod tests {
             probe_deadline: 150,
             probes: 2,
         }
+    }
+
+    #[test]
+    fn settled_words_are_those_finish_leaves_alone() {
+        let words = [
+            0,
+            Word {
+                state: CLOSED,
+                probes: 0,
+                successes: 0,
+                failures: 2,
+                opened: 1,
+                generation: 7,
+            }
+            .pack(),
+            Word {
+                state: CLOSED,
+                probes: 0,
+                successes: 0,
+                failures: 0,
+                opened: 3,
+                generation: 9,
+            }
+            .pack(),
+            Word {
+                state: OPEN,
+                probes: 0,
+                successes: 0,
+                failures: 0,
+                opened: 1,
+                generation: 4,
+            }
+            .pack(),
+            Word {
+                state: HALF_OPEN,
+                probes: 1,
+                successes: 0,
+                failures: 0,
+                opened: 1,
+                generation: 5,
+            }
+            .pack(),
+        ];
+        for w in words {
+            for v in [Verdict::Success, Verdict::Failure, Verdict::Neutral] {
+                for trip in [false, true] {
+                    if !settled(w, v, trip) {
+                        continue;
+                    }
+                    for role in [Role::Normal, Role::Probe] {
+                        for generation in 0..10 {
+                            assert_eq!(
+                                finish(w, role, generation, v, trip, 3, 2),
+                                (w, Change::None),
+                                "{:?} {v:?} trip {trip} {role:?} gen {generation}",
+                                Word::unpack(w)
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        assert!(settled(0, Verdict::Success, false));
+        assert!(
+            !settled(0, Verdict::Success, true),
+            "a slow success may trip the window"
+        );
+        assert!(!settled(0, Verdict::Failure, false));
     }
 
     #[test]

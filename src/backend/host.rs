@@ -46,6 +46,10 @@ impl BreakerCell {
         timeout: u64,
     ) -> Result<(Role, u64, bool), breaker::Closed> {
         let mut w = self.word.load(Ordering::Acquire);
+        if w & breaker::STATE == breaker::CLOSED {
+            // The common case decides on the word alone: no times to read, nothing to write.
+            return Ok((Role::Normal, breaker::Word::unpack(w).generation, false));
+        }
         loop {
             let b = Begin {
                 now,
@@ -93,6 +97,9 @@ impl BreakerCell {
         now: u64,
     ) -> Change {
         let mut w = self.word.load(Ordering::Acquire);
+        if breaker::settled(w, v, trip) {
+            return Change::None;
+        }
         loop {
             let (next, change) = breaker::finish(w, role, generation, v, trip, consecutive, probes);
             if next == w {

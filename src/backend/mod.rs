@@ -504,15 +504,20 @@ impl Attempt<'_> {
         let consecutive = u64::from(b.consecutive_failures);
         let probes = u64::from(b.probes);
         let host = self.host.and_then(|h| state.hosts.get(h as usize));
-        let window = |cell: &BreakerCell, calls: &dyn Fn() -> u64, count: &dyn Fn()| {
-            record(cell, rules, now, v, slow, calls, count)
-        };
         if let Some(h) = host {
-            let trip = window(&h.breaker, &|| h.calls.load(Ordering::Relaxed), &|| {
-                if v != breaker::Verdict::Neutral {
-                    h.calls.fetch_add(1, Ordering::Relaxed);
-                }
-            });
+            let trip = record(
+                &h.breaker,
+                rules,
+                now,
+                v,
+                slow,
+                || h.calls.load(Ordering::Relaxed),
+                || {
+                    if v != breaker::Verdict::Neutral {
+                        h.calls.fetch_add(1, Ordering::Relaxed);
+                    }
+                },
+            );
             let change = h.breaker.finish(
                 self.host_role,
                 self.host_generation,
@@ -548,9 +553,17 @@ impl Attempt<'_> {
             }
             h.permits.release(connecting);
         }
-        let trip = window(&state.breaker, &|| state.calls(), &|| {
-            state.outcomes[outcome.index()].fetch_add(1, Ordering::Relaxed);
-        });
+        let trip = record(
+            &state.breaker,
+            rules,
+            now,
+            v,
+            slow,
+            || state.calls(),
+            || {
+                state.outcomes[outcome.index()].fetch_add(1, Ordering::Relaxed);
+            },
+        );
         let change = state.breaker.finish(
             self.role,
             self.generation,
@@ -718,11 +731,12 @@ impl Engine {
 
     fn begin_under<'b>(
         &self,
-        rules: Rules<'b>,
+        held: Rules<'b>,
         target: Option<u32>,
         budget: &'b Budget,
         retry: u32,
     ) -> Result<Attempt<'b>, Verdict> {
+        let rules: &BackendRules = &held;
         let p = &rules.policy;
         let state = &rules.state;
         let refuse = |v: Verdict| v.with_class(&p.name).with_request(budget.request_id());
@@ -799,7 +813,7 @@ impl Engine {
         }
         let (mut host, mut host_role, mut host_generation) = (None, breaker::Role::Normal, 0);
         if !state.hosts.is_empty() {
-            match self.choose_host(&rules, target, now, timeout) {
+            match self.choose_host(rules, target, now, timeout) {
                 Some((h, r, g)) => (host, host_role, host_generation) = (Some(h), r, g),
                 None => {
                     // Nothing was taken on any host; give the backend's permits back, neutrally.
@@ -814,7 +828,7 @@ impl Engine {
             }
         }
         Ok(Attempt {
-            rules,
+            rules: held,
             host,
             connecting: true,
             role,
@@ -1081,8 +1095,8 @@ fn record(
     now: u64,
     v: breaker::Verdict,
     slow: bool,
-    calls: &dyn Fn() -> u64,
-    count: &dyn Fn(),
+    calls: impl Fn() -> u64,
+    count: impl FnOnce(),
 ) -> bool {
     if v == breaker::Verdict::Neutral {
         count();
@@ -1090,7 +1104,7 @@ fn record(
     }
     let (b, span) = (&rules.policy.breaker, rules.ns.window);
     cell.window
-        .record(now, span, calls, v == breaker::Verdict::Failure, slow);
+        .record(now, span, &calls, v == breaker::Verdict::Failure, slow);
     count();
     if v == breaker::Verdict::Success && !slow {
         // A fast success lowers both ratios: it cannot be the call that trips the breaker, so the
