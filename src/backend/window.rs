@@ -143,6 +143,14 @@ impl Window {
 mod tests {
     use super::*;
 
+    fn t(calls: u64, failures: u64, slow: u64) -> Totals {
+        Totals {
+            calls,
+            failures,
+            slow,
+        }
+    }
+
     /// A window with the running total its owner keeps, recorded as the engine does.
     struct Owned {
         window: Window,
@@ -171,48 +179,23 @@ mod tests {
         for t in 0..10u64 {
             w.record(t * 1_000, span, t % 2 == 0, t == 3);
         }
-        assert_eq!(
-            w.totals(9_999, span),
-            Totals {
-                calls: 10,
-                failures: 5,
-                slow: 1
-            }
-        );
+        assert_eq!(w.totals(9_999, span), t(10, 5, 1));
         // Five buckets later, the first five have left the window.
         assert_eq!(w.totals(14_999, span).calls, 5);
         w.record(15_000, span, true, false);
-        assert_eq!(
-            w.totals(15_000, span),
-            Totals {
-                calls: 5,
-                failures: 3,
-                slow: 0
-            }
-        );
+        assert_eq!(w.totals(15_000, span), t(5, 3, 0));
         // Several calls in one bucket, and a quiet stretch that leaves gaps between buckets.
         for _ in 0..3 {
             w.record(15_500, span, false, false);
         }
         w.record(19_000, span, false, true);
-        assert_eq!(
-            w.totals(19_000, span),
-            Totals {
-                calls: 5,
-                failures: 1,
-                slow: 1
-            }
-        );
+        assert_eq!(w.totals(19_000, span), t(5, 1, 1));
         w.window.clear();
         assert_eq!(w.totals(19_000, span), Totals::default());
         w.record(19_001, span, true, false);
         assert_eq!(
             w.totals(19_001, span),
-            Totals {
-                calls: 1,
-                failures: 1,
-                slow: 0
-            },
+            t(1, 1, 0),
             "after a clear, the window starts from the call that restarts it"
         );
     }
