@@ -13,6 +13,9 @@
 //!   attempt (`retry` = 1, which skips the deposit into the backend's retry budget) and the same round
 //!   trip on an engine with the production `MonotonicClock` instead of the `ManualClock`, beside
 //!   `Instant::now()` alone;
+//! - `attempt_contention`: two threads making attempts on one backend (each for its own request)
+//!   against one thread, beside the same for failsafe's breaker and for a bare atomic pair, with two
+//!   engines that share nothing as the measure of how much of a second core the run had;
 //! - `retry`: a granted retry decision (`Engine::retry` after a server error), with and without giving
 //!   the tree's retry back (`Budget::refund`), against a bare compare-exchange on an `AtomicU64`;
 //!   `budget_try_retry` (the charge on the request tree's retry allowance alone) shows what part of a
@@ -23,6 +26,9 @@
 //! arithmetic runs as it does for a request.
 //!
 //! Run: `cargo bench --bench backend` then `python3 benches/ratios.py --bench backend`.
+
+#[path = "common/contention.rs"]
+mod contention;
 
 use costguard::clock::{ManualClock, MonotonicClock};
 use costguard::{
@@ -284,11 +290,83 @@ fn bench_retry(c: &mut Criterion) {
     );
 }
 
+// ---------------------------------------------------------------------------------------------------
+// Contention: the chunked, CPU-time-checked method of `benches/budget.rs`.
+
+/// One contention benchmark of the `attempt_contention` group (see `common/contention.rs`).
+fn threaded<F>(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    threads: usize,
+    chunk: u64,
+    op: F,
+) where
+    F: Fn(usize) + Sync,
+{
+    contention::threaded(g, "attempt_contention", name, threads, chunk, op);
+}
+
+/// Chunk sizes: about 100 us per chunk uncontended, well inside one scheduler time slice (see
+/// `benches/admission.rs`).
+const CHUNK_ATOMIC: u64 = 20_000;
+const CHUNK_FAILSAFE: u64 = 1_000;
+const CHUNK_ATTEMPT: u64 = 2_000;
+
+/// Two threads calling one backend, each for its own request: how much of a second core an attempt
+/// keeps when every attempt writes the backend's shared state (its permit word, its outcome counter).
+/// Beside it the same for failsafe's breaker (a mutex), the bare atomic pair, and two engines that
+/// share nothing (how much of a second core the machine gave the run).
+fn bench_contention(c: &mut Criterion) {
+    let mut g = c.benchmark_group("attempt_contention");
+    g.sample_size(50);
+
+    let cell = AtomicU64::new(0);
+    let pair = |_: usize| fetch_add_sub(&cell);
+    threaded(&mut g, "fetch_add_sub_1thread", 1, CHUNK_ATOMIC, pair);
+    threaded(
+        &mut g,
+        "fetch_add_sub_2threads_shared",
+        2,
+        CHUNK_ATOMIC,
+        pair,
+    );
+
+    let breaker = failsafe::Config::new().build();
+    let peer = |_: usize| {
+        black_box(black_box(&breaker).call(|| Ok::<_, ()>(())).is_ok());
+    };
+    threaded(&mut g, "failsafe_1thread", 1, CHUNK_FAILSAFE, peer);
+    threaded(&mut g, "failsafe_2threads_shared", 2, CHUNK_FAILSAFE, peer);
+
+    let f = Fixture::manual();
+    let budgets = [budget(&f.engine), budget(&f.engine)];
+    let shared = |t: usize| attempt_round_trip(&f.engine, f.db, &budgets[t], 0);
+    threaded(&mut g, "attempt_1thread", 1, CHUNK_ATTEMPT, shared);
+    threaded(&mut g, "attempt_2threads_shared", 2, CHUNK_ATTEMPT, shared);
+
+    let engines = [Fixture::manual(), Fixture::manual()];
+    let own = [budget(&engines[0].engine), budget(&engines[1].engine)];
+    threaded(
+        &mut g,
+        "attempt_2threads_separate_engines",
+        2,
+        CHUNK_ATTEMPT,
+        |t| attempt_round_trip(&engines[t].engine, engines[t].db, &own[t], 0),
+    );
+    g.finish();
+    let stats = &f.engine.backend_stats()[0];
+    assert_eq!(
+        (stats.in_flight, stats.connecting, stats.breaker),
+        (0, 0, "closed"),
+        "every attempt of the contention group gave its permits back"
+    );
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = bench_attempt, bench_retry
+    targets = bench_attempt, bench_retry, bench_contention
 }
 criterion_main!(benches);

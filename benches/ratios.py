@@ -79,6 +79,14 @@ PAIRS = [
     ("attempt", "begin_finish_no_hosts_monotonic", "atomic_fetch_add_sub", "time", None),
     ("attempt", "begin_finish_no_hosts_monotonic", "failsafe_call", "time", None),
     ("attempt", "instant_now", "atomic_fetch_add_sub", "time", None),
+    ("attempt_contention", "attempt_2threads_shared", "attempt_1thread", "throughput", None),
+    ("attempt_contention", "fetch_add_sub_2threads_shared", "fetch_add_sub_1thread", "throughput",
+     None),
+    ("attempt_contention", "failsafe_2threads_shared", "failsafe_1thread", "throughput", None),
+    ("attempt_contention", "attempt_2threads_separate_engines", "attempt_1thread", "throughput",
+     None),
+    ("attempt_contention", "attempt_2threads_shared", "failsafe_2threads_shared", "throughput",
+     None),
     ("retry", "retry_granted", "atomic_compare_exchange", "time", 4.0),
     ("retry", "retry_granted_refund", "atomic_compare_exchange", "time", None),
     ("retry", "budget_try_retry", "atomic_compare_exchange", "time", None),
@@ -114,6 +122,7 @@ PAIRS = [
 # it), and the rows with a goal say so.
 SCALING_REFERENCE = {
     "admit_contention": ("try_admit_2threads_separate_engines", "try_admit_1thread"),
+    "attempt_contention": ("attempt_2threads_separate_engines", "attempt_1thread"),
 }
 SCALING_OK = 1.5
 
@@ -121,7 +130,7 @@ SCALING_OK = 1.5
 BENCHES = {
     "charge": "budget", "cancel_flag": "budget", "deadline": "budget", "contention": "budget",
     "admit": "admission", "admit_keys": "admission", "admit_contention": "admission",
-    "attempt": "backend", "retry": "backend",
+    "attempt": "backend", "retry": "backend", "attempt_contention": "backend",
 }
 
 # Figures whose files were written further apart than this are probably not from the same run.
