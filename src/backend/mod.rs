@@ -260,11 +260,13 @@ impl BackendState {
 
     /// 64 random bits from the backend's splitmix64 stream. The stream is shared and seeded from
     /// the engine's clock, so that a simulation on a manual clock draws the same numbers every run.
+    /// It advances by a plain load and store, not a read-modify-write: two threads that race here
+    /// may draw the same number, which costs a jitter nothing, where a locked instruction on a line
+    /// every retrying thread shares would cost each decision.
     fn random_bits(&self) -> u64 {
-        mix(self
-            .rng
-            .fetch_add(GAMMA, Ordering::Relaxed)
-            .wrapping_add(GAMMA))
+        let x = self.rng.load(Ordering::Relaxed).wrapping_add(GAMMA);
+        self.rng.store(x, Ordering::Relaxed);
+        mix(x)
     }
 }
 
@@ -428,6 +430,32 @@ pub struct Attempt<'b> {
 impl Attempt<'_> {
     /// The same attempt, no longer borrowing its budget: it then holds a reference count on its
     /// policy version instead, as long as it lives.
+    ///
+    /// ```
+    /// use costguard::{Attempt, AttemptOutcome, Budget, Engine, Policy, RequestId};
+    ///
+    /// // A request kept in a struct, with its budget and its call in progress.
+    /// struct Request {
+    ///     budget: Budget,
+    ///     call: Option<Attempt<'static>>,
+    /// }
+    ///
+    /// let policy = Policy::builder()
+    ///     .class("api", |c| c)
+    ///     .backend("db", |b| b.count("max_in_flight", 1))
+    ///     .build()
+    ///     .unwrap();
+    /// let engine = Engine::new(policy).unwrap();
+    /// let db = engine.backend("db").unwrap();
+    /// let budget = engine.begin_by_name("api", RequestId::new("r1").unwrap()).unwrap();
+    /// let call = engine.begin_attempt(db, &budget, 0).unwrap().into_owned();
+    /// let mut request = Request { budget, call: Some(call) };
+    ///
+    /// // The permit moved with the attempt: the backend's only slot is still taken.
+    /// assert!(engine.begin_attempt(db, &request.budget, 0).is_err());
+    /// request.call.take().unwrap().finish(AttemptOutcome::Success);
+    /// assert!(engine.begin_attempt(db, &request.budget, 0).is_ok());
+    /// ```
     pub fn into_owned(mut self) -> Attempt<'static> {
         let owned = Attempt {
             rules: self.rules.to_owned(),
