@@ -69,8 +69,9 @@ final class Engine extends Handle
     }
 
     /**
-     * Applies a new policy to budgets started from now on; running budgets keep theirs. A policy that
-     * fails validation changes nothing ({@see PolicyException}). Returns the new generation.
+     * Applies a new policy to requests started from now on; running requests keep theirs, for their
+     * budgets and their backend attempts. A policy that fails validation changes nothing
+     * ({@see PolicyException}). Returns the new generation.
      */
     public function reload(string $toml): int
     {
