@@ -31,7 +31,7 @@ mod window;
 
 use crate::budget::Budget;
 use crate::clock::{duration_to_nanos, Clock};
-use crate::handle::{Backend, Host};
+use crate::handle::{Backend, Counter, Host};
 use crate::policy::BackendPolicy;
 use crate::sync::{Arc, AtomicU32, AtomicU64, Ordering};
 use crate::verdict::{Reason, Retry, Unit};
@@ -1037,9 +1037,13 @@ impl Engine {
         if !state.retry.try_withdraw(clock_now.as_nanos(), rules.rates) {
             return stop(Reason::RetryBudgetExhausted, Retry::Later);
         }
-        if let Err(v) = budget.try_retry() {
-            state.retry.give_back(rules.rates);
-            return RetryDecision::Stop(v);
+        // The root's compare-and-swap alone in the usual case; a refusal (or a budget with
+        // ancestors) takes the full charge, which tries again and explains itself.
+        if budget.try_charge_bare(Counter::RETRIES, 1) != Some(true) {
+            if let Err(v) = budget.try_retry() {
+                state.retry.give_back(rules.rates);
+                return RetryDecision::Stop(v);
+            }
         }
         RetryDecision::After(Duration::from_nanos(backoff))
     }
