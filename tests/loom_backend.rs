@@ -273,10 +273,7 @@ fn connect_cap_model(setup: fn(BackendBuilder) -> BackendBuilder, refusal: Reaso
                         }
                     };
                     let now = connecting.fetch_add(1, Ordering::SeqCst) + 1;
-                    assert!(
-                        now <= 1,
-                        "{now} connection attempts in progress with a cap of 1"
-                    );
+                    assert!(now <= 1, "{now} attempts held at once under a cap of 1");
                     connecting.fetch_sub(1, Ordering::SeqCst);
                     // One attempt reports its connection, the other ends while still connecting
                     // (both permits come back at once).
@@ -339,4 +336,19 @@ fn connect_cap_per_host_is_never_exceeded() {
 #[test]
 fn connect_cap_per_backend_is_never_exceeded() {
     connect_cap_model(|b| b.count("max_connecting", 1), Reason::ConnectLimit);
+}
+
+/// Calls in flight to a backend never exceed its in-flight cap, and every permit comes back.
+///
+/// The in-flight count shares one atomic word with the connection attempts: with `max_in_flight = 1`
+/// (and room for more connection attempts), the second of two racing attempts is refused as
+/// `BulkheadFull` and holds nothing. The side counter of the model is lowered before the first
+/// attempt reports its connection, while it still holds its call permit, so it can only undercount
+/// calls in flight: seeing it at 2 still proves the cap was broken.
+#[test]
+fn in_flight_cap_per_backend_is_never_exceeded() {
+    connect_cap_model(
+        |b| b.count("max_in_flight", 1).count("max_connecting", 4),
+        Reason::BulkheadFull,
+    );
 }
