@@ -853,8 +853,9 @@ costguard_status costguard_engine_new_from_file(const char *path,
                                                 struct costguard_engine *out);
 
 /**
- * Replaces the engine's policy for budgets started from now on. A failed reload keeps the old
- * policy (`COSTGUARD_POLICY_ERROR`).
+ * Replaces the engine's policy for requests started from now on: a running request keeps the
+ * policy it started under, for its budget and for its backend attempts and retry decisions. A
+ * failed reload keeps the old policy (`COSTGUARD_POLICY_ERROR`).
  *
  * # Safety
  * `toml` points to `len` readable bytes; `generation` is NULL or writable.
