@@ -306,11 +306,24 @@ struct Nanos {
     window: Span,
     backoff_base: u64,
     backoff_max: u64,
+    open_for: u64,
+    max_open_for: u64,
+    /// When a host of the pool is ejected, and for how long.
+    eject: host::EjectRule,
 }
 
 impl Nanos {
-    fn new(p: &BackendPolicy) -> Nanos {
+    fn new(p: &BackendPolicy, hosts: usize) -> Nanos {
+        let e = &p.ejection;
         Nanos {
+            open_for: duration_to_nanos(p.breaker.open_for),
+            max_open_for: duration_to_nanos(p.breaker.max_open_for),
+            eject: host::EjectRule {
+                threshold: u64::from(e.consecutive_failures),
+                base: duration_to_nanos(e.base),
+                max: duration_to_nanos(e.max),
+                max_ejected: (hosts as u64 * u64::from(e.max_ejected) / 1000) as u32,
+            },
             timeout: duration_to_nanos(p.timeout),
             margin: duration_to_nanos(p.margin),
             ramp_up: duration_to_nanos(p.breaker.ramp_up),
@@ -338,9 +351,9 @@ impl BackendRules {
         hook: Option<&TransitionHook>,
     ) -> BackendRules {
         BackendRules {
+            ns: Nanos::new(policy, state.hosts.len()),
             state,
             rates: rates(policy),
-            ns: Nanos::new(policy),
             policy: policy.clone(),
             clock: Arc::clone(clock),
             hook: hook.cloned(),
@@ -359,11 +372,7 @@ impl BackendRules {
     }
 
     fn open_ns(&self) -> impl Fn(u64) -> u64 + '_ {
-        let b = &self.policy.breaker;
-        let (base, max) = (
-            duration_to_nanos(b.open_for),
-            duration_to_nanos(b.max_open_for),
-        );
+        let (base, max) = (self.ns.open_for, self.ns.max_open_for);
         move |opened| breaker::open_for(base, max, opened, 0.5 + self.state.random() / 2.0)
     }
 
@@ -557,14 +566,6 @@ impl Attempt<'_> {
                 now,
             );
             self.report(change, Some(&h.name), &h.breaker, now);
-            let e = &rules.policy.ejection;
-            let hosts = state.hosts.len() as u64;
-            let rule = host::EjectRule {
-                threshold: u64::from(e.consecutive_failures),
-                base: duration_to_nanos(e.base),
-                max: duration_to_nanos(e.max),
-                max_ejected: (hosts * u64::from(e.max_ejected) / 1000) as u32,
-            };
             let counts = matches!(
                 outcome,
                 AttemptOutcome::ConnectFailure | AttemptOutcome::Timeout
@@ -573,7 +574,7 @@ impl Attempt<'_> {
                 counts,
                 outcome == AttemptOutcome::Success,
                 now,
-                &rule,
+                &rules.ns.eject,
                 &state.ejected,
             );
             if ejection == Ejection::Ejected {
