@@ -42,7 +42,7 @@ pub(crate) use pool::Pool;
 
 use crate::budget::{Budget, Overrides, Start};
 use crate::clock::Timestamp;
-use crate::engine::snapshot::Snapshot;
+use crate::engine::snapshot::{ClassRules, Snapshot};
 use crate::handle::{Class, Counter};
 use crate::policy::{AdaptiveLimit, Permille, QueuePolicy, MAX_DIMENSIONS};
 use crate::sync::{Arc, AtomicU64, Ordering};
@@ -484,6 +484,9 @@ impl Engine {
     }
 
     /// Everything before waiting: the cost checks and the concurrency permit, then the rest.
+    ///
+    /// The admitting path is written straight through; every refusal is built out of line (verdicts
+    /// are large, and most requests never need one).
     pub(crate) fn admit_step(
         &self,
         req: &AdmitRequest<'_>,
@@ -491,21 +494,45 @@ impl Engine {
     ) -> Result<Admitted, Refusal> {
         let snapshot = self.snapshot_guard();
         let Some(rules) = snapshot.class(req.class) else {
-            return Err(plain(
-                Verdict::new(Reason::UnknownClass, Retry::Never).with_request(req.id),
-            ));
+            return Err(unknown_class(req));
         };
         let priority = req.effective_priority(rules.priority);
         let adm = rules.admission.as_ref();
-        let refuse = |verdict: Verdict, queueable: Option<Permille>| {
-            let verdict = verdict.with_class(&rules.name).with_request(req.id);
-            if let Some(adm) = adm {
-                self.report_refusal(adm, &verdict, priority, false);
-            }
-            Refusal { verdict, queueable }
+
+        // 1. Estimates that can never fit, and keys too long to be a key.
+        if req.estimated || req.key.is_some() {
+            self.check_up_front(&snapshot, rules, adm, req, priority)?;
+        }
+        let Some(adm) = adm else {
+            return self.admit_rest(&snapshot, req, priority, false);
         };
 
-        // 1. Estimates that can never fit.
+        // 2. Concurrency, within this priority's headroom.
+        let share = adm.headroom[priority as usize];
+        if let Err((in_flight, allowed)) = adm.gate.limiter.try_acquire(share) {
+            self.over_limit(
+                rules,
+                adm,
+                req,
+                priority,
+                queueable,
+                (in_flight, allowed, share),
+            )?;
+        }
+        self.admit_rest(&snapshot, req, priority, true)
+    }
+
+    /// Step 1: a declared estimate larger than the class's limit or than a pool's size, or a key
+    /// longer than [`MAX_KEY_LEN`]: refused, since no amount of waiting makes it fit.
+    fn check_up_front(
+        &self,
+        snapshot: &Snapshot,
+        rules: &ClassRules,
+        adm: Option<&ClassAdmission>,
+        req: &AdmitRequest<'_>,
+        priority: Priority,
+    ) -> Result<(), Refusal> {
+        let refuse = |verdict: Verdict| plain(self.refused(rules, adm, req, priority, verdict));
         let estimates: &[u64] = if req.estimated { &req.estimates } else { &[] };
         for (dim, &estimate) in estimates.iter().enumerate() {
             if estimate > rules.limits[dim] {
@@ -517,7 +544,7 @@ impl Engine {
                 if let Some(info) = snapshot.dims.info(dim) {
                     v = v.with_dimension(&info.name, info.unit);
                 }
-                return Err(refuse(v, None));
+                return Err(refuse(v));
             }
         }
         if let Some(key) = req.key {
@@ -527,11 +554,11 @@ impl Engine {
                     0,
                     MAX_KEY_LEN as u64,
                 );
-                return Err(refuse(v, None));
+                return Err(refuse(v));
             }
         }
         let Some(adm) = adm else {
-            return self.admit_rest(&snapshot, req, priority, false);
+            return Ok(());
         };
         for p in adm.pools.iter().filter(|_| req.estimated) {
             let estimate = req.estimates[p.dim];
@@ -540,40 +567,42 @@ impl Engine {
                     .with_dimension(&p.name, p.unit)
                     .with_amounts(estimate, 0, p.pool.limit());
                 if !adm.shadow {
-                    return Err(refuse(v, None));
+                    return Err(refuse(v));
                 }
                 // Shadow mode records every admission refusal and enforces none.
-                let v = v.with_class(&rules.name).with_request(req.id);
-                self.report_refusal(adm, &v, priority, true);
+                self.shadow_refused(rules, adm, req, priority, v);
             }
         }
+        Ok(())
+    }
 
-        // 2. Concurrency, within this priority's headroom.
-        let share = adm.headroom[priority as usize];
+    /// Step 2 found the class full for this priority: a refusal, a refusal the caller may turn
+    /// into a wait in the queue, or in shadow mode a recorded refusal and a permit taken anyway.
+    #[cold]
+    #[inline(never)]
+    fn over_limit(
+        &self,
+        rules: &ClassRules,
+        adm: &ClassAdmission,
+        req: &AdmitRequest<'_>,
+        priority: Priority,
+        queueable: bool,
+        (in_flight, allowed, share): (u32, u32, Permille),
+    ) -> Result<(), Refusal> {
+        let v = self.concurrency_verdict(adm, in_flight, allowed);
         if adm.shadow {
-            if let Err((in_flight, allowed)) = adm.gate.limiter.try_acquire(share) {
-                let v = self.concurrency_verdict(adm, in_flight, allowed);
-                self.report_refusal(
-                    adm,
-                    &v.with_class(&rules.name).with_request(req.id),
-                    priority,
-                    true,
-                );
-                adm.gate.limiter.force_acquire();
-            }
-        } else if let Err((in_flight, allowed)) = adm.gate.limiter.try_acquire(share) {
-            let waits = queueable && adm.queue.is_some();
-            let v = self.concurrency_verdict(adm, in_flight, allowed);
-            if waits {
-                // Not a refusal yet: the caller will wait.
-                return Err(Refusal {
-                    verdict: v.with_class(&rules.name).with_request(req.id),
-                    queueable: Some(share),
-                });
-            }
-            return Err(refuse(v, None));
+            self.shadow_refused(rules, adm, req, priority, v);
+            adm.gate.limiter.force_acquire();
+            return Ok(());
         }
-        self.admit_rest(&snapshot, req, priority, true)
+        if queueable && adm.queue.is_some() {
+            // Not a refusal yet: the caller will wait.
+            return Err(Refusal {
+                verdict: v.with_class(&rules.name).with_request(req.id),
+                queueable: Some(share),
+            });
+        }
+        Err(plain(self.refused(rules, Some(adm), req, priority, v)))
     }
 
     fn concurrency_verdict(&self, adm: &ClassAdmission, in_flight: u32, allowed: u32) -> Verdict {
@@ -601,7 +630,42 @@ impl Engine {
         }
     }
 
+    /// A refusal of `req`: the verdict completed with the class and the request, counted and shown
+    /// to the hook.
+    #[cold]
+    #[inline(never)]
+    fn refused(
+        &self,
+        rules: &ClassRules,
+        adm: Option<&ClassAdmission>,
+        req: &AdmitRequest<'_>,
+        priority: Priority,
+        verdict: Verdict,
+    ) -> Verdict {
+        let verdict = verdict.with_class(&rules.name).with_request(req.id);
+        if let Some(adm) = adm {
+            self.report_refusal(adm, &verdict, priority, false);
+        }
+        verdict
+    }
+
+    /// A refusal a class in shadow mode records without enforcing it.
+    #[cold]
+    #[inline(never)]
+    fn shadow_refused(
+        &self,
+        rules: &ClassRules,
+        adm: &ClassAdmission,
+        req: &AdmitRequest<'_>,
+        priority: Priority,
+        verdict: Verdict,
+    ) {
+        let verdict = verdict.with_class(&rules.name).with_request(req.id);
+        self.report_refusal(adm, &verdict, priority, true);
+    }
+
     /// With the concurrency permit held (if `permit`): pools, budget, key. Undoes all on refusal.
+    #[inline(always)]
     pub(crate) fn admit_rest(
         &self,
         snapshot: &Arc<Snapshot>,
@@ -609,80 +673,38 @@ impl Engine {
         priority: Priority,
         permit: bool,
     ) -> Result<Admitted, Refusal> {
-        let rules = snapshot.class(req.class).ok_or_else(|| {
-            plain(Verdict::new(Reason::UnknownClass, Retry::Never).with_request(req.id))
-        })?;
+        let Some(rules) = snapshot.class(req.class) else {
+            return Err(unknown_class(req));
+        };
         let adm = rules.admission.as_ref();
-        let clock = self.clock();
-        let now = clock.now();
-        let give_back = |slot: Option<u32>, pools: &[u64; POOLS]| {
-            if let Some(adm) = adm {
-                if let (Some(slot), Some(keys)) = (slot, &adm.keys) {
-                    keys.table.release(slot);
-                }
-                for (held, p) in pools.iter().zip(&adm.pools) {
-                    if *held > 0 {
-                        p.pool.give(*held);
-                    }
-                }
-                if permit {
-                    adm.gate.limiter.release();
-                    if adm.gate.queue.has_waiters() {
-                        adm.gate.queue.dispatch(
-                            &adm.gate.limiter,
-                            adm.queue.as_ref(),
-                            now.as_nanos(),
-                        );
-                    }
-                }
-            }
+        let now = self.clock().now();
+        let held = Held {
+            adm,
+            permit,
+            pools: [0; POOLS],
+            now,
         };
-        let refuse = |v: Verdict, slot: Option<u32>, pools: &[u64; POOLS]| {
-            give_back(slot, pools);
-            let v = v.with_class(&rules.name).with_request(req.id);
-            if let Some(adm) = adm {
-                self.report_refusal(adm, &v, priority, false);
-            }
-            plain(v)
-        };
-        let mut pools = [0u64; POOLS];
-        let mut slot = None;
         // 3. Pools.
-        if let Some(adm) = adm {
-            for (i, p) in adm.pools.iter().enumerate().filter(|_| req.estimated) {
-                let amount = req.estimates[p.dim];
-                if amount == 0 {
-                    continue;
-                }
-                if adm.shadow {
-                    if let Err(used) = p.pool.try_take(amount) {
-                        let v = pool_verdict(p, amount, used)
-                            .with_class(&rules.name)
-                            .with_request(req.id);
-                        self.report_refusal(adm, &v, priority, true);
-                        p.pool.force_take(amount);
-                    }
-                } else if let Err(used) = p.pool.try_take(amount) {
-                    return Err(refuse(pool_verdict(p, amount, used), None, &pools));
-                }
-                pools[i] = amount;
-            }
-        }
+        let held = match adm {
+            Some(adm) if req.estimated => self.take_pools(rules, adm, req, priority, held)?,
+            _ => held,
+        };
         // 4. The budget.
         let budget = Budget::start(Start {
             snapshot,
             now,
             class: req.class,
-            request_id: req.id,
+            request_id: &req.id,
             priority: Some(priority),
             overrides: req.overrides.unwrap_or(&Overrides::NONE),
         });
         let budget = match budget {
             Ok(b) => b,
-            Err(v) => return Err(refuse(v, None, &pools)),
+            Err(v) => return Err(self.undo(rules, req, priority, held, v)),
         };
         // 5. The key, last: its rate allowance, once spent, cannot be given back, so nothing may
         // refuse after it.
+        let mut key_slot = None;
         if let Some(adm) = adm {
             if let (Some(key), Some(keys)) = (req.key, &adm.keys) {
                 match keys.table.acquire(
@@ -693,32 +715,88 @@ impl Engine {
                     adm.shadow,
                 ) {
                     Ok((s, over)) => {
-                        slot = Some(s);
+                        key_slot = Some(s);
                         if let Some(over) = over {
                             let v = self.key_verdict(adm, over, req.rate_cost);
-                            let v = v.with_class(&rules.name).with_request(req.id);
-                            self.report_refusal(adm, &v, priority, true);
+                            self.shadow_refused(rules, adm, req, priority, v);
                         }
                     }
                     Err(r) => {
                         let v = self.key_verdict(adm, r, req.rate_cost);
-                        return Err(refuse(v, None, &pools));
+                        return Err(self.undo(rules, req, priority, held, v));
                     }
                 }
             }
-        }
-        if let Some(adm) = adm {
             adm.gate.stats.admitted();
         }
         Ok(Admitted {
             budget,
             class: req.class,
             permit,
-            key_slot: slot,
-            pools,
+            key_slot,
+            pools: held.pools,
             start: now,
             outcome: None,
         })
+    }
+
+    /// Step 3: holds each pool's share of the request's estimate.
+    fn take_pools<'r>(
+        &self,
+        rules: &ClassRules,
+        adm: &ClassAdmission,
+        req: &AdmitRequest<'_>,
+        priority: Priority,
+        mut held: Held<'r>,
+    ) -> Result<Held<'r>, Refusal> {
+        for (i, p) in adm.pools.iter().enumerate() {
+            let amount = req.estimates[p.dim];
+            if amount == 0 {
+                continue;
+            }
+            if let Err(used) = p.pool.try_take(amount) {
+                let v = pool_verdict(p, amount, used);
+                if !adm.shadow {
+                    return Err(self.undo(rules, req, priority, held, v));
+                }
+                self.shadow_refused(rules, adm, req, priority, v);
+                p.pool.force_take(amount);
+            }
+            held.pools[i] = amount;
+        }
+        Ok(held)
+    }
+
+    /// A refusal after the permit (and perhaps pool amounts) were taken: gives them back, hands
+    /// the permit to a waiter if one queues, and refuses.
+    #[cold]
+    #[inline(never)]
+    fn undo(
+        &self,
+        rules: &ClassRules,
+        req: &AdmitRequest<'_>,
+        priority: Priority,
+        held: Held<'_>,
+        verdict: Verdict,
+    ) -> Refusal {
+        if let Some(adm) = held.adm {
+            for (amount, p) in held.pools.iter().zip(&adm.pools) {
+                if *amount > 0 {
+                    p.pool.give(*amount);
+                }
+            }
+            if held.permit {
+                adm.gate.limiter.release();
+                if adm.gate.queue.has_waiters() {
+                    adm.gate.queue.dispatch(
+                        &adm.gate.limiter,
+                        adm.queue.as_ref(),
+                        held.now.as_nanos(),
+                    );
+                }
+            }
+        }
+        plain(self.refused(rules, held.adm, req, priority, verdict))
     }
 
     fn key_verdict(&self, adm: &ClassAdmission, r: KeyRefusal, cost: u64) -> Verdict {
@@ -757,6 +835,20 @@ fn pool_verdict(p: &PoolRef, amount: u64, used: u64) -> Verdict {
     Verdict::new(Reason::PoolExhausted, Retry::Later)
         .with_dimension(&p.name, p.unit)
         .with_amounts(amount, used, p.pool.limit())
+}
+
+/// What an admission in progress holds, to give back if a later step refuses.
+struct Held<'r> {
+    adm: Option<&'r ClassAdmission>,
+    permit: bool,
+    pools: [u64; POOLS],
+    now: Timestamp,
+}
+
+#[cold]
+#[inline(never)]
+fn unknown_class(req: &AdmitRequest<'_>) -> Refusal {
+    plain(Verdict::new(Reason::UnknownClass, Retry::Never).with_request(req.id))
 }
 
 fn plain(verdict: Verdict) -> Refusal {

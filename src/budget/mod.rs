@@ -92,7 +92,8 @@ pub(crate) struct Start<'a> {
     /// The snapshot's clock, read by the caller.
     pub(crate) now: Timestamp,
     pub(crate) class: Class,
-    pub(crate) request_id: RequestId,
+    /// Copied once, into the node.
+    pub(crate) request_id: &'a RequestId,
     /// A priority chosen by the service (trusted); overrides can still only lower it.
     pub(crate) priority: Option<Priority>,
     pub(crate) overrides: &'a Overrides,
@@ -101,9 +102,12 @@ pub(crate) struct Start<'a> {
 impl Budget {
     /// Starts a root budget (engine side), or refuses when the class is unknown or the deadline is
     /// already zero.
+    #[inline(always)]
     pub(crate) fn start(s: Start<'_>) -> Result<Budget, Verdict> {
         let Some(rules) = s.snapshot.class(s.class) else {
-            return Err(Verdict::new(Reason::UnknownClass, Retry::Never).with_request(s.request_id));
+            return Err(
+                Verdict::new(Reason::UnknownClass, Retry::Never).with_request(*s.request_id)
+            );
         };
         let now = s.now;
         let wall = s.overrides.wall_time.map_or(rules.wall_time, |w| {
@@ -112,7 +116,7 @@ impl Budget {
         if wall == 0 {
             return Err(Verdict::new(Reason::InsufficientTime, Retry::Never)
                 .with_class(&rules.name)
-                .with_request(s.request_id));
+                .with_request(*s.request_id));
         }
         let base = s.priority.unwrap_or(rules.priority);
         let priority = s
@@ -125,7 +129,7 @@ impl Budget {
             start: now,
             deadline,
             parent: None,
-            request_id: s.overrides.request_id.unwrap_or(s.request_id),
+            request_id: s.overrides.request_id.as_ref().unwrap_or(s.request_id),
             priority,
             class: s.class,
             snapshot: s.snapshot,
@@ -484,7 +488,7 @@ impl Budget {
                 start: now,
                 deadline: own.min(cap),
                 parent: Some(Arc::clone(parent)),
-                request_id: id,
+                request_id: &id,
                 priority,
                 class,
                 snapshot: &parent.snapshot,

@@ -84,7 +84,8 @@ pub(crate) struct NodeInit<'a> {
     pub(crate) start: Timestamp,
     pub(crate) deadline: Timestamp,
     pub(crate) parent: Option<Arc<Node>>,
-    pub(crate) request_id: RequestId,
+    /// Copied once, into the node.
+    pub(crate) request_id: &'a RequestId,
     pub(crate) priority: Priority,
     pub(crate) class: Class,
     pub(crate) snapshot: &'a Arc<Snapshot>,
@@ -110,7 +111,7 @@ impl Node {
             deadline: init.deadline,
             parent: init.parent,
             depth,
-            request_id: init.request_id,
+            request_id: *init.request_id,
             priority: init.priority,
             class: init.class,
             snapshot: Arc::clone(init.snapshot),
@@ -147,6 +148,7 @@ impl Node {
     /// array, not all [`MAX_DIMENSIONS`]); the rest stay unread behind `dims`. The snapshot is
     /// replaced only when it changed, which saves two reference-count updates per request.
     #[cfg(not(costguard_loom))]
+    #[inline]
     pub(crate) fn reinit(&mut self, init: NodeInit<'_>) {
         debug_assert!(init.parent.is_none() && self.parent.is_none());
         let dims = policy_dims(init.snapshot);
@@ -154,19 +156,21 @@ impl Node {
         *self.first_exhausted.get_mut() = NONE_EXHAUSTED;
         self.dims = dims;
         let class = init.snapshot.class(init.class).map(|r| &r.limits);
-        for (i, limit) in self.limits[..dims].iter_mut().enumerate() {
+        // One pass over the three arrays: a policy has a handful of dimensions, too few for the
+        // separate fills to be worth their calls.
+        let arrays = self.limits[..dims]
+            .iter_mut()
+            .zip(&mut self.used[..dims])
+            .zip(&mut self.peak[..dims]);
+        for (i, ((limit, used), peak)) in arrays.enumerate() {
             *limit = class.map_or(u64::MAX, |c| c[i]).min(init.overrides[i]);
-        }
-        for cell in &mut self.used[..dims] {
-            *cell.get_mut() = 0;
-        }
-        for cell in &mut self.peak[..dims] {
-            *cell.get_mut() = 0;
+            *used.get_mut() = 0;
+            *peak.get_mut() = 0;
         }
         self.start = init.start;
         self.deadline = init.deadline;
         self.depth = 0;
-        self.request_id = init.request_id;
+        self.request_id = *init.request_id;
         self.priority = init.priority;
         self.class = init.class;
         if !Arc::ptr_eq(&self.snapshot, init.snapshot) {

@@ -319,7 +319,7 @@ impl Engine {
             snapshot,
             now: snapshot.clock.now(),
             class,
-            request_id: id,
+            request_id: &id,
             priority: None,
             overrides,
         })
