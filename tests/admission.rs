@@ -957,3 +957,56 @@ fn a_fixed_key_hash_seed_makes_slot_sharing_the_same_on_every_run() {
     let distinct: std::collections::HashSet<&Vec<bool>> = patterns.iter().collect();
     assert!(distinct.len() > 1, "every seed gave the same placement");
 }
+
+/// A thread keeps the state of its finished budgets and starts the next one on it, deciding under
+/// the policy that state carries while it is still the engine's current one. A reload, or an
+/// admission to another engine, must be seen at once.
+#[test]
+fn a_reused_finished_budget_never_carries_an_old_policy_or_another_engine() {
+    let policy = |queries: u64, concurrency: u64| {
+        Policy::builder()
+            .counter("db_queries")
+            .class("api", |c| {
+                c.limit("db_queries", queries)
+                    .admission(|a| a.concurrency(concurrency))
+            })
+            .build()
+            .unwrap()
+    };
+    let (a, _clock_a) = engine(policy(10, 5));
+    let (b, _clock_b) = engine(policy(3, 5));
+    let (api_a, api_b) = (a.class("api").unwrap(), b.class("api").unwrap());
+    let db = a.counter("db_queries").unwrap();
+    let limit_in = |e: &Engine, class: Class, n: u64| {
+        let admitted = e.try_admit(&AdmitRequest::new(class, id(n))).unwrap();
+        admitted.budget().limit(db)
+    };
+    // Each admission drops its grant, leaving its state for the next one on this thread.
+    assert_eq!(limit_in(&a, api_a, 1), Some(10));
+    assert_eq!(limit_in(&a, api_a, 2), Some(10));
+    assert_eq!(limit_in(&b, api_b, 3), Some(3), "engine b's own policy");
+    assert_eq!(limit_in(&a, api_a, 4), Some(10), "and back to engine a's");
+
+    a.reload(policy(7, 1)).unwrap();
+    assert_eq!(
+        limit_in(&a, api_a, 5),
+        Some(7),
+        "the reload is seen at once"
+    );
+    let held = a.try_admit(&AdmitRequest::new(api_a, id(6))).unwrap();
+    let refused = a.try_admit(&AdmitRequest::new(api_a, id(7))).unwrap_err();
+    assert_eq!(
+        refused.reason(),
+        Reason::ConcurrencyLimit,
+        "the new limit of 1"
+    );
+    drop(held);
+    let budget = a.begin(api_a, id(8)).unwrap();
+    assert_eq!(budget.limit(db), Some(7), "begin: the same");
+    drop(budget);
+    a.reload(policy(2, 1)).unwrap();
+    assert_eq!(a.begin(api_a, id(9)).unwrap().limit(db), Some(2));
+    assert_eq!(b.begin(api_b, id(10)).unwrap().limit(db), Some(3));
+    let stats = a.admission_stats();
+    assert_eq!(stats.class("api").unwrap().in_flight, 0);
+}

@@ -40,7 +40,7 @@ pub use wait::AdmitFuture;
 pub(crate) use keys::{KeyLimits, KeyTable};
 pub(crate) use pool::Pool;
 
-use crate::budget::{Budget, Overrides, Start};
+use crate::budget::{pool as budget_pool, Budget, Overrides, Settings, Start};
 use crate::clock::Timestamp;
 use crate::engine::snapshot::{ClassRules, Snapshot};
 use crate::handle::{Class, Counter};
@@ -485,14 +485,55 @@ impl Engine {
 
     /// Everything before waiting: the cost checks and the concurrency permit, then the rest.
     ///
-    /// The admitting path is written straight through; every refusal is built out of line (verdicts
-    /// are large, and most requests never need one).
+    /// The budget is started on a node this thread kept from a finished request when it has one.
+    /// While that node's snapshot is still the engine's current one, it is the snapshot to decide
+    /// under, and none has to be loaded.
     pub(crate) fn admit_step(
         &self,
         req: &AdmitRequest<'_>,
         queueable: bool,
     ) -> Result<Admitted, Refusal> {
+        let spare = match self.current_spare() {
+            Ok(node) => {
+                return match self.decide(&node.snapshot, req, queueable) {
+                    Ok(d) => {
+                        let budget = Budget::begin_on(node, d.settings);
+                        Ok(d.grant(budget))
+                    }
+                    Err(refusal) => {
+                        budget_pool::keep(node);
+                        Err(refusal)
+                    }
+                };
+            }
+            Err(other) => other,
+        };
         let snapshot = self.snapshot_guard();
+        match self.decide(&snapshot, req, queueable) {
+            Ok(d) => {
+                let budget = Budget::begin(&snapshot, d.settings, spare);
+                Ok(d.grant(budget))
+            }
+            Err(refusal) => {
+                if let Some(node) = spare {
+                    budget_pool::keep(node);
+                }
+                Err(refusal)
+            }
+        }
+    }
+
+    /// Every check of an admission under `snapshot`, in order, taking what each grants.
+    ///
+    /// The admitting path is written straight through; every refusal is built out of line (verdicts
+    /// are large, and most requests never need one).
+    #[inline(always)]
+    fn decide<'r>(
+        &self,
+        snapshot: &Snapshot,
+        req: &'r AdmitRequest<'_>,
+        queueable: bool,
+    ) -> Result<Decision<'r>, Refusal> {
         let Some(rules) = snapshot.class(req.class) else {
             return Err(unknown_class(req));
         };
@@ -501,10 +542,10 @@ impl Engine {
 
         // 1. Estimates that can never fit, and keys too long to be a key.
         if req.estimated || req.key.is_some() {
-            self.check_up_front(&snapshot, rules, adm, req, priority)?;
+            self.check_up_front(snapshot, rules, adm, req, priority)?;
         }
         let Some(adm) = adm else {
-            return self.admit_rest(&snapshot, req, priority, false);
+            return self.decide_rest(snapshot, req, priority, false);
         };
 
         // 2. Concurrency, within this priority's headroom.
@@ -519,7 +560,7 @@ impl Engine {
                 (in_flight, allowed, share),
             )?;
         }
-        self.admit_rest(&snapshot, req, priority, true)
+        self.decide_rest(snapshot, req, priority, true)
     }
 
     /// Step 1: a declared estimate larger than the class's limit or than a pool's size, or a key
@@ -665,7 +706,6 @@ impl Engine {
     }
 
     /// With the concurrency permit held (if `permit`): pools, budget, key. Undoes all on refusal.
-    #[inline(always)]
     pub(crate) fn admit_rest(
         &self,
         snapshot: &Arc<Snapshot>,
@@ -673,6 +713,20 @@ impl Engine {
         priority: Priority,
         permit: bool,
     ) -> Result<Admitted, Refusal> {
+        let d = self.decide_rest(snapshot, req, priority, permit)?;
+        let budget = Budget::begin(snapshot, d.settings, None);
+        Ok(d.grant(budget))
+    }
+
+    /// Steps 3 to 5: pools, the budget's settings, the key. Undoes all on refusal.
+    #[inline(always)]
+    fn decide_rest<'r>(
+        &self,
+        snapshot: &Snapshot,
+        req: &'r AdmitRequest<'_>,
+        priority: Priority,
+        permit: bool,
+    ) -> Result<Decision<'r>, Refusal> {
         let Some(rules) = snapshot.class(req.class) else {
             return Err(unknown_class(req));
         };
@@ -689,17 +743,17 @@ impl Engine {
             Some(adm) if req.estimated => self.take_pools(rules, adm, req, priority, held)?,
             _ => held,
         };
-        // 4. The budget.
-        let budget = Budget::start(Start {
-            snapshot,
+        // 4. The budget: checked and worked out here, started by the caller (nothing refuses it
+        // any more).
+        let start = Start {
             now,
             class: req.class,
             request_id: &req.id,
             priority: Some(priority),
             overrides: req.overrides.unwrap_or(&Overrides::NONE),
-        });
-        let budget = match budget {
-            Ok(b) => b,
+        };
+        let settings = match Budget::prepare(snapshot, start) {
+            Ok(s) => s,
             Err(v) => return Err(self.undo(rules, req, priority, held, v)),
         };
         // 5. The key, last: its rate allowance, once spent, cannot be given back, so nothing may
@@ -729,14 +783,11 @@ impl Engine {
             }
             adm.gate.stats.admitted();
         }
-        Ok(Admitted {
-            budget,
-            class: req.class,
+        Ok(Decision {
+            settings,
             permit,
             key_slot,
             pools: held.pools,
-            start: now,
-            outcome: None,
         })
     }
 
@@ -835,6 +886,30 @@ fn pool_verdict(p: &PoolRef, amount: u64, used: u64) -> Verdict {
     Verdict::new(Reason::PoolExhausted, Retry::Later)
         .with_dimension(&p.name, p.unit)
         .with_amounts(amount, used, p.pool.limit())
+}
+
+/// An admission decided: everything granted, the budget's settings worked out.
+struct Decision<'r> {
+    settings: Settings<'r>,
+    permit: bool,
+    key_slot: Option<u32>,
+    pools: [u64; POOLS],
+}
+
+impl Decision<'_> {
+    /// The grant, with the budget started for it.
+    #[inline(always)]
+    fn grant(self, budget: Budget) -> Admitted {
+        Admitted {
+            budget,
+            class: self.settings.class,
+            permit: self.permit,
+            key_slot: self.key_slot,
+            pools: self.pools,
+            start: self.settings.start,
+            outcome: None,
+        }
+    }
 }
 
 /// What an admission in progress holds, to give back if a later step refuses.

@@ -16,7 +16,7 @@
 mod guard;
 pub(crate) mod node;
 mod overrides;
-mod pool;
+pub(crate) mod pool;
 pub(crate) mod report;
 mod state;
 
@@ -32,6 +32,7 @@ use crate::policy::DimensionKind;
 use crate::sync::{Arc, Ordering};
 use crate::verdict::{Reason, Retry, Unit};
 use crate::{Priority, RequestId, Verdict};
+pub(crate) use node::Settings;
 use node::{Node, NodeInit, Refused};
 use state::{CANCELLED, DEADLINE, EXHAUSTED};
 use std::borrow::Cow;
@@ -86,9 +87,8 @@ pub struct Budget {
     slot: Option<Arc<Node>>,
 }
 
-/// Everything needed to start a budget.
+/// Everything needed to start a budget, besides the snapshot it starts under.
 pub(crate) struct Start<'a> {
-    pub(crate) snapshot: &'a Arc<Snapshot>,
     /// The snapshot's clock, read by the caller.
     pub(crate) now: Timestamp,
     pub(crate) class: Class,
@@ -102,14 +102,33 @@ pub(crate) struct Start<'a> {
 impl Budget {
     /// Starts a root budget (engine side), or refuses when the class is unknown or the deadline is
     /// already zero.
+    /// `spare` is a finished node of this thread to start it on; kept again on refusal.
     #[inline(always)]
-    pub(crate) fn start(s: Start<'_>) -> Result<Budget, Verdict> {
-        let Some(rules) = s.snapshot.class(s.class) else {
+    pub(crate) fn start(
+        snapshot: &Arc<Snapshot>,
+        s: Start<'_>,
+        spare: Option<Arc<Node>>,
+    ) -> Result<Budget, Verdict> {
+        match Self::prepare(snapshot, s) {
+            Ok(settings) => Ok(Self::begin(snapshot, settings, spare)),
+            Err(v) => {
+                if let Some(node) = spare {
+                    pool::keep(node);
+                }
+                Err(v)
+            }
+        }
+    }
+
+    /// Checks the start of a root budget under `snapshot` and works out its settings: the class must
+    /// exist and the wall time must not be zero. Nothing after this can refuse.
+    #[inline(always)]
+    pub(crate) fn prepare<'a>(snapshot: &Snapshot, s: Start<'a>) -> Result<Settings<'a>, Verdict> {
+        let Some(rules) = snapshot.class(s.class) else {
             return Err(
                 Verdict::new(Reason::UnknownClass, Retry::Never).with_request(*s.request_id)
             );
         };
-        let now = s.now;
         let wall = s.overrides.wall_time.map_or(rules.wall_time, |w| {
             rules.wall_time.min(duration_to_nanos(w))
         });
@@ -123,20 +142,56 @@ impl Budget {
             .overrides
             .priority
             .map_or(base, |p| base.least_important(p));
-        let deadline = Timestamp::from_nanos(now.as_nanos().saturating_add(wall));
-        let init = NodeInit {
+        Ok(Settings {
             overrides: &s.overrides.limits,
-            start: now,
-            deadline,
-            parent: None,
+            start: s.now,
+            deadline: Timestamp::from_nanos(s.now.as_nanos().saturating_add(wall)),
             request_id: s.overrides.request_id.as_ref().unwrap_or(s.request_id),
             priority,
             class: s.class,
-            snapshot: s.snapshot,
-        };
-        Ok(Budget {
-            slot: Some(Self::root_node(init)),
         })
+    }
+
+    /// Starts a root budget with `settings` under `snapshot`: on `spare` (a finished node of this
+    /// thread) or another node this thread kept, reset in place, or on a new node.
+    #[inline]
+    pub(crate) fn begin(
+        snapshot: &Arc<Snapshot>,
+        settings: Settings<'_>,
+        spare: Option<Arc<Node>>,
+    ) -> Budget {
+        let init = NodeInit {
+            settings,
+            parent: None,
+            snapshot,
+        };
+        #[cfg(not(costguard_loom))]
+        if let Some(mut node) = spare.or_else(pool::take) {
+            if let Some(n) = Arc::get_mut(&mut node) {
+                n.reinit(init);
+                return Budget { slot: Some(node) };
+            }
+        }
+        #[cfg(costguard_loom)]
+        drop(spare);
+        Budget {
+            slot: Some(Node::new(init)),
+        }
+    }
+
+    /// Starts a root budget on `node`, a finished node of this thread that holds the snapshot
+    /// `settings` were prepared under: no snapshot to load, nothing to allocate.
+    #[inline]
+    #[cfg_attr(costguard_loom, allow(unused_mut))]
+    pub(crate) fn begin_on(mut node: Arc<Node>, settings: Settings<'_>) -> Budget {
+        #[cfg(not(costguard_loom))]
+        if let Some(n) = Arc::get_mut(&mut node) {
+            n.reset(settings);
+            return Budget { slot: Some(node) };
+        }
+        // Not reached: the pool keeps only nodes nothing else refers to (and none under loom).
+        let snapshot = Arc::clone(&node.snapshot);
+        Self::begin(&snapshot, settings, None)
     }
 
     /// The shared state. Every budget has one: only `Drop` takes it out of the slot.
@@ -146,19 +201,6 @@ impl Budget {
             Some(node) => node,
             None => unreachable!("a budget's node is taken only when the budget is dropped"),
         }
-    }
-
-    /// A root node: a finished one this thread kept, reset in place, or a new one.
-    #[inline]
-    fn root_node(init: NodeInit<'_>) -> Arc<Node> {
-        #[cfg(not(costguard_loom))]
-        if let Some(mut node) = pool::take() {
-            if let Some(n) = Arc::get_mut(&mut node) {
-                n.reinit(init);
-                return node;
-            }
-        }
-        Node::new(init)
     }
 
     /// Charges `n` of a counter, all or nothing, to this budget and every ancestor.
@@ -484,13 +526,15 @@ impl Budget {
             .least_important(rules.priority);
         Ok(Budget {
             slot: Some(Node::new(NodeInit {
-                overrides: &overrides.limits,
-                start: now,
-                deadline: own.min(cap),
+                settings: Settings {
+                    overrides: &overrides.limits,
+                    start: now,
+                    deadline: own.min(cap),
+                    request_id: &id,
+                    priority,
+                    class,
+                },
                 parent: Some(Arc::clone(parent)),
-                request_id: &id,
-                priority,
-                class,
                 snapshot: &parent.snapshot,
             })),
         })

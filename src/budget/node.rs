@@ -76,18 +76,24 @@ pub(crate) struct Node {
     pub(crate) from_children: std::sync::OnceLock<Box<[AtomicU64; MAX_DIMENSIONS]>>,
 }
 
-/// Everything a new node needs.
-pub(crate) struct NodeInit<'a> {
+/// What a node is set to: its class, its times, its priority, its id and its limits' overrides.
+#[derive(Clone, Copy)]
+pub(crate) struct Settings<'a> {
     /// Limits that tighten the class's (read in place, with the class's: the node is built once,
     /// without intermediate copies of the arrays).
     pub(crate) overrides: &'a [u64; MAX_DIMENSIONS],
     pub(crate) start: Timestamp,
     pub(crate) deadline: Timestamp,
-    pub(crate) parent: Option<Arc<Node>>,
     /// Copied once, into the node.
     pub(crate) request_id: &'a RequestId,
     pub(crate) priority: Priority,
     pub(crate) class: Class,
+}
+
+/// Everything a new node needs.
+pub(crate) struct NodeInit<'a> {
+    pub(crate) settings: Settings<'a>,
+    pub(crate) parent: Option<Arc<Node>>,
     pub(crate) snapshot: &'a Arc<Snapshot>,
 }
 
@@ -97,23 +103,24 @@ impl Node {
             .parent
             .as_ref()
             .map_or(0, |p| p.depth.saturating_add(1));
+        let s = init.settings;
         let node = Arc::new(Node {
             state: AtomicU32::new(0),
             first_exhausted: AtomicU32::new(NONE_EXHAUSTED),
             dims: policy_dims(init.snapshot),
             limits: {
-                let class = init.snapshot.class(init.class).map(|r| &r.limits);
-                std::array::from_fn(|i| class.map_or(u64::MAX, |c| c[i]).min(init.overrides[i]))
+                let class = init.snapshot.class(s.class).map(|r| &r.limits);
+                std::array::from_fn(|i| class.map_or(u64::MAX, |c| c[i]).min(s.overrides[i]))
             },
             used: std::array::from_fn(|_| AtomicU64::new(0)),
             peak: std::array::from_fn(|_| AtomicU64::new(0)),
-            start: init.start,
-            deadline: init.deadline,
+            start: s.start,
+            deadline: s.deadline,
             parent: init.parent,
             depth,
-            request_id: *init.request_id,
-            priority: init.priority,
-            class: init.class,
+            request_id: *s.request_id,
+            priority: s.priority,
+            class: s.class,
             snapshot: Arc::clone(init.snapshot),
             live: Mutex::new(Vec::new()),
             finished: Mutex::new(Finished::default()),
@@ -143,19 +150,30 @@ impl Node {
 
     /// Makes a finished root node (from the [pool](super::pool)) new again for `init`, in place:
     /// the same state [`new`](Self::new) would build, without building and copying a fresh one.
-    ///
-    /// Only the policy's dimensions are reset (a policy with three counters resets three of each
-    /// array, not all [`MAX_DIMENSIONS`]); the rest stay unread behind `dims`. The snapshot is
-    /// replaced only when it changed, which saves two reference-count updates per request.
+    /// The snapshot is replaced only when it changed, which saves two reference-count updates.
     #[cfg(not(costguard_loom))]
     #[inline]
     pub(crate) fn reinit(&mut self, init: NodeInit<'_>) {
-        debug_assert!(init.parent.is_none() && self.parent.is_none());
-        let dims = policy_dims(init.snapshot);
+        debug_assert!(init.parent.is_none());
+        if !Arc::ptr_eq(&self.snapshot, init.snapshot) {
+            self.snapshot = Arc::clone(init.snapshot);
+        }
+        self.reset(init.settings);
+    }
+
+    /// Makes a finished root node new again in place under the snapshot it already holds.
+    ///
+    /// Only the policy's dimensions are reset (a policy with three counters resets three of each
+    /// array, not all [`MAX_DIMENSIONS`]); the rest stay unread behind `dims`.
+    #[cfg(not(costguard_loom))]
+    #[inline]
+    pub(crate) fn reset(&mut self, s: Settings<'_>) {
+        debug_assert!(self.parent.is_none());
+        let dims = policy_dims(&self.snapshot);
         *self.state.get_mut() = 0;
         *self.first_exhausted.get_mut() = NONE_EXHAUSTED;
         self.dims = dims;
-        let class = init.snapshot.class(init.class).map(|r| &r.limits);
+        let class = self.snapshot.class(s.class).map(|r| &r.limits);
         // One pass over the three arrays: a policy has a handful of dimensions, too few for the
         // separate fills to be worth their calls.
         let arrays = self.limits[..dims]
@@ -163,19 +181,16 @@ impl Node {
             .zip(&mut self.used[..dims])
             .zip(&mut self.peak[..dims]);
         for (i, ((limit, used), peak)) in arrays.enumerate() {
-            *limit = class.map_or(u64::MAX, |c| c[i]).min(init.overrides[i]);
+            *limit = class.map_or(u64::MAX, |c| c[i]).min(s.overrides[i]);
             *used.get_mut() = 0;
             *peak.get_mut() = 0;
         }
-        self.start = init.start;
-        self.deadline = init.deadline;
+        self.start = s.start;
+        self.deadline = s.deadline;
         self.depth = 0;
-        self.request_id = *init.request_id;
-        self.priority = init.priority;
-        self.class = init.class;
-        if !Arc::ptr_eq(&self.snapshot, init.snapshot) {
-            self.snapshot = Arc::clone(init.snapshot);
-        }
+        self.request_id = *s.request_id;
+        self.priority = s.priority;
+        self.class = s.class;
         let live = self.live.get_mut();
         if !live.is_empty() {
             live.clear();

@@ -9,11 +9,12 @@ pub(crate) mod snapshot;
 
 use crate::admission::{RefusalEvent, RefusalHook};
 use crate::backend::{Transition, TransitionHook};
-use crate::budget::{Budget, Overrides, Start};
+use crate::budget::node::Node;
+use crate::budget::{pool as budget_pool, Budget, Overrides, Start};
 use crate::clock::{Clock, CpuClock, MonotonicClock, ThreadCpuClock};
 use crate::handle::{Class, Counter, Level, NameError};
 use crate::policy::{DimensionKind, Policy, PolicyError};
-use crate::sync::{Arc, Mutex, SwapCell, SwapGuard};
+use crate::sync::{Arc, AtomicU64, Mutex, Ordering, SwapCell, SwapGuard};
 use crate::{RequestId, Verdict};
 use snapshot::{Registry, Snapshot};
 use std::fmt;
@@ -62,6 +63,9 @@ pub struct Engine {
 
 struct Inner {
     current: SwapCell<Snapshot>,
+    /// The generation of `current`, stored after it: a snapshot of this engine with this
+    /// generation is the current one (see [`Engine::is_current`]).
+    published: AtomicU64,
     registry: Mutex<Registry>,
     clock: Arc<dyn Clock>,
     cpu_clock: Arc<dyn CpuClock>,
@@ -139,6 +143,7 @@ impl EngineBuilder {
         Ok(Engine {
             inner: Arc::new(Inner {
                 current: SwapCell::new(Arc::new(snapshot)),
+                published: AtomicU64::new(1),
                 registry: Mutex::new(registry),
                 clock,
                 cpu_clock,
@@ -189,6 +194,7 @@ impl Engine {
             self.inner.transitions.as_ref(),
         )?;
         self.inner.current.store(Arc::new(snapshot));
+        self.inner.published.store(generation, Ordering::Release);
         drop(registry);
         // A raised limit may let waiters in.
         self.expire_waiters();
@@ -305,7 +311,27 @@ impl Engine {
         id: RequestId,
         overrides: &Overrides,
     ) -> Result<Budget, Verdict> {
-        self.start(&self.snapshot_guard(), class, id, overrides)
+        let start = |now| Start {
+            now,
+            class,
+            request_id: &id,
+            priority: None,
+            overrides,
+        };
+        let spare = match self.current_spare() {
+            Ok(node) => {
+                return match Budget::prepare(&node.snapshot, start(node.snapshot.clock.now())) {
+                    Ok(settings) => Ok(Budget::begin_on(node, settings)),
+                    Err(v) => {
+                        budget_pool::keep(node);
+                        Err(v)
+                    }
+                };
+            }
+            Err(other) => other,
+        };
+        let snapshot = self.snapshot_guard();
+        Budget::start(&snapshot, start(snapshot.clock.now()), spare)
     }
 
     pub(crate) fn start(
@@ -315,14 +341,25 @@ impl Engine {
         id: RequestId,
         overrides: &Overrides,
     ) -> Result<Budget, Verdict> {
-        Budget::start(Start {
-            snapshot,
+        let start = Start {
             now: snapshot.clock.now(),
             class,
             request_id: &id,
             priority: None,
             overrides,
-        })
+        };
+        Budget::start(snapshot, start, None)
+    }
+
+    /// A finished node this thread kept whose snapshot is this engine's current one: the snapshot
+    /// to work under, with nothing to load, and the node to start the budget on. Otherwise the
+    /// node, if any, to start the budget on under a loaded snapshot.
+    #[inline]
+    pub(crate) fn current_spare(&self) -> Result<Arc<Node>, Option<Arc<Node>>> {
+        match budget_pool::take() {
+            Some(node) if self.is_current(&node.snapshot) => Ok(node),
+            other => Err(other),
+        }
     }
 
     pub(crate) fn snapshot(&self) -> Arc<Snapshot> {
@@ -334,6 +371,14 @@ impl Engine {
     #[inline]
     pub(crate) fn owns(&self, snapshot: &Snapshot) -> bool {
         Arc::ptr_eq(&snapshot.clock, &self.inner.clock)
+    }
+
+    /// Whether `snapshot` is this engine's current one: the engine's own, and of the generation
+    /// last published. A reload racing this check may be missed, exactly as if the snapshot had
+    /// been loaded a moment before it.
+    #[inline]
+    pub(crate) fn is_current(&self, snapshot: &Snapshot) -> bool {
+        self.owns(snapshot) && snapshot.generation == self.inner.published.load(Ordering::Acquire)
     }
 
     /// The current snapshot for the length of one operation, without a reference count.
