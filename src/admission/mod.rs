@@ -545,7 +545,7 @@ impl Engine {
             self.check_up_front(snapshot, rules, adm, req, priority)?;
         }
         let Some(adm) = adm else {
-            return self.decide_rest(snapshot, req, priority, false);
+            return self.decide_rest(rules, req, priority, false);
         };
 
         // 2. Concurrency, within this priority's headroom.
@@ -560,7 +560,7 @@ impl Engine {
                 (in_flight, allowed, share),
             )?;
         }
-        self.decide_rest(snapshot, req, priority, true)
+        self.decide_rest(rules, req, priority, true)
     }
 
     /// Step 1: a declared estimate larger than the class's limit or than a pool's size, or a key
@@ -713,7 +713,10 @@ impl Engine {
         priority: Priority,
         permit: bool,
     ) -> Result<Admitted, Refusal> {
-        let d = self.decide_rest(snapshot, req, priority, permit)?;
+        let Some(rules) = snapshot.class(req.class) else {
+            return Err(unknown_class(req));
+        };
+        let d = self.decide_rest(rules, req, priority, permit)?;
         let budget = Budget::begin(snapshot, d.settings, None);
         Ok(d.grant(budget))
     }
@@ -722,14 +725,11 @@ impl Engine {
     #[inline(always)]
     fn decide_rest<'r>(
         &self,
-        snapshot: &Snapshot,
+        rules: &ClassRules,
         req: &'r AdmitRequest<'_>,
         priority: Priority,
         permit: bool,
     ) -> Result<Decision<'r>, Refusal> {
-        let Some(rules) = snapshot.class(req.class) else {
-            return Err(unknown_class(req));
-        };
         let adm = rules.admission.as_ref();
         let now = self.clock().now();
         let held = Held {
@@ -752,7 +752,7 @@ impl Engine {
             priority: Some(priority),
             overrides: req.overrides.unwrap_or(&Overrides::NONE),
         };
-        let settings = match Budget::prepare(snapshot, start) {
+        let settings = match Budget::prepare_for(rules, start) {
             Ok(s) => s,
             Err(v) => return Err(self.undo(rules, req, priority, held, v)),
         };

@@ -26,7 +26,7 @@ pub use report::{DimensionUsage, LimitReport, WallTime};
 pub use state::CancelReason;
 
 use crate::clock::{duration_to_nanos, Clock, Timestamp};
-use crate::engine::snapshot::Snapshot;
+use crate::engine::snapshot::{ClassRules, Snapshot};
 use crate::handle::{Class, Counter, Level};
 use crate::policy::DimensionKind;
 use crate::sync::{Arc, Ordering};
@@ -124,11 +124,20 @@ impl Budget {
     /// exist and the wall time must not be zero. Nothing after this can refuse.
     #[inline(always)]
     pub(crate) fn prepare<'a>(snapshot: &Snapshot, s: Start<'a>) -> Result<Settings<'a>, Verdict> {
-        let Some(rules) = snapshot.class(s.class) else {
-            return Err(
-                Verdict::new(Reason::UnknownClass, Retry::Never).with_request(*s.request_id)
-            );
-        };
+        match snapshot.class(s.class) {
+            Some(rules) => Self::prepare_for(rules, s),
+            None => {
+                Err(Verdict::new(Reason::UnknownClass, Retry::Never).with_request(*s.request_id))
+            }
+        }
+    }
+
+    /// [`prepare`](Self::prepare) with the class's rules already looked up.
+    #[inline(always)]
+    pub(crate) fn prepare_for<'a>(
+        rules: &ClassRules,
+        s: Start<'a>,
+    ) -> Result<Settings<'a>, Verdict> {
         let wall = s.overrides.wall_time.map_or(rules.wall_time, |w| {
             rules.wall_time.min(duration_to_nanos(w))
         });
