@@ -7,7 +7,7 @@
 //!
 //! | word  | bits   | field                                                   |
 //! |-------|--------|---------------------------------------------------------|
-//! | `key` | 16..64 | fingerprint of the key (48 bits of its hash; 0 = empty) |
+//! | `key` | 16..64 | fingerprint of the key (48 bits from its hash; 0 = empty) |
 //! | `key` | 0..16  | requests of this key in flight ("pins")                 |
 //! | `tat` | 0..64  | theoretical arrival time of its rate limit (clock ns)   |
 //!
@@ -38,6 +38,18 @@ const PROBE: usize = 8;
 pub(crate) const OVERFLOW: u32 = u32::MAX;
 /// The fingerprint of the overflow entry (real fingerprints are odd too, but live in other slots).
 const OVERFLOW_FP: u64 = 1;
+
+/// Where a key of hash `hash` starts probing in a table of `len` slots, and its fingerprint.
+///
+/// The slot comes from the hash's high bits by a multiply-shift, not a 64-bit division. The fingerprint comes from the hash multiplied by an odd constant,
+/// whose top bits depend on all of the hash's bits: keys that share a start do not share part of
+/// their fingerprints, so two of them still collide with probability about 2^-48.
+#[inline]
+fn place(hash: u64, len: usize) -> (usize, u64) {
+    let start = ((u128::from(hash) * len as u128) >> 64) as usize;
+    let fp = (hash.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> FP_SHIFT) | 1;
+    (start, fp)
+}
 
 #[derive(Debug, Default)]
 struct Slot {
@@ -118,10 +130,13 @@ impl KeyTable {
         shadow: bool,
     ) -> Result<(u32, Option<KeyRefusal>), KeyRefusal> {
         let hash = self.hasher.hash_one(key);
-        let fp = (hash >> FP_SHIFT) | 1;
+        let (start, fp) = place(hash, self.slots.len());
         let len = self.slots.len();
-        let start = (hash as usize) % len;
-        let candidates = (0..PROBE.min(len)).map(|i| ((start + i) % len) as u32);
+        // `start < len` and `i < len`: one subtraction wraps around, no division.
+        let candidates = (0..PROBE.min(len)).map(move |i| {
+            let index = start + i;
+            (if index >= len { index - len } else { index }) as u32
+        });
 
         // An entry of this key already?
         for index in candidates.clone() {
@@ -271,6 +286,52 @@ mod tests {
             concurrency,
             rate: Some(Gcra::new(2, SEC, 2)),
         }
+    }
+
+    #[test]
+    fn every_hash_lands_in_the_table_with_an_odd_fingerprint() {
+        let hashes = [0, 1, u64::MAX, u64::MAX - 1, 1 << 63, 0x9e37_79b9_7f4a_7c15];
+        let lens = [1, 2, 7, 8, 1000, 131_072, 1 << 24];
+        for &len in &lens {
+            let mut seen = vec![0u32; len.min(1024)];
+            for h in hashes
+                .into_iter()
+                .chain((0..4096u64).map(|i| i.wrapping_mul(0xd6e8_feb8_6659_fd93)))
+            {
+                let (start, fp) = place(h, len);
+                assert!(start < len, "hash {h:#x}, {len} slots: start {start}");
+                assert_eq!(fp & 1, 1);
+                assert!(fp < 1 << 48);
+                if len <= 1024 {
+                    seen[start] += 1;
+                }
+            }
+            // Spread: with 4,102 hashes, no slot of a small table is left empty.
+            if len <= 1000 {
+                assert!(seen.iter().all(|&n| n > 0), "{len} slots: {seen:?}");
+            }
+        }
+        // Keys that share a start do not share the top of their fingerprints.
+        let (a, b) = (0x0123_4567_89ab_cdefu64, 0x0123_4567_89ab_cdeeu64);
+        assert_eq!(place(a, 131_072).0, place(b, 131_072).0);
+        assert_ne!(place(a, 131_072).1 >> 32, place(b, 131_072).1 >> 32);
+    }
+
+    #[test]
+    fn probing_wraps_around_the_end_of_the_table() {
+        // Three slots: every key's candidates are all three; fill them and the next key overflows.
+        let t = KeyTable::new(3, Some(7));
+        let l = KeyLimits {
+            concurrency: 1,
+            rate: None,
+        };
+        let slots: Vec<u32> = (0..3u8)
+            .map(|k| t.acquire(&[k], 0, 1, l, false).unwrap().0)
+            .collect();
+        let mut sorted = slots.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, [0, 1, 2], "three keys, three slots: {slots:?}");
+        assert_eq!(t.acquire(&[9], 0, 1, l, false).unwrap().0, OVERFLOW);
     }
 
     #[test]

@@ -541,7 +541,8 @@ impl Engine {
         let adm = rules.admission.as_ref();
 
         // 1. Estimates that can never fit, and keys too long to be a key.
-        if req.estimated || req.key.is_some() {
+        let long_key = req.key.is_some_and(|k| k.len() > MAX_KEY_LEN);
+        if req.estimated || long_key {
             self.check_up_front(snapshot, rules, adm, req, priority)?;
         }
         let Some(adm) = adm else {
