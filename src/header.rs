@@ -59,6 +59,7 @@ use crate::budget::{Budget, Overrides};
 use crate::handle::Class;
 use crate::policy::valid_name;
 use crate::{Engine, Priority, RequestId, Verdict};
+use std::borrow::Cow;
 use std::fmt::{self, Write};
 use std::time::Duration;
 
@@ -342,10 +343,10 @@ impl Engine {
         fallback_id: RequestId,
         propagation: &Propagation,
     ) -> Result<Budget, Verdict> {
-        let snapshot = self.snapshot_guard();
-        let overrides = propagation.overrides_in(&snapshot);
         let id = propagation.request_id.unwrap_or(fallback_id);
-        self.start(&snapshot, class, id, &overrides)
+        self.start_root(class, id, |snapshot| {
+            Cow::Owned(propagation.overrides_in(snapshot))
+        })
     }
 }
 

@@ -1004,7 +1004,20 @@ fn a_reused_finished_budget_never_carries_an_old_policy_or_another_engine() {
     let budget = a.begin(api_a, id(8)).unwrap();
     assert_eq!(budget.limit(db), Some(7), "begin: the same");
     drop(budget);
+    // A propagated budget reads the header's dimensions in the current policy too.
+    let header = costguard::Propagation::decode("cg1;db_queries=5").unwrap();
+    let propagated = |e: &Engine, class: Class| e.begin_propagated(class, id(11), &header).unwrap();
+    assert_eq!(
+        propagated(&a, api_a).limit(db),
+        Some(5),
+        "the header's 5 under 7"
+    );
     a.reload(policy(2, 1)).unwrap();
+    assert_eq!(
+        propagated(&a, api_a).limit(db),
+        Some(2),
+        "the new 2 under the header's 5"
+    );
     assert_eq!(a.begin(api_a, id(9)).unwrap().limit(db), Some(2));
     assert_eq!(b.begin(api_b, id(10)).unwrap().limit(db), Some(3));
     let stats = a.admission_stats();

@@ -17,6 +17,7 @@ use crate::policy::{DimensionKind, Policy, PolicyError};
 use crate::sync::{Arc, AtomicU64, Mutex, Ordering, SwapCell, SwapGuard};
 use crate::{RequestId, Verdict};
 use snapshot::{Registry, Snapshot};
+use std::borrow::Cow;
 use std::fmt;
 use std::path::Path;
 use std::time::Duration;
@@ -311,7 +312,19 @@ impl Engine {
         id: RequestId,
         overrides: &Overrides,
     ) -> Result<Budget, Verdict> {
-        let start = |now| Start {
+        self.start_root(class, id, |_| Cow::Borrowed(overrides))
+    }
+
+    /// Starts a root budget of `class` under the current policy, with the overrides `overrides`
+    /// works out for that policy: on this thread's kept node when the snapshot it holds is still the
+    /// current one (nothing to load), otherwise under a loaded snapshot.
+    pub(crate) fn start_root<'o>(
+        &self,
+        class: Class,
+        id: RequestId,
+        overrides: impl FnOnce(&Snapshot) -> Cow<'o, Overrides>,
+    ) -> Result<Budget, Verdict> {
+        let start = |now, overrides| Start {
             now,
             class,
             request_id: &id,
@@ -320,7 +333,8 @@ impl Engine {
         };
         let spare = match self.current_spare() {
             Ok(node) => {
-                return match Budget::prepare(&node.snapshot, start(node.snapshot.clock.now())) {
+                let o = overrides(&node.snapshot);
+                return match Budget::prepare(&node.snapshot, start(node.snapshot.clock.now(), &o)) {
                     Ok(settings) => Ok(Budget::begin_on(node, settings)),
                     Err(v) => {
                         budget_pool::keep(node);
@@ -331,7 +345,8 @@ impl Engine {
             Err(other) => other,
         };
         let snapshot = self.snapshot_guard();
-        Budget::start(&snapshot, start(snapshot.clock.now()), spare)
+        let o = overrides(&snapshot);
+        Budget::start(&snapshot, start(snapshot.clock.now(), &o), spare)
     }
 
     pub(crate) fn start(
