@@ -14,7 +14,8 @@
 //!    ([`adaptive`](crate::policy::Algorithm)), of which each priority may fill only its headroom share,
 //!    so sheddable and background work is refused first (`Shed`) and critical work keeps running;
 //! 3. **pools**: the estimate is held in each shared pool of cost in flight the class draws from;
-//! 4. the request's **budget** is started;
+//! 4. the request's **budget** is checked (a class or header that leaves no wall time refuses); it
+//!    starts once the last step admits;
 //! 5. **per-key limits**: at most so many requests in flight per key, and a cost-weighted rate (GCRA),
 //!    in a table of fixed size whatever the number of keys. Last, because a rate allowance once spent
 //!    cannot be given back: nothing refuses after it.
