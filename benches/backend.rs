@@ -15,7 +15,8 @@
 //!   `Instant::now()` alone;
 //! - `attempt_contention`: two threads making attempts on one backend (each for its own request)
 //!   against one thread, beside the same for failsafe's breaker and for a bare atomic pair, with two
-//!   engines that share nothing as the measure of how much of a second core the run had;
+//!   engines that share nothing as the measure of how much of a second core the run had; the same
+//!   for a pool of three hosts, and for granted retry decisions on one backend's retry budget;
 //! - `retry`: a granted retry decision (`Engine::retry` after a server error), with and without giving
 //!   the tree's retry back (`Budget::refund`), against a bare compare-exchange on an `AtomicU64`;
 //!   `budget_try_retry` (the charge on the request tree's retry allowance alone) shows what part of a
@@ -344,6 +345,34 @@ fn bench_contention(c: &mut Criterion) {
     threaded(&mut g, "attempt_1thread", 1, CHUNK_ATTEMPT, shared);
     threaded(&mut g, "attempt_2threads_shared", 2, CHUNK_ATTEMPT, shared);
 
+    // A pool of three hosts: the round-robin cursor and the hosts' permit words are shared too.
+    let pooled = |t: usize| attempt_round_trip(&f.engine, f.pool, &budgets[t], 0);
+    threaded(&mut g, "attempt_3hosts_1thread", 1, CHUNK_ATTEMPT, pooled);
+    threaded(
+        &mut g,
+        "attempt_3hosts_2threads_shared",
+        2,
+        CHUNK_ATTEMPT,
+        pooled,
+    );
+
+    // Retry decisions: the backend's retry budget is shared, each thread's request tree is its own.
+    // Thread 0 moves the manual clock one second every `CHUNK` of its decisions, which earns the
+    // budget a million tokens: the two threads spend at most half of that, so none is refused.
+    let r = Fixture::manual();
+    let trees = [budget(&r.engine), budget(&r.engine)];
+    let refused = AtomicU64::new(0);
+    let retry = |t: usize| {
+        if t == 0 && RETRIES_SINCE_TICK.with(|n| n.replace(n.get() + 1)) % CHUNK == 0 {
+            r.clock.advance(Duration::from_secs(1));
+        }
+        if !retry_granted(&r.engine, r.db, &trees[t]) {
+            refused.fetch_add(1, Ordering::Relaxed);
+        }
+    };
+    threaded(&mut g, "retry_1thread", 1, CHUNK_ATTEMPT, retry);
+    threaded(&mut g, "retry_2threads_shared", 2, CHUNK_ATTEMPT, retry);
+
     let engines = [Fixture::manual(), Fixture::manual()];
     let own = [budget(&engines[0].engine), budget(&engines[1].engine)];
     threaded(
@@ -354,12 +383,23 @@ fn bench_contention(c: &mut Criterion) {
         |t| attempt_round_trip(&engines[t].engine, engines[t].db, &own[t], 0),
     );
     g.finish();
-    let stats = &f.engine.backend_stats()[0];
+    for stats in f.engine.backend_stats() {
+        assert_eq!(
+            (stats.in_flight, stats.connecting, stats.breaker),
+            (0, 0, "closed"),
+            "every attempt of the contention group gave its permits back: {stats:?}"
+        );
+    }
     assert_eq!(
-        (stats.in_flight, stats.connecting, stats.breaker),
-        (0, 0, "closed"),
-        "every attempt of the contention group gave its permits back"
+        refused.load(Ordering::Relaxed),
+        0,
+        "a contended retry decision was refused"
     );
+}
+
+thread_local! {
+    /// Retry decisions of the contention group's thread 0 since the start (see `bench_contention`).
+    static RETRIES_SINCE_TICK: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 criterion_group! {
