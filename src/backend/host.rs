@@ -146,8 +146,10 @@ impl BreakerCell {
 pub(crate) struct HostState {
     pub(crate) name: Arc<str>,
     pub(crate) permits: Permits,
-    /// Calls that count in the breaker's window (every outcome but the neutral ones), ever.
-    pub(crate) calls: AtomicU64,
+    /// Calls that count in the breaker's window (every outcome but the neutral ones), ever. On a
+    /// line of its own: every call writes it, and the ejection words and the name beside it would
+    /// otherwise be read from a line another thread just wrote.
+    pub(crate) calls: CachePadded<AtomicU64>,
     pub(crate) breaker: BreakerCell,
     pub(crate) eject: AtomicU64,
     pub(crate) ejected_until: AtomicU64,
@@ -184,7 +186,7 @@ impl HostState {
         HostState {
             name,
             permits: Permits::default(),
-            calls: AtomicU64::new(0),
+            calls: CachePadded::new(AtomicU64::new(0)),
             breaker: BreakerCell::default(),
             eject: AtomicU64::new(0),
             ejected_until: AtomicU64::new(0),

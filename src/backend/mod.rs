@@ -36,6 +36,7 @@ use crate::policy::BackendPolicy;
 use crate::sync::{Arc, AtomicU32, AtomicU64, Ordering};
 use crate::verdict::{Reason, Retry, Unit};
 use crate::{Engine, Verdict};
+use crossbeam_utils::CachePadded;
 use host::{BreakerCell, Ejection, HostState};
 use permits::{Full, Permits};
 use retry_budget::{Rates, RetryBudget};
@@ -197,12 +198,23 @@ pub(crate) struct BackendState {
     pub(crate) hosts: Box<[HostState]>,
     pub(crate) ejected: AtomicU32,
     pub(crate) retry: RetryBudget,
+    /// What calls write: on lines of their own, away from what they only read.
+    traffic: CachePadded<Traffic>,
+    names: [Arc<str>; 4],
+}
+
+/// The parts of a backend's state that calls keep writing: every finish counts its outcome and (on
+/// success) moves the latency, every begin on a pool moves the round-robin cursor, every retry
+/// decision steps the jitter stream. Kept together, apart from the host list, the names and the
+/// ejected count that every call only reads, so that two threads calling one backend bounce these
+/// lines and no others.
+#[derive(Debug, Default)]
+struct Traffic {
+    outcomes: [AtomicU64; 8],
     /// Smoothed latency of successful attempts, ns (0: none yet).
-    pub(crate) latency: AtomicU64,
+    latency: AtomicU64,
     next_host: AtomicU32,
     rng: AtomicU64,
-    outcomes: [AtomicU64; 8],
-    names: [Arc<str>; 4],
 }
 
 const N_IN_FLIGHT: usize = 0;
@@ -223,10 +235,10 @@ impl BackendState {
                 .collect(),
             ejected: AtomicU32::new(0),
             retry: RetryBudget::new(now, rates),
-            latency: AtomicU64::new(0),
-            next_host: AtomicU32::new(0),
-            rng: AtomicU64::new(GAMMA ^ now),
-            outcomes: Default::default(),
+            traffic: CachePadded::new(Traffic {
+                rng: AtomicU64::new(GAMMA ^ now),
+                ..Traffic::default()
+            }),
             names: [
                 Arc::from("in_flight"),
                 Arc::from("connecting"),
@@ -238,7 +250,8 @@ impl BackendState {
 
     /// Calls that count in the breaker's window: every outcome but the neutral ones.
     fn calls(&self) -> u64 {
-        self.outcomes
+        self.traffic
+            .outcomes
             .iter()
             .enumerate()
             .filter(|(i, _)| !matches!(*i, NEUTRAL_CLIENT | NEUTRAL_CANCELLED))
@@ -264,8 +277,8 @@ impl BackendState {
     /// may draw the same number, which costs a jitter nothing, where a locked instruction on a line
     /// every retrying thread shares would cost each decision.
     fn random_bits(&self) -> u64 {
-        let x = self.rng.load(Ordering::Relaxed).wrapping_add(GAMMA);
-        self.rng.store(x, Ordering::Relaxed);
+        let x = self.traffic.rng.load(Ordering::Relaxed).wrapping_add(GAMMA);
+        self.traffic.rng.store(x, Ordering::Relaxed);
         mix(x)
     }
 }
@@ -530,13 +543,13 @@ impl Attempt<'_> {
         let v = outcome.breaker();
         let slow = latency > rules.ns.slow_call;
         if outcome == AttemptOutcome::Success {
-            let old = state.latency.load(Ordering::Relaxed);
+            let old = state.traffic.latency.load(Ordering::Relaxed);
             let new = if old == 0 {
                 latency
             } else {
                 old - old / 8 + latency / 8
             };
-            state.latency.store(new, Ordering::Relaxed);
+            state.traffic.latency.store(new, Ordering::Relaxed);
         }
         let consecutive = u64::from(b.consecutive_failures);
         let probes = u64::from(b.probes);
@@ -590,7 +603,7 @@ impl Attempt<'_> {
             slow,
             || state.calls(),
             || {
-                state.outcomes[outcome.index()].fetch_add(1, Ordering::Relaxed);
+                state.traffic.outcomes[outcome.index()].fetch_add(1, Ordering::Relaxed);
             },
         );
         let change = state.breaker.finish(
@@ -779,7 +792,7 @@ impl Engine {
             own
         } else {
             let left = remaining.saturating_sub(rules.ns.margin);
-            let usual = state.latency.load(Ordering::Relaxed);
+            let usual = state.traffic.latency.load(Ordering::Relaxed);
             if left == 0 || left < usual {
                 return Err(refuse(
                     rules
@@ -888,8 +901,11 @@ impl Engine {
                 // Round robin by a plain load and store, not a read-modify-write: two threads
                 // that race here may start from the same host, which only costs the balance a
                 // little, not a locked instruction on a line every caller shares.
-                let n = state.next_host.load(Ordering::Relaxed);
-                state.next_host.store(n.wrapping_add(1), Ordering::Relaxed);
+                let n = state.traffic.next_host.load(Ordering::Relaxed);
+                state
+                    .traffic
+                    .next_host
+                    .store(n.wrapping_add(1), Ordering::Relaxed);
                 n as usize
             }),
         };
@@ -1018,7 +1034,7 @@ impl Engine {
         let clock_now = rules.clock.coarse();
         let remaining = budget.remaining_nanos_by(&rules.clock, clock_now);
         if remaining != u64::MAX {
-            let usual = state.latency.load(Ordering::Relaxed);
+            let usual = state.traffic.latency.load(Ordering::Relaxed);
             let need = backoff
                 .saturating_add(usual)
                 .saturating_add(rules.ns.margin);
@@ -1098,7 +1114,7 @@ impl Engine {
                     retry_tokens: s.retry.balance() / retry_budget::TOKEN,
                     outcomes: OUTCOMES
                         .iter()
-                        .zip(&s.outcomes)
+                        .zip(&s.traffic.outcomes)
                         .map(|(n, c)| (*n, c.load(Ordering::Relaxed)))
                         .collect(),
                     hosts: s
