@@ -385,16 +385,14 @@ impl fmt::Debug for Admitted {
     }
 }
 
-/// A refusal, and whether waiting in the class's queue could turn it into an admission.
-pub(crate) struct Refusal {
-    pub(crate) verdict: Verdict,
-    pub(crate) queueable: Option<Permille>,
-}
+/// Where a caller that may wait learns that a refusal could turn into an admission by waiting in
+/// the class's queue, and at which headroom share. `None`: the caller never waits.
+pub(crate) type WaitSlot<'s> = Option<&'s mut Option<Permille>>;
 
 impl Engine {
     /// Admits a request now or refuses it; never waits.
     pub fn try_admit(&self, request: &AdmitRequest<'_>) -> Result<Admitted, Verdict> {
-        self.admit_step(request, false).map_err(|r| r.verdict)
+        self.admit_step(request, None)
     }
 
     /// Admits a request, waiting in the class's queue when the class has one and is full.
@@ -402,16 +400,10 @@ impl Engine {
     /// Blocks the calling thread for at most the queue's `max_wait` (less while CoDel sees a standing
     /// queue), and never past the request's deadline.
     pub fn admit(&self, request: &AdmitRequest<'_>) -> Result<Admitted, Verdict> {
-        match self.admit_step(request, true) {
-            Ok(admitted) => Ok(admitted),
-            Err(Refusal {
-                verdict,
-                queueable: None,
-            }) => Err(verdict),
-            Err(Refusal {
-                queueable: Some(share),
-                verdict,
-            }) => wait::block(self, request, share, verdict),
+        match wait::admit_or_wait(self, request) {
+            (Ok(admitted), _) => Ok(admitted),
+            (Err(verdict), None) => Err(verdict),
+            (Err(verdict), Some(share)) => wait::block(self, request, share, verdict),
         }
     }
 
@@ -492,11 +484,11 @@ impl Engine {
     pub(crate) fn admit_step(
         &self,
         req: &AdmitRequest<'_>,
-        queueable: bool,
-    ) -> Result<Admitted, Refusal> {
+        wait: WaitSlot<'_>,
+    ) -> Result<Admitted, Verdict> {
         let spare = match self.current_spare() {
             Ok(node) => {
-                return match self.decide(&node.snapshot, req, queueable) {
+                return match self.decide(&node.snapshot, req, wait) {
                     Ok(d) => {
                         let budget = Budget::begin_on(node, d.settings);
                         Ok(d.grant(budget))
@@ -510,7 +502,7 @@ impl Engine {
             Err(other) => other,
         };
         let snapshot = self.snapshot_guard();
-        match self.decide(&snapshot, req, queueable) {
+        match self.decide(&snapshot, req, wait) {
             Ok(d) => {
                 let budget = Budget::begin(&snapshot, d.settings, spare);
                 Ok(d.grant(budget))
@@ -533,8 +525,8 @@ impl Engine {
         &self,
         snapshot: &Snapshot,
         req: &'r AdmitRequest<'_>,
-        queueable: bool,
-    ) -> Result<Decision<'r>, Refusal> {
+        wait: WaitSlot<'_>,
+    ) -> Result<Decision<'r>, Verdict> {
         let Some(rules) = snapshot.class(req.class) else {
             return Err(unknown_class(req));
         };
@@ -553,14 +545,7 @@ impl Engine {
         // 2. Concurrency, within this priority's headroom.
         let share = adm.headroom[priority as usize];
         if let Err((in_flight, allowed)) = adm.gate.limiter.try_acquire(share) {
-            self.over_limit(
-                rules,
-                adm,
-                req,
-                priority,
-                queueable,
-                (in_flight, allowed, share),
-            )?;
+            self.over_limit(rules, adm, req, priority, wait, (in_flight, allowed, share))?;
         }
         self.decide_rest(rules, req, priority, true)
     }
@@ -574,8 +559,8 @@ impl Engine {
         adm: Option<&ClassAdmission>,
         req: &AdmitRequest<'_>,
         priority: Priority,
-    ) -> Result<(), Refusal> {
-        let refuse = |verdict: Verdict| plain(self.refused(rules, adm, req, priority, verdict));
+    ) -> Result<(), Verdict> {
+        let refuse = |verdict: Verdict| self.refused(rules, adm, req, priority, verdict);
         let estimates: &[u64] = if req.estimated { &req.estimates } else { &[] };
         for (dim, &estimate) in estimates.iter().enumerate() {
             if estimate > rules.limits[dim] {
@@ -629,23 +614,21 @@ impl Engine {
         adm: &ClassAdmission,
         req: &AdmitRequest<'_>,
         priority: Priority,
-        queueable: bool,
+        wait: WaitSlot<'_>,
         (in_flight, allowed, share): (u32, u32, Permille),
-    ) -> Result<(), Refusal> {
+    ) -> Result<(), Verdict> {
         let v = self.concurrency_verdict(adm, in_flight, allowed);
         if adm.shadow {
             self.shadow_refused(rules, adm, req, priority, v);
             adm.gate.limiter.force_acquire();
             return Ok(());
         }
-        if queueable && adm.queue.is_some() {
+        if let (Some(slot), Some(_)) = (wait, &adm.queue) {
             // Not a refusal yet: the caller will wait.
-            return Err(Refusal {
-                verdict: v.with_class(&rules.name).with_request(req.id),
-                queueable: Some(share),
-            });
+            *slot = Some(share);
+            return Err(v.with_class(&rules.name).with_request(req.id));
         }
-        Err(plain(self.refused(rules, Some(adm), req, priority, v)))
+        Err(self.refused(rules, Some(adm), req, priority, v))
     }
 
     fn concurrency_verdict(&self, adm: &ClassAdmission, in_flight: u32, allowed: u32) -> Verdict {
@@ -714,7 +697,7 @@ impl Engine {
         req: &AdmitRequest<'_>,
         priority: Priority,
         permit: bool,
-    ) -> Result<Admitted, Refusal> {
+    ) -> Result<Admitted, Verdict> {
         let Some(rules) = snapshot.class(req.class) else {
             return Err(unknown_class(req));
         };
@@ -731,7 +714,7 @@ impl Engine {
         req: &'r AdmitRequest<'_>,
         priority: Priority,
         permit: bool,
-    ) -> Result<Decision<'r>, Refusal> {
+    ) -> Result<Decision<'r>, Verdict> {
         let adm = rules.admission.as_ref();
         let now = self.clock().now();
         let held = Held {
@@ -801,7 +784,7 @@ impl Engine {
         req: &AdmitRequest<'_>,
         priority: Priority,
         mut held: Held<'r>,
-    ) -> Result<Held<'r>, Refusal> {
+    ) -> Result<Held<'r>, Verdict> {
         for (i, p) in adm.pools.iter().enumerate() {
             let amount = req.estimates[p.dim];
             if amount == 0 {
@@ -831,7 +814,7 @@ impl Engine {
         priority: Priority,
         held: Held<'_>,
         verdict: Verdict,
-    ) -> Refusal {
+    ) -> Verdict {
         if let Some(adm) = held.adm {
             for (amount, p) in held.pools.iter().zip(&adm.pools) {
                 if *amount > 0 {
@@ -849,7 +832,7 @@ impl Engine {
                 }
             }
         }
-        plain(self.refused(rules, held.adm, req, priority, verdict))
+        self.refused(rules, held.adm, req, priority, verdict)
     }
 
     fn key_verdict(&self, adm: &ClassAdmission, r: KeyRefusal, cost: u64) -> Verdict {
@@ -924,13 +907,6 @@ struct Held<'r> {
 
 #[cold]
 #[inline(never)]
-fn unknown_class(req: &AdmitRequest<'_>) -> Refusal {
-    plain(Verdict::new(Reason::UnknownClass, Retry::Never).with_request(req.id))
-}
-
-fn plain(verdict: Verdict) -> Refusal {
-    Refusal {
-        verdict,
-        queueable: None,
-    }
+fn unknown_class(req: &AdmitRequest<'_>) -> Verdict {
+    Verdict::new(Reason::UnknownClass, Retry::Never).with_request(req.id)
 }

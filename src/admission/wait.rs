@@ -1,7 +1,7 @@
 //! Waiting for a permit: blocking, or as a runtime-agnostic future.
 
 use super::queue::{Waiter, Wake, EXPIRED, GRANTED};
-use super::{AdmitRequest, Admitted, ClassAdmission, Refusal};
+use super::{AdmitRequest, Admitted, ClassAdmission};
 use crate::engine::snapshot::Snapshot;
 use crate::policy::Permille;
 use crate::sync::Arc;
@@ -103,15 +103,23 @@ fn timed_out(engine: &Engine, req: &AdmitRequest<'_>, q: &Queued) -> Verdict {
     v
 }
 
+/// A first try, and the share to wait at in the class's queue if it refused but waiting may help.
+pub(crate) fn admit_or_wait(
+    engine: &Engine,
+    req: &AdmitRequest<'_>,
+) -> (Result<Admitted, Verdict>, Option<Permille>) {
+    let mut queue = None;
+    let result = engine.admit_step(req, Some(&mut queue));
+    (result, queue)
+}
+
 fn finish(
     engine: &Engine,
     req: &AdmitRequest<'_>,
     snapshot: &Arc<Snapshot>,
     priority: Priority,
 ) -> Result<Admitted, Verdict> {
-    engine
-        .admit_rest(snapshot, req, priority, true)
-        .map_err(|r: Refusal| r.verdict)
+    engine.admit_rest(snapshot, req, priority, true)
 }
 
 /// Gives back a permit a waiter was granted but will not use.
@@ -207,16 +215,10 @@ impl Future for AdmitFuture<'_, '_> {
         let engine = this.engine;
         match std::mem::replace(&mut this.state, State::Done) {
             State::Done => Poll::Ready(Err(Verdict::new(Reason::Cancelled, crate::Retry::Never))),
-            State::Start(req) => match engine.admit_step(&req, true) {
-                Ok(admitted) => Poll::Ready(Ok(admitted)),
-                Err(Refusal {
-                    verdict,
-                    queueable: None,
-                }) => Poll::Ready(Err(verdict)),
-                Err(Refusal {
-                    verdict,
-                    queueable: Some(share),
-                }) => {
+            State::Start(req) => match admit_or_wait(engine, &req) {
+                (Ok(admitted), _) => Poll::Ready(Ok(admitted)),
+                (Err(verdict), None) => Poll::Ready(Err(verdict)),
+                (Err(verdict), Some(share)) => {
                     let wake = Wake::Task(cx.waker().clone());
                     match enqueue(engine, &req, share, verdict, wake) {
                         Err(v) => Poll::Ready(Err(v)),
