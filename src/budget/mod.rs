@@ -101,8 +101,7 @@ pub(crate) struct Start<'a> {
 
 impl Budget {
     /// Starts a root budget (engine side), or refuses when the class is unknown or the deadline is
-    /// already zero.
-    /// `spare` is a finished node of this thread to start it on; kept again on refusal.
+    /// already zero. `spare` is a finished node of this thread to start it on; kept again on refusal.
     #[inline(always)]
     pub(crate) fn start(
         snapshot: &Arc<Snapshot>,
