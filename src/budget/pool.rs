@@ -14,8 +14,8 @@
 //! That snapshot is useful in itself. Loading the engine's current snapshot (an arc-swap guard: a
 //! swap into a debt slot and a compare-and-swap to pay it back, both full barriers) was a quarter of
 //! an admission. While a kept node's snapshot is still the engine's current one (same engine, same
-//! policy generation), admission and `begin` decide under it and start the budget on that node,
-//! loading nothing.
+//! policy generation), admission, `begin` and `begin_propagated` decide under it and start the
+//! budget on that node, loading nothing.
 
 use super::node::Node;
 use crate::sync::Arc;
