@@ -5,7 +5,8 @@
 
 use costguard::clock::ManualClock;
 use costguard::{
-    AdmitRequest, Admitted, Class, Engine, Outcome, Policy, Priority, Reason, RequestId, Retry,
+    AdmitRequest, Admitted, Class, Engine, Outcome, Overrides, Policy, Priority, Reason, RequestId,
+    Retry,
 };
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -1022,4 +1023,74 @@ fn a_reused_finished_budget_never_carries_an_old_policy_or_another_engine() {
     assert_eq!(b.begin(api_b, id(10)).unwrap().limit(db), Some(3));
     let stats = a.admission_stats();
     assert_eq!(stats.class("api").unwrap().in_flight, 0);
+}
+
+/// A finished budget left for the next one on its thread keeps its limits when the next budget is of
+/// the same class without overrides. Overrides, another class or a charge before must never leak
+/// into a later budget.
+#[test]
+fn a_reused_finished_budget_never_keeps_another_budgets_overrides_class_or_charges() {
+    let policy = Policy::builder()
+        .counter("db_queries")
+        .counter("bytes")
+        .class("api", |c| c.limit("db_queries", 10).limit("bytes", 1_000))
+        .class("batch", |c| c.limit("db_queries", 4))
+        .build()
+        .unwrap();
+    let (e, _clock) = engine(policy);
+    let (api, batch) = (e.class("api").unwrap(), e.class("batch").unwrap());
+    let (db, bytes) = (
+        e.counter("db_queries").unwrap(),
+        e.counter("bytes").unwrap(),
+    );
+    let limits = |admitted: &Admitted| {
+        let b = admitted.budget();
+        assert!(!b.is_cancelled(), "a new budget starts uncancelled");
+        (b.limit(db), b.limit(bytes), b.used(db))
+    };
+    let admit = |class: Class, n: u64| e.try_admit(&AdmitRequest::new(class, id(n))).unwrap();
+    let tight = Overrides::new().limit(db, 2);
+    let admit_tight = |class: Class, n: u64| {
+        e.try_admit(&AdmitRequest::new(class, id(n)).overrides(&tight))
+            .unwrap()
+    };
+
+    let first = admit(api, 1);
+    first.budget().try_charge(db, 9).unwrap();
+    first.budget().try_charge(db, 5).unwrap_err();
+    first.budget().cancel();
+    drop(first);
+    assert_eq!(limits(&admit(api, 2)), (Some(10), Some(1_000), 0));
+    assert_eq!(limits(&admit_tight(api, 3)), (Some(2), Some(1_000), 0));
+    assert_eq!(
+        limits(&admit(api, 4)),
+        (Some(10), Some(1_000), 0),
+        "overrides end with their budget"
+    );
+    assert_eq!(
+        limits(&admit(batch, 5)),
+        (Some(4), None, 0),
+        "another class, its own limits"
+    );
+    assert_eq!(limits(&admit(api, 6)), (Some(10), Some(1_000), 0));
+    assert_eq!(limits(&admit_tight(api, 7)), (Some(2), Some(1_000), 0));
+    assert_eq!(
+        limits(&admit_tight(batch, 8)),
+        (Some(2), None, 0),
+        "overrides after overrides, on another class"
+    );
+    assert_eq!(limits(&admit(batch, 9)), (Some(4), None, 0));
+    // begin and begin_with share the same reuse.
+    assert_eq!(
+        e.begin_with(api, id(10), &tight).unwrap().limit(db),
+        Some(2)
+    );
+    assert_eq!(e.begin(api, id(11)).unwrap().limit(db), Some(10));
+    // Overrides that set nothing below the class's are no overrides at all.
+    let loose = Overrides::new().limit(db, u64::MAX);
+    assert_eq!(
+        e.begin_with(api, id(11), &loose).unwrap().limit(db),
+        Some(10)
+    );
+    assert_eq!(loose, Overrides::new());
 }

@@ -151,7 +151,7 @@ impl Budget {
             .priority
             .map_or(base, |p| base.least_important(p));
         Ok(Settings {
-            overrides: &s.overrides.limits,
+            overrides: s.overrides.limits(),
             start: s.now,
             deadline: Timestamp::from_nanos(s.now.as_nanos().saturating_add(wall)),
             request_id: s.overrides.request_id.as_ref().unwrap_or(s.request_id),
@@ -535,7 +535,7 @@ impl Budget {
         Ok(Budget {
             slot: Some(Node::new(NodeInit {
                 settings: Settings {
-                    overrides: &overrides.limits,
+                    overrides: overrides.limits(),
                     start: now,
                     deadline: own.min(cap),
                     request_id: &id,

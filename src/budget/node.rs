@@ -22,6 +22,9 @@ pub(crate) const MAX_CHILD_REPORTS: usize = 64;
 /// No dimension has been exhausted yet.
 const NONE_EXHAUSTED: u32 = u32::MAX;
 
+/// The limits of a budget without overrides: none tighter than its class's.
+const NO_LIMITS: [u64; MAX_DIMENSIONS] = [u64::MAX; MAX_DIMENSIONS];
+
 /// Reports of children that finished, for the parent's report.
 #[derive(Debug, Default)]
 pub(crate) struct Finished {
@@ -54,6 +57,9 @@ pub(crate) struct Node {
     dims: usize,
     /// Effective limits: the class's, tightened by overrides. `u64::MAX` is unlimited.
     pub(crate) limits: [u64; MAX_DIMENSIONS],
+    /// The class whose limits `limits` holds untightened, under `snapshot`: a node reused for the
+    /// same class without overrides keeps them instead of copying them again.
+    plain_limits: Option<Class>,
     /// Amount in use per dimension.
     pub(crate) used: [AtomicU64; MAX_DIMENSIONS],
     /// Highest value each level dimension reached.
@@ -79,9 +85,9 @@ pub(crate) struct Node {
 /// What a node is set to: its class, its times, its priority, its id and its limits' overrides.
 #[derive(Clone, Copy)]
 pub(crate) struct Settings<'a> {
-    /// Limits that tighten the class's (read in place, with the class's: the node is built once,
-    /// without intermediate copies of the arrays).
-    pub(crate) overrides: &'a [u64; MAX_DIMENSIONS],
+    /// Limits that tighten the class's, if any (read in place, with the class's: the node is built
+    /// once, without intermediate copies of the arrays).
+    pub(crate) overrides: Option<&'a [u64; MAX_DIMENSIONS]>,
     pub(crate) start: Timestamp,
     pub(crate) deadline: Timestamp,
     /// Copied once, into the node.
@@ -110,8 +116,10 @@ impl Node {
             dims: policy_dims(init.snapshot),
             limits: {
                 let class = init.snapshot.class(s.class).map(|r| &r.limits);
-                std::array::from_fn(|i| class.map_or(u64::MAX, |c| c[i]).min(s.overrides[i]))
+                let tighter = s.overrides.unwrap_or(&NO_LIMITS);
+                std::array::from_fn(|i| class.map_or(u64::MAX, |c| c[i]).min(tighter[i]))
             },
+            plain_limits: s.overrides.is_none().then_some(s.class),
             used: std::array::from_fn(|_| AtomicU64::new(0)),
             peak: std::array::from_fn(|_| AtomicU64::new(0)),
             start: s.start,
@@ -157,6 +165,7 @@ impl Node {
         debug_assert!(init.parent.is_none());
         if !Arc::ptr_eq(&self.snapshot, init.snapshot) {
             self.snapshot = Arc::clone(init.snapshot);
+            self.plain_limits = None;
         }
         self.reset(init.settings);
     }
@@ -173,15 +182,18 @@ impl Node {
         *self.state.get_mut() = 0;
         *self.first_exhausted.get_mut() = NONE_EXHAUSTED;
         self.dims = dims;
-        let class = self.snapshot.class(s.class).map(|r| &r.limits);
-        // One pass over the three arrays: a policy has a handful of dimensions, too few for the
-        // separate fills to be worth their calls.
-        let arrays = self.limits[..dims]
-            .iter_mut()
-            .zip(&mut self.used[..dims])
-            .zip(&mut self.peak[..dims]);
-        for (i, ((limit, used), peak)) in arrays.enumerate() {
-            *limit = class.map_or(u64::MAX, |c| c[i]).min(s.overrides[i]);
+        // A thread usually starts budget after budget of one class without overrides: the limits
+        // are then already in place.
+        let plain = s.overrides.is_none().then_some(s.class);
+        if plain.is_none() || plain != self.plain_limits {
+            let class = self.snapshot.class(s.class).map(|r| &r.limits);
+            let tighter = s.overrides.unwrap_or(&NO_LIMITS);
+            for (i, limit) in self.limits[..dims].iter_mut().enumerate() {
+                *limit = class.map_or(u64::MAX, |c| c[i]).min(tighter[i]);
+            }
+            self.plain_limits = plain;
+        }
+        for (used, peak) in self.used[..dims].iter_mut().zip(&mut self.peak[..dims]) {
             *used.get_mut() = 0;
             *peak.get_mut() = 0;
         }

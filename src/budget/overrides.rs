@@ -37,6 +37,9 @@ use std::time::Duration;
 #[must_use]
 pub struct Overrides {
     pub(crate) limits: [u64; MAX_DIMENSIONS],
+    /// Whether any of `limits` is below `u64::MAX` (limits only ever go down, so this is exactly
+    /// "some limit is set"): a budget without one takes its class's limits as they are.
+    tight: bool,
     pub(crate) wall_time: Option<Duration>,
     pub(crate) priority: Option<Priority>,
     pub(crate) request_id: Option<RequestId>,
@@ -47,6 +50,7 @@ impl Overrides {
     /// budget without overrides build no 300-byte value to point at.
     pub(crate) const NONE: Overrides = Overrides {
         limits: [u64::MAX; MAX_DIMENSIONS],
+        tight: false,
         wall_time: None,
         priority: None,
         request_id: None,
@@ -67,15 +71,13 @@ impl Overrides {
 
     /// At most `n` of a counter.
     pub fn limit(mut self, counter: Counter, n: u64) -> Self {
-        let i = counter.index();
-        self.limits[i] = self.limits[i].min(n);
+        self.set_limit_index(counter.index(), n);
         self
     }
 
     /// At most `n` of a level at once.
     pub fn level_limit(mut self, level: Level, n: u64) -> Self {
-        let i = level.index();
-        self.limits[i] = self.limits[i].min(n);
+        self.set_limit_index(level.index(), n);
         self
     }
 
@@ -105,6 +107,12 @@ impl Overrides {
     pub(crate) fn set_limit_index(&mut self, index: usize, n: u64) {
         if let Some(slot) = self.limits.get_mut(index) {
             *slot = (*slot).min(n);
+            self.tight |= *slot != u64::MAX;
         }
+    }
+
+    /// The limits, if any is set.
+    pub(crate) fn limits(&self) -> Option<&[u64; MAX_DIMENSIONS]> {
+        self.tight.then_some(&self.limits)
     }
 }
