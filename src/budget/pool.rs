@@ -16,6 +16,10 @@
 //! an admission. While a kept node's snapshot is still the engine's current one (same engine, same
 //! policy generation), admission, `begin` and `begin_propagated` decide under it and start the
 //! budget on that node, loading nothing.
+//!
+//! So are its limits. A thread usually starts budget after budget of one class, most without
+//! overrides: a node that last held that class's untightened limits, under the same snapshot, keeps
+//! them, and its reset only zeroes the counters.
 
 use super::node::Node;
 use crate::sync::Arc;
