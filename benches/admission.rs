@@ -7,8 +7,9 @@
 //! Groups:
 //! - `admit`: `try_admit` + drop of the grant, uncontended, for a class with a concurrency limit no run
 //!   reaches, against a bare `fetch_add` + `fetch_sub` pair and against tokio's
-//!   `Semaphore::try_acquire` + drop of the permit; `begin` + drop (the budget alone) shows what part
-//!   of an admission is the budget;
+//!   `Semaphore::try_acquire` + drop of the permit; the same for a class with limits on ten counters
+//!   (`try_admit_10_counters`); `begin` + drop (the budget alone) shows what part of an admission is
+//!   the budget;
 //! - `admit_keys`: per-key admission with 100,000 keys in the table (max_keys 131,072), a pseudo-random
 //!   key among them against always the same key, with the table populated two ways: every key
 //!   admitted and released once (`idle`: entries present, nothing in flight) and every key holding one
@@ -64,6 +65,33 @@ fn engine(classes: &[&str], per_key: bool) -> Engine {
         .expect("bench engine")
 }
 
+/// Counters of the class in `try_admit_10_counters`.
+const COUNTERS: usize = 10;
+
+/// An engine on a `ManualClock` with one class, `parse`, with a concurrency limit of `CONCURRENCY`
+/// and a limit on each of `counters` counters.
+fn engine_with_counters(counters: usize) -> Engine {
+    let names: Vec<String> = (0..counters).map(|i| format!("counter_{i}")).collect();
+    let mut policy = Policy::builder();
+    for name in &names {
+        policy = policy.counter(name);
+    }
+    let policy = policy
+        .class("parse", |c| {
+            names
+                .iter()
+                .fold(c.admission(|a| a.concurrency(CONCURRENCY)), |c, name| {
+                    c.limit(name, 1_000)
+                })
+        })
+        .build()
+        .expect("bench policy");
+    Engine::builder(policy)
+        .clock(ManualClock::new())
+        .build()
+        .expect("bench engine")
+}
+
 fn class(engine: &Engine, name: &str) -> Class {
     engine.class(name).expect("bench class")
 }
@@ -108,6 +136,15 @@ fn bench_admit(c: &mut Criterion) {
     let request = AdmitRequest::new(api, RequestId::from_u64(1));
     g.bench_function("try_admit", |b| b.iter(|| admit_drop(&e, &request)));
 
+    // A class as services configure them: ten counters with limits (the replay's `parse` class has
+    // ten dimensions), so that each budget has limits to set and counters to zero.
+    let counted = engine_with_counters(COUNTERS);
+    let parse = class(&counted, "parse");
+    let counted_request = AdmitRequest::new(parse, RequestId::from_u64(1));
+    g.bench_function("try_admit_10_counters", |b| {
+        b.iter(|| admit_drop(&counted, &counted_request))
+    });
+
     // The budget alone, as `Engine::begin` starts it for the same class.
     let id = RequestId::from_u64(1);
     g.bench_function("begin", |b| {
@@ -120,6 +157,14 @@ fn bench_admit(c: &mut Criterion) {
     g.finish();
     assert_eq!(
         e.admission_stats().class("api").expect("stats").in_flight,
+        0
+    );
+    assert_eq!(
+        counted
+            .admission_stats()
+            .class("parse")
+            .expect("stats")
+            .in_flight,
         0
     );
 }

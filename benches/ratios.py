@@ -97,6 +97,8 @@ PAIRS = [
     ("admit", "try_admit", "atomic_fetch_add_sub", "time", 3.0),
     ("admit", "try_admit", "tokio_semaphore_try_acquire", "time", 1.0, True),
     ("admit", "tokio_semaphore_try_acquire", "atomic_fetch_add_sub", "time", None),
+    ("admit", "try_admit_10_counters", "atomic_fetch_add_sub", "time", None),
+    ("admit", "try_admit_10_counters", "try_admit", "time", None),
     ("admit", "begin", "atomic_fetch_add_sub", "time", None),
     ("admit", "try_admit", "begin", "time", None),
     ("admit_keys", "random_key_100k_idle", "same_key_idle", "time", 2.0),
