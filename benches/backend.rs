@@ -9,10 +9,12 @@
 //! - `attempt`: `begin_attempt` + `finish(Success)` on a closed breaker, uncontended, for a backend
 //!   without hosts and for one with a pool of three hosts, against a bare `fetch_add` + `fetch_sub`
 //!   pair and against the `failsafe` crate's call-through (`CircuitBreaker::call` with its default
-//!   configuration and a closure that succeeds). Two more subjects show where the time goes: a retry
-//!   attempt (`retry` = 1, which skips the deposit into the backend's retry budget) and the same round
-//!   trip on an engine with the production `MonotonicClock` instead of the `ManualClock`, beside
-//!   `Instant::now()` alone;
+//!   configuration and a closure that succeeds). The two backends' retry budgets never fill up, so
+//!   every first attempt deposits into one with a compare-and-swap. More subjects show where the time
+//!   goes: a retry attempt (`retry` = 1, which skips the deposit); a first attempt on a backend with
+//!   default settings, whose retry budget is full as a healthy backend's is (the deposit only reads
+//!   it); and the same round trip on an engine with the production `MonotonicClock` instead of the
+//!   `ManualClock`, beside `Instant::now()` alone;
 //! - `attempt_contention`: two threads making attempts on one backend (each for its own request)
 //!   against one thread, beside the same for failsafe's breaker and for a bare atomic pair, with two
 //!   engines that share nothing as the measure of how much of a second core the run had; the same
@@ -59,11 +61,16 @@ struct Fixture {
     db: Backend,
     /// A backend with a pool of three hosts.
     pool: Backend,
+    /// A backend with every setting at its default: its retry budget is full after a few hundred
+    /// first attempts, as a healthy backend's is, so a first attempt's deposit only reads it.
+    steady: Backend,
 }
 
 /// The policy every fixture uses: one class with a far deadline and an allowance of retries no run
 /// exhausts; two backends with the default breaker, bulkheads and ejection settings, whose retry
-/// budgets earn one token per first attempt and refill at the highest floor a policy accepts.
+/// budgets earn one token per first attempt and refill at the highest floor a policy accepts (they
+/// never fill up, so every first attempt deposits with a compare-and-swap); and a backend with every
+/// setting at its default.
 fn policy() -> Policy {
     let retry_budget = |b: costguard::policy::BackendBuilder| {
         b.fraction("retry.ratio", 1.0)
@@ -75,6 +82,7 @@ fn policy() -> Policy {
         .backend("pool", |b| {
             retry_budget(b.hosts(&["db1001", "db1002", "db1003"]))
         })
+        .backend("steady", |b| b)
         .build()
         .expect("bench policy")
 }
@@ -89,6 +97,7 @@ impl Fixture {
         Fixture {
             db: engine.backend("db").expect("backend db"),
             pool: engine.backend("pool").expect("backend pool"),
+            steady: engine.backend("steady").expect("backend steady"),
             engine,
             clock,
         }
@@ -158,6 +167,15 @@ fn bench_attempt(c: &mut Criterion) {
     g.bench_function("begin_finish_no_hosts_retry1", |b| {
         b.iter(|| attempt_round_trip(&f.engine, f.db, &request, 1))
     });
+    // The usual state of a healthy backend: its retry budget is full, so a first attempt's deposit
+    // reads the balance and writes nothing. A thousand first attempts fill it (each deposits a tenth
+    // of a token, from ten tokens to a hundred).
+    for _ in 0..1_000 {
+        attempt_round_trip(&f.engine, f.steady, &request, 0);
+    }
+    g.bench_function("begin_finish_no_hosts_full_retry_budget", |b| {
+        b.iter(|| attempt_round_trip(&f.engine, f.steady, &request, 0))
+    });
 
     // The production clock: every `clock.now()` of the round trip (begin, the budget's remaining time,
     // finish) is a precise reading, i.e. an `Instant::now()`, measured alone here.
@@ -182,6 +200,13 @@ fn bench_attempt(c: &mut Criterion) {
         );
         assert!(stats.hosts.iter().all(|h| h.in_flight == 0), "{stats:?}");
     }
+    // The default retry budget holds ten seconds of its floor of 10 a second: full.
+    let steady = f.engine.backend_stats();
+    let steady = steady
+        .iter()
+        .find(|s| s.backend == "steady")
+        .expect("steady");
+    assert_eq!(steady.retry_tokens, 100, "{steady:?}");
 }
 
 /// The baseline of a retry decision: one compare-exchange on an `AtomicU64` (a load, then the CAS of

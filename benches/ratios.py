@@ -76,6 +76,8 @@ PAIRS = [
     ("attempt", "begin_finish_3_hosts", "failsafe_call", "time", 0.5),
     ("attempt", "failsafe_call", "atomic_fetch_add_sub", "time", None),
     ("attempt", "begin_finish_no_hosts_retry1", "atomic_fetch_add_sub", "time", None),
+    ("attempt", "begin_finish_no_hosts_full_retry_budget", "atomic_fetch_add_sub", "time", None),
+    ("attempt", "begin_finish_no_hosts_full_retry_budget", "failsafe_call", "time", None),
     ("attempt", "begin_finish_no_hosts_monotonic", "atomic_fetch_add_sub", "time", None),
     ("attempt", "begin_finish_no_hosts_monotonic", "failsafe_call", "time", None),
     ("attempt", "instant_now", "atomic_fetch_add_sub", "time", None),
