@@ -8,8 +8,9 @@
 //! - `admit`: `try_admit` + drop of the grant, uncontended, for a class with a concurrency limit no run
 //!   reaches, against a bare `fetch_add` + `fetch_sub` pair and against tokio's
 //!   `Semaphore::try_acquire` + drop of the permit; the same for a class with limits on ten counters
-//!   (`try_admit_10_counters`); `begin` + drop (the budget alone) shows what part of an admission is
-//!   the budget;
+//!   (`try_admit_10_counters`), and on the production clocks, `MonotonicClock` and `TscClock`
+//!   (`try_admit_monotonic`, `try_admit_tsc`: an admission reads the clock once); `begin` + drop (the
+//!   budget alone) shows what part of an admission is the budget;
 //! - `admit_keys`: per-key admission with 100,000 keys in the table (max_keys 131,072), a pseudo-random
 //!   key among them against always the same key, with the table populated two ways: every key
 //!   admitted and released once (`idle`: entries present, nothing in flight) and every key holding one
@@ -25,7 +26,7 @@
 #[path = "common/contention.rs"]
 mod contention;
 
-use costguard::clock::ManualClock;
+use costguard::clock::{Clock, ManualClock, MonotonicClock, TscClock};
 use costguard::{AdmitRequest, Admitted, Class, Engine, Policy, RequestId};
 use criterion::{criterion_group, criterion_main, Criterion};
 use std::cell::OnceCell;
@@ -61,6 +62,18 @@ fn engine(classes: &[&str], per_key: bool) -> Engine {
     let policy = policy.build().expect("bench policy");
     Engine::builder(policy)
         .clock(ManualClock::new())
+        .build()
+        .expect("bench engine")
+}
+
+/// The engine of `try_admit` on a production clock (with the 1 ms ticker `Engine::new` sets up).
+fn production_engine(clock: impl Clock + 'static) -> Engine {
+    let policy = Policy::builder()
+        .class("api", |c| c.admission(|a| a.concurrency(CONCURRENCY)))
+        .build()
+        .expect("bench policy");
+    Engine::builder(policy)
+        .clock(clock)
         .build()
         .expect("bench engine")
 }
@@ -145,6 +158,19 @@ fn bench_admit(c: &mut Criterion) {
         b.iter(|| admit_drop(&counted, &counted_request))
     });
 
+    // On the production clocks, which an admission reads once (precisely) to start its budget.
+    let tick = Duration::from_millis(1);
+    let mono = production_engine(MonotonicClock::with_ticker(tick));
+    let mono_request = AdmitRequest::new(class(&mono, "api"), RequestId::from_u64(1));
+    g.bench_function("try_admit_monotonic", |b| {
+        b.iter(|| admit_drop(&mono, &mono_request))
+    });
+    let tsc = production_engine(TscClock::with_ticker(tick));
+    let tsc_request = AdmitRequest::new(class(&tsc, "api"), RequestId::from_u64(1));
+    g.bench_function("try_admit_tsc", |b| {
+        b.iter(|| admit_drop(&tsc, &tsc_request))
+    });
+
     // The budget alone, as `Engine::begin` starts it for the same class.
     let id = RequestId::from_u64(1);
     g.bench_function("begin", |b| {
@@ -159,6 +185,12 @@ fn bench_admit(c: &mut Criterion) {
         e.admission_stats().class("api").expect("stats").in_flight,
         0
     );
+    for e in [&mono, &tsc] {
+        assert_eq!(
+            e.admission_stats().class("api").expect("stats").in_flight,
+            0
+        );
+    }
     assert_eq!(
         counted
             .admission_stats()

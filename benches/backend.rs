@@ -13,8 +13,8 @@
 //!   every first attempt deposits into one with a compare-and-swap. More subjects show where the time
 //!   goes: a retry attempt (`retry` = 1, which skips the deposit); a first attempt on a backend with
 //!   default settings, whose retry budget is full as a healthy backend's is (the deposit only reads
-//!   it); and the same round trip on an engine with the production `MonotonicClock` instead of the
-//!   `ManualClock`, beside `Instant::now()` alone;
+//!   it); and the same round trip on an engine with a production clock instead of the
+//!   `ManualClock` (`MonotonicClock`, and `TscClock`), beside `Instant::now()` alone;
 //! - `attempt_contention`: two threads making attempts on one backend (each for its own request)
 //!   against one thread, beside the same for failsafe's breaker and for a bare atomic pair, with two
 //!   engines that share nothing as the measure of how much of a second core the run had; the same
@@ -24,7 +24,7 @@
 //!   `budget_try_retry` (the charge on the request tree's retry allowance alone) shows what part of a
 //!   decision is the tree's.
 //!
-//! The engine uses a `ManualClock` (except `begin_finish_no_hosts_monotonic`) and every budget is
+//! The engine uses a `ManualClock` (except `begin_finish_no_hosts_monotonic` and `_tsc`) and every budget is
 //! created once, outside the timed loop, with a real deadline (24 hours) so that the deadline
 //! arithmetic runs as it does for a request.
 //!
@@ -33,7 +33,7 @@
 #[path = "common/contention.rs"]
 mod contention;
 
-use costguard::clock::{ManualClock, MonotonicClock};
+use costguard::clock::{Clock, ManualClock, MonotonicClock, TscClock};
 use costguard::{
     AttemptOutcome, Backend, Budget, Counter, Engine, Policy, RequestId, RetryDecision,
 };
@@ -42,6 +42,9 @@ use failsafe::CircuitBreaker;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+/// The coarse ticker of the production clocks, as `Engine::new` sets one up.
+const TICK: Duration = Duration::from_millis(1);
 
 /// A request deadline no run reaches, even with the retry group's clock moving one second per chunk.
 const DEADLINE: Duration = Duration::from_secs(24 * 3600);
@@ -103,9 +106,11 @@ impl Fixture {
         }
     }
 
-    fn monotonic() -> (Engine, Backend) {
+    /// An engine on a production clock (with its 1 ms ticker, as `Engine::new` sets one up) and its
+    /// backend `db`.
+    fn production(clock: impl Clock + 'static) -> (Engine, Backend) {
         let engine = Engine::builder(policy())
-            .clock(MonotonicClock::with_ticker(Duration::from_millis(1)))
+            .clock(clock)
             .build()
             .expect("bench engine");
         let db = engine.backend("db").expect("backend db");
@@ -180,18 +185,27 @@ fn bench_attempt(c: &mut Criterion) {
     // The production clock: every `clock.now()` of the round trip (begin, the budget's remaining time,
     // finish) is a precise reading, i.e. an `Instant::now()`, measured alone here.
     g.bench_function("instant_now", |b| b.iter(Instant::now));
-    let (mono, mono_db) = Fixture::monotonic();
+    let (mono, mono_db) = Fixture::production(MonotonicClock::with_ticker(TICK));
     let mono_request = budget(&mono);
     g.bench_function("begin_finish_no_hosts_monotonic", |b| {
         b.iter(|| attempt_round_trip(&mono, mono_db, &mono_request, 0))
+    });
+    // The same on the time-stamp counter: each precise reading about 10 ns instead of 25.
+    let (tsc, tsc_db) = Fixture::production(TscClock::with_ticker(TICK));
+    let tsc_request = budget(&tsc);
+    g.bench_function("begin_finish_no_hosts_tsc", |b| {
+        b.iter(|| attempt_round_trip(&tsc, tsc_db, &tsc_request, 0))
     });
     g.finish();
 
     // Every attempt was finished as a success (none was dropped unfinished), and the breakers stayed
     // closed.
-    let mono_stats = mono.backend_stats();
-    let mono_db_stats = mono_stats.iter().filter(|s| s.backend == "db");
-    for stats in f.engine.backend_stats().iter().chain(mono_db_stats) {
+    let production: Vec<_> = [&mono, &tsc]
+        .iter()
+        .flat_map(|e| e.backend_stats())
+        .filter(|s| s.backend == "db")
+        .collect();
+    for stats in f.engine.backend_stats().iter().chain(&production) {
         assert_eq!((stats.in_flight, stats.connecting), (0, 0), "{stats:?}");
         assert_eq!(stats.breaker, "closed", "{stats:?}");
         assert_eq!(

@@ -4,7 +4,7 @@
 //! An engine object keeps, besides the core engine, the latest policy it applied, so that the child
 //! of a fork can rebuild a fresh engine from it (see [`crate::fork`]). Time comes from a clock
 //! without a background thread (threads do not survive `fork`): [`ProcessClock`] reads the
-//! monotonic clock on every call, or a `ManualClock` with `COSTGUARD_ENGINE_MANUAL_CLOCK`.
+//! time-stamp counter on every call, or a `ManualClock` with `COSTGUARD_ENGINE_MANUAL_CLOCK`.
 
 use crate::fork::{self, EpochGuard, EpochLock};
 use crate::names::{self, Names, Value};
@@ -13,25 +13,30 @@ use crate::panic::{boundary, check};
 use crate::status::{costguard_status, Status};
 use crate::text::{self, required, TextOut};
 use crate::types::*;
-use costguard::clock::{Clock, ManualClock, Timestamp};
+use costguard::clock::{Clock, ManualClock, Timestamp, TscClock};
 use costguard::{Engine, NameError, Policy, PolicyError};
 use std::ffi::c_char;
 use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Flags for `costguard_engine_new_*`: a manual clock starting at 0, for tests and simulators.
 pub const COSTGUARD_ENGINE_MANUAL_CLOCK: u32 = 1;
 
-/// The monotonic clock, read precisely on every call (also for coarse checks): no ticker thread.
+/// The time-stamp counter ([`TscClock`], about 10 ns a reading), read precisely on every call, also
+/// for coarse checks: no ticker thread, and no cached reading that could lag for lack of one.
 #[derive(Debug)]
-pub(crate) struct ProcessClock {
-    origin: Instant,
-}
+pub(crate) struct ProcessClock(TscClock);
 
 impl Clock for ProcessClock {
+    #[inline]
     fn now(&self) -> Timestamp {
-        Timestamp::from_nanos(u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX))
+        self.0.now()
+    }
+
+    #[inline]
+    fn coarse(&self) -> Timestamp {
+        self.0.now()
     }
 }
 
@@ -76,11 +81,7 @@ fn build(
     let builder = Engine::builder(policy);
     let engine = match &manual {
         Some(clock) => builder.clock(clock.clone()).build()?,
-        None => builder
-            .clock(ProcessClock {
-                origin: Instant::now(),
-            })
-            .build()?,
+        None => builder.clock(ProcessClock(TscClock::new())).build()?,
     };
     Ok(EngineState {
         epoch: fork::epoch(),

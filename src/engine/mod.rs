@@ -11,7 +11,7 @@ use crate::admission::{RefusalEvent, RefusalHook};
 use crate::backend::{Transition, TransitionHook};
 use crate::budget::node::Node;
 use crate::budget::{pool as budget_pool, Budget, Overrides, Start};
-use crate::clock::{Clock, CpuClock, MonotonicClock, ThreadCpuClock};
+use crate::clock::{Clock, CpuClock, ThreadCpuClock, TscClock};
 use crate::handle::{Class, Counter, Level, NameError};
 use crate::policy::{DimensionKind, Policy, PolicyError};
 use crate::sync::{Arc, AtomicU64, Mutex, Ordering, SwapCell, SwapGuard};
@@ -89,7 +89,8 @@ pub struct EngineBuilder {
 }
 
 impl EngineBuilder {
-    /// The clock for deadlines (default: [`MonotonicClock`] with a 1 ms coarse ticker).
+    /// The clock for deadlines (default: [`TscClock`] with a 1 ms coarse ticker;
+    /// [`MonotonicClock`](crate::clock::MonotonicClock) reads the operating system's clock instead).
     pub fn clock(mut self, clock: impl Clock + 'static) -> Self {
         self.clock = Some(Arc::new(clock));
         self
@@ -128,7 +129,7 @@ impl EngineBuilder {
     pub fn build(self) -> Result<Engine, PolicyError> {
         let clock = self
             .clock
-            .unwrap_or_else(|| Arc::new(MonotonicClock::with_ticker(DEFAULT_COARSE_TICK)));
+            .unwrap_or_else(|| Arc::new(TscClock::with_ticker(DEFAULT_COARSE_TICK)));
         let cpu_clock: Arc<dyn CpuClock> =
             self.cpu_clock.unwrap_or_else(|| Arc::new(ThreadCpuClock));
         let mut registry = Registry::new();
