@@ -4,6 +4,10 @@
 //! in-run baseline, `Budget::try_charge`, `costguard_budget_charge` from the thread that made the
 //! budget, and from another thread), then prints the ratios from a separate interleaved timing pass
 //! (best of several rounds), which is what the target "C ABI ≤ 1.5x Rust" is checked against.
+//!
+//! A second group times `costguard_budget_expired`, which reads the engine's clock precisely on every
+//! call (a C ABI engine has no ticker thread: threads do not survive `fork`), against
+//! `Instant::now()` alone.
 
 use costguard::{Engine, Policy, RequestId};
 use costguard_ffi::*;
@@ -89,6 +93,14 @@ fn cas(a: &AtomicU64) {
     let _ = a.compare_exchange(v, v + 1, Ordering::AcqRel, Ordering::Relaxed);
 }
 
+fn ffi_expired(b: costguard_budget) {
+    let mut expired = true;
+    // SAFETY: `expired` is writable.
+    let s = unsafe { costguard_budget_expired(black_box(b), &mut expired) };
+    debug_assert_eq!(s, costguard_status::COSTGUARD_OK);
+    black_box((s, expired));
+}
+
 fn ffi_charge(b: costguard_budget, c: costguard_counter) {
     // SAFETY: NULL verdict is allowed.
     let s = unsafe { costguard_budget_charge(black_box(b), c, 1, null_mut()) };
@@ -115,6 +127,11 @@ fn bench(c: &mut Criterion) {
         b.iter(|| ffi_charge(s.foreign, s.counter))
     });
     g.finish();
+
+    let mut g = c.benchmark_group("clock");
+    g.bench_function("instant_now", |b| b.iter(Instant::now));
+    g.bench_function("ffi_expired_owner", |b| b.iter(|| ffi_expired(s.owned)));
+    g.finish();
 }
 
 /// Nanoseconds per call, best of `rounds`.
@@ -136,6 +153,7 @@ fn ratios() {
     let iters = 2_000_000;
     let (mut cas_ns, mut rust_ns, mut owner_ns, mut other_ns) =
         (f64::INFINITY, f64::INFINITY, f64::INFINITY, f64::INFINITY);
+    let (mut instant_ns, mut expired_ns) = (f64::INFINITY, f64::INFINITY);
     // Interleaved, so that frequency changes hit every case alike.
     for _ in 0..10 {
         cas_ns = cas_ns.min(time(1, iters, || cas(black_box(&atom))));
@@ -146,6 +164,10 @@ fn ratios() {
         }));
         owner_ns = owner_ns.min(time(1, iters, || ffi_charge(s.owned, s.counter)));
         other_ns = other_ns.min(time(1, iters, || ffi_charge(s.foreign, s.counter)));
+        instant_ns = instant_ns.min(time(1, iters, || {
+            black_box(Instant::now());
+        }));
+        expired_ns = expired_ns.min(time(1, iters, || ffi_expired(s.owned)));
     }
     println!("\nratios (best of 10 interleaved rounds of {iters} calls):");
     println!("  raw CAS                         {cas_ns:6.2} ns");
@@ -160,6 +182,11 @@ fn ratios() {
     println!(
         "  costguard_budget_charge (other) {other_ns:6.2} ns  = {:.2}x Rust",
         other_ns / rust_ns
+    );
+    println!("  Instant::now()                  {instant_ns:6.2} ns");
+    println!(
+        "  costguard_budget_expired        {expired_ns:6.2} ns  = {:.2}x Instant::now()",
+        expired_ns / instant_ns
     );
 }
 
