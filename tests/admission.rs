@@ -424,6 +424,37 @@ fn an_adaptive_limit_follows_latency_on_the_manual_clock() {
     assert_eq!(limit(&e), 4);
 }
 
+#[test]
+fn a_gradient_limit_survives_requests_that_take_no_time() {
+    // On a clock that does not move between admission and finish, every latency sample is 0 ns.
+    let policy = Policy::builder()
+        .class("api", |c| {
+            c.admission(|a| a.gradient2(10, 5, 20).window(Duration::from_secs(1)))
+        })
+        .build()
+        .unwrap();
+    let (e, clock) = engine(policy);
+    let api = e.class("api").unwrap();
+    let limit = |e: &Engine| e.admission_stats().class("api").unwrap().limit;
+    for n in 0..5 {
+        e.try_admit(&AdmitRequest::new(api, id(n)))
+            .unwrap()
+            .finish(Outcome::Success);
+        clock.advance(Duration::from_secs(2));
+        assert!((5..=20).contains(&limit(&e)), "window {n}: {}", limit(&e));
+    }
+    // Still admitting, and a reload keeps the limit within the new bounds.
+    let _held = e.try_admit(&AdmitRequest::new(api, id(9))).unwrap();
+    e.reload(
+        Policy::builder()
+            .class("api", |c| c.admission(|a| a.gradient2(10, 6, 20)))
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    assert!((6..=20).contains(&limit(&e)), "{}", limit(&e));
+}
+
 fn queued_policy(max_wait_ms: u64) -> Policy {
     Policy::builder()
         .class("api", |c| {

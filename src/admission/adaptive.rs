@@ -28,8 +28,10 @@ pub(crate) struct Window {
 }
 
 impl Window {
+    /// The mean latency, at least 1 ns: a clock that reads the same time at admission and at the
+    /// end (a manual clock, a coarse one) gives samples of 0, and Gradient2 divides by the mean.
     fn mean_ns(&self) -> Option<f64> {
-        (self.count > 0).then(|| self.sum_ns as f64 / self.count as f64)
+        (self.count > 0).then(|| (self.sum_ns as f64 / self.count as f64).max(1.0))
     }
 }
 
@@ -45,8 +47,18 @@ pub(crate) struct State {
 /// Weight of one window in Gradient2's long-term average.
 const LONG_WEIGHT: f64 = 0.05;
 
-/// The next state after one window. Pure.
+/// The next state after one window. Pure. The limit stays within `[min, max]` and finite whatever
+/// the samples are.
 pub(crate) fn next(config: &AdaptiveLimit, state: State, w: Window) -> State {
+    let next = step(config, state, w);
+    if next.limit.is_finite() && next.long_ns.is_finite() {
+        next
+    } else {
+        state
+    }
+}
+
+fn step(config: &AdaptiveLimit, state: State, w: Window) -> State {
     let (min, max) = (f64::from(config.min), f64::from(config.max));
     let clamp = |x: f64| x.clamp(min, max);
     let Some(mean) = w.mean_ns() else {
@@ -133,15 +145,23 @@ impl Sampler {
     /// The current limit, clamped to a new configuration's bounds.
     pub(crate) fn clamp(&self, config: &AdaptiveLimit) -> u32 {
         let mut state = self.state.lock();
-        state.limit = state
-            .limit
-            .clamp(f64::from(config.min), f64::from(config.max));
+        let limit = if state.limit.is_finite() {
+            state.limit
+        } else {
+            f64::from(config.initial)
+        };
+        state.limit = limit.clamp(f64::from(config.min), f64::from(config.max));
         state.limit as u32
     }
 
     pub(crate) fn record(&self, latency_ns: u64, overload: bool) {
         self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_ns.fetch_add(latency_ns, Ordering::Relaxed);
+        // Saturating: a sum that wrapped would read as a fast window. Only adaptive classes sample.
+        let _ = self
+            .sum_ns
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |sum| {
+                Some(sum.saturating_add(latency_ns))
+            });
         if overload {
             self.overloads.fetch_add(1, Ordering::Relaxed);
         }
@@ -288,6 +308,69 @@ mod tests {
             assert!((5.0..=200.0).contains(&s.limit));
         }
         assert!(s.limit <= 200.0 && s.limit >= 5.0);
+    }
+
+    #[test]
+    fn zero_and_huge_latencies_keep_the_limit_finite_and_within_bounds() {
+        let c = AdaptiveLimit {
+            algorithm: Algorithm::Gradient2 {
+                tolerance: 1500,
+                smoothing: 200,
+            },
+            initial: 10,
+            min: 5,
+            max: 20,
+            window: Duration::from_secs(1),
+        };
+        // A clock that did not move between admission and finish: every sample is 0 ns.
+        let zero = Window {
+            count: 3,
+            sum_ns: 0,
+            overloads: 0,
+            in_flight: 10,
+        };
+        let huge = Window {
+            count: 1,
+            sum_ns: u64::MAX,
+            overloads: 0,
+            in_flight: 10,
+        };
+        let mut s = start(10.0);
+        for w in [zero, zero, huge, zero, huge, huge, zero] {
+            s = next(&c, s, w);
+            assert!(
+                s.limit.is_finite() && (5.0..=20.0).contains(&s.limit),
+                "{s:?}"
+            );
+            assert!(s.long_ns.is_finite() && s.long_ns >= 1.0, "{s:?}");
+        }
+        for config in [c, aimd()] {
+            let poisoned = State {
+                limit: f64::NAN,
+                long_ns: f64::NAN,
+            };
+            let s = next(&config, poisoned, zero);
+            assert!(
+                s.limit.is_nan(),
+                "a state is only ever replaced by a finite one"
+            );
+            let sampler = Sampler::new();
+            *sampler.state.lock() = poisoned;
+            assert_eq!(
+                sampler.clamp(&config),
+                config.initial.clamp(config.min, config.max)
+            );
+        }
+    }
+
+    #[test]
+    fn latency_sums_saturate() {
+        let sampler = Sampler::new();
+        sampler.reset(10, 0, MS);
+        sampler.record(u64::MAX - 1, false);
+        sampler.record(5, true);
+        let w = sampler.take();
+        assert_eq!((w.count, w.sum_ns, w.overloads), (2, u64::MAX, 1));
     }
 
     #[test]
