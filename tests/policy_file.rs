@@ -141,6 +141,11 @@ fn empty_and_huge_inputs_are_refused() {
     assert!(problems(&huge)[0].contains("larger than"));
     let missing = Policy::from_toml_file("/nonexistent/costguard.toml").unwrap_err();
     assert!(missing.to_string().contains("cannot read policy file"));
+    // A file whose size says 0 and that never ends is read up to the limit, not to the end.
+    let endless = Policy::from_toml_file("/dev/zero").unwrap_err();
+    assert!(endless.to_string().contains("larger than"), "{endless}");
+    let dir = Policy::from_toml_file(std::env::temp_dir()).unwrap_err();
+    assert!(dir.to_string().contains("cannot read policy file"), "{dir}");
 }
 
 #[test]

@@ -192,9 +192,17 @@ fn policy_error(e: &PolicyError) -> Status {
     Status::COSTGUARD_POLICY_ERROR
 }
 
+/// `COSTGUARD_IO_ERROR` for a file that cannot be opened or is a directory; everything else (its
+/// size, its text) is the policy reader's to judge, which reads at most its size limit.
 fn read_policy_file(path: &str) -> Result<Policy, Status> {
-    if let Err(e) = std::fs::metadata(path).and_then(|_| std::fs::read(path)) {
-        text::set_last_error(format!("{path}: {e}"));
+    let opened = std::fs::File::open(path).and_then(|f| f.metadata());
+    let problem = match opened {
+        Ok(meta) if meta.is_dir() => Some("is a directory".to_owned()),
+        Ok(_) => None,
+        Err(e) => Some(e.to_string()),
+    };
+    if let Some(problem) = problem {
+        text::set_last_error(format!("{path}: {problem}"));
         return Err(Status::COSTGUARD_IO_ERROR);
     }
     Policy::from_toml_file(path).map_err(|e| policy_error(&e))

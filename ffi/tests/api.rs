@@ -62,6 +62,21 @@ fn policy_errors_utf8_and_io() {
             costguard_engine_new_from_file(missing.as_ptr().cast(), missing.len(), 0, &mut e),
             costguard_status::COSTGUARD_IO_ERROR
         );
+        let tmp = std::env::temp_dir();
+        let tmp = tmp.to_str().unwrap();
+        assert_eq!(
+            costguard_engine_new_from_file(tmp.as_ptr().cast(), tmp.len(), 0, &mut e),
+            costguard_status::COSTGUARD_IO_ERROR,
+            "a directory"
+        );
+        assert!(last_error().contains("is a directory"), "{}", last_error());
+        // A file whose size says 0 and that never ends: read up to the size limit only.
+        let endless = "/dev/zero";
+        assert_eq!(
+            costguard_engine_new_from_file(endless.as_ptr().cast(), endless.len(), 0, &mut e),
+            costguard_status::COSTGUARD_POLICY_ERROR
+        );
+        assert!(last_error().contains("larger than"), "{}", last_error());
         let dir = std::env::temp_dir().join(format!("costguard-ffi-{}.toml", std::process::id()));
         std::fs::write(&dir, bad).unwrap();
         let p = dir.to_str().unwrap();

@@ -10,6 +10,7 @@ use super::error::{Location, Problems};
 use super::{validate, DimensionKind, Field, Policy, PolicyError, RawClass, RawDimension};
 use crate::units::{parse_duration, parse_quantity};
 use crate::verdict::Unit;
+use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,23 +32,20 @@ const DIMENSION_KEYS: &str = "kind, unit";
 
 pub(crate) fn load(path: &Path) -> Result<Policy, PolicyError> {
     let file: Arc<Path> = Arc::from(path);
-    let read = std::fs::metadata(path).and_then(|meta| {
-        if meta.len() > MAX_POLICY_BYTES as u64 {
-            Ok(None)
-        } else {
-            std::fs::read_to_string(path).map(Some)
-        }
+    let problem = |message: String| PolicyError::single(path.display().to_string(), message);
+    // Read through a cap rather than trusting the file's size: devices, FIFOs and /proc files say
+    // 0, and /dev/zero never ends.
+    let mut source = String::new();
+    let read = std::fs::File::open(path).and_then(|f| {
+        f.take(MAX_POLICY_BYTES as u64 + 1)
+            .read_to_string(&mut source)
     });
     match read {
-        Ok(Some(source)) => parse(&source, Some(file)),
-        Ok(None) => Err(PolicyError::single(
-            path.display().to_string(),
-            format!("policy file is larger than {MAX_POLICY_BYTES} bytes"),
-        )),
-        Err(e) => Err(PolicyError::single(
-            path.display().to_string(),
-            format!("cannot read policy file: {e}"),
-        )),
+        Ok(n) if n > MAX_POLICY_BYTES => Err(problem(format!(
+            "policy file is larger than {MAX_POLICY_BYTES} bytes"
+        ))),
+        Ok(_) => parse(&source, Some(file)),
+        Err(e) => Err(problem(format!("cannot read policy file: {e}"))),
     }
 }
 
