@@ -573,6 +573,50 @@ fn a_failed_reload_keeps_the_old_policy() {
 }
 
 #[test]
+fn a_reload_refused_for_too_many_names_leaves_no_trace() {
+    use costguard::policy::MAX_BACKENDS;
+    // Policies of 64 backends each, named `{prefix}{n}`, with one extra dimension when given.
+    let policy = |prefix: &str, level: Option<&str>| {
+        let mut p = Policy::builder();
+        if let Some(name) = level {
+            p = p.level(name);
+        }
+        let p = (0..MAX_BACKENDS).fold(p.class("api", |c| c), |p, n| {
+            p.backend(&format!("{prefix}{n}"), |b| b)
+        });
+        p.build().unwrap()
+    };
+    let engine = Engine::builder(policy("a", None))
+        .clock(ManualClock::new())
+        .build()
+        .unwrap();
+    for prefix in ["b", "c", "d"] {
+        engine.reload(policy(prefix, None)).unwrap();
+    }
+    // The engine has seen as many backend names as it can hold: the same names again still fit.
+    engine.reload(policy("d", None)).unwrap();
+    engine.reload(policy("a", None)).unwrap();
+    let generation = engine.generation();
+    // One new name is one too many, and the refused policy's new dimension is not remembered.
+    let err = engine.reload(policy("e", Some("depth"))).unwrap_err();
+    assert!(
+        err.to_string().contains("too many distinct backend names"),
+        "{err}"
+    );
+    assert_eq!(engine.generation(), generation);
+    engine
+        .reload(
+            Policy::builder()
+                .counter("depth")
+                .class("api", |c| c.limit("depth", 3))
+                .build()
+                .unwrap(),
+        )
+        .expect("`depth` was never a level of this engine");
+    assert!(engine.counter("depth").is_ok());
+}
+
+#[test]
 fn handles_are_typed_and_stable() {
     let f = fixture();
     assert_eq!(f.engine.counter("retries").unwrap(), Counter::RETRIES);

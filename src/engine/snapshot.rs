@@ -125,14 +125,20 @@ impl Registry {
                 known.unit = d.unit();
             }
         }
-        self.dims = dims;
-        self.classes = classes;
-        if self.backends.len() + policy.backends().len() > crate::policy::MAX_BACKENDS * 4 {
+        let new_backends = policy
+            .backends()
+            .iter()
+            .filter(|b| !self.backends.iter().any(|(n, _)| n.as_ref() == b.name()))
+            .count();
+        if self.backends.len() + new_backends > crate::policy::MAX_BACKENDS * 4 {
             return Err(PolicyError::single(
                 "backends",
                 "this engine has seen too many distinct backend names (restart to forget old ones)",
             ));
         }
+        // Every check passed: from here on, nothing fails.
+        self.dims = dims;
+        self.classes = classes;
         let admission = self.compile_admission(&policy, now);
         let backends = self.compile_backends(&policy, now, clock, hook);
         let mut snapshot = Snapshot::new(policy, generation, self, admission, clock, cpu_clock);
