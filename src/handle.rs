@@ -27,6 +27,10 @@ pub struct Backend(pub(crate) u16);
 
 /// One host of a backend's pool, for callers that must reach a particular host (a partition leader,
 /// a primary).
+///
+/// The handle names the host, not a place in the pool: after a reload that reorders the pool it
+/// still reaches the same host, and an attempt on a host that the request's policy no longer has is
+/// refused with [`Reason::UnknownClass`](crate::Reason::UnknownClass), never sent to another host.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Host {
     pub(crate) backend: Backend,

@@ -32,7 +32,7 @@ pub enum Reason {
     Cancelled,
     /// Child budgets are nested deeper than [`MAX_BUDGET_DEPTH`](crate::MAX_BUDGET_DEPTH).
     TooDeep,
-    /// The class does not exist in the policy the budget would use.
+    /// The class (or the backend or host) does not exist in the policy the budget would use.
     UnknownClass,
     /// The class already runs as many requests as its concurrency limit allows.
     ConcurrencyLimit,
@@ -380,7 +380,7 @@ impl fmt::Display for Verdict {
             )?,
             Reason::Cancelled => f.write_str("the request was cancelled")?,
             Reason::TooDeep => write!(f, "budgets nested deeper than {}", self.limit)?,
-            Reason::UnknownClass => f.write_str("no such class in the policy")?,
+            Reason::UnknownClass => f.write_str("not in the policy the request runs under")?,
             Reason::ConcurrencyLimit => write!(f, "{} of {} in flight", self.used, self.limit)?,
             Reason::Shed => write!(
                 f,

@@ -998,6 +998,43 @@ fn the_readme_backend_snippet_loads() {
 }
 
 #[test]
+fn a_host_handle_names_its_host_across_reloads() {
+    let pool = |hosts: &[&str]| single("kafka", |b| b.hosts(hosts));
+    let f = fixture(pool(&["alpha", "beta"]));
+    let kafka = f.engine.backend("kafka").unwrap();
+    let alpha = f.engine.host(kafka, "alpha").unwrap();
+    let beta = f.engine.host(kafka, "beta").unwrap();
+    let on = |host, budget: &Budget| {
+        f.engine
+            .begin_attempt_on(host, budget, 0)
+            .map(|a| a.host().map(str::to_owned))
+            .map_err(|v| v.to_string())
+    };
+    // Reordered: each handle still reaches its own host.
+    f.engine.reload(pool(&["beta", "alpha"])).unwrap();
+    let budget = f.budget();
+    assert_eq!(on(alpha, &budget), Ok(Some("alpha".into())));
+    assert_eq!(on(beta, &budget), Ok(Some("beta".into())));
+    assert_eq!(f.engine.host(kafka, "alpha").unwrap(), alpha);
+    // Replaced: the handle of a host that is gone is refused, never sent to the newcomer.
+    f.engine.reload(pool(&["gamma"])).unwrap();
+    let after = f.budget();
+    let refused = on(alpha, &after).unwrap_err();
+    assert!(refused.contains("kafka/alpha"), "{refused}");
+    assert!(f.engine.host(kafka, "alpha").is_err());
+    let gamma = f.engine.host(kafka, "gamma").unwrap();
+    assert_ne!(gamma, alpha);
+    assert_eq!(on(gamma, &after), Ok(Some("gamma".into())));
+    // A request that began before the reload calls hosts of its own version of the policy.
+    assert_eq!(on(beta, &budget), Ok(Some("beta".into())));
+    assert!(on(gamma, &budget).is_err());
+    // Back again: the same handle as before.
+    f.engine.reload(pool(&["gamma", "alpha"])).unwrap();
+    assert_eq!(f.engine.host(kafka, "alpha").unwrap(), alpha);
+    assert_eq!(on(alpha, &f.budget()), Ok(Some("alpha".into())));
+}
+
+#[test]
 fn a_particular_host_can_be_asked_for_and_is_refused_while_ejected() {
     let f = fixture(single("kafka", |b| {
         b.hosts(&["k1", "k2"])

@@ -540,6 +540,32 @@ fn attempts_and_retries() {
         assert_eq!(host, "db2:3306");
         assert_eq!(costguard_attempt_free(a), OK);
 
+        // A reload that reorders the pool: the handle still names db2, for budgets begun after it.
+        let reordered = POLICY.replace(
+            r#"hosts = ["db1:3306", "db2:3306"]"#,
+            r#"hosts = ["db2:3306", "db1:3306"]"#,
+        );
+        assert_ne!(reordered, POLICY);
+        assert_eq!(
+            costguard_engine_reload_from_str(
+                e,
+                reordered.as_ptr().cast(),
+                reordered.len(),
+                null_mut()
+            ),
+            OK
+        );
+        let later = begin(e, k, "later");
+        assert_eq!(self::host(e, db, "db2:3306").bits, h2.bits);
+        assert_eq!(
+            costguard_attempt_begin_on(e, h2, later, 0, &mut a, null_mut()),
+            OK
+        );
+        let chosen = text(|buf, cap, len| costguard_attempt_host(a, buf, cap, len)).unwrap();
+        assert_eq!(chosen, "db2:3306", "not the host now first in the list");
+        assert_eq!(costguard_attempt_free(a), OK);
+        assert_eq!(costguard_budget_free(later), OK);
+
         let mut wait = 7;
         let mut v = blank_verdict();
         assert_eq!(

@@ -306,6 +306,9 @@ pub(crate) struct BackendRules {
     ns: Nanos,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) hook: Option<TransitionHook>,
+    /// By host id (see [`Host`]): the host's name, and its index in this version's host list if
+    /// it has one.
+    host_slots: Box<[(Arc<str>, Option<u16>)]>,
 }
 
 /// A backend's durations in clock nanoseconds, converted once per policy version rather than on
@@ -360,10 +363,19 @@ impl BackendRules {
     pub(crate) fn new(
         state: Arc<BackendState>,
         policy: &BackendPolicy,
+        host_ids: &[Arc<str>],
         clock: &Arc<dyn Clock>,
         hook: Option<&TransitionHook>,
     ) -> BackendRules {
+        let host_slots = host_ids
+            .iter()
+            .map(|id| {
+                let slot = state.hosts.iter().position(|h| h.name == *id);
+                (Arc::clone(id), slot.and_then(|i| u16::try_from(i).ok()))
+            })
+            .collect();
         BackendRules {
+            host_slots,
             ns: Nanos::new(policy, state.hosts.len()),
             state,
             rates: rates(policy),
@@ -371,6 +383,24 @@ impl BackendRules {
             clock: Arc::clone(clock),
             hook: hook.cloned(),
         }
+    }
+
+    /// The index in this version's host list of the host with id `id`, or the host's name (if the
+    /// engine knows the id) when this version has no such host.
+    fn host_slot(&self, id: u16) -> Result<u32, Option<&Arc<str>>> {
+        match self.host_slots.get(usize::from(id)) {
+            Some((_, Some(slot))) => Ok(u32::from(*slot)),
+            Some((name, None)) => Err(Some(name)),
+            None => Err(None),
+        }
+    }
+
+    /// The id of the host named `name`, if this version's list has it.
+    fn host_id(&self, name: &str) -> Option<u16> {
+        self.host_slots
+            .iter()
+            .position(|(n, slot)| slot.is_some() && &**n == name)
+            .and_then(|id| u16::try_from(id).ok())
     }
 
     fn emit(&self, host: Option<&Arc<str>>, kind: TransitionKind, at: u64) {
@@ -684,6 +714,19 @@ impl<E: fmt::Display> fmt::Display for CallError<E> {
 
 impl<E: fmt::Debug + fmt::Display> std::error::Error for CallError<E> {}
 
+/// The refusal of an attempt on a host the request's version of the policy does not have (a reload
+/// removed it, or added it after the request began).
+#[cold]
+#[inline(never)]
+fn unknown_host(rules: &BackendRules, name: Option<&Arc<str>>, budget: &Budget) -> Verdict {
+    let v = Verdict::new(Reason::UnknownClass, Retry::Never).with_class(&rules.policy.name);
+    let v = match name {
+        Some(name) => v.with_dimension(name, Unit::Count),
+        None => v,
+    };
+    v.with_request(budget.request_id())
+}
+
 impl Engine {
     /// The handle of a backend of the current policy.
     pub fn backend(&self, name: &str) -> Result<Backend, crate::NameError> {
@@ -700,11 +743,8 @@ impl Engine {
         let snapshot = self.snapshot();
         snapshot
             .backend(backend)
-            .and_then(|r| r.policy.hosts.iter().position(|h| &**h == name))
-            .map(|i| Host {
-                backend,
-                index: i as u16,
-            })
+            .and_then(|r| r.host_id(name))
+            .map(|index| Host { backend, index })
             .ok_or_else(|| crate::NameError::Unknown {
                 expected: "host",
                 name: name.to_owned(),
@@ -735,18 +775,25 @@ impl Engine {
         budget: &'b Budget,
         retry: u32,
     ) -> Result<Attempt<'b>, Verdict> {
-        self.begin_attempt_at(host.backend, Some(u32::from(host.index)), budget, retry)
+        self.begin_attempt_at(host.backend, Some(host.index), budget, retry)
     }
 
     fn begin_attempt_at<'b>(
         &self,
         backend: Backend,
-        target: Option<u32>,
+        host: Option<u16>,
         budget: &'b Budget,
         retry: u32,
     ) -> Result<Attempt<'b>, Verdict> {
         match self.rules(backend, budget) {
-            Some(rules) => self.begin_under(rules, target, budget, retry),
+            Some(rules) => {
+                let target = match host.map(|id| rules.host_slot(id)) {
+                    None => None,
+                    Some(Ok(slot)) => Some(slot),
+                    Some(Err(name)) => return Err(unknown_host(&rules, name, budget)),
+                };
+                self.begin_under(rules, target, budget, retry)
+            }
             None => {
                 Err(Verdict::new(Reason::UnknownClass, Retry::Never)
                     .with_request(budget.request_id()))

@@ -38,7 +38,18 @@ pub(crate) struct Registry {
 }
 
 /// A backend name the engine has seen, and its state for the host list it last had.
-type KnownBackend = (Arc<str>, Option<(Vec<Arc<str>>, Arc<BackendState>)>);
+#[derive(Debug)]
+struct KnownBackend {
+    name: Arc<str>,
+    /// Every host name the backend has had, by host id: a [`Host`](crate::Host) handle names a
+    /// host, not a position in the current list, so a reload that reorders or replaces hosts never
+    /// sends its attempts to another host.
+    hosts_seen: Vec<Arc<str>>,
+    current: Option<(Vec<Arc<str>>, Arc<BackendState>)>,
+}
+
+/// Host ids one backend may use in an engine's life.
+const MAX_HOST_IDS: usize = crate::policy::MAX_HOSTS * 4;
 
 impl Registry {
     pub(crate) fn new() -> Self {
@@ -125,11 +136,26 @@ impl Registry {
                 known.unit = d.unit();
             }
         }
-        let new_backends = policy
-            .backends()
-            .iter()
-            .filter(|b| !self.backends.iter().any(|(n, _)| n.as_ref() == b.name()))
-            .count();
+        let mut new_backends = 0;
+        for b in policy.backends() {
+            let Some(known) = self.backends.iter().find(|k| k.name.as_ref() == b.name()) else {
+                new_backends += 1;
+                continue;
+            };
+            let new_hosts = b
+                .hosts()
+                .filter(|h| !known.hosts_seen.iter().any(|k| k.as_ref() == *h))
+                .count();
+            if known.hosts_seen.len() + new_hosts > MAX_HOST_IDS {
+                return Err(PolicyError::single(
+                    format!("backends.{}.hosts", b.name()),
+                    format!(
+                        "this engine has seen {} distinct host names for this backend; at most {MAX_HOST_IDS} fit (restart to forget old ones)",
+                        known.hosts_seen.len() + new_hosts
+                    ),
+                ));
+            }
+        }
         if self.backends.len() + new_backends > crate::policy::MAX_BACKENDS * 4 {
             return Err(PolicyError::single(
                 "backends",
@@ -155,42 +181,50 @@ impl Registry {
         hook: Option<&TransitionHook>,
     ) -> Vec<Option<Arc<BackendRules>>> {
         for b in policy.backends() {
-            let id = match self
-                .backends
-                .iter()
-                .position(|(n, _)| n.as_ref() == b.name())
-            {
-                Some(id) => id,
-                None => {
-                    self.backends.push((Arc::from(b.name()), None));
-                    self.backends.len() - 1
-                }
-            };
+            let id = self.backend_id(b.name());
+            let known = &mut self.backends[id];
             let hosts: Vec<Arc<str>> = b.hosts().map(Arc::from).collect();
-            let keep = matches!(&self.backends[id].1, Some((h, _)) if *h == hosts);
+            for h in &hosts {
+                if !known.hosts_seen.contains(h) {
+                    known.hosts_seen.push(Arc::clone(h));
+                }
+            }
+            let keep = matches!(&known.current, Some((h, _)) if *h == hosts);
             if !keep {
-                self.backends[id].1 = Some((hosts, Arc::new(BackendState::new(b, now))));
+                known.current = Some((hosts, Arc::new(BackendState::new(b, now))));
             }
         }
         let mut out: Vec<Option<Arc<BackendRules>>> =
             (0..self.backends.len()).map(|_| None).collect();
         for b in policy.backends() {
-            if let Some(id) = self
-                .backends
-                .iter()
-                .position(|(n, _)| n.as_ref() == b.name())
-            {
-                if let Some((_, state)) = &self.backends[id].1 {
-                    out[id] = Some(Arc::new(BackendRules::new(
-                        Arc::clone(state),
-                        b,
-                        clock,
-                        hook,
-                    )));
-                }
+            let id = self.backend_id(b.name());
+            let known = &self.backends[id];
+            if let Some((_, state)) = &known.current {
+                out[id] = Some(Arc::new(BackendRules::new(
+                    Arc::clone(state),
+                    b,
+                    &known.hosts_seen,
+                    clock,
+                    hook,
+                )));
             }
         }
         out
+    }
+
+    /// The id of a backend name, given one if it is new.
+    fn backend_id(&mut self, name: &str) -> usize {
+        match self.backends.iter().position(|k| k.name.as_ref() == name) {
+            Some(id) => id,
+            None => {
+                self.backends.push(KnownBackend {
+                    name: Arc::from(name),
+                    hosts_seen: Vec::new(),
+                    current: None,
+                });
+                self.backends.len() - 1
+            }
+        }
     }
 
     /// Finds or creates the persistent admission state of every class and pool, applies the new
