@@ -917,6 +917,12 @@ backoff_base = 5
 x = 1
 
 [backends."Bad Name"]
+
+[backends.twice]
+"breaker.window" = "5s"
+breaker = { window = "7s" }
+"retry.ratio" = 0.5
+retry = { ratio = 0.1 }
 "#,
     )
     .unwrap_err();
@@ -936,6 +942,8 @@ x = 1
         "backends.ratios.retry.backoff_base: a duration needs a unit",
         "backends.ratios.sideways: unknown key `sideways`",
         "`Bad Name` is not a valid name",
+        "backends.twice.breaker.window: setting given twice",
+        "backends.twice.retry.ratio: setting given twice",
     ] {
         assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
     }
@@ -957,6 +965,23 @@ x = 1
         code.contains("backends.b.retry.ratio: must be a fraction between 0 and 1 (found NaN)"),
         "{code}"
     );
+    // In code, the last call wins (as for classes): a setting is not given twice.
+    let last = Policy::builder()
+        .class("api", |c| c)
+        .backend("b", |b| {
+            b.duration("timeout", Duration::from_secs(1))
+                .duration("timeout", Duration::from_secs(9))
+                .count("max_in_flight", 3)
+                .count("max_in_flight", 4)
+                .fraction("retry.ratio", 0.5)
+                .fraction("retry.ratio", 0.25)
+        })
+        .build()
+        .unwrap();
+    let b = last.backend("b").unwrap();
+    assert_eq!(b.timeout(), Duration::from_secs(9));
+    assert_eq!(b.max_in_flight().0, 4);
+    assert_eq!(b.retry().ratio, 250, "per mille");
 }
 
 #[test]

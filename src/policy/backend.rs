@@ -231,6 +231,21 @@ pub(crate) fn validate_backends(
             problems.push(b.name.at.clone(), &base, "backend declared twice");
             continue;
         }
+        // A setting given twice (a quoted dotted key beside its table) is a mistake, not a choice.
+        let keys = b.durations.iter().map(|(k, f)| (*k, &f.at));
+        let keys = keys.chain(b.counts.iter().map(|(k, f)| (*k, &f.at)));
+        let keys: Vec<_> = keys
+            .chain(b.fractions.iter().map(|(k, f)| (*k, &f.at)))
+            .collect();
+        for (i, (key, at)) in keys.iter().enumerate() {
+            if keys[..i].iter().any(|(k, _)| k == key) {
+                problems.push(
+                    (*at).clone(),
+                    format!("{base}.{key}"),
+                    "setting given twice",
+                );
+            }
+        }
         let duration = |key: &str| b.durations.iter().find(|(k, _)| *k == key).map(|(_, f)| f);
         let count = |key: &str| b.counts.iter().find(|(k, _)| *k == key).map(|(_, f)| f);
         let fraction = |key: &str| b.fractions.iter().find(|(k, _)| *k == key).map(|(_, f)| f);

@@ -476,7 +476,11 @@ impl BackendBuilder {
             .chain(&super::backend::RETRY_DURATIONS)
             .find(|k| **k == key)
         {
-            Some(k) => self.raw.durations.push((k, field(value))),
+            Some(k) => {
+                // The last call wins, as everywhere in the builders.
+                self.raw.durations.retain(|(known, _)| known != k);
+                self.raw.durations.push((k, field(value)));
+            }
             None => self.raw.unknown.push(key.to_owned()),
         }
         self
@@ -485,7 +489,11 @@ impl BackendBuilder {
     /// A count setting (`max_in_flight`, `max_connecting_per_host`, `breaker.probes`, ...).
     pub fn count(mut self, key: &str, value: u64) -> Self {
         match super::backend::COUNTS.iter().find(|k| **k == key) {
-            Some(k) => self.raw.counts.push((k, field(value))),
+            Some(k) => {
+                // The last call wins, as everywhere in the builders.
+                self.raw.counts.retain(|(known, _)| known != k);
+                self.raw.counts.push((k, field(value)));
+            }
             None => self.raw.unknown.push(key.to_owned()),
         }
         self
@@ -494,7 +502,11 @@ impl BackendBuilder {
     /// A fraction setting (`breaker.failure_ratio`, `ejection.max_ejected`, `retry.ratio`, ...).
     pub fn fraction(mut self, key: &str, value: f64) -> Self {
         match super::backend::FRACTIONS.iter().find(|k| **k == key) {
-            Some(k) => self.raw.fractions.push((k, field(value))),
+            Some(k) => {
+                // The last call wins, as everywhere in the builders.
+                self.raw.fractions.retain(|(known, _)| known != k);
+                self.raw.fractions.push((k, field(value)));
+            }
             None => self.raw.unknown.push(key.to_owned()),
         }
         self
