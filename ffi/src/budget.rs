@@ -339,6 +339,7 @@ pub(crate) unsafe fn slice<'a, T>(p: *const T, n: usize) -> Result<&'a [T], Stat
     if n.checked_mul(std::mem::size_of::<T>())
         .is_none_or(|bytes| bytes > isize::MAX as usize)
     {
+        text::set_last_error(format!("array length {n} is larger than any array"));
         return Err(Status::COSTGUARD_INVALID_ARGUMENT);
     }
     // SAFETY: non-null, `n` values readable (the caller's contract), size checked.

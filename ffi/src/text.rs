@@ -45,6 +45,7 @@ pub(crate) unsafe fn bytes<'a>(ptr: *const c_char, len: usize) -> Result<&'a [u8
         return Err(Status::COSTGUARD_NULL_ARGUMENT);
     }
     if len > isize::MAX as usize {
+        set_last_error(format!("length {len} is larger than any object"));
         return Err(Status::COSTGUARD_INVALID_ARGUMENT);
     }
     // SAFETY: non-null, `len` bytes readable (the caller's contract), `len <= isize::MAX`.

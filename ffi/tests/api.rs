@@ -222,6 +222,26 @@ fn charges_verdicts_refunds_and_reports() {
             OK
         );
         assert_eq!(costguard_budget_charge_many(b, null(), 0, null_mut()), OK);
+        // Lengths no object can have: an error that explains itself, nothing read.
+        assert_eq!(
+            costguard_budget_charge_many(b, many.as_ptr(), usize::MAX, null_mut()),
+            costguard_status::COSTGUARD_INVALID_ARGUMENT
+        );
+        assert!(
+            last_error().contains("larger than any array"),
+            "{}",
+            last_error()
+        );
+        let mut other = costguard_engine::default();
+        assert_eq!(
+            costguard_engine_new_from_str(POLICY.as_ptr().cast(), usize::MAX, 0, &mut other),
+            costguard_status::COSTGUARD_INVALID_ARGUMENT
+        );
+        assert!(
+            last_error().contains("larger than any object"),
+            "{}",
+            last_error()
+        );
         assert_eq!(costguard_budget_try_retry(b, null_mut()), OK);
         assert_eq!(costguard_budget_try_retry(b, null_mut()), OK);
         let mut v = blank_verdict();
