@@ -617,6 +617,20 @@ fn a_reload_refused_for_too_many_names_leaves_no_trace() {
 }
 
 #[test]
+fn a_wall_time_gives_a_deadline_however_late_the_clock_is() {
+    let f = fixture();
+    // A clock at the end of its range: 30 s more does not fit, yet the deadline is not "none".
+    f.clock.advance(Duration::MAX);
+    let b = f.parse();
+    assert!(!b.deadline().unwrap().is_never());
+    assert_eq!(b.remaining(), Duration::ZERO);
+    assert!(b.expired());
+    assert_eq!(b.check().unwrap_err().reason(), Reason::DeadlineExceeded);
+    let child = b.child();
+    assert!(child.is_err() || child.unwrap().expired());
+}
+
+#[test]
 fn handles_are_typed_and_stable() {
     let f = fixture();
     assert_eq!(f.engine.counter("retries").unwrap(), Counter::RETRIES);

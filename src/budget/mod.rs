@@ -153,7 +153,7 @@ impl Budget {
         Ok(Settings {
             overrides: s.overrides.limits(),
             start: s.now,
-            deadline: Timestamp::from_nanos(s.now.as_nanos().saturating_add(wall)),
+            deadline: s.now.deadline_after(wall),
             request_id: s.overrides.request_id.as_ref().unwrap_or(s.request_id),
             priority,
             class: s.class,
@@ -527,7 +527,7 @@ impl Budget {
                 .with_class(&rules.name)
                 .with_request(id));
         }
-        let own = Timestamp::from_nanos(now.as_nanos().saturating_add(wall));
+        let own = now.deadline_after(wall);
         let priority = overrides
             .priority
             .map_or(parent.priority, |p| parent.priority.least_important(p))

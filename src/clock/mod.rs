@@ -72,6 +72,17 @@ impl Timestamp {
     pub const fn is_never(self) -> bool {
         self.0 == u64::MAX
     }
+
+    /// The deadline `wall_ns` after `self`: `u64::MAX` is no limit ([`Timestamp::NEVER`]); any
+    /// other wall time gives a deadline that comes, the last representable instant at the latest,
+    /// however late the clock already is.
+    pub(crate) const fn deadline_after(self, wall_ns: u64) -> Timestamp {
+        if wall_ns == u64::MAX {
+            return Timestamp::NEVER;
+        }
+        let at = self.0.saturating_add(wall_ns);
+        Timestamp(if at == u64::MAX { u64::MAX - 1 } else { at })
+    }
 }
 
 impl fmt::Debug for Timestamp {
