@@ -6,11 +6,10 @@
 //! valid across policy reloads: an engine gives a name the same handle for its whole life. Counters and
 //! levels are different types, so a level cannot be charged like a counter by mistake.
 //!
-//! A handle belongs to the engine that gave it. A class, backend or host handle used with another
-//! engine is refused like an unknown name; a counter or level handle is an index checked by
-//! nothing on the charge path (that would cost every charge a lookup), so given to another
-//! engine's budget it names whatever that engine gave the same index. The C ABI checks this too
-//! (`COSTGUARD_INVALID_HANDLE`).
+//! A handle belongs to the engine that gave it. It is an index, and nothing on the hot paths checks
+//! which engine it came from (that would cost every charge a lookup): given to another engine, it
+//! names whatever that engine gave the same index, or nothing, which is refused like an unknown
+//! name. The C ABI's handles carry their engine and are checked (`COSTGUARD_INVALID_HANDLE`).
 
 use crate::policy::MAX_DIMENSIONS;
 use std::fmt;
