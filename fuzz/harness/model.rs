@@ -29,7 +29,8 @@
 //!   refunds it; dropping keeps it;
 //! - the cancellation word: bits only get set; the first bit set on a budget sets `INHERITED` on each
 //!   of its children, recursively; deadline checks set `DEADLINE` once the clock reaches the deadline
-//!   (a budget without a deadline never expires, even with the clock saturated at `Timestamp::NEVER`);
+//!   (a budget without a deadline never expires, even with the clock saturated at `Timestamp::NEVER`;
+//!   a finite wall time always gives a deadline, the instant before `NEVER` at the latest);
 //! - a child is refused when too deep, when its parent is cancelled or past its deadline, or when less
 //!   than the parent class's `child_margin` is left; its deadline is the earlier of its own wall time
 //!   and the parent's deadline minus that margin.
@@ -628,7 +629,7 @@ impl Model {
         let limits = std::array::from_fn(|d| base[d].min(t.limits[d]));
         let cp = self.setup.priority(class);
         let priority = t.priority.map_or(cp, |p| cp.least_important(p));
-        let deadline = self.now.saturating_add(wall);
+        let deadline = deadline_after(self.now, wall);
         let node = self.fresh(
             class,
             None,
@@ -661,7 +662,7 @@ impl Model {
         if wall == 0 {
             return Err(Reason::InsufficientTime);
         }
-        let deadline = self.now.saturating_add(wall).min(cap);
+        let deadline = deadline_after(self.now, wall).min(cap);
         let base = self.setup.classes[class].limits;
         let limits = std::array::from_fn(|d| base[d].min(t.limits[d]));
         let pp = self.nodes[p].priority;
@@ -1666,5 +1667,15 @@ impl<'p> Sim<'p> {
         assert!(json.contains(m.request_id.as_str()), "report JSON: {json}");
         let text = r.to_string();
         assert!(text.contains(m.request_id.as_str()), "report text: {text}");
+    }
+}
+
+/// The deadline `wall` nanoseconds after `now`: none for an unlimited wall time (`u64::MAX`); a
+/// finite one comes, at the last instant before `u64::MAX` (which means none) at the latest.
+fn deadline_after(now: u64, wall: u64) -> u64 {
+    if wall == u64::MAX {
+        u64::MAX
+    } else {
+        now.saturating_add(wall).min(u64::MAX - 1)
     }
 }
