@@ -918,6 +918,10 @@ x = 1
 
 [backends."Bad Name"]
 
+[backends.margin]
+timeout = "100ms"
+margin = "18446744073709551615ns"
+
 [backends.twice]
 "breaker.window" = "5s"
 breaker = { window = "7s" }
@@ -944,6 +948,7 @@ retry = { ratio = 0.1 }
         "`Bad Name` is not a valid name",
         "backends.twice.breaker.window: setting given twice",
         "backends.twice.retry.ratio: setting given twice",
+        "backends.margin.margin: must be below timeout",
     ] {
         assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
     }

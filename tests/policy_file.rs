@@ -261,6 +261,9 @@ queue = { capacity = 0, max_wait = "0s" }
 per_key = { per = "1s", max_keys = 0 }
 [classes.nothing.admission]
 shadow = "yes"
+[classes.codel.admission]
+concurrency = 4
+queue = { capacity = 4, codel_target = "2s", codel_interval = "100ms" }
 "#,
     );
     let all = p.join("\n");
@@ -284,6 +287,7 @@ shadow = "yes"
         "classes.queue.admission.per_key.max_keys: must be between 1",
         "classes.nothing.admission.shadow: expected true or false, found a string",
         "classes.nothing.admission.concurrency: missing `concurrency`",
+        "classes.codel.admission.queue.codel_target: must not be above codel_interval",
     ] {
         assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
     }

@@ -603,11 +603,20 @@ pub(crate) fn validate_admission(
             f("codel_interval"),
             q.value.codel_interval.unwrap_or(DEFAULT_CODEL_INTERVAL),
         );
+        let (target, interval) = (target?, interval?);
+        if target > interval {
+            problems.push(
+                q.at.clone(),
+                f("codel_target"),
+                "must not be above codel_interval (a wait is judged against the target over each interval)",
+            );
+            return None;
+        }
         Some(QueuePolicy {
             capacity: capacity?,
             max_wait: max_wait?,
-            codel_target: target?,
-            codel_interval: interval?,
+            codel_target: target,
+            codel_interval: interval,
         })
     });
 

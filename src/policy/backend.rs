@@ -292,6 +292,15 @@ pub(crate) fn validate_backends(
                     );
                 }
             };
+        // The margin is kept back from what a request has left; one as long as the timeout itself
+        // would refuse nearly every attempt of a request with a deadline.
+        if let Some(m) = duration("margin").filter(|m| m.value >= timeout) {
+            problems.push(
+                m.at.clone(),
+                format!("{base}.margin"),
+                "must be below timeout",
+            );
+        }
         ordered(
             open_for,
             max_open_for,
