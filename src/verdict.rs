@@ -1,7 +1,7 @@
 //! The one refusal type of the library.
 //!
-//! Every "no" costguard says, whether a budget charge, a deadline or (in later layers) admission and
-//! backend protection, is a [`Verdict`]: which limit refused, by how much, for which request, and whether
+//! Every "no" costguard says, whether from a budget charge, a deadline, admission or backend
+//! protection, is a [`Verdict`]: which limit refused, by how much, for which request, and whether
 //! retrying can help. Callers map it to a response (HTTP 429/503 with `Retry-After`, a parser's limit
 //! warning) without parsing strings. Building one never allocates: names are shared `Arc<str>`s.
 //!
