@@ -338,8 +338,11 @@ impl<T> Table<T> {
     /// The owner fast path on `slot`: `None` when `me` does not own it or is already inside a use
     /// (take the counted path); otherwise the use, or `Invalid`.
     ///
-    /// The owner is read before the handle is validated: the check after the hazard is published is
-    /// the one that counts, and it fails for any other value in this slot.
+    /// The owner is read twice. The first read, before anything is published, only picks the path:
+    /// it may be stale, the owner of the slot's previous value. The second comes after the hazard is
+    /// published and the handle validated with an Acquire load of the state, which the value's
+    /// insertion published after writing its owner: a slot now owned by another record sends the
+    /// caller to the counted path, since that owner frees its values without looking for hazards.
     #[inline(always)]
     fn owned<'t>(
         &'t self,
@@ -353,6 +356,10 @@ impl<T> Table<T> {
         me.hazard.store(handle, Ordering::Relaxed);
         light_fence();
         if valid(slot.state.load(Ordering::Acquire), handle) {
+            if slot.owner.load(Ordering::Relaxed) != me.id() {
+                me.hazard.store(0, Ordering::Release);
+                return None;
+            }
             return Some(Ok(Ref {
                 table: self,
                 slot,

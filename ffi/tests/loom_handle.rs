@@ -3,7 +3,9 @@
 //! - the value is dropped exactly once, whoever is last;
 //! - a stale handle never reaches the value of the slot's next occupant;
 //! - the owner's fast path against a free from another thread (asymmetric fence modelled as two
-//!   SeqCst fences).
+//!   SeqCst fences);
+//! - a thread that owned a slot's previous value never takes the owner's fast path on the next
+//!   value, which its new owner frees without looking for hazards.
 //!
 //! `RUSTFLAGS="--cfg costguard_loom" LOOM_MAX_PREEMPTIONS=2 CARGO_TARGET_DIR=target/loom-ffi
 //!  cargo test -p costguard-ffi --release --test loom_handle`
@@ -133,5 +135,43 @@ fn the_owner_fast_path_against_a_free_from_another_thread() {
         }
         freer.join().unwrap();
         assert_eq!(drops.load(Ordering::SeqCst), 1);
+    });
+}
+
+#[test]
+fn a_stale_owner_never_takes_the_fast_path_on_the_next_value() {
+    loom::model(|| {
+        let table = Arc::new(Table::<Tracked>::new());
+        let drops = Arc::new(AtomicUsize::new(0));
+        // This thread owned the slot's first value, now freed; another thread reuses the slot.
+        let me = table.register();
+        let unused = Arc::new(AtomicUsize::new(0));
+        let tracked = Tracked {
+            drops: unused,
+            id: 1,
+        };
+        let old = table.insert(2, tracked, Some(me)).unwrap();
+        drop(table.claim(old, 2, Some(me)).unwrap());
+        let handle = Arc::new(loom::sync::atomic::AtomicU64::new(0));
+        let other = {
+            let (table, drops, handle) = (table.clone(), drops.clone(), handle.clone());
+            loom::thread::spawn(move || {
+                let owner = table.register();
+                let h = table
+                    .insert(2, Tracked { drops, id: 2 }, Some(owner))
+                    .unwrap();
+                // Relaxed: a handle may reach a thread with nothing ordered (or be guessed).
+                handle.store(h, Ordering::Relaxed);
+                drop(table.claim(h, 2, Some(owner)).unwrap());
+            })
+        };
+        let h = handle.load(Ordering::Relaxed);
+        if h != 0 {
+            if let Ok(v) = table.acquire(h, 2, Some(me)) {
+                assert_eq!(drops.load(Ordering::SeqCst), 0, "used after its drop");
+                assert_eq!(v.id, 2);
+            }
+        }
+        other.join().unwrap();
     });
 }
