@@ -85,20 +85,16 @@ pub fn run(data: &[u8]) {
                 assert_ne!(s, INVALID, "a live budget was refused as invalid");
                 // Another engine's counter.
                 // SAFETY: as above.
-                assert_eq!(
-                    unsafe { costguard_budget_charge(b, n2, 1, null_mut()) },
-                    INVALID
-                );
+                let s = unsafe { costguard_budget_charge(b, n2, 1, null_mut()) };
+                assert_eq!(s, INVALID);
             }
             3 if !dead.is_empty() => {
                 let b = costguard_budget {
                     bits: dead[pick % dead.len()],
                 };
                 // SAFETY: as above.
-                assert_eq!(
-                    unsafe { costguard_budget_charge(b, n, 1, null_mut()) },
-                    INVALID
-                );
+                let s = unsafe { costguard_budget_charge(b, n, 1, null_mut()) };
+                assert_eq!(s, INVALID);
                 assert_eq!(costguard_budget_free(b), INVALID);
             }
             4 => {
@@ -112,13 +108,10 @@ pub fn run(data: &[u8]) {
                     || bits == e1.bits
                     || bits == e2.bits;
                 if bits != 0 && !known {
+                    let budget = costguard_budget { bits };
                     // SAFETY: as above.
-                    assert_eq!(
-                        unsafe {
-                            costguard_budget_charge(costguard_budget { bits }, n, 1, null_mut())
-                        },
-                        INVALID
-                    );
+                    let s = unsafe { costguard_budget_charge(budget, n, 1, null_mut()) };
+                    assert_eq!(s, INVALID);
                     assert_eq!(costguard_grant_free(costguard_grant { bits }), INVALID);
                     assert_eq!(
                         costguard_level_guard_free(costguard_level_guard { bits }),
@@ -172,10 +165,9 @@ pub fn run(data: &[u8]) {
                 );
                 let mut g = 0;
                 // SAFETY: valid pointer.
-                assert_eq!(
-                    unsafe { costguard_engine_generation(costguard_engine { bits: b }, &mut g) },
-                    INVALID
-                );
+                let s =
+                    unsafe { costguard_engine_generation(costguard_engine { bits: b }, &mut g) };
+                assert_eq!(s, INVALID);
             }
             8 if !live.is_empty() => {
                 let b = costguard_budget {
