@@ -455,6 +455,53 @@ fn a_gradient_limit_survives_requests_that_take_no_time() {
     assert!((6..=20).contains(&limit(&e)), "{}", limit(&e));
 }
 
+#[test]
+fn a_panicking_refusal_hook_strands_nothing() {
+    // In shadow mode the hook sees a refusal while the admission holds its permit and key.
+    let policy = Policy::builder()
+        .class("api", |c| {
+            c.admission(|a| a.concurrency(10).per_key_concurrency(1).shadow(true))
+        })
+        .build()
+        .unwrap();
+    let engine = Engine::builder(policy)
+        .clock(ManualClock::new())
+        .on_refusal(|e| {
+            if e.shadow {
+                panic!("a bug in the hook");
+            }
+        })
+        .build()
+        .unwrap();
+    let api = engine.class("api").unwrap();
+    let request = |n| AdmitRequest::new(api, id(n)).key(b"k");
+    let first = engine.try_admit(&request(1)).unwrap();
+    let second = engine
+        .try_admit(&request(2))
+        .expect("shadow mode admits, whatever the hook does");
+    let s = engine.admission_stats();
+    assert_eq!(s.class("api").unwrap().in_flight, 2);
+    drop((first, second));
+    let s = engine.admission_stats();
+    assert_eq!(
+        s.class("api").unwrap().in_flight,
+        0,
+        "every permit came back"
+    );
+    // The key is free again: a fresh admission for it is not even a shadow refusal.
+    let shadowed = |e: &Engine| {
+        let s = e.admission_stats();
+        s.class("api")
+            .unwrap()
+            .counts
+            .shadow_refused(Reason::KeyConcurrency)
+    };
+    let before = shadowed(&engine);
+    assert_eq!(before, 1);
+    drop(engine.try_admit(&request(3)).unwrap());
+    assert_eq!(shadowed(&engine), before);
+}
+
 fn queued_policy(max_wait_ms: u64) -> Policy {
     Policy::builder()
         .class("api", |c| {
@@ -624,6 +671,50 @@ fn a_dropped_async_waiter_strands_nothing() {
         std::task::Poll::Ready(Err(v)) => assert_eq!(v.reason(), Reason::QueueTimeout),
         other => panic!("expected a timeout, got {other:?}"),
     }
+}
+
+#[test]
+fn an_async_waiter_whose_poll_panics_strands_nothing() {
+    use costguard::clock::{Clock, Timestamp};
+    use executor::{poll, CountingWaker};
+    use std::sync::atomic::AtomicBool;
+
+    /// A manual clock that panics when told to: something a waiting future's poll calls.
+    #[derive(Clone, Debug, Default)]
+    struct Faulty(ManualClock, Arc<AtomicBool>);
+    impl Clock for Faulty {
+        fn now(&self) -> Timestamp {
+            assert!(!self.1.load(Ordering::SeqCst), "the clock failed");
+            self.0.now()
+        }
+    }
+
+    let clock = Faulty::default();
+    let e = Engine::builder(queued_policy(500))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let api = e.class("api").unwrap();
+    let waker = Arc::new(CountingWaker::default());
+    let first = e.try_admit(&AdmitRequest::new(api, id(1))).unwrap();
+    let mut fut = e.admit_async(AdmitRequest::new(api, id(2)));
+    assert!(poll(&mut fut, &waker).is_pending());
+    clock.1.store(true, Ordering::SeqCst);
+    let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| poll(&mut fut, &waker)));
+    assert!(polled.is_err());
+    clock.1.store(false, Ordering::SeqCst);
+    // The future is dropped as a panic would drop it: it leaves the queue.
+    drop(fut);
+    let stats = e.admission_stats();
+    assert_eq!(stats.class("api").unwrap().queue_len, 0);
+    drop(first);
+    let stats = e.admission_stats();
+    assert_eq!(
+        stats.class("api").unwrap().in_flight,
+        0,
+        "no permit went to the dead waiter"
+    );
+    drop(e.try_admit(&AdmitRequest::new(api, id(3))).unwrap());
 }
 
 #[test]

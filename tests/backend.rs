@@ -1065,6 +1065,47 @@ fn a_host_handle_names_its_host_across_reloads() {
 }
 
 #[test]
+fn a_panicking_transition_hook_strands_no_permit() {
+    let policy = single("db", |b| {
+        b.count("breaker.consecutive_failures", 1)
+            .count("max_in_flight", 1)
+            .hosts(&["db1"])
+            .count("ejection.consecutive_failures", 1)
+    });
+    let clock = ManualClock::new();
+    let engine = Engine::builder(policy)
+        .clock(clock.clone())
+        .on_transition(|t| panic!("a bug in the hook, at {:?}", t.kind))
+        .build()
+        .unwrap();
+    let db = engine.backend("db").unwrap();
+    let budget = engine
+        .begin_by_name("api", RequestId::new("r").unwrap())
+        .unwrap();
+    // The failure opens the breaker and ejects the host: two transitions, both reported while
+    // the attempt still holds its permits.
+    engine
+        .begin_attempt(db, &budget, 0)
+        .unwrap()
+        .finish(AttemptOutcome::ConnectFailure);
+    let s = &engine.backend_stats()[0];
+    assert_eq!((s.in_flight, s.connecting), (0, 0), "{s:?}");
+    assert_eq!(s.breaker, "open");
+    assert_eq!(s.hosts[0].in_flight, 0);
+    // Once it half-opens (another transition, reported after the probe took its permits), the
+    // probe runs and its success closes the breaker.
+    clock.advance(Duration::from_secs(600));
+    let budget = engine
+        .begin_by_name("api", RequestId::new("later").unwrap())
+        .unwrap();
+    let probe = engine.begin_attempt(db, &budget, 0).unwrap();
+    probe.finish(AttemptOutcome::Success);
+    let s = &engine.backend_stats()[0];
+    assert_eq!((s.in_flight, s.connecting), (0, 0), "{s:?}");
+    assert_eq!(s.hosts[0].in_flight, 0);
+}
+
+#[test]
 fn a_particular_host_can_be_asked_for_and_is_refused_while_ejected() {
     let f = fixture(single("kafka", |b| {
         b.hosts(&["k1", "k2"])

@@ -652,7 +652,7 @@ impl Engine {
     ) {
         adm.gate.stats.refused(verdict.reason(), priority, shadow);
         if let Some(hook) = self.refusal_hook() {
-            hook(&RefusalEvent { verdict, shadow });
+            crate::engine::run_hook(|| hook(&RefusalEvent { verdict, shadow }));
         }
     }
 

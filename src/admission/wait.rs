@@ -19,19 +19,28 @@ struct Queued {
     priority: Priority,
 }
 
+/// Where `enqueue` left a request.
+enum Place {
+    /// In the queue.
+    Queued(Queued),
+    /// Holding a permit that came free while it was being queued, taken on the gate of this snapshot
+    /// (the one to finish under, and whose gate the grant will give the permit back to).
+    Held(Arc<Snapshot>, Priority),
+}
+
 fn admission<'s>(snapshot: &'s Snapshot, req: &AdmitRequest<'_>) -> Option<&'s ClassAdmission> {
     snapshot.class(req.class)?.admission.as_ref()
 }
 
 /// Puts a waiter in the queue, or refuses when the queue is full. If a permit came free meanwhile,
-/// returns `Ok(None)` with the permit held.
+/// returns [`Place::Held`] with the permit held.
 fn enqueue(
     engine: &Engine,
     req: &AdmitRequest<'_>,
     share: Permille,
     full: Verdict,
     wake: Wake,
-) -> Result<Option<Queued>, Verdict> {
+) -> Result<Place, Verdict> {
     let snapshot = engine.snapshot();
     let Some(rules) = snapshot.class(req.class) else {
         return Err(full);
@@ -72,9 +81,9 @@ fn enqueue(
                 .queue
                 .dispatch(&adm.gate.limiter, adm.queue.as_ref(), now);
         }
-        return Ok(None);
+        return Ok(Place::Held(snapshot, priority));
     }
-    Ok(Some(Queued {
+    Ok(Place::Queued(Queued {
         waiter,
         snapshot,
         priority,
@@ -141,12 +150,9 @@ pub(crate) fn block(
     full: Verdict,
 ) -> Result<Admitted, Verdict> {
     let wake = Wake::Thread(std::thread::current());
-    let Some(q) = enqueue(engine, req, share, full, wake)? else {
-        let snapshot = engine.snapshot();
-        let priority = snapshot
-            .class(req.class)
-            .map_or(Priority::Normal, |r| req.priority.unwrap_or(r.priority));
-        return finish(engine, req, &snapshot, priority);
+    let q = match enqueue(engine, req, share, full, wake)? {
+        Place::Queued(q) => q,
+        Place::Held(snapshot, priority) => return finish(engine, req, &snapshot, priority),
     };
     loop {
         match q.waiter.state() {
@@ -213,53 +219,76 @@ impl Future for AdmitFuture<'_, '_> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         let engine = this.engine;
-        match std::mem::replace(&mut this.state, State::Done) {
-            State::Done => Poll::Ready(Err(Verdict::new(Reason::Cancelled, crate::Retry::Never))),
-            State::Start(req) => match admit_or_wait(engine, &req) {
+        // A waiting future stays `Waiting` until its outcome is settled: if anything in `look`
+        // panics (the task's waker, say), its `Drop` still leaves the queue or gives the permit back.
+        let looked = match &this.state {
+            State::Waiting(req, q) => Some(look(engine, req, q, cx)),
+            _ => None,
+        };
+        match (looked, std::mem::replace(&mut this.state, State::Done)) {
+            (Some(Look::Pending), waiting) => {
+                this.state = waiting;
+                Poll::Pending
+            }
+            (Some(Look::Granted), State::Waiting(req, q)) => {
+                Poll::Ready(finish(engine, &req, &q.snapshot, q.priority))
+            }
+            (Some(Look::TimedOut), State::Waiting(req, q)) => {
+                Poll::Ready(Err(timed_out(engine, &req, &q)))
+            }
+            (_, State::Start(req)) => match admit_or_wait(engine, &req) {
                 (Ok(admitted), _) => Poll::Ready(Ok(admitted)),
                 (Err(verdict), None) => Poll::Ready(Err(verdict)),
                 (Err(verdict), Some(share)) => {
                     let wake = Wake::Task(cx.waker().clone());
                     match enqueue(engine, &req, share, verdict, wake) {
                         Err(v) => Poll::Ready(Err(v)),
-                        Ok(None) => {
-                            let snapshot = engine.snapshot();
-                            let priority = snapshot
-                                .class(req.class)
-                                .map_or(Priority::Normal, |r| req.priority.unwrap_or(r.priority));
+                        Ok(Place::Held(snapshot, priority)) => {
                             Poll::Ready(finish(engine, &req, &snapshot, priority))
                         }
-                        Ok(Some(q)) => {
-                            engine.wake_timer();
+                        Ok(Place::Queued(q)) => {
                             this.state = State::Waiting(req, q);
+                            engine.wake_timer();
                             Poll::Pending
                         }
                     }
                 }
             },
-            State::Waiting(req, q) => loop {
-                match q.waiter.state() {
-                    GRANTED => return Poll::Ready(finish(engine, &req, &q.snapshot, q.priority)),
-                    EXPIRED => return Poll::Ready(Err(timed_out(engine, &req, &q))),
-                    _ => {}
+            // Polled again after it completed.
+            _ => Poll::Ready(Err(Verdict::new(Reason::Cancelled, crate::Retry::Never))),
+        }
+    }
+}
+
+/// What a waiting future found when polled.
+enum Look {
+    Granted,
+    /// Expired by the timer, or abandoned here at its deadline.
+    TimedOut,
+    Pending,
+}
+
+/// Looks at a waiter: granted, timed out, or still waiting (with the task's waker left with it).
+fn look(engine: &Engine, req: &AdmitRequest<'_>, q: &Queued, cx: &Context<'_>) -> Look {
+    loop {
+        match q.waiter.state() {
+            GRANTED => return Look::Granted,
+            EXPIRED => return Look::TimedOut,
+            _ => {}
+        }
+        if engine.clock().now().as_nanos() >= q.waiter.deadline {
+            if q.waiter.abandon() {
+                if let Some(adm) = admission(&q.snapshot, req) {
+                    adm.gate.queue.remove(&q.waiter);
                 }
-                if engine.clock().now().as_nanos() >= q.waiter.deadline {
-                    if q.waiter.abandon() {
-                        if let Some(adm) = admission(&q.snapshot, &req) {
-                            adm.gate.queue.remove(&q.waiter);
-                        }
-                        return Poll::Ready(Err(timed_out(engine, &req, &q)));
-                    }
-                    continue;
-                }
-                q.waiter.set_waker(cx.waker());
-                // Granted between the check and the new waker: look again rather than sleep.
-                if q.waiter.state() != super::queue::WAITING {
-                    continue;
-                }
-                this.state = State::Waiting(req, q);
-                return Poll::Pending;
-            },
+                return Look::TimedOut;
+            }
+            continue;
+        }
+        q.waiter.set_waker(cx.waker());
+        // Granted between the check and the new waker: look again rather than sleep.
+        if q.waiter.state() == super::queue::WAITING {
+            return Look::Pending;
         }
     }
 }

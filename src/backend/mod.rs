@@ -405,12 +405,13 @@ impl BackendRules {
 
     fn emit(&self, host: Option<&Arc<str>>, kind: TransitionKind, at: u64) {
         if let Some(hook) = &self.hook {
-            hook(&Transition {
+            let transition = Transition {
                 backend: Arc::clone(&self.policy.name),
                 host: host.cloned(),
                 kind,
                 at,
-            });
+            };
+            crate::engine::run_hook(|| hook(&transition));
         }
     }
 

@@ -103,14 +103,17 @@ impl EngineBuilder {
     }
 
     /// A hook that sees every admission refusal (and every refusal shadow mode only records), with
-    /// its request id. It runs on the refusing thread: keep it short and non-blocking.
+    /// its request id. It runs on the refusing thread: keep it short and non-blocking. A panic in the
+    /// hook is reported by the panic hook as usual and goes no further: the engine carries on as if
+    /// the hook had returned, with nothing held or lost.
     pub fn on_refusal(mut self, hook: impl Fn(&RefusalEvent<'_>) + Send + Sync + 'static) -> Self {
         self.hook = Some(Arc::new(hook));
         self
     }
 
     /// A hook that sees every breaker transition and host ejection or readmission. It runs on the
-    /// thread that caused the transition: keep it short and non-blocking.
+    /// thread that caused the transition: keep it short and non-blocking. A panic in the hook is
+    /// reported by the panic hook as usual and goes no further, as for [`on_refusal`](Self::on_refusal).
     pub fn on_transition(mut self, hook: impl Fn(&Transition) + Send + Sync + 'static) -> Self {
         self.transitions = Some(Arc::new(hook));
         self
@@ -434,4 +437,16 @@ impl fmt::Debug for Engine {
             .field("clock", &self.inner.clock)
             .finish_non_exhaustive()
     }
+}
+
+/// Runs an application's hook so that a panic in it cannot unwind through the engine.
+///
+/// Hooks run in the middle of an operation: a refusal is reported while a shadow-mode admission
+/// holds its permit, its pool amounts and its key; a breaker transition is reported before an
+/// attempt's permits are given back. A panic unwinding from there would strand all of that for
+/// good (a backend wedged at its in-flight cap). So the panic stops here: the panic hook has
+/// already reported it (with std's default, on standard error), and the operation carries on as if
+/// the hook had returned.
+pub(crate) fn run_hook(hook: impl FnOnce()) {
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(hook));
 }
