@@ -427,3 +427,73 @@ fn key_eviction_keeps_per_key_concurrency() {
         );
     });
 }
+
+/// Two concurrent first requests of one new key, each holding its grant to the end of its thread:
+/// per-key concurrency 1 admits one of them, whichever of the table's two slots each request
+/// looks at first (neither is the overflow entry: the table has room for two entries).
+#[test]
+fn first_requests_of_a_new_key_meet_on_one_entry() {
+    loom::model(|| {
+        let policy = Policy::builder()
+            .class("api", |c| {
+                c.admission(|a| a.concurrency(8).per_key_concurrency(1).max_keys(2))
+            })
+            .build()
+            .unwrap();
+        let (engine, _clock) = engine(policy);
+        let api = engine.class("api").unwrap();
+        let admitted = Arc::new(AtomicUsize::new(0));
+        let spawn = |n: u64| {
+            let (engine, admitted) = (engine.clone(), Arc::clone(&admitted));
+            thread::spawn(move || {
+                let grant = engine.try_admit(&AdmitRequest::new(api, id(n)).key(b"k"));
+                if grant.is_ok() {
+                    let now = admitted.fetch_add(1, Ordering::SeqCst) + 1;
+                    assert_eq!(now, 1, "two requests of one key in flight, its limit is 1");
+                }
+                // Held until both threads have tried.
+                grant.ok()
+            })
+        };
+        let (a, b) = (spawn(1), spawn(2));
+        let grants = [a.join().unwrap(), b.join().unwrap()];
+        assert_eq!(grants.iter().flatten().count(), 1);
+    });
+}
+
+/// Two concurrent first requests of one new key under a rate with a burst of 1 (one per hour):
+/// exactly one conforms, however the fresh entry's creation and the charges interleave.
+#[test]
+fn a_new_keys_first_charges_are_never_lost() {
+    loom::model(|| {
+        let policy = Policy::builder()
+            .class("api", |c| {
+                c.admission(|a| {
+                    a.concurrency(8)
+                        .per_key_concurrency(8)
+                        .per_key_rate(1, Duration::from_secs(3600), 1)
+                        .max_keys(1)
+                })
+            })
+            .build()
+            .unwrap();
+        let (engine, _clock) = engine(policy);
+        let api = engine.class("api").unwrap();
+        let spawn = |n: u64| {
+            let engine = engine.clone();
+            thread::spawn(move || {
+                engine
+                    .try_admit(&AdmitRequest::new(api, id(n)).key(b"k"))
+                    .map(drop)
+                    .is_ok()
+            })
+        };
+        let (a, b) = (spawn(1), spawn(2));
+        let conforming = [a.join().unwrap(), b.join().unwrap()];
+        assert_eq!(
+            conforming.iter().filter(|&&ok| ok).count(),
+            1,
+            "{conforming:?} with a burst of 1"
+        );
+    });
+}

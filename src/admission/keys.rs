@@ -15,7 +15,14 @@
 //! rate allowance is full again (`tat <= now`) is idle, and is taken over by the next new key that needs
 //! room: eviction loses nothing, since a fresh entry behaves exactly like an idle one. Only a thread
 //! that holds a pin writes `tat`, and a slot with pins cannot be taken over, because pins and
-//! fingerprint share one word.
+//! fingerprint share one word. (A new entry keeps its slot's `tat`: if the slot's previous key starts
+//! and ends a request in the very instant it is taken over, the new key inherits that request's
+//! charge, which is stricter, never looser.)
+//!
+//! Concurrent first requests of one key meet on one entry: a request looking for room that finds a
+//! slot already claimed for its key joins it, and one that claimed a slot while another request of
+//! its key claimed an earlier one moves to that one. Only when a slot turns idle in the instant
+//! between two such requests' scans can a key end up with two entries, each holding its limit.
 //!
 //! **Past the bound.** When all 8 candidate slots of a new key are busy, the key is served by one
 //! shared overflow entry with the same per-key limits: all such keys together get the share of one key.
@@ -146,26 +153,48 @@ impl KeyTable {
                 }
             }
         }
-        // Room for it: an empty slot, or one whose key is idle.
-        for index in candidates {
+        // Room for it: an empty slot, or one whose key is idle. Another request of the same key may
+        // be making room at the same time: a slot found holding this key is joined, not passed by.
+        for (n, index) in candidates.clone().enumerate() {
             let slot = self.slot(index);
-            let word = slot.key.load(Ordering::Acquire);
-            let empty = word == 0;
-            let idle = word & PINS == 0 && slot.tat.load(Ordering::Acquire) <= now;
-            if (empty || idle)
-                && slot
-                    .key
-                    .compare_exchange(
-                        word,
-                        (fp << FP_SHIFT) | 1,
-                        Ordering::AcqRel,
-                        Ordering::Acquire,
-                    )
-                    .is_ok()
-            {
-                // This thread holds the only pin of a fresh entry: its rate state starts full.
-                slot.tat.store(0, Ordering::Release);
-                return self.charge_rate(index, now, cost, limits, shadow);
+            let mut word = slot.key.load(Ordering::Acquire);
+            loop {
+                if word >> FP_SHIFT == fp {
+                    match self.pin_and_charge(index, fp, now, cost, limits, shadow) {
+                        Some(result) => return result,
+                        None => {
+                            word = slot.key.load(Ordering::Acquire);
+                            continue;
+                        }
+                    }
+                }
+                let empty = word == 0;
+                let idle = word & PINS == 0 && slot.tat.load(Ordering::Acquire) <= now;
+                if !(empty || idle) {
+                    break;
+                }
+                match slot.key.compare_exchange(
+                    word,
+                    (fp << FP_SHIFT) | 1,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    // This thread holds the only pin of a fresh entry. Its rate state is the idle
+                    // one's, `tat <= now`: a full allowance. (It is not reset: another request of
+                    // this key may already have charged it.)
+                    Ok(_) => {
+                        return self.claimed(
+                            index,
+                            candidates.take(n),
+                            fp,
+                            now,
+                            cost,
+                            limits,
+                            shadow,
+                        )
+                    }
+                    Err(actual) => word = actual,
+                }
             }
         }
         self.pin_and_charge(OVERFLOW, OVERFLOW_FP, now, cost, limits, shadow)
@@ -173,6 +202,32 @@ impl KeyTable {
                 in_flight: limits.concurrency,
                 limit: limits.concurrency,
             }))
+    }
+
+    /// Slot `index` was just claimed for key `fp`. If meanwhile another request of the key made an
+    /// entry in an `earlier` candidate slot (one this thread had already passed), the request joins
+    /// that entry and leaves the new one idle, so that the key's requests keep meeting on one entry;
+    /// otherwise it charges its rate on the new one.
+    #[allow(clippy::too_many_arguments)]
+    fn claimed(
+        &self,
+        index: u32,
+        earlier: impl Iterator<Item = u32>,
+        fp: u64,
+        now: u64,
+        cost: u64,
+        limits: KeyLimits,
+        shadow: bool,
+    ) -> Result<(u32, Option<KeyRefusal>), KeyRefusal> {
+        for other in earlier {
+            if self.slot(other).key.load(Ordering::Acquire) >> FP_SHIFT == fp {
+                if let Some(result) = self.pin_and_charge(other, fp, now, cost, limits, shadow) {
+                    self.release(index);
+                    return result;
+                }
+            }
+        }
+        self.charge_rate(index, now, cost, limits, shadow)
     }
 
     /// Pins slot `index` if it still holds `fp`; `None` if the key moved out meanwhile.
