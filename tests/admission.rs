@@ -502,6 +502,38 @@ fn a_panicking_refusal_hook_strands_nothing() {
     assert_eq!(shadowed(&engine), before);
 }
 
+#[test]
+fn a_window_closed_by_an_older_request_keeps_the_new_bounds() {
+    let aimd = |max: u64| {
+        Policy::builder()
+            .class("api", |c| {
+                c.admission(|a| {
+                    a.aimd(max.min(10), 1, max, 0.5, Duration::from_millis(100))
+                        .window(Duration::from_secs(1))
+                })
+            })
+            .build()
+            .unwrap()
+    };
+    let (e, clock) = engine(aimd(20));
+    let api = e.class("api").unwrap();
+    let limit = |e: &Engine| e.admission_stats().class("api").unwrap().limit;
+    let held: Vec<_> = (0..5)
+        .map(|n| e.try_admit(&AdmitRequest::new(api, id(n))).unwrap())
+        .collect();
+    e.reload(aimd(4)).unwrap();
+    assert_eq!(limit(&e), 4, "clamped to the new bounds");
+    // One fast sample in the window; the next request to finish after it closes the window:
+    // fast and busy, the limit grows, but only within the bounds of the policy now in force.
+    let mut held = held.into_iter();
+    held.next().unwrap().finish(Outcome::Success);
+    clock.advance(Duration::from_secs(2));
+    for a in held {
+        a.finish(Outcome::Success);
+        assert!(limit(&e) <= 4, "{}", limit(&e));
+    }
+}
+
 fn queued_policy(max_wait_ms: u64) -> Policy {
     Policy::builder()
         .class("api", |c| {

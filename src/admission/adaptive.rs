@@ -6,10 +6,13 @@
 //! functions of the previous state and one window of samples, so they can be tested exactly.
 //!
 //! The per-request path only adds a sample to a few atomic accumulators. Once per window, the first
-//! request to finish after the window ended takes a try-lock and computes the new limit; nobody waits
-//! for it. Only outcomes that say something about the backend's capacity are sampled: successes and
+//! request to finish after the window ended computes the new limit, and sets the limiter, under a lock
+//! only that request and a reload ever take. The configuration it computes with is the sampler's own,
+//! which a reload replaces under the same lock: a request still running under an older policy closes
+//! a window by the newest one, never setting a limit outside its bounds. Only outcomes that say something about the backend's capacity are sampled: successes and
 //! overload failures (server errors, timeouts). Refused, cancelled and client-error requests are not.
 
+use super::limiter::Limiter;
 use crate::policy::{AdaptiveLimit, Algorithm};
 use crate::sync::{AtomicU64, Mutex, Ordering};
 use crossbeam_utils::CachePadded;
@@ -117,7 +120,17 @@ pub(crate) struct Sampler {
     sum_ns: AtomicU64,
     overloads: AtomicU64,
     window_end: AtomicU64,
-    state: Mutex<State>,
+    /// The window's length, ns, of the current configuration.
+    window_ns: AtomicU64,
+    state: Mutex<Adapting>,
+}
+
+/// The algorithm's state and the configuration it runs under (`None`: the class's limit is static
+/// now, and nothing may set it).
+#[derive(Debug, Default)]
+struct Adapting {
+    state: State,
+    config: Option<AdaptiveLimit>,
 }
 
 impl Sampler {
@@ -127,31 +140,48 @@ impl Sampler {
             sum_ns: AtomicU64::new(0),
             overloads: AtomicU64::new(0),
             window_end: AtomicU64::new(0),
-            state: Mutex::new(State::default()),
+            window_ns: AtomicU64::new(0),
+            state: Mutex::new(Adapting::default()),
         }
     }
 
-    /// Starts over from `initial` (a new configuration).
-    pub(crate) fn reset(&self, initial: u32, now: u64, window_ns: u64) {
-        *self.state.lock() = State {
-            limit: f64::from(initial),
+    /// Starts over under `config`, from its initial limit, which it gives `limiter`.
+    pub(crate) fn reset(&self, config: AdaptiveLimit, now: u64, limiter: &Limiter) {
+        let mut adapting = self.state.lock();
+        adapting.state = State {
+            limit: f64::from(config.initial),
             long_ns: 0.0,
         };
+        adapting.config = Some(config);
+        let window_ns = crate::clock::duration_to_nanos(config.window);
+        self.window_ns.store(window_ns, Ordering::Relaxed);
         self.window_end
             .store(now.saturating_add(window_ns), Ordering::Relaxed);
         self.take();
+        limiter.set_limit(config.initial);
     }
 
-    /// The current limit, clamped to a new configuration's bounds.
-    pub(crate) fn clamp(&self, config: &AdaptiveLimit) -> u32 {
-        let mut state = self.state.lock();
-        let limit = if state.limit.is_finite() {
-            state.limit
+    /// Goes on under `config` (the same algorithm, new settings), from the current limit clamped to
+    /// its bounds, which it gives `limiter`.
+    pub(crate) fn reconfigure(&self, config: AdaptiveLimit, limiter: &Limiter) {
+        let mut adapting = self.state.lock();
+        let limit = if adapting.state.limit.is_finite() {
+            adapting.state.limit
         } else {
             f64::from(config.initial)
         };
-        state.limit = limit.clamp(f64::from(config.min), f64::from(config.max));
-        state.limit as u32
+        adapting.state.limit = limit.clamp(f64::from(config.min), f64::from(config.max));
+        adapting.config = Some(config);
+        self.window_ns.store(
+            crate::clock::duration_to_nanos(config.window),
+            Ordering::Relaxed,
+        );
+        limiter.set_limit(adapting.state.limit as u32);
+    }
+
+    /// The class's limit is static from now on: windows still closing set nothing.
+    pub(crate) fn stop(&self) {
+        self.state.lock().config = None;
     }
 
     pub(crate) fn record(&self, latency_ns: u64, overload: bool) {
@@ -176,15 +206,11 @@ impl Sampler {
         }
     }
 
-    /// If the window has ended, computes the next limit (once, by whoever gets here first).
-    pub(crate) fn maybe_update(
-        &self,
-        config: &AdaptiveLimit,
-        now: u64,
-        window_ns: u64,
-        in_flight: u32,
-    ) -> Option<u32> {
+    /// If the window has ended, computes the next limit and gives it to `limiter` (once, by
+    /// whoever gets here first). Returns the new limit.
+    pub(crate) fn maybe_update(&self, now: u64, in_flight: u32, limiter: &Limiter) -> Option<u32> {
         let end = self.window_end.load(Ordering::Relaxed);
+        let window_ns = self.window_ns.load(Ordering::Relaxed);
         if now < end
             || self
                 .window_end
@@ -200,9 +226,12 @@ impl Sampler {
         }
         let mut w = self.take();
         w.in_flight = in_flight;
-        let mut state = self.state.lock();
-        *state = next(config, *state, w);
-        Some(state.limit as u32)
+        let mut adapting = self.state.lock();
+        let config = adapting.config?;
+        adapting.state = next(&config, adapting.state, w);
+        let limit = adapting.state.limit as u32;
+        limiter.set_limit(limit);
+        Some(limit)
     }
 }
 
@@ -354,10 +383,11 @@ mod tests {
                 s.limit.is_nan(),
                 "a state is only ever replaced by a finite one"
             );
-            let sampler = Sampler::new();
-            *sampler.state.lock() = poisoned;
+            let (sampler, limiter) = (Sampler::new(), Limiter::new(1));
+            sampler.state.lock().state = poisoned;
+            sampler.reconfigure(config, &limiter);
             assert_eq!(
-                sampler.clamp(&config),
+                limiter.limit(),
                 config.initial.clamp(config.min, config.max)
             );
         }
@@ -366,7 +396,7 @@ mod tests {
     #[test]
     fn latency_sums_saturate() {
         let sampler = Sampler::new();
-        sampler.reset(10, 0, MS);
+        sampler.reset(aimd(), 0, &Limiter::new(1));
         sampler.record(u64::MAX - 1, false);
         sampler.record(5, true);
         let w = sampler.take();
@@ -376,17 +406,36 @@ mod tests {
     #[test]
     fn one_update_per_window() {
         let c = aimd();
-        let sampler = Sampler::new();
-        let window_ns = 1_000 * MS;
-        sampler.reset(10, 0, window_ns);
+        let (sampler, limiter) = (Sampler::new(), Limiter::new(1));
+        sampler.reset(c, 0, &limiter);
+        assert_eq!(limiter.limit(), 10);
         sampler.record(50 * MS, false);
-        assert_eq!(sampler.maybe_update(&c, 999 * MS, window_ns, 10), None);
-        assert_eq!(
-            sampler.maybe_update(&c, 1_000 * MS, window_ns, 10),
-            Some(11)
-        );
-        assert_eq!(sampler.maybe_update(&c, 1_000 * MS, window_ns, 10), None);
+        assert_eq!(sampler.maybe_update(999 * MS, 10, &limiter), None);
+        assert_eq!(sampler.maybe_update(1_000 * MS, 10, &limiter), Some(11));
+        assert_eq!(limiter.limit(), 11);
+        assert_eq!(sampler.maybe_update(1_000 * MS, 10, &limiter), None);
         sampler.record(500 * MS, false);
-        assert_eq!(sampler.maybe_update(&c, 2_000 * MS, window_ns, 10), Some(5));
+        assert_eq!(sampler.maybe_update(2_000 * MS, 10, &limiter), Some(5));
+        assert_eq!(limiter.limit(), 5);
+    }
+
+    #[test]
+    fn windows_close_under_the_newest_configuration() {
+        let (sampler, limiter) = (Sampler::new(), Limiter::new(1));
+        sampler.reset(aimd(), 0, &limiter);
+        // A reload narrows the bounds to 2..=4: the limit is clamped at once...
+        let narrow = AdaptiveLimit { max: 4, ..aimd() };
+        sampler.reconfigure(narrow, &limiter);
+        assert_eq!(limiter.limit(), 4);
+        // ...and a fast window closed by a request of the older policy grows it within them.
+        sampler.record(10 * MS, false);
+        assert_eq!(sampler.maybe_update(1_000 * MS, 10, &limiter), Some(4));
+        assert_eq!(limiter.limit(), 4);
+        // A static limit from a reload: windows still closing set nothing.
+        sampler.stop();
+        limiter.set_limit(7);
+        sampler.record(10 * MS, false);
+        assert_eq!(sampler.maybe_update(2_000 * MS, 10, &limiter), None);
+        assert_eq!(limiter.limit(), 7);
     }
 }

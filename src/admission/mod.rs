@@ -357,14 +357,11 @@ impl Drop for Admitted {
         if sampled {
             let latency = now.saturating_sub(self.start.as_nanos());
             gate.record_latency(latency);
-            if let Some(config) = &adm.adaptive {
+            if adm.adaptive.is_some() {
                 // A sample that finishes after its window closed belongs to the next window: close
                 // the old one first. Count this request as in flight: it was, until a moment ago.
-                let window = crate::clock::duration_to_nanos(config.window);
                 let in_flight = gate.limiter.in_flight().saturating_add(1);
-                if let Some(limit) = gate.sampler.maybe_update(config, now, window, in_flight) {
-                    gate.limiter.set_limit(limit);
-                }
+                gate.sampler.maybe_update(now, in_flight, &gate.limiter);
                 gate.sampler
                     .record(latency, self.outcome == Some(Outcome::Overload));
             }

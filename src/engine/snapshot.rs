@@ -258,16 +258,15 @@ impl Registry {
             let previous = self.adaptive[id];
             let adaptive = match a.concurrency() {
                 Concurrency::Static(limit) => {
+                    gate.sampler.stop();
                     gate.limiter.set_limit(limit);
                     None
                 }
                 Concurrency::Adaptive(config) => {
                     if previous.is_some_and(|p| p.algorithm == config.algorithm) {
-                        gate.limiter.set_limit(gate.sampler.clamp(&config));
+                        gate.sampler.reconfigure(config, &gate.limiter);
                     } else {
-                        let window = crate::clock::duration_to_nanos(config.window);
-                        gate.sampler.reset(config.initial, now, window);
-                        gate.limiter.set_limit(config.initial);
+                        gate.sampler.reset(config, now, &gate.limiter);
                     }
                     Some(config)
                 }
