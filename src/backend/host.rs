@@ -105,14 +105,19 @@ impl BreakerCell {
             if next == w {
                 return Change::None;
             }
-            // Publish the times before the state that refers to them.
+            // Publish the times before the state that refers to them. By `fetch_max`: each opening
+            // (and each closing) comes after the previous one's time, so the times only grow, and
+            // a caller whose compare-exchange below then fails, long preempted, cannot put back an
+            // older time over a newer opening's (half-opening it early).
             match change {
                 Change::Opened => {
                     let opened = breaker::Word::unpack(next).opened;
                     self.open_until
-                        .store(now.saturating_add(open_ns(opened)), Ordering::Release);
+                        .fetch_max(now.saturating_add(open_ns(opened)), Ordering::AcqRel);
                 }
-                Change::Closed => self.closed_at.store(now, Ordering::Release),
+                Change::Closed => {
+                    self.closed_at.fetch_max(now, Ordering::AcqRel);
+                }
                 Change::None => {}
             }
             match self
@@ -256,9 +261,10 @@ impl HostState {
                     if reserved {
                         let count = (ejections + 1).min(0xff);
                         let next = EJECTED | (count << EJECTIONS_SHIFT);
-                        // The time is written before the state that refers to it.
+                        // The time is written before the state that refers to it, by `fetch_max`
+                        // as the breaker's times are: a stale writer never shortens an ejection.
                         self.ejected_until
-                            .store(now.saturating_add(rule.duration(count)), Ordering::Release);
+                            .fetch_max(now.saturating_add(rule.duration(count)), Ordering::AcqRel);
                         match self.eject.compare_exchange(
                             w,
                             next,
