@@ -277,6 +277,44 @@ fn permit_handed_to_expiring_waiter_is_used_or_returned() {
     });
 }
 
+/// A permit handed to a waiter as the waiter itself finds its deadline passed (polled after it,
+/// with no timer having run) is either used or given back.
+///
+/// The releaser may hand the permit over while the waiter's own poll, past its deadline, tries to
+/// leave the queue: if it leaves first, the releaser keeps the permit free; if the permit came
+/// first, the poll must take it, never time out with it held.
+#[test]
+fn permit_handed_to_a_waiter_timing_itself_out_is_used_or_returned() {
+    loom::model(|| {
+        let max_wait = Duration::from_millis(100);
+        let (engine, clock, api, held) = held_permit_and_waiter(max_wait);
+        let waker = Waker::from(Arc::new(CountingWaker::default()));
+        let mut waiter = engine.admit_async(AdmitRequest::new(api, id(2)));
+        assert!(poll_once(&mut waiter, &waker).is_pending());
+        // The release races the deadline passing and the waiter's own poll after it. (A release
+        // that reads the clock after the deadline expires the waiter instead of granting it.)
+        let releaser = thread::spawn(move || drop(held));
+        clock.advance(max_wait * 2);
+        let result = poll_once(&mut waiter, &waker);
+        releaser.join().unwrap();
+        match result {
+            Poll::Ready(Ok(grant)) => {
+                assert_eq!(in_flight_and_queued(&engine), (1, 0));
+                drop(grant);
+            }
+            Poll::Ready(Err(verdict)) => assert_eq!(verdict.reason(), Reason::QueueTimeout),
+            Poll::Pending => panic!("still pending past its deadline"),
+        }
+        drop(waiter);
+        assert_eq!(
+            in_flight_and_queued(&engine),
+            (0, 0),
+            "(in flight, queued): a permit or a waiter was stranded"
+        );
+        assert!(engine.try_admit(&AdmitRequest::new(api, id(3))).is_ok());
+    });
+}
+
 /// Lowering the limit while permits are held lets no new request in above the new limit, and no
 /// release underflows.
 ///
@@ -495,5 +533,48 @@ fn a_new_keys_first_charges_are_never_lost() {
             1,
             "{conforming:?} with a burst of 1"
         );
+    });
+}
+
+/// A key taking over an idle slot while that slot's key admits and leaves again: every pin stays
+/// counted on the entry its grant holds. Checked while key `b`'s grants are still held, so that a
+/// lost pin shows as room for more: however many more of `b` are then admitted, `b` never has
+/// more than twice its limit in flight (its slot and the overflow entry).
+#[test]
+fn a_slot_taken_over_keeps_every_pin_counted() {
+    loom::model(|| {
+        let policy = Policy::builder()
+            .class("api", |c| {
+                c.admission(|a| a.concurrency(8).per_key_concurrency(1).max_keys(1))
+            })
+            .build()
+            .unwrap();
+        let (engine, _clock) = engine(policy);
+        let api = engine.class("api").unwrap();
+        let admit = move |engine: &Engine, key: &'static [u8], n: u64| {
+            engine
+                .try_admit(&AdmitRequest::new(api, id(n)).key(key))
+                .ok()
+        };
+        let a = {
+            let engine = engine.clone();
+            thread::spawn(move || drop(admit(&engine, b"a", 1)))
+        };
+        let b = {
+            let engine = engine.clone();
+            thread::spawn(move || [admit(&engine, b"b", 2), admit(&engine, b"b", 3)])
+        };
+        a.join().unwrap();
+        let mut held: Vec<Admitted> = b.join().unwrap().into_iter().flatten().collect();
+        while let Some(grant) = admit(&engine, b"b", 4) {
+            held.push(grant);
+            assert!(
+                held.len() <= 2,
+                "{} of key b in flight, limit 1",
+                held.len()
+            );
+        }
+        drop(held);
+        assert_eq!(in_flight_and_queued(&engine), (0, 0));
     });
 }
