@@ -13,6 +13,11 @@
 //! see. Under loom the engine starts no waiter timer either, so a model that needs waiters expired
 //! advances the clock and calls [`Engine::expire_waiters`] itself.
 //!
+//! One invariant is out of loom's reach: a waiter joining the queue as the last permit is released
+//! never misses it. The waiter's count and the limiter's word form a store-buffering pair that is
+//! correct only because all four accesses are `SeqCst`, and loom models `SeqCst` as acquire/release
+//! (see `WaitQueue::waiting`).
+//!
 //! An [`AdmitFuture`](costguard::AdmitFuture) borrows its engine, and a loom thread must be
 //! `'static`, so a model that races something against a waiter future keeps the future on the
 //! model's own thread and spawns the other side.

@@ -100,6 +100,12 @@ struct Inner {
 #[derive(Debug, Default)]
 pub(crate) struct WaitQueue {
     /// How many waiters are queued; read by every release.
+    ///
+    /// A new waiter stores this, then looks at the limiter once more; a release writes the limiter,
+    /// then loads this. That is the store-buffering pattern: only if all four accesses are `SeqCst`
+    /// (as they are, here and in the limiter) is it impossible for the waiter to miss the freed
+    /// permit while the release misses the waiter. (loom models `SeqCst` as acquire/release, so its
+    /// models cannot check this pairing; they check everything around it.)
     waiting: AtomicU32,
     inner: Mutex<Inner>,
 }
