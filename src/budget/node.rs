@@ -13,7 +13,7 @@ use crate::clock::Timestamp;
 use crate::engine::snapshot::{ClassRules, Snapshot};
 use crate::handle::{Class, Counter};
 use crate::policy::MAX_DIMENSIONS;
-use crate::sync::{Arc, AtomicU32, AtomicU64, Mutex, Ordering, Weak};
+use crate::sync::{Arc, AtomicU32, AtomicU64, Mutex, OnceLock, Ordering, Weak};
 use crate::{Priority, RequestId};
 
 /// How many finished children a budget keeps in its report; beyond that they are only counted.
@@ -79,7 +79,7 @@ pub(crate) struct Node {
     pub(crate) finished: Mutex<Finished>,
     /// Per dimension, the part of `used` charged through descendants; created with the first child.
     /// A refund may only give back the rest: what was charged through this budget itself.
-    pub(crate) from_children: std::sync::OnceLock<Box<[AtomicU64; MAX_DIMENSIONS]>>,
+    pub(crate) from_children: OnceLock<Box<[AtomicU64; MAX_DIMENSIONS]>>,
 }
 
 /// What a node is set to: its class, its times, its priority, its id and its limits' overrides.
@@ -132,7 +132,7 @@ impl Node {
             snapshot: Arc::clone(init.snapshot),
             live: Mutex::new(Vec::new()),
             finished: Mutex::new(Finished::default()),
-            from_children: std::sync::OnceLock::new(),
+            from_children: OnceLock::new(),
         });
         if let Some(parent) = &node.parent {
             // Every ancestor needs its record of descendants' charges before the first one arrives.

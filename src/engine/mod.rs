@@ -74,7 +74,7 @@ struct Inner {
     transitions: Option<TransitionHook>,
     /// Expires async waiters; started with the first one.
     #[cfg_attr(costguard_loom, allow(dead_code))]
-    timer: std::sync::OnceLock<std::thread::Thread>,
+    timer: crate::sync::OnceLock<std::thread::Thread>,
 }
 
 /// Configures an [`Engine`].
@@ -154,7 +154,7 @@ impl EngineBuilder {
                 cpu_clock,
                 hook: self.hook,
                 transitions: self.transitions,
-                timer: std::sync::OnceLock::new(),
+                timer: crate::sync::OnceLock::new(),
             }),
         })
     }
