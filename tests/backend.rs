@@ -919,6 +919,7 @@ x = 1
 [backends."Bad Name"]
 
 [backends.margin]
+retry = { ratio = 0.0002 }
 timeout = "100ms"
 margin = "18446744073709551615ns"
 
@@ -949,6 +950,7 @@ retry = { ratio = 0.1 }
         "backends.twice.breaker.window: setting given twice",
         "backends.twice.retry.ratio: setting given twice",
         "backends.margin.margin: must be below timeout",
+        "backends.margin.retry.ratio: is below the resolution of 0.001 (found 0.0002)",
     ] {
         assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
     }

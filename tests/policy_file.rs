@@ -261,6 +261,9 @@ queue = { capacity = 0, max_wait = "0s" }
 per_key = { per = "1s", max_keys = 0 }
 [classes.nothing.admission]
 shadow = "yes"
+[classes.tiny.admission]
+concurrency = 4
+headroom = { sheddable = 0.0001, background = 0 }
 [classes.codel.admission]
 concurrency = 4
 queue = { capacity = 4, codel_target = "2s", codel_interval = "100ms" }
@@ -288,6 +291,7 @@ queue = { capacity = 4, codel_target = "2s", codel_interval = "100ms" }
         "classes.nothing.admission.shadow: expected true or false, found a string",
         "classes.nothing.admission.concurrency: missing `concurrency`",
         "classes.codel.admission.queue.codel_target: must not be above codel_interval",
+        "classes.tiny.admission.headroom.sheddable: is below the resolution of 0.001 (found 0.0001); write 0 for none",
     ] {
         assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
     }

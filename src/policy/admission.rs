@@ -250,12 +250,23 @@ pub(crate) const DEFAULT_CODEL_INTERVAL: Duration = Duration::from_millis(100);
 pub(crate) const DEFAULT_WINDOW: Duration = Duration::from_secs(1);
 pub(crate) const DEFAULT_MAX_KEYS: u32 = 65_536;
 
-/// A fraction in `[lo, hi]` as per mille, or `None` for NaN and anything out of range.
+/// A fraction in `[lo, hi]` as per mille, or `None` for NaN, anything out of range, and a fraction
+/// above zero that would round to zero (a share that was meant to be small, not none).
 pub(crate) fn permille(x: f64, lo: f64, hi: f64) -> Option<Permille> {
-    if x.is_finite() && x >= lo && x <= hi {
-        Some((x * 1000.0).round() as Permille)
+    let p = (x * 1000.0).round();
+    if x.is_finite() && x >= lo && x <= hi && (p > 0.0 || x == 0.0) {
+        Some(p as Permille)
     } else {
         None
+    }
+}
+
+/// What is wrong with a fraction of `[0, 1]` that [`permille`] refused.
+pub(crate) fn fraction_problem(x: f64) -> String {
+    if x > 0.0 && x < 0.0005 {
+        format!("is below the resolution of 0.001 (found {x}); write 0 for none")
+    } else {
+        format!("must be a fraction between 0 and 1 (found {x})")
     }
 }
 
@@ -550,11 +561,7 @@ pub(crate) fn validate_admission(
         };
         match permille(share.value, 0.0, 1.0) {
             Some(v) => headroom.0[p as usize] = v,
-            None => problems.push(
-                share.at.clone(),
-                field,
-                format!("must be a fraction between 0 and 1 (found {})", share.value),
-            ),
+            None => problems.push(share.at.clone(), field, fraction_problem(share.value)),
         }
     }
     if headroom.0[0] != 1000 {

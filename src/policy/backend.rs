@@ -4,7 +4,7 @@
 //! connection attempts in flight (for the backend and for each of its hosts), a circuit breaker, outlier
 //! ejection for its hosts, and a retry budget. Fractions are stored per mille, like admission's.
 
-use super::admission::{permille, Permille};
+use super::admission::{fraction_problem, permille, Permille};
 use super::error::{Location, Problems};
 use super::Field;
 use std::sync::Arc;
@@ -383,7 +383,7 @@ pub(crate) fn validate_backends(
                     problems.push(
                         f.at.clone(),
                         format!("{base}.{key}"),
-                        format!("must be a fraction between 0 and 1 (found {})", f.value),
+                        fraction_problem(f.value),
                     );
                     default
                 }),
