@@ -17,44 +17,14 @@ mod header_decode;
 #[path = "../fuzz/harness/policy_toml.rs"]
 mod policy_toml;
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
+#[path = "../fuzz/harness/replay.rs"]
+mod corpus;
+
 use std::path::{Path, PathBuf};
 
-fn files(dir: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut files: Vec<PathBuf> = entries
-        .map(|e| e.expect("readable directory entry").path())
-        .filter(|p| p.is_file())
-        .collect();
-    files.sort();
-    files
-}
-
-/// Runs every input of the target's corpus and regressions; reports every failing file at once.
 fn replay(target: &str, run: fn(&[u8])) {
-    let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
-    let corpus = files(&fuzz.join("corpus").join(target));
-    assert!(
-        !corpus.is_empty(),
-        "fuzz/corpus/{target}/ is empty or missing"
-    );
-    let regressions = files(&fuzz.join("regressions").join(target));
-    let mut failed = Vec::new();
-    for path in corpus.iter().chain(&regressions) {
-        let data = std::fs::read(path).expect("readable corpus file");
-        if catch_unwind(AssertUnwindSafe(|| run(&data))).is_err() {
-            failed.push(path.display().to_string());
-        }
-    }
-    assert!(
-        failed.is_empty(),
-        "{target}: {} of {} inputs failed:\n  {}",
-        failed.len(),
-        corpus.len() + regressions.len(),
-        failed.join("\n  ")
-    );
+    let fuzz: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+    corpus::replay(&fuzz, target, run);
 }
 
 #[test]

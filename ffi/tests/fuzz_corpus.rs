@@ -5,45 +5,11 @@
 
 #[path = "../../fuzz/harness/ffi_ops.rs"]
 mod ffi_ops;
-
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::{Path, PathBuf};
-
-fn files(dir: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut files: Vec<PathBuf> = entries
-        .map(|e| e.expect("readable directory entry").path())
-        .filter(|p| p.is_file())
-        .collect();
-    files.sort();
-    files
-}
+#[path = "../../fuzz/harness/replay.rs"]
+mod replay;
 
 #[test]
 fn ffi_ops_corpus() {
-    let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
-    let corpus = files(&fuzz.join("corpus/ffi_ops"));
-    assert!(
-        !corpus.is_empty(),
-        "fuzz/corpus/ffi_ops/ is empty or missing"
-    );
-    let regressions = files(&fuzz.join("regressions/ffi_ops"));
-    let failed: Vec<String> = corpus
-        .iter()
-        .chain(&regressions)
-        .filter(|path| {
-            let data = std::fs::read(path).expect("readable corpus file");
-            catch_unwind(AssertUnwindSafe(|| ffi_ops::run(&data))).is_err()
-        })
-        .map(|path| path.display().to_string())
-        .collect();
-    assert!(
-        failed.is_empty(),
-        "ffi_ops: {} of {} inputs failed:\n  {}",
-        failed.len(),
-        corpus.len() + regressions.len(),
-        failed.join("\n  ")
-    );
+    let fuzz = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
+    replay::replay(&fuzz, "ffi_ops", ffi_ops::run);
 }
