@@ -313,12 +313,13 @@ impl KeyTable {
 
     /// Unpins a slot returned by [`acquire`](Self::acquire).
     pub(crate) fn release(&self, index: u32) {
-        let _ = self
-            .slot(index)
-            .key
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
-                (w & PINS != 0).then(|| w - 1)
-            });
+        let unpinned =
+            self.slot(index)
+                .key
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                    (w & PINS != 0).then(|| w - 1)
+                });
+        debug_assert!(unpinned.is_ok(), "a key entry unpinned with no pins");
     }
 
     /// Keys with an entry (for statistics; walks the table).

@@ -88,15 +88,20 @@ impl Limiter {
             });
     }
 
-    /// Gives a permit back; never below zero.
+    /// Gives a permit back; never below zero. (A release with nothing in flight is a bug that
+    /// saturating would hide: debug builds, the tests' and the fuzzers', stop on it.)
     #[inline]
     pub(crate) fn release(&self) {
-        let _ = self
+        let before = self
             .word
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |w| {
                 let (in_flight, limit) = unpack(w);
                 Some(pack(in_flight.saturating_sub(1), limit))
             });
+        debug_assert!(
+            before.is_ok_and(|w| unpack(w).0 > 0),
+            "a permit released with none in flight"
+        );
     }
 
     /// Sets the limit; permits held are untouched.
@@ -150,10 +155,17 @@ mod tests {
         l.try_acquire(1000).unwrap();
         assert_eq!((l.in_flight(), l.limit()), (1, 1));
         l.release();
-        l.release(); // an extra release saturates instead of wrapping
         assert_eq!(l.in_flight(), 0);
         l.force_acquire();
         l.force_acquire();
         assert_eq!(l.in_flight(), 2);
+    }
+
+    #[test]
+    #[cfg_attr(debug_assertions, should_panic(expected = "none in flight"))]
+    fn an_extra_release_saturates_and_debug_builds_stop_on_it() {
+        let l = Limiter::new(3);
+        l.release();
+        assert_eq!((l.in_flight(), l.limit()), (0, 3), "not wrapped");
     }
 }

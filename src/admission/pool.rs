@@ -49,12 +49,18 @@ impl Pool {
     }
 
     /// Gives `n` back, never below zero.
+    /// Gives back `n` of what is in use; never below zero (debug builds stop on a give of more than
+    /// is in use, a bug that saturating would hide).
     pub(crate) fn give(&self, n: u64) {
-        let _ = self
+        let before = self
             .used
             .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |u| {
                 Some(u.saturating_sub(n))
             });
+        debug_assert!(
+            before.is_ok_and(|u| u >= n),
+            "gave back {n} to a pool with less in use"
+        );
     }
 
     pub(crate) fn set_limit(&self, limit: u64) {
@@ -81,10 +87,19 @@ mod tests {
         assert_eq!(p.try_take(5), Err(6));
         assert_eq!(p.try_take(u64::MAX), Err(6));
         p.try_take(4).unwrap();
-        p.give(100);
+        p.give(10);
         assert_eq!(p.used(), 0);
         p.force_take(u64::MAX);
         p.force_take(1);
         assert_eq!(p.used(), u64::MAX);
+    }
+
+    #[test]
+    #[cfg_attr(debug_assertions, should_panic(expected = "less in use"))]
+    fn giving_back_more_than_in_use_saturates_and_debug_builds_stop_on_it() {
+        let p = Pool::new(10);
+        p.try_take(4).unwrap();
+        p.give(100);
+        assert_eq!(p.used(), 0, "not wrapped");
     }
 }
