@@ -256,8 +256,19 @@ fn backend_refusal_never_uses_up_the_trees_retries() {
 /// is connecting or in flight, on the backend or on any host. The attempts end with a client error:
 /// the backend answered, and the breakers (not what this checks) stay out of it.
 fn connect_cap_model(setup: fn(BackendBuilder) -> BackendBuilder, refusal: Reason) {
+    connect_cap_model_after(setup, |_, _, _, _| {}, refusal);
+}
+
+/// [`connect_cap_model`], with `prepare` run on the fresh engine (its clock, backend and root
+/// budget) before the two threads start.
+fn connect_cap_model_after(
+    setup: fn(BackendBuilder) -> BackendBuilder,
+    prepare: fn(&Engine, &ManualClock, Backend, &Budget),
+    refusal: Reason,
+) {
     loom::model(move || {
-        let (engine, _clock, db, budget) = fixture(10, |b| setup(b).fraction("retry.ratio", 0.0));
+        let (engine, clock, db, budget) = fixture(10, |b| setup(b).fraction("retry.ratio", 0.0));
+        prepare(&engine, &clock, db, &budget);
         let connecting = Arc::new(AtomicUsize::new(0));
         let handles: Vec<_> = (0..2)
             .map(|i| {
@@ -350,5 +361,235 @@ fn in_flight_cap_per_backend_is_never_exceeded() {
     connect_cap_model(
         |b| b.count("max_in_flight", 1).count("max_connecting", 4),
         Reason::BulkheadFull,
+    );
+}
+
+/// A probe that finishes while another caller takes a probe slot neither loses that slot nor hands
+/// out an extra one: however the race goes, exactly `probes` probes can be in flight afterwards.
+///
+/// A half-open breaker counts its probes in flight in its word, and two things give a slot back
+/// while others are being taken: a probe's finish, and `release_probe` when a caller won a slot but
+/// was then refused by a bulkhead. A finish that wrote a word computed from a stale read would
+/// erase a slot taken in between, and the breaker would let a third probe at a backend it promised
+/// to spare; a refused caller that kept its slot would leave the breaker waiting for a probe that
+/// never runs, and with every slot leaked, it could never close again (until the probe timeout).
+/// Here `probes = 2` and one connection attempt at a time (`max_connecting = 1`): one probe is
+/// begun before the race; one thread reports its connection and finishes it with a success while
+/// another begins an attempt, which either finds the connect permit still held (and is refused as
+/// `ConnectLimit`, giving its slot back) or becomes a probe. Then as many probes are begun as the
+/// breaker allows, each connecting at once: with the racer's, exactly two are in flight.
+#[test]
+fn probe_slots_are_neither_lost_nor_duplicated() {
+    loom::model(|| {
+        let (engine, clock, db, budget) = fixture(10, |b| {
+            b.count("breaker.consecutive_failures", 1)
+                .count("breaker.probes", 2)
+                .count("max_connecting", 1)
+                .duration("breaker.open_for", Duration::from_secs(1))
+                .duration("breaker.ramp_up", Duration::ZERO)
+                .fraction("retry.ratio", 0.0)
+        });
+        engine
+            .begin_attempt(db, &budget, 0)
+            .unwrap()
+            .finish(AttemptOutcome::ServerError);
+        clock.advance(Duration::from_secs(1));
+        let first = engine.begin_attempt(db, &budget, 0).unwrap().into_owned();
+        assert!(first.is_probe());
+
+        let finisher = thread::spawn(move || {
+            let mut first = first;
+            first.connected();
+            first.finish(AttemptOutcome::Success);
+        });
+        let racer = {
+            let engine = engine.clone();
+            let budget = budget.clone();
+            thread::spawn(move || match engine.begin_attempt(db, &budget, 0) {
+                Ok(mut attempt) => {
+                    attempt.connected();
+                    Ok(attempt.into_owned())
+                }
+                Err(v) => Err((v.reason(), v.retry())),
+            })
+        };
+        finisher.join().unwrap();
+        let mut probes: Vec<Attempt<'static>> = Vec::new();
+        match racer.join().unwrap() {
+            Ok(attempt) => probes.push(attempt),
+            Err(refusal) => assert_eq!(refusal, (Reason::ConnectLimit, Retry::Later)),
+        }
+        // One more than the breaker may allow, to see it refuse.
+        for _ in 0..3 {
+            match engine.begin_attempt(db, &budget, 0) {
+                Ok(mut attempt) => {
+                    attempt.connected();
+                    probes.push(attempt.into_owned());
+                }
+                Err(v) => {
+                    assert_eq!((v.reason(), v.retry()), (Reason::CircuitOpen, Retry::Later));
+                    break;
+                }
+            }
+        }
+        assert!(
+            probes.iter().all(Attempt::is_probe),
+            "a half-open breaker let a non-probe in"
+        );
+        assert_eq!(
+            probes.len(),
+            2,
+            "{} probes in flight at once with breaker.probes = 2",
+            probes.len()
+        );
+    });
+}
+
+/// The floor of a retry budget is earned once per stretch of time, however many retries race to
+/// collect it.
+///
+/// `retry.min_per_second` lets a quiet service retry at all, and the budget starts with one second
+/// of it; whoever first asks for a retry after time has passed claims the floor earned since the
+/// last refill, by a compare-exchange on the refill time. If two threads could both claim the same
+/// second, every burst of concurrent retries after a pause would mint extra tokens, and the floor
+/// would grow with the number of retrying threads: the retry storm it exists to cap. Here the floor
+/// is one retry per second and first attempts deposit nothing; one second passes, two threads race
+/// to retry, and then the main thread retries until it is refused. Whatever the interleaving,
+/// exactly two retries are granted in all: the second the budget started with and the one earned.
+#[test]
+fn retry_floor_is_refilled_once_per_stretch_of_time() {
+    loom::model(|| {
+        let (engine, clock, db, budget) = fixture(10, |b| {
+            b.fraction("retry.ratio", 0.0)
+                .count("retry.min_per_second", 1)
+        });
+        let retry = move |engine: &Engine, budget: &Budget| match engine.retry(
+            db,
+            budget,
+            AttemptOutcome::ServerError,
+            1,
+        ) {
+            RetryDecision::After(_) => 1,
+            RetryDecision::Stop(v) => {
+                assert_eq!(v.reason(), Reason::RetryBudgetExhausted, "{v:?}");
+                0
+            }
+        };
+        assert_eq!(engine.backend_stats()[0].retry_tokens, 1);
+        clock.advance(Duration::from_secs(1));
+
+        let handles: Vec<_> = (0..2)
+            .map(|_| {
+                let engine = engine.clone();
+                let budget = budget.clone();
+                thread::spawn(move || retry(&engine, &budget))
+            })
+            .collect();
+        let mut granted = handles.into_iter().map(|h| h.join().unwrap()).sum::<u64>();
+        // Whatever is left, at the same instant: nothing more is earned.
+        for _ in 0..2 {
+            granted += retry(&engine, &budget);
+        }
+        assert_eq!(
+            granted, 2,
+            "{granted} retries granted from one second of floor at the start and one earned"
+        );
+        assert_eq!(engine.backend_stats()[0].retry_tokens, 0);
+    });
+}
+
+/// A retry the request tree refuses gives the backend's token back.
+///
+/// `Engine::retry` withdraws the backend's token before it charges the tree (a tree's refusal is
+/// final, so the tree must never be charged for a retry the backend then refuses). The price is
+/// that a tree's refusal must return the token: a token kept for a retry that never happened
+/// would be lost to every other request, and a burst of requests at the end of their retries would
+/// drain the backend's budget for the requests that still have some. Here the backend has two
+/// tokens (two seconds of floor, and the clock stands still) and the tree one retry; two threads of
+/// the request race to retry, so both can hold a token at once. One retry is granted, the other
+/// refused by the tree (`LimitExceeded`, never to retry), and one token is left, which a second
+/// request then gets.
+#[test]
+fn a_retry_the_tree_refuses_gives_its_token_back() {
+    loom::model(|| {
+        let (engine, _clock, db, budget) = fixture(1, |b| {
+            b.fraction("retry.ratio", 0.0)
+                .count("retry.min_per_second", 2)
+        });
+        assert_eq!(engine.backend_stats()[0].retry_tokens, 2);
+        let handles: Vec<_> = (0..2)
+            .map(|_| {
+                let engine = engine.clone();
+                let budget = budget.clone();
+                thread::spawn(move || engine.retry(db, &budget, AttemptOutcome::ServerError, 1))
+            })
+            .collect();
+        let decisions: Vec<RetryDecision> =
+            handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let granted = decisions
+            .iter()
+            .filter(|d| matches!(d, RetryDecision::After(_)))
+            .count();
+        assert_eq!(granted, 1, "{decisions:?}");
+        for d in &decisions {
+            if let RetryDecision::Stop(v) = d {
+                assert_eq!(
+                    (v.reason(), v.retry()),
+                    (Reason::LimitExceeded, Retry::Never)
+                );
+            }
+        }
+        assert_eq!(
+            engine.backend_stats()[0].retry_tokens,
+            1,
+            "the retry the tree refused kept the backend's token"
+        );
+        let other = engine.begin_by_name("api", RequestId::from_u64(2)).unwrap();
+        assert!(
+            matches!(
+                engine.retry(db, &other, AttemptOutcome::ServerError, 1),
+                RetryDecision::After(_)
+            ),
+            "another request could not retry on the token given back"
+        );
+    });
+}
+
+/// A host readmitted on probation has at most one connection attempt in progress, whatever its
+/// connect cap, and every permit comes back.
+///
+/// Probation is how a host that was ejected for failing to connect earns its place back: one
+/// connection attempt at a time until one succeeds, so a host that is still broken costs one stuck
+/// thread, not `max_connecting_per_host` of them (the 2016 pile-up again, on the host just let back
+/// in). Here the only host is ejected after one connect failure, for one second; the second passes,
+/// and two threads race to begin an attempt with `max_connecting_per_host = 2` (the backend-wide cap
+/// is higher still). The first to choose the host readmits it; the second of the two finds it on
+/// probation with its one attempt in progress and is refused as `NoHealthyHost`. The attempts end
+/// with a client error, which neither proves the host nor fails it: it stays on probation.
+#[test]
+fn connect_cap_on_probation_is_one() {
+    connect_cap_model_after(
+        |b| {
+            b.hosts(&["h1"])
+                .count("max_connecting", 4)
+                .count("max_connecting_per_host", 2)
+                .count("ejection.consecutive_failures", 1)
+                .fraction("ejection.max_ejected", 1.0)
+                .duration("ejection.base", Duration::from_secs(1))
+        },
+        |engine, clock, db, budget| {
+            engine
+                .begin_attempt(db, budget, 0)
+                .unwrap()
+                .finish(AttemptOutcome::ConnectFailure);
+            let stats = &engine.backend_stats()[0];
+            assert!(
+                stats.hosts[0].ejected,
+                "one connect failure did not eject h1"
+            );
+            assert_eq!(stats.breaker, "closed");
+            clock.advance(Duration::from_secs(1));
+        },
+        Reason::NoHealthyHost,
     );
 }
