@@ -1638,7 +1638,7 @@ impl<'p> Sim<'p> {
         same(
             "report wall limit",
             r.wall_time.limit_ns,
-            (m.deadline != u64::MAX).then(|| m.deadline - m.start),
+            (m.deadline != u64::MAX).then(|| m.deadline.saturating_sub(m.start)),
         );
         same(
             "report elapsed",
