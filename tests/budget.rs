@@ -69,6 +69,29 @@ impl Fixture {
 }
 
 #[test]
+fn an_unlimited_counter_stays_unlimited_however_much_is_charged() {
+    let f = fixture();
+    // `api` limits file_lookups only; db_queries is counted, not limited.
+    let api = f.engine.begin_by_name("api", id("req-2")).unwrap();
+    let db = f.engine.counter("db_queries").unwrap();
+    assert_eq!(api.limit(db), None);
+    assert_eq!(api.remaining_of(db), u64::MAX);
+    api.try_charge(db, 5).unwrap();
+    assert_eq!(api.used(db), 5);
+    assert_eq!(
+        api.remaining_of(db),
+        u64::MAX,
+        "still the 'unlimited' value"
+    );
+    // A child in a class that limits it is limited by its own limit only.
+    let parse = f.engine.class("parse").unwrap();
+    let child = api.child_in(parse).unwrap();
+    child.try_charge(db, 10).unwrap();
+    assert_eq!(child.remaining_of(db), 1000 - 10);
+    assert_eq!(api.remaining_of(db), u64::MAX);
+}
+
+#[test]
 fn charges_are_all_or_nothing() {
     let f = fixture();
     let b = f.parse();

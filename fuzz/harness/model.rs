@@ -572,7 +572,13 @@ impl Model {
 
     pub fn chain_remaining(&self, x: usize, d: usize) -> u64 {
         self.up(x)
-            .map(|n| n.limits[d].saturating_sub(n.used[d]))
+            .map(|n| {
+                if n.limits[d] == UNLIMITED {
+                    u64::MAX
+                } else {
+                    n.limits[d].saturating_sub(n.used[d])
+                }
+            })
             .min()
             .unwrap_or(u64::MAX)
     }

@@ -489,9 +489,15 @@ impl Node {
         }
     }
 
-    /// The least any node of the chain has left of `dim`.
+    /// The least any node of the chain has left of `dim`; `u64::MAX` when no node limits it, however
+    /// much was charged.
     pub(crate) fn chain_remaining(&self, dim: usize) -> u64 {
-        let own = self.limit(dim).saturating_sub(self.used(dim));
+        let limit = self.limit(dim);
+        let own = if limit == u64::MAX {
+            u64::MAX
+        } else {
+            limit.saturating_sub(self.used(dim))
+        };
         match &self.parent {
             Some(parent) => own.min(parent.chain_remaining(dim)),
             None => own,

@@ -11,6 +11,11 @@ function test_engine_from_string_and_from_file(): void
     $f = Engine::fromFile(repo_policy_path());
     $b = $f->begin('parse', 'r1');
     assert_same(500, $b->remaining('file_lookups'), 'the example policy limits lookups to 500');
+    // `upload` counts file lookups without limiting them: unlimited (null), even after a charge.
+    $u = $f->begin('upload', 'u1');
+    assert_same(null, $u->remaining('file_lookups'), 'unlimited');
+    $u->charge('file_lookups', 5);
+    assert_same(null, $u->remaining('file_lookups'), 'still unlimited after a charge');
 }
 
 function test_policy_errors_list_every_problem_with_file_and_line(): void
