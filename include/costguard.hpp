@@ -283,11 +283,12 @@ private:
 namespace detail {
 
 [[noreturn]] inline void fail(costguard_status s, const char *function) {
-    // The library sets its thread-local message for policy, I/O, header and panic errors; for the
-    // other statuses an older message may still be there, and would mislead.
+    // The library sets its thread-local message for exactly these statuses (API.md); for the others
+    // (a NULL argument, an invalid handle) an older message may still be there, and would mislead.
     std::string text;
     if (s == COSTGUARD_POLICY_ERROR || s == COSTGUARD_HEADER_ERROR || s == COSTGUARD_IO_ERROR ||
-        s == COSTGUARD_PANIC) {
+        s == COSTGUARD_PANIC || s == COSTGUARD_UNKNOWN_NAME || s == COSTGUARD_INVALID_ARGUMENT ||
+        s == COSTGUARD_INVALID_UTF8) {
         text = last_error();
     }
     throw Error(static_cast<Status>(s), function, std::move(text));

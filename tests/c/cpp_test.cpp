@@ -113,8 +113,10 @@ void test_basics() {
 
     cg::Engine engine = test_engine();
     CHECK(static_cast<bool>(engine));
-    CHECK_THROWS(engine.counter("no_such_counter"), cg::Error,
-                 [](const cg::Error &e) { CHECK_EQ(e.status(), cg::Status::UnknownName); });
+    CHECK_THROWS(engine.counter("no_such_counter"), cg::Error, [](const cg::Error &e) {
+        CHECK_EQ(e.status(), cg::Status::UnknownName);
+        CHECK_CONTAINS(e.detail(), "no_such_counter");
+    });
     CHECK_THROWS(engine.cls("no_such_class"), cg::Error, [](const cg::Error &) {});
     CHECK_THROWS(engine.level("file_lookups"), cg::Error, [](const cg::Error &) {});
     auto kafka = engine.backend("kafka");
@@ -329,8 +331,10 @@ void test_raii() {
                      [](const cg::Error &e) { CHECK_EQ(e.status(), cg::Status::NullArgument); });
         // An out-of-range outcome is an Error and leaves the grant held (released by the destructor).
         cg::Grant held = engine.admit(cg::AdmitRequest(parse, "finish-2"));
-        CHECK_THROWS(held.finish(static_cast<cg::Outcome>(99)), cg::Error,
-                     [](const cg::Error &e) { CHECK_EQ(e.status(), cg::Status::InvalidArgument); });
+        CHECK_THROWS(held.finish(static_cast<cg::Outcome>(99)), cg::Error, [](const cg::Error &e) {
+            CHECK_EQ(e.status(), cg::Status::InvalidArgument);
+            CHECK_CONTAINS(e.detail(), "unknown outcome 99");
+        });
         CHECK(held);
         CHECK(has_line(engine, "costguard_in_flight{class=\"parse\"} 1"));
         held.finish(cg::Outcome::Success);

@@ -236,8 +236,13 @@ final class Library
         $name = Status::tryFrom($status)?->name ?? "status {$status}";
         $describe = $this->ffi->costguard_status_describe($status);
         $message = "{$what}: {$describe} ({$name})";
-        $detail = in_array($status, [Status::PolicyError->value, Status::HeaderError->value, Status::Panic->value, Status::IoError->value], true)
-            ? $this->lastError() : '';
+        // The statuses whose explanation the library sets (API.md); for the others (a NULL
+        // argument, an invalid handle) an older message may still be there, and would mislead.
+        $explained = [
+            Status::PolicyError, Status::HeaderError, Status::Panic, Status::IoError,
+            Status::UnknownName, Status::InvalidArgument, Status::InvalidUtf8,
+        ];
+        $detail = in_array(Status::tryFrom($status), $explained, true) ? $this->lastError() : '';
         if ($detail !== '') {
             $message .= ":\n" . $detail;
         }

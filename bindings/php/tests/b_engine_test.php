@@ -83,8 +83,10 @@ function test_names_are_resolved_once_and_cached(): void
     assert_same($e->level('depth'), $e->level('depth'));
     assert_same($e->backend('svc'), $e->backend('svc'));
     assert_same($e->host('svc', 'a:1'), $e->host($e->backend('svc'), 'a:1'));
-    assert_throws(UnknownNameException::class, fn () => $e->counter('nope'));
+    assert_throws(UnknownNameException::class, fn () => $e->counter('nope'), 'no counter named `nope`');
     assert_throws(UnknownNameException::class, fn () => $e->level('nope'));
+    // The library's own explanation is part of the message.
+    assert_throws(InvalidArgumentException::class, fn () => $e->begin('t', str_repeat('x', 65)), 'longer than 64 bytes');
     assert_throws(UnknownNameException::class, fn () => $e->cls('nope'));
     assert_throws(UnknownNameException::class, fn () => $e->backend('nope'));
     assert_throws(UnknownNameException::class, fn () => $e->host('svc', 'c:1'));
