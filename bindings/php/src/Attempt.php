@@ -59,7 +59,7 @@ final class Attempt extends Handle
      */
     public function finish(AttemptOutcome $outcome, ?float $retryAfter = null): void
     {
-        $after = $retryAfter === null ? Library::NONE : (int) round(max(0.0, $retryAfter) * 1e9);
+        $after = $retryAfter === null ? Library::NONE : Library::nanos($retryAfter, 'Retry-After');
         $this->ok($this->ffi->costguard_attempt_finish($this->take(), $outcome->value, $after), 'finish attempt');
     }
 

@@ -99,7 +99,10 @@ final class Engine extends Handle
     /** Moves a manual clock forward (engines made with manualClock: true only). */
     public function advanceClock(float $seconds): void
     {
-        $this->advanceClockNs((int) round($seconds * 1e9));
+        if ($seconds < 0) {
+            throw new InvalidArgumentException('the clock only moves forward', Status::InvalidArgument->value);
+        }
+        $this->advanceClockNs(Library::nanos($seconds, 'advanceClock'));
     }
 
     public function advanceClockNs(int $nanos): void
@@ -315,7 +318,7 @@ final class Engine extends Handle
             throw new InvalidArgumentException("attempts {$attempts} out of range", Status::InvalidArgument->value);
         }
         $wait = $this->ffi->new('uint64_t');
-        $after = $retryAfter === null ? Library::NONE : (int) round(max(0.0, $retryAfter) * 1e9);
+        $after = $retryAfter === null ? Library::NONE : Library::nanos($retryAfter, 'Retry-After');
         $status = $this->ffi->costguard_retry($this->handle(), $b->handle, $budget->handle(), $outcome->value, $after, $attempts, FFI::addr($wait), $this->lib->verdict);
         if ($status === Status::Refused->value) {
             return $this->lib->verdict();

@@ -257,6 +257,19 @@ final class Library
         };
     }
 
+    /**
+     * Seconds as whole nanoseconds for the library: negative is 0, and anything past what an int
+     * holds (about 292 years, infinity included) saturates there. NaN is an error: it is no time.
+     */
+    public static function nanos(float $seconds, string $what): int
+    {
+        if (is_nan($seconds)) {
+            throw new InvalidArgumentException("{$what}: NaN is not a duration", Status::InvalidArgument->value);
+        }
+        $ns = max(0.0, $seconds) * 1e9;
+        return $ns >= (float) PHP_INT_MAX ? PHP_INT_MAX : (int) round($ns);
+    }
+
     /** This thread's last error message from the library ("" if none). */
     public function lastError(): string
     {

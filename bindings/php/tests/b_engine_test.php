@@ -123,6 +123,11 @@ function test_manual_clock_moves_only_when_told(): void
     $e->advanceClock(2.5);
     assert_same(7_500_000_000, $b->remainingNs());
     assert_throws(InvalidArgumentException::class, fn () => $e->advanceClockNs(-1));
+    assert_throws(InvalidArgumentException::class, fn () => $e->advanceClock(-0.5), 'only moves forward');
+    assert_throws(InvalidArgumentException::class, fn () => $e->advanceClock(NAN), 'NaN');
+    // Past what an int holds, the clock saturates: every deadline has passed.
+    $e->advanceClock(INF);
+    assert_same(0, $b->remainingNs());
     $real = test_engine(false);
     assert_throws(InvalidArgumentException::class, fn () => $real->advanceClock(1.0));
 }

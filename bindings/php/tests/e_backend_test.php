@@ -2,7 +2,7 @@
 
 declare(strict_types=1);
 
-use Costguard\{Attempt, AttemptOutcome, InvalidHandleException, Reason, RefusedException, Verdict};
+use Costguard\{Attempt, AttemptOutcome, InvalidArgumentException, InvalidHandleException, Reason, RefusedException, Verdict};
 
 function backend_stats(Costguard\Engine $e, string $name): array
 {
@@ -75,6 +75,10 @@ function test_retry_says_wait_or_why_not(): void
     if (is_float($wait)) {
         assert_true($wait >= 0.25, "never sooner than Retry-After: {$wait}");
     }
+    // An endless Retry-After is as long as a duration goes, never "now"; NaN is no duration.
+    $v = $e->retry('plain', $b, AttemptOutcome::Refused, 1, retryAfter: INF);
+    assert_true($v instanceof Verdict, 'no retry can wait that long: ' . var_export($v, true));
+    assert_throws(InvalidArgumentException::class, fn () => $e->retry('plain', $b, AttemptOutcome::Refused, 1, retryAfter: NAN), 'NaN');
 }
 
 function test_retry_allowance_of_the_tree_stops_retries(): void
