@@ -354,7 +354,7 @@ using Refusal = std::optional<Verdict>;
 class Refused : public Error {
 public:
     explicit Refused(const Verdict &verdict)
-        : Error(Status::Refused, "refused", text(verdict)), verdict_(verdict) {}
+        : Error(Status::Refused, "costguard", text(verdict)), verdict_(verdict) {}
     const Verdict &verdict() const noexcept { return verdict_; }
 
 private:

@@ -199,6 +199,7 @@ void test_refusals() {
         CHECK_EQ(r.status(), cg::Status::Refused);
         CHECK_EQ(r.verdict().reason(), cg::Reason::LimitExceeded);
         CHECK_CONTAINS(r.what(), "500 of 500 used");
+        CHECK_CONTAINS(r.what(), "costguard: refused: ");
     });
     CHECK(budget.is_cancelled());
     CHECK(budget.check().has_value());
