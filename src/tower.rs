@@ -20,6 +20,9 @@
 //!
 //! The layer does not enforce the budget's deadline: compose it with a timeout layer for that, or let
 //! handlers check the budget. To exempt some requests (health checks), route them around the layer.
+//! The grant ends when the inner service's response future resolves: with a streaming body (hyper,
+//! axum), the body is produced after that, outside the concurrency permit, as with tower's own
+//! `ConcurrencyLimit`. Hold the budget in the body stream to keep charging it there.
 //!
 //! `poll_ready` is the inner service's. Because admission may wait, the inner call is made only after
 //! the request is admitted, with the very service instance that was driven to readiness (the
