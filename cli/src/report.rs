@@ -33,9 +33,13 @@ pub struct RunReport {
     pub threads_busy: Vec<u64>,
     /// Threads stuck, sampled every `sample_seconds`.
     pub threads_stuck: Vec<u64>,
-    /// Seconds from the start of the fault until unaffected goodput is back to normal; `None` when it
-    /// never was within the run.
+    /// Seconds from the start of the fault until unaffected goodput is back to normal for good (the
+    /// end of the last degraded window); `None` when it never was within the run.
     pub recovery_seconds: Option<f64>,
+    /// Seconds after the fault during which unaffected goodput was below normal, in all: the sum of
+    /// the degraded windows, however far apart (a fault that comes back in waves degrades service
+    /// for less than the time until it is over).
+    pub degraded_seconds: f64,
     /// What costguard refused, counted by reason (`Reason::as_str`); empty for the unguarded run.
     pub refusals: BTreeMap<String, u64>,
     /// Notable moments (a broker ejected or readmitted, the database saturated, ...), in time order.

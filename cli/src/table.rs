@@ -85,6 +85,7 @@ pub fn render(c: &Comparison) -> String {
         Some(s) => span(s),
         None => "never, in the run".to_owned(),
     });
+    row("time degraded, in all", &|r| span(r.degraded_seconds));
     row("refused by costguard", &|r| {
         count(r.refusals.values().copied().fold(0, u64::saturating_add))
     });
@@ -473,6 +474,7 @@ pub(crate) mod tests {
             threads_stuck: busy.iter().map(|b| b / 2).collect(),
             threads_busy: busy,
             recovery_seconds: None,
+            degraded_seconds: 0.0,
             refusals: refusals
                 .iter()
                 .map(|(r, n)| (r.to_string(), *n))

@@ -70,9 +70,21 @@ fn assert_guarded_commons(c: &Comparison) {
         g.goodput_unaffected
     );
     assert!(g.max_threads_busy < g.threads, "guarded threads exhausted");
-    // The parse's lookup allowance is what stopped each gallery.
+    // The parse's lookup allowance is what stopped each gallery: every parse is cut short, having
+    // rendered exactly its allowance (whole batches of images; galleries are larger), and the rest
+    // of its images are placeholders, not failures.
     assert!(g.refusals.get("limit_exceeded").copied().unwrap_or(0) >= g.originals);
     assert!(g.recovery_seconds.is_some());
+    let tally = |name: &str| g.counts.get(name).copied().unwrap_or(0);
+    let p = policy(commons::NAME);
+    let lookups = p.class("parse").unwrap().limit("file_lookups").unwrap();
+    let per_parse = lookups / commons::IMAGES_PER_CALL * commons::IMAGES_PER_CALL;
+    let parses = tally("parses_cut_short");
+    assert!(parses > 0);
+    assert_eq!(tally("parses_failed") + tally("parses_completed"), 0);
+    assert_eq!(tally("images_rendered"), parses * per_parse);
+    assert!(tally("images_as_placeholders") > tally("images_rendered"));
+    assert!(g.degraded_seconds <= g.recovery_seconds.unwrap());
 }
 
 #[test]
@@ -419,4 +431,19 @@ fn both_runs_of_every_scenario_see_the_same_traffic() {
             s.name
         );
     }
+}
+
+#[test]
+fn allowances_saturate_for_the_largest_retry_allowance() {
+    // A policy may allow u64::MAX retries; the bound the table prints is then as large as it gets,
+    // never an overflow (a panic in debug builds, a wrapped small bound in release ones).
+    let huge = |name: &str| {
+        let text = default_policy(name).expect("a built-in scenario");
+        let text = text.replacen("retries      = 1", "retries      = 18446744073709551615", 1);
+        Policy::from_toml_str(&text).expect("still a valid policy")
+    };
+    let commons = commons::amplification_allowed(&huge(commons::NAME)).unwrap();
+    assert!(commons >= u64::MAX as f64, "{commons}");
+    let storm = retry_storm::amplification_allowed(&huge(retry_storm::NAME)).unwrap();
+    assert!(storm >= u64::MAX as f64, "{storm}");
 }

@@ -89,7 +89,7 @@ pub const SPEC: Spec = Spec {
 pub fn amplification_allowed(policy: &Policy) -> Option<f64> {
     let retries = policy.class("app")?.retries()?;
     let tries = 1 + u64::from(USER_RETRIES);
-    Some(tries.saturating_mul(1 + 1 + retries) as f64)
+    Some(tries.saturating_mul(retries.saturating_add(2)) as f64)
 }
 
 #[derive(Clone, Copy, Debug)]

@@ -170,6 +170,12 @@ impl Recorder {
         };
         let last_abnormal = (fault_bucket..self.total.len()).rev().find(|&b| !normal(b));
         let last_with_traffic = (0..self.total.len()).rev().find(|&b| self.total[b] > 0);
+        let degraded_seconds = seconds(
+            (fault_bucket..self.total.len())
+                .filter(|&b| !normal(b))
+                .count() as u64
+                * self.sample,
+        );
         let recovery_seconds = match last_abnormal {
             None => Some(0.0),
             Some(b) if Some(b) == last_with_traffic => None,
@@ -206,6 +212,7 @@ impl Recorder {
             threads_busy: self.busy,
             threads_stuck: self.stuck,
             recovery_seconds,
+            degraded_seconds,
             refusals: self.refusals,
             events: self.events,
             amplification_allowed: totals.amplification_allowed,
@@ -229,6 +236,7 @@ mod tests {
         }
         let report = r.finish(Totals::default());
         assert_eq!(report.recovery_seconds, Some(20.0));
+        assert_eq!(report.degraded_seconds, 20.0);
         assert!((report.goodput_unaffected - 0.8).abs() < 1e-9);
     }
 }

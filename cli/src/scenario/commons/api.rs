@@ -129,7 +129,10 @@ impl Model<'_> {
                 n += 1;
             }
             if n == 0 {
-                // Out of allowance: answer with what was done.
+                // Out of allowance: answer with what was done, as the API answers a request that
+                // reached a limit (a warning beside partial results). Counted, since the caller
+                // sees a success: a policy whose API allowance is below Parsoid's batches shows it.
+                self.rec.count("api_requests_cut_short", 1);
                 return self.respond(key, Status::Ok);
             }
         }

@@ -121,7 +121,11 @@ pub fn amplification_allowed(policy: &Policy) -> Option<f64> {
         (a, b) => a.or(b)?,
     };
     let calls = lookups / IMAGES_PER_CALL;
-    let per_job = 1 + (1 + retries).saturating_mul(1 + calls);
+    let per_job = 1u64.saturating_add(
+        retries
+            .saturating_add(1)
+            .saturating_mul(calls.saturating_add(1)),
+    );
     Some((PARSE_JOBS_PER_EDIT.saturating_mul(per_job)) as f64)
 }
 

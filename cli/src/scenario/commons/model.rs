@@ -99,7 +99,12 @@ pub(super) struct Parse {
     pub images: u64,
     pub next_image: u64,
     pub in_flight: u64,
+    /// Images whose metadata came back.
+    pub rendered: u64,
     pub stopped: bool,
+    /// Stopped by its budget (allowance spent, deadline passed) rather than failed: the rest of its
+    /// images render as placeholders.
+    pub cut: bool,
     pub answered: bool,
     pub failed: bool,
     pub admitted: Option<Admitted>,

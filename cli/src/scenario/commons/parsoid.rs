@@ -126,6 +126,8 @@ impl Model<'_> {
             job_try,
             images,
             next_image: 0,
+            rendered: 0,
+            cut: false,
             in_flight: 0,
             stopped: false,
             answered: false,
@@ -151,6 +153,7 @@ impl Model<'_> {
                 if let Err(v) = budget.check() {
                     refused(&mut self.rec, &v);
                     parse.stopped = true;
+                    parse.cut = true;
                     break;
                 }
             }
@@ -306,8 +309,11 @@ impl Model<'_> {
         };
         parse.in_flight = parse.in_flight.saturating_sub(1);
         match how {
-            Batch::Done => {}
-            Batch::Skipped => parse.stopped = true,
+            Batch::Done => parse.rendered += call.images,
+            Batch::Skipped => {
+                parse.stopped = true;
+                parse.cut = true;
+            }
             Batch::Failed => {
                 parse.stopped = true;
                 parse.failed = true;
@@ -332,14 +338,25 @@ impl Model<'_> {
             } else {
                 Status::Ok
             };
+            // A parse its budget cut short still answers (with placeholders for the images it did
+            // not look up): counted apart from the parses that rendered every image.
             self.rec.count(
                 if parse.failed {
                     "parses_failed"
+                } else if parse.cut {
+                    "parses_cut_short"
                 } else {
                     "parses_completed"
                 },
                 1,
             );
+            if !parse.failed {
+                self.rec.count("images_rendered", parse.rendered);
+                self.rec.count(
+                    "images_as_placeholders",
+                    parse.images.saturating_sub(parse.rendered),
+                );
+            }
             self.job_response(job, job_try, status);
         }
         let Some(parse) = self.parses.get(key) else {
