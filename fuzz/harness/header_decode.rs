@@ -178,18 +178,20 @@ fn tightens(p: &Propagation) {
             assert!(remaining <= w, "{remaining:?} left, class allows {w:?}");
         }
         if let Some(t) = p.remaining() {
-            // A deadline past the end of the clock (about 584 years) means none, by design.
-            let forever = CLOCK_START.saturating_add(nanos(t)) == u64::MAX;
+            // A time too long for nanoseconds (over 584 years) means none, by design.
+            let forever = nanos(t) == u64::MAX;
             assert!(
                 remaining <= t || forever,
                 "{remaining:?} left, header allows {t:?}"
             );
         }
+        // Any other time gives a deadline, at the last instant the clock can show at the latest.
         let effective = wall.min(header_wall);
-        let expected = if CLOCK_START.saturating_add(effective) == u64::MAX {
+        let expected = if effective == u64::MAX {
             Duration::MAX
         } else {
-            Duration::from_nanos(effective)
+            let deadline = CLOCK_START.saturating_add(effective).min(u64::MAX - 1);
+            Duration::from_nanos(deadline - CLOCK_START)
         };
         assert_eq!(remaining, expected);
         assert_eq!(budget.request_id(), p.request_id().unwrap_or(fallback));
