@@ -399,6 +399,9 @@ public:
         return std::move(*value_);
     }
     T &operator*() & { return value(); }
+    const T &operator*() const & { return value(); }
+    /// Moves the value out (`Budget b = *engine.try_begin(...);`).
+    T operator*() && { return std::move(*this).value(); }
     T *operator->() { return &value(); }
     const T *operator->() const { return &value(); }
 

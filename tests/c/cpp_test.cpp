@@ -403,8 +403,20 @@ void test_moves() {
     grants.clear();
     CHECK(in_flight(0));
 
-    // Result<T> moves its value out.
+    // Result<T> moves its value out, by value() or by *, and reads it through a const reference.
     cg::Grant from_result = engine.try_admit(cg::AdmitRequest(parse, "move-f")).value();
+    CHECK(in_flight(1));
+    {
+        cg::Grant by_star = *engine.try_admit(cg::AdmitRequest(parse, "move-g"));
+        CHECK(in_flight(2));
+    }
+    CHECK(in_flight(1));
+    {
+        const cg::Result<cg::Grant> held = engine.try_admit(cg::AdmitRequest(parse, "move-h"));
+        const cg::Grant &seen = *held;
+        CHECK(static_cast<bool>(seen));
+        CHECK(in_flight(2));
+    }
     CHECK(in_flight(1));
     // release()/adopt(): ownership handed to C and back.
     costguard_grant raw = from_result.release();
