@@ -3,8 +3,8 @@
 //! In 2016 one Kafka broker went away; every app server kept connecting to it, threads piled up in
 //! `connect()`, and the API tier stalled until a person removed the broker from configuration, 22
 //! minutes after it went away. In 2015 two layers retried a timed-out call 8 and 5 times, so load
-//! multiplied exactly when the backends could least take it. This module does by itself what the operators did by
-//! hand, and bounds the retries of a whole request tree:
+//! multiplied exactly when the backends could least take it. This module does by itself what the
+//! operators did by hand, and bounds the retries of a whole request tree:
 //!
 //! - **bulkheads**: caps on calls in flight and, separately, on connection attempts in progress, for
 //!   each backend and each host; past a cap an attempt fails fast with a [`Verdict`];
