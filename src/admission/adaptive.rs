@@ -6,10 +6,12 @@
 //! functions of the previous state and one window of samples, so they can be tested exactly.
 //!
 //! The per-request path only adds a sample to a few atomic accumulators. Once per window, the first
-//! request to finish after the window ended computes the new limit, and sets the limiter, under a lock
-//! only that request and a reload ever take. The configuration it computes with is the sampler's own,
-//! which a reload replaces under the same lock: a request still running under an older policy closes
-//! a window by the newest one, never setting a limit outside its bounds. Only outcomes that say something about the backend's capacity are sampled: successes and
+//! request to finish after the window ended computes the new limit, and sets the limiter, under a
+//! lock only that request and a reload ever take. The configuration it computes with is the
+//! sampler's own, which a reload replaces under the same lock: a request still running under an
+//! older policy closes a window by the newest one, never setting a limit outside its bounds.
+//!
+//! Only outcomes that say something about the backend's capacity are sampled: successes and
 //! overload failures (server errors, timeouts). Refused, cancelled and client-error requests are not.
 
 use super::limiter::Limiter;
