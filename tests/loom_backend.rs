@@ -47,6 +47,18 @@ fn fixture(
     (engine, clock, db, budget)
 }
 
+/// Asks to retry a server error on `db` for `budget`: granted, or refused for the backend's retry
+/// budget and for no other reason.
+fn retry_granted(engine: &Engine, db: Backend, budget: &Budget) -> bool {
+    match engine.retry(db, budget, AttemptOutcome::ServerError, 1) {
+        RetryDecision::After(_) => true,
+        RetryDecision::Stop(v) => {
+            assert_eq!(v.reason(), Reason::RetryBudgetExhausted, "{v:?}");
+            false
+        }
+    }
+}
+
 /// A half-open breaker lets exactly its configured number of probes through, however many callers
 /// race for them, and their successes close it.
 ///
@@ -148,18 +160,7 @@ fn retry_tokens_are_conserved() {
         let first_attempt = move |engine: &Engine, budget: &Budget| {
             drop(engine.begin_attempt(db, budget, 0).unwrap());
         };
-        let retry = move |engine: &Engine, budget: &Budget| match engine.retry(
-            db,
-            budget,
-            AttemptOutcome::ServerError,
-            1,
-        ) {
-            RetryDecision::After(_) => true,
-            RetryDecision::Stop(v) => {
-                assert_eq!(v.reason(), Reason::RetryBudgetExhausted, "{v:?}");
-                false
-            }
-        };
+        let retry = move |engine: &Engine, budget: &Budget| retry_granted(engine, db, budget);
         first_attempt(&engine, &budget);
         assert_eq!(engine.backend_stats()[0].retry_tokens, 1);
 
@@ -463,18 +464,8 @@ fn retry_floor_is_refilled_once_per_stretch_of_time() {
             b.fraction("retry.ratio", 0.0)
                 .count("retry.min_per_second", 1)
         });
-        let retry = move |engine: &Engine, budget: &Budget| match engine.retry(
-            db,
-            budget,
-            AttemptOutcome::ServerError,
-            1,
-        ) {
-            RetryDecision::After(_) => 1,
-            RetryDecision::Stop(v) => {
-                assert_eq!(v.reason(), Reason::RetryBudgetExhausted, "{v:?}");
-                0
-            }
-        };
+        let retry =
+            move |engine: &Engine, budget: &Budget| u64::from(retry_granted(engine, db, budget));
         assert_eq!(engine.backend_stats()[0].retry_tokens, 1);
         clock.advance(Duration::from_secs(1));
 
