@@ -476,7 +476,8 @@ pub struct Attempt<'b> {
     host_role: breaker::Role,
     host_generation: u64,
     start: u64,
-    timeout: Duration,
+    /// Clock nanoseconds.
+    timeout: u64,
     done: bool,
 }
 
@@ -529,7 +530,7 @@ impl Attempt<'_> {
 
     /// The timeout to use for this attempt: the backend's, or less if the request has less time.
     pub fn timeout(&self) -> Duration {
-        self.timeout
+        Duration::from_nanos(self.timeout)
     }
 
     /// The host chosen for this attempt, if the backend has a pool.
@@ -680,7 +681,7 @@ impl fmt::Debug for Attempt<'_> {
         f.debug_struct("Attempt")
             .field("backend", &self.rules.policy.name)
             .field("host", &self.host())
-            .field("timeout", &self.timeout)
+            .field("timeout", &self.timeout())
             .field("probe", &self.is_probe())
             .finish_non_exhaustive()
     }
@@ -726,6 +727,47 @@ fn unknown_host(rules: &BackendRules, name: Option<&Arc<str>>, budget: &Budget) 
         None => v,
     };
     v.with_request(budget.request_id())
+}
+
+/// Why [`Engine::begin_attempt`] refused, with what the verdict reports.
+enum Refusal {
+    /// The request's time left (`left`, after the margin) is below what the backend usually needs.
+    Time { usual: u64, left: u64 },
+    /// The backend's breaker is open or has all its probes out.
+    Open(breaker::Closed),
+    /// The backend is at a cap: calls in flight (with the cap applied, ramped) or connects.
+    Full(Full, u32),
+    /// No host of the pool is healthy and free.
+    NoHost,
+}
+
+/// The verdict of a refused attempt, built out of line: verdicts are large, and most attempts never
+/// need one, so the admitting path stays short and keeps its values in registers.
+#[cold]
+#[inline(never)]
+fn refusal(rules: &BackendRules, budget: &Budget, why: Refusal) -> Verdict {
+    let p = &rules.policy;
+    let v = match why {
+        Refusal::Time { usual, left } => rules
+            .verdict(Reason::InsufficientTime, Retry::Never, N_TIME)
+            .with_amounts(usual, 0, left),
+        Refusal::Open(breaker::Closed::Open(ns)) => rules.verdict(
+            Reason::CircuitOpen,
+            Retry::After(Duration::from_nanos(ns)),
+            N_BREAKER,
+        ),
+        Refusal::Open(breaker::Closed::Probing) => {
+            rules.verdict(Reason::CircuitOpen, Retry::Later, N_BREAKER)
+        }
+        Refusal::Full(Full::InFlight(seen), cap) => rules
+            .verdict(Reason::BulkheadFull, Retry::Later, N_IN_FLIGHT)
+            .with_amounts(1, u64::from(seen), u64::from(cap)),
+        Refusal::Full(Full::Connecting, _) => rules
+            .verdict(Reason::ConnectLimit, Retry::Later, N_CONNECTING)
+            .with_amounts(1, u64::from(p.max_connecting), u64::from(p.max_connecting)),
+        Refusal::NoHost => rules.verdict(Reason::NoHealthyHost, Retry::Later, N_CONNECTING),
+    };
+    v.with_class(&p.name).with_request(budget.request_id())
 }
 
 impl Engine {
@@ -829,7 +871,6 @@ impl Engine {
         let rules: &BackendRules = &held;
         let p = &rules.policy;
         let state = &rules.state;
-        let refuse = |v: Verdict| v.with_class(&p.name).with_request(budget.request_id());
         let clock_now = rules.clock.now();
         let now = clock_now.as_nanos();
 
@@ -842,11 +883,7 @@ impl Engine {
             let left = remaining.saturating_sub(rules.ns.margin);
             let usual = state.traffic.latency.load(Ordering::Relaxed);
             if left == 0 || left < usual {
-                return Err(refuse(
-                    rules
-                        .verdict(Reason::InsufficientTime, Retry::Never, N_TIME)
-                        .with_amounts(usual, 0, left),
-                ));
+                return Err(refusal(rules, budget, Refusal::Time { usual, left }));
             }
             own.min(left)
         };
@@ -861,20 +898,7 @@ impl Engine {
                 .begin(now, u64::from(p.breaker.probes), timeout)
             {
                 Ok(r) => r,
-                Err(breaker::Closed::Open(ns)) => {
-                    return Err(refuse(rules.verdict(
-                        Reason::CircuitOpen,
-                        Retry::After(Duration::from_nanos(ns)),
-                        N_BREAKER,
-                    )))
-                }
-                Err(breaker::Closed::Probing) => {
-                    return Err(refuse(rules.verdict(
-                        Reason::CircuitOpen,
-                        Retry::Later,
-                        N_BREAKER,
-                    )))
-                }
+                Err(closed) => return Err(refusal(rules, budget, Refusal::Open(closed))),
             };
         if half_opened {
             rules.emit(None, TransitionKind::HalfOpened, now);
@@ -882,24 +906,9 @@ impl Engine {
         // From here on, a refusal gives back everything taken so far, neutrally: the attempt is only
         // built once every permit is held.
         let cap = ramped(p.max_in_flight, &state.breaker, rules.ns.ramp_up, now);
-        match state.permits.take(cap, p.max_connecting) {
-            Ok(()) => {}
-            Err(Full::InFlight(seen)) => {
-                release_probe(&state.breaker, role, generation);
-                return Err(refuse(
-                    rules
-                        .verdict(Reason::BulkheadFull, Retry::Later, N_IN_FLIGHT)
-                        .with_amounts(1, u64::from(seen), u64::from(cap)),
-                ));
-            }
-            Err(Full::Connecting) => {
-                release_probe(&state.breaker, role, generation);
-                return Err(refuse(
-                    rules
-                        .verdict(Reason::ConnectLimit, Retry::Later, N_CONNECTING)
-                        .with_amounts(1, u64::from(p.max_connecting), u64::from(p.max_connecting)),
-                ));
-            }
+        if let Err(full) = state.permits.take(cap, p.max_connecting) {
+            release_probe(&state.breaker, role, generation);
+            return Err(refusal(rules, budget, Refusal::Full(full, cap)));
         }
         let (mut host, mut host_role, mut host_generation) = (None, breaker::Role::Normal, 0);
         if !state.hosts.is_empty() {
@@ -909,11 +918,7 @@ impl Engine {
                     // Nothing was taken on any host; give the backend's permits back, neutrally.
                     state.permits.release(true);
                     release_probe(&state.breaker, role, generation);
-                    return Err(refuse(rules.verdict(
-                        Reason::NoHealthyHost,
-                        Retry::Later,
-                        N_CONNECTING,
-                    )));
+                    return Err(refusal(rules, budget, Refusal::NoHost));
                 }
             }
         }
@@ -926,7 +931,7 @@ impl Engine {
             host_role,
             host_generation,
             start: now,
-            timeout: Duration::from_nanos(timeout),
+            timeout,
             done: false,
         })
     }
