@@ -640,6 +640,80 @@ fn backends_survive_reloads_that_keep_their_hosts() {
     assert!(f.engine.backend("nope").is_err());
 }
 
+/// A reload that edits a backend's pool (reorders it, adds a host, takes one out) keeps the
+/// backend's state and its remaining hosts': attempts begun before it release into the same
+/// permits new ones take from, counters go on, and breakers and ejections stay as they were.
+#[test]
+fn backends_keep_their_state_through_reloads_that_edit_their_pool() {
+    let pool = |hosts: &[&str]| {
+        single("kafka", |b| {
+            b.hosts(hosts)
+                .count("max_in_flight", 2)
+                .count("ejection.consecutive_failures", 1)
+                .fraction("ejection.max_ejected", 0.5)
+                .duration("ejection.base", Duration::from_secs(10))
+                .count("breaker.consecutive_failures", 1000)
+        })
+    };
+    let f = fixture(pool(&["k1", "k2"]));
+    let kafka = f.engine.backend("kafka").unwrap();
+    let k1 = f.engine.host(kafka, "k1").unwrap();
+    let budget = f.budget();
+    f.engine
+        .begin_attempt_on(k1, &budget, 0)
+        .unwrap()
+        .finish(AttemptOutcome::ConnectFailure);
+    let held = [
+        f.engine.begin_attempt(kafka, &budget, 0).unwrap(),
+        f.engine.begin_attempt(kafka, &budget, 0).unwrap(),
+    ];
+    assert!(held.iter().all(|a| a.host() == Some("k2")));
+    let stats = |f: &Fixture| f.engine.backend_stats().remove(0);
+    let before = stats(&f);
+    assert_eq!(before.outcome("connect_failure"), 1);
+
+    f.engine.reload(pool(&["k2", "k1", "k3"])).unwrap();
+    let after = f.budget();
+    assert_eq!(
+        f.engine
+            .begin_attempt(kafka, &after, 0)
+            .map_err(|v| v.reason())
+            .err(),
+        Some(Reason::BulkheadFull),
+        "the two attempts begun before the reload still hold the backend's two places"
+    );
+    let now = stats(&f);
+    assert_eq!((now.in_flight, now.outcome("connect_failure")), (2, 1));
+    let host = |s: &costguard::backend::BackendStats, name: &str| {
+        let h = s.host(name).unwrap();
+        (h.ejected, h.in_flight)
+    };
+    assert_eq!(host(&now, "k1"), (true, 0), "k1 stays ejected");
+    assert_eq!(host(&now, "k2"), (false, 2));
+    assert_eq!(host(&now, "k3"), (false, 0));
+    for a in held {
+        a.finish(AttemptOutcome::Success);
+    }
+    let now = stats(&f);
+    assert_eq!((now.in_flight, host(&now, "k2")), (0, (false, 0)));
+    assert_eq!(now.outcome("success"), 2);
+
+    // Taken out of the pool while ejected, k1 gives its place among the ejected back: of the two
+    // hosts left, one may be ejected, and k3 now is at its first failure.
+    f.engine.reload(pool(&["k2", "k3"])).unwrap();
+    let k3 = f.engine.host(kafka, "k3").unwrap();
+    f.engine
+        .begin_attempt_on(k3, &f.budget(), 0)
+        .unwrap()
+        .finish(AttemptOutcome::ConnectFailure);
+    assert_eq!(host(&stats(&f), "k3"), (true, 0));
+    assert_eq!(
+        f.kinds(),
+        [TransitionKind::Ejected, TransitionKind::Ejected],
+        "k1's ejection, then k3's; no breaker moved"
+    );
+}
+
 #[test]
 fn a_request_calls_backends_under_the_policy_it_started_with() {
     let timeout = |s: u64| {

@@ -1190,7 +1190,13 @@ impl World<'_> {
             assert_eq!(h.host, HOSTS[x]);
             assert_eq!(
                 (h.breaker, h.ejected, h.in_flight, h.connecting),
-                (m.breaker.name(), m.eject.ejected, m.in_flight, m.connecting),
+                (
+                    m.breaker.name(),
+                    // Readmission is lazy; the stats say whether the ejection still holds.
+                    m.eject.ejected && self.now < m.eject.until,
+                    m.in_flight,
+                    m.connecting
+                ),
                 "{}",
                 ctx()
             );

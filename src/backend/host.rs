@@ -202,6 +202,32 @@ impl HostState {
         self.eject.load(Ordering::Acquire) & EJECTED != 0
     }
 
+    /// Ejected, and its ejection not yet over at `now` (it is readmitted lazily, by the next
+    /// attempt that looks at it; this is what an observer should be told meanwhile).
+    pub(crate) fn is_ejected_at(&self, now: u64) -> bool {
+        self.is_ejected() && now < self.ejected_until.load(Ordering::Acquire)
+    }
+
+    /// Ends an ejection early, without probation, and gives back its reservation among the ejected:
+    /// for a host a reload took out of the pool, which no new request will be sent to.
+    pub(crate) fn forget_ejection(&self, ejected_hosts: &AtomicU32) {
+        let mut w = self.eject.load(Ordering::Acquire);
+        while w & EJECTED != 0 {
+            match self
+                .eject
+                .compare_exchange(w, 0, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => {
+                    let _ = ejected_hosts.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                        Some(n.saturating_sub(1))
+                    });
+                    return;
+                }
+                Err(actual) => w = actual,
+            }
+        }
+    }
+
     pub(crate) fn on_probation(&self) -> bool {
         self.eject.load(Ordering::Acquire) & PROBATION != 0
     }

@@ -37,7 +37,8 @@ use crate::sync::{Arc, AtomicU32, AtomicU64, Ordering};
 use crate::verdict::{Reason, Retry, Unit};
 use crate::{Engine, Verdict};
 use crossbeam_utils::CachePadded;
-use host::{BreakerCell, Ejection, HostState};
+pub(crate) use host::HostState;
+use host::{BreakerCell, Ejection};
 use permits::{Full, Permits};
 use retry_budget::{Rates, RetryBudget};
 use std::fmt;
@@ -190,12 +191,14 @@ pub enum TransitionKind {
 
 pub(crate) type TransitionHook = Arc<dyn Fn(&Transition) + Send + Sync>;
 
-/// Persistent state of a backend: survives reloads that keep its host list.
+/// Persistent state of a backend: survives every reload (its hosts' states are kept beside it, by
+/// host id, and each version lists the ones in its pool).
 #[derive(Debug)]
 pub(crate) struct BackendState {
     pub(crate) breaker: BreakerCell,
     pub(crate) permits: Permits,
-    pub(crate) hosts: Box<[HostState]>,
+    /// Hosts of the backend's pool ejected now (each host's reservation, see
+    /// [`HostState::on_outcome`]), whichever versions of the policy list them.
     pub(crate) ejected: AtomicU32,
     pub(crate) retry: RetryBudget,
     /// What calls write: on lines of their own, away from what they only read.
@@ -205,8 +208,8 @@ pub(crate) struct BackendState {
 
 /// The parts of a backend's state that calls keep writing: every finish counts its outcome and (on
 /// success) moves the latency, every begin on a pool moves the round-robin cursor, every retry
-/// decision steps the jitter stream. Kept together, apart from the host list, the names and the
-/// ejected count that every call only reads, so that two threads calling one backend bounce these
+/// decision steps the jitter stream. Kept together, apart from the names and the ejected count
+/// that every call only reads, so that two threads calling one backend bounce these
 /// lines and no others.
 #[derive(Debug, Default)]
 struct Traffic {
@@ -228,11 +231,6 @@ impl BackendState {
         BackendState {
             breaker: BreakerCell::default(),
             permits: Permits::default(),
-            hosts: policy
-                .hosts
-                .iter()
-                .map(|h| HostState::new(Arc::clone(h)))
-                .collect(),
             ejected: AtomicU32::new(0),
             retry: RetryBudget::new(now, rates),
             traffic: CachePadded::new(Traffic {
@@ -306,6 +304,9 @@ pub(crate) struct BackendRules {
     ns: Nanos,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) hook: Option<TransitionHook>,
+    /// This version's pool, in the policy's order: each host's state, shared with every version
+    /// that lists it.
+    hosts: Box<[Arc<HostState>]>,
     /// By host id (see [`Host`]): the host's name, and its index in this version's host list if
     /// it has one.
     host_slots: Box<[(Arc<str>, Option<u16>)]>,
@@ -360,23 +361,34 @@ impl fmt::Debug for BackendRules {
 }
 
 impl BackendRules {
+    /// `hosts`: this version's pool, as ids into `host_states` (every host the engine has seen for
+    /// this backend, by id).
     pub(crate) fn new(
         state: Arc<BackendState>,
         policy: &BackendPolicy,
-        host_ids: &[Arc<str>],
+        hosts: &[usize],
+        host_states: &[Arc<HostState>],
         clock: &Arc<dyn Clock>,
         hook: Option<&TransitionHook>,
     ) -> BackendRules {
-        let host_slots = host_ids
+        let host_slots = host_states
             .iter()
-            .map(|id| {
-                let slot = state.hosts.iter().position(|h| h.name == *id);
-                (Arc::clone(id), slot.and_then(|i| u16::try_from(i).ok()))
+            .enumerate()
+            .map(|(id, h)| {
+                let slot = hosts.iter().position(|&listed| listed == id);
+                (
+                    Arc::clone(&h.name),
+                    slot.and_then(|i| u16::try_from(i).ok()),
+                )
             })
             .collect();
         BackendRules {
+            hosts: hosts
+                .iter()
+                .map(|&id| Arc::clone(&host_states[id]))
+                .collect(),
             host_slots,
-            ns: Nanos::new(policy, state.hosts.len()),
+            ns: Nanos::new(policy, hosts.len()),
             state,
             rates: rates(policy),
             policy: policy.clone(),
@@ -536,7 +548,7 @@ impl Attempt<'_> {
     /// The host chosen for this attempt, if the backend has a pool.
     pub fn host(&self) -> Option<&str> {
         self.host
-            .and_then(|h| self.rules.state.hosts.get(h as usize))
+            .and_then(|h| self.rules.hosts.get(h as usize))
             .map(|h| &*h.name)
     }
 
@@ -550,7 +562,7 @@ impl Attempt<'_> {
         if std::mem::replace(&mut self.connecting, false) {
             let state = &self.rules.state;
             state.permits.connected();
-            if let Some(h) = self.host.and_then(|h| state.hosts.get(h as usize)) {
+            if let Some(h) = self.host.and_then(|h| self.rules.hosts.get(h as usize)) {
                 h.permits.connected();
             }
         }
@@ -585,7 +597,7 @@ impl Attempt<'_> {
         }
         let consecutive = u64::from(b.consecutive_failures);
         let probes = u64::from(b.probes);
-        let host = self.host.and_then(|h| state.hosts.get(h as usize));
+        let host = self.host.and_then(|h| rules.hosts.get(h as usize));
         if let Some(h) = host {
             let trip = record(
                 &h.breaker,
@@ -911,7 +923,7 @@ impl Engine {
             return Err(refusal(rules, budget, Refusal::Full(full, cap)));
         }
         let (mut host, mut host_role, mut host_generation) = (None, breaker::Role::Normal, 0);
-        if !state.hosts.is_empty() {
+        if !rules.hosts.is_empty() {
             match self.choose_host(rules, target, now, timeout) {
                 Some((h, r, g)) => (host, host_role, host_generation) = (Some(h), r, g),
                 None => {
@@ -948,9 +960,9 @@ impl Engine {
         let state = &rules.state;
         let p = &rules.policy;
         let (n, start) = match target {
-            Some(t) if (t as usize) < state.hosts.len() => (1, t as usize),
+            Some(t) if (t as usize) < rules.hosts.len() => (1, t as usize),
             Some(_) => return None,
-            None => (state.hosts.len(), {
+            None => (rules.hosts.len(), {
                 // Round robin by a plain load and store, not a read-modify-write: two threads
                 // that race here may start from the same host, which only costs the balance a
                 // little, not a locked instruction on a line every caller shares.
@@ -964,8 +976,8 @@ impl Engine {
         };
         let mut candidates: [Option<usize>; 2] = [None, None];
         for i in 0..n {
-            let h = (start + i) % state.hosts.len();
-            let host = &state.hosts[h];
+            let h = (start + i) % rules.hosts.len();
+            let host = &rules.hosts[h];
             if host.readmit_if_due(now, &state.ejected) {
                 rules.emit(Some(&host.name), TransitionKind::Readmitted, now);
             }
@@ -990,12 +1002,12 @@ impl Engine {
             }
         }
         // The less loaded of the two first, without allocating.
-        let load = |h: Option<usize>| h.map_or(u32::MAX, |h| state.hosts[h].permits.in_flight());
+        let load = |h: Option<usize>| h.map_or(u32::MAX, |h| rules.hosts[h].permits.in_flight());
         if load(candidates[1]) < load(candidates[0]) {
             candidates.swap(0, 1);
         }
         for h in candidates.into_iter().flatten() {
-            let host = &state.hosts[h];
+            let host = &rules.hosts[h];
             let connect_cap = if host.on_probation() {
                 1
             } else {
@@ -1153,6 +1165,7 @@ impl Engine {
     /// The state of every backend and host.
     pub fn backend_stats(&self) -> Vec<BackendStats> {
         let snapshot = self.snapshot();
+        let now = self.clock().now().as_nanos();
         snapshot
             .backends
             .iter()
@@ -1170,13 +1183,13 @@ impl Engine {
                         .zip(&s.traffic.outcomes)
                         .map(|(n, c)| (*n, c.load(Ordering::Relaxed)))
                         .collect(),
-                    hosts: s
+                    hosts: r
                         .hosts
                         .iter()
                         .map(|h| HostStats {
                             host: h.name.to_string(),
                             breaker: state_name(h.breaker.state()),
-                            ejected: h.is_ejected(),
+                            ejected: h.is_ejected_at(now),
                             in_flight: h.permits.in_flight(),
                             connecting: h.permits.connecting(),
                         })
@@ -1187,7 +1200,6 @@ impl Engine {
     }
 }
 
-/// Gives a probe slot back when an attempt that took one goes no further.
 /// Records an outcome in a breaker's window and says whether the window's ratios now call for
 /// opening. `calls` reads the owner's running total of calls (the window's unit, see
 /// [`window`]) and `count` adds this outcome to it, after the window has seen it.
@@ -1220,6 +1232,7 @@ fn record(
             || t.slow * 1000 >= u64::from(b.slow_ratio) * t.calls)
 }
 
+/// Gives a probe slot back when an attempt that took one goes no further.
 fn release_probe(cell: &BreakerCell, role: breaker::Role, generation: u64) {
     if role == breaker::Role::Probe {
         cell.finish(

@@ -182,8 +182,10 @@ impl Engine {
     ///
     /// A running request keeps the policy it started under, for its budget and for its calls to
     /// backends: its attempts and retry decisions follow that version's backend settings (a backend
-    /// it lacks is looked up in the current one). What backends have learned (breakers, ejections,
-    /// permits, retry budgets) is shared by every version that keeps the backend's host list.
+    /// it lacks is looked up in the current one). What backends and their hosts have learned
+    /// (breakers, ejections, permits, retry budgets, counters) is kept for the engine's life and
+    /// shared by every version, whatever each does to a pool: a host taken out and put back later
+    /// finds its state again (an ejection it was under ends when it is taken out).
     ///
     /// The new policy must be compatible with the names the engine already handed out: a dimension
     /// cannot change between counter and level. On any error the current policy stays.

@@ -1,7 +1,7 @@
 //! The compiled form of a policy: arrays indexed by handle.
 
 use crate::admission::{ClassAdmission, Gate, KeyRef, KeyTable, Pool, PoolRef};
-use crate::backend::{BackendRules, BackendState, TransitionHook};
+use crate::backend::{BackendRules, BackendState, HostState, TransitionHook};
 use crate::clock::{Clock, CpuClock};
 use crate::handle::{Backend, Class};
 use crate::policy::{
@@ -37,7 +37,12 @@ pub(crate) struct Registry {
     pub(crate) key_seed: Option<u64>,
 }
 
-/// A backend name the engine has seen, and its state for the host list it last had.
+/// A backend name the engine has seen, and its state, kept for the engine's life.
+///
+/// Its state (bulkheads, breaker, retry budget, outcome counters) and each of its hosts' states
+/// survive every reload, whatever the new host list: attempts running under an older version
+/// release into the same permits that new ones take from, so no reload, however it edits the pool,
+/// lets calls past a cap, resets a counter or closes a breaker.
 #[derive(Debug)]
 struct KnownBackend {
     name: Arc<str>,
@@ -45,7 +50,9 @@ struct KnownBackend {
     /// host, not a position in the current list, so a reload that reorders or replaces hosts never
     /// sends its attempts to another host.
     hosts_seen: Vec<Arc<str>>,
-    current: Option<(Vec<Arc<str>>, Arc<BackendState>)>,
+    /// The state of each host, by host id.
+    host_states: Vec<Arc<HostState>>,
+    state: Option<Arc<BackendState>>,
 }
 
 /// Host ids one backend may use in an engine's life.
@@ -172,7 +179,8 @@ impl Registry {
         Ok(snapshot)
     }
 
-    /// Finds or creates each backend's persistent state (kept while its host list is unchanged).
+    /// Finds or creates each backend's persistent state and its hosts', and compiles each backend
+    /// of `policy` with its host list in the policy's order.
     fn compile_backends(
         &mut self,
         policy: &Policy,
@@ -180,35 +188,49 @@ impl Registry {
         clock: &Arc<dyn Clock>,
         hook: Option<&TransitionHook>,
     ) -> Vec<Option<Arc<BackendRules>>> {
+        let mut out: Vec<Option<Arc<BackendRules>>> = Vec::new();
         for b in policy.backends() {
             let id = self.backend_id(b.name());
             let known = &mut self.backends[id];
-            let hosts: Vec<Arc<str>> = b.hosts().map(Arc::from).collect();
-            for h in &hosts {
-                if !known.hosts_seen.contains(h) {
-                    known.hosts_seen.push(Arc::clone(h));
+            let state = Arc::clone(
+                known
+                    .state
+                    .get_or_insert_with(|| Arc::new(BackendState::new(b, now))),
+            );
+            let mut hosts = Vec::new();
+            for name in b.hosts() {
+                let host = match known.hosts_seen.iter().position(|k| k.as_ref() == name) {
+                    Some(host) => host,
+                    None => {
+                        known.hosts_seen.push(Arc::from(name));
+                        let name = Arc::clone(&known.hosts_seen[known.hosts_seen.len() - 1]);
+                        known.host_states.push(Arc::new(HostState::new(name)));
+                        known.hosts_seen.len() - 1
+                    }
+                };
+                hosts.push(host);
+            }
+            // A host taken out of the pool while ejected gives its place among the ejected back:
+            // the share is of the pool as it now is.
+            for (host, s) in known.host_states.iter().enumerate() {
+                if !hosts.contains(&host) {
+                    s.forget_ejection(&state.ejected);
                 }
             }
-            let keep = matches!(&known.current, Some((h, _)) if *h == hosts);
-            if !keep {
-                known.current = Some((hosts, Arc::new(BackendState::new(b, now))));
+            if out.len() <= id {
+                out.resize_with(self.backends.len(), || None);
             }
-        }
-        let mut out: Vec<Option<Arc<BackendRules>>> =
-            (0..self.backends.len()).map(|_| None).collect();
-        for b in policy.backends() {
-            let id = self.backend_id(b.name());
             let known = &self.backends[id];
-            if let Some((_, state)) = &known.current {
-                out[id] = Some(Arc::new(BackendRules::new(
-                    Arc::clone(state),
-                    b,
-                    &known.hosts_seen,
-                    clock,
-                    hook,
-                )));
-            }
+            out[id] = Some(Arc::new(BackendRules::new(
+                state,
+                b,
+                &hosts,
+                &known.host_states,
+                clock,
+                hook,
+            )));
         }
+        out.resize_with(self.backends.len(), || None);
         out
     }
 
@@ -220,7 +242,8 @@ impl Registry {
                 self.backends.push(KnownBackend {
                     name: Arc::from(name),
                     hosts_seen: Vec::new(),
-                    current: None,
+                    host_states: Vec::new(),
+                    state: None,
                 });
                 self.backends.len() - 1
             }
