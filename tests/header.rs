@@ -155,3 +155,41 @@ fn malformed_headers_are_typed_errors() {
         HeaderErrorKind::TooLong
     );
 }
+
+/// Every dimension a policy accepts travels in the header and decodes again; the header's own keys
+/// cannot be declared as dimensions (a dimension `t` beside the header's `t` made a header its own
+/// decoder refused, and the callee lost every limit).
+#[test]
+fn every_declarable_dimension_round_trips_through_the_header() {
+    for name in ["t", "id", "pri", "retries", "cpu_time", "wall_time"] {
+        let err = Policy::builder()
+            .counter(name)
+            .class("api", |c| c.wall_time(Duration::from_secs(5)))
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is reserved"), "{name}: {err}");
+    }
+    for name in ["tt", "t0", "ids", "pri_", "x", "cg1", "time"] {
+        let policy = Policy::builder()
+            .counter(name)
+            .class("api", |c| {
+                c.wall_time(Duration::from_secs(5)).limit(name, 7)
+            })
+            .build()
+            .unwrap();
+        let engine = Engine::builder(policy)
+            .clock(ManualClock::new())
+            .build()
+            .unwrap();
+        let counter = engine.counter(name).unwrap();
+        let caller = engine.begin_by_name("api", id("r")).unwrap();
+        caller.try_charge(counter, 2).unwrap();
+        let header = caller.to_header();
+        let prop = Propagation::decode(&header).unwrap_or_else(|e| panic!("{header}: {e}"));
+        let callee = engine
+            .begin_propagated(engine.class("api").unwrap(), id("r"), &prop)
+            .unwrap();
+        assert_eq!(callee.remaining_of(counter), 5, "{name}: {header}");
+    }
+}

@@ -60,8 +60,12 @@ pub const MAX_CLASSES: usize = 256;
 /// The longest dimension or class name, in bytes.
 pub const MAX_NAME_LEN: usize = 32;
 
-/// Names that cannot be declared as dimensions: built-ins and keys of the propagation header.
-pub(crate) const RESERVED_NAMES: [&str; 5] = ["retries", "cpu_time", "wall_time", "id", "pri"];
+/// Names that cannot be declared as dimensions: built-ins and keys of the propagation header
+/// (`id`, `pri`, `t`: a dimension of that name would be written into the header twice).
+pub(crate) const RESERVED_NAMES: [&str; 6] = ["retries", "cpu_time", "wall_time", "id", "pri", "t"];
+
+/// The built-in dimensions that take dimension slots: `retries` and `cpu_time`.
+const BUILTIN_DIMENSIONS: usize = 2;
 
 /// The name of the built-in retry allowance counter.
 pub const RETRIES: &str = "retries";
@@ -422,15 +426,14 @@ pub(crate) fn validate(
             });
         }
     }
-    let builtin = RESERVED_NAMES.len() - 3; // retries and cpu_time take dimension slots
-    if dimensions.len() + builtin > MAX_DIMENSIONS {
+    if dimensions.len() + BUILTIN_DIMENSIONS > MAX_DIMENSIONS {
         problems.push(
             None,
             "dimensions",
             format!(
                 "{} dimensions declared; at most {} fit beside the built-in ones",
                 dimensions.len(),
-                MAX_DIMENSIONS - builtin
+                MAX_DIMENSIONS - BUILTIN_DIMENSIONS
             ),
         );
     }
