@@ -670,6 +670,49 @@ fn an_async_waiter_is_woken_with_a_permit() {
     assert_eq!(e.admission_stats().class("api").unwrap().in_flight, 0);
 }
 
+/// The time a request waits in the queue counts against its wall time: a callee admitted after
+/// waiting 900 ms of the 1 s its caller's header gave it has 100 ms left, not a fresh second (its
+/// caller would have stopped waiting for it long before it finished).
+#[test]
+fn time_spent_waiting_counts_against_the_wall_time() {
+    use executor::{poll, CountingWaker};
+    let policy = Policy::builder()
+        .class("api", |c| {
+            c.wall_time(Duration::from_secs(30))
+                .admission(|a| a.concurrency(1).queue(4, Duration::from_secs(10)))
+        })
+        .build()
+        .unwrap();
+    let (e, clock) = engine(policy);
+    let api = e.class("api").unwrap();
+    let header = costguard::Propagation::decode("cg1;id=caller;t=1000").unwrap();
+    let overrides = header.overrides(&e);
+    let waker = Arc::new(CountingWaker::default());
+
+    let first = e.try_admit(&AdmitRequest::new(api, id(1))).unwrap();
+    let mut fut = e.admit_async(AdmitRequest::new(api, id(2)).overrides(&overrides));
+    assert!(poll(&mut fut, &waker).is_pending());
+    clock.advance(Duration::from_millis(900));
+    drop(first);
+    let callee = match poll(&mut fut, &waker) {
+        std::task::Poll::Ready(Ok(a)) => a,
+        other => panic!("expected admission, got {other:?}"),
+    };
+    assert_eq!(callee.budget().remaining(), Duration::from_millis(100));
+
+    // Blocking waits, and the class's own wall time, alike.
+    std::thread::scope(|s| {
+        let w = s.spawn(|| {
+            e.admit(&AdmitRequest::new(api, id(3)))
+                .map(|a| a.budget().remaining())
+        });
+        wait_for_queue(&e, 1);
+        clock.advance(Duration::from_secs(4));
+        drop(callee);
+        assert_eq!(w.join().unwrap().unwrap(), Duration::from_secs(26));
+    });
+}
+
 #[test]
 fn a_dropped_async_waiter_strands_nothing() {
     use executor::{poll, CountingWaker};

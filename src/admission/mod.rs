@@ -536,7 +536,7 @@ impl Engine {
             self.check_up_front(snapshot, rules, adm, req, priority)?;
         }
         let Some(adm) = adm else {
-            return self.decide_rest(rules, req, priority, false);
+            return self.decide_rest(rules, req, priority, false, None);
         };
 
         // 2. Concurrency, within this priority's headroom.
@@ -544,7 +544,7 @@ impl Engine {
         if let Err((in_flight, allowed)) = adm.gate.limiter.try_acquire(share) {
             self.over_limit(rules, adm, req, priority, wait, (in_flight, allowed, share))?;
         }
-        self.decide_rest(rules, req, priority, true)
+        self.decide_rest(rules, req, priority, true, None)
     }
 
     /// Step 1: a declared estimate larger than the class's limit or than a pool's size, or a key
@@ -688,22 +688,28 @@ impl Engine {
     }
 
     /// With the concurrency permit held (if `permit`): pools, budget, key. Undoes all on refusal.
+    ///
+    /// For a request that waited in the queue: its budget starts when it arrived, `arrived`, so
+    /// that the time it waited counts against its wall time (its caller's deadline, when the wall
+    /// time came in a header, has been running all along).
     pub(crate) fn admit_rest(
         &self,
         snapshot: &Arc<Snapshot>,
         req: &AdmitRequest<'_>,
         priority: Priority,
         permit: bool,
+        arrived: Timestamp,
     ) -> Result<Admitted, Verdict> {
         let Some(rules) = snapshot.class(req.class) else {
             return Err(unknown_class(req));
         };
-        let d = self.decide_rest(rules, req, priority, permit)?;
+        let d = self.decide_rest(rules, req, priority, permit, Some(arrived))?;
         let budget = Budget::begin(snapshot, d.settings, None);
         Ok(d.grant(budget))
     }
 
-    /// Steps 3 to 5: pools, the budget's settings, the key. Undoes all on refusal.
+    /// Steps 3 to 5: pools, the budget's settings, the key. Undoes all on refusal. The budget
+    /// starts at `arrived` if given (see [`admit_rest`](Self::admit_rest)), or now.
     #[inline(always)]
     fn decide_rest<'r>(
         &self,
@@ -711,6 +717,7 @@ impl Engine {
         req: &'r AdmitRequest<'_>,
         priority: Priority,
         permit: bool,
+        arrived: Option<Timestamp>,
     ) -> Result<Decision<'r>, Verdict> {
         let adm = rules.admission.as_ref();
         let now = self.clock().now();
@@ -728,7 +735,7 @@ impl Engine {
         // 4. The budget: checked and worked out here, started by the caller (nothing refuses it
         // any more).
         let start = Start {
-            now,
+            now: arrived.unwrap_or(now),
             class: req.class,
             request_id: &req.id,
             priority: Some(priority),
@@ -767,6 +774,7 @@ impl Engine {
         }
         Ok(Decision {
             settings,
+            granted: now,
             permit,
             key_slot,
             pools: held.pools,
@@ -873,6 +881,9 @@ fn pool_verdict(p: &PoolRef, amount: u64, used: u64) -> Verdict {
 /// An admission decided: everything granted, the budget's settings worked out.
 struct Decision<'r> {
     settings: Settings<'r>,
+    /// When the request was admitted (its latency, for adaptive limits, runs from here; its
+    /// budget may have started earlier, when it arrived).
+    granted: Timestamp,
     permit: bool,
     key_slot: Option<u32>,
     pools: [u64; POOLS],
@@ -888,7 +899,7 @@ impl Decision<'_> {
             permit: self.permit,
             key_slot: self.key_slot,
             pools: self.pools,
-            start: self.settings.start,
+            start: self.granted,
             outcome: None,
         }
     }

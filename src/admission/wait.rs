@@ -2,6 +2,7 @@
 
 use super::queue::{Waiter, Wake, EXPIRED, GRANTED};
 use super::{AdmitRequest, Admitted, ClassAdmission};
+use crate::clock::Timestamp;
 use crate::engine::snapshot::Snapshot;
 use crate::policy::Permille;
 use crate::sync::Arc;
@@ -25,7 +26,7 @@ enum Place {
     Queued(Queued),
     /// Holding a permit that came free while it was being queued, taken on the gate of this snapshot
     /// (the one to finish under, and whose gate the grant will give the permit back to).
-    Held(Arc<Snapshot>, Priority),
+    Held(Arc<Snapshot>, Priority, Timestamp),
 }
 
 fn admission<'s>(snapshot: &'s Snapshot, req: &AdmitRequest<'_>) -> Option<&'s ClassAdmission> {
@@ -81,7 +82,7 @@ fn enqueue(
                 .queue
                 .dispatch(&adm.gate.limiter, adm.queue.as_ref(), now);
         }
-        return Ok(Place::Held(snapshot, priority));
+        return Ok(Place::Held(snapshot, priority, Timestamp::from_nanos(now)));
     }
     Ok(Place::Queued(Queued {
         waiter,
@@ -122,13 +123,21 @@ pub(crate) fn admit_or_wait(
     (result, queue)
 }
 
+/// Admits a request that waited (`arrived`: when it joined the queue) with the permit it holds.
 fn finish(
     engine: &Engine,
     req: &AdmitRequest<'_>,
     snapshot: &Arc<Snapshot>,
     priority: Priority,
+    arrived: Timestamp,
 ) -> Result<Admitted, Verdict> {
-    engine.admit_rest(snapshot, req, priority, true)
+    engine.admit_rest(snapshot, req, priority, true, arrived)
+}
+
+/// [`finish`] for a waiter that was queued.
+fn finish_queued(engine: &Engine, req: &AdmitRequest<'_>, q: &Queued) -> Result<Admitted, Verdict> {
+    let arrived = Timestamp::from_nanos(q.waiter.enqueued);
+    finish(engine, req, &q.snapshot, q.priority, arrived)
 }
 
 /// Gives back a permit a waiter was granted but will not use.
@@ -152,11 +161,13 @@ pub(crate) fn block(
     let wake = Wake::Thread(std::thread::current());
     let q = match enqueue(engine, req, share, full, wake)? {
         Place::Queued(q) => q,
-        Place::Held(snapshot, priority) => return finish(engine, req, &snapshot, priority),
+        Place::Held(snapshot, priority, arrived) => {
+            return finish(engine, req, &snapshot, priority, arrived)
+        }
     };
     loop {
         match q.waiter.state() {
-            GRANTED => return finish(engine, req, &q.snapshot, q.priority),
+            GRANTED => return finish_queued(engine, req, &q),
             EXPIRED => return Err(timed_out(engine, req, &q)),
             _ => {}
         }
@@ -231,7 +242,7 @@ impl Future for AdmitFuture<'_, '_> {
                 Poll::Pending
             }
             (Some(Look::Granted), State::Waiting(req, q)) => {
-                Poll::Ready(finish(engine, &req, &q.snapshot, q.priority))
+                Poll::Ready(finish_queued(engine, &req, &q))
             }
             (Some(Look::TimedOut), State::Waiting(req, q)) => {
                 Poll::Ready(Err(timed_out(engine, &req, &q)))
@@ -243,8 +254,8 @@ impl Future for AdmitFuture<'_, '_> {
                     let wake = Wake::Task(cx.waker().clone());
                     match enqueue(engine, &req, share, verdict, wake) {
                         Err(v) => Poll::Ready(Err(v)),
-                        Ok(Place::Held(snapshot, priority)) => {
-                            Poll::Ready(finish(engine, &req, &snapshot, priority))
+                        Ok(Place::Held(snapshot, priority, arrived)) => {
+                            Poll::Ready(finish(engine, &req, &snapshot, priority, arrived))
                         }
                         Ok(Place::Queued(q)) => {
                             this.state = State::Waiting(req, q);
