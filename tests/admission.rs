@@ -316,6 +316,54 @@ fn the_hook_sees_every_enforced_refusal() {
     assert_eq!(count.load(Ordering::Relaxed), 5);
 }
 
+/// A class without admission settings still refuses at the door (an estimate that cannot fit, a
+/// key too long to be one, a caller with no time left), and the hook sees those refusals too.
+#[test]
+fn the_hook_sees_refusals_of_classes_without_admission_settings() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&seen);
+    let policy = Policy::builder()
+        .counter("rows")
+        .class("batch", |c| c.limit("rows", 10))
+        .build()
+        .unwrap();
+    let e = Engine::builder(policy)
+        .clock(ManualClock::new())
+        .on_refusal(move |event| {
+            log.lock()
+                .unwrap()
+                .push((event.verdict.reason(), event.verdict.request_id().copied()));
+        })
+        .build()
+        .unwrap();
+    let batch = e.class("batch").unwrap();
+    let rows = e.counter("rows").unwrap();
+    let long_key = [b'k'; 4096];
+    let no_time = costguard::Overrides::new().wall_time(Duration::ZERO);
+    let refusals: Vec<Reason> = [
+        AdmitRequest::new(batch, id(1)).estimate(rows, 11),
+        AdmitRequest::new(batch, id(2)).key(&long_key),
+        AdmitRequest::new(batch, id(3)).overrides(&no_time),
+    ]
+    .iter()
+    .map(|r| e.try_admit(r).unwrap_err().reason())
+    .collect();
+    assert_eq!(
+        refusals,
+        [
+            Reason::CannotFit,
+            Reason::KeyTooLong,
+            Reason::InsufficientTime
+        ]
+    );
+    let expected: Vec<_> = refusals
+        .iter()
+        .zip(1..)
+        .map(|(r, n)| (*r, Some(id(n))))
+        .collect();
+    assert_eq!(*seen.lock().unwrap(), expected);
+}
+
 #[test]
 fn retry_after_follows_observed_latency() {
     let (e, clock, api) = simple(4);

@@ -648,6 +648,11 @@ impl Engine {
         shadow: bool,
     ) {
         adm.gate.stats.refused(verdict.reason(), priority, shadow);
+        self.show_refusal(verdict, shadow);
+    }
+
+    /// Shows a refusal to the hook, if there is one.
+    fn show_refusal(&self, verdict: &Verdict, shadow: bool) {
         if let Some(hook) = self.refusal_hook() {
             crate::engine::run_hook(|| hook(&RefusalEvent { verdict, shadow }));
         }
@@ -666,8 +671,11 @@ impl Engine {
         verdict: Verdict,
     ) -> Verdict {
         let verdict = verdict.with_class(&rules.name).with_request(req.id);
-        if let Some(adm) = adm {
-            self.report_refusal(adm, &verdict, priority, false);
+        match adm {
+            Some(adm) => self.report_refusal(adm, &verdict, priority, false),
+            // A class without admission settings keeps no counters, but its refusals (an estimate
+            // that cannot fit, a key too long, no time left) are refusals all the same.
+            None => self.show_refusal(&verdict, false),
         }
         verdict
     }

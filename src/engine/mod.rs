@@ -103,7 +103,7 @@ impl EngineBuilder {
     }
 
     /// A hook that sees every admission refusal (and every refusal shadow mode only records), with
-    /// its request id. It runs on the refusing thread: keep it short and non-blocking. A panic in the
+    /// its request id, in classes with admission settings or without (those keep no counters). It runs on the refusing thread: keep it short and non-blocking. A panic in the
     /// hook is reported by the panic hook as usual and goes no further: the engine carries on as if
     /// the hook had returned, with nothing held or lost.
     pub fn on_refusal(mut self, hook: impl Fn(&RefusalEvent<'_>) + Send + Sync + 'static) -> Self {
