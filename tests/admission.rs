@@ -955,6 +955,26 @@ fn prometheus_exposition_names_classes_reasons_and_pools() {
     }
 }
 
+/// Label values are escaped as the text format requires, for stats a caller relabels before
+/// rendering (policy names themselves cannot hold these characters).
+#[test]
+fn prometheus_label_values_are_escaped() {
+    let (e, _clock, _api) = simple(1);
+    let mut stats = e.admission_stats();
+    stats.classes[0].class = "tenant \"a\"\\api\nx".to_owned();
+    let text = stats.to_prometheus();
+    assert!(
+        text.contains("costguard_admitted_total{class=\"tenant \\\"a\\\"\\\\api\\nx\"} 0\n"),
+        "{text}"
+    );
+    for line in text.lines() {
+        assert!(
+            line.starts_with("# ") || line.starts_with("costguard_"),
+            "a label value broke a line: {line:?}"
+        );
+    }
+}
+
 #[test]
 fn hammering_threads_never_exceed_the_limits_and_everything_returns_to_zero() {
     let policy = Policy::builder()

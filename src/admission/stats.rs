@@ -3,7 +3,7 @@
 use crate::sync::{AtomicU64, Ordering};
 use crate::{Priority, Reason};
 use crossbeam_utils::CachePadded;
-use std::fmt::Write;
+use std::fmt::{self, Write};
 
 /// The refusal reasons admission counts, in exposition order.
 pub(crate) const REASONS: [Reason; 10] = [
@@ -178,7 +178,7 @@ impl AdmissionStats {
         let per_class = |f: &dyn Fn(&ClassStats) -> u64| -> Vec<(String, u64)> {
             self.classes
                 .iter()
-                .map(|c| (format!("class=\"{}\"", c.class), f(c)))
+                .map(|c| (format!("class=\"{}\"", Label(&c.class)), f(c)))
                 .collect()
         };
         family(
@@ -197,7 +197,7 @@ impl AdmissionStats {
                 };
                 for (r, n) in list {
                     rows.push((
-                        format!("class=\"{}\",reason=\"{}\"", c.class, r.as_str()),
+                        format!("class=\"{}\",reason=\"{}\"", Label(&c.class), r.as_str()),
                         *n,
                     ));
                 }
@@ -220,7 +220,7 @@ impl AdmissionStats {
         for c in &self.classes {
             for p in Priority::ALL {
                 shed.push((
-                    format!("class=\"{}\",priority=\"{}\"", c.class, p.as_str()),
+                    format!("class=\"{}\",priority=\"{}\"", Label(&c.class), p.as_str()),
                     c.counts.shed_by_priority[p as usize],
                 ));
             }
@@ -264,7 +264,7 @@ impl AdmissionStats {
         let pools = |f: &dyn Fn(&PoolStats) -> u64| -> Vec<(String, u64)> {
             self.pools
                 .iter()
-                .map(|p| (format!("pool=\"{}\"", p.pool), f(p)))
+                .map(|p| (format!("pool=\"{}\"", Label(&p.pool)), f(p)))
                 .collect()
         };
         family(
@@ -282,7 +282,7 @@ impl AdmissionStats {
         let backends = |f: &dyn Fn(&crate::backend::BackendStats) -> u64| -> Vec<(String, u64)> {
             self.backends
                 .iter()
-                .map(|b| (format!("backend=\"{}\"", b.backend), f(b)))
+                .map(|b| (format!("backend=\"{}\"", Label(&b.backend)), f(b)))
                 .collect()
         };
         let mut breaker = Vec::new();
@@ -291,18 +291,25 @@ impl AdmissionStats {
         for b in &self.backends {
             for state in ["closed", "open", "half_open"] {
                 breaker.push((
-                    format!("backend=\"{}\",host=\"\",state=\"{state}\"", b.backend),
+                    format!(
+                        "backend=\"{}\",host=\"\",state=\"{state}\"",
+                        Label(&b.backend)
+                    ),
                     u64::from(b.breaker == state),
                 ));
             }
             for (outcome, n) in &b.outcomes {
                 outcomes.push((
-                    format!("backend=\"{}\",outcome=\"{outcome}\"", b.backend),
+                    format!("backend=\"{}\",outcome=\"{outcome}\"", Label(&b.backend)),
                     *n,
                 ));
             }
             for h in &b.hosts {
-                let labels = format!("backend=\"{}\",host=\"{}\"", b.backend, h.host);
+                let labels = format!(
+                    "backend=\"{}\",host=\"{}\"",
+                    Label(&b.backend),
+                    Label(&h.host)
+                );
                 for state in ["closed", "open", "half_open"] {
                     breaker.push((
                         format!("{labels},state=\"{state}\""),
@@ -364,5 +371,24 @@ impl AdmissionStats {
             connecting,
         );
         out
+    }
+}
+
+/// A label value as Prometheus' text format writes it: backslash, double quote and newline
+/// escaped. Policy names cannot hold those characters, but the stats are plain data a caller may
+/// relabel before rendering.
+struct Label<'a>(&'a str);
+
+impl fmt::Display for Label<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for c in self.0.chars() {
+            match c {
+                '\\' => f.write_str("\\\\")?,
+                '"' => f.write_str("\\\"")?,
+                '\n' => f.write_str("\\n")?,
+                c => f.write_char(c)?,
+            }
+        }
+        Ok(())
     }
 }
