@@ -430,14 +430,15 @@ impl Model {
         };
         let has_adm = spec.admission.is_some();
         let refuse = |m: &mut Model, events: &mut Vec<(V, bool)>, v: V| {
+            // Counted only in classes with admission settings; shown to the hook in all.
             if has_adm {
                 let c = &mut m.classes[class];
                 c.refused[reason_index(v.reason)] += 1;
                 if v.reason == Reason::Shed {
                     c.shed[priority as usize] += 1;
                 }
-                events.push((v.clone(), false));
             }
+            events.push((v.clone(), false));
             Err(v)
         };
         let shadow_refusal = |m: &mut Model, events: &mut Vec<(V, bool)>, v: V| {
