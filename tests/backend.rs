@@ -171,6 +171,16 @@ fn a_hung_probe_gives_its_slot_back_after_its_timeout() {
     // ...the fresh probe's does.
     fresh.finish(AttemptOutcome::Success);
     assert_eq!(f.engine.backend_stats()[0].breaker, "closed");
+    assert_eq!(
+        f.kinds(),
+        [
+            TransitionKind::Opened,
+            TransitionKind::HalfOpened,
+            TransitionKind::ProbesRestarted,
+            TransitionKind::Closed
+        ],
+        "half-opened once: the second round of probes is reported as such"
+    );
 }
 
 #[test]

@@ -341,7 +341,7 @@ impl Breaker {
                     probes: 0,
                     successes: 0,
                 };
-                self.events.push((TransitionKind::HalfOpened, now));
+                self.events.push((TransitionKind::ProbesRestarted, now));
                 self.take_probe(now, s)
             }
             State::HalfOpen { .. } => Gate::Refuse(Retry::Later),

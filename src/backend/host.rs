@@ -18,6 +18,7 @@
 use super::breaker::{self, Begin, Change, Role};
 use super::permits::Permits;
 use super::window::Window;
+use super::TransitionKind;
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
 use crossbeam_utils::CachePadded;
 use std::sync::Arc;
@@ -38,17 +39,18 @@ pub(crate) struct BreakerCell {
 }
 
 impl BreakerCell {
-    /// Lets an attempt through or says why not. `Ok(true)` when this moved the breaker to half-open.
+    /// Lets an attempt through or says why not: the attempt's role, the breaker's generation, and
+    /// the transition this caused, if any (half-opened, or a new round of probes after hung ones).
     pub(crate) fn begin(
         &self,
         now: u64,
         probes: u64,
         timeout: u64,
-    ) -> Result<(Role, u64, bool), breaker::Closed> {
+    ) -> Result<(Role, u64, Option<TransitionKind>), breaker::Closed> {
         let mut w = self.word.load(Ordering::Acquire);
         if w & breaker::STATE == breaker::CLOSED {
             // The common case decides on the word alone: no times to read, nothing to write.
-            return Ok((Role::Normal, breaker::Word::unpack(w).generation, false));
+            return Ok((Role::Normal, breaker::Word::unpack(w).generation, None));
         }
         loop {
             let b = Begin {
@@ -59,7 +61,7 @@ impl BreakerCell {
             };
             let (next, role) = breaker::begin(w, b)?;
             if next == w {
-                return Ok((role, breaker::Word::unpack(w).generation, false));
+                return Ok((role, breaker::Word::unpack(w).generation, None));
             }
             // A probe's deadline is published before its slot: a caller that finds every slot taken
             // must never see a stale deadline and take the probes for hung. (If the CAS then fails,
@@ -74,9 +76,17 @@ impl BreakerCell {
             {
                 Ok(_) => {
                     let gen = breaker::Word::unpack(next).generation;
-                    let half_opened = breaker::Word::unpack(w).state != breaker::HALF_OPEN
-                        || breaker::Word::unpack(w).generation != gen;
-                    return Ok((role, gen, half_opened && role == Role::Probe));
+                    let was = breaker::Word::unpack(w);
+                    let event = if role != Role::Probe {
+                        None
+                    } else if was.state != breaker::HALF_OPEN {
+                        Some(TransitionKind::HalfOpened)
+                    } else if was.generation != gen {
+                        Some(TransitionKind::ProbesRestarted)
+                    } else {
+                        None
+                    };
+                    return Ok((role, gen, event));
                 }
                 Err(actual) => w = actual,
             }

@@ -181,6 +181,9 @@ pub enum TransitionKind {
     Opened,
     /// A breaker let its first probe through.
     HalfOpened,
+    /// Every probe of a half-open breaker outlived its timeout, and a new round of probes began
+    /// (the breaker stays half-open).
+    ProbesRestarted,
     /// A breaker closed.
     Closed,
     /// A host was ejected from its pool.
@@ -904,7 +907,7 @@ impl Engine {
         }
 
         // The backend's breaker.
-        let (role, generation, half_opened) =
+        let (role, generation, event) =
             match state
                 .breaker
                 .begin(now, u64::from(p.breaker.probes), timeout)
@@ -912,8 +915,8 @@ impl Engine {
                 Ok(r) => r,
                 Err(closed) => return Err(refusal(rules, budget, Refusal::Open(closed))),
             };
-        if half_opened {
-            rules.emit(None, TransitionKind::HalfOpened, now);
+        if let Some(kind) = event {
+            rules.emit(None, kind, now);
         }
         // From here on, a refusal gives back everything taken so far, neutrally: the attempt is only
         // built once every permit is held.
@@ -1013,7 +1016,7 @@ impl Engine {
             } else {
                 p.max_connecting_per_host
             };
-            let Ok((role, generation, half_opened)) =
+            let Ok((role, generation, event)) =
                 host.breaker
                     .begin(now, u64::from(p.breaker.probes), timeout)
             else {
@@ -1027,8 +1030,8 @@ impl Engine {
                 release_probe(&host.breaker, role, generation);
                 continue;
             }
-            if half_opened {
-                rules.emit(Some(&host.name), TransitionKind::HalfOpened, now);
+            if let Some(kind) = event {
+                rules.emit(Some(&host.name), kind, now);
             }
             return Some((h as u32, role, generation));
         }

@@ -116,7 +116,7 @@ impl Guard {
         for t in taken.iter().filter(|_| record) {
             let what = match t.kind {
                 TransitionKind::Opened => "breaker opened",
-                TransitionKind::HalfOpened => continue,
+                TransitionKind::HalfOpened | TransitionKind::ProbesRestarted => continue,
                 TransitionKind::Closed => "breaker closed",
                 TransitionKind::Ejected => "ejected",
                 TransitionKind::Readmitted => "readmitted on probation",
