@@ -71,6 +71,28 @@ fn unknown_keys_are_rejected_everywhere() {
     assert!(p[2].contains("classes.x.walltime: unknown key `walltime`"));
 }
 
+/// A key of the file can hold anything TOML allows in a quoted key; the field path that names it
+/// in an error is escaped, so one problem stays one line (a log line, a terminal line).
+#[test]
+fn field_paths_in_errors_are_escaped() {
+    let found = problems(
+        "[classes.api]\nwall_time = \"1s\"\n[backends.\"a\\\"b\\nc\\u001b[31m\"]\ntimeout = \"1s\"\n",
+    );
+    assert!(!found.is_empty());
+    for p in &found {
+        assert!(
+            !p.contains('\n') && !p.contains('\u{1b}'),
+            "a raw control character in {p:?}"
+        );
+    }
+    assert!(
+        found
+            .iter()
+            .any(|p| p.contains("backends.a\\\"b\\nc\\u{1b}[31m")),
+        "{found:?}"
+    );
+}
+
 #[test]
 fn absurd_numbers_are_clear_errors() {
     let p = problems(

@@ -57,7 +57,8 @@ impl fmt::Display for Problem {
             write!(f, "{at}: ")?;
         }
         if !self.field.is_empty() {
-            write!(f, "{}: ", self.field)?;
+            // Escaped: a path names keys of the file as written, which may hold anything.
+            write!(f, "{}: ", self.field.escape_debug())?;
         }
         f.write_str(&self.message)
     }
