@@ -323,6 +323,7 @@ impl fmt::Debug for Verdict {
             .field("reason", &self.reason)
             .field("class", &self.class())
             .field("dimension", &self.dimension())
+            .field("unit", &self.unit)
             .field("requested", &self.requested)
             .field("used", &self.used)
             .field("limit", &self.limit)

@@ -98,6 +98,7 @@ pub struct AdmitRequest<'a> {
 
 impl<'a> AdmitRequest<'a> {
     /// A request of `class` with id `id`, at the class's default priority, with no key or estimate.
+    #[must_use]
     pub fn new(class: Class, id: RequestId) -> Self {
         AdmitRequest {
             class,
@@ -112,12 +113,14 @@ impl<'a> AdmitRequest<'a> {
     }
 
     /// The request's priority (the class's default otherwise).
+    #[must_use = "returns the changed request; the original is left as it was"]
     pub fn priority(mut self, priority: Priority) -> Self {
         self.priority = Some(priority);
         self
     }
 
     /// The key per-key limits apply to (user, IP, tenant). At most [`MAX_KEY_LEN`] bytes.
+    #[must_use = "returns the changed request; the original is left as it was"]
     pub fn key(mut self, key: &'a [u8]) -> Self {
         self.key = Some(key);
         self
@@ -125,6 +128,7 @@ impl<'a> AdmitRequest<'a> {
 
     /// A declared estimate of a counter: refused up front if it can never fit the class's budget, and
     /// held in the pools over that counter while the request runs.
+    #[must_use = "returns the changed request; the original is left as it was"]
     pub fn estimate(mut self, counter: Counter, amount: u64) -> Self {
         if let Some(e) = self.estimates.get_mut(counter.index()) {
             *e = amount;
@@ -134,6 +138,7 @@ impl<'a> AdmitRequest<'a> {
     }
 
     /// The cost charged to the key's rate limit (default 1).
+    #[must_use = "returns the changed request; the original is left as it was"]
     pub fn rate_cost(mut self, cost: u64) -> Self {
         self.rate_cost = cost;
         self
@@ -144,6 +149,7 @@ impl<'a> AdmitRequest<'a> {
     /// caller marked sheddable is shed first at every hop. For a request that arrived with a header:
     /// `AdmitRequest::new(class, propagation.request_id().unwrap_or(own_id))` with
     /// `.overrides(&propagation.overrides(&engine))`.
+    #[must_use = "returns the changed request; the original is left as it was"]
     pub fn overrides(mut self, overrides: &'a Overrides) -> Self {
         self.overrides = Some(overrides);
         self

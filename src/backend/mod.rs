@@ -702,8 +702,10 @@ impl fmt::Debug for Attempt<'_> {
     }
 }
 
-/// The answer to "may I retry?".
+/// The answer to "may I retry?". A yes has already taken its retry from the request tree and its
+/// token from the backend: ignoring it wastes both.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[must_use = "a granted retry has already spent the tree's allowance and a backend token"]
 pub enum RetryDecision {
     /// Yes, after waiting this long.
     After(Duration),

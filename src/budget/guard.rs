@@ -5,6 +5,7 @@ use crate::handle::{Counter, Level};
 use crate::Verdict;
 use std::borrow::Cow;
 use std::fmt;
+use std::marker::PhantomData;
 use std::time::Duration;
 
 /// One unit (or more) of a level dimension, held until dropped.
@@ -107,10 +108,24 @@ impl fmt::Debug for Reservation<'_> {
 ///
 /// Returned by [`Budget::cpu_meter`]. Call [`charge`](Self::charge) at convenient points (each charges
 /// the CPU time since the previous one); dropping the meter charges the rest.
+///
+/// A meter reads the CPU clock of the thread it runs on, so it stays on the thread that created it:
+/// it is not `Send` (moved to another thread, or held across an `.await` on a multi-threaded
+/// runtime, it would subtract one thread's CPU time from another's).
+///
+/// ```compile_fail
+/// fn send<T: Send>(_: T) {}
+/// # let policy = costguard::Policy::builder().class("api", |c| c).build().unwrap();
+/// # let engine = costguard::Engine::new(policy).unwrap();
+/// let budget = engine.begin_by_name("api", costguard::RequestId::from_u64(1)).unwrap();
+/// send(budget.cpu_meter());
+/// ```
 #[must_use = "CPU time is charged when the meter is checked or dropped"]
 pub struct CpuMeter<'b> {
     pub(super) budget: &'b Budget,
     pub(super) last: Option<Duration>,
+    /// Keeps the meter on its thread.
+    pub(super) thread_bound: PhantomData<*const ()>,
 }
 
 impl CpuMeter<'_> {

@@ -341,6 +341,7 @@ impl Budget {
         CpuMeter {
             budget: self,
             last: self.node().snapshot.cpu_clock.thread_cpu(),
+            thread_bound: std::marker::PhantomData,
         }
     }
 

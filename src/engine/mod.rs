@@ -88,6 +88,19 @@ pub struct EngineBuilder {
     key_seed: Option<u64>,
 }
 
+impl fmt::Debug for EngineBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EngineBuilder")
+            .field("policy", &self.policy)
+            .field("clock", &self.clock.as_ref().map(|_| "custom"))
+            .field("cpu_clock", &self.cpu_clock.as_ref().map(|_| "custom"))
+            .field("on_refusal", &self.hook.is_some())
+            .field("on_transition", &self.transitions.is_some())
+            .field("key_hash_seed", &self.key_seed)
+            .finish()
+    }
+}
+
 impl EngineBuilder {
     /// The clock for deadlines (default: [`TscClock`] with a 1 ms coarse ticker;
     /// [`MonotonicClock`](crate::clock::MonotonicClock) reads the operating system's clock instead).

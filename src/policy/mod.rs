@@ -43,6 +43,7 @@ pub use backend::{
 };
 pub use builder::{AdmissionBuilder, BackendBuilder, ClassBuilder, PolicyBuilder};
 pub use error::{Location, PolicyError, Problem};
+pub use file::MAX_POLICY_BYTES;
 
 use crate::verdict::Unit;
 use crate::Priority;
