@@ -503,6 +503,79 @@ fn a_gradient_limit_survives_requests_that_take_no_time() {
     assert!((6..=20).contains(&limit(&e)), "{}", limit(&e));
 }
 
+/// An adaptive limit's window and tuning apply in whatever order the builder is called, and are
+/// an error, not silently dropped, on a limit that is not adaptive.
+#[test]
+fn adaptive_settings_are_never_dropped_by_the_builder() {
+    use costguard::policy::{AdaptiveLimit, Algorithm, Concurrency};
+    let build =
+        |f: fn(costguard::policy::AdmissionBuilder) -> costguard::policy::AdmissionBuilder| {
+            Policy::builder().class("api", |c| c.admission(f)).build()
+        };
+    let policy = build(|a| {
+        a.window(Duration::from_secs(5))
+            .gradient_tuning(2.0, 0.5)
+            .gradient2(4, 1, 8)
+    })
+    .unwrap();
+    assert_eq!(
+        policy
+            .class("api")
+            .unwrap()
+            .admission()
+            .unwrap()
+            .concurrency(),
+        Concurrency::Adaptive(AdaptiveLimit {
+            algorithm: Algorithm::Gradient2 {
+                tolerance: 2000,
+                smoothing: 500
+            },
+            initial: 4,
+            min: 1,
+            max: 8,
+            window: Duration::from_secs(5),
+        })
+    );
+    let after = build(|a| {
+        a.gradient2(4, 1, 8)
+            .gradient_tuning(2.0, 0.5)
+            .window(Duration::from_secs(5))
+    })
+    .unwrap();
+    assert_eq!(
+        after
+            .class("api")
+            .unwrap()
+            .admission()
+            .unwrap()
+            .concurrency(),
+        policy
+            .class("api")
+            .unwrap()
+            .admission()
+            .unwrap()
+            .concurrency(),
+        "the same settings, in the other order"
+    );
+    for (err, setting) in [
+        (
+            build(|a| a.concurrency(4).window(Duration::from_secs(5))),
+            "window",
+        ),
+        (
+            build(|a| a.gradient_tuning(2.0, 0.5).concurrency(4)),
+            "tolerance",
+        ),
+    ] {
+        let err = err.unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("classes.api.admission.concurrency.{setting}"))
+                && err.contains("only to an adaptive limit"),
+            "{err}"
+        );
+    }
+}
+
 #[test]
 fn a_panicking_refusal_hook_strands_nothing() {
     // In shadow mode the hook sees a refusal while the admission holds its permit and key.

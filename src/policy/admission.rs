@@ -201,6 +201,9 @@ pub(crate) struct RawAdmission {
     pub(crate) shadow: bool,
     pub(crate) pools: Vec<super::Field<String>>,
     pub(crate) per_key: Option<super::Field<RawPerKey>>,
+    /// Settings of an adaptive limit given (through the builder) to a class whose limit is not
+    /// adaptive: reported, not dropped.
+    pub(crate) adaptive_only: Vec<&'static str>,
 }
 
 #[derive(Clone, Debug)]
@@ -388,6 +391,13 @@ pub(crate) fn validate_admission(
     let before = problems.len();
     let base = format!("{base}.admission");
     let a = raw.value;
+    for setting in &a.adaptive_only {
+        problems.push(
+            raw.at.clone(),
+            format!("{base}.concurrency.{setting}"),
+            "applies only to an adaptive limit (gradient2 or aimd)",
+        );
+    }
     let concurrency = match a.concurrency {
         None => {
             problems.push(

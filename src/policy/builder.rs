@@ -170,7 +170,7 @@ impl ClassBuilder {
 
     /// Admission settings, configured by `f`. A class without them admits every request.
     pub fn admission(mut self, f: impl FnOnce(AdmissionBuilder) -> AdmissionBuilder) -> Self {
-        let raw = f(AdmissionBuilder::default()).raw;
+        let raw = f(AdmissionBuilder::default()).into_raw();
         self.raw.admission = Some(Field::new(raw, None));
         self
     }
@@ -204,9 +204,47 @@ impl ClassBuilder {
 #[must_use]
 pub struct AdmissionBuilder {
     raw: RawAdmission,
+    /// Set with [`window`](Self::window), applied to the adaptive limit whenever it is chosen.
+    window: Option<Duration>,
+    /// Set with [`gradient_tuning`](Self::gradient_tuning), likewise.
+    tuning: Option<(f64, f64)>,
 }
 
 impl AdmissionBuilder {
+    /// The settings, with the adaptive limit's window and tuning applied to it whatever the order of
+    /// the calls (or recorded as misplaced when the limit is not adaptive).
+    fn into_raw(self) -> RawAdmission {
+        let mut raw = self.raw;
+        match &mut raw.concurrency {
+            Some(Field {
+                value:
+                    RawConcurrency::Adaptive {
+                        window,
+                        tolerance,
+                        smoothing,
+                        ..
+                    },
+                ..
+            }) => {
+                if self.window.is_some() {
+                    *window = self.window;
+                }
+                if let Some((t, s)) = self.tuning {
+                    (*tolerance, *smoothing) = (Some(t), Some(s));
+                }
+            }
+            _ => {
+                if self.window.is_some() {
+                    raw.adaptive_only.push("window");
+                }
+                if self.tuning.is_some() {
+                    raw.adaptive_only.push("tolerance");
+                }
+            }
+        }
+        raw
+    }
+
     /// A fixed concurrency limit.
     pub fn concurrency(mut self, limit: u64) -> Self {
         self.raw.concurrency = Some(Field::new(RawConcurrency::Static(limit), None));
@@ -264,33 +302,17 @@ impl AdmissionBuilder {
         self.adaptive("gradient2", initial, min, max)
     }
 
-    /// Tolerance and smoothing of a Gradient2 limit.
+    /// Tolerance and smoothing of a Gradient2 limit (before or after
+    /// [`gradient2`](Self::gradient2); an error with any other limit).
     pub fn gradient_tuning(mut self, tolerance: f64, smoothing: f64) -> Self {
-        if let Some(Field {
-            value:
-                RawConcurrency::Adaptive {
-                    tolerance: t,
-                    smoothing: s,
-                    ..
-                },
-            ..
-        }) = &mut self.raw.concurrency
-        {
-            *t = Some(tolerance);
-            *s = Some(smoothing);
-        }
+        self.tuning = Some((tolerance, smoothing));
         self
     }
 
-    /// How often an adaptive limit is recomputed (default 1 s).
+    /// How often an adaptive limit is recomputed (default 1 s; before or after choosing the
+    /// algorithm; an error with a static limit).
     pub fn window(mut self, window: Duration) -> Self {
-        if let Some(Field {
-            value: RawConcurrency::Adaptive { window: w, .. },
-            ..
-        }) = &mut self.raw.concurrency
-        {
-            *w = Some(window);
-        }
+        self.window = Some(window);
         self
     }
 
