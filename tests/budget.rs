@@ -664,6 +664,12 @@ fn handles_are_typed_and_stable() {
     assert!(f.engine.class("nope").is_err());
     let unknown = f.engine.begin_by_name("nope", id("x")).unwrap_err();
     assert_eq!(unknown.reason(), Reason::UnknownClass);
+    assert_eq!(
+        unknown.class(),
+        Some("nope"),
+        "the verdict names what was unknown"
+    );
+    assert!(unknown.to_string().contains("nope"), "{unknown}");
 }
 
 #[test]

@@ -320,8 +320,15 @@ impl Engine {
     /// a handle resolved once).
     pub fn begin_by_name(&self, class: &str, id: RequestId) -> Result<Budget, Verdict> {
         let snapshot = self.snapshot_guard();
-        let class = snapshot.class_by_name(class).unwrap_or(Class(u16::MAX));
-        self.start(&snapshot, class, id, &Overrides::NONE)
+        let Some(handle) = snapshot.class_by_name(class) else {
+            // Named in the verdict: the caller's spelling is what an operator needs to see.
+            return Err(
+                Verdict::new(crate::Reason::UnknownClass, crate::Retry::Never)
+                    .with_class(&Arc::from(class))
+                    .with_request(id),
+            );
+        };
+        self.start(&snapshot, handle, id, &Overrides::NONE)
     }
 
     /// Starts a budget whose limits are tightened by `overrides`.
