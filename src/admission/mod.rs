@@ -402,6 +402,27 @@ impl Engine {
     ///
     /// Blocks the calling thread for at most the queue's `max_wait` (less while CoDel sees a standing
     /// queue), and never past the request's deadline.
+    ///
+    /// ```
+    /// use costguard::{AdmitRequest, Engine, Policy, Reason, RequestId};
+    /// use std::time::Duration;
+    ///
+    /// let policy = Policy::builder()
+    ///     .class("api", |c| {
+    ///         c.admission(|a| a.concurrency(1).queue(8, Duration::from_millis(10)))
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// let engine = Engine::new(policy).unwrap();
+    /// let api = engine.class("api").unwrap();
+    ///
+    /// let first = engine.admit(&AdmitRequest::new(api, RequestId::from_u64(1))).unwrap();
+    /// // The class is full: the next request waits up to 10 ms for the permit, then gives up.
+    /// let second = engine.admit(&AdmitRequest::new(api, RequestId::from_u64(2)));
+    /// assert_eq!(second.unwrap_err().reason(), Reason::QueueTimeout);
+    /// drop(first);
+    /// assert!(engine.admit(&AdmitRequest::new(api, RequestId::from_u64(3))).is_ok());
+    /// ```
     pub fn admit(&self, request: &AdmitRequest<'_>) -> Result<Admitted, Verdict> {
         match wait::admit_or_wait(self, request) {
             (Ok(admitted), _) => Ok(admitted),

@@ -166,6 +166,26 @@ impl AdmissionStats {
     }
 
     /// The Prometheus text exposition format (version 0.0.4).
+    ///
+    /// ```
+    /// use costguard::{AdmitRequest, Engine, Policy, RequestId};
+    ///
+    /// let policy = Policy::builder()
+    ///     .class("api", |c| c.admission(|a| a.concurrency(1)))
+    ///     .build()
+    ///     .unwrap();
+    /// let engine = Engine::new(policy).unwrap();
+    /// let api = engine.class("api").unwrap();
+    /// let _held = engine.try_admit(&AdmitRequest::new(api, RequestId::from_u64(1))).unwrap();
+    /// let _ = engine.try_admit(&AdmitRequest::new(api, RequestId::from_u64(2)));
+    ///
+    /// let text = engine.admission_stats().to_prometheus(); // serve this at /metrics
+    /// assert!(text.contains("costguard_admitted_total{class=\"api\"} 1\n"));
+    /// assert!(text.contains(
+    ///     "costguard_refused_total{class=\"api\",reason=\"concurrency_limit\"} 1\n"
+    /// ));
+    /// assert!(text.contains("costguard_in_flight{class=\"api\"} 1\n"));
+    /// ```
     pub fn to_prometheus(&self) -> String {
         let mut out = String::new();
         let mut family = |name: &str, kind: &str, help: &str, rows: Vec<(String, u64)>| {

@@ -817,6 +817,37 @@ impl Engine {
     /// Refused when the time the request has left cannot cover what the backend usually needs, when the
     /// backend's breaker is open, when its calls or connection attempts in flight are at their caps, or
     /// when no host of its pool is healthy and free.
+    ///
+    /// ```
+    /// use costguard::{AttemptOutcome, Engine, Policy, Reason, RequestId, RetryDecision};
+    /// use std::time::Duration;
+    ///
+    /// let policy = Policy::builder()
+    ///     .class("api", |c| c.wall_time(Duration::from_secs(10)).retries(2))
+    ///     .backend("kafka", |b| {
+    ///         b.hosts(&["kafka1001", "kafka1002"])
+    ///             .duration("timeout", Duration::from_secs(2))
+    ///             .count("max_connecting_per_host", 4)
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// let engine = Engine::new(policy).unwrap();
+    /// let kafka = engine.backend("kafka").unwrap();
+    /// let budget = engine.begin_by_name("api", RequestId::new("r1").unwrap()).unwrap();
+    ///
+    /// let mut attempt = engine.begin_attempt(kafka, &budget, 0).unwrap();
+    /// let host = attempt.host().unwrap(); // connect to this host ...
+    /// assert!(host.starts_with("kafka100"));
+    /// assert!(attempt.timeout() <= Duration::from_secs(2)); // ... giving up after this long
+    /// attempt.connected(); // connection made: the connect permit goes back
+    /// attempt.finish(AttemptOutcome::ServerError);
+    ///
+    /// // After a failure, ask before trying again: a yes comes with the backoff to wait first.
+    /// match engine.retry(kafka, &budget, AttemptOutcome::ServerError, 1) {
+    ///     RetryDecision::After(backoff) => assert!(backoff < Duration::from_secs(10)),
+    ///     RetryDecision::Stop(why) => assert_eq!(why.reason(), Reason::RetryBudgetExhausted),
+    /// }
+    /// ```
     pub fn begin_attempt<'b>(
         &self,
         backend: Backend,
@@ -1138,6 +1169,38 @@ impl Engine {
     /// Calls `backend` through `f`, retrying as [`retry`](Self::retry) allows. `f` gets the attempt
     /// (its host and timeout) and returns the result with the outcome to record; `sleep` waits out a
     /// backoff (`std::thread::sleep` in a blocking service, a manual clock's `advance` in a test).
+    ///
+    /// ```
+    /// use costguard::backend::CallError;
+    /// use costguard::{AttemptOutcome, Engine, Policy, Reason, RequestId};
+    /// use std::time::Duration;
+    ///
+    /// let policy = Policy::builder()
+    ///     .class("api", |c| c.wall_time(Duration::from_secs(10)).retries(2))
+    ///     .backend("db", |b| b.duration("timeout", Duration::from_millis(500)))
+    ///     .build()
+    ///     .unwrap();
+    /// let engine = Engine::new(policy).unwrap();
+    /// let db = engine.backend("db").unwrap();
+    /// let budget = engine.begin_by_name("api", RequestId::new("r1").unwrap()).unwrap();
+    ///
+    /// // A query that keeps timing out: tried once, retried twice (the tree's allowance), no more.
+    /// // (A service passes `std::thread::sleep` to wait out each backoff; this example skips them.)
+    /// let mut tries = 0;
+    /// let result: Result<u32, _> = engine.call(db, &budget, |_backoff| {}, |attempt| {
+    ///     tries += 1;
+    ///     assert!(attempt.timeout() <= Duration::from_millis(500));
+    ///     Err(("query timed out", AttemptOutcome::Timeout))
+    /// });
+    /// match result {
+    ///     Err(CallError::Failed(error, why)) => {
+    ///         assert_eq!(error, "query timed out");
+    ///         assert_eq!(why.reason(), Reason::LimitExceeded); // the tree's retries are spent
+    ///     }
+    ///     other => panic!("{other:?}"),
+    /// }
+    /// assert_eq!(tries, 3);
+    /// ```
     pub fn call<T, E>(
         &self,
         backend: Backend,
