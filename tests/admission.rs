@@ -221,7 +221,10 @@ fn hostile_keys_are_bounded() {
         .try_admit(&AdmitRequest::new(api, id(1)).key(&long[..256]))
         .is_ok());
     // Far more keys than the table holds, each holding a request: the table stays full, extra keys
-    // share the overflow entry, and together they get one key's share (2 in flight).
+    // share the overflow entry, and together they get one key's share (2 in flight). On a fresh
+    // engine, so that every entry is a held key's.
+    let (e, _clock) = engine(per_key_policy());
+    let api = e.class("api").unwrap();
     let mut held = Vec::new();
     let mut refused = 0;
     for n in 0..1_000u64 {
@@ -238,10 +241,14 @@ fn hostile_keys_are_bounded() {
         }
     }
     let keys = e.admission_stats().class("api").unwrap().keys.unwrap();
-    assert_eq!(keys.1, 64);
-    assert!(keys.0 <= 64);
-    assert!(refused > 0);
-    assert!(held.len() <= 100);
+    assert_eq!(
+        keys,
+        (64, 64),
+        "a full table, never more than its 64 entries"
+    );
+    // One request for each key with an entry, and one key's share for all the others together.
+    assert_eq!(held.len(), 64 + 2);
+    assert_eq!(refused, 1_000 - held.len());
     let memory = e.key_table_memory(api).unwrap();
     assert!(memory < 64 * 16 + 256, "{memory} bytes");
 }
@@ -1066,14 +1073,30 @@ fn hammering_threads_never_exceed_the_limits_and_everything_returns_to_zero() {
     let (e, _clock) = engine(policy);
     let api = e.class("api").unwrap();
     let db = e.counter("db_queries").unwrap();
+    /// Counts a grant in a side counter for as long as it is held: raised once the grant exists,
+    /// lowered (by drop, panics included) just before the grant is released, so the side count
+    /// never exceeds what the engine really has in flight.
+    struct Held<'a>(&'a AtomicUsize);
+    impl<'a> Held<'a> {
+        fn new(count: &'a AtomicUsize, peak: &AtomicUsize) -> Self {
+            peak.fetch_max(count.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+            Held(count)
+        }
+    }
+    impl Drop for Held<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
     let in_flight = AtomicUsize::new(0);
     let peak = AtomicUsize::new(0);
     let per_key: Vec<AtomicUsize> = (0..3).map(|_| AtomicUsize::new(0)).collect();
     let key_peak = AtomicUsize::new(0);
+    let panics = AtomicUsize::new(0);
     std::thread::scope(|s| {
         for t in 0..8u64 {
-            let (e, in_flight, peak, per_key, key_peak) =
-                (&e, &in_flight, &peak, &per_key, &key_peak);
+            let (e, in_flight, peak, per_key, key_peak, panics) =
+                (&e, &in_flight, &peak, &per_key, &key_peak, &panics);
             s.spawn(move || {
                 for i in 0..2_000u64 {
                     let k = ((t + i) % 3) as usize;
@@ -1084,25 +1107,28 @@ fn hammering_threads_never_exceed_the_limits_and_everything_returns_to_zero() {
                     let Ok(admitted) = e.try_admit(&req) else {
                         continue;
                     };
-                    let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-                    peak.fetch_max(now, Ordering::SeqCst);
-                    let kn = per_key[k].fetch_add(1, Ordering::SeqCst) + 1;
-                    key_peak.fetch_max(kn, Ordering::SeqCst);
-                    // Some admitted work panics; the grant must still be released.
+                    // Some admitted work panics; the grant must still be released. The side counts
+                    // are dropped before the grant (locals drop in reverse order).
                     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        let _held = &admitted;
-                        per_key[k].fetch_sub(1, Ordering::SeqCst);
-                        in_flight.fetch_sub(1, Ordering::SeqCst);
+                        let _admitted = admitted;
+                        let _counted = Held::new(in_flight, peak);
+                        let _key_counted = Held::new(&per_key[k], key_peak);
+                        // Work that takes a moment, so that grants overlap.
+                        for _ in 0..(i % 4) {
+                            std::thread::yield_now();
+                        }
                         if i % 97 == 0 {
                             panic!("injected");
                         }
-                        drop(admitted);
                     }));
-                    let _ = result;
+                    if result.is_err() {
+                        panics.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             });
         }
     });
+    assert!(panics.load(Ordering::Relaxed) > 0, "panics were injected");
     // Pool of 40 with estimates of 7 admits at most 5 at once; the class limit is 6; keys 2 each.
     assert!(
         peak.load(Ordering::SeqCst) <= 5,
@@ -1130,9 +1156,12 @@ fn hammering_threads_never_exceed_the_limits_and_everything_returns_to_zero() {
 
 #[test]
 fn the_observed_maximum_in_flight_equals_the_limit_never_more() {
-    // Eight threads against a class limit of 4 and, separately, one key limited to 2. Each admitted
-    // thread holds its grant until the limit is observed full (an event, not a time), so the peak
-    // reaches the limit; a peak above it would be a bug.
+    // Eight threads against a class limit of 4 and, separately, one key limited to 2, in rounds:
+    // every thread tries once while the grants of that round are held (a barrier, an event, not a
+    // time), so each round admits exactly the limit and refuses the rest. A limit that let one
+    // more through would show in the first round.
+    const THREADS: usize = 8;
+    const ROUNDS: u64 = 50;
     for (limit, key_limit, key) in [
         (4u64, None, None),
         (64, Some(2u64), Some(b"one-user" as &[u8])),
@@ -1151,31 +1180,29 @@ fn the_observed_maximum_in_flight_equals_the_limit_never_more() {
         let cap = key_limit.unwrap_or(limit) as usize;
         let in_flight = AtomicUsize::new(0);
         let peak = AtomicUsize::new(0);
-        let rounds_at_cap = AtomicUsize::new(0);
+        let barrier = std::sync::Barrier::new(THREADS);
         std::thread::scope(|s| {
-            for t in 0..8u64 {
-                let (e, in_flight, peak, rounds_at_cap) = (&e, &in_flight, &peak, &rounds_at_cap);
+            for t in 0..THREADS as u64 {
+                let (e, in_flight, peak, barrier) = (&e, &in_flight, &peak, &barrier);
                 s.spawn(move || {
-                    for i in 0..100u64 {
-                        let mut req = AdmitRequest::new(api, id(t * 1_000 + i));
+                    for round in 0..ROUNDS {
+                        let mut req = AdmitRequest::new(api, id(t * 1_000 + round));
                         if let Some(key) = key {
                             req = req.key(key);
                         }
-                        let Ok(admitted) = e.try_admit(&req) else {
-                            continue;
-                        };
-                        let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-                        peak.fetch_max(now, Ordering::SeqCst);
-                        // Hold until the class is seen full, or a bounded number of tries.
-                        for _ in 0..10_000 {
-                            if in_flight.load(Ordering::SeqCst) >= cap {
-                                rounds_at_cap.fetch_add(1, Ordering::Relaxed);
-                                break;
-                            }
-                            std::thread::yield_now();
+                        let admitted = e.try_admit(&req).ok();
+                        if admitted.is_some() {
+                            let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                            peak.fetch_max(now, Ordering::SeqCst);
                         }
-                        in_flight.fetch_sub(1, Ordering::SeqCst);
+                        // Every thread has tried, with this round's grants held.
+                        barrier.wait();
+                        if admitted.is_some() {
+                            in_flight.fetch_sub(1, Ordering::SeqCst);
+                        }
                         drop(admitted);
+                        // Every grant of the round is released before the next round tries.
+                        barrier.wait();
                     }
                 });
             }
@@ -1185,7 +1212,6 @@ fn the_observed_maximum_in_flight_equals_the_limit_never_more() {
             cap,
             "the observed maximum is the limit"
         );
-        assert!(rounds_at_cap.load(Ordering::Relaxed) > 0);
         let stats = e.admission_stats();
         let s = stats.class("api").unwrap();
         assert_eq!(s.in_flight, 0);
@@ -1194,8 +1220,12 @@ fn the_observed_maximum_in_flight_equals_the_limit_never_more() {
         } else {
             Reason::ConcurrencyLimit
         };
-        // Every attempt was either admitted or refused for the limit under test.
-        assert_eq!(s.counts.admitted + s.counts.refused(refused_by), 8 * 100);
+        // Each round admitted exactly the limit and refused every other thread, for that limit.
+        assert_eq!(s.counts.admitted, ROUNDS * cap as u64);
+        assert_eq!(
+            s.counts.refused(refused_by),
+            ROUNDS * (THREADS - cap) as u64
+        );
     }
 }
 

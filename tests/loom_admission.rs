@@ -409,8 +409,8 @@ fn lowered_limit_admits_nothing_above_it() {
 ///
 /// The key table has one slot, so of two keys one owns it and the other is served by the shared
 /// overflow entry; an idle key's slot is taken over by the next key that needs one. Each of two
-/// threads admits its own key (limit 1 per key), tries a second admission of the same key while
-/// holding the first, and drops. Per-key limits hold per entry: a key whose requests are on the
+/// threads admits its own key (limit 1 per key), tries two more admissions of the same key while
+/// holding what it got, and drops. Per-key limits hold per entry: a key whose requests are on the
 /// overflow entry when it claims a slot of its own may briefly have one limit's worth on each, so
 /// counted per key from the outside a key never has more than twice its limit in flight (the class
 /// limit and the overflow entry's own limit still hold). Afterwards both keys can be admitted again
@@ -445,9 +445,11 @@ fn key_eviction_keeps_per_key_concurrency() {
                     );
                     Some(grant)
                 };
+                // Three tries, one more than the bound: a bound that did not hold could show.
                 let first = admit(n);
                 let second = admit(n + 1);
-                for grant in [second, first].into_iter().flatten() {
+                let third = admit(n + 2);
+                for grant in [third, second, first].into_iter().flatten() {
                     held.set(held.get() - 1);
                     drop(grant);
                 }

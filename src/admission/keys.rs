@@ -429,6 +429,30 @@ mod tests {
         assert_eq!(t.capacity(), 1);
     }
 
+    /// Keys that find no entry of their own share the overflow entry, and with it one key's
+    /// limits: its concurrency and its rate, for all of them together.
+    #[test]
+    fn overflowed_keys_share_one_keys_concurrency_and_rate() {
+        let t = KeyTable::new(1, None);
+        let (a, _) = t.acquire(b"a", 0, 1, limits(2), false).unwrap();
+        assert_ne!(a, OVERFLOW);
+        // Two keys overflow and take the entry's two places; a third is refused.
+        let (b, _) = t.acquire(b"b", 0, 1, limits(2), false).unwrap();
+        let (c, _) = t.acquire(b"c", 0, 1, limits(2), false).unwrap();
+        assert_eq!((b, c), (OVERFLOW, OVERFLOW));
+        assert!(matches!(
+            t.acquire(b"d", 0, 1, limits(2), false),
+            Err(KeyRefusal::Concurrency { .. })
+        ));
+        // Their rate is shared too: the two charges above spent the burst of 2.
+        t.release(b);
+        t.release(c);
+        assert!(matches!(
+            t.acquire(b"e", 0, 1, limits(2), false),
+            Err(KeyRefusal::Rate(_))
+        ));
+    }
+
     #[test]
     fn shadow_mode_records_but_admits() {
         let t = KeyTable::new(4, None);
