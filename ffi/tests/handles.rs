@@ -143,6 +143,17 @@ fn made_up_values_are_invalid() {
     assert_eq!(costguard_engine_free(e), OK);
 }
 
+/// A child of `parent` (of the parent's class): its charges are counted in the parent too, which
+/// outlives it, so a test can check after the child's handle is gone that every charge reported
+/// as made was made on this budget and no other.
+fn child_of(parent: costguard_budget) -> costguard_budget {
+    let mut out = costguard_budget::default();
+    // SAFETY: NULL class (the parent's) and verdict are allowed; `out` is writable.
+    let s = unsafe { costguard_budget_child(parent, std::ptr::null(), &mut out, null_mut()) };
+    assert_eq!(s, OK);
+    out
+}
+
 #[test]
 fn a_free_racing_uses_on_other_threads() {
     let e = engine_with(
@@ -156,7 +167,8 @@ fn a_free_racing_uses_on_other_threads() {
     );
     let (c, k) = (counter(e, "n"), class(e, "c"));
     for round in 0..200 {
-        let b = begin(e, k, "race");
+        let parent = begin(e, k, "race");
+        let b = child_of(parent);
         let start = Arc::new(Barrier::new(4));
         let freed = Arc::new(AtomicBool::new(false));
         let ok_after_free = Arc::new(AtomicU64::new(0));
@@ -205,6 +217,10 @@ fn a_free_racing_uses_on_other_threads() {
             "a use began after the free completed"
         );
         assert_eq!(charge(b, c, 1), INVALID);
+        // Every charge that succeeded is counted in the budget (and so in its parent): none went
+        // to freed memory or to another budget.
+        assert_eq!(used(parent, c), Ok(charged.load(Ordering::Relaxed)));
+        assert_eq!(costguard_budget_free(parent), OK);
     }
     assert_eq!(costguard_engine_free(e), OK);
 }
@@ -217,14 +233,18 @@ fn the_owner_and_other_threads_race_a_free_from_a_third() {
         0,
     );
     let (c, k) = (counter(e, "n"), class(e, "c"));
-    for _ in 0..100 {
-        let b = begin(e, k, "owner");
+    for _ in 0..300 {
+        let parent = begin(e, k, "parent");
+        let b = child_of(parent);
         let go = Arc::new(Barrier::new(2));
         let freer = {
             let go = go.clone();
             std::thread::spawn(move || {
                 go.wait();
                 assert_eq!(costguard_budget_free(b), OK);
+                // A new budget at once, likely in the freed handle's slot and memory: a use that
+                // outlived the free would land on it.
+                begin(e, k, "decoy")
             })
         };
         go.wait();
@@ -238,8 +258,12 @@ fn the_owner_and_other_threads_race_a_free_from_a_third() {
                 }
             }
         }
-        freer.join().unwrap();
-        let _ = n;
+        let decoy = freer.join().unwrap();
+        // Every charge the owner saw succeed is in the budget's parent, and none in the decoy.
+        assert_eq!(used(parent, c), Ok(n));
+        assert_eq!(used(decoy, c), Ok(0));
+        assert_eq!(costguard_budget_free(decoy), OK);
+        assert_eq!(costguard_budget_free(parent), OK);
     }
     assert_eq!(costguard_engine_free(e), OK);
 }
