@@ -428,10 +428,9 @@ fn child_charge_refused_by_an_already_cancelled_ancestor_does_not_allocate() {
     assert_eq!((root.used(f.queries), leaf.used(f.queries)), (0, 0));
 }
 
-// The first time a cancellation bit is set on a budget that has live children, `Node::set_bits`
-// collects those children into a `Vec<Arc<Node>>` before telling them: one allocation (and one free)
-// per budget of the subtree that has live children. Later refusals and checks do not allocate (see the
-// test above). The three tests below cover notifying children without collecting them.
+// When a cancellation bit is set on a budget that has live children, `Node::set_bits` tells them in
+// place, walking its list of children under that list's lock, without collecting them anywhere. The
+// three tests below check that notifying children allocates nothing.
 
 #[test]
 fn child_charge_first_refused_by_an_ancestor_does_not_allocate() {

@@ -329,6 +329,18 @@ fn failing_hosts_are_ejected_then_readmitted_on_probation() {
         "ejected hosts get no traffic"
     );
     // Only a third of the pool may be out: k3 failing now is not ejected.
+    let k3 = f.engine.host(kafka, "k3").unwrap();
+    for _ in 0..3 {
+        f.engine
+            .begin_attempt_on(k3, &budget, 0)
+            .unwrap()
+            .finish(AttemptOutcome::ConnectFailure);
+    }
+    assert!(!f.engine.backend_stats()[0].host("k3").unwrap().ejected);
+    f.engine
+        .begin_attempt_on(k3, &budget, 0)
+        .unwrap()
+        .finish(AttemptOutcome::Success);
     // After the ejection, k2 returns on probation; one failure ejects it again, for twice as long.
     f.clock.advance(Duration::from_secs(10));
     let hosts = round(3);
