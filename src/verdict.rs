@@ -93,6 +93,31 @@ impl Reason {
     }
 }
 
+/// Every reason, in declaration order: `ALL_REASONS[r as usize] == r` (checked in the tests).
+pub(crate) const ALL_REASONS: [Reason; 21] = [
+    Reason::LimitExceeded,
+    Reason::CannotFit,
+    Reason::DeadlineExceeded,
+    Reason::InsufficientTime,
+    Reason::Cancelled,
+    Reason::TooDeep,
+    Reason::UnknownClass,
+    Reason::ConcurrencyLimit,
+    Reason::Shed,
+    Reason::KeyConcurrency,
+    Reason::RateLimited,
+    Reason::PoolExhausted,
+    Reason::QueueFull,
+    Reason::QueueTimeout,
+    Reason::KeyTooLong,
+    Reason::CircuitOpen,
+    Reason::BulkheadFull,
+    Reason::ConnectLimit,
+    Reason::NoHealthyHost,
+    Reason::RetryBudgetExhausted,
+    Reason::NotRetryable,
+];
+
 /// Whether and when the refused work may be tried again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Retry {
@@ -434,6 +459,39 @@ impl std::error::Error for Verdict {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn all_reasons_lists_each_reason_at_its_index() {
+        for (i, r) in ALL_REASONS.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{r:?}");
+        }
+        // A new reason must be added to the list: this match has no wildcard, so it stops
+        // compiling until the reason is handled here, and the count below until it is listed.
+        let last = |r: Reason| match r {
+            Reason::LimitExceeded
+            | Reason::CannotFit
+            | Reason::DeadlineExceeded
+            | Reason::InsufficientTime
+            | Reason::Cancelled
+            | Reason::TooDeep
+            | Reason::UnknownClass
+            | Reason::ConcurrencyLimit
+            | Reason::Shed
+            | Reason::KeyConcurrency
+            | Reason::RateLimited
+            | Reason::PoolExhausted
+            | Reason::QueueFull
+            | Reason::QueueTimeout
+            | Reason::KeyTooLong
+            | Reason::CircuitOpen
+            | Reason::BulkheadFull
+            | Reason::ConnectLimit
+            | Reason::NoHealthyHost
+            | Reason::RetryBudgetExhausted => false,
+            Reason::NotRetryable => true,
+        };
+        assert!(last(ALL_REASONS[ALL_REASONS.len() - 1]));
+    }
 
     #[test]
     fn units_format_readably() {

@@ -736,6 +736,61 @@ fn backends_keep_their_state_through_reloads_that_edit_their_pool() {
     );
 }
 
+/// Refusals are counted per backend by reason, for attempts and for retries, in the stats and the
+/// exposition: an operator sees how much load a breaker or a bulkhead kept away.
+#[test]
+fn refusals_are_counted_by_reason() {
+    let f = fixture(single("db", |b| {
+        b.count("max_in_flight", 1)
+            .count("breaker.consecutive_failures", 2)
+            .fraction("retry.ratio", 1.0)
+    }));
+    let db = f.engine.backend("db").unwrap();
+    let budget = f.budget();
+    let held = f.engine.begin_attempt(db, &budget, 0).unwrap();
+    assert_eq!(
+        f.run(db, &budget, AttemptOutcome::Success),
+        Err(Reason::BulkheadFull)
+    );
+    held.finish(AttemptOutcome::ServerError);
+    f.run(db, &budget, AttemptOutcome::ServerError).unwrap();
+    for _ in 0..3 {
+        assert_eq!(
+            f.run(db, &budget, AttemptOutcome::Success),
+            Err(Reason::CircuitOpen)
+        );
+    }
+    assert!(matches!(
+        f.engine.retry(db, &budget, AttemptOutcome::ClientError, 1),
+        RetryDecision::Stop(_)
+    ));
+    // The tree's allowance (10 retries) spent: the eleventh is refused by the budget.
+    let granted = (0..11)
+        .filter(|_| {
+            matches!(
+                f.engine.retry(db, &budget, AttemptOutcome::ServerError, 1),
+                RetryDecision::After(_)
+            )
+        })
+        .count();
+    assert_eq!(granted, 10);
+
+    let stats = f.engine.backend_stats().remove(0);
+    assert_eq!(stats.refused_for(Reason::BulkheadFull), 1);
+    assert_eq!(stats.refused_for(Reason::CircuitOpen), 3);
+    assert_eq!(stats.refused_for(Reason::NoHealthyHost), 0);
+    assert_eq!(stats.retries_refused_for(Reason::NotRetryable), 1);
+    assert_eq!(stats.retries_refused_for(Reason::LimitExceeded), 1);
+    let text = f.engine.admission_stats().to_prometheus();
+    for line in [
+        "costguard_backend_refused_total{backend=\"db\",reason=\"circuit_open\"} 3\n",
+        "costguard_backend_refused_total{backend=\"db\",reason=\"no_healthy_host\"} 0\n",
+        "costguard_backend_retries_refused_total{backend=\"db\",reason=\"limit_exceeded\"} 1\n",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
+}
+
 #[test]
 fn a_request_calls_backends_under_the_policy_it_started_with() {
     let timeout = |s: u64| {

@@ -48,11 +48,12 @@ pub(crate) fn to_json(generation: u64, s: &AdmissionStats) -> String {
         .backends
         .iter()
         .map(|b| {
-            let outcomes: Map<String, Value> = b
-                .outcomes
-                .iter()
-                .map(|(n, c)| ((*n).to_owned(), json!(c)))
-                .collect();
+            let by_name = |counts: &[(&str, u64)]| -> Map<String, Value> {
+                counts
+                    .iter()
+                    .map(|(n, c)| ((*n).to_owned(), json!(c)))
+                    .collect()
+            };
             let hosts: Vec<Value> = b
                 .hosts
                 .iter()
@@ -72,7 +73,9 @@ pub(crate) fn to_json(generation: u64, s: &AdmissionStats) -> String {
                 "in_flight": b.in_flight,
                 "connecting": b.connecting,
                 "retry_tokens": b.retry_tokens,
-                "outcomes": outcomes,
+                "outcomes": by_name(&b.outcomes),
+                "refused": by_name(&b.refused),
+                "retries_refused": by_name(&b.retries_refused),
                 "hosts": hosts,
             })
         })

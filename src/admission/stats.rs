@@ -307,6 +307,8 @@ impl AdmissionStats {
         };
         let mut breaker = Vec::new();
         let mut outcomes = Vec::new();
+        let mut refused = Vec::new();
+        let mut retries_refused = Vec::new();
         let mut host_rows: [Vec<(String, u64)>; 3] = Default::default();
         for b in &self.backends {
             for state in ["closed", "open", "half_open"] {
@@ -323,6 +325,17 @@ impl AdmissionStats {
                     format!("backend=\"{}\",outcome=\"{outcome}\"", Label(&b.backend)),
                     *n,
                 ));
+            }
+            for (rows, counts) in [
+                (&mut refused, &b.refused),
+                (&mut retries_refused, &b.retries_refused),
+            ] {
+                for (reason, n) in counts {
+                    rows.push((
+                        format!("backend=\"{}\",reason=\"{reason}\"", Label(&b.backend)),
+                        *n,
+                    ));
+                }
             }
             for h in &b.hosts {
                 let labels = format!(
@@ -370,6 +383,18 @@ impl AdmissionStats {
             "counter",
             "Attempts to call a backend, by outcome.",
             outcomes,
+        );
+        family(
+            "costguard_backend_refused_total",
+            "counter",
+            "Attempts to call a backend refused before they began, by reason.",
+            refused,
+        );
+        family(
+            "costguard_backend_retries_refused_total",
+            "counter",
+            "Retries of calls to a backend refused, by reason.",
+            retries_refused,
         );
         let [ejected, in_flight, connecting] = host_rows;
         family(

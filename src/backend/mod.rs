@@ -34,7 +34,7 @@ use crate::clock::{duration_to_nanos, Clock};
 use crate::handle::{Backend, Counter, Host};
 use crate::policy::BackendPolicy;
 use crate::sync::{Arc, AtomicU32, AtomicU64, Ordering};
-use crate::verdict::{Reason, Retry, Unit};
+use crate::verdict::{Reason, Retry, Unit, ALL_REASONS};
 use crate::{Engine, Verdict};
 use crossbeam_utils::CachePadded;
 pub(crate) use host::HostState;
@@ -206,8 +206,60 @@ pub(crate) struct BackendState {
     pub(crate) retry: RetryBudget,
     /// What calls write: on lines of their own, away from what they only read.
     traffic: CachePadded<Traffic>,
+    /// Refusals by reason: written only by refused attempts and retry decisions.
+    refusals: CachePadded<Refusals>,
     names: [Arc<str>; 4],
 }
+
+/// Attempts refused and retries refused, by [`Reason`] (indexed by its discriminant).
+#[derive(Debug, Default)]
+struct Refusals {
+    attempts: [AtomicU64; ALL_REASONS.len()],
+    retries: [AtomicU64; ALL_REASONS.len()],
+}
+
+impl Refusals {
+    fn attempt(&self, reason: Reason) {
+        if let Some(n) = self.attempts.get(reason as usize) {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn retry(&self, reason: Reason) {
+        if let Some(n) = self.retries.get(reason as usize) {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// `(reason, count)` for each of `always` (the reasons that side of the backend produces, so
+    /// that their series exist from the start) and any other reason counted.
+    fn read(counts: &[AtomicU64], always: &[Reason]) -> Vec<(&'static str, u64)> {
+        ALL_REASONS
+            .iter()
+            .zip(counts)
+            .map(|(r, n)| (*r, n.load(Ordering::Relaxed)))
+            .filter(|(r, n)| *n > 0 || always.contains(r))
+            .map(|(r, n)| (r.as_str(), n))
+            .collect()
+    }
+}
+
+/// The reasons an attempt is refused for.
+const ATTEMPT_REFUSALS: [Reason; 5] = [
+    Reason::InsufficientTime,
+    Reason::CircuitOpen,
+    Reason::BulkheadFull,
+    Reason::ConnectLimit,
+    Reason::NoHealthyHost,
+];
+
+/// The reasons a retry is refused for, besides what the request tree's budget refuses.
+const RETRY_REFUSALS: [Reason; 4] = [
+    Reason::NotRetryable,
+    Reason::InsufficientTime,
+    Reason::RetryBudgetExhausted,
+    Reason::LimitExceeded,
+];
 
 /// The parts of a backend's state that calls keep writing: every finish counts its outcome and (on
 /// success) moves the latency, every begin on a pool moves the round-robin cursor, every retry
@@ -240,6 +292,7 @@ impl BackendState {
                 rng: AtomicU64::new(GAMMA ^ now),
                 ..Traffic::default()
             }),
+            refusals: CachePadded::default(),
             names: [
                 Arc::from("in_flight"),
                 Arc::from("connecting"),
@@ -738,6 +791,7 @@ impl<E: fmt::Debug + fmt::Display> std::error::Error for CallError<E> {}
 #[cold]
 #[inline(never)]
 fn unknown_host(rules: &BackendRules, name: Option<&Arc<str>>, budget: &Budget) -> Verdict {
+    rules.state.refusals.attempt(Reason::UnknownClass);
     let v = Verdict::new(Reason::UnknownClass, Retry::Never).with_class(&rules.policy.name);
     let v = match name {
         Some(name) => v.with_dimension(name, Unit::Count),
@@ -784,6 +838,7 @@ fn refusal(rules: &BackendRules, budget: &Budget, why: Refusal) -> Verdict {
             .with_amounts(1, u64::from(p.max_connecting), u64::from(p.max_connecting)),
         Refusal::NoHost => rules.verdict(Reason::NoHealthyHost, Retry::Later, N_CONNECTING),
     };
+    rules.state.refusals.attempt(v.reason());
     v.with_class(&p.name).with_request(budget.request_id())
 }
 
@@ -1109,6 +1164,7 @@ impl Engine {
 
         let state = &rules.state;
         let stop = |reason: Reason, retry: Retry| {
+            state.refusals.retry(reason);
             RetryDecision::Stop(
                 Verdict::new(reason, retry)
                     .with_class(&p.name)
@@ -1140,6 +1196,7 @@ impl Engine {
                 .saturating_add(usual)
                 .saturating_add(rules.ns.margin);
             if remaining <= need {
+                state.refusals.retry(Reason::InsufficientTime);
                 return RetryDecision::Stop(
                     Verdict::new(Reason::InsufficientTime, Retry::Never)
                         .with_class(&p.name)
@@ -1160,6 +1217,7 @@ impl Engine {
         if budget.try_charge_bare(Counter::RETRIES, 1) != Some(true) {
             if let Err(v) = budget.try_retry() {
                 state.retry.give_back(rules.rates);
+                state.refusals.retry(v.reason());
                 return RetryDecision::Stop(v);
             }
         }
@@ -1251,6 +1309,8 @@ impl Engine {
                         .zip(&s.traffic.outcomes)
                         .map(|(n, c)| (*n, c.load(Ordering::Relaxed)))
                         .collect(),
+                    refused: Refusals::read(&s.refusals.attempts, &ATTEMPT_REFUSALS),
+                    retries_refused: Refusals::read(&s.refusals.retries, &RETRY_REFUSALS),
                     hosts: r
                         .hosts
                         .iter()
@@ -1337,6 +1397,13 @@ fn state_name(state: u64) -> &'static str {
     }
 }
 
+fn count_of(counts: &[(&'static str, u64)], name: &str) -> u64 {
+    counts
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map_or(0, |(_, c)| *c)
+}
+
 /// The state of one backend.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -1353,11 +1420,27 @@ pub struct BackendStats {
     pub retry_tokens: u64,
     /// Attempts by outcome.
     pub outcomes: Vec<(&'static str, u64)>,
+    /// Attempts refused before they began, by reason ([`Reason::as_str`] names): the circuit
+    /// open, a bulkhead full, no healthy host, too little time left, ...
+    pub refused: Vec<(&'static str, u64)>,
+    /// Retries refused, by reason: not worth retrying, no time for one, the backend's retry budget
+    /// empty, the request tree's allowance spent (`limit_exceeded`), ...
+    pub retries_refused: Vec<(&'static str, u64)>,
     /// Its hosts.
     pub hosts: Vec<HostStats>,
 }
 
 impl BackendStats {
+    /// Attempts refused for `reason`.
+    pub fn refused_for(&self, reason: Reason) -> u64 {
+        count_of(&self.refused, reason.as_str())
+    }
+
+    /// Retries refused for `reason`.
+    pub fn retries_refused_for(&self, reason: Reason) -> u64 {
+        count_of(&self.retries_refused, reason.as_str())
+    }
+
     /// Attempts that ended with `outcome` (by [`AttemptOutcome::as_str`] name).
     pub fn outcome(&self, outcome: &str) -> u64 {
         self.outcomes
