@@ -14,6 +14,15 @@ use std::time::Duration;
 /// How far the cached reading may fall behind before a precise reading refreshes it.
 pub(super) const REFRESH_AFTER_NANOS: u64 = 100_000;
 
+/// The longest period of a ticker: a coarse reading staler than this would serve no one, and a
+/// ticker asleep for longer would outlive its clock by as much.
+pub(super) const MAX_TICK: Duration = Duration::from_secs(1);
+
+/// The period a ticker asked for `period` runs at.
+fn tick(period: Duration) -> Duration {
+    period.clamp(Duration::from_nanos(REFRESH_AFTER_NANOS), MAX_TICK)
+}
+
 /// Where precise readings come from: nanoseconds since the clock's origin, never decreasing on one
 /// thread.
 pub(super) trait Source: Clone + Send + Sync + 'static {
@@ -35,13 +44,13 @@ impl<S: Source> Cached<S> {
         }
     }
 
-    /// Also starts a thread that refreshes the cache every `period` (at least
-    /// [`REFRESH_AFTER_NANOS`]). The thread holds only a weak reference: it exits at its next tick
-    /// after the last clone of the clock is dropped. Without a thread (none could be started) the
-    /// clock still works: precise readings keep the cache fresh.
+    /// Also starts a thread that refreshes the cache every `period` (between
+    /// [`REFRESH_AFTER_NANOS`] and [`MAX_TICK`]). The thread holds only a weak reference: it exits
+    /// at its next tick after the last clone of the clock is dropped. Without a thread (none could
+    /// be started) the clock still works: precise readings keep the cache fresh.
     pub(super) fn with_ticker(source: S, period: Duration) -> Self {
         let clock = Self::new(source);
-        let period = period.max(Duration::from_nanos(REFRESH_AFTER_NANOS));
+        let period = tick(period);
         let source = clock.source.clone();
         let cache: Weak<CachePadded<AtomicU64>> = Arc::downgrade(&clock.cache);
         let spawned = std::thread::Builder::new()
@@ -88,6 +97,15 @@ fn publish(cache: &AtomicU64, nanos: u64) {
 pub(super) mod tests {
     use super::*;
     use std::time::Instant;
+
+    #[test]
+    fn ticker_periods_are_kept_between_their_bounds() {
+        let least = Duration::from_nanos(REFRESH_AFTER_NANOS);
+        assert_eq!(tick(Duration::ZERO), least);
+        assert_eq!(tick(Duration::from_millis(1)), Duration::from_millis(1));
+        // A ticker asked to sleep for ever would never see its clock dropped.
+        assert_eq!(tick(Duration::MAX), MAX_TICK);
+    }
 
     /// Readings never run backwards on one thread, the cached reading never runs ahead of a precise
     /// one, and a precise reading taken long after the cache refreshes it.

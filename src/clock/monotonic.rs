@@ -47,7 +47,8 @@ impl MonotonicClock {
         }))
     }
 
-    /// A clock whose coarse reading a background thread refreshes every `period` (at least 100 µs).
+    /// A clock whose coarse reading a background thread refreshes every `period` (at least 100 µs,
+    /// at most 1 s).
     ///
     /// The thread holds only a weak reference: it exits at its next tick after the last clone of the
     /// clock is dropped.

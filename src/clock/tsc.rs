@@ -79,7 +79,8 @@ impl TscClock {
         TscClock(Cached::new(Tsc::new()))
     }
 
-    /// A clock whose coarse reading a background thread refreshes every `period` (at least 100 µs).
+    /// A clock whose coarse reading a background thread refreshes every `period` (at least 100 µs,
+    /// at most 1 s).
     ///
     /// The thread holds only a weak reference: it exits at its next tick after the last clone of the
     /// clock is dropped.
