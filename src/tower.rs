@@ -394,6 +394,16 @@ impl<S, C, R, A, O> AdmissionService<S, C, R, A, O> {
     pub fn get_ref(&self) -> &S {
         &self.inner
     }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, unwrapped.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
 }
 
 impl<S, Req, C, R, A, O> Service<Req> for AdmissionService<S, C, R, A, O>

@@ -675,3 +675,17 @@ fn readiness_and_its_errors_are_the_inner_services() {
     let st = stats(&s.engine);
     assert_eq!((st.in_flight, st.counts.admitted), (0, 1));
 }
+
+/// The service the layer wraps stays reachable, as tower middleware's usually is.
+#[test]
+fn the_inner_service_can_be_reached_and_unwrapped() {
+    #[derive(Debug, PartialEq)]
+    struct Inner(u32);
+    let s = setup(|a| a.concurrency(1));
+    let layer = admission(&s);
+    let mut service = tower::Layer::layer(&layer, Inner(1));
+    assert_eq!(service.get_ref(), &Inner(1));
+    service.get_mut().0 = 2;
+    assert_eq!(service.engine().class("api").unwrap(), s.api);
+    assert_eq!(service.into_inner(), Inner(2));
+}
