@@ -514,7 +514,7 @@ fn a_gradient_limit_survives_requests_that_take_no_time() {
 /// an error, not silently dropped, on a limit that is not adaptive.
 #[test]
 fn adaptive_settings_are_never_dropped_by_the_builder() {
-    use costguard::policy::{AdaptiveLimit, Algorithm, Concurrency};
+    use costguard::policy::{Algorithm, Concurrency};
     let build =
         |f: fn(costguard::policy::AdmissionBuilder) -> costguard::policy::AdmissionBuilder| {
             Policy::builder().class("api", |c| c.admission(f)).build()
@@ -525,23 +525,25 @@ fn adaptive_settings_are_never_dropped_by_the_builder() {
             .gradient2(4, 1, 8)
     })
     .unwrap();
+    let Concurrency::Adaptive(limit) = policy
+        .class("api")
+        .unwrap()
+        .admission()
+        .unwrap()
+        .concurrency()
+    else {
+        panic!("not adaptive");
+    };
     assert_eq!(
-        policy
-            .class("api")
-            .unwrap()
-            .admission()
-            .unwrap()
-            .concurrency(),
-        Concurrency::Adaptive(AdaptiveLimit {
-            algorithm: Algorithm::Gradient2 {
-                tolerance: 2000,
-                smoothing: 500
-            },
-            initial: 4,
-            min: 1,
-            max: 8,
-            window: Duration::from_secs(5),
-        })
+        limit.algorithm,
+        Algorithm::Gradient2 {
+            tolerance: 2000,
+            smoothing: 500
+        }
+    );
+    assert_eq!(
+        (limit.initial, limit.min, limit.max, limit.window),
+        (4, 1, 8, Duration::from_secs(5))
     );
     let after = build(|a| {
         a.gradient2(4, 1, 8)

@@ -202,7 +202,7 @@ shadow = true
 "#,
     )
     .unwrap();
-    use costguard::policy::{Algorithm, Concurrency, PerKey, RateLimit};
+    use costguard::policy::{Algorithm, Concurrency};
     let api = policy.class("api").unwrap().admission().unwrap();
     match api.concurrency() {
         Concurrency::Adaptive(a) => {
@@ -222,17 +222,12 @@ shadow = true
     let q = api.queue().unwrap();
     assert_eq!((q.capacity, q.max_wait), (64, Duration::from_millis(250)));
     assert_eq!(api.pools().collect::<Vec<_>>(), vec!["db_in_flight"]);
+    let per_key = api.per_key().unwrap();
+    let rate = per_key.rate.unwrap();
+    assert_eq!((per_key.concurrency, per_key.max_keys), (Some(4), 100_000));
     assert_eq!(
-        api.per_key(),
-        Some(PerKey {
-            concurrency: Some(4),
-            rate: Some(RateLimit {
-                amount: 20,
-                per: Duration::from_secs(1),
-                burst: 40
-            }),
-            max_keys: 100_000
-        })
+        (rate.amount, rate.per, rate.burst),
+        (20, Duration::from_secs(1), 40)
     );
     let batch = policy.class("batch").unwrap().admission().unwrap();
     assert!(batch.shadow());

@@ -44,6 +44,7 @@ pub enum Algorithm {
 
 /// A concurrency limit that follows latency, within bounds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct AdaptiveLimit {
     /// The algorithm.
     pub algorithm: Algorithm,
@@ -93,6 +94,7 @@ impl Default for Headroom {
 
 /// Waiting instead of refusing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct QueuePolicy {
     /// The most requests waiting at once.
     pub capacity: u32,
@@ -107,6 +109,7 @@ pub struct QueuePolicy {
 
 /// A cost-weighted rate: `amount` units per `per`, with bursts of up to `burst` units.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RateLimit {
     /// Units per period.
     pub amount: u64,
@@ -118,6 +121,7 @@ pub struct RateLimit {
 
 /// Limits per key (user, IP, tenant) inside a class.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PerKey {
     /// The most requests of one key in flight at once.
     pub concurrency: Option<u32>,

@@ -19,6 +19,7 @@ pub const MAX_PROBES: u32 = 15;
 
 /// When a breaker opens, and how it comes back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct BreakerPolicy {
     /// Opens after this many failures in a row.
     pub consecutive_failures: u32,
@@ -61,6 +62,7 @@ impl Default for BreakerPolicy {
 
 /// When a host is taken out of its pool for a while.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct EjectionPolicy {
     /// Ejected after this many connect failures or timeouts in a row.
     pub consecutive_failures: u32,
@@ -85,6 +87,7 @@ impl Default for EjectionPolicy {
 
 /// How many retries a backend takes, process-wide.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RetryPolicy {
     /// Retries may be at most this share of first attempts (per mille).
     pub ratio: Permille,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 /// Where in a policy file a problem is.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Location {
     /// The file, when the policy came from one.
     pub file: Option<Arc<Path>>,
@@ -42,6 +43,7 @@ impl fmt::Display for Location {
 
 /// One thing wrong with a policy.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Problem {
     /// Where, for policies read from text.
     pub location: Option<Location>,
