@@ -87,7 +87,12 @@ pub struct Propagation {
 pub struct HeaderError {
     kind: HeaderErrorKind,
     offset: usize,
+    /// The key of the field at fault (at most [`KEY_SHOWN`] bytes of it), if the fault is in one.
+    key: Option<Box<str>>,
 }
+
+/// The most bytes of a key an error repeats (a header is untrusted input).
+const KEY_SHOWN: usize = 32;
 
 /// The kinds of [`HeaderError`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -113,7 +118,22 @@ pub enum HeaderErrorKind {
 
 impl HeaderError {
     fn at(kind: HeaderErrorKind, offset: usize) -> Self {
-        HeaderError { kind, offset }
+        HeaderError {
+            kind,
+            offset,
+            key: None,
+        }
+    }
+
+    /// The same error, naming the field whose key is `key`.
+    fn in_field(mut self, key: &str) -> Self {
+        self.key = Some(crate::text::clip(key, KEY_SHOWN).into());
+        self
+    }
+
+    /// The key of the field at fault, if the fault is in a field (at most 32 bytes of it).
+    pub fn key(&self) -> Option<&str> {
+        self.key.as_deref()
     }
 
     /// What is wrong.
@@ -139,7 +159,15 @@ impl fmt::Display for HeaderError {
             HeaderErrorKind::BadRequestId => "malformed request id",
             HeaderErrorKind::BadPriority => "unknown priority",
         };
-        write!(f, "{what} at byte {}", self.offset)
+        match &self.key {
+            Some(key) => write!(
+                f,
+                "{what} in field `{}` at byte {}",
+                key.escape_debug(),
+                self.offset
+            ),
+            None => write!(f, "{what} at byte {}", self.offset),
+        }
     }
 }
 
@@ -182,12 +210,12 @@ impl Propagation {
             let at = offset;
             offset += field.len() + 1;
             let Some((key, val)) = field.split_once('=') else {
-                return Err(HeaderError::at(K::BadField, at));
+                return Err(HeaderError::at(K::BadField, at).in_field(field));
             };
             let val_at = at + key.len() + 1;
             let dup = |seen: &mut bool| {
                 if std::mem::replace(seen, true) {
-                    Err(HeaderError::at(K::DuplicateKey, at))
+                    Err(HeaderError::at(K::DuplicateKey, at).in_field(key))
                 } else {
                     Ok(())
                 }
@@ -196,29 +224,31 @@ impl Propagation {
                 "id" => {
                     dup(&mut saw_id)?;
                     let id = RequestId::new(val)
-                        .map_err(|_| HeaderError::at(K::BadRequestId, val_at))?;
+                        .map_err(|_| HeaderError::at(K::BadRequestId, val_at).in_field(key))?;
                     out.request_id = Some(id);
                 }
                 "pri" => {
                     dup(&mut saw_pri)?;
                     let p = val
                         .parse()
-                        .map_err(|_| HeaderError::at(K::BadPriority, val_at))?;
+                        .map_err(|_| HeaderError::at(K::BadPriority, val_at).in_field(key))?;
                     out.priority = Some(p);
                 }
                 "t" => {
                     dup(&mut saw_t)?;
-                    let ms = decimal(val).ok_or(HeaderError::at(K::BadNumber, val_at))?;
+                    let ms = decimal(val)
+                        .ok_or_else(|| HeaderError::at(K::BadNumber, val_at).in_field(key))?;
                     out.remaining = Some(Duration::from_millis(ms));
                 }
                 name if valid_name(name) => {
                     if out.allowances.iter().any(|(n, _)| n == name) {
-                        return Err(HeaderError::at(K::DuplicateKey, at));
+                        return Err(HeaderError::at(K::DuplicateKey, at).in_field(key));
                     }
-                    let n = decimal(val).ok_or(HeaderError::at(K::BadNumber, val_at))?;
+                    let n = decimal(val)
+                        .ok_or_else(|| HeaderError::at(K::BadNumber, val_at).in_field(key))?;
                     out.allowances.push((name.to_owned(), n));
                 }
-                _ => return Err(HeaderError::at(K::BadField, at)),
+                _ => return Err(HeaderError::at(K::BadField, at).in_field(key)),
             }
         }
         Ok(out)
@@ -417,6 +447,9 @@ mod tests {
         assert!(Propagation::decode("cg1;t=18446744073709551615").is_ok());
         let e = Propagation::decode("cg1;id=ok;t=x").unwrap_err();
         assert_eq!(e.offset(), 12);
-        assert_eq!(e.to_string(), "malformed or out-of-range number at byte 12");
+        assert_eq!(
+            e.to_string(),
+            "malformed or out-of-range number in field `t` at byte 12"
+        );
     }
 }

@@ -105,6 +105,7 @@ pub mod policy;
 mod priority;
 mod request_id;
 mod sync;
+mod text;
 /// A tower layer that admits every request before the service runs it (feature `tower`).
 #[cfg(feature = "tower")]
 pub mod tower;

@@ -54,11 +54,25 @@ impl fmt::Display for Priority {
 
 /// A name that is not a priority.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UnknownPriority;
+pub struct UnknownPriority {
+    /// The name given, at most 32 bytes of it.
+    name: Box<str>,
+}
+
+impl UnknownPriority {
+    /// The name that is not a priority (at most 32 bytes of it).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
 
 impl fmt::Display for UnknownPriority {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("unknown priority (expected critical, normal, sheddable or background)")
+        write!(
+            f,
+            "unknown priority `{}` (expected critical, normal, sheddable or background)",
+            self.name.escape_debug()
+        )
     }
 }
 
@@ -70,7 +84,9 @@ impl FromStr for Priority {
         Priority::ALL
             .into_iter()
             .find(|p| p.as_str() == s)
-            .ok_or(UnknownPriority)
+            .ok_or_else(|| UnknownPriority {
+                name: crate::text::clip(s, 32).into(),
+            })
     }
 }
 
@@ -83,7 +99,9 @@ mod tests {
         for p in Priority::ALL {
             assert_eq!(p.as_str().parse::<Priority>(), Ok(p));
         }
-        assert!("urgent".parse::<Priority>().is_err());
+        let e = "urgent".parse::<Priority>().unwrap_err();
+        assert_eq!(e.name(), "urgent");
+        assert!(e.to_string().contains("`urgent`"), "{e}");
         assert_eq!(
             Priority::Critical.least_important(Priority::Background),
             Priority::Background

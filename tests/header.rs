@@ -136,19 +136,30 @@ fn a_budget_without_deadline_sends_none() {
 
 #[test]
 fn malformed_headers_are_typed_errors() {
-    for (value, kind) in [
-        ("cg1;t=1;t=1", HeaderErrorKind::DuplicateKey),
-        ("cg1;file_lookups=-1", HeaderErrorKind::BadNumber),
-        ("cg1;id=\u{0}", HeaderErrorKind::BadRequestId),
-        ("cg0", HeaderErrorKind::BadVersion),
-        ("cg1;=1", HeaderErrorKind::BadField),
+    for (value, kind, key) in [
+        ("cg1;t=1;t=1", HeaderErrorKind::DuplicateKey, Some("t")),
+        (
+            "cg1;file_lookups=-1",
+            HeaderErrorKind::BadNumber,
+            Some("file_lookups"),
+        ),
+        ("cg1;id=\u{0}", HeaderErrorKind::BadRequestId, Some("id")),
+        ("cg1;pri=urgent", HeaderErrorKind::BadPriority, Some("pri")),
+        ("cg0", HeaderErrorKind::BadVersion, None),
+        ("cg1;=1", HeaderErrorKind::BadField, Some("")),
+        ("cg1;oops", HeaderErrorKind::BadField, Some("oops")),
     ] {
-        assert_eq!(
-            Propagation::decode(value).unwrap_err().kind(),
-            kind,
-            "{value:?}"
-        );
+        let e = Propagation::decode(value).unwrap_err();
+        assert_eq!((e.kind(), e.key()), (kind, key), "{value:?}");
     }
+    // The message names the field, escaped and cut short: a header is untrusted input.
+    let e = Propagation::decode("cg1;t=1;t=x").unwrap_err();
+    assert_eq!(e.to_string(), "key appears twice in field `t` at byte 8");
+    let hostile = format!("cg1;{}\u{1b}[31m", "k".repeat(40));
+    let e = Propagation::decode(&hostile).unwrap_err();
+    assert_eq!(e.key(), Some("k".repeat(32).as_str()));
+    let e = Propagation::decode("cg1;a\u{1b}b").unwrap_err();
+    assert!(!e.to_string().contains('\u{1b}'), "{e}");
     let long = format!("cg1;id={}", "a".repeat(64)) + &";x=1".repeat(600);
     assert_eq!(
         Propagation::decode(&long).unwrap_err().kind(),

@@ -671,11 +671,7 @@ fn join(base: &str, key: &str) -> String {
 
 /// At most 64 bytes of untrusted text for error messages, cut on a character boundary.
 fn truncate(s: &str) -> &str {
-    let mut end = s.len().min(64);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
+    crate::text::clip(s, 64)
 }
 
 fn type_name(v: &DeValue<'_>) -> &'static str {
