@@ -679,7 +679,7 @@ impl Engine {
     }
 
     /// Shows a refusal to the hook, if there is one.
-    fn show_refusal(&self, verdict: &Verdict, shadow: bool) {
+    pub(crate) fn show_refusal(&self, verdict: &Verdict, shadow: bool) {
         if let Some(hook) = self.refusal_hook() {
             crate::engine::run_hook(|| hook(&RefusalEvent { verdict, shadow }));
         }

@@ -43,7 +43,10 @@ fn enqueue(
     wake: Wake,
 ) -> Result<Place, Verdict> {
     let snapshot = engine.snapshot();
+    // A reload since the first try may have taken the class, or its queue, away: the refusal that
+    // sent the request here stands, and is reported as any other.
     let Some(rules) = snapshot.class(req.class) else {
+        engine.show_refusal(&full, false);
         return Err(full);
     };
     let priority = req.effective_priority(rules.priority);
@@ -51,6 +54,10 @@ fn enqueue(
         rules.admission.as_ref(),
         rules.admission.as_ref().and_then(|a| a.queue),
     ) else {
+        match rules.admission.as_ref() {
+            Some(adm) => engine.report_refusal(adm, &full, priority, false),
+            None => engine.show_refusal(&full, false),
+        }
         return Err(full);
     };
     let now = engine.clock().now().as_nanos();
