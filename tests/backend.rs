@@ -736,6 +736,72 @@ fn backends_keep_their_state_through_reloads_that_edit_their_pool() {
     );
 }
 
+/// The share of a pool that may be ejected is of the pool the current policy has, for requests of
+/// every version: a request begun before a reload that shrank the pool can neither eject the new
+/// pool beyond its share nor leave a removed host holding a place among the ejected.
+#[test]
+fn ejection_share_is_of_the_current_pool_for_every_version() {
+    let pool = |hosts: &[&str]| {
+        single("kafka", |b| {
+            b.hosts(hosts)
+                .count("ejection.consecutive_failures", 1)
+                .fraction("ejection.max_ejected", 0.5)
+                .duration("ejection.base", Duration::from_secs(3600))
+                .duration("ejection.max", Duration::from_secs(3600))
+                .count("breaker.consecutive_failures", 1000)
+        })
+    };
+    let f = fixture(pool(&["k1", "k2", "k3", "k4"]));
+    let kafka = f.engine.backend("kafka").unwrap();
+    let host = |name| f.engine.host(kafka, name).unwrap();
+    let (k1, k2, k4) = (host("k1"), host("k2"), host("k4"));
+    let long = |n| {
+        f.engine
+            .begin_by_name("long", RequestId::from_u64(n))
+            .unwrap()
+    };
+    let old = long(1);
+    let on_k4 = f.engine.begin_attempt_on(k4, &old, 0).unwrap();
+
+    f.engine.reload(pool(&["k1", "k2"])).unwrap();
+    // The old request's attempt on the removed k4 fails, and so does a fresh one: k4 is out of the
+    // pool, so it takes none of the one place the new pool has among the ejected.
+    on_k4.finish(AttemptOutcome::ConnectFailure);
+    f.engine
+        .begin_attempt_on(k4, &old, 0)
+        .unwrap()
+        .finish(AttemptOutcome::ConnectFailure);
+    let new = long(2);
+    f.engine
+        .begin_attempt_on(k2, &new, 0)
+        .unwrap()
+        .finish(AttemptOutcome::ConnectFailure);
+    let ejected = |f: &Fixture| -> Vec<String> {
+        f.engine.backend_stats()[0]
+            .hosts
+            .iter()
+            .filter(|h| h.ejected)
+            .map(|h| h.host.clone())
+            .collect()
+    };
+    assert_eq!(ejected(&f), ["k2"], "k2 took the new pool's one place");
+    // The old request's attempt on k1 fails: under the old pool's share (two of four) k1 would go
+    // too, and the new pool would have no host left.
+    f.engine
+        .begin_attempt_on(k1, &old, 0)
+        .unwrap()
+        .finish(AttemptOutcome::ConnectFailure);
+    assert_eq!(ejected(&f), ["k2"]);
+    let next = f.engine.begin_attempt(kafka, &new, 0).unwrap();
+    assert_eq!(next.host(), Some("k1"));
+    next.finish(AttemptOutcome::Success);
+    assert_eq!(
+        f.kinds(),
+        [TransitionKind::Ejected],
+        "only k2's ejection happened"
+    );
+}
+
 /// Refusals are counted per backend by reason, for attempts and for retries, in the stats and the
 /// exposition: an operator sees how much load a breaker or a bulkhead kept away.
 #[test]

@@ -19,7 +19,7 @@ use super::breaker::{self, Begin, Change, Role};
 use super::permits::Permits;
 use super::window::Window;
 use super::TransitionKind;
-use crate::sync::{AtomicU32, AtomicU64, Ordering};
+use crate::sync::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use crossbeam_utils::CachePadded;
 use std::sync::Arc;
 
@@ -168,6 +168,42 @@ pub(crate) struct HostState {
     pub(crate) breaker: BreakerCell,
     pub(crate) eject: AtomicU64,
     pub(crate) ejected_until: AtomicU64,
+    /// Whether the current policy's pool lists the host (set by each reload). A host out of the
+    /// pool is never ejected: requests of older versions may still call it, but no new one will,
+    /// and its place among the ejected belongs to the pool as it now is.
+    pub(crate) in_pool: AtomicBool,
+}
+
+/// The hosts of a backend's pool ejected now, and how many may be: shared by every version of the
+/// policy, so that the share is always of the pool as the current policy has it.
+#[derive(Debug, Default)]
+pub(crate) struct EjectedHosts {
+    /// Hosts ejected now (each host's reservation, taken before it is ejected).
+    pub(crate) count: AtomicU32,
+    /// The most that may be at once, for the current pool (set by each reload).
+    pub(crate) most: AtomicU32,
+}
+
+impl EjectedHosts {
+    /// Takes a place among the ejected, if one is free.
+    fn reserve(&self) -> bool {
+        let most = self.most.load(Ordering::Acquire);
+        self.count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < most).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Gives a place back.
+    fn release(&self) {
+        let _ = self
+            .count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                debug_assert!(n > 0, "an ejection released twice");
+                Some(n.saturating_sub(1))
+            });
+    }
 }
 
 /// When and for how long hosts are ejected, in clock nanoseconds.
@@ -176,8 +212,6 @@ pub(crate) struct EjectRule {
     pub(crate) threshold: u64,
     pub(crate) base: u64,
     pub(crate) max: u64,
-    /// The most hosts ejected at once.
-    pub(crate) max_ejected: u32,
 }
 
 impl EjectRule {
@@ -205,6 +239,7 @@ impl HostState {
             breaker: BreakerCell::default(),
             eject: AtomicU64::new(0),
             ejected_until: AtomicU64::new(0),
+            in_pool: AtomicBool::new(false),
         }
     }
 
@@ -220,17 +255,21 @@ impl HostState {
 
     /// Ends an ejection early, without probation, and gives back its reservation among the ejected:
     /// for a host a reload took out of the pool, which no new request will be sent to.
-    pub(crate) fn forget_ejection(&self, ejected_hosts: &AtomicU32) {
-        let mut w = self.eject.load(Ordering::Acquire);
+    ///
+    /// SeqCst, as is the ejecting compare-exchange in [`on_outcome`](Self::on_outcome) and both
+    /// reads of `in_pool`: a reload stores `in_pool = false` and then reads the ejection word, an
+    /// attempt ejects and then reads `in_pool`; in one total order, at least one of the two sees
+    /// the other's write, so an ejection racing the host's removal is always undone by one of them
+    /// (the compare-exchange below makes sure only once).
+    pub(crate) fn forget_ejection(&self, ejected: &EjectedHosts) {
+        let mut w = self.eject.load(Ordering::SeqCst);
         while w & EJECTED != 0 {
             match self
                 .eject
-                .compare_exchange(w, 0, Ordering::AcqRel, Ordering::Acquire)
+                .compare_exchange(w, 0, Ordering::SeqCst, Ordering::SeqCst)
             {
                 Ok(_) => {
-                    let _ = ejected_hosts.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                        Some(n.saturating_sub(1))
-                    });
+                    ejected.release();
                     return;
                 }
                 Err(actual) => w = actual,
@@ -243,7 +282,7 @@ impl HostState {
     }
 
     /// Brings the host back on probation if its ejection is over. `true` if this call did.
-    pub(crate) fn readmit_if_due(&self, now: u64, ejected_hosts: &AtomicU32) -> bool {
+    pub(crate) fn readmit_if_due(&self, now: u64, ejected: &EjectedHosts) -> bool {
         let w = self.eject.load(Ordering::Acquire);
         if w & EJECTED == 0 || now < self.ejected_until.load(Ordering::Acquire) {
             return false;
@@ -254,9 +293,7 @@ impl HostState {
             .compare_exchange(w, next, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
-            let _ = ejected_hosts.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                Some(n.saturating_sub(1))
-            });
+            ejected.release();
             return true;
         }
         false
@@ -271,9 +308,9 @@ impl HostState {
         success: bool,
         now: u64,
         rule: &EjectRule,
-        ejected_hosts: &AtomicU32,
+        ejected: &EjectedHosts,
     ) -> Ejection {
-        let (threshold, max_ejected) = (rule.threshold, rule.max_ejected);
+        let threshold = rule.threshold;
         let mut w = self.eject.load(Ordering::Acquire);
         loop {
             if w & EJECTED != 0 {
@@ -286,14 +323,11 @@ impl HostState {
                 0
             } else if connect_or_timeout {
                 let fails = (fails + 1).min(FAILS);
-                let due = fails >= threshold || w & PROBATION != 0;
+                let due = (fails >= threshold || w & PROBATION != 0)
+                    && self.in_pool.load(Ordering::SeqCst);
                 if due {
                     // Reserve room among the ejected before ejecting.
-                    let reserved = ejected_hosts
-                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                            (n < max_ejected).then_some(n + 1)
-                        })
-                        .is_ok();
+                    let reserved = ejected.reserve();
                     if reserved {
                         let count = (ejections + 1).min(0xff);
                         let next = EJECTED | (count << EJECTIONS_SHIFT);
@@ -304,16 +338,20 @@ impl HostState {
                         match self.eject.compare_exchange(
                             w,
                             next,
-                            Ordering::AcqRel,
+                            Ordering::SeqCst,
                             Ordering::Acquire,
                         ) {
-                            Ok(_) => return Ejection::Ejected,
+                            Ok(_) => {
+                                // Taken out of the pool meanwhile: the reload may have looked
+                                // before this ejection (see `forget_ejection`).
+                                if !self.in_pool.load(Ordering::SeqCst) {
+                                    self.forget_ejection(ejected);
+                                    return Ejection::None;
+                                }
+                                return Ejection::Ejected;
+                            }
                             Err(actual) => {
-                                let _ = ejected_hosts.fetch_update(
-                                    Ordering::AcqRel,
-                                    Ordering::Acquire,
-                                    |n| Some(n.saturating_sub(1)),
-                                );
+                                ejected.release();
                                 w = actual;
                                 continue;
                             }

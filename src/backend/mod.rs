@@ -38,7 +38,7 @@ use crate::verdict::{Reason, Retry, Unit, ALL_REASONS};
 use crate::{Engine, Verdict};
 use crossbeam_utils::CachePadded;
 pub(crate) use host::HostState;
-use host::{BreakerCell, Ejection};
+use host::{BreakerCell, EjectedHosts, Ejection};
 use permits::{Full, Permits};
 use retry_budget::{Rates, RetryBudget};
 use std::fmt;
@@ -200,9 +200,8 @@ pub(crate) type TransitionHook = Arc<dyn Fn(&Transition) + Send + Sync>;
 pub(crate) struct BackendState {
     pub(crate) breaker: BreakerCell,
     pub(crate) permits: Permits,
-    /// Hosts of the backend's pool ejected now (each host's reservation, see
-    /// [`HostState::on_outcome`]), whichever versions of the policy list them.
-    pub(crate) ejected: AtomicU32,
+    /// Hosts of the backend's pool ejected now, and how many may be.
+    pub(crate) ejected: EjectedHosts,
     pub(crate) retry: RetryBudget,
     /// What calls write: on lines of their own, away from what they only read.
     traffic: CachePadded<Traffic>,
@@ -286,7 +285,7 @@ impl BackendState {
         BackendState {
             breaker: BreakerCell::default(),
             permits: Permits::default(),
-            ejected: AtomicU32::new(0),
+            ejected: EjectedHosts::default(),
             retry: RetryBudget::new(now, rates),
             traffic: CachePadded::new(Traffic {
                 rng: AtomicU64::new(GAMMA ^ now),
@@ -386,7 +385,7 @@ struct Nanos {
 }
 
 impl Nanos {
-    fn new(p: &BackendPolicy, hosts: usize) -> Nanos {
+    fn new(p: &BackendPolicy) -> Nanos {
         let e = &p.ejection;
         Nanos {
             open_for: duration_to_nanos(p.breaker.open_for),
@@ -395,7 +394,6 @@ impl Nanos {
                 threshold: u64::from(e.consecutive_failures),
                 base: duration_to_nanos(e.base),
                 max: duration_to_nanos(e.max),
-                max_ejected: (hosts as u64 * u64::from(e.max_ejected) / 1000) as u32,
             },
             timeout: duration_to_nanos(p.timeout),
             margin: duration_to_nanos(p.margin),
@@ -444,7 +442,7 @@ impl BackendRules {
                 .map(|&id| Arc::clone(&host_states[id]))
                 .collect(),
             host_slots,
-            ns: Nanos::new(policy, hosts.len()),
+            ns: Nanos::new(policy),
             state,
             rates: rates(policy),
             policy: policy.clone(),

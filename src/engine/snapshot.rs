@@ -8,6 +8,7 @@ use crate::policy::{
     AdaptiveLimit, Concurrency, DimensionKind, Policy, PolicyError, CPU_TIME, MAX_CLASSES,
     MAX_DIMENSIONS, RETRIES,
 };
+use crate::sync::Ordering;
 use crate::verdict::Unit;
 use crate::{clock::duration_to_nanos, Priority};
 use std::collections::HashMap;
@@ -210,10 +211,18 @@ impl Registry {
                 };
                 hosts.push(host);
             }
-            // A host taken out of the pool while ejected gives its place among the ejected back:
-            // the share is of the pool as it now is.
+            // The share of the pool that may be ejected is of the pool as it now is, for requests
+            // of every version; a host taken out of the pool while ejected gives its place back
+            // (and is not ejected again while out: see `HostState::forget_ejection`).
+            let most = hosts.len() as u64 * u64::from(b.ejection.max_ejected) / 1000;
+            state
+                .ejected
+                .most
+                .store(u32::try_from(most).unwrap_or(u32::MAX), Ordering::Release);
             for (host, s) in known.host_states.iter().enumerate() {
-                if !hosts.contains(&host) {
+                let listed = hosts.contains(&host);
+                s.in_pool.store(listed, Ordering::SeqCst);
+                if !listed {
                     s.forget_ejection(&state.ejected);
                 }
             }
