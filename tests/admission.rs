@@ -843,6 +843,50 @@ fn time_spent_waiting_counts_against_the_wall_time() {
     });
 }
 
+/// A waiter granted its permit in time but polled only after its deadline (which runs from its
+/// arrival) is refused, not admitted with a budget that has nothing left, and its permit goes to
+/// the next waiter.
+#[test]
+fn a_waiter_finished_after_its_deadline_is_refused_and_passes_its_permit_on() {
+    use executor::{poll, CountingWaker};
+    let policy = Policy::builder()
+        .class("api", |c| {
+            c.wall_time(Duration::from_secs(30))
+                .admission(|a| a.concurrency(1).queue(4, Duration::from_secs(10)))
+        })
+        .build()
+        .unwrap();
+    let (e, clock) = engine(policy);
+    let api = e.class("api").unwrap();
+    let header = costguard::Propagation::decode("cg1;id=caller;t=1000").unwrap();
+    let overrides = header.overrides(&e);
+    let waker = Arc::new(CountingWaker::default());
+
+    let first = e.try_admit(&AdmitRequest::new(api, id(1))).unwrap();
+    let mut late = e.admit_async(AdmitRequest::new(api, id(2)).overrides(&overrides));
+    assert!(poll(&mut late, &waker).is_pending());
+    let mut next = e.admit_async(AdmitRequest::new(api, id(3)));
+    assert!(poll(&mut next, &waker).is_pending());
+    clock.advance(Duration::from_millis(900));
+    drop(first); // handed to the first waiter, in time
+    clock.advance(Duration::from_millis(200)); // which is polled only after its 1 s
+    match poll(&mut late, &waker) {
+        std::task::Poll::Ready(Err(v)) => {
+            assert_eq!(v.reason(), Reason::InsufficientTime);
+            assert_eq!((v.used(), v.limit()), (1_100_000_000, 1_000_000_000));
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    match poll(&mut next, &waker) {
+        std::task::Poll::Ready(Ok(a)) => assert_eq!(a.budget().request_id(), id(3)),
+        other => panic!("expected the passed-on permit, got {other:?}"),
+    }
+    let s = e.admission_stats();
+    let s = s.class("api").unwrap();
+    assert_eq!(s.in_flight, 0);
+    assert_eq!(s.counts.refused(Reason::InsufficientTime), 1);
+}
+
 #[test]
 fn a_dropped_async_waiter_strands_nothing() {
     use executor::{poll, CountingWaker};

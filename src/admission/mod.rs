@@ -780,6 +780,18 @@ impl Engine {
             Ok(s) => s,
             Err(v) => return Err(self.undo(rules, req, priority, held, v)),
         };
+        // A waiter granted its permit in time but finished late (a task polled late, a thread
+        // woken late) may find its deadline, which runs from its arrival, already passed: nothing
+        // could be done with such a budget, and the permit goes to the next waiter instead.
+        if let Some(arrived) = arrived.filter(|_| settings.deadline <= now) {
+            let since = |t: Timestamp| t.as_nanos().saturating_sub(arrived.as_nanos());
+            let v = Verdict::new(Reason::InsufficientTime, Retry::Never).with_amounts(
+                0,
+                since(now),
+                since(settings.deadline),
+            );
+            return Err(self.undo(rules, req, priority, held, v));
+        }
         // 5. The key, last: its rate allowance, once spent, cannot be given back, so nothing may
         // refuse after it.
         let mut key_slot = None;

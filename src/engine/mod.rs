@@ -324,7 +324,7 @@ impl Engine {
             // Named in the verdict: the caller's spelling is what an operator needs to see.
             return Err(
                 Verdict::new(crate::Reason::UnknownClass, crate::Retry::Never)
-                    .with_class(&Arc::from(class))
+                    .with_class(&Arc::from(crate::text::clip(class, 64)))
                     .with_request(id),
             );
         };
