@@ -260,7 +260,9 @@ impl HostState {
     /// reads of `in_pool`: a reload stores `in_pool = false` and then reads the ejection word, an
     /// attempt ejects and then reads `in_pool`; in one total order, at least one of the two sees
     /// the other's write, so an ejection racing the host's removal is always undone by one of them
-    /// (the compare-exchange below makes sure only once).
+    /// (the compare-exchange below makes sure only once). Like the wait queue's count and limiter,
+    /// this store-buffering pair is argued here, not model-checked: loom treats SeqCst as
+    /// acquire/release.
     pub(crate) fn forget_ejection(&self, ejected: &EjectedHosts) {
         let mut w = self.eject.load(Ordering::SeqCst);
         while w & EJECTED != 0 {
