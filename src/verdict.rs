@@ -460,6 +460,13 @@ impl std::error::Error for Verdict {}
 mod tests {
     use super::*;
 
+    /// README (Concepts, Verdict) states the size, for users who meet clippy's result_large_err.
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn a_verdict_is_the_size_the_readme_states() {
+        assert_eq!(std::mem::size_of::<Verdict>(), 144);
+    }
+
     #[test]
     fn all_reasons_lists_each_reason_at_its_index() {
         for (i, r) in ALL_REASONS.iter().enumerate() {
