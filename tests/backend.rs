@@ -802,6 +802,54 @@ fn ejection_share_is_of_the_current_pool_for_every_version() {
     );
 }
 
+/// A reload that makes a pool's share of ejected hosts smaller than the hosts it keeps ejected
+/// brings back early, on probation, those whose ejections end soonest, and reports it.
+#[test]
+fn a_smaller_share_brings_the_soonest_back_early() {
+    let pool = |hosts: &[&str]| {
+        single("kafka", |b| {
+            b.hosts(hosts)
+                .count("ejection.consecutive_failures", 1)
+                .fraction("ejection.max_ejected", 0.5)
+                .duration("ejection.base", Duration::from_secs(60))
+                .duration("ejection.max", Duration::from_secs(60))
+                .count("breaker.consecutive_failures", 1000)
+        })
+    };
+    let f = fixture(pool(&["k1", "k2", "k3", "k4"]));
+    let kafka = f.engine.backend("kafka").unwrap();
+    let budget = f.budget();
+    for name in ["k1", "k2"] {
+        let host = f.engine.host(kafka, name).unwrap();
+        f.engine
+            .begin_attempt_on(host, &budget, 0)
+            .unwrap()
+            .finish(AttemptOutcome::ConnectFailure);
+        f.clock.advance(Duration::from_secs(1));
+    }
+    f.engine.reload(pool(&["k1", "k2", "k3"])).unwrap();
+    let stats = f.engine.backend_stats().remove(0);
+    let ejected: Vec<&str> = stats
+        .hosts
+        .iter()
+        .filter(|h| h.ejected)
+        .map(|h| h.host.as_str())
+        .collect();
+    assert_eq!(
+        ejected,
+        ["k2"],
+        "one of three may be out: k1's ejection ended soonest"
+    );
+    assert_eq!(
+        f.log.lock().unwrap().last(),
+        Some(&(TransitionKind::Readmitted, Some("k1".to_owned())))
+    );
+    // Back in the pool, on probation: it takes attempts again.
+    let k1 = f.engine.host(kafka, "k1").unwrap();
+    let a = f.engine.begin_attempt_on(k1, &budget, 0).unwrap();
+    a.finish(AttemptOutcome::Success);
+}
+
 /// Refusals are counted per backend by reason, for attempts and for retries, in the stats and the
 /// exposition: an operator sees how much load a breaker or a bulkhead kept away.
 #[test]

@@ -285,8 +285,17 @@ impl HostState {
 
     /// Brings the host back on probation if its ejection is over. `true` if this call did.
     pub(crate) fn readmit_if_due(&self, now: u64, ejected: &EjectedHosts) -> bool {
+        if now < self.ejected_until.load(Ordering::Acquire) {
+            return false;
+        }
+        self.readmit_early(ejected)
+    }
+
+    /// Brings the host back on probation now, whenever its ejection was to end (a reload made its
+    /// pool's share smaller). `true` if this call did.
+    pub(crate) fn readmit_early(&self, ejected: &EjectedHosts) -> bool {
         let w = self.eject.load(Ordering::Acquire);
-        if w & EJECTED == 0 || now < self.ejected_until.load(Ordering::Acquire) {
+        if w & EJECTED == 0 {
             return false;
         }
         let next = (w & !EJECTED & !FAILS) | PROBATION;

@@ -469,7 +469,7 @@ impl BackendRules {
             .and_then(|id| u16::try_from(id).ok())
     }
 
-    fn emit(&self, host: Option<&Arc<str>>, kind: TransitionKind, at: u64) {
+    pub(crate) fn emit(&self, host: Option<&Arc<str>>, kind: TransitionKind, at: u64) {
         if let Some(hook) = &self.hook {
             let transition = Transition {
                 backend: Arc::clone(&self.policy.name),

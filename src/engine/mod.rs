@@ -205,17 +205,26 @@ impl Engine {
     pub fn reload(&self, policy: Policy) -> Result<u64, PolicyError> {
         let mut registry = self.inner.registry.lock();
         let generation = self.inner.current.load_full().generation.saturating_add(1);
+        let now = self.inner.clock.now().as_nanos();
         let snapshot = registry.compile(
             policy,
             generation,
-            self.inner.clock.now().as_nanos(),
+            now,
             &self.inner.clock,
             &self.inner.cpu_clock,
             self.inner.transitions.as_ref(),
         )?;
-        self.inner.current.store(Arc::new(snapshot));
+        let snapshot = Arc::new(snapshot);
+        self.inner.current.store(Arc::clone(&snapshot));
         self.inner.published.store(generation, Ordering::Release);
+        let readmitted = std::mem::take(&mut registry.readmitted);
         drop(registry);
+        // Reported with the lock released: a hook may call back into the engine.
+        for (backend, host) in readmitted {
+            if let Some(rules) = snapshot.backend(backend) {
+                rules.emit(Some(&host), crate::backend::TransitionKind::Readmitted, now);
+            }
+        }
         // A raised limit may let waiters in.
         self.expire_waiters();
         Ok(generation)

@@ -36,6 +36,9 @@ pub(crate) struct Registry {
     backends: Vec<KnownBackend>,
     /// The per-key tables' hash seed, when the engine was given one; random per table otherwise.
     pub(crate) key_seed: Option<u64>,
+    /// Hosts the last compile readmitted early (backend id, host name), for the caller to report
+    /// once the registry's lock is released (a hook may call back into the engine).
+    pub(crate) readmitted: Vec<(Backend, Arc<str>)>,
 }
 
 /// A backend name the engine has seen, and its state, kept for the engine's life.
@@ -78,6 +81,7 @@ impl Registry {
             pools: Vec::new(),
             backends: Vec::new(),
             key_seed: None,
+            readmitted: Vec::new(),
         }
     }
 
@@ -226,6 +230,26 @@ impl Registry {
                     s.forget_ejection(&state.ejected);
                 }
             }
+            // A pool made smaller may now have more hosts out than its share allows: those whose
+            // ejections end soonest come back early, on probation, so that the share holds.
+            let mut ejected_now: Vec<&Arc<HostState>> = hosts
+                .iter()
+                .map(|&h| &known.host_states[h])
+                .filter(|h| h.is_ejected())
+                .collect();
+            let mut readmitted = Vec::new();
+            if ejected_now.len() as u64 > most {
+                ejected_now.sort_by_key(|h| h.ejected_until.load(Ordering::Acquire));
+                let excess = ejected_now.len() - usize::try_from(most).unwrap_or(usize::MAX);
+                for h in &ejected_now[..excess] {
+                    if h.readmit_early(&state.ejected) {
+                        readmitted.push(Arc::clone(&h.name));
+                    }
+                }
+            }
+            let backend = Backend(u16::try_from(id).unwrap_or(u16::MAX));
+            self.readmitted
+                .extend(readmitted.into_iter().map(|host| (backend, host)));
             if out.len() <= id {
                 out.resize_with(self.backends.len(), || None);
             }
