@@ -850,6 +850,43 @@ fn a_smaller_share_brings_the_soonest_back_early() {
     a.finish(AttemptOutcome::Success);
 }
 
+/// A host taken out of the pool and put back starts its ejections afresh: the next one lasts the
+/// base time, not until a doubled end time the forgotten ejection had reached.
+#[test]
+fn a_forgotten_ejection_does_not_lengthen_the_next_one() {
+    let pool = |hosts: &[&str]| {
+        single("kafka", |b| {
+            b.hosts(hosts)
+                .count("ejection.consecutive_failures", 1)
+                .fraction("ejection.max_ejected", 1.0)
+                .duration("ejection.base", Duration::from_secs(1))
+                .duration("ejection.max", Duration::from_secs(60))
+                .count("breaker.consecutive_failures", 1000)
+        })
+    };
+    let f = fixture(pool(&["k1", "k2"]));
+    let kafka = f.engine.backend("kafka").unwrap();
+    let k1 = f.engine.host(kafka, "k1").unwrap();
+    let fail_k1 = |f: &Fixture| {
+        let budget = f.budget();
+        f.engine
+            .begin_attempt_on(k1, &budget, 0)
+            .map(|a| a.finish(AttemptOutcome::ConnectFailure))
+            .map_err(|v| v.reason())
+    };
+    // Three ejections in a row (readmitted on probation, failing at once): 1 s, 2 s, then 4 s, to t=7.
+    for wait in [0, 1, 2] {
+        f.clock.advance(Duration::from_secs(wait));
+        fail_k1(&f).unwrap();
+    }
+    f.engine.reload(pool(&["k2"])).unwrap();
+    f.engine.reload(pool(&["k1", "k2"])).unwrap();
+    // Back, and failing again: its first ejection in a row, one second long.
+    fail_k1(&f).unwrap();
+    f.clock.advance(Duration::from_millis(1_500));
+    assert_eq!(fail_k1(&f), Ok(()), "k1's 1 s ejection is over");
+}
+
 /// Refusals are counted per backend by reason, for attempts and for retries, in the stats and the
 /// exposition: an operator sees how much load a breaker or a bulkhead kept away.
 #[test]

@@ -187,12 +187,17 @@ pub(crate) struct EjectedHosts {
 impl EjectedHosts {
     /// Takes a place among the ejected, if one is free.
     fn reserve(&self) -> bool {
-        let most = self.most.load(Ordering::Acquire);
         self.count
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < most).then_some(n + 1)
+                (n < self.most.load(Ordering::SeqCst)).then_some(n + 1)
             })
             .is_ok()
+    }
+
+    /// More hosts out than the current pool's share allows: a reload lowered the share while an
+    /// ejection was on its way (see [`HostState::on_outcome`]).
+    fn over(&self) -> bool {
+        self.count.load(Ordering::SeqCst) > self.most.load(Ordering::SeqCst)
     }
 
     /// Gives a place back.
@@ -244,7 +249,7 @@ impl HostState {
     }
 
     pub(crate) fn is_ejected(&self) -> bool {
-        self.eject.load(Ordering::Acquire) & EJECTED != 0
+        self.eject.load(Ordering::SeqCst) & EJECTED != 0
     }
 
     /// Ejected, and its ejection not yet over at `now` (it is readmitted lazily, by the next
@@ -260,7 +265,12 @@ impl HostState {
     /// reads of `in_pool`: a reload stores `in_pool = false` and then reads the ejection word, an
     /// attempt ejects and then reads `in_pool`; in one total order, at least one of the two sees
     /// the other's write, so an ejection racing the host's removal is always undone by one of them
-    /// (the compare-exchange below makes sure only once). Like the wait queue's count and limiter,
+    /// (the compare-exchange below makes sure only once). A reload lowering the pool's share
+    /// pairs with an ejection in the same way: it stores the new `most`, then reads the ejection
+    /// words to readmit any excess; the attempt ejects, then compares the count with `most`.
+    ///
+    /// The ejection's end time goes with it: the next ejection, counted from one again, must not
+    /// inherit a doubled end time through the `fetch_max` that writes it. Like the wait queue's count and limiter,
     /// this store-buffering pair is argued here, not model-checked: loom treats SeqCst as
     /// acquire/release.
     pub(crate) fn forget_ejection(&self, ejected: &EjectedHosts) {
@@ -271,6 +281,7 @@ impl HostState {
                 .compare_exchange(w, 0, Ordering::SeqCst, Ordering::SeqCst)
             {
                 Ok(_) => {
+                    self.ejected_until.store(0, Ordering::Release);
                     ejected.release();
                     return;
                 }
@@ -353,9 +364,10 @@ impl HostState {
                             Ordering::Acquire,
                         ) {
                             Ok(_) => {
-                                // Taken out of the pool meanwhile: the reload may have looked
-                                // before this ejection (see `forget_ejection`).
-                                if !self.in_pool.load(Ordering::SeqCst) {
+                                // Taken out of the pool meanwhile, or the pool's share lowered
+                                // below the hosts now out: the reload may have looked before this
+                                // ejection (see `forget_ejection`), so this side undoes it.
+                                if !self.in_pool.load(Ordering::SeqCst) || ejected.over() {
                                     self.forget_ejection(ejected);
                                     return Ejection::None;
                                 }

@@ -219,10 +219,15 @@ impl Engine {
         self.inner.published.store(generation, Ordering::Release);
         let readmitted = std::mem::take(&mut registry.readmitted);
         drop(registry);
-        // Reported with the lock released: a hook may call back into the engine.
+        // Reported with the lock released (a hook may call back into the engine), unless an
+        // attempt has ejected the host again meanwhile (and reported that).
         for (backend, host) in readmitted {
-            if let Some(rules) = snapshot.backend(backend) {
-                rules.emit(Some(&host), crate::backend::TransitionKind::Readmitted, now);
+            if let (Some(rules), false) = (snapshot.backend(backend), host.is_ejected()) {
+                rules.emit(
+                    Some(&host.name),
+                    crate::backend::TransitionKind::Readmitted,
+                    now,
+                );
             }
         }
         // A raised limit may let waiters in.

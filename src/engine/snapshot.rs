@@ -36,9 +36,9 @@ pub(crate) struct Registry {
     backends: Vec<KnownBackend>,
     /// The per-key tables' hash seed, when the engine was given one; random per table otherwise.
     pub(crate) key_seed: Option<u64>,
-    /// Hosts the last compile readmitted early (backend id, host name), for the caller to report
-    /// once the registry's lock is released (a hook may call back into the engine).
-    pub(crate) readmitted: Vec<(Backend, Arc<str>)>,
+    /// Hosts the last compile readmitted early, for the caller to report once the registry's lock
+    /// is released (a hook may call back into the engine).
+    pub(crate) readmitted: Vec<(Backend, Arc<HostState>)>,
 }
 
 /// A backend name the engine has seen, and its state, kept for the engine's life.
@@ -222,7 +222,7 @@ impl Registry {
             state
                 .ejected
                 .most
-                .store(u32::try_from(most).unwrap_or(u32::MAX), Ordering::Release);
+                .store(u32::try_from(most).unwrap_or(u32::MAX), Ordering::SeqCst);
             for (host, s) in known.host_states.iter().enumerate() {
                 let listed = hosts.contains(&host);
                 s.in_pool.store(listed, Ordering::SeqCst);
@@ -243,7 +243,7 @@ impl Registry {
                 let excess = ejected_now.len() - usize::try_from(most).unwrap_or(usize::MAX);
                 for h in &ejected_now[..excess] {
                     if h.readmit_early(&state.ejected) {
-                        readmitted.push(Arc::clone(&h.name));
+                        readmitted.push(Arc::clone(h));
                     }
                 }
             }
