@@ -800,12 +800,15 @@ fn an_async_waiter_is_woken_with_a_permit() {
     assert_eq!(e.admission_stats().class("api").unwrap().in_flight, 0);
 }
 
-/// The time a request waits in the queue counts against its wall time: a callee admitted after
-/// waiting 900 ms of the 1 s its caller's header gave it has 100 ms left, not a fresh second (its
-/// caller would have stopped waiting for it long before it finished).
-#[test]
-fn time_spent_waiting_counts_against_the_wall_time() {
-    use executor::{poll, CountingWaker};
+/// A class of one permit and a queue, its wall time 30 s; the overrides of a caller's header
+/// giving its request 1 s; a waker for futures polled by hand.
+fn one_permit_and_a_caller_with_one_second() -> (
+    Engine,
+    ManualClock,
+    Class,
+    costguard::Overrides,
+    Arc<executor::CountingWaker>,
+) {
     let policy = Policy::builder()
         .class("api", |c| {
             c.wall_time(Duration::from_secs(30))
@@ -817,7 +820,16 @@ fn time_spent_waiting_counts_against_the_wall_time() {
     let api = e.class("api").unwrap();
     let header = costguard::Propagation::decode("cg1;id=caller;t=1000").unwrap();
     let overrides = header.overrides(&e);
-    let waker = Arc::new(CountingWaker::default());
+    (e, clock, api, overrides, Arc::default())
+}
+
+/// The time a request waits in the queue counts against its wall time: a callee admitted after
+/// waiting 900 ms of the 1 s its caller's header gave it has 100 ms left, not a fresh second (its
+/// caller would have stopped waiting for it long before it finished).
+#[test]
+fn time_spent_waiting_counts_against_the_wall_time() {
+    use executor::poll;
+    let (e, clock, api, overrides, waker) = one_permit_and_a_caller_with_one_second();
 
     let first = e.try_admit(&AdmitRequest::new(api, id(1))).unwrap();
     let mut fut = e.admit_async(AdmitRequest::new(api, id(2)).overrides(&overrides));
@@ -848,19 +860,8 @@ fn time_spent_waiting_counts_against_the_wall_time() {
 /// the next waiter.
 #[test]
 fn a_waiter_finished_after_its_deadline_is_refused_and_passes_its_permit_on() {
-    use executor::{poll, CountingWaker};
-    let policy = Policy::builder()
-        .class("api", |c| {
-            c.wall_time(Duration::from_secs(30))
-                .admission(|a| a.concurrency(1).queue(4, Duration::from_secs(10)))
-        })
-        .build()
-        .unwrap();
-    let (e, clock) = engine(policy);
-    let api = e.class("api").unwrap();
-    let header = costguard::Propagation::decode("cg1;id=caller;t=1000").unwrap();
-    let overrides = header.overrides(&e);
-    let waker = Arc::new(CountingWaker::default());
+    use executor::poll;
+    let (e, clock, api, overrides, waker) = one_permit_and_a_caller_with_one_second();
 
     let first = e.try_admit(&AdmitRequest::new(api, id(1))).unwrap();
     let mut late = e.admit_async(AdmitRequest::new(api, id(2)).overrides(&overrides));
