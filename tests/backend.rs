@@ -1435,3 +1435,32 @@ fn a_particular_host_can_be_asked_for_and_is_refused_while_ejected() {
     let a = f.engine.begin_attempt(kafka, &budget, 0).unwrap();
     assert_eq!(a.host(), Some("k1"));
 }
+
+#[test]
+fn refused_first_attempts_earn_no_retries() {
+    let f = fixture(single("db", |b| {
+        b.count("breaker.consecutive_failures", 1)
+            .count("max_in_flight", 1)
+            .duration("breaker.open_for", Duration::from_secs(1))
+            .fraction("retry.ratio", 1.0)
+            .count("retry.min_per_second", 0)
+    }));
+    let db = f.engine.backend("db").unwrap();
+    let budget = f.budget();
+    let tokens = |f: &Fixture| f.engine.backend_stats()[0].retry_tokens;
+    // A bulkhead at its cap refuses first attempts: they earn nothing.
+    let held = f.engine.begin_attempt(db, &budget, 0).unwrap();
+    assert_eq!(tokens(&f), 1, "the attempt that went ahead earned a token");
+    for _ in 0..5 {
+        let v = f.engine.begin_attempt(db, &budget, 0).unwrap_err();
+        assert_eq!(v.reason(), Reason::BulkheadFull);
+    }
+    assert_eq!(tokens(&f), 1);
+    held.finish(AttemptOutcome::ServerError);
+    // An open breaker refuses a storm of first attempts; none of them banks a retry for later.
+    for _ in 0..5 {
+        let v = f.engine.begin_attempt(db, &budget, 0).unwrap_err();
+        assert_eq!(v.reason(), Reason::CircuitOpen);
+    }
+    assert_eq!(tokens(&f), 1);
+}

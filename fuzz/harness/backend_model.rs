@@ -13,8 +13,8 @@
 //! - **Window**: a call counts while its tenth-of-the-window slice is one of the last ten; the window
 //!   trips when it holds at least `min_calls` calls and failures or slow calls reach their ratio, on
 //!   any call but a fast success (which lowers both ratios). It is emptied when the breaker closes.
-//! - **Retry budget**, in thousandths of a token: a first attempt deposits `ratio`; a granted retry
-//!   withdraws 1000; the floor adds `min_per_second × 1000` per second, counted when a retry asks,
+//! - **Retry budget**, in thousandths of a token: a first attempt that goes ahead deposits `ratio`;
+//!   a granted retry withdraws 1000; the floor adds `min_per_second × 1000` per second, counted when a retry asks,
 //!   from the last time it added anything; the balance never exceeds `max(10, 10 × min_per_second)`
 //!   tokens and starts at one second of floor.
 //! - **Retry decisions**: retryable outcomes, time left (ranges, since the backoff is jittered), the
@@ -794,9 +794,6 @@ impl World<'_> {
                 "time is plentiful: {v:?}"
             );
         }
-        if retry == 0 {
-            self.retry.deposit();
-        }
         let seen = match &result {
             Err(v) if v.reason() == Reason::CircuitOpen => Some(v.retry()),
             _ => None,
@@ -875,6 +872,9 @@ impl World<'_> {
             Ok(a) => a,
             Err(v) => panic!("expected an admission, got {v:?}; model {:?}", self.breaker),
         };
+        if retry == 0 {
+            self.retry.deposit();
+        }
         if s.hosts == 0 {
             assert_eq!(attempt.host(), None);
         }

@@ -865,7 +865,8 @@ impl Engine {
     }
 
     /// Begins an attempt to call `backend` for the request `budget` belongs to. `retry` is 0 for a
-    /// first attempt (it funds the backend's retry budget) and the retry number otherwise.
+    /// first attempt (once begun, it funds the backend's retry budget; a refused one does not) and the
+    /// retry number otherwise.
     ///
     /// Refused when the time the request has left cannot cover what the backend usually needs, when the
     /// backend's breaker is open, when its calls or connection attempts in flight are at their caps, or
@@ -988,9 +989,6 @@ impl Engine {
             }
             own.min(left)
         };
-        if retry == 0 {
-            state.retry.deposit(rules.rates);
-        }
 
         // The backend's breaker.
         let (role, generation, event) =
@@ -1022,6 +1020,11 @@ impl Engine {
                     return Err(refusal(rules, budget, Refusal::NoHost));
                 }
             }
+        }
+        // Only a first attempt that goes ahead earns retries: a breaker refusing a storm of them
+        // must not bank a storm of retries for the moment it closes again.
+        if retry == 0 {
+            state.retry.deposit(rules.rates);
         }
         Ok(Attempt {
             rules: held,

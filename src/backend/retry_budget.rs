@@ -2,9 +2,11 @@
 //!
 //! Retries are where overload multiplies: in 2015 two layers retried 8 and 5 times each. A backend's
 //! retry budget lets retries be at most a configured share of first attempts, plus a small floor per
-//! second so that a quiet service can still retry at all. Every first attempt deposits `ratio`
-//! thousandths of a token; every retry withdraws a whole token (1000); the floor refills with time.
-//! The balance is capped, so a long calm spell cannot bank a storm's worth of retries.
+//! second so that a quiet service can still retry at all. Every first attempt that goes ahead deposits
+//! `ratio` thousandths of a token (one refused at the door earns nothing, so an open breaker does not
+//! bank retries for the moment it closes); every retry withdraws a whole token (1000); the floor
+//! refills with time. The balance is capped, so a long calm spell cannot bank a storm's worth of
+//! retries.
 
 use crate::sync::{AtomicU64, Ordering};
 use crossbeam_utils::CachePadded;
