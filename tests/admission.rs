@@ -299,6 +299,43 @@ fn shadow_mode_records_but_admits() {
 }
 
 #[test]
+fn shadow_mode_still_enforces_the_budget() {
+    let policy = Policy::builder()
+        .counter("file_lookups")
+        .class("parse", |c| {
+            c.limit("file_lookups", 500)
+                .admission(|a| a.concurrency(1).shadow(true).per_key_concurrency(1))
+        })
+        .build()
+        .unwrap();
+    let (e, _clock) = engine(policy);
+    let parse = e.class("parse").unwrap();
+    let lookups = e.counter("file_lookups").unwrap();
+    // Over the admission settings: recorded, admitted.
+    let _a = e.try_admit(&AdmitRequest::new(parse, id(1))).unwrap();
+    let _b = e
+        .try_admit(&AdmitRequest::new(parse, id(2)).estimate(lookups, 500))
+        .unwrap();
+    // Over the class's own budget: refused, shadow or not, since the request could only fail later.
+    let v = e
+        .try_admit(&AdmitRequest::new(parse, id(3)).estimate(lookups, 501))
+        .unwrap_err();
+    assert_eq!((v.reason(), v.retry()), (Reason::CannotFit, Retry::Never));
+    let long = [b'k'; 257];
+    let v = e
+        .try_admit(&AdmitRequest::new(parse, id(4)).key(&long))
+        .unwrap_err();
+    assert_eq!(v.reason(), Reason::KeyTooLong);
+    let stats = e.admission_stats();
+    let s = stats.class("parse").unwrap();
+    assert_eq!(s.in_flight, 2);
+    assert_eq!(s.counts.shadow_refused(Reason::ConcurrencyLimit), 1);
+    assert_eq!(s.counts.refused(Reason::CannotFit), 1);
+    assert_eq!(s.counts.refused(Reason::KeyTooLong), 1);
+    assert_eq!(s.counts.shadow_refused(Reason::CannotFit), 0);
+}
+
+#[test]
 fn the_hook_sees_every_enforced_refusal() {
     let count = Arc::new(AtomicUsize::new(0));
     let c = Arc::clone(&count);

@@ -24,7 +24,11 @@
 //! the budget, and gives them all back exactly once when dropped, by return or by panic.
 //! [`Engine::admit`] (blocking) and [`Engine::admit_async`] (a runtime-agnostic `Future`) may wait in
 //! the class's queue instead of being refused (see [`queue`](crate::policy::QueuePolicy)). A class in
-//! **shadow** mode evaluates everything and records what would have been refused, but admits.
+//! **shadow** mode evaluates everything and records what would have been refused, but admits. Shadow
+//! mode covers the admission settings (concurrency and headroom, pools, per-key caps and rates, the
+//! queue); the budget stays enforced: an estimate larger than the class's own limit, a key too long to
+//! be a key, or a caller's deadline that leaves no time are refused even in shadow mode, since the
+//! request could only fail later, with its work half done.
 
 mod adaptive;
 mod gcra;

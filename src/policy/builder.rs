@@ -347,7 +347,8 @@ impl AdmissionBuilder {
         self
     }
 
-    /// Records refusals without enforcing them.
+    /// Records the admission settings' refusals without enforcing them (the class's budget is
+    /// still enforced: see [`admission`](crate::admission)).
     pub fn shadow(mut self, shadow: bool) -> Self {
         self.raw.shadow = shadow;
         self
