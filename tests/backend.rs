@@ -887,6 +887,54 @@ fn a_forgotten_ejection_does_not_lengthen_the_next_one() {
     assert_eq!(fail_k1(&f), Ok(()), "k1's 1 s ejection is over");
 }
 
+/// The same for a host a smaller share brought back early: once it has proven itself, its next
+/// ejection lasts the base time, not until the end of the one it was brought back from.
+#[test]
+fn an_early_readmission_does_not_lengthen_the_next_ejection() {
+    let pool = |share: f64| {
+        single("kafka", |b| {
+            b.hosts(&["k1", "k2"])
+                .count("ejection.consecutive_failures", 1)
+                .fraction("ejection.max_ejected", share)
+                .duration("ejection.base", Duration::from_secs(1))
+                .duration("ejection.max", Duration::from_secs(60))
+                .count("breaker.consecutive_failures", 1000)
+        })
+    };
+    let f = fixture(pool(1.0));
+    let kafka = f.engine.backend("kafka").unwrap();
+    let k1 = f.engine.host(kafka, "k1").unwrap();
+    let on_k1 = |f: &Fixture, outcome: AttemptOutcome| {
+        let budget = f.budget();
+        f.engine
+            .begin_attempt_on(k1, &budget, 0)
+            .map(|a| a.finish(outcome))
+            .map_err(|v| v.reason())
+    };
+    // Ejected three times in a row: 1 s, 2 s, then 4 s, to t=7.
+    for wait in [0, 1, 2] {
+        f.clock.advance(Duration::from_secs(wait));
+        on_k1(&f, AttemptOutcome::ConnectFailure).unwrap();
+    }
+    // No host may be out: k1 is back at once, on probation, and proves itself.
+    f.engine.reload(pool(0.0)).unwrap();
+    on_k1(&f, AttemptOutcome::Success).unwrap();
+    f.engine.reload(pool(1.0)).unwrap();
+    // Failing again: its first ejection in a row, one second long.
+    on_k1(&f, AttemptOutcome::ConnectFailure).unwrap();
+    assert_eq!(
+        on_k1(&f, AttemptOutcome::Success),
+        Err(Reason::NoHealthyHost)
+    );
+    f.clock.advance(Duration::from_millis(1_500));
+    assert!(!f.engine.backend_stats()[0].hosts[0].ejected);
+    assert_eq!(
+        on_k1(&f, AttemptOutcome::Success),
+        Ok(()),
+        "k1's 1 s ejection is over"
+    );
+}
+
 /// Refusals are counted per backend by reason, for attempts and for retries, in the stats and the
 /// exposition: an operator sees how much load a breaker or a bulkhead kept away.
 #[test]

@@ -12,6 +12,7 @@
 //! model moves it, so nothing refills or expires behind the model's back.
 #![cfg(costguard_loom)]
 
+use costguard::backend::TransitionKind;
 use costguard::clock::ManualClock;
 use costguard::policy::BackendBuilder;
 use costguard::{
@@ -583,4 +584,74 @@ fn connect_cap_on_probation_is_one() {
         },
         Reason::NoHealthyHost,
     );
+}
+
+/// A host ejected again the moment it came back is not taken for the ejection that had just ended.
+///
+/// Readmission is lazy: whichever attempt next looks at an ejected host whose time is up brings it
+/// back on probation. If that look read the end time and then, separately, the ejection word, a
+/// second attempt could readmit the host, fail on it and eject it afresh between the two reads; the
+/// first would then end the fresh ejection at once, sending traffic to a host that just failed on
+/// probation. Here the only host was ejected for one second and the second has passed; the clock
+/// then stands still. One thread begins an attempt and lets it go unfinished (neutral); the other
+/// begins one and fails to connect, which, on probation, ejects the host again for two seconds. No
+/// readmission may follow that ejection. (Whether the failure ejects at all may vary: in the instant
+/// between a readmission and the return of its place among the ejected, the share looks full.)
+#[test]
+fn a_fresh_ejection_is_not_taken_for_the_one_that_ended() {
+    loom::model(|| {
+        let policy = Policy::builder()
+            .class("api", |c| c.wall_time(Duration::from_secs(30)))
+            .backend("db", |b| {
+                b.hosts(&["h1"])
+                    .count("ejection.consecutive_failures", 1)
+                    .fraction("ejection.max_ejected", 1.0)
+                    .duration("ejection.base", Duration::from_secs(1))
+                    .count("breaker.consecutive_failures", 1000)
+            })
+            .build()
+            .unwrap();
+        let clock = ManualClock::new();
+        // The hook runs between the model's atomic operations, never across one: a std mutex
+        // is never contended here.
+        let log: Arc<std::sync::Mutex<Vec<TransitionKind>>> = Arc::default();
+        let sink = Arc::clone(&log);
+        let engine = Engine::builder(policy)
+            .clock(clock.clone())
+            .on_transition(move |t| sink.lock().unwrap().push(t.kind))
+            .build()
+            .unwrap();
+        let db = engine.backend("db").unwrap();
+        let budget = engine.begin_by_name("api", RequestId::from_u64(1)).unwrap();
+        engine
+            .begin_attempt(db, &budget, 0)
+            .unwrap()
+            .finish(AttemptOutcome::ConnectFailure);
+        assert_eq!(*log.lock().unwrap(), [TransitionKind::Ejected]);
+        clock.advance(Duration::from_secs(1));
+        let (engine, budget) = (Arc::new(engine), Arc::new(budget));
+        let looker = {
+            let (engine, budget) = (Arc::clone(&engine), Arc::clone(&budget));
+            thread::spawn(move || drop(engine.begin_attempt(db, &budget, 0)))
+        };
+        match engine.begin_attempt(db, &budget, 0) {
+            Ok(attempt) => attempt.finish(AttemptOutcome::ConnectFailure),
+            Err(v) => assert_eq!(v.reason(), Reason::NoHealthyHost, "{v:?}"),
+        }
+        looker.join().unwrap();
+        let log = log.lock().unwrap();
+        if let Some(again) = log
+            .iter()
+            .skip(1)
+            .position(|k| *k == TransitionKind::Ejected)
+        {
+            assert!(
+                !log[again + 2..].contains(&TransitionKind::Readmitted),
+                "a fresh ejection was ended at once: {log:?}"
+            );
+            assert!(engine.backend_stats()[0].hosts[0].ejected);
+        }
+        let stats = &engine.backend_stats()[0];
+        assert_eq!((stats.in_flight, stats.connecting), (0, 0));
+    });
 }

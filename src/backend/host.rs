@@ -295,17 +295,40 @@ impl HostState {
     }
 
     /// Brings the host back on probation if its ejection is over. `true` if this call did.
+    ///
+    /// The word is read before the end time: an ejection writes its end time before its word, so
+    /// a word read here comes with an end time at least as late as its own, and a fresh ejection
+    /// that replaced the one that was over is not taken for it.
     pub(crate) fn readmit_if_due(&self, now: u64, ejected: &EjectedHosts) -> bool {
-        if now < self.ejected_until.load(Ordering::Acquire) {
+        let w = self.eject.load(Ordering::Acquire);
+        if w & EJECTED == 0 || now < self.ejected_until.load(Ordering::Acquire) {
             return false;
         }
-        self.readmit_early(ejected)
+        self.readmit(w, ejected)
     }
 
     /// Brings the host back on probation now, whenever its ejection was to end (a reload made its
     /// pool's share smaller). `true` if this call did.
+    ///
+    /// The ejection's end time goes with it, as with [`forget_ejection`](Self::forget_ejection):
+    /// once the host has proven itself, its next ejection counts from one again and must not
+    /// inherit, through the `fetch_max` that writes its end time, an end still to come. The end
+    /// time is cleared before the word changes, while the host is still ejected, so that no new
+    /// ejection can have written its own yet.
     pub(crate) fn readmit_early(&self, ejected: &EjectedHosts) -> bool {
         let w = self.eject.load(Ordering::Acquire);
+        if w & EJECTED == 0 {
+            return false;
+        }
+        let until = self.ejected_until.load(Ordering::Acquire);
+        let _ = self
+            .ejected_until
+            .compare_exchange(until, 0, Ordering::AcqRel, Ordering::Relaxed);
+        self.readmit(w, ejected)
+    }
+
+    /// Ends the ejection whose word is `w`, on probation, and gives its place back.
+    fn readmit(&self, w: u64, ejected: &EjectedHosts) -> bool {
         if w & EJECTED == 0 {
             return false;
         }
