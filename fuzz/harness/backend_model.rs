@@ -31,6 +31,12 @@
 //!   below their caps and whose breaker is willing, the one with fewer calls in flight;
 //!   `NoHealthyHost` when there is none. See [`World::choose_host`].
 //!
+//! - **Reloads** change the pool (which of the three hosts, in what order) and the ejection share,
+//!   nothing else. Every host keeps its state in or out of the pool; a host taken out while ejected
+//!   has its ejection forgotten and is never ejected while out; a smaller share readmits the excess
+//!   at once, soonest-ending first, on probation. Attempts held across a reload finish under their
+//!   own version; new ones come from a request of the new version. See [`World::reload`].
+//!
 //! Every transition the engine reports (opened, half-opened, closed, ejected) must be the model's,
 //! at the same time, and the stats (breaker states, calls in flight and connecting per backend and
 //! per host, retry tokens, outcome counts, ejections) must match after every step.
@@ -100,8 +106,19 @@ pub struct Setup {
 }
 
 impl Setup {
+    /// The first `hosts` of [`HOSTS`], in order: the pool a run starts with.
+    pub fn pool(&self) -> Vec<usize> {
+        (0..self.hosts).collect()
+    }
+
     pub fn policy(&self) -> Policy {
+        self.policy_for(&self.pool(), self.max_ejected)
+    }
+
+    /// The policy with this pool (indices into [`HOSTS`], in the pool's order) and ejection share.
+    pub fn policy_for(&self, pool: &[usize], max_ejected: u16) -> Policy {
         let d = Duration::from_nanos;
+        let names: Vec<&str> = pool.iter().map(|&x| HOSTS[x]).collect();
         let fraction = |permille: u16| f64::from(permille) / 1000.0;
         Policy::builder()
             .class("api", |c| {
@@ -113,7 +130,7 @@ impl Setup {
             })
             .backend("be", |b| {
                 let b = b
-                    .hosts(&HOSTS[..self.hosts])
+                    .hosts(&names)
                     .duration("timeout", d(self.timeout))
                     .duration("margin", d(MARGIN))
                     .count("max_in_flight", u64::from(self.max_in_flight))
@@ -138,7 +155,7 @@ impl Setup {
                     .count("ejection.consecutive_failures", u64::from(self.eject_after))
                     .duration("ejection.base", d(self.eject_base))
                     .duration("ejection.max", d(self.eject_max))
-                    .fraction("ejection.max_ejected", fraction(self.max_ejected))
+                    .fraction("ejection.max_ejected", fraction(max_ejected))
                     .fraction("retry.ratio", fraction(self.retry_ratio))
                     .count("retry.min_per_second", u64::from(self.min_per_second))
                     .duration("retry.backoff_base", d(self.backoff_base))
@@ -181,6 +198,14 @@ pub enum Op {
     Retry {
         outcome: AttemptOutcome,
         attempt: u32,
+    },
+    /// Reload the policy with this pool (indices into [`HOSTS`], the first `len` of `order`) and
+    /// ejection share, the rest unchanged; then go on with a request of the new version. Only when
+    /// the backend has a pool.
+    Reload {
+        order: [u8; 3],
+        len: u8,
+        max_ejected: u16,
     },
 }
 
@@ -528,8 +553,16 @@ struct Ejection {
 
 impl Ejection {
     /// An attempt on the host ended; true if that ejects it (`room`: fewer than the most hosts that
-    /// may be out are out).
-    fn on_outcome(&mut self, outcome: AttemptOutcome, now: u64, room: bool, s: &Setup) -> bool {
+    /// may be out are out; `in_pool`: the current policy lists the host, and only then is it
+    /// ejected).
+    fn on_outcome(
+        &mut self,
+        outcome: AttemptOutcome,
+        now: u64,
+        room: bool,
+        in_pool: bool,
+        s: &Setup,
+    ) -> bool {
         if self.ejected {
             return false;
         }
@@ -545,7 +578,7 @@ impl Ejection {
             return false;
         }
         self.fails += 1;
-        if (self.fails >= u64::from(s.eject_after) || self.probation) && room {
+        if (self.fails >= u64::from(s.eject_after) || self.probation) && room && in_pool {
             self.ejections += 1;
             let length = s
                 .eject_base
@@ -579,7 +612,8 @@ struct Held {
     generation: u64,
     start: u64,
     connecting: bool,
-    /// The host, with the role and generation its breaker let the attempt through in.
+    /// The host (an index into [`HOSTS`]), with the role and generation its breaker let the
+    /// attempt through in.
     host: Option<(usize, Role, u64)>,
 }
 
@@ -600,7 +634,12 @@ struct World<'a> {
     latency: u64,
     in_flight: u32,
     connecting: u32,
+    /// Every host of [`HOSTS`], in or out of the pool: a host's state outlives its place in it.
     hosts: Vec<Host>,
+    /// The current policy's pool, as indices into `hosts`, in its order.
+    pool: Vec<usize>,
+    /// The current policy's ejection share, per mille.
+    max_ejected: u16,
     /// The round-robin counter of host choices.
     rr: usize,
     outcomes: [u64; 8],
@@ -637,7 +676,8 @@ pub fn execute(s: &Setup, ops: &[Op]) {
         latency: 0,
         in_flight: 0,
         connecting: 0,
-        hosts: (0..s.hosts)
+        hosts: HOSTS
+            .iter()
             .map(|_| Host {
                 breaker: Breaker::new(),
                 eject: Ejection::default(),
@@ -645,6 +685,8 @@ pub fn execute(s: &Setup, ops: &[Op]) {
                 connecting: 0,
             })
             .collect(),
+        pool: s.pool(),
+        max_ejected: s.max_ejected,
         rr: 0,
         outcomes: [0; 8],
         held: Vec::new(),
@@ -704,6 +746,11 @@ impl World<'_> {
             Op::Advance { ns } => self.advance(ns),
             Op::AdvanceTo { which } => self.advance_to(which),
             Op::Retry { outcome, attempt } => self.retry(outcome, attempt),
+            Op::Reload {
+                order,
+                len,
+                max_ejected,
+            } => self.reload(order, len, max_ejected),
         }
     }
 
@@ -768,17 +815,21 @@ impl World<'_> {
     fn begin(&mut self, retry: u32, on: Option<u8>) -> bool {
         let s = self.s;
         let now = self.now;
+        // The target, as a place in the pool.
         let target = match on {
-            Some(_) if s.hosts == 0 => {
+            Some(_) if self.pool.is_empty() => {
                 assert!(self.engine.host(self.backend, HOSTS[0]).is_err());
                 return false;
             }
-            Some(h) => Some(usize::from(h) % s.hosts),
+            Some(h) => Some(usize::from(h) % self.pool.len()),
             None => None,
         };
         let result = match target {
             Some(x) => {
-                let host = self.engine.host(self.backend, HOSTS[x]).expect("a host");
+                let host = self
+                    .engine
+                    .host(self.backend, HOSTS[self.pool[x]])
+                    .expect("a host");
                 assert_eq!(host.backend(), self.backend);
                 self.engine.begin_attempt_on(host, &self.budget, retry)
             }
@@ -827,14 +878,15 @@ impl World<'_> {
             assert_eq!(v.dimension(), Some("connecting"), "{v:?}");
             return false;
         }
-        let host = if s.hosts == 0 {
+        let host = if self.pool.is_empty() {
             None
         } else {
             let chosen = match &result {
                 Ok(a) => Some(
-                    HOSTS[..s.hosts]
+                    self.pool
                         .iter()
-                        .position(|h| Some(*h) == a.host())
+                        .copied()
+                        .find(|&x| Some(HOSTS[x]) == a.host())
                         .unwrap_or_else(|| panic!("an attempt on {:?}", a.host())),
                 ),
                 Err(v) => {
@@ -875,7 +927,7 @@ impl World<'_> {
         if retry == 0 {
             self.retry.deposit();
         }
-        if s.hosts == 0 {
+        if self.pool.is_empty() {
             assert_eq!(attempt.host(), None);
         }
         assert_eq!(attempt.timeout(), Duration::from_nanos(s.timeout));
@@ -901,9 +953,11 @@ impl World<'_> {
 
     /// Checks the engine's choice of a host (`None`: refused with `NoHealthyHost`) and the
     /// readmissions it reported against the documented rule, and applies both to the model.
+    /// `target` is a place in the pool; `chosen` and the hosts are indices into [`HOSTS`].
     ///
-    /// Hosts are visited in round-robin order (a counter that moves once per choice), from the
-    /// target alone for `begin_attempt_on`. A visited host whose ejection is over is readmitted. A
+    /// Hosts are visited in round-robin order (a counter that moves once per choice, kept across
+    /// reloads, taken modulo the current pool's size), from the target alone for
+    /// `begin_attempt_on`. A visited host whose ejection is over is readmitted. A
     /// host is a candidate when it is not ejected, is below its caps (one connection attempt at a
     /// time on probation) and its breaker would let an attempt through; the first two candidates
     /// are kept, and the one with fewer calls in flight (the first on a tie) is chosen.
@@ -914,31 +968,34 @@ impl World<'_> {
     fn choose_host(&mut self, target: Option<usize>, chosen: Option<usize>) {
         let s = self.s;
         let now = self.now;
+        let pool = &self.pool;
         let (start, visits) = match target {
             Some(x) => (x, 1),
             None => {
                 self.rr += 1;
-                (self.rr - 1, s.hosts)
+                (self.rr - 1, pool.len())
             }
         };
         let mut readmitted: Vec<usize> = Vec::new();
         self.pending.retain(|t| {
             if t.kind == TransitionKind::Readmitted {
-                readmitted.push(host_index(t, s));
+                readmitted.push(host_index(t));
                 false
             } else {
                 true
             }
         });
         readmitted.sort_unstable();
-        let unsure: Vec<usize> = (0..s.hosts)
+        let unsure: Vec<usize> = pool
+            .iter()
+            .copied()
             .filter(|&x| self.hosts[x].breaker.unsure(now))
             .collect();
         let predict = |guess: u32| -> (Option<usize>, Vec<usize>) {
             let mut candidates = Vec::new();
             let mut readmits = Vec::new();
             for i in 0..visits {
-                let x = (start + i) % s.hosts;
+                let x = pool[(start + i) % pool.len()];
                 let h = &self.hosts[x];
                 let mut probation = h.eject.probation;
                 if h.eject.ejected {
@@ -1033,14 +1090,15 @@ impl World<'_> {
         let (failed, slow) = (v == Judgement::Failure, latency > s.slow_call);
         if let Some((x, role, generation)) = h.host {
             let ejected = self.hosts.iter().filter(|h| h.eject.ejected).count();
-            let room = ejected < s.hosts * usize::from(s.max_ejected) / 1000;
+            let room = ejected < self.most_ejected();
+            let in_pool = self.pool.contains(&x);
             let host = &mut self.hosts[x];
             if h.connecting {
                 host.connecting -= 1;
             }
             let trip = v != Judgement::Neutral && host.breaker.record(now, failed, slow, s);
             host.breaker.finish(role, generation, v, trip, now, s);
-            if host.eject.on_outcome(outcome, now, room, s) {
+            if host.eject.on_outcome(outcome, now, room, in_pool, s) {
                 host.breaker.events.push((TransitionKind::Ejected, now));
             }
             host.in_flight -= 1;
@@ -1048,6 +1106,62 @@ impl World<'_> {
         let trip = v != Judgement::Neutral && self.breaker.record(now, failed, slow, s);
         self.breaker.finish(h.role, h.generation, v, trip, now, s);
         self.in_flight -= 1;
+    }
+
+    /// The most hosts that may be ejected at once: a share of the pool as it now is.
+    fn most_ejected(&self) -> usize {
+        self.pool.len() * usize::from(self.max_ejected) / 1000
+    }
+
+    /// Reloads the policy with another pool and share, and checks what the reload did to the
+    /// hosts: every host keeps its state (breaker, permits, ejections) whether or not it stays in
+    /// the pool, except that a host taken out while ejected is no longer ejected (its ejection is
+    /// forgotten, with its count and end time) and is never ejected while out. If the new pool has
+    /// more hosts out than its share allows, those whose ejections end soonest (the first in the
+    /// pool's order on a tie) are readmitted at once, on probation, and reported. The run then goes
+    /// on with a request of the new version; attempts still held keep their version's.
+    fn reload(&mut self, order: [u8; 3], len: u8, max_ejected: u16) {
+        if self.pool.is_empty() {
+            return;
+        }
+        let pool: Vec<usize> = order[..usize::from(len)]
+            .iter()
+            .map(|&x| usize::from(x))
+            .collect();
+        self.engine
+            .reload(self.s.policy_for(&pool, max_ejected))
+            .expect("the reloaded policy is valid");
+        self.collect();
+        self.pool = pool;
+        self.max_ejected = max_ejected;
+        for x in 0..HOSTS.len() {
+            if !self.pool.contains(&x) && self.hosts[x].eject.ejected {
+                self.hosts[x].eject = Ejection::default();
+            }
+        }
+        let mut out: Vec<usize> = self
+            .pool
+            .iter()
+            .copied()
+            .filter(|&x| self.hosts[x].eject.ejected)
+            .collect();
+        out.sort_by_key(|&x| self.hosts[x].eject.until);
+        let excess = out.len().saturating_sub(self.most_ejected());
+        for &x in &out[..excess] {
+            let e = &mut self.hosts[x].eject;
+            e.ejected = false;
+            e.probation = true;
+            e.fails = 0;
+            self.hosts[x]
+                .breaker
+                .events
+                .push((TransitionKind::Readmitted, self.now));
+        }
+        self.budget = self
+            .engine
+            .begin_by_name("api", RequestId::new("fuzz").unwrap())
+            .expect("budget");
+        self.tree_used = 0;
     }
 
     fn retry(&mut self, outcome: AttemptOutcome, attempt: u32) {
@@ -1123,12 +1237,12 @@ impl World<'_> {
     fn check(&mut self, what: &str) {
         let s = self.s;
         self.collect();
-        let mut seen: Vec<Vec<(TransitionKind, u64)>> = vec![Vec::new(); s.hosts + 1];
+        let mut seen: Vec<Vec<(TransitionKind, u64)>> = vec![Vec::new(); HOSTS.len() + 1];
         for t in std::mem::take(&mut self.pending) {
             assert_eq!(&*t.backend, "be");
             assert_eq!(t.at, self.now, "{what}: {t:?}");
             let i = if t.host.is_some() {
-                1 + host_index(&t, s)
+                1 + host_index(&t)
             } else {
                 0
             };
@@ -1184,9 +1298,20 @@ impl World<'_> {
             );
         };
         probes_of(&self.breaker, None);
-        assert_eq!(st.hosts.len(), s.hosts);
-        for (x, (h, m)) in st.hosts.iter().zip(&self.hosts).enumerate() {
+        for (x, m) in self.hosts.iter().enumerate() {
             probes_of(&m.breaker, Some(x));
+        }
+        // The stats list the current pool, in its order; a host out of it has no handle.
+        assert_eq!(st.hosts.len(), self.pool.len());
+        for (x, name) in HOSTS.iter().enumerate() {
+            assert_eq!(
+                self.engine.host(self.backend, name).is_ok(),
+                self.pool.contains(&x),
+                "{what}: {name}"
+            );
+        }
+        for (h, &x) in st.hosts.iter().zip(&self.pool) {
+            let m = &self.hosts[x];
             assert_eq!(h.host, HOSTS[x]);
             assert_eq!(
                 (h.breaker, h.ejected, h.in_flight, h.connecting),
@@ -1207,14 +1332,16 @@ impl World<'_> {
             );
         }
         let ejected = st.hosts.iter().filter(|h| h.ejected).count();
-        let most = s.hosts * usize::from(s.max_ejected) / 1000;
+        let most = self.most_ejected();
         assert!(
             ejected <= most,
             "{what}: {ejected} hosts ejected, at most {most}"
         );
-        let flying: u32 = st.hosts.iter().map(|h| h.in_flight).sum();
-        let connecting: u32 = st.hosts.iter().map(|h| h.connecting).sum();
-        if s.hosts > 0 {
+        // Every attempt on a pool holds a host's permits, the host in the pool or not (an attempt
+        // begun before a reload took it out).
+        let flying: u32 = self.hosts.iter().map(|h| h.in_flight).sum();
+        let connecting: u32 = self.hosts.iter().map(|h| h.connecting).sum();
+        if !self.pool.is_empty() {
             assert_eq!(
                 (flying, connecting),
                 (st.in_flight, st.connecting),
@@ -1224,9 +1351,9 @@ impl World<'_> {
     }
 }
 
-fn host_index(t: &Transition, s: &Setup) -> usize {
+fn host_index(t: &Transition) -> usize {
     let name = t.host.as_deref().expect("a host's transition");
-    HOSTS[..s.hosts]
+    HOSTS
         .iter()
         .position(|h| *h == name)
         .unwrap_or_else(|| panic!("unknown host in {t:?}"))

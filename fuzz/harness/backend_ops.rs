@@ -1,7 +1,8 @@
 //! `backend_ops`: bytes become a policy with one backend (no hosts, or a pool of 1 to 3) and a
 //! sequence of operations on it (attempts begun, on any host or on a particular one, connected,
-//! finished, dropped; retries asked for; the manual clock moved), run against a real engine and the
-//! reference model in `backend_model.rs`, which checks every step.
+//! finished, dropped; retries asked for; the manual clock moved; the policy reloaded with another
+//! pool and ejection share), run against a real engine and the reference model in
+//! `backend_model.rs`, which checks every step.
 //!
 //! Layout of the input (every byte is optional; missing bytes read as zero):
 //!
@@ -168,8 +169,28 @@ fn outcome(b: u8) -> AttemptOutcome {
     }
 }
 
+/// The orders a reloaded pool may list the hosts in.
+const ORDERS: [[u8; 3]; 6] = [
+    [0, 1, 2],
+    [0, 2, 1],
+    [1, 0, 2],
+    [1, 2, 0],
+    [2, 0, 1],
+    [2, 1, 0],
+];
+
 fn op(r: &mut Reader<'_>) -> Option<Op> {
     let tag = r.next()?;
+    if tag >= 0xfe {
+        // A reload, rare as policy changes are: two tags of 256, taken from the calls and begins
+        // on a particular host.
+        let b = r.byte();
+        return Some(Op::Reload {
+            order: ORDERS[usize::from(b % 6)],
+            len: 1 + (b >> 3) % 3,
+            max_ejected: MAX_EJECTED[usize::from(b >> 6)],
+        });
+    }
     Some(match tag % 16 {
         0..=2 => Op::Begin {
             retry: retry_number(r.byte()),
