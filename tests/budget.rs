@@ -127,12 +127,24 @@ fn a_charge_that_can_never_fit_says_so() {
 fn overflowing_sums_are_refused_not_wrapped() {
     let f = fixture();
     let b = f.parse();
-    // db_queries is unlimited in "api"; fill it to near u64::MAX and overflow it.
+    // db_queries and depth are unlimited in "api". A u64::MAX amount (an unchecked length) is
+    // refused as one that can never fit, without exhausting a dimension that has no limit.
     let api = f.engine.begin_by_name("api", id("r")).unwrap();
-    api.try_charge(f.db, u64::MAX - 1).unwrap();
+    let v = api.try_charge(f.db, u64::MAX).unwrap_err();
+    assert_eq!((v.reason(), v.retry()), (Reason::CannotFit, Retry::Never));
+    assert_eq!(api.used(f.db), 0);
+    assert!(!api.is_cancelled(), "no limit was reached");
+    let v = api.enter_n(f.depth, u64::MAX).unwrap_err();
+    assert_eq!(v.reason(), Reason::CannotFit);
+    assert_eq!(api.level(f.depth), 0);
+    // So is a sum that would reach it.
+    api.try_charge(f.db, u64::MAX - 2).unwrap();
     let v = api.try_charge(f.db, 2).unwrap_err();
-    assert_eq!(v.reason(), Reason::LimitExceeded);
-    assert_eq!(api.used(f.db), u64::MAX - 1);
+    assert_eq!(v.reason(), Reason::CannotFit);
+    assert_eq!(api.used(f.db), u64::MAX - 2);
+    assert_eq!(api.remaining_of(f.db), u64::MAX, "nothing limits it");
+    assert!(!api.is_cancelled());
+    api.try_charge(f.db, 1).unwrap();
     // Multi-dimension charges whose amounts of one counter add past u64::MAX.
     let v = b
         .try_charge_many(&[(f.db, u64::MAX), (f.db, 2)])

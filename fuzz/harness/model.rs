@@ -15,10 +15,10 @@
 //! Semantics modelled (single-threaded):
 //!
 //! - a budget's limits are its class's, tightened by overrides; `u64::MAX` is unlimited;
-//! - a charge of `n` checks every budget from the root down; if `used + n` overflows or exceeds the
-//!   limit anywhere, it is refused there (the first failing budget from the root) and nothing changes;
-//!   otherwise every budget of the chain gets `+n`. The reason is `CannotFit` when `n` alone exceeds
-//!   that budget's limit, `LimitExceeded` otherwise;
+//! - a charge of `n` checks every budget from the root down; if `used + n` reaches `u64::MAX` or
+//!   exceeds the limit anywhere, it is refused there (the first failing budget from the root) and
+//!   nothing changes; otherwise every budget of the chain gets `+n`. The reason is `CannotFit` when
+//!   `n` alone exceeds that budget's limit or the budget has none, `LimitExceeded` otherwise;
 //! - a `LimitExceeded` refusal on a counter (never on a level) cancels the refusing budget and, through
 //!   it, every live descendant;
 //! - `try_charge_many` is all or nothing; items are applied in order on each budget, so the amounts of
@@ -381,7 +381,7 @@ impl Model {
 
     fn refusal(&mut self, y: usize, d: usize, requested: u64, used: u64) -> MRefusal {
         let limit = self.nodes[y].limits[d];
-        let (reason, retry) = if requested > limit {
+        let (reason, retry) = if requested > limit || limit == UNLIMITED {
             (Reason::CannotFit, Retry::Never)
         } else if is_level(d) {
             (Reason::LimitExceeded, Retry::Later)
@@ -409,7 +409,7 @@ impl Model {
         for &y in &chain {
             let used = self.nodes[y].used[d];
             match used.checked_add(n) {
-                Some(v) if v <= self.nodes[y].limits[d] => {}
+                Some(v) if v <= self.nodes[y].limits[d] && v != u64::MAX => {}
                 _ => return Err(self.refusal(y, d, n, used)),
             }
         }
@@ -431,7 +431,7 @@ impl Model {
             let mut tmp = self.nodes[y].used;
             for &(d, n) in items {
                 match tmp[d].checked_add(n) {
-                    Some(v) if v <= self.nodes[y].limits[d] => tmp[d] = v,
+                    Some(v) if v <= self.nodes[y].limits[d] && v != u64::MAX => tmp[d] = v,
                     _ => {
                         // A repeated counter is judged by the call's total for it, against what was
                         // in use before the call.

@@ -595,7 +595,9 @@ impl Budget {
             .dims
             .info(r.dim)
             .is_some_and(|d| d.kind == DimensionKind::Level);
-        let (reason, retry) = if r.requested > limit {
+        // An unlimited dimension refuses only a total that would reach `u64::MAX`: an absurd
+        // amount, refused without exhausting anything.
+        let (reason, retry) = if r.requested > limit || limit == u64::MAX {
             (Reason::CannotFit, Retry::Never)
         } else if level {
             (Reason::LimitExceeded, Retry::Later)

@@ -265,8 +265,10 @@ impl Node {
         };
         let mut used = cell.load(Ordering::Relaxed);
         loop {
+            // `u64::MAX` is never a total, limit or none: an amount that reaches it is an unchecked
+            // value (a length read off the wire), which can never fit.
             let new = match used.checked_add(n) {
-                Some(new) if new <= limit => new,
+                Some(new) if new <= limit && new != u64::MAX => new,
                 _ => return Err(used),
             };
             // Release: a descendant's charge is noted in `from_children` first, and a refund that
