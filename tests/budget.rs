@@ -5,6 +5,7 @@ use costguard::{
     Budget, CancelReason, Counter, Engine, Level, Overrides, Policy, Priority, Reason, RequestId,
     Retry, MAX_BUDGET_DEPTH,
 };
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 struct Fixture {
@@ -304,14 +305,26 @@ fn deadlines_on_the_manual_clock() {
     assert_eq!(b.remaining(), Duration::ZERO);
 }
 
+/// A deadline is a point on the clock, so a step back postpones it; but the budget never reports
+/// more than its allowance, and never hands a child or a callee more than it reports.
 #[test]
 fn a_clock_stepping_back_never_extends_the_allowance() {
     let f = fixture();
-    f.clock.set(Timestamp::from_nanos(5_000_000_000));
-    let b = f.parse();
+    f.clock.set(Timestamp::from_nanos(100_000_000_000));
+    let b = f.parse(); // 30 s, children 100 ms short of it
     f.clock.set(Timestamp::ZERO);
     assert_eq!(b.remaining(), Duration::from_secs(30));
     assert!(!b.expired());
+    let child = b.child_in(f.engine.class("api").unwrap()).unwrap(); // api: 60 s of its own
+    assert_eq!(child.remaining(), Duration::from_millis(29_900));
+    // And a callee is told no more than that.
+    let header = child.to_header();
+    let t: u64 = header
+        .split(';')
+        .find_map(|field| field.strip_prefix("t="))
+        .and_then(|ms| ms.parse().ok())
+        .unwrap();
+    assert!(t <= 29_900, "{header}");
 }
 
 #[test]
@@ -458,9 +471,64 @@ fn cpu_time_is_metered() {
     f.cpu.advance(Duration::from_secs(16));
     let v = meter.charge().unwrap_err();
     assert_eq!(v.dimension(), Some("cpu_time"));
+    assert_eq!(v.requested(), 16_000_000_000);
     assert!(b.is_cancelled());
+    // The time was spent all the same: the budget is full, not left with 15 s to hand out again.
+    assert_eq!(b.used(Counter::CPU_TIME), 20_000_000_000);
+    f.cpu.advance(Duration::from_secs(1));
+    assert!(meter.charge().is_err(), "a later slice does not fit either");
     drop(meter);
-    assert_eq!(b.used(Counter::CPU_TIME), 5_000_000_000);
+    assert_eq!(b.used(Counter::CPU_TIME), 20_000_000_000);
+    assert_eq!(b.remaining_of(Counter::CPU_TIME), 0);
+}
+
+/// An estimate is the reservation's to give back, not the budget's: a refund cannot take it, so it
+/// is never given back twice (and a child's charges are never given back in its place).
+#[test]
+fn a_refund_cannot_take_a_reservations_estimate() {
+    let f = fixture();
+    let parent = f.parse();
+    let child = parent.child().unwrap();
+    child.try_charge(f.db, 5).unwrap();
+    parent.try_charge(f.db, 2).unwrap();
+    let r = parent.reserve(f.db, 10).unwrap();
+    assert_eq!(parent.refund(f.db, 100), 2, "only the parent's own charge");
+    r.cancel();
+    assert_eq!((parent.used(f.db), child.used(f.db)), (5, 5));
+    // Settled, what stays of an estimate is the budget's own.
+    parent.reserve(f.db, 10).unwrap().settle(4).unwrap();
+    assert_eq!(parent.used(f.db), 9);
+    assert_eq!(parent.refund(f.db, 100), 4);
+}
+
+/// A reservation settled or cancelled while a child's charges pass through the parent gives back
+/// its whole estimate (a refund's cap, which such a charge lowers for an instant, does not apply to
+/// it). The child's charges are all refused at the child, so nothing may stay charged.
+#[test]
+fn reservations_give_back_their_estimate_while_a_child_charges() {
+    let f = fixture();
+    let parent = f.parse();
+    let child = parent
+        .child_with(None, &Overrides::new().limit(f.db, 0))
+        .unwrap();
+    let (started, stop) = (AtomicBool::new(false), AtomicBool::new(false));
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            started.store(true, Ordering::Relaxed);
+            while !stop.load(Ordering::Relaxed) {
+                assert!(child.try_charge(f.db, 1).is_err());
+            }
+        });
+        while !started.load(Ordering::Relaxed) {
+            std::hint::spin_loop();
+        }
+        for _ in 0..100_000 {
+            parent.reserve(f.db, 100).unwrap().settle(0).unwrap();
+            parent.reserve(f.db, 7).unwrap().cancel();
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    assert_eq!(parent.used(f.db), 0);
 }
 
 #[test]

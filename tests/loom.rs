@@ -250,6 +250,37 @@ fn parent_refund_never_takes_a_childs_charge() {
     });
 }
 
+/// A reservation settled or cancelled gives back exactly its estimate, whatever a child is charging.
+///
+/// A reservation is an estimate charged up front; settling it to zero says the work never used any
+/// of it. A plain refund is capped by what the budget charged through itself and can give back less
+/// while a child's charge is in flight (see the model above). A reservation knows exactly what it
+/// charged, so it must give all of it back: otherwise every estimate settled during a child's charge
+/// would leave part of itself charged for good. Here the child's charge is refused at the child
+/// (its limit is 0) after passing the parent, so the child's net effect is nothing, and the parent
+/// settles one reservation and cancels another meanwhile. Whatever the interleaving, nothing stays
+/// charged.
+#[test]
+fn reservations_give_back_exactly_their_estimate() {
+    loom::model(|| {
+        let (_engine, parent, a, _) = ab_budget(10, 1);
+        let child = parent
+            .child_with(None, &Overrides::new().limit(a, 0))
+            .unwrap();
+        let charger = thread::spawn(move || child.try_charge(a, 1).is_ok());
+        let settler = {
+            let parent = parent.clone();
+            thread::spawn(move || {
+                parent.reserve(a, 3).unwrap().settle(0).unwrap();
+                parent.reserve(a, 2).unwrap().cancel();
+            })
+        };
+        assert!(!charger.join().unwrap(), "the child's limit is 0");
+        settler.join().unwrap();
+        assert_eq!(parent.used(a), 0, "part of an estimate stayed charged");
+    });
+}
+
 /// A child created while its parent is being cancelled always ends up cancelled.
 ///
 /// Cancelling a budget must reach every descendant, including one whose creation races with the

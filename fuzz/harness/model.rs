@@ -287,6 +287,9 @@ pub struct MNode {
     pub peak: [u64; NDIM],
     /// Charged minus given back through this budget's own handle (not its descendants').
     pub own_net: [i128; NDIM],
+    /// The part of `own_net` that is reservations' estimates not yet settled: not the budget's to
+    /// refund.
+    pub reserved: [u64; NDIM],
     pub bits: u8,
     pub first_exhausted: Option<usize>,
     pub start: u64,
@@ -459,13 +462,41 @@ impl Model {
     /// `refund`: returns what was given back: at most what `x` charged through its own handle and
     /// has not given back (a parent cannot refund its children's charges).
     pub fn refund(&mut self, x: usize, d: usize, n: u64) -> u64 {
-        let own = u64::try_from(self.nodes[x].own_net[d].max(0)).unwrap_or(u64::MAX);
+        let own = u64::try_from(self.nodes[x].own_net[d].max(0))
+            .unwrap_or(u64::MAX)
+            .saturating_sub(self.nodes[x].reserved[d]);
         let r = n.min(self.nodes[x].used[d]).min(own);
         for y in self.chain(x) {
             self.nodes[y].used[d] = self.nodes[y].used[d].saturating_sub(r);
         }
         self.nodes[x].own_net[d] -= i128::from(r);
         r
+    }
+
+    /// `reserve`: a charge whose amount only the reservation gives back.
+    pub fn reserve(&mut self, x: usize, d: usize, n: u64) -> Result<(), MRefusal> {
+        self.charge(x, d, n)?;
+        self.nodes[x].reserved[d] += n;
+        Ok(())
+    }
+
+    /// `Reservation::settle`: gives back exactly what the estimate over-counted, or charges the
+    /// excess; either way what stays of the estimate becomes the budget's own.
+    pub fn settle(&mut self, x: usize, d: usize, est: u64, actual: u64) -> Result<(), MRefusal> {
+        let result = if actual <= est {
+            self.release(x, d, est - actual);
+            Ok(())
+        } else {
+            self.charge(x, d, actual - est)
+        };
+        self.nodes[x].reserved[d] -= est;
+        result
+    }
+
+    /// `Reservation::cancel`: gives back the whole estimate, exactly.
+    pub fn cancel_reservation(&mut self, x: usize, d: usize, est: u64) {
+        self.release(x, d, est);
+        self.nodes[x].reserved[d] -= est;
     }
 
     /// A level guard dropped.
@@ -614,6 +645,7 @@ impl Model {
             used: [0; NDIM],
             peak: [0; NDIM],
             own_net: [0; NDIM],
+            reserved: [0; NDIM],
             bits: 0,
             first_exhausted: None,
             start: self.now,
@@ -655,11 +687,14 @@ impl Model {
         self.check(p).map_err(|(reason, _)| reason)?;
         let class = class.unwrap_or(self.nodes[p].class);
         let margin = self.setup.margin_nanos(self.nodes[p].class);
-        let pd = self.nodes[p].deadline;
-        let cap = if pd == u64::MAX {
-            u64::MAX
-        } else {
-            pd.saturating_sub(margin)
+        // From what the parent reports left (its allowance at most, after a clock that stepped
+        // back), not from its deadline.
+        let cap = match self.remaining(p) {
+            Duration::MAX => u64::MAX,
+            left => {
+                let left = u64::try_from(left.as_nanos()).expect("below u64::MAX");
+                self.now.saturating_add(left).saturating_sub(margin)
+            }
         };
         if cap <= self.now && cap != u64::MAX {
             return Err(Reason::InsufficientTime);
@@ -1062,10 +1097,12 @@ impl<'p> Sim<'p> {
 
     /// The refund to ask of budget `x` for `n`: `n` itself, unless (under
     /// [`Refunds::OwnChargesOnly`]) what it would give back exceeds what `x` charged through its own
-    /// handle; then exactly that. Asking for more than is in use stays possible whenever it is safe.
+    /// handle (reservations not yet settled aside); then exactly that. Asking for more than is in use stays possible whenever it is safe.
     fn refund_request(&self, x: usize, d: usize, n: u64) -> u64 {
         let node = &self.model.nodes[x];
-        let own = u64::try_from(node.own_net[d].max(0)).unwrap_or(u64::MAX);
+        let own = u64::try_from(node.own_net[d].max(0))
+            .unwrap_or(u64::MAX)
+            .saturating_sub(node.reserved[d]);
         match self.refunds {
             Refunds::OwnChargesOnly if n.min(node.used[d]) > own => own,
             _ => n,
@@ -1310,7 +1347,7 @@ impl<'p> Sim<'p> {
                 let d = COUNTERS[usize::from(*counter) % COUNTERS.len()];
                 let c = self.counter(d);
                 let real = self.pinned(x).reserve(c, *n);
-                let model = self.model.charge(x, d, *n);
+                let model = self.model.reserve(x, d, *n);
                 match (real, model) {
                     (Ok(r), Ok(())) => {
                         same("reservation amount", r.amount(), *n);
@@ -1339,24 +1376,9 @@ impl<'p> Sim<'p> {
                 let i = usize::from(*slot) % self.reservations.len();
                 let r = self.reservations.swap_remove(i);
                 let (x, d, est) = (r.node, r.dim, r.amount);
-                let mut actual = *actual;
-                if actual <= est {
-                    // The refund part stays within the budget's own charges (see `Refunds`).
-                    actual = est - self.refund_request(x, d, est - actual);
-                }
-                let real = r.value.settle(actual);
-                let model = if actual <= est {
-                    let back = self.model.refund(x, d, est - actual);
-                    *refund = Some(RefundSeen {
-                        node: x,
-                        dim: d,
-                        asked: est - actual,
-                        returned: back,
-                    });
-                    Ok(())
-                } else {
-                    self.model.charge(x, d, actual - est)
-                };
+                // Exact, whatever else was refunded: only the reservation gives its estimate back.
+                let real = r.value.settle(*actual);
+                let model = self.model.settle(x, d, est, *actual);
                 self.same_charge("settle", x, &real, &model)
             }
             Op::CancelReservation { slot } => {
@@ -1366,22 +1388,8 @@ impl<'p> Sim<'p> {
                 let i = usize::from(*slot) % self.reservations.len();
                 let r = self.reservations.swap_remove(i);
                 let (x, d, est) = (r.node, r.dim, r.amount);
-                let back = self.refund_request(x, d, est);
-                if back == est {
-                    r.value.cancel();
-                } else {
-                    // Only part of it may go back (see `Refunds`): settle to the rest instead.
-                    r.value
-                        .settle(est - back)
-                        .expect("settling below the estimate never fails");
-                }
-                let returned = self.model.refund(x, d, back);
-                *refund = Some(RefundSeen {
-                    node: x,
-                    dim: d,
-                    asked: back,
-                    returned,
-                });
+                r.value.cancel();
+                self.model.cancel_reservation(x, d, est);
                 Outcome::Applied
             }
             Op::DropReservation { slot } => {

@@ -55,6 +55,11 @@ impl fmt::Debug for LevelGuard<'_> {
 /// Dropping a reservation without settling keeps the whole estimate charged: after a panic nobody knows
 /// how much of the work ran, and refunding would let a crashing request mint budget. Call
 /// [`cancel`](Self::cancel) when the work is known not to have started.
+///
+/// Until it is settled, the estimate is not the budget's own to [`Budget::refund`]: only the
+/// reservation gives it back, and exactly (on the budget and every ancestor, as a [`LevelGuard`]
+/// does), whatever its children are charging meanwhile. Once settled, what stays charged is the
+/// budget's own, like any charge.
 #[must_use = "a reservation should be settled or cancelled"]
 pub struct Reservation<'b> {
     pub(super) budget: Cow<'b, Budget>,
@@ -74,18 +79,24 @@ impl Reservation<'_> {
     pub fn settle(self, actual: u64) -> Result<(), Verdict> {
         // Dropping a reservation does nothing (the estimate stays charged), so settling needs no
         // special exit.
-        let (budget, counter, amount) = (&self.budget, self.counter, self.amount);
-        if actual <= amount {
-            budget.refund(counter, amount - actual);
+        let (budget, dim, amount) = (&self.budget, self.counter.index(), self.amount);
+        let node = budget.node();
+        let result = if actual <= amount {
+            node.release_reserved(dim, amount - actual);
             Ok(())
         } else {
-            budget.try_charge(counter, actual - amount)
-        }
+            budget.try_charge(self.counter, actual - amount)
+        };
+        // What stays of the estimate was used by the work: the budget's own from now on.
+        node.own_reserved(dim, amount.min(actual));
+        result
     }
 
     /// Gives the whole estimate back: the work did not happen.
     pub fn cancel(self) {
-        self.budget.refund(self.counter, self.amount);
+        self.budget
+            .node()
+            .release_reserved(self.counter.index(), self.amount);
     }
 }
 
@@ -139,8 +150,18 @@ impl CpuMeter<'_> {
         if now.is_some() {
             self.last = now;
         }
+        let n = crate::clock::duration_to_nanos(spent);
         self.budget
-            .try_charge(Counter::CPU_TIME, crate::clock::duration_to_nanos(spent))
+            .try_charge(Counter::CPU_TIME, n)
+            .inspect_err(|_| {
+                // CPU time is measured once spent: what did not fit was used all the same. What still
+                // fits is charged, so the budget stays exhausted and a later slice is refused too
+                // (the total stays within the limit, as every total does).
+                let rest = self.budget.remaining_of(Counter::CPU_TIME).min(n);
+                if rest > 0 {
+                    let _ = self.budget.try_charge(Counter::CPU_TIME, rest);
+                }
+            })
     }
 }
 

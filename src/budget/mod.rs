@@ -267,7 +267,8 @@ impl Budget {
 
     /// Gives back up to `n` of a counter, returning how much was given back.
     ///
-    /// A refund is capped by what was charged through this budget itself (not through its children),
+    /// A refund is capped by what was charged through this budget itself (not through its children,
+    /// nor as the estimate of a reservation not yet settled, which only the reservation gives back),
     /// so refunds can never create allowance. While a child's charge is in flight at the same moment,
     /// a refund may give back less than it could; the return value says how much it gave back.
     pub fn refund(&self, counter: Counter, n: u64) -> u64 {
@@ -275,8 +276,11 @@ impl Budget {
     }
 
     /// Charges an estimate now, to be settled to the actual amount later.
+    ///
+    /// Until the reservation is settled, its estimate is not this budget's to [`refund`](Self::refund):
+    /// only the reservation gives it back, exactly.
     pub fn reserve(&self, counter: Counter, estimate: u64) -> Result<Reservation<'_>, Verdict> {
-        self.try_charge(counter, estimate)?;
+        self.charge_reserved(counter, estimate)?;
         Ok(Reservation {
             budget: Cow::Borrowed(self),
             counter,
@@ -292,12 +296,18 @@ impl Budget {
         counter: Counter,
         estimate: u64,
     ) -> Result<Reservation<'static>, Verdict> {
-        self.try_charge(counter, estimate)?;
+        self.charge_reserved(counter, estimate)?;
         Ok(Reservation {
             budget: Cow::Owned(self.clone()),
             counter,
             amount: estimate,
         })
+    }
+
+    fn charge_reserved(&self, counter: Counter, estimate: u64) -> Result<(), Verdict> {
+        self.node()
+            .reserve_chain(counter.index(), estimate)
+            .map_err(|r| self.refusal(r))
     }
 
     /// Raises a level by one for as long as the guard lives.
@@ -502,10 +512,17 @@ impl Budget {
         };
         let margin = parent.rules().map_or(0, |r| r.child_margin);
         let now = parent.snapshot.clock.now();
-        let cap = if parent.deadline.is_never() {
-            Timestamp::NEVER
-        } else {
-            Timestamp::from_nanos(parent.deadline.as_nanos().saturating_sub(margin))
+        // From what this budget has left, not from its deadline: after a clock that stepped back,
+        // the deadline is further away than the allowance, and a child must never get more time
+        // than its parent reports.
+        let cap = match self.remaining_nanos_at(Some(now)) {
+            u64::MAX => Timestamp::NEVER,
+            left => Timestamp::from_nanos(
+                now.as_nanos()
+                    .saturating_add(left)
+                    .saturating_sub(margin)
+                    .min(u64::MAX - 1),
+            ),
         };
         if cap <= now && !cap.is_never() {
             let wall = Arc::clone(&parent.snapshot.wall);

@@ -13,7 +13,7 @@ use crate::clock::Timestamp;
 use crate::engine::snapshot::{ClassRules, Snapshot};
 use crate::handle::{Class, Counter};
 use crate::policy::MAX_DIMENSIONS;
-use crate::sync::{Arc, AtomicU32, AtomicU64, Mutex, OnceLock, Ordering, Weak};
+use crate::sync::{Arc, AtomicU32, AtomicU64, Mutex, Ordering, Weak};
 use crate::{Priority, RequestId};
 
 /// How many finished children a budget keeps in its report; beyond that they are only counted.
@@ -62,7 +62,13 @@ pub(crate) struct Node {
     plain_limits: Option<Class>,
     /// Amount in use per dimension.
     pub(crate) used: [AtomicU64; MAX_DIMENSIONS],
-    /// Highest value each level dimension reached.
+    /// Per dimension, one of two things (a dimension is either kind for the budget's life):
+    /// - for a level, the highest value it reached;
+    /// - for a counter, the part of `used` that is not this budget's own to refund: what was charged
+    ///   through descendants, and the estimates of its reservations not yet settled. A refund may
+    ///   only give back the rest, what was charged through this budget itself.
+    ///
+    /// (One array for both keeps the node within the allocator's per-thread cache.)
     pub(crate) peak: [AtomicU64; MAX_DIMENSIONS],
     pub(crate) start: Timestamp,
     pub(crate) deadline: Timestamp,
@@ -77,9 +83,6 @@ pub(crate) struct Node {
     pub(crate) live: Mutex<Vec<Weak<Node>>>,
     /// Finished children's reports. Never held while another lock is taken.
     pub(crate) finished: Mutex<Finished>,
-    /// Per dimension, the part of `used` charged through descendants; created with the first child.
-    /// A refund may only give back the rest: what was charged through this budget itself.
-    pub(crate) from_children: OnceLock<Box<[AtomicU64; MAX_DIMENSIONS]>>,
 }
 
 /// What a node is set to: its class, its times, its priority, its id and its limits' overrides.
@@ -132,16 +135,8 @@ impl Node {
             snapshot: Arc::clone(init.snapshot),
             live: Mutex::new(Vec::new()),
             finished: Mutex::new(Finished::default()),
-            from_children: OnceLock::new(),
         });
         if let Some(parent) = &node.parent {
-            // Every ancestor needs its record of descendants' charges before the first one arrives.
-            let mut ancestor = Some(parent);
-            while let Some(a) = ancestor {
-                a.from_children
-                    .get_or_init(|| Box::new(std::array::from_fn(|_| AtomicU64::new(0))));
-                ancestor = a.parent.as_ref();
-            }
             {
                 let mut live = parent.live.lock();
                 live.retain(|w| w.strong_count() > 0);
@@ -212,7 +207,6 @@ impl Node {
             finished.reports.clear();
         }
         finished.omitted = 0;
-        self.from_children.take();
     }
 
     /// The counter of `dim`, if this budget's policy has that dimension. A handle from a policy
@@ -271,7 +265,7 @@ impl Node {
                 Some(new) if new <= limit && new != u64::MAX => new,
                 _ => return Err(used),
             };
-            // Release: a descendant's charge is noted in `from_children` first, and a refund that
+            // Release: a descendant's charge is noted first (in `peak`), and a refund that
             // sees this amount must also see that note (free on x86, where every CAS is a barrier).
             match cell.compare_exchange_weak(used, new, Ordering::AcqRel, Ordering::Relaxed) {
                 Ok(_) => return Ok(new),
@@ -301,16 +295,24 @@ impl Node {
         }
     }
 
-    fn descendants(&self) -> Option<&[AtomicU64; MAX_DIMENSIONS]> {
-        self.from_children.get().map(|b| &**b)
+    /// The record of what is not this budget's own to refund, for a counter of its policy (a
+    /// level is only ever given back by its guards, and keeps its peak in the same place).
+    #[inline]
+    fn not_own(&self, dim: usize) -> Option<&AtomicU64> {
+        let level = self.snapshot.dims.levels & 1u32.checked_shl(dim as u32).unwrap_or(0) != 0;
+        if dim < self.dims && !level {
+            self.peak.get(dim)
+        } else {
+            None
+        }
     }
 
-    /// Notes that `n` of `dim` is being charged through a descendant (before the charge itself, so
-    /// that a concurrent refund never mistakes it for this budget's own). `false` if the note would
-    /// overflow, in which case the charge cannot fit either and nothing is noted: the note must be
-    /// exactly reversible.
+    /// Notes that `n` of `dim` is being charged through a descendant or a reservation (before the
+    /// charge itself, so that a concurrent refund never mistakes it for this budget's own). `false`
+    /// if the note would overflow, in which case the charge cannot fit either and nothing is noted:
+    /// the note must be exactly reversible.
     fn add_from_child(&self, dim: usize, n: u64) -> bool {
-        match self.descendants().and_then(|d| d.get(dim)) {
+        match self.not_own(dim) {
             Some(cell) => cell
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| v.checked_add(n))
                 .is_ok(),
@@ -319,11 +321,29 @@ impl Node {
     }
 
     fn sub_from_child(&self, dim: usize, n: u64) {
-        if let Some(cell) = self.descendants().and_then(|d| d.get(dim)) {
+        if let Some(cell) = self.not_own(dim) {
             let _ = cell.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
                 Some(v.saturating_sub(n))
             });
         }
+    }
+
+    /// Charges a reservation's estimate: on this node and every ancestor, all or nothing, noted on
+    /// this node as not its own, so that a refund cannot give it back; only the reservation can.
+    pub(crate) fn reserve_chain(&self, dim: usize, n: u64) -> Result<(), Refused<'_>> {
+        self.charge_chain_via(dim, n, true)
+    }
+
+    /// Gives back `n` of a reservation's estimate, exactly: the reverse of
+    /// [`reserve_chain`](Self::reserve_chain).
+    pub(crate) fn release_reserved(&self, dim: usize, n: u64) {
+        self.release_chain_via(dim, n, true);
+    }
+
+    /// Makes `n` of a reservation's estimate this budget's own charge (the reservation is settled:
+    /// the work used it).
+    pub(crate) fn own_reserved(&self, dim: usize, n: u64) {
+        self.sub_from_child(dim, n);
     }
 
     /// Charges `n` to `dim` on this node and every ancestor, all or nothing.
@@ -390,9 +410,7 @@ impl Node {
         let taken = loop {
             // Read after `used`: a descendant's charge is noted here before it reaches `used`, so
             // this can only under-estimate this budget's own share, never over-estimate it.
-            let kids = self
-                .descendants()
-                .map_or(0, |d| d[dim].load(Ordering::Acquire));
+            let kids = self.not_own(dim).map_or(0, |c| c.load(Ordering::Acquire));
             let take = used.saturating_sub(kids).min(n);
             if take == 0 {
                 return 0;

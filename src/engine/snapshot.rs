@@ -374,6 +374,8 @@ impl Registry {
 #[derive(Debug)]
 pub(crate) struct DimTable {
     pub(crate) dims: Vec<DimInfo>,
+    /// Bit `i` set when dimension `i` is a level.
+    pub(crate) levels: u32,
 }
 
 impl DimTable {
@@ -461,7 +463,15 @@ impl Snapshot {
         Snapshot {
             generation,
             policy,
-            dims: DimTable { dims },
+            dims: DimTable {
+                levels: dims
+                    .iter()
+                    .take(32)
+                    .enumerate()
+                    .filter(|(_, d)| d.kind == DimensionKind::Level)
+                    .fold(0, |mask, (i, _)| mask | 1 << i),
+                dims,
+            },
             classes,
             by_name,
             wall: Arc::from(crate::policy::WALL_TIME),
