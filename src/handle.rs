@@ -8,8 +8,10 @@
 //!
 //! A handle belongs to the engine that gave it. It is an index, and nothing on the hot paths checks
 //! which engine it came from (that would cost every charge a lookup): given to another engine, it
-//! names whatever that engine gave the same index, or nothing, which is refused like an unknown
-//! name. The C ABI's handles carry their engine and are checked (`COSTGUARD_INVALID_HANDLE`).
+//! names whatever that engine gave the same index (a counter handle may then charge a level as a
+//! counter), or nothing, in which case a charge is accepted and records nothing, as for a dimension
+//! the budget's own version of the policy does not have. Keep each engine's handles with it. The C
+//! ABI's handles carry their engine and are checked (`COSTGUARD_INVALID_HANDLE`).
 
 use crate::policy::MAX_DIMENSIONS;
 use std::fmt;
@@ -72,7 +74,9 @@ impl Level {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum NameError {
-    /// No dimension or class has this name in the current policy.
+    /// No class of the current policy has this name, or no dimension of any policy this engine has
+    /// had. (Dimension names are kept for the engine's life: one a reload removed still resolves,
+    /// and its handle names nothing in the versions that lack it.)
     Unknown {
         /// What was asked for: `counter`, `level` or `class`.
         expected: &'static str,

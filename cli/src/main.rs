@@ -71,6 +71,8 @@ struct ReplayArgs {
 enum Failed {
     /// A failure: exit code 1, with this message (`None` when it is already printed).
     Error(Option<String>),
+    /// A usage error clap cannot see (an unknown scenario name): exit code 2, with this message.
+    Usage(String),
     /// Whoever reads stdout has gone (`costguard replay | head`): stop quietly, with success.
     PipeClosed,
 }
@@ -95,6 +97,10 @@ fn main() -> ExitCode {
                 eprintln!("costguard: {message}");
             }
             ExitCode::FAILURE
+        }
+        Err(Failed::Usage(message)) => {
+            eprintln!("costguard: {message}");
+            ExitCode::from(2)
         }
     }
 }
@@ -199,14 +205,14 @@ fn known_scenario(name: &str) -> Result<&'static ScenarioInfo, Failed> {
     let all = costguard_cli::scenarios();
     all.iter().find(|s| s.name == name).ok_or_else(|| {
         let known: Vec<&str> = all.iter().map(|s| s.name).collect();
-        Failed::Error(Some(if known.is_empty() {
+        Failed::Usage(if known.is_empty() {
             format!("no scenario named `{name}`: no scenarios are built in")
         } else {
             format!(
                 "no scenario named `{name}`; the scenarios are: {}",
                 known.join(", ")
             )
-        }))
+        })
     })
 }
 

@@ -180,7 +180,7 @@ fn usage_errors_exit_2() {
 #[test]
 fn replay_of_an_unknown_scenario_says_so() {
     let out = costguard(&["replay", "no-such-outage"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2), "a usage error");
     assert!(stdout(&out).is_empty());
     let err = stderr(&out);
     assert!(err.contains("no scenario named `no-such-outage`"), "{err}");

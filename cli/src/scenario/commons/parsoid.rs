@@ -8,7 +8,8 @@ use crate::sim::guard::refused;
 use crate::sim::slab::Key;
 use costguard::header::Propagation;
 use costguard::{
-    AdmitRequest, Attempt, AttemptOutcome, Outcome, Overrides, Priority, RequestId, RetryDecision,
+    AdmitRequest, Attempt, AttemptOutcome, Counter, Outcome, Overrides, Priority, RequestId,
+    RetryDecision,
 };
 
 /// How a batch ended.
@@ -333,6 +334,15 @@ impl Model<'_> {
         if !parse.answered && (parse.failed || finished) {
             parse.answered = true;
             let (job, job_try) = (parse.job, parse.job_try);
+            // What the parse used comes back with its answer, to be charged to the job's budget:
+            // the request tree's allowances are the tree's, not each attempt's.
+            let usage = match (&self.g, &parse.admitted) {
+                (Some(g), Some(a)) => Some((
+                    a.budget().used(g.lookups),
+                    a.budget().used(Counter::RETRIES),
+                )),
+                _ => None,
+            };
             let status = if parse.failed {
                 Status::Failed
             } else {
@@ -357,6 +367,9 @@ impl Model<'_> {
                     parse.images.saturating_sub(parse.rendered),
                 );
             }
+            if let Some((lookups, retries)) = usage {
+                self.charge_back(job, job_try, lookups, retries);
+            }
             self.job_response(job, job_try, status);
         }
         let Some(parse) = self.parses.get(key) else {
@@ -371,6 +384,26 @@ impl Model<'_> {
                         Outcome::Success
                     });
                 }
+            }
+        }
+    }
+
+    /// Charges the usage an answer of parse attempt `try_no` reports to its job's budget, where the
+    /// next attempt's budget is carved from. Usage that does not fit spends the tree's allowance: the
+    /// job's budget is then exhausted, and no further attempt starts. (An attempt the outer tier gave
+    /// up on reports nothing: in this model, only answers carry their usage back.)
+    fn charge_back(&mut self, key: Key, try_no: u32, lookups: u64, retries: u64) {
+        let (Some(g), Some(job)) = (&self.g, self.jobs.get(key)) else {
+            return;
+        };
+        if job.waiting != Some(try_no) {
+            return;
+        }
+        if let Some(root) = job.admitted.as_ref().map(|a| a.budget()) {
+            if let Err(v) =
+                root.try_charge_many(&[(g.lookups, lookups), (Counter::RETRIES, retries)])
+            {
+                refused(&mut self.rec, &v);
             }
         }
     }
