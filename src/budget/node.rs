@@ -55,6 +55,9 @@ pub(crate) struct Node {
     /// How many dimensions the node's policy has: only `limits[..dims]`, `used[..dims]` and
     /// `peak[..dims]` are meaningful (see [`cell`](Self::cell)).
     dims: usize,
+    /// Bit `i` set when dimension `i` is a level (the policy's, copied here so that charges through
+    /// children need not reach into the snapshot).
+    levels: u32,
     /// Effective limits: the class's, tightened by overrides. `u64::MAX` is unlimited.
     pub(crate) limits: [u64; MAX_DIMENSIONS],
     /// The class whose limits `limits` holds untightened, under `snapshot`: a node reused for the
@@ -117,6 +120,7 @@ impl Node {
             state: AtomicU32::new(0),
             first_exhausted: AtomicU32::new(NONE_EXHAUSTED),
             dims: policy_dims(init.snapshot),
+            levels: init.snapshot.dims.levels,
             limits: {
                 let class = init.snapshot.class(s.class).map(|r| &r.limits);
                 let tighter = s.overrides.unwrap_or(&NO_LIMITS);
@@ -177,6 +181,7 @@ impl Node {
         *self.state.get_mut() = 0;
         *self.first_exhausted.get_mut() = NONE_EXHAUSTED;
         self.dims = dims;
+        self.levels = self.snapshot.dims.levels;
         // A thread usually starts budget after budget of one class without overrides: the limits
         // are then already in place.
         let plain = s.overrides.is_none().then_some(s.class);
@@ -299,7 +304,7 @@ impl Node {
     /// level is only ever given back by its guards, and keeps its peak in the same place).
     #[inline]
     fn not_own(&self, dim: usize) -> Option<&AtomicU64> {
-        let level = self.snapshot.dims.levels & 1u32.checked_shl(dim as u32).unwrap_or(0) != 0;
+        let level = self.levels & 1u32.checked_shl(dim as u32).unwrap_or(0) != 0;
         if dim < self.dims && !level {
             self.peak.get(dim)
         } else {
