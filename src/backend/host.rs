@@ -327,11 +327,9 @@ impl HostState {
         self.readmit(w, ejected)
     }
 
-    /// Ends the ejection whose word is `w`, on probation, and gives its place back.
+    /// Ends the ejection whose word is `w` (ejected: both callers checked), on probation, and
+    /// gives its place back.
     fn readmit(&self, w: u64, ejected: &EjectedHosts) -> bool {
-        if w & EJECTED == 0 {
-            return false;
-        }
         let next = (w & !EJECTED & !FAILS) | PROBATION;
         if self
             .eject

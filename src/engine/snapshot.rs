@@ -466,7 +466,7 @@ impl Snapshot {
             dims: DimTable {
                 levels: dims
                     .iter()
-                    .take(32)
+                    .take(u32::BITS as usize)
                     .enumerate()
                     .filter(|(_, d)| d.kind == DimensionKind::Level)
                     .fold(0, |mask, (i, _)| mask | 1 << i),
