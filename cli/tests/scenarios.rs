@@ -199,6 +199,42 @@ fn assert_guarded_kafka(c: &Comparison) {
     );
 }
 
+/// Parsoid answers across a process hop, so what a parse looked up comes back with its answer and is
+/// charged to the job's budget; a retried parse then has only what the earlier attempts left. With
+/// the API tier squeezed to 40 threads, parses fail part way and RESTBase retries them.
+#[test]
+fn a_retried_parse_has_only_what_earlier_attempts_left() {
+    let toml = default_policy(commons::NAME).unwrap();
+    let squeezed = toml.replace("concurrency = 600", "concurrency = 40");
+    assert_ne!(
+        squeezed, toml,
+        "the API class's concurrency is where the test expects it"
+    );
+    let options = ReplayOptions {
+        seed: ReplayOptions::default().seed,
+        policy: Some(Policy::from_toml_str(&squeezed).unwrap()),
+    };
+    let c = replay(commons::NAME, &options, &mut |_| {}).unwrap();
+    let tally = |name: &str| c.guarded.counts.get(name).copied().unwrap_or(0);
+    assert!(
+        tally("jobs_retried") > 0,
+        "no job was retried: {:?}",
+        c.guarded.counts
+    );
+    assert!(tally("parses_failed") > 0, "{:?}", c.guarded.counts);
+    assert_eq!(
+        tally("jobs_past_their_lookup_allowance"),
+        0,
+        "{:?}",
+        c.guarded.counts
+    );
+    // Unguarded, nothing counts: every retry starts over.
+    assert_eq!(
+        c.unguarded.counts.get("jobs_past_their_lookup_allowance"),
+        None
+    );
+}
+
 #[test]
 fn kafka_2016_unguarded_exhausts_the_threads() {
     let u = &cached(kafka::NAME).unguarded;

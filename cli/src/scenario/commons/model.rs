@@ -90,6 +90,8 @@ pub(super) struct Job {
     pub admitted: Option<Admitted>,
     pub attempt: Option<Attempt<'static>>,
     pub id: u64,
+    /// File lookups the answered parse attempts reported, summed over the job's attempts.
+    pub lookups_reported: u64,
 }
 
 /// One parse in Parsoid.
@@ -291,6 +293,7 @@ impl<'a> Model<'a> {
                 admitted: None,
                 attempt: None,
                 id,
+                lookups_reported: 0,
             });
             let delay = self.rng.range(0, JOB_DELAY_MAX);
             self.at(delay, Ev::JobStart(job));

@@ -393,12 +393,13 @@ impl Model<'_> {
     /// job's budget is then exhausted, and no further attempt starts. (An attempt the outer tier gave
     /// up on reports nothing: in this model, only answers carry their usage back.)
     fn charge_back(&mut self, key: Key, try_no: u32, lookups: u64, retries: u64) {
-        let (Some(g), Some(job)) = (&self.g, self.jobs.get(key)) else {
+        let (Some(g), Some(job)) = (&self.g, self.jobs.get_mut(key)) else {
             return;
         };
         if job.waiting != Some(try_no) {
             return;
         }
+        job.lookups_reported = job.lookups_reported.saturating_add(lookups);
         if let Some(root) = job.admitted.as_ref().map(|a| a.budget()) {
             if let Err(v) =
                 root.try_charge_many(&[(g.lookups, lookups), (Counter::RETRIES, retries)])
@@ -471,6 +472,17 @@ impl Model<'_> {
 
     fn job_done(&mut self, key: Key, ok: bool) {
         if let Some(mut job) = self.jobs.remove(key) {
+            if job.tries > 1 {
+                self.rec.count("jobs_retried", 1);
+            }
+            if let (Some(g), Some(admitted)) = (&self.g, &job.admitted) {
+                // Measured apart from the budget that enforces it: what the job's answered parses
+                // looked up, against the one allowance the whole tree has.
+                let allowance = admitted.budget().limit(g.lookups).unwrap_or(u64::MAX);
+                if job.lookups_reported > allowance {
+                    self.rec.count("jobs_past_their_lookup_allowance", 1);
+                }
+            }
             if let Some(admitted) = job.admitted.take() {
                 admitted.finish(if ok {
                     Outcome::Success
