@@ -765,6 +765,11 @@ pub enum RetryDecision {
 }
 
 /// A call through [`Engine::call`] that did not succeed.
+///
+/// Its message includes the last attempt's error, so `E` need only be `Display` (a string, an
+/// I/O error, a status code's wrapper), and [`source`](std::error::Error::source) is `None`: an
+/// error reporter that walks the chain prints the call's error once. Match on
+/// [`Failed`](CallError::Failed) to get the error itself back.
 #[derive(Debug)]
 pub enum CallError<E> {
     /// No attempt could be made (or retried), and why.
