@@ -42,6 +42,12 @@ impl Fixture {
             .unwrap()
     }
 
+    fn budget_in(&self, class: &str) -> Budget {
+        self.engine
+            .begin_by_name(class, RequestId::new("r").unwrap())
+            .unwrap()
+    }
+
     fn kinds(&self) -> Vec<TransitionKind> {
         self.log.lock().unwrap().iter().map(|(k, _)| *k).collect()
     }
@@ -63,6 +69,7 @@ fn single(
     Policy::builder()
         .class("api", |c| c.wall_time(Duration::from_secs(30)).retries(10))
         .class("long", |c| c.wall_time(Duration::from_secs(3600)))
+        .class("short", |c| c.wall_time(Duration::from_millis(500)))
         .backend(name, setup)
         .build()
         .unwrap()
@@ -162,7 +169,14 @@ fn a_hung_probe_gives_its_slot_back_after_its_timeout() {
         f.engine.begin_attempt(db, &budget, 0).unwrap_err().reason(),
         Reason::CircuitOpen
     );
+    // Its timeout, rounded up to the next 65,536 ns (the deadline shares its word with the low
+    // bits of its probing period's generation).
     f.clock.advance(Duration::from_millis(200));
+    assert_eq!(
+        f.engine.begin_attempt(db, &budget, 0).unwrap_err().reason(),
+        Reason::CircuitOpen
+    );
+    f.clock.advance(Duration::from_nanos(65_536));
     let fresh = f.engine.begin_attempt(db, &budget, 0).unwrap();
     assert!(fresh.is_probe());
     // The hung probe's late success belongs to an earlier period and cannot close the breaker...
@@ -449,9 +463,9 @@ fn retry_decisions() {
     for _ in 0..4 {
         f.run(db, &budget, AttemptOutcome::ServerError).unwrap();
     }
-    // Full jitter: at most base × 2^attempt, capped.
+    // Full jitter: at most base × 2^(attempt - 1), capped.
     match f.engine.retry(db, &budget, AttemptOutcome::ServerError, 1) {
-        RetryDecision::After(d) => assert!(d <= Duration::from_millis(200), "{d:?}"),
+        RetryDecision::After(d) => assert!(d <= Duration::from_millis(100), "{d:?}"),
         other => panic!("{other:?}"),
     }
     // Never sooner than the backend's own Retry-After.
@@ -1511,4 +1525,305 @@ fn refused_first_attempts_earn_no_retries() {
         assert_eq!(v.reason(), Reason::CircuitOpen);
     }
     assert_eq!(tokens(&f), 1);
+}
+
+/// Each probing period admits exactly `probes` probes: a successful probe keeps its slot, so a
+/// caller arriving after it is refused until the period ends (closed by the probes' successes).
+#[test]
+fn a_half_open_period_admits_exactly_its_probes() {
+    let f = fixture(single("db", |b| {
+        b.count("breaker.consecutive_failures", 1)
+            .count("breaker.probes", 2)
+            .duration("breaker.ramp_up", Duration::ZERO)
+    }));
+    let db = f.engine.backend("db").unwrap();
+    let budget = f.budget_in("long");
+    f.run(db, &budget, AttemptOutcome::ServerError).unwrap();
+    f.clock.advance(Duration::from_secs(2));
+    let first = f.engine.begin_attempt(db, &budget, 0).unwrap();
+    assert!(first.is_probe());
+    first.finish(AttemptOutcome::Success);
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        match f.engine.begin_attempt(db, &budget, 0) {
+            Ok(a) => {
+                assert!(a.is_probe());
+                held.push(a);
+            }
+            Err(v) => assert_eq!(v.reason(), Reason::CircuitOpen),
+        }
+    }
+    assert_eq!(held.len(), 1, "probes after the first, with probes = 2");
+    // A probe that says nothing gives its slot back.
+    held.pop().unwrap().finish(AttemptOutcome::ClientError);
+    let second = f.engine.begin_attempt(db, &budget, 0).unwrap();
+    assert!(second.is_probe());
+    assert_eq!(
+        f.engine.begin_attempt(db, &budget, 0).unwrap_err().reason(),
+        Reason::CircuitOpen
+    );
+    second.finish(AttemptOutcome::Success);
+    assert_eq!(f.engine.backend_stats()[0].breaker, "closed");
+}
+
+/// A probe deadline belongs to its probing period: an earlier period's long probe timeout does not
+/// hold the slot of a later period's probe that hung with a short one.
+#[test]
+fn a_hung_probe_is_timed_out_by_its_own_deadline() {
+    let f = fixture(single("db", |b| {
+        b.count("breaker.consecutive_failures", 1)
+            .duration("timeout", Duration::from_secs(10))
+            .duration("breaker.open_for", Duration::from_secs(1))
+            .duration("breaker.max_open_for", Duration::from_secs(1))
+            .duration("breaker.ramp_up", Duration::ZERO)
+    }));
+    let db = f.engine.backend("db").unwrap();
+    let long = f.budget_in("long");
+    f.run(db, &long, AttemptOutcome::ServerError).unwrap();
+    f.clock.advance(Duration::from_secs(1));
+    let p1 = f.engine.begin_attempt(db, &long, 0).unwrap();
+    assert!(p1.is_probe());
+    assert_eq!(p1.timeout(), Duration::from_secs(10));
+    p1.finish(AttemptOutcome::ServerError); // reopens, for at most a second
+    f.clock.advance(Duration::from_secs(1));
+    let short = f.budget_in("short");
+    let p2 = f.engine.begin_attempt(db, &short, 0).unwrap();
+    assert!(p2.is_probe());
+    assert!(p2.timeout() < Duration::from_millis(500));
+    f.clock.advance(Duration::from_secs(1));
+    let p3 = f.engine.begin_attempt(db, &long, 0);
+    assert!(
+        p3.as_ref().is_ok_and(|a| a.is_probe()),
+        "a second after a probe with a {:?} timeout hung: {:?}",
+        p2.timeout(),
+        p3.as_ref().err().map(|v| v.reason())
+    );
+    drop((p2, p3));
+}
+
+/// A host's breaker ramps its traffic up after closing, as the backend's does.
+#[test]
+fn a_host_ramps_up_after_its_breaker_closes() {
+    let f = fixture(single("kafka", |b| {
+        b.hosts(&["k1", "k2"])
+            .count("breaker.consecutive_failures", 2)
+            .count("max_in_flight_per_host", 10)
+            .count("max_in_flight", 100)
+            .count("ejection.consecutive_failures", 1000)
+            .duration("breaker.open_for", Duration::from_secs(1))
+            .duration("breaker.ramp_up", Duration::from_secs(10))
+    }));
+    let kafka = f.engine.backend("kafka").unwrap();
+    let (k1, k2) = (
+        f.engine.host(kafka, "k1").unwrap(),
+        f.engine.host(kafka, "k2").unwrap(),
+    );
+    let budget = f.budget_in("long");
+    let on = |h, outcome| {
+        f.engine
+            .begin_attempt_on(h, &budget, 0)
+            .unwrap()
+            .finish(outcome)
+    };
+    on(k1, AttemptOutcome::ServerError);
+    on(k2, AttemptOutcome::Success);
+    on(k1, AttemptOutcome::ServerError);
+    let stats = &f.engine.backend_stats()[0];
+    assert_eq!(
+        (stats.host("k1").unwrap().breaker, stats.breaker),
+        ("open", "closed")
+    );
+    f.clock.advance(Duration::from_secs(1));
+    on(k1, AttemptOutcome::Success);
+    assert_eq!(
+        f.engine.backend_stats()[0].host("k1").unwrap().breaker,
+        "closed"
+    );
+    let held = |f: &Fixture| -> Vec<_> {
+        (0..10)
+            .map_while(|_| {
+                let mut a = f.engine.begin_attempt_on(k1, &budget, 0).ok()?;
+                a.connected();
+                Some(a)
+            })
+            .collect()
+    };
+    assert_eq!(held(&f).len(), 1, "the instant k1's breaker closed");
+    f.clock.advance(Duration::from_secs(5));
+    assert_eq!(held(&f).len(), 5, "halfway through the ramp");
+    f.clock.advance(Duration::from_secs(5));
+    assert_eq!(held(&f).len(), 10, "after the ramp");
+}
+
+/// A call begun before an outage that fails after the breaker closed again belongs to the period
+/// the breaker has left: it does not count in the new period's window.
+#[test]
+fn late_failures_from_before_an_outage_do_not_count_after_it() {
+    let f = fixture(single("db", |b| {
+        b.count("breaker.consecutive_failures", 3)
+            .count("breaker.min_calls", 4)
+            .fraction("breaker.failure_ratio", 0.5)
+            .duration("breaker.ramp_up", Duration::ZERO)
+    }));
+    let db = f.engine.backend("db").unwrap();
+    let budget = f.budget_in("long");
+    let old: Vec<_> = (0..10)
+        .map(|_| f.engine.begin_attempt(db, &budget, 0).unwrap())
+        .collect();
+    for _ in 0..3 {
+        f.run(db, &budget, AttemptOutcome::ServerError).unwrap();
+    }
+    f.clock.advance(Duration::from_secs(2));
+    f.run(db, &budget, AttemptOutcome::Success).unwrap();
+    assert_eq!(f.engine.backend_stats()[0].breaker, "closed");
+    for a in old {
+        a.finish(AttemptOutcome::Timeout);
+    }
+    for _ in 0..5 {
+        f.run(db, &budget, AttemptOutcome::Success).unwrap();
+    }
+    // One failure in six calls of this period: under the ratio.
+    f.run(db, &budget, AttemptOutcome::ServerError).unwrap();
+    assert_eq!(
+        f.engine.backend_stats()[0].breaker,
+        "closed",
+        "{:?}",
+        f.kinds()
+    );
+}
+
+/// No attempt is given more than the backend's timeout, so a success reported late does not teach
+/// the backend that it takes longer than that.
+#[test]
+fn the_usual_latency_never_exceeds_the_timeout() {
+    let f = fixture(single("db", |b| {
+        b.duration("timeout", Duration::from_secs(1))
+    }));
+    let db = f.engine.backend("db").unwrap();
+    let long = f.budget_in("long");
+    let a = f.engine.begin_attempt(db, &long, 0).unwrap();
+    assert_eq!(a.timeout(), Duration::from_secs(1));
+    f.clock.advance(Duration::from_secs(60));
+    a.finish(AttemptOutcome::Success);
+    let api = f.budget(); // 30 s left
+    assert!(f.engine.begin_attempt(db, &api, 0).is_ok());
+    let short = f.budget_in("short"); // under a second left: the usual second does not fit
+    assert_eq!(
+        f.engine.begin_attempt(db, &short, 0).unwrap_err().reason(),
+        Reason::InsufficientTime
+    );
+}
+
+/// The floor of the retry budget is earned at its rate however often retries are asked for.
+#[test]
+fn frequent_retry_decisions_do_not_round_the_floor_away() {
+    let f = fixture(single("db", |b| {
+        b.fraction("retry.ratio", 0.0)
+            .count("retry.min_per_second", 1)
+            .duration("retry.backoff_base", Duration::from_nanos(1))
+            .duration("retry.backoff_max", Duration::from_nanos(1))
+    }));
+    let db = f.engine.backend("db").unwrap();
+    let budget = f.budget_in("long");
+    let granted = |f: &Fixture| {
+        matches!(
+            f.engine.retry(db, &budget, AttemptOutcome::Timeout, 1),
+            RetryDecision::After(_)
+        )
+    };
+    assert!(granted(&f), "the budget starts with a second of floor");
+    let step = Duration::from_micros(1_900);
+    let mut n = 0;
+    let mut elapsed = Duration::ZERO;
+    while elapsed < Duration::from_millis(4_500) {
+        f.clock.advance(step);
+        elapsed += step;
+        n += u32::from(granted(&f));
+    }
+    assert_eq!(n, 4, "retries granted in 4.5 s at one per second of floor");
+}
+
+/// A breaker ratio of 0 is no ratio at all, not "open at the first failure".
+#[test]
+fn a_ratio_of_zero_turns_that_ratio_off() {
+    for key in ["breaker.failure_ratio", "breaker.slow_ratio"] {
+        let f = fixture(single("db", |b| {
+            b.count("breaker.consecutive_failures", 1000)
+                .count("breaker.min_calls", 10)
+                .fraction(key, 0.0)
+        }));
+        let db = f.engine.backend("db").unwrap();
+        let budget = f.budget();
+        for _ in 0..9 {
+            f.run(db, &budget, AttemptOutcome::Success).unwrap();
+        }
+        f.run(db, &budget, AttemptOutcome::ServerError).unwrap();
+        assert!(f.kinds().is_empty(), "{key} = 0: {:?}", f.kinds());
+        let p = f.engine.policy().backend("db").unwrap().breaker();
+        assert_eq!(
+            if key.ends_with("failure_ratio") {
+                p.failure_ratio
+            } else {
+                p.slow_ratio
+            },
+            1001
+        );
+    }
+}
+
+/// The first retry backs off at most `backoff_base`, each later one at most twice the one before.
+#[test]
+fn backoff_ceilings_start_at_the_base_and_double() {
+    let f = fixture(single("db", |b| {
+        b.duration("retry.backoff_base", Duration::from_millis(100))
+            .duration("retry.backoff_max", Duration::from_secs(10))
+            .count("retry.min_per_second", 1000)
+    }));
+    let db = f.engine.backend("db").unwrap();
+    let budget = f.budget_in("long");
+    for (attempt, ceiling) in [(1, 100), (2, 200), (3, 400)] {
+        let mut most = Duration::ZERO;
+        for _ in 0..200 {
+            f.clock.advance(Duration::from_millis(10));
+            match f
+                .engine
+                .retry(db, &budget, AttemptOutcome::Timeout, attempt)
+            {
+                RetryDecision::After(d) => most = most.max(d),
+                other => panic!("{other:?}"),
+            }
+        }
+        let ceiling = Duration::from_millis(ceiling);
+        assert!(
+            most <= ceiling && most >= ceiling * 3 / 4,
+            "attempt {attempt}: longest backoff {most:?}, ceiling {ceiling:?}"
+        );
+    }
+}
+
+/// A clock that steps back does not hold a breaker open for as long as it stepped: at most for the
+/// longest time a breaker stays open.
+#[test]
+fn a_clock_stepping_back_holds_a_breaker_open_no_longer_than_its_longest() {
+    let f = fixture(single("db", |b| {
+        b.count("breaker.consecutive_failures", 1)
+            .duration("breaker.open_for", Duration::from_secs(1))
+            .duration("breaker.max_open_for", Duration::from_secs(5))
+    }));
+    let db = f.engine.backend("db").unwrap();
+    f.clock.advance(Duration::from_secs(3600));
+    let budget = f.budget_in("long");
+    f.run(db, &budget, AttemptOutcome::ServerError).unwrap();
+    f.clock
+        .set(costguard::clock::Timestamp::from_nanos(10_000_000_000));
+    let budget = f.budget_in("long");
+    let wait = f
+        .engine
+        .begin_attempt(db, &budget, 0)
+        .unwrap_err()
+        .retry_after()
+        .unwrap();
+    assert!(wait <= Duration::from_secs(5), "{wait:?}");
+    f.clock.advance(Duration::from_secs(5));
+    assert!(f.engine.begin_attempt(db, &budget, 0).is_ok());
 }

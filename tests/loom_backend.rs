@@ -136,6 +136,67 @@ fn half_open_admits_exactly_the_configured_probes() {
     });
 }
 
+/// A caller that finds a new probing period's only slot taken never takes its probe for hung because
+/// it read the previous period's deadline.
+///
+/// A probe hung past its deadline gives its slot to a new probing period, and the deadline shares
+/// its word with the low bits of its period's generation: a caller that sees another period's
+/// deadline takes it that the probes of the current one have timed out. So the winner of a new
+/// period must publish its deadline before its slot. Here a first probe fails (the breaker opens
+/// again, leaving that period's deadline, already passed, in place); once the open time is over,
+/// two callers race with `probes = 1`. Whatever the interleaving, one becomes the probe and the
+/// other is refused: a second probe would be a new period started over a probe that has not hung.
+#[test]
+fn a_new_period_publishes_its_probe_deadline_before_its_slot() {
+    loom::model(|| {
+        let (engine, clock, db, budget) = fixture(10, |b| {
+            b.count("breaker.consecutive_failures", 1)
+                .count("breaker.probes", 1)
+                .duration("timeout", Duration::from_millis(100))
+                .duration("breaker.open_for", Duration::from_secs(1))
+                .duration("breaker.max_open_for", Duration::from_secs(1))
+                .duration("breaker.ramp_up", Duration::ZERO)
+                .fraction("retry.ratio", 0.0)
+        });
+        engine
+            .begin_attempt(db, &budget, 0)
+            .unwrap()
+            .finish(AttemptOutcome::ServerError);
+        clock.advance(Duration::from_secs(1));
+        let probe = engine.begin_attempt(db, &budget, 0).unwrap();
+        assert!(probe.is_probe());
+        probe.finish(AttemptOutcome::ServerError);
+        // Past the first probe's deadline and the second open time.
+        clock.advance(Duration::from_secs(1));
+
+        let handles: Vec<_> = (0..2)
+            .map(|_| {
+                let engine = engine.clone();
+                let budget = budget.clone();
+                thread::spawn(move || {
+                    engine
+                        .begin_attempt(db, &budget, 0)
+                        .map(Attempt::into_owned)
+                        .map_err(|v| (v.reason(), v.retry()))
+                })
+            })
+            .collect();
+        let mut probes = Vec::new();
+        for h in handles {
+            match h.join().unwrap() {
+                Ok(attempt) => probes.push(attempt),
+                Err(refusal) => assert_eq!(refusal, (Reason::CircuitOpen, Retry::Later)),
+            }
+        }
+        assert_eq!(
+            probes.len(),
+            1,
+            "{} probes with breaker.probes = 1",
+            probes.len()
+        );
+    });
+}
+
 /// Retry tokens are conserved: every token deposited by a first attempt pays for at most one retry,
 /// a refused retry costs nothing, and the request tree's retry count is exactly the retries granted.
 ///
@@ -367,19 +428,20 @@ fn in_flight_cap_per_backend_is_never_exceeded() {
 }
 
 /// A probe that finishes while another caller takes a probe slot neither loses that slot nor hands
-/// out an extra one: however the race goes, exactly `probes` probes can be in flight afterwards.
+/// out an extra one: however the race goes, the period admits exactly `probes` probes in all.
 ///
-/// A half-open breaker counts its probes in flight in its word, and two things give a slot back
-/// while others are being taken: a probe's finish, and `release_probe` when a caller won a slot but
-/// was then refused by a bulkhead. A finish that wrote a word computed from a stale read would
-/// erase a slot taken in between, and the breaker would let a third probe at a backend it promised
-/// to spare; a refused caller that kept its slot would leave the breaker waiting for a probe that
-/// never runs, and with every slot leaked, it could never close again (until the probe timeout).
-/// Here `probes = 2` and one connection attempt at a time (`max_connecting = 1`): one probe is
-/// begun before the race; one thread reports its connection and finishes it with a success while
-/// another begins an attempt, which either finds the connect permit still held (and is refused as
-/// `ConnectLimit`, giving its slot back) or becomes a probe. Then as many probes are begun as the
-/// breaker allows, each connecting at once: with the racer's, exactly two are in flight.
+/// A half-open breaker counts the probes of its period in its word. A success keeps its slot (it
+/// counts towards closing), and `release_probe` gives one back when a caller won a slot but was
+/// then refused by a bulkhead, while others are being taken. A finish that wrote a word computed
+/// from a stale read would erase a slot taken in between, and the breaker would let a third probe at
+/// a backend it promised to spare; a refused caller that kept its slot would leave the breaker
+/// waiting for a probe that never runs, and with every slot leaked, it could never close again
+/// (until the probe timeout). Here `probes = 2` and one connection attempt at a time
+/// (`max_connecting = 1`): one probe is begun before the race; one thread reports its connection
+/// and finishes it with a success while another begins an attempt, which either finds the connect
+/// permit still held (and is refused as `ConnectLimit`, giving its slot back) or becomes a probe.
+/// Then as many probes are begun as the breaker allows, each connecting at once: with the racer's,
+/// exactly one more probe than the first.
 #[test]
 fn probe_slots_are_neither_lost_nor_duplicated() {
     loom::model(|| {
@@ -440,8 +502,8 @@ fn probe_slots_are_neither_lost_nor_duplicated() {
         );
         assert_eq!(
             probes.len(),
-            2,
-            "{} probes in flight at once with breaker.probes = 2",
+            1,
+            "{} probes after the first with breaker.probes = 2",
             probes.len()
         );
     });

@@ -19,7 +19,8 @@
 //!   tokens and starts at one second of floor.
 //! - **Retry decisions**: retryable outcomes, time left (ranges, since the backoff is jittered), the
 //!   backend's budget, then the request tree's allowance (which, if it refuses, gets the backend's
-//!   token given back); the backoff lies between the Retry-After and `min(base × 2^attempt, max)`.
+//!   token given back); the backoff lies between the Retry-After and
+//!   `min(base × 2^(attempt - 1), max)`.
 //! - **Bulkheads**: calls in flight and connection attempts in progress, each under its cap.
 //! - **Hosts** (when the backend has a pool): each host's breaker and window as above, and its
 //!   ejection: ejected after `ejection.consecutive_failures` connect failures or timeouts in a row
@@ -67,6 +68,8 @@ pub const NO_WINDOW: u32 = 1 << 24;
 pub const SLOW_OFF: u16 = 1001;
 
 const BUCKETS: u64 = 10;
+/// A probe deadline's resolution: the engine keeps it in one word with its period's generation.
+const DEADLINE_STEP: u64 = 1 << 16;
 const TOKEN: u64 = 1000;
 
 /// The policy of the one backend and the one class.
@@ -314,6 +317,22 @@ impl Breaker {
         }
     }
 
+    /// An in-flight cap of `max` at `now`: ramps up from 1 after the breaker closes.
+    fn ramped(&self, max: u32, now: u64, s: &Setup) -> u32 {
+        match (self.state, self.closed_at) {
+            (State::Closed { .. }, Some(at)) if s.ramp_up > 0 => {
+                let elapsed = now - at;
+                if elapsed >= s.ramp_up {
+                    max
+                } else {
+                    let share = u128::from(max) * u128::from(elapsed) / u128::from(s.ramp_up);
+                    u32::try_from(share).expect("below max").max(1)
+                }
+            }
+            _ => max,
+        }
+    }
+
     /// Open, and whether its open time is over at `now` is not known.
     fn unsure(&self, now: u64) -> bool {
         matches!(self.state, State::Open { lo, hi } if lo <= now && now < hi)
@@ -352,6 +371,7 @@ impl Breaker {
                         probes: 0,
                         successes: 0,
                     };
+                    self.probe_deadline = 0;
                     self.events.push((TransitionKind::HalfOpened, now));
                     self.take_probe(now, s)
                 }
@@ -366,6 +386,7 @@ impl Breaker {
                     probes: 0,
                     successes: 0,
                 };
+                self.probe_deadline = 0;
                 self.events.push((TransitionKind::ProbesRestarted, now));
                 self.take_probe(now, s)
             }
@@ -378,7 +399,9 @@ impl Breaker {
             unreachable!("probes are taken when half-open")
         };
         *probes += 1;
-        self.probe_deadline = self.probe_deadline.max(now + s.timeout);
+        // The period's latest probe timeout, rounded up to the next 65,536 ns.
+        let at = (now + s.timeout).div_ceil(DEADLINE_STEP) * DEADLINE_STEP;
+        self.probe_deadline = self.probe_deadline.max(at);
         Gate::Admit(Role::Probe, self.generation)
     }
 
@@ -405,15 +428,20 @@ impl Breaker {
         self.events.push((TransitionKind::Opened, now));
     }
 
-    /// Records a call in the window; whether the window now calls for opening.
-    fn record(&mut self, now: u64, failed: bool, slow: bool, s: &Setup) -> bool {
+    /// Records a call of an attempt begun in `generation` in the window; whether the window now
+    /// calls for opening. A failure or slow call from another period counts as a call only.
+    fn record(&mut self, now: u64, generation: u64, failed: bool, slow: bool, s: &Setup) -> bool {
         let width = (s.window / BUCKETS).max(1);
         let current = now / width + 1;
+        let stale = (failed || slow) && generation != self.generation;
         self.calls.push(Call {
             slice: current,
-            failed,
-            slow,
+            failed: failed && !stale,
+            slow: slow && !stale,
         });
+        if stale {
+            return false;
+        }
         let inside = self
             .calls
             .iter()
@@ -427,9 +455,17 @@ impl Breaker {
             failures += u64::from(c.failed);
             slows += u64::from(c.slow);
         }
+        // A ratio of 0 is off.
+        let ratio = |r: u16| {
+            if r == 0 {
+                u64::from(SLOW_OFF)
+            } else {
+                u64::from(r)
+            }
+        };
         calls >= u64::from(s.min_calls)
-            && (failures * 1000 >= u64::from(s.failure_ratio) * calls
-                || slows * 1000 >= u64::from(s.slow_ratio) * calls)
+            && (failures * 1000 >= ratio(s.failure_ratio) * calls
+                || slows * 1000 >= ratio(s.slow_ratio) * calls)
     }
 
     fn finish(
@@ -466,9 +502,10 @@ impl Breaker {
                         self.calls.clear();
                         self.events.push((TransitionKind::Closed, now));
                     }
+                    // A success keeps its slot: `probes` probes per period.
                     Judgement::Success => {
                         self.state = State::HalfOpen {
-                            probes: probes.saturating_sub(1),
+                            probes,
                             successes: successes + 1,
                         }
                     }
@@ -521,10 +558,17 @@ impl RetryBudget {
 
     fn try_withdraw(&mut self, now: u64) -> bool {
         if now > self.refilled {
-            let earned =
-                u128::from(now - self.refilled) * u128::from(self.floor * TOKEN) / u128::from(SEC);
+            let per_second = u128::from(self.floor * TOKEN);
+            let earned = u128::from(now - self.refilled) * per_second / u128::from(SEC);
             if earned > 0 {
-                self.refilled = now;
+                // The time the earned thousandths stand for, rounded up; the rest carries over,
+                // unless a full budget's worth was earned.
+                self.refilled = if earned >= u128::from(self.cap) {
+                    now
+                } else {
+                    let paid = (earned * u128::from(SEC)).div_ceil(per_second);
+                    self.refilled + u64::try_from(paid).expect("at most now")
+                };
                 self.balance = (self.balance + u64::try_from(earned).expect("small")).min(self.cap);
             }
         }
@@ -795,19 +839,7 @@ impl World<'_> {
 
     /// In-flight cap now: ramps up from 1 after the breaker closes.
     fn cap(&self) -> u32 {
-        let max = self.s.max_in_flight;
-        match (self.breaker.state, self.breaker.closed_at) {
-            (State::Closed { .. }, Some(at)) if self.s.ramp_up > 0 => {
-                let elapsed = self.now - at;
-                if elapsed >= self.s.ramp_up {
-                    max
-                } else {
-                    let share = u128::from(max) * u128::from(elapsed) / u128::from(self.s.ramp_up);
-                    u32::try_from(share).expect("below max").max(1)
-                }
-            }
-            _ => max,
-        }
+        self.breaker.ramped(self.s.max_in_flight, self.now, self.s)
     }
 
     /// `begin_attempt` (or `begin_attempt_on` a host); true if admitted (the attempt is then the last
@@ -1021,7 +1053,8 @@ impl World<'_> {
                 } else {
                     s.max_connecting_per_host
                 };
-                if willing && h.in_flight < s.max_in_flight_per_host && h.connecting < connect_cap {
+                let cap = h.breaker.ramped(s.max_in_flight_per_host, now, s);
+                if willing && h.in_flight < cap && h.connecting < connect_cap {
                     candidates.push(x);
                     if candidates.len() == 2 {
                         break;
@@ -1079,6 +1112,8 @@ impl World<'_> {
         self.outcomes[outcome_index(outcome)] += 1;
         let latency = now - h.start;
         if outcome == AttemptOutcome::Success {
+            // Learnt up to the timeout, the most an attempt is given.
+            let latency = latency.min(s.timeout);
             let old = self.latency;
             self.latency = if old == 0 {
                 latency
@@ -1096,14 +1131,16 @@ impl World<'_> {
             if h.connecting {
                 host.connecting -= 1;
             }
-            let trip = v != Judgement::Neutral && host.breaker.record(now, failed, slow, s);
+            let trip =
+                v != Judgement::Neutral && host.breaker.record(now, generation, failed, slow, s);
             host.breaker.finish(role, generation, v, trip, now, s);
             if host.eject.on_outcome(outcome, now, room, in_pool, s) {
                 host.breaker.events.push((TransitionKind::Ejected, now));
             }
             host.in_flight -= 1;
         }
-        let trip = v != Judgement::Neutral && self.breaker.record(now, failed, slow, s);
+        let trip =
+            v != Judgement::Neutral && self.breaker.record(now, h.generation, failed, slow, s);
         self.breaker.finish(h.role, h.generation, v, trip, now, s);
         self.in_flight -= 1;
     }
@@ -1193,7 +1230,7 @@ impl World<'_> {
         let s = self.s;
         let ceiling = s
             .backoff_base
-            .saturating_mul(1 << attempt.min(32))
+            .saturating_mul(1 << attempt.saturating_sub(1).min(32))
             .min(s.backoff_max);
         let (least, most) = (floor, floor.max(ceiling));
         let remaining = WALL - self.now;

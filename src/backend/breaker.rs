@@ -3,7 +3,7 @@
 //! | bits   | field                                                  |
 //! |--------|--------------------------------------------------------|
 //! | 0..2   | state: closed, open, half-open                         |
-//! | 2..6   | probes in flight (half-open)                           |
+//! | 2..6   | probes admitted in this period (half-open)             |
 //! | 6..10  | probe successes (half-open)                            |
 //! | 10..22 | failures in a row (closed), saturating                 |
 //! | 22..28 | times opened in a row: the exponent of the open time   |
@@ -11,8 +11,16 @@
 //!
 //! Every transition bumps the generation, and an attempt remembers the generation it began under, so
 //! a late finish from an earlier period (a probe from an earlier half-open period, an ordinary call
-//! from before an outage) can never move a breaker that has moved on. Beside the word live the time the breaker may next be probed (`open_until`) and when it
-//! last closed (for the ramp-up), each written before the CAS that publishes the transition.
+//! from before an outage) can never move a breaker that has moved on. Beside the word live the time the
+//! breaker may next be probed (`open_until`), when it last closed (for the ramp-up) and when the
+//! probes in flight time out (`probe_deadline`), each written before the CAS that publishes the
+//! transition.
+//!
+//! A half-open period admits exactly `probes` probes: a probe's success keeps its slot (it counts
+//! towards closing), and only a probe that says nothing (a client error, a cancellation, a refusal
+//! further on) gives its slot back. The probe deadline carries the low bits of the generation it
+//! belongs to, so that a long timeout of an earlier period's probe never holds a later period's
+//! slots.
 
 pub(crate) const CLOSED: u64 = 0;
 pub(crate) const OPEN: u64 = 1;
@@ -93,9 +101,39 @@ pub(crate) enum Closed {
 pub(crate) struct Begin {
     pub(crate) now: u64,
     pub(crate) open_until: u64,
-    /// When the probes in flight time out (they give their slots back then).
+    /// When the probes in flight time out (they give their slots back then), as
+    /// [`probe_deadline`] packs it.
     pub(crate) probe_deadline: u64,
     pub(crate) probes: u64,
+}
+
+/// Bits of a packed probe deadline that hold the low bits of its period's generation.
+const DEADLINE_TAG: u64 = 0xffff;
+
+/// A probe deadline `at` (ns) of the period `generation`, packed in one word: the time rounded up to
+/// the next multiple of 65,536 ns, its low bits replaced by the generation's.
+pub(crate) fn probe_deadline(at: u64, generation: u64) -> u64 {
+    (at.saturating_add(DEADLINE_TAG) & !DEADLINE_TAG) | (generation & DEADLINE_TAG)
+}
+
+/// The packed deadline to keep when a probe of period `generation` with deadline `at` is admitted
+/// over `stored`: the later of the two within one period, the newer period's otherwise (by the
+/// generation's low bits, compared as a wrapping sequence).
+pub(crate) fn raise_probe_deadline(stored: u64, at: u64, generation: u64) -> u64 {
+    let new = probe_deadline(at, generation);
+    let ahead = (new.wrapping_sub(stored)) & DEADLINE_TAG;
+    match ahead {
+        0 => stored.max(new),
+        a if a <= DEADLINE_TAG / 2 => new,
+        _ => stored,
+    }
+}
+
+/// Whether the probes in flight of period `generation` have all timed out at `now`. A deadline of
+/// another period does not hold this one's slots: it can only be a newer one, stored by a caller
+/// that found this period's probes timed out.
+fn probes_timed_out(stored: u64, generation: u64, now: u64) -> bool {
+    stored & DEADLINE_TAG != generation & DEADLINE_TAG || now >= stored & !DEADLINE_TAG
 }
 
 /// The next word, if an attempt may begin, and its role. Pure.
@@ -115,7 +153,7 @@ pub(crate) fn begin(w: u64, b: Begin) -> Result<(u64, Role), Closed> {
             Ok((next.pack(), Role::Probe))
         }
         // Every probe hung past its timeout: their slots come back, to a new probing period.
-        _ if b.now >= b.probe_deadline => {
+        _ if probes_timed_out(b.probe_deadline, word.generation, b.now) => {
             let mut next = word.next(HALF_OPEN);
             next.probes = 1;
             Ok((next.pack(), Role::Probe))
@@ -178,10 +216,10 @@ pub(crate) fn finish(
                 closed.opened = 0;
                 (closed.pack(), Change::Closed)
             }
+            // The probe keeps its slot: `probes` probes in all per period, not at a time.
             Verdict::Success => {
                 let mut next = word;
                 next.successes += 1;
-                next.probes = next.probes.saturating_sub(1);
                 (next.pack(), Change::None)
             }
             Verdict::Failure => {
@@ -224,7 +262,8 @@ mod tests {
         Begin {
             now,
             open_until: 100,
-            probe_deadline: 150,
+            // Deadlines of the half-open period that follows the first opening (generation 2).
+            probe_deadline: probe_deadline(150, 2),
             probes: 2,
         }
     }
@@ -331,10 +370,50 @@ mod tests {
         );
         let (w3, c) = finish(w2, Role::Probe, g, Verdict::Success, false, 3, 2);
         assert_eq!(c, Change::None);
+        // A success keeps its slot: two probes per period, not two at a time.
+        assert_eq!(begin(w3, b(120)), Err(Closed::Probing));
+        // A probe that says nothing gives its slot back.
+        let (w3n, c) = finish(w3, Role::Probe, g, Verdict::Neutral, false, 3, 2);
+        assert_eq!(c, Change::None);
+        let (_, r) = begin(w3n, b(120)).unwrap();
+        assert_eq!(r, Role::Probe);
         let (w4, c) = finish(w3, Role::Probe, g, Verdict::Success, false, 3, 2);
         assert_eq!(c, Change::Closed);
         assert_eq!(Word::unpack(w4).state, CLOSED);
         assert_eq!(Word::unpack(w4).opened, 0);
+    }
+
+    #[test]
+    fn a_probe_deadline_belongs_to_its_period() {
+        // 65,536 ns steps, rounded up; the tag is the generation's low bits.
+        assert_eq!(probe_deadline(1, 3) & !DEADLINE_TAG, 0x1_0000);
+        assert_eq!(probe_deadline(0x1_0000, 3), 0x1_0000 | 3);
+        assert_eq!(probe_deadline(u64::MAX, 3) & DEADLINE_TAG, 3);
+        // Within a period the later deadline wins; a newer period replaces an older one's, however
+        // much later the older one was; an older period never replaces a newer one's.
+        let late_old = probe_deadline(10_000_000_000, 7);
+        assert_eq!(
+            raise_probe_deadline(late_old, 20_000_000_000, 7),
+            probe_deadline(20_000_000_000, 7)
+        );
+        assert_eq!(raise_probe_deadline(late_old, 1_000, 7), late_old);
+        assert_eq!(
+            raise_probe_deadline(late_old, 1_000, 8),
+            probe_deadline(1_000, 8)
+        );
+        assert_eq!(
+            raise_probe_deadline(probe_deadline(1_000, 8), 10_000_000_000, 7),
+            probe_deadline(1_000, 8)
+        );
+        // Across the tag's wrap: generation 0x1_0000 is newer than 0xffff.
+        assert_eq!(
+            raise_probe_deadline(probe_deadline(5_000_000, 0xffff), 1_000, 0x1_0000),
+            probe_deadline(1_000, 0x1_0000)
+        );
+        // Only this period's deadline holds its slots.
+        assert!(!probes_timed_out(probe_deadline(1_000_000, 4), 4, 500_000));
+        assert!(probes_timed_out(probe_deadline(1_000_000, 4), 4, 1_048_576));
+        assert!(probes_timed_out(probe_deadline(1_000_000, 3), 4, 0));
     }
 
     #[test]
@@ -379,7 +458,7 @@ mod tests {
                 Begin {
                     now: 10_001,
                     open_until: 0,
-                    probe_deadline: 20_000,
+                    probe_deadline: probe_deadline(20_000, g1),
                     probes: 1
                 }
             ),
@@ -388,9 +467,10 @@ mod tests {
         let (w2, r) = begin(
             w,
             Begin {
-                now: 20_000,
+                // The deadline, rounded up to the next 65,536 ns.
+                now: 65_536,
                 open_until: 0,
-                probe_deadline: 20_000,
+                probe_deadline: probe_deadline(20_000, g1),
                 probes: 1,
             },
         )

@@ -28,6 +28,15 @@ const EJECTIONS_SHIFT: u32 = 16;
 const EJECTED: u64 = 1 << 24;
 const PROBATION: u64 = 1 << 25;
 
+/// What a breaker's policy says about letting attempts through.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    /// Probes per half-open period.
+    pub(crate) probes: u64,
+    /// The longest it stays open, ns.
+    pub(crate) max_open: u64,
+}
+
 /// A breaker with its times and window.
 #[derive(Debug, Default)]
 pub(crate) struct BreakerCell {
@@ -44,7 +53,7 @@ impl BreakerCell {
     pub(crate) fn begin(
         &self,
         now: u64,
-        probes: u64,
+        limits: Limits,
         timeout: u64,
     ) -> Result<(Role, u64, Option<TransitionKind>), breaker::Closed> {
         let mut w = self.word.load(Ordering::Acquire);
@@ -53,12 +62,7 @@ impl BreakerCell {
             return Ok((Role::Normal, breaker::Word::unpack(w).generation, None));
         }
         loop {
-            let b = Begin {
-                now,
-                open_until: self.open_until.load(Ordering::Acquire),
-                probe_deadline: self.probe_deadline.load(Ordering::Acquire),
-                probes,
-            };
+            let b = self.times(w, now, limits);
             let (next, role) = breaker::begin(w, b)?;
             if next == w {
                 return Ok((role, breaker::Word::unpack(w).generation, None));
@@ -67,8 +71,14 @@ impl BreakerCell {
             // must never see a stale deadline and take the probes for hung. (If the CAS then fails,
             // the deadline was raised for nothing, which only delays recovery from hung probes.)
             if role == Role::Probe {
-                self.probe_deadline
-                    .fetch_max(now.saturating_add(timeout), Ordering::AcqRel);
+                let gen = breaker::Word::unpack(next).generation;
+                let at = now.saturating_add(timeout);
+                let _ =
+                    self.probe_deadline
+                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| {
+                            let raised = breaker::raise_probe_deadline(d, at, gen);
+                            (raised != d).then_some(raised)
+                        });
             }
             match self
                 .word
@@ -140,15 +150,34 @@ impl BreakerCell {
         }
     }
 
-    /// Whether [`begin`](Self::begin) would let an attempt through now (a pure look, no change).
-    pub(crate) fn would_admit(&self, now: u64, probes: u64) -> bool {
-        let b = Begin {
+    /// Whether [`begin`](Self::begin) would let an attempt through now (a look that changes no
+    /// state; it may bring an open time back within reach, as `begin` would).
+    pub(crate) fn would_admit(&self, now: u64, limits: Limits) -> bool {
+        let w = self.word.load(Ordering::Acquire);
+        w & breaker::STATE == breaker::CLOSED
+            || breaker::begin(w, self.times(w, now, limits)).is_ok()
+    }
+
+    /// The times `begin` decides by. An open time further away than the longest a breaker stays
+    /// open can only be left by a clock that stepped back: it is brought back to that longest time
+    /// from now, so that the breaker is not held open for as long as the clock stepped back.
+    fn times(&self, w: u64, now: u64, limits: Limits) -> Begin {
+        let mut open_until = self.open_until.load(Ordering::Acquire);
+        let latest = now.saturating_add(limits.max_open);
+        if w & breaker::STATE == breaker::OPEN && open_until > latest {
+            // Only ever lowered to a time no opening can exceed: every opening sets at most
+            // `max_open` from its own now.
+            open_until = self
+                .open_until
+                .fetch_min(latest, Ordering::AcqRel)
+                .min(latest);
+        }
+        Begin {
             now,
-            open_until: self.open_until.load(Ordering::Acquire),
+            open_until,
             probe_deadline: self.probe_deadline.load(Ordering::Acquire),
-            probes,
-        };
-        breaker::begin(self.word.load(Ordering::Acquire), b).is_ok()
+            probes: limits.probes,
+        }
     }
 
     pub(crate) fn state(&self) -> u64 {

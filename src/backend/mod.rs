@@ -481,6 +481,13 @@ impl BackendRules {
         }
     }
 
+    fn limits(&self) -> host::Limits {
+        host::Limits {
+            probes: u64::from(self.policy.breaker.probes),
+            max_open: self.ns.max_open_for,
+        }
+    }
+
     fn open_ns(&self) -> impl Fn(u64) -> u64 + '_ {
         let (base, max) = (self.ns.open_for, self.ns.max_open_for);
         move |opened| breaker::open_for(base, max, opened, 0.5 + self.state.random() / 2.0)
@@ -641,6 +648,10 @@ impl Attempt<'_> {
         let v = outcome.breaker();
         let slow = latency > rules.ns.slow_call;
         if outcome == AttemptOutcome::Success {
+            // No attempt is given more than the backend's timeout: a success reported later than
+            // that (its caller ignored the timeout) must not teach the backend that it usually takes
+            // longer, or every request with less than that left would be refused up front.
+            let latency = latency.min(rules.ns.timeout);
             let old = state.traffic.latency.load(Ordering::Relaxed);
             let new = if old == 0 {
                 latency
@@ -655,6 +666,7 @@ impl Attempt<'_> {
         if let Some(h) = host {
             let trip = record(
                 &h.breaker,
+                self.host_generation,
                 rules,
                 now,
                 v,
@@ -695,6 +707,7 @@ impl Attempt<'_> {
         }
         let trip = record(
             &state.breaker,
+            self.generation,
             rules,
             now,
             v,
@@ -996,14 +1009,10 @@ impl Engine {
         };
 
         // The backend's breaker.
-        let (role, generation, event) =
-            match state
-                .breaker
-                .begin(now, u64::from(p.breaker.probes), timeout)
-            {
-                Ok(r) => r,
-                Err(closed) => return Err(refusal(rules, budget, Refusal::Open(closed))),
-            };
+        let (role, generation, event) = match state.breaker.begin(now, rules.limits(), timeout) {
+            Ok(r) => r,
+            Err(closed) => return Err(refusal(rules, budget, Refusal::Open(closed))),
+        };
         if let Some(kind) = event {
             rules.emit(None, kind, now);
         }
@@ -1078,7 +1087,7 @@ impl Engine {
             if host.readmit_if_due(now, &state.ejected) {
                 rules.emit(Some(&host.name), TransitionKind::Readmitted, now);
             }
-            if host.is_ejected() || !host.breaker.would_admit(now, u64::from(p.breaker.probes)) {
+            if host.is_ejected() || !host.breaker.would_admit(now, rules.limits()) {
                 continue;
             }
             let connect_cap = if host.on_probation() {
@@ -1086,9 +1095,13 @@ impl Engine {
             } else {
                 p.max_connecting_per_host
             };
-            if host.permits.in_flight() >= p.max_in_flight_per_host
-                || host.permits.connecting() >= connect_cap
-            {
+            let cap = ramped(
+                p.max_in_flight_per_host,
+                &host.breaker,
+                rules.ns.ramp_up,
+                now,
+            );
+            if host.permits.in_flight() >= cap || host.permits.connecting() >= connect_cap {
                 continue;
             }
             if candidates[0].is_none() {
@@ -1110,17 +1123,17 @@ impl Engine {
             } else {
                 p.max_connecting_per_host
             };
-            let Ok((role, generation, event)) =
-                host.breaker
-                    .begin(now, u64::from(p.breaker.probes), timeout)
+            let Ok((role, generation, event)) = host.breaker.begin(now, rules.limits(), timeout)
             else {
                 continue;
             };
-            if host
-                .permits
-                .take(p.max_in_flight_per_host, connect_cap)
-                .is_err()
-            {
+            let cap = ramped(
+                p.max_in_flight_per_host,
+                &host.breaker,
+                rules.ns.ramp_up,
+                now,
+            );
+            if host.permits.take(cap, connect_cap).is_err() {
                 release_probe(&host.breaker, role, generation);
                 continue;
             }
@@ -1189,7 +1202,11 @@ impl Engine {
             _ => return stop(Reason::NotRetryable, Retry::Never),
         };
         let (base, cap) = (rules.ns.backoff_base, rules.ns.backoff_max);
-        let ceiling = base.saturating_mul(1u64 << attempt.min(32)).min(cap);
+        // The first retry (after one attempt) backs off up to `base`, each later one up to twice
+        // the one before.
+        let ceiling = base
+            .saturating_mul(1u64 << attempt.saturating_sub(1).min(32))
+            .min(cap);
         let backoff = state.jitter(ceiling).max(floor);
         // The coarse reading: a decision needs the time left to about a millisecond, and the
         // precise one (`Instant::now()` behind the production clock) would cost more than the rest
@@ -1337,8 +1354,14 @@ impl Engine {
 /// Records an outcome in a breaker's window and says whether the window's ratios now call for
 /// opening. `calls` reads the owner's running total of calls (the window's unit, see
 /// [`window`]) and `count` adds this outcome to it, after the window has seen it.
+///
+/// A failure or a slow call of an attempt that began under another generation of the breaker counts
+/// as a call only: it belongs to a period the breaker has left (a call begun before an outage that
+/// ends after the breaker closed again), whose failures the window forgot when the breaker closed.
+#[allow(clippy::too_many_arguments)]
 fn record(
     cell: &BreakerCell,
+    generation: u64,
     rules: &BackendRules,
     now: u64,
     v: breaker::Verdict,
@@ -1351,6 +1374,13 @@ fn record(
         return false;
     }
     let (b, span) = (&rules.policy.breaker, rules.ns.window);
+    if (v == breaker::Verdict::Failure || slow)
+        && breaker::Word::unpack(cell.word.load(Ordering::Acquire)).generation != generation
+    {
+        cell.window.record(now, span, &calls, false, false);
+        count();
+        return false;
+    }
     cell.window
         .record(now, span, &calls, v == breaker::Verdict::Failure, slow);
     count();
@@ -1388,8 +1418,9 @@ fn ramped(max: u32, cell: &BreakerCell, ramp: u64, now: u64) -> u32 {
     if ramp == 0 || closed_at == 0 || cell.state() != breaker::CLOSED {
         return max;
     }
-    let elapsed = now.saturating_sub(closed_at);
-    if elapsed >= ramp {
+    // A closing time still ahead is one a clock that stepped back left behind: not a ramp.
+    let elapsed = now.wrapping_sub(closed_at);
+    if now < closed_at || elapsed >= ramp {
         return max;
     }
     ((u128::from(max) * u128::from(elapsed) / u128::from(ramp)) as u32).max(1)

@@ -75,20 +75,38 @@ impl RetryBudget {
     }
 
     /// Adds the floor earned since the last refill; one thread claims each stretch of time.
+    ///
+    /// The refill time moves on by the time the whole thousandths earned stand for, not to `now`:
+    /// the remainder is kept for the next refill, so that frequent retry decisions do not round
+    /// the floor away. A refill time ahead of `now` is one a clock that stepped back left behind:
+    /// it is moved back to `now`, and the floor starts earning again from there.
     fn refill(&self, now: u64, rates: Rates) {
         let last = self.refilled.load(Ordering::Acquire);
-        if now <= last || rates.floor_per_second == 0 {
+        if now == last || rates.floor_per_second == 0 {
             return;
         }
-        let earned =
-            u128::from(now - last) * u128::from(rates.floor_per_second) * u128::from(TOKEN)
-                / 1_000_000_000;
+        if now < last {
+            let _ = self
+                .refilled
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire);
+            return;
+        }
+        let per_second = u128::from(rates.floor_per_second) * u128::from(TOKEN);
+        let earned = u128::from(now - last) * per_second / 1_000_000_000;
         if earned == 0 {
             return;
         }
+        let to = if earned >= u128::from(rates.cap) {
+            // A full budget's worth or more: nothing carried over could fit.
+            now
+        } else {
+            // At most `now - last`: `earned` is rounded down from that time's worth.
+            let paid = (earned * 1_000_000_000).div_ceil(per_second);
+            last.saturating_add(u64::try_from(paid).unwrap_or(u64::MAX))
+        };
         if self
             .refilled
-            .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(last, to, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
             self.add(u64::try_from(earned).unwrap_or(u64::MAX), rates.cap);
@@ -143,5 +161,36 @@ mod tests {
         assert!(!b.try_withdraw(SEC, rates));
         b.refill(1_000 * SEC, rates);
         assert_eq!(b.balance(), 10 * TOKEN);
+    }
+
+    #[test]
+    fn frequent_refills_keep_their_remainders() {
+        // One retry per second of floor, refilled every 1.9 ms: each refill earns 1.9 thousandths
+        // of a token, and the 0.9 must not be lost each time.
+        let rates = Rates::new(0, 1);
+        let b = RetryBudget::new(0, rates);
+        assert!(b.try_withdraw(0, rates));
+        let step = 1_900_000;
+        let mut now = 0;
+        while now + step <= SEC {
+            now += step;
+            b.refill(now, rates);
+        }
+        let expected = now / (SEC / TOKEN);
+        assert!(
+            b.balance() + 1 >= expected && b.balance() <= expected,
+            "{} thousandths after {now} ns, expected {expected}",
+            b.balance()
+        );
+    }
+
+    #[test]
+    fn a_clock_that_steps_back_does_not_stop_the_floor() {
+        let rates = Rates::new(0, 1);
+        let b = RetryBudget::new(3_600 * SEC, rates);
+        assert!(b.try_withdraw(3_600 * SEC, rates));
+        // The clock steps back an hour; a second later, a second of floor has been earned.
+        assert!(!b.try_withdraw(10 * SEC, rates));
+        assert!(b.try_withdraw(11 * SEC, rates));
     }
 }

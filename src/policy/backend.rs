@@ -17,15 +17,20 @@ pub const MAX_HOSTS: usize = 64;
 /// The most probes a half-open breaker may admit at once.
 pub const MAX_PROBES: u32 = 15;
 
+/// A breaker ratio that never trips.
+const RATIO_OFF: Permille = 1001;
+
 /// When a breaker opens, and how it comes back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct BreakerPolicy {
     /// Opens after this many failures in a row.
     pub consecutive_failures: u32,
-    /// Opens when failures are at least this share of the calls in the window (per mille; 1001 = off).
+    /// Opens when failures are at least this share of the calls in the window (per mille; 1001 =
+    /// off, which a policy writes as 0: a ratio of none, not "open at the first failure").
     pub failure_ratio: Permille,
-    /// Opens when calls slower than `slow_call` are at least this share (per mille; 1001 = off).
+    /// Opens when calls slower than `slow_call` are at least this share (per mille; 1001 = off,
+    /// written as 0, as above).
     pub slow_ratio: Permille,
     /// A call slower than this counts as slow.
     pub slow_call: Duration,
@@ -48,7 +53,7 @@ impl Default for BreakerPolicy {
         BreakerPolicy {
             consecutive_failures: 5,
             failure_ratio: 500,
-            slow_ratio: 1001,
+            slow_ratio: RATIO_OFF,
             slow_call: Duration::from_secs(1),
             window: Duration::from_secs(10),
             min_calls: 20,
@@ -393,8 +398,16 @@ pub(crate) fn validate_backends(
                 None => default,
             }
         };
-        let failure_ratio = share("breaker.failure_ratio", defaults.0.failure_ratio, problems);
-        let slow_ratio = share("breaker.slow_ratio", defaults.0.slow_ratio, problems);
+        // A breaker ratio of 0 turns that ratio off: "trip when at least none of the calls fail"
+        // would open at the first failure (or, for the slow ratio, at any failure at all) once the
+        // window holds `min_calls`, which `consecutive_failures = 1` says more plainly.
+        let off_if_zero = |r: Permille| if r == 0 { RATIO_OFF } else { r };
+        let failure_ratio = off_if_zero(share(
+            "breaker.failure_ratio",
+            defaults.0.failure_ratio,
+            problems,
+        ));
+        let slow_ratio = off_if_zero(share("breaker.slow_ratio", defaults.0.slow_ratio, problems));
         let max_ejected = share("ejection.max_ejected", defaults.1.max_ejected, problems);
         let ratio = share("retry.ratio", defaults.2.ratio, problems);
         let mut hosts: Vec<Arc<str>> = Vec::new();
