@@ -1546,3 +1546,314 @@ fn a_reused_finished_budget_never_keeps_another_budgets_overrides_class_or_charg
     );
     assert_eq!(loose, Overrides::new());
 }
+
+/// A waiter whose patience is already over when it joins the queue can be expired by a release's
+/// dispatch in the same instant as its own last look takes a permit: that permit is then its only
+/// one, and it holds it, neither giving it back twice nor holding one uncounted.
+#[test]
+fn a_waiter_expired_as_it_enqueues_keeps_exactly_one_permit() {
+    use std::sync::atomic::AtomicBool;
+    let policy = Policy::builder()
+        .class("api", |c| {
+            c.admission(|a| a.concurrency(1).queue(64, Duration::from_secs(1)))
+        })
+        .build()
+        .unwrap();
+    let (e, _clock) = engine(policy);
+    let api = e.class("api").unwrap();
+    let no_time = Overrides::new().wall_time(Duration::ZERO);
+    let stop = AtomicBool::new(false);
+    let (holders, over) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    let hold = |a: Admitted| {
+        if holders.fetch_add(1, Ordering::SeqCst) > 0 {
+            over.fetch_add(1, Ordering::SeqCst);
+        }
+        holders.fetch_sub(1, Ordering::SeqCst);
+        drop(a);
+    };
+    std::thread::scope(|s| {
+        let churn = || {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                if let Ok(a) = e.try_admit(&AdmitRequest::new(api, id(n))) {
+                    hold(a);
+                }
+            }
+        };
+        let churners = [s.spawn(churn), s.spawn(churn)];
+        for n in 0..200_000 {
+            let request = AdmitRequest::new(api, id(1_000_000 + n)).overrides(&no_time);
+            if let Ok(a) = e.admit(&request) {
+                hold(a);
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        for c in churners {
+            c.join().unwrap();
+        }
+    });
+    assert_eq!(
+        over.load(Ordering::SeqCst),
+        0,
+        "two grants at once with limit 1"
+    );
+    let stats = e.admission_stats();
+    let s = stats.class("api").unwrap();
+    assert_eq!((s.in_flight, s.queue_len), (0, 0));
+}
+
+/// A permit that comes free goes to a waiter whose priority may use it, even behind a waiter of
+/// a lower priority that may not.
+#[test]
+fn a_critical_waiter_is_not_held_up_by_a_background_one() {
+    use executor::{poll, CountingWaker};
+    let policy = Policy::builder()
+        .class("api", |c| {
+            c.admission(|a| a.concurrency(2).queue(8, Duration::from_secs(1)))
+        })
+        .build()
+        .unwrap();
+    let (e, _clock) = engine(policy);
+    let api = e.class("api").unwrap();
+    let waker = Arc::new(CountingWaker::default());
+    let first = e.try_admit(&AdmitRequest::new(api, id(1))).unwrap();
+    let _second = e.try_admit(&AdmitRequest::new(api, id(2))).unwrap();
+    let mut background =
+        e.admit_async(AdmitRequest::new(api, id(3)).priority(Priority::Background));
+    assert!(poll(&mut background, &waker).is_pending());
+    let mut critical = e.admit_async(AdmitRequest::new(api, id(4)).priority(Priority::Critical));
+    assert!(poll(&mut critical, &waker).is_pending());
+    drop(first); // one in flight of two: free for critical work, not for background work
+    assert!(matches!(
+        poll(&mut critical, &waker),
+        std::task::Poll::Ready(Ok(_))
+    ));
+    assert!(poll(&mut background, &waker).is_pending());
+}
+
+/// A waiter's time limit holds after a reload takes its class's admission settings away: the
+/// timer still expires it.
+#[test]
+fn a_waiter_times_out_after_its_class_loses_admission() {
+    use executor::{poll, CountingWaker};
+    let queued = Policy::builder()
+        .class("api", |c| {
+            c.admission(|a| a.concurrency(1).queue(4, Duration::from_millis(100)))
+        })
+        .build()
+        .unwrap();
+    let (e, clock) = engine(queued);
+    let api = e.class("api").unwrap();
+    let waker = Arc::new(CountingWaker::default());
+    let held = e.try_admit(&AdmitRequest::new(api, id(1))).unwrap();
+    let mut fut = e.admit_async(AdmitRequest::new(api, id(2)));
+    assert!(poll(&mut fut, &waker).is_pending());
+    e.reload(Policy::builder().class("api", |c| c).build().unwrap())
+        .unwrap();
+    clock.advance(Duration::from_millis(500));
+    e.expire_waiters(); // what the timer thread does
+    assert!(waker.0.load(Ordering::SeqCst) >= 1);
+    match poll(&mut fut, &waker) {
+        std::task::Poll::Ready(Err(v)) => assert_eq!(v.reason(), Reason::QueueTimeout),
+        other => panic!("{other:?}"),
+    }
+    drop(held);
+}
+
+/// A priority whose share of the largest limit the class can have rounds down to nothing is told
+/// not to retry, and does not wait.
+#[test]
+fn a_priority_the_limit_never_lets_in_is_told_not_to_retry() {
+    let policy = Policy::builder()
+        .class("api", |c| {
+            c.admission(|a| a.concurrency(1).queue(4, Duration::from_secs(1)))
+        })
+        .build()
+        .unwrap();
+    let (e, clock) = engine(policy);
+    let api = e.class("api").unwrap();
+    let a = e.try_admit(&AdmitRequest::new(api, id(1))).unwrap();
+    clock.advance(Duration::from_millis(100));
+    a.finish(Outcome::Success);
+    // Background work may use half of the limit: nothing of a limit of one.
+    let request = AdmitRequest::new(api, id(2)).priority(Priority::Background);
+    for v in [
+        e.try_admit(&request).unwrap_err(),
+        e.admit(&request).unwrap_err(),
+    ] {
+        assert_eq!((v.reason(), v.used(), v.limit()), (Reason::Shed, 0, 0));
+        assert_eq!(v.retry(), Retry::Never);
+    }
+    // With an adaptive limit that may grow to 4, it may get in later.
+    let policy = Policy::builder()
+        .class("api", |c| {
+            c.admission(|a| a.aimd(1, 1, 4, 0.5, Duration::from_millis(100)))
+        })
+        .build()
+        .unwrap();
+    let (e, _clock) = engine(policy);
+    let api = e.class("api").unwrap();
+    let v = e
+        .try_admit(&AdmitRequest::new(api, id(3)).priority(Priority::Background))
+        .unwrap_err();
+    assert_eq!(v.reason(), Reason::Shed);
+    assert_ne!(v.retry(), Retry::Never);
+}
+
+/// A shed request's Retry-After covers the requests that must finish before its priority's share
+/// has room again, not just the next one.
+#[test]
+fn a_shed_request_is_told_how_long_the_class_takes_to_drain_to_its_share() {
+    let policy = Policy::builder()
+        .class("api", |c| c.admission(|a| a.concurrency(10)))
+        .build()
+        .unwrap();
+    let (e, clock) = engine(policy);
+    let api = e.class("api").unwrap();
+    let a = e.try_admit(&AdmitRequest::new(api, id(0))).unwrap();
+    clock.advance(Duration::from_millis(100));
+    a.finish(Outcome::Success); // the mean latency: 100 ms
+    let held: Vec<_> = (1..=8)
+        .map(|n| e.try_admit(&AdmitRequest::new(api, id(n))).unwrap())
+        .collect();
+    // Background work may use 5 of 10: four of the eight must finish first.
+    let v = e
+        .try_admit(&AdmitRequest::new(api, id(100)).priority(Priority::Background))
+        .unwrap_err();
+    assert_eq!((v.reason(), v.used(), v.limit()), (Reason::Shed, 8, 5));
+    assert_eq!(
+        v.retry(),
+        Retry::After(Duration::from_nanos(100_000_000 / 8 * 4))
+    );
+    drop(held);
+}
+
+/// Retuning an adaptive limit (the same algorithm, other settings) keeps the limit it has learned.
+#[test]
+fn retuning_an_adaptive_limit_keeps_what_it_learned() {
+    let aimd = |backoff: f64| {
+        Policy::builder()
+            .class("api", |c| {
+                c.admission(|a| {
+                    a.aimd(8, 1, 16, backoff, Duration::from_millis(100))
+                        .window(Duration::from_secs(1))
+                })
+            })
+            .build()
+            .unwrap()
+    };
+    let (e, clock) = engine(aimd(0.5));
+    let api = e.class("api").unwrap();
+    let limit = |e: &Engine| e.admission_stats().class("api").unwrap().limit;
+    for _ in 0..3 {
+        let a = e.try_admit(&AdmitRequest::new(api, id(1))).unwrap();
+        clock.advance(Duration::from_millis(600));
+        a.finish(Outcome::Overload);
+    }
+    let learned = limit(&e);
+    assert!(learned < 8, "backed off: {learned}");
+    e.reload(aimd(0.6)).unwrap();
+    assert_eq!(limit(&e), learned);
+}
+
+/// While CoDel sees a standing queue, new waiters get its target's worth of patience, and never
+/// more than `max_wait` (which a reload may have made the shorter of the two).
+#[test]
+fn codel_patience_never_exceeds_max_wait() {
+    use executor::{poll, CountingWaker};
+    let policy = |max_wait: Duration| {
+        Policy::builder()
+            .class("api", |c| {
+                c.admission(|a| {
+                    a.concurrency(1)
+                        .queue(8, max_wait)
+                        .codel(Duration::from_millis(5), Duration::from_millis(100))
+                })
+            })
+            .build()
+            .unwrap()
+    };
+    let (e, clock) = engine(policy(Duration::from_secs(1)));
+    let api = e.class("api").unwrap();
+    let waker = Arc::new(CountingWaker::default());
+    let mut held = e.try_admit(&AdmitRequest::new(api, id(0))).unwrap();
+    let mut waiting: Vec<_> = (1..=3)
+        .map(|n| {
+            let mut f = e.admit_async(AdmitRequest::new(api, id(n)));
+            assert!(poll(&mut f, &waker).is_pending());
+            f
+        })
+        .collect();
+    // Every grant comes after a 50 ms wait, over the 5 ms target: the queue is standing.
+    for n in 0..3 {
+        clock.advance(Duration::from_millis(50));
+        drop(held);
+        let mut next = waiting.remove(0);
+        held = match poll(&mut next, &waker) {
+            std::task::Poll::Ready(Ok(a)) => a,
+            other => panic!("{other:?}"),
+        };
+        let mut f = e.admit_async(AdmitRequest::new(api, id(10 + n)));
+        assert!(poll(&mut f, &waker).is_pending());
+        waiting.push(f);
+    }
+    e.reload(policy(Duration::from_millis(1))).unwrap();
+    let mut late = e.admit_async(AdmitRequest::new(api, id(99)));
+    assert!(poll(&mut late, &waker).is_pending());
+    clock.advance(Duration::from_millis(2));
+    e.expire_waiters();
+    match poll(&mut late, &waker) {
+        std::task::Poll::Ready(Err(v)) => assert_eq!(v.reason(), Reason::QueueTimeout),
+        other => panic!("still waiting 2 ms into a 1 ms max_wait: {other:?}"),
+    }
+    drop((waiting, held));
+}
+
+/// A per-key rate whose burst would span more than a century is refused by name: the limiter's
+/// arithmetic would saturate, and a limit of one per 584 years would let a second request through.
+#[test]
+fn a_rate_spanning_more_than_a_century_is_refused() {
+    let per = Duration::from_secs(u64::MAX / 1_000_000_000);
+    let err = Policy::builder()
+        .class("api", |c| {
+            c.admission(|a| a.concurrency(10).per_key_rate(1, per, 1))
+        })
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("per_key.burst"), "{err}");
+    assert!(err.to_string().contains("at most 100 years"), "{err}");
+    // Ninety-nine years is fine.
+    let per = Duration::from_secs(99 * 31_557_600);
+    assert!(Policy::builder()
+        .class("api", |c| {
+            c.admission(|a| a.concurrency(10).per_key_rate(1, per, 1))
+        })
+        .build()
+        .is_ok());
+}
+
+/// Gradient2 backs off when requests fail by overload, however fast they fail.
+#[test]
+fn gradient2_backs_off_on_overload_failures() {
+    let policy = Policy::builder()
+        .class("api", |c| {
+            c.admission(|a| a.gradient2(10, 1, 100).window(Duration::from_secs(1)))
+        })
+        .build()
+        .unwrap();
+    let (e, clock) = engine(policy);
+    let api = e.class("api").unwrap();
+    let limit = |e: &Engine| e.admission_stats().class("api").unwrap().limit;
+    for _ in 0..20 {
+        let held: Vec<_> = (0..u64::from(limit(&e)))
+            .map(|i| e.try_admit(&AdmitRequest::new(api, id(i))).unwrap())
+            .collect();
+        clock.advance(Duration::from_millis(1));
+        for a in held {
+            a.finish(Outcome::Overload);
+        }
+        clock.advance(Duration::from_secs(1));
+    }
+    assert!(limit(&e) < 10, "the limit went to {}", limit(&e));
+}

@@ -20,9 +20,10 @@
 //! 5. concurrency: priority `p` may fill `allowed = limit * share[p] / 1000` (the whole limit at 1000);
 //!    `in_flight >= allowed` refuses with `Shed` when `allowed < limit && in_flight < limit`, else
 //!    `ConcurrencyLimit`, amounts `(1, in_flight, allowed)`, dimension `concurrency`. The retry hint is
-//!    `Later` until a finished request was sampled, then `After(max(latency / max(in_flight, 1), 1 ms))`
-//!    where `latency` is smoothed as `old - old/8 + new/8` (the first sample taken as is) over requests
-//!    finished with `Success` or `Overload`;
+//!    `Never` when `allowed` is 0; otherwise `Later` until a finished request was sampled, then
+//!    `After(max(latency / max(in_flight, 1) × (in_flight + 1 - allowed), 1 ms))` where `latency` is
+//!    smoothed as `old - old/8 + new/8` (the first sample taken as is) over requests finished with
+//!    `Success` or `Overload`;
 //! 6. pools, in listing order: an estimate of 0 is skipped; `used + estimate > limit` refuses with
 //!    `PoolExhausted`, `Retry::Later`, amounts `(estimate, used, limit)`, after giving back what was
 //!    taken so far and the permit;
@@ -396,13 +397,16 @@ impl Model {
         }
     }
 
-    fn retry_hint(&self, class: usize) -> Retry {
+    /// When `completions` of the requests in flight have finished (no class has a queue): the
+    /// mean latency divided among the requests in flight, for each.
+    fn retry_hint(&self, class: usize, completions: u32) -> Retry {
         let c = &self.classes[class];
         if c.latency == 0 {
             return Retry::Later;
         }
         let in_flight = u64::from(c.in_flight.max(1));
-        Retry::After(Duration::from_nanos((c.latency / in_flight).max(MS)))
+        let nanos = (c.latency / in_flight).saturating_mul(u64::from(completions.max(1)));
+        Retry::After(Duration::from_nanos(nanos.max(MS)))
     }
 
     fn admit(
@@ -521,9 +525,16 @@ impl Model {
             } else {
                 Reason::ConcurrencyLimit
             };
+            // A priority with no share of the (static) limit is never let in; others once enough
+            // requests have finished to bring those in flight below their share.
+            let retry = if allowed == 0 {
+                Retry::Never
+            } else {
+                self.retry_hint(class, in_flight + 1 - allowed)
+            };
             let v = verdict(
                 reason,
-                self.retry_hint(class),
+                retry,
                 Some("concurrency"),
                 Unit::Count,
                 (1, u64::from(in_flight), u64::from(allowed)),

@@ -102,8 +102,16 @@ fn step(config: &AdaptiveLimit, state: State, w: Window) -> State {
                 long *= 0.95;
             }
             let tolerance = f64::from(tolerance) / 1000.0;
-            let gradient = (tolerance * long / mean).clamp(0.5, 1.0);
-            let headroom = state.limit.sqrt();
+            // Overload failures are often fast (a backend refusing work answers quickly), so they
+            // would read as good latency: the window's share of them caps the gradient instead, and
+            // a window with any gets no headroom to grow by.
+            let failing = w.overloads as f64 / w.count as f64;
+            let gradient = (tolerance * long / mean).min(1.0 - failing).clamp(0.5, 1.0);
+            let headroom = if w.overloads > 0 {
+                0.0
+            } else {
+                state.limit.sqrt()
+            };
             let target = state.limit * gradient + headroom;
             let alpha = f64::from(smoothing) / 1000.0;
             let limit = state.limit * (1.0 - alpha) + target * alpha;

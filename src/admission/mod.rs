@@ -249,12 +249,18 @@ impl Gate {
     /// A hint for when a permit may be free: about one mean latency divided among the requests in
     /// flight, for each request ahead in the queue.
     fn retry_hint(&self) -> Retry {
+        self.drain_hint(1)
+    }
+
+    /// A hint for when `completions` requests in flight, and then those waiting ahead in the
+    /// queue, have finished: the mean latency divided among the requests in flight, for each.
+    fn drain_hint(&self, completions: u32) -> Retry {
         let latency = self.latency_ns.load(Ordering::Relaxed);
         if latency == 0 {
             return Retry::Later;
         }
         let in_flight = u64::from(self.limiter.in_flight().max(1));
-        let ahead = u64::from(self.queue.len()) + 1;
+        let ahead = u64::from(self.queue.len()) + u64::from(completions.max(1));
         let nanos = (latency / in_flight).saturating_mul(ahead).max(1_000_000);
         Retry::After(Duration::from_nanos(nanos))
     }
@@ -446,14 +452,20 @@ impl Engine {
     pub fn expire_waiters(&self) {
         let snapshot = self.snapshot();
         let now = self.clock().now().as_nanos();
-        for rules in snapshot.classes.iter().flatten() {
-            if let Some(adm) = &rules.admission {
-                if adm.gate.queue.has_waiters() {
-                    adm.gate
-                        .queue
-                        .dispatch(&adm.gate.limiter, adm.queue.as_ref(), now);
-                }
+        for gate in &snapshot.gates {
+            if !gate.queue.has_waiters() {
+                continue;
             }
+            // The queue settings of this version, if its class still has them; a gate a reload
+            // took away still expires its waiters and hands them what its old grants give back.
+            let queue = snapshot
+                .classes
+                .iter()
+                .flatten()
+                .filter_map(|r| r.admission.as_ref())
+                .find(|a| Arc::ptr_eq(&a.gate, gate))
+                .and_then(|a| a.queue.as_ref());
+            gate.queue.dispatch(&gate.limiter, queue, now);
         }
     }
 
@@ -645,13 +657,14 @@ impl Engine {
         wait: WaitSlot<'_>,
         (in_flight, allowed, share): (u32, u32, Permille),
     ) -> Result<(), Verdict> {
-        let v = self.concurrency_verdict(adm, in_flight, allowed);
+        let v = self.concurrency_verdict(adm, in_flight, allowed, share);
         if adm.shadow {
             self.shadow_refused(rules, adm, req, priority, v);
             adm.gate.limiter.force_acquire();
             return Ok(());
         }
-        if let (Some(slot), Some(_)) = (wait, &adm.queue) {
+        // A priority the limit never lets in does not wait for it either.
+        if let (Some(slot), Some(_), false) = (wait, &adm.queue, v.retry() == Retry::Never) {
             // Not a refusal yet: the caller will wait.
             *slot = Some(share);
             return Err(v.with_class(&rules.name).with_request(req.id));
@@ -659,14 +672,30 @@ impl Engine {
         Err(self.refused(rules, Some(adm), req, priority, v))
     }
 
-    fn concurrency_verdict(&self, adm: &ClassAdmission, in_flight: u32, allowed: u32) -> Verdict {
+    fn concurrency_verdict(
+        &self,
+        adm: &ClassAdmission,
+        in_flight: u32,
+        allowed: u32,
+        share: Permille,
+    ) -> Verdict {
         let limit = adm.gate.limiter.limit();
         let reason = if allowed < limit && in_flight < limit {
             Reason::Shed
         } else {
             Reason::ConcurrencyLimit
         };
-        Verdict::new(reason, adm.gate.retry_hint())
+        // One more fits once enough requests in flight have finished to bring them below what this
+        // priority may use; none ever fits when its share of the largest limit the class can have
+        // rounds down to nothing.
+        let highest = adm.adaptive.as_ref().map_or(limit, |a| a.max.max(limit));
+        let retry = if limiter::allowed(highest, share) == 0 {
+            Retry::Never
+        } else {
+            adm.gate
+                .drain_hint(in_flight.saturating_add(1).saturating_sub(allowed))
+        };
+        Verdict::new(reason, retry)
             .with_dimension(&adm.gate.names[CONCURRENCY], Unit::Count)
             .with_amounts(1, u64::from(in_flight), u64::from(allowed))
     }

@@ -124,7 +124,7 @@ impl WaitQueue {
     pub(crate) fn patience(&self, policy: &QueuePolicy) -> u64 {
         let overloaded = self.inner.lock().codel.overloaded;
         let d = if overloaded {
-            policy.codel_target
+            policy.codel_target.min(policy.max_wait)
         } else {
             policy.max_wait
         };
@@ -158,7 +158,9 @@ impl WaitQueue {
     /// whose deadline has passed. Called after releases and by the timer.
     pub(crate) fn dispatch(&self, limiter: &Limiter, policy: Option<&QueuePolicy>, now: u64) {
         let mut inner = self.inner.lock();
-        let mut blocked = false;
+        // The highest share a waiter failed to get a permit at: waiters at that share or below
+        // cannot get one either, but one of a higher priority (a larger share of the limit) may.
+        let mut blocked: Option<Permille> = None;
         let mut i = 0;
         while i < inner.waiters.len() {
             let lifo = inner.codel.overloaded;
@@ -178,9 +180,10 @@ impl WaitQueue {
                 inner.waiters.remove(index);
                 continue;
             }
-            if blocked || limiter.try_acquire(w.share).is_err() {
-                // No permit for this one; keep looking only to expire the others.
-                blocked = true;
+            if blocked.is_some_and(|b| w.share <= b) || limiter.try_acquire(w.share).is_err() {
+                // No permit for this one; keep looking to expire the others and to serve those of
+                // a higher priority.
+                blocked = Some(blocked.map_or(w.share, |b| b.max(w.share)));
                 i += 1;
                 continue;
             }

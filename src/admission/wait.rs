@@ -82,13 +82,15 @@ fn enqueue(
     if adm.gate.limiter.try_acquire(share).is_ok() {
         if waiter.abandon() {
             adm.gate.queue.remove(&waiter);
-        } else {
+        } else if waiter.state() == GRANTED {
             // Granted at the same instant: keep one permit, give the other back.
             adm.gate.limiter.release();
             adm.gate
                 .queue
                 .dispatch(&adm.gate.limiter, adm.queue.as_ref(), now);
         }
+        // Otherwise a dispatch expired the waiter at this instant (and took it out of the queue):
+        // the permit just taken is the only one, and it is this request's.
         return Ok(Place::Held(snapshot, priority, Timestamp::from_nanos(now)));
     }
     Ok(Place::Queued(Queued {

@@ -452,11 +452,11 @@ fn timer_loop(engine: std::sync::Weak<Inner>) {
         };
         let engine = Engine { inner };
         engine.expire_waiters();
-        let waiting = engine.snapshot().classes.iter().flatten().any(|r| {
-            r.admission
-                .as_ref()
-                .is_some_and(|a| a.gate.queue.has_waiters())
-        });
+        let waiting = engine
+            .snapshot()
+            .gates
+            .iter()
+            .any(|g| g.queue.has_waiters());
         drop(engine);
         if waiting {
             std::thread::sleep(Duration::from_millis(1));

@@ -319,7 +319,13 @@ impl Registry {
                     None
                 }
                 Concurrency::Adaptive(config) => {
-                    if previous.is_some_and(|p| p.algorithm == config.algorithm) {
+                    // The same algorithm with other settings keeps the limit it has learned: a
+                    // retune in the middle of an incident must not jump back to `initial`.
+                    let same = previous.is_some_and(|p| {
+                        std::mem::discriminant(&p.algorithm)
+                            == std::mem::discriminant(&config.algorithm)
+                    });
+                    if same {
                         gate.sampler.reconfigure(config, &gate.limiter);
                     } else {
                         gate.sampler.reset(config, now, &gate.limiter);
@@ -413,6 +419,9 @@ pub(crate) struct Snapshot {
     /// The name of the wall-time pseudo-dimension, shared by every deadline verdict.
     pub(crate) wall: Arc<str>,
     pools: Vec<(Arc<str>, Arc<Pool>)>,
+    /// Every class's admission gate the engine has made, with admission settings in this version
+    /// or not: requests may still wait at a gate a reload took away, and they must still time out.
+    pub(crate) gates: Vec<Arc<crate::admission::Gate>>,
     /// Backends by id; `None` for backends this version does not have.
     pub(crate) backends: Vec<Option<Arc<BackendRules>>>,
     /// The engine's clocks, here so that a budget reaches them through the snapshot it already
@@ -476,6 +485,7 @@ impl Snapshot {
             by_name,
             wall: Arc::from(crate::policy::WALL_TIME),
             pools: registry.pools.clone(),
+            gates: registry.gates.iter().flatten().cloned().collect(),
             backends: Vec::new(),
             clock: Arc::clone(clock),
             cpu_clock: Arc::clone(cpu_clock),

@@ -127,7 +127,8 @@ pub struct PerKey {
     pub concurrency: Option<u32>,
     /// The rate of one key.
     pub rate: Option<RateLimit>,
-    /// The most keys tracked at once (the memory bound).
+    /// The most keys tracked at once (the memory bound). A reload that changes it starts a new,
+    /// empty table: every key's count in flight and rate allowance start afresh.
     pub max_keys: u32,
 }
 
@@ -269,6 +270,11 @@ pub(crate) fn permille(x: f64, lo: f64, hi: f64) -> Option<Permille> {
 }
 
 /// What is wrong with a fraction of `[0, 1]` that [`permille`] refused.
+/// Nanoseconds in a year of 365.25 days.
+const NS_PER_YEAR: u64 = 31_557_600_000_000_000;
+/// The longest a per-key rate's burst may span: a century.
+const MAX_RATE_SPAN_NS: u64 = 100 * NS_PER_YEAR;
+
 pub(crate) fn fraction_problem(x: f64) -> String {
     if x > 0.0 && x < 0.0005 {
         format!("is below the resolution of 0.001 (found {x}); write 0 for none")
@@ -687,8 +693,31 @@ pub(crate) fn validate_admission(
                 if burst == 0 {
                     problems.push(k.at.clone(), f("burst"), "must be greater than zero");
                 }
-                per.filter(|_| amount > 0 && burst > 0)
-                    .map(|per| Some(RateLimit { amount, per, burst }))
+                // The limiter keeps a key's allowance as a point in time up to `burst × per /
+                // rate` ahead of now: past a century that point no longer fits the clock's range.
+                let span = per.map(|per| {
+                    (crate::clock::duration_to_nanos(per) / amount.max(1))
+                        .max(1)
+                        .checked_mul(burst)
+                });
+                if let Some(span) = span.filter(|s| s.is_none_or(|s| s > MAX_RATE_SPAN_NS)) {
+                    problems.push(
+                        k.at.clone(),
+                        f("burst"),
+                        format!(
+                            "a burst of {burst} at {amount} per {:?} spans {}; at most 100 years",
+                            per.unwrap_or_default(),
+                            span.map_or("more than u64 nanoseconds".to_owned(), |s| format!(
+                                "{} years",
+                                s / NS_PER_YEAR
+                            ))
+                        ),
+                    );
+                }
+                per.filter(|_| {
+                    amount > 0 && burst > 0 && span.flatten().is_some_and(|s| s <= MAX_RATE_SPAN_NS)
+                })
+                .map(|per| Some(RateLimit { amount, per, burst }))
             }
             _ => {
                 problems.push(k.at.clone(), f("rate"), "`per` and `burst` need `rate`");
