@@ -77,24 +77,32 @@ fn build(
     policy: Policy,
     manual: Option<ManualClock>,
     names: Arc<Names>,
-) -> Result<EngineState, PolicyError> {
-    let builder = Engine::builder(policy);
+    inherit: Option<&Engine>,
+) -> Result<(EngineState, bool), PolicyError> {
+    let mut builder = Engine::builder(policy);
+    if let Some(parent) = inherit {
+        builder = builder.inherit_names(parent);
+    }
+    let inherited = builder.inherits_names();
     let engine = match &manual {
         Some(clock) => builder.clock(clock.clone()).build()?,
         None => builder.clock(ProcessClock(TscClock::new())).build()?,
     };
-    Ok(EngineState {
-        epoch: fork::epoch(),
-        engine,
-        manual,
-        names,
-    })
+    Ok((
+        EngineState {
+            epoch: fork::epoch(),
+            engine,
+            manual,
+            names,
+        },
+        inherited,
+    ))
 }
 
 impl EngineObj {
     fn new(policy: Policy, flags: u32) -> Result<EngineObj, PolicyError> {
         let manual = (flags & COSTGUARD_ENGINE_MANUAL_CLOCK != 0).then(ManualClock::new);
-        let state = build(policy.clone(), manual, Arc::new(Names::new()))?;
+        let (state, _) = build(policy.clone(), manual, Arc::new(Names::new()), None)?;
         Ok(EngineObj {
             serial: SERIALS.fetch_add(1, Ordering::Relaxed),
             state: AtomicPtr::new(Box::into_raw(Box::new(state))),
@@ -132,8 +140,18 @@ impl EngineObj {
             .manual
             .as_ref()
             .map(|c| ManualClock::starting_at(c.now()));
-        let state = match build(policy.clone(), manual.clone(), Arc::new(Names::new())) {
-            Ok(mut s) => {
+        // The child's engine has the parent's names with the same ids (unless a parent thread was
+        // in the middle of a reload when the process forked): every name value keeps its meaning,
+        // including those of names the policy no longer has. Otherwise each name is resolved again
+        // by its text, and one the policy lacks answers COSTGUARD_UNKNOWN_NAME.
+        let state = match build(
+            policy.clone(),
+            manual.clone(),
+            Arc::clone(&old.names),
+            Some(&old.engine),
+        ) {
+            Ok((s, true)) => s,
+            Ok((mut s, false)) => {
                 s.names = Arc::new(old.names.rebuilt_for(&s.engine));
                 s
             }

@@ -10,9 +10,11 @@
 //! ```
 //!
 //! A name from another engine fails one compare (the serial); a made-up value fails the serial, the
-//! kind or the bounds. Entries are published with one pointer store and never change, so the charge
-//! path reads them without a lock, and a fork child (which rebuilds its engine) can read them even if
-//! a parent thread was appending at fork time.
+//! kind or the bounds. Entries are published with one pointer store, so the charge path reads them
+//! without a lock, and a fork child (which rebuilds its engine with the parent's names and ids) can
+//! read them even if a parent thread was appending at fork time. An entry changes only from no value
+//! to one (a name a fork child's engine lacked, resolved again once a reload brought it back), by a
+//! new entry in its place; the old one is leaked, since a reader may still hold it.
 
 use crate::status::Status;
 use costguard::{Backend, Class, Counter, Engine, Host, Level};
@@ -29,6 +31,17 @@ pub(crate) const LEVEL: u8 = 2;
 pub(crate) const CLASS: u8 = 3;
 pub(crate) const BACKEND: u8 = 4;
 pub(crate) const HOST: u8 = 5;
+
+fn kind_name(kind: u8) -> &'static str {
+    match kind {
+        COUNTER => "counter",
+        LEVEL => "level",
+        CLASS => "class",
+        BACKEND => "backend",
+        HOST => "host",
+        _ => "name",
+    }
+}
 
 /// A core handle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,7 +121,14 @@ impl Names {
             return Err(Status::COSTGUARD_INVALID_HANDLE);
         }
         let e = self.entry(index).ok_or(Status::COSTGUARD_INVALID_HANDLE)?;
-        e.value.ok_or(Status::COSTGUARD_UNKNOWN_NAME)
+        e.value.ok_or_else(|| {
+            crate::text::set_last_error(format!(
+                "the {} `{}` was resolved before a fork, and the child's policy does not have it                  (resolve it again after a reload that brings it back)",
+                kind_name(e.kind),
+                e.text
+            ));
+            Status::COSTGUARD_UNKNOWN_NAME
+        })
     }
 
     #[inline(always)]
@@ -178,6 +198,16 @@ impl Names {
         for i in 0..len {
             if let Some(e) = self.entry(i as u32) {
                 if e.kind == kind && e.parent == parent && &*e.text == text {
+                    if e.value.is_none() {
+                        // Known again: the same name value now stands for it.
+                        let p = Box::into_raw(Box::new(Name {
+                            kind,
+                            text: text.into(),
+                            parent,
+                            value: Some(value),
+                        }));
+                        self.entries[i].store(p, Ordering::Release);
+                    }
                     return Ok(encode(serial, kind, i));
                 }
             }
@@ -237,5 +267,45 @@ impl Names {
             });
         }
         fresh
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use costguard::Policy;
+
+    fn engine(toml: &str) -> Engine {
+        Engine::new(Policy::from_toml_str(toml).unwrap()).unwrap()
+    }
+
+    /// Without the parent's ids, a fork child resolves each name again by its text: one its policy
+    /// lacks answers "unknown name" with a message, until a reload brings it back and it is
+    /// resolved again, under the same name value.
+    #[test]
+    fn a_name_the_child_lacks_comes_back_under_the_same_value() {
+        let both = "[dimensions]\na = \"counter\"\nb = \"counter\"\n[classes.api]\n";
+        let parent = engine(both);
+        let names = Names::new();
+        let b = names
+            .intern(
+                7,
+                COUNTER,
+                "b",
+                u32::MAX,
+                Value::Counter(parent.counter("b").unwrap()),
+            )
+            .unwrap();
+        let child = engine("[dimensions]\na = \"counter\"\n[classes.api]\n");
+        let rebuilt = names.rebuilt_for(&child);
+        assert_eq!(rebuilt.counter(7, b), Err(Status::COSTGUARD_UNKNOWN_NAME));
+        assert!(crate::text::last_error_string().contains("counter `b`"));
+        child.reload(Policy::from_toml_str(both).unwrap()).unwrap();
+        let c = child.counter("b").unwrap();
+        let again = rebuilt
+            .intern(7, COUNTER, "b", u32::MAX, Value::Counter(c))
+            .unwrap();
+        assert_eq!(again, b);
+        assert_eq!(rebuilt.counter(7, b), Ok(c));
     }
 }

@@ -21,6 +21,12 @@ pub(crate) fn set_last_error(message: impl Into<String>) {
     });
 }
 
+/// This thread's last error message (for unit tests; C reads it through `costguard_last_error`).
+#[cfg(test)]
+pub(crate) fn last_error_string() -> String {
+    LAST_ERROR.with(|e| e.borrow().clone())
+}
+
 /// A required pointer.
 #[inline(always)]
 pub(crate) fn required<T>(p: *mut T) -> Result<NonNull<T>, Status> {

@@ -201,3 +201,93 @@ fn a_forked_child_starts_fresh_and_never_waits_on_parent_locks() {
     assert_eq!(costguard_grant_free(grant), OK);
     assert_eq!(costguard_engine_free(e), OK);
 }
+
+const V1: &str = r#"
+[dimensions]
+file_lookups = "counter"
+old_thing = "counter"
+[classes.parse]
+wall_time = "30s"
+limits = { file_lookups = 5, old_thing = 5 }
+[backends.kafka]
+hosts = ["kafka1:9092", "kafka2:9092"]
+timeout = "500ms"
+"#;
+
+const V2: &str = r#"
+[dimensions]
+file_lookups = "counter"
+[classes.parse]
+wall_time = "30s"
+limits = { file_lookups = 5 }
+[backends.kafka]
+hosts = ["kafka2:9092"]
+timeout = "500ms"
+"#;
+
+fn reload(e: costguard_engine, policy: &str) -> costguard_status {
+    let mut gen = 0;
+    // SAFETY: a valid (pointer, length) string and a writable out-parameter.
+    unsafe { costguard_engine_reload_from_str(e, policy.as_ptr().cast(), policy.len(), &mut gen) }
+}
+
+/// What a counter and a host a reload removed do, as (charge status, attempt status and reason).
+fn removed_names(
+    e: costguard_engine,
+    parse: costguard_class,
+    old_thing: costguard_counter,
+    kafka1: costguard_host,
+) -> (costguard_status, costguard_status, u32) {
+    let b = begin(e, parse, "r");
+    let charged = charge(b, old_thing, 1);
+    let mut a = costguard_attempt::default();
+    let mut v = blank_verdict();
+    // SAFETY: valid handles and writable out-parameters.
+    let s = unsafe { costguard_attempt_begin_on(e, kafka1, b, 0, &mut a, &mut v) };
+    if s == OK {
+        costguard_attempt_free(a);
+    }
+    costguard_budget_free(b);
+    (charged, s, v.reason)
+}
+
+/// Names resolved before a reload took them out of the policy mean in a fork child what they mean
+/// in the parent: the child's engine has the parent's names, with the same ids.
+#[test]
+fn names_a_reload_removed_before_the_fork_behave_in_the_child_as_in_the_parent() {
+    let e = engine_with(V1, COSTGUARD_ENGINE_MANUAL_CLOCK);
+    let parse = class(e, "parse");
+    let old_thing = counter(e, "old_thing");
+    let file_lookups = counter(e, "file_lookups");
+    let kafka1 = host(e, backend(e, "kafka"), "kafka1:9092");
+    assert_eq!(reload(e, V2), OK);
+    let in_parent = removed_names(e, parse, old_thing, kafka1);
+    assert_eq!(
+        in_parent,
+        (OK, REFUSED, COSTGUARD_REASON_UNKNOWN_CLASS),
+        "{}",
+        last_error()
+    );
+    fork_and_check(|| {
+        if removed_names(e, parse, old_thing, kafka1) != in_parent {
+            return 30;
+        }
+        // The names the policy still has keep their limits.
+        let b = begin(e, parse, "r");
+        if charge(b, file_lookups, 5) != OK || charge(b, file_lookups, 1) != REFUSED {
+            return 31;
+        }
+        costguard_budget_free(b);
+        // A reload that brings the counter back gives it its limit again, under the same value.
+        if reload(e, V1) != OK || counter(e, "old_thing").bits != old_thing.bits {
+            return 32;
+        }
+        let b = begin(e, parse, "r");
+        if charge(b, old_thing, 5) != OK || charge(b, old_thing, 1) != REFUSED {
+            return 33;
+        }
+        costguard_budget_free(b);
+        0
+    });
+    costguard_engine_free(e);
+}

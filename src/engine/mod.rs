@@ -86,6 +86,7 @@ pub struct EngineBuilder {
     hook: Option<RefusalHook>,
     transitions: Option<TransitionHook>,
     key_seed: Option<u64>,
+    names: Option<Registry>,
 }
 
 impl fmt::Debug for EngineBuilder {
@@ -97,6 +98,7 @@ impl fmt::Debug for EngineBuilder {
             .field("on_refusal", &self.hook.is_some())
             .field("on_transition", &self.transitions.is_some())
             .field("key_hash_seed", &self.key_seed)
+            .field("inherits_names", &self.names.is_some())
             .finish()
     }
 }
@@ -141,6 +143,59 @@ impl EngineBuilder {
         self
     }
 
+    /// Gives the new engine every name `engine` has seen, with the same ids, so that the handles
+    /// resolved against it ([`Counter`](crate::Counter), [`Level`](crate::Level),
+    /// [`Class`](crate::Class), [`Backend`](crate::Backend), [`Host`](crate::Host)) mean the same
+    /// in the new one, including those of names `engine`'s current policy no longer has. Nothing
+    /// else is inherited: permits, budgets, breakers, retry budgets and statistics start afresh.
+    ///
+    /// This is for a process that forked: the child builds a fresh engine with the parent's names
+    /// instead of sharing state that the parent's threads may be in the middle of changing. It
+    /// never blocks: if `engine` is in the middle of a reload (in a fork child, a reload a parent
+    /// thread was running when the process forked, which will never finish), nothing is inherited
+    /// and [`inherits_names`](Self::inherits_names) says so.
+    ///
+    /// ```
+    /// use costguard::{Engine, Policy, RequestId};
+    ///
+    /// let v1 = Policy::from_toml_str(r#"
+    ///     [dimensions]
+    ///     file_lookups = "counter"
+    ///     db_queries = "counter"
+    ///     [classes.api]
+    ///     limits = { db_queries = 10 }
+    /// "#).unwrap();
+    /// let v2 = Policy::from_toml_str(r#"
+    ///     [dimensions]
+    ///     db_queries = "counter"
+    ///     [classes.api]
+    ///     limits = { db_queries = 10 }
+    /// "#).unwrap();
+    /// let parent = Engine::new(v1).unwrap();
+    /// let file_lookups = parent.counter("file_lookups").unwrap();
+    /// let db_queries = parent.counter("db_queries").unwrap();
+    /// parent.reload(v2.clone()).unwrap();
+    ///
+    /// let builder = Engine::builder(v2).inherit_names(&parent);
+    /// assert!(builder.inherits_names());
+    /// let child = builder.build().unwrap();
+    /// // A fresh engine would give `db_queries` the first free id; this one keeps the parent's.
+    /// assert_eq!(child.counter("db_queries").unwrap(), db_queries);
+    /// // A counter the policy no longer has is charged without a limit, as in the parent.
+    /// let budget = child.begin_by_name("api", RequestId::new("r1").unwrap()).unwrap();
+    /// assert!(budget.try_charge(file_lookups, 1).is_ok());
+    /// assert!(budget.try_charge(db_queries, 11).is_err());
+    /// ```
+    pub fn inherit_names(mut self, engine: &Engine) -> Self {
+        self.names = engine.inner.registry.try_lock().map(|r| r.names_only());
+        self
+    }
+
+    /// Whether [`inherit_names`](Self::inherit_names) found the other engine's names.
+    pub fn inherits_names(&self) -> bool {
+        self.names.is_some()
+    }
+
     /// Compiles the policy and builds the engine.
     pub fn build(self) -> Result<Engine, PolicyError> {
         let clock = self
@@ -148,8 +203,10 @@ impl EngineBuilder {
             .unwrap_or_else(|| Arc::new(TscClock::with_ticker(DEFAULT_COARSE_TICK)));
         let cpu_clock: Arc<dyn CpuClock> =
             self.cpu_clock.unwrap_or_else(|| Arc::new(ThreadCpuClock));
-        let mut registry = Registry::new();
-        registry.key_seed = self.key_seed;
+        let mut registry = self.names.unwrap_or_else(Registry::new);
+        if self.key_seed.is_some() {
+            registry.key_seed = self.key_seed;
+        }
         let snapshot = registry.compile(
             self.policy,
             1,
@@ -188,6 +245,7 @@ impl Engine {
             hook: None,
             transitions: None,
             key_seed: None,
+            names: None,
         }
     }
 

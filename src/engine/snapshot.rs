@@ -85,6 +85,35 @@ impl Registry {
         }
     }
 
+    /// The same names with the same ids, and none of the state kept under them: no admission
+    /// gates, key tables or pools, and every backend and host as if new.
+    pub(crate) fn names_only(&self) -> Self {
+        Registry {
+            dims: self.dims.clone(),
+            classes: self.classes.clone(),
+            gates: Vec::new(),
+            adaptive: Vec::new(),
+            key_tables: Vec::new(),
+            pools: Vec::new(),
+            backends: self
+                .backends
+                .iter()
+                .map(|known| KnownBackend {
+                    name: Arc::clone(&known.name),
+                    hosts_seen: known.hosts_seen.clone(),
+                    host_states: known
+                        .hosts_seen
+                        .iter()
+                        .map(|name| Arc::new(HostState::new(Arc::clone(name))))
+                        .collect(),
+                    state: None,
+                })
+                .collect(),
+            key_seed: self.key_seed,
+            readmitted: Vec::new(),
+        }
+    }
+
     /// Assigns ids to the policy's names and compiles it, or explains why it cannot be applied to an
     /// engine that already knows other names. Nothing changes unless the whole policy fits.
     pub(crate) fn compile(
