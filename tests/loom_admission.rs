@@ -24,7 +24,9 @@
 #![cfg(costguard_loom)]
 
 use costguard::clock::ManualClock;
-use costguard::{AdmitRequest, Admitted, Class, Engine, Policy, Priority, Reason, RequestId};
+use costguard::{
+    AdmitRequest, Admitted, Class, Engine, Overrides, Policy, Priority, Reason, RequestId,
+};
 use loom::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use loom::thread;
 use std::cell::Cell;
@@ -316,6 +318,56 @@ fn permit_handed_to_a_waiter_timing_itself_out_is_used_or_returned() {
             (0, 0),
             "(in flight, queued): a permit or a waiter was stranded"
         );
+        assert!(engine.try_admit(&AdmitRequest::new(api, id(3))).is_ok());
+    });
+}
+
+/// A waiter whose patience is over as it joins the queue, expired by a release's dispatch while its
+/// own last look takes the permit that release freed, holds exactly that one permit.
+///
+/// A request with no time left to wait still joins the queue for one last look at the limiter (a
+/// permit freed just before it became visible would otherwise be missed). The release that frees the
+/// permit dispatches the queue and expires the waiter. If the last look then takes the permit and
+/// the waiter finds it cannot abandon its place, it must tell an expiry (its permit is the one it
+/// just took) from a grant (it holds two, and gives one back): giving one back after an expiry
+/// leaves a grant with no permit, and its release underflows the limiter or frees another request's.
+/// Here one permit is held, the release races the waiter's first poll, and whatever the
+/// interleaving, a grant holds exactly the one permit and everything is back to zero at the end.
+///
+/// The release must land between the waiter's enqueue and its last look, inside one poll: that takes
+/// three preemptions, one more than the other models need, so this one sets its own bound.
+#[test]
+fn a_waiter_expired_as_it_enqueues_holds_exactly_one_permit() {
+    let mut model = loom::model::Builder::new();
+    model.preemption_bound = Some(model.preemption_bound.map_or(3, |b| b.max(3)));
+    model.check(|| {
+        let (engine, _clock, api, held) = held_permit_and_waiter(Duration::from_secs(1));
+        let no_time = Overrides::new().wall_time(Duration::ZERO);
+        let waker = Waker::from(Arc::new(CountingWaker::default()));
+        let releaser = thread::spawn(move || drop(held));
+        let mut waiter = engine.admit_async(AdmitRequest::new(api, id(2)).overrides(&no_time));
+        let result = poll_once(&mut waiter, &waker);
+        releaser.join().unwrap();
+        match result {
+            Poll::Ready(Ok(grant)) => {
+                assert_eq!(
+                    in_flight_and_queued(&engine),
+                    (1, 0),
+                    "a grant without its permit"
+                );
+                drop(grant);
+            }
+            Poll::Ready(Err(verdict)) => assert!(
+                matches!(
+                    verdict.reason(),
+                    Reason::QueueTimeout | Reason::ConcurrencyLimit | Reason::InsufficientTime
+                ),
+                "{verdict:?}"
+            ),
+            Poll::Pending => {}
+        }
+        drop(waiter);
+        assert_eq!(in_flight_and_queued(&engine), (0, 0));
         assert!(engine.try_admit(&AdmitRequest::new(api, id(3))).is_ok());
     });
 }

@@ -365,7 +365,10 @@ impl Drop for Admitted {
         gate.limiter.release();
         let clock = &self.budget.node().snapshot.clock;
         let sampled = matches!(self.outcome, Some(Outcome::Success | Outcome::Overload));
-        let now = if sampled || gate.queue.has_waiters() {
+        // Read once, after the release: a waiter that became visible after this read looks at the
+        // limiter once more itself, and one seen here is dispatched at a time read for it.
+        let waiting = gate.queue.has_waiters();
+        let now = if sampled || waiting {
             clock.now().as_nanos()
         } else {
             0
@@ -382,7 +385,7 @@ impl Drop for Admitted {
                     .record(latency, self.outcome == Some(Outcome::Overload));
             }
         }
-        if gate.queue.has_waiters() {
+        if waiting {
             gate.queue.dispatch(&gate.limiter, adm.queue.as_ref(), now);
         }
     }
