@@ -91,7 +91,8 @@ pub struct Counts {
     pub shadow_refused: Vec<(Reason, u64)>,
     /// Requests shed by priority headroom, indexed by [`Priority`] (critical first).
     pub shed_by_priority: [u64; 4],
-    /// Requests that waited in the queue (whatever came of it).
+    /// Requests that joined the queue (whatever came of it, including those that got a permit on
+    /// the look they take right after joining, without waiting).
     pub waited: u64,
     /// Requests that waited and timed out.
     pub timed_out: u64,
@@ -129,7 +130,9 @@ pub struct ClassStats {
     pub queue_len: u32,
     /// Whether refusals are only recorded.
     pub shadow: bool,
-    /// Keys with an entry, and the most there can be.
+    /// Keys with an entry, and the most there can be. An idle key keeps its entry (with its rate
+    /// allowance) until a new key needs the slot, so this does not fall back to 0 when traffic
+    /// stops.
     pub keys: Option<(usize, usize)>,
     /// Counters.
     pub counts: Counts,
