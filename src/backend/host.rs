@@ -50,17 +50,31 @@ pub(crate) struct BreakerCell {
 impl BreakerCell {
     /// Lets an attempt through or says why not: the attempt's role, the breaker's generation, and
     /// the transition this caused, if any (half-opened, or a new round of probes after hung ones).
+    #[inline]
     pub(crate) fn begin(
         &self,
         now: u64,
         limits: Limits,
         timeout: u64,
     ) -> Result<(Role, u64, Option<TransitionKind>), breaker::Closed> {
-        let mut w = self.word.load(Ordering::Acquire);
+        let w = self.word.load(Ordering::Acquire);
         if w & breaker::STATE == breaker::CLOSED {
             // The common case decides on the word alone: no times to read, nothing to write.
             return Ok((Role::Normal, breaker::Word::unpack(w).generation, None));
         }
+        self.begin_not_closed(w, now, limits, timeout)
+    }
+
+    /// [`begin`](Self::begin) on a breaker that was not closed when its word was read.
+    #[cold]
+    #[inline(never)]
+    fn begin_not_closed(
+        &self,
+        mut w: u64,
+        now: u64,
+        limits: Limits,
+        timeout: u64,
+    ) -> Result<(Role, u64, Option<TransitionKind>), breaker::Closed> {
         loop {
             let b = self.times(w, now, limits);
             let (next, role) = breaker::begin(w, b)?;
@@ -152,6 +166,7 @@ impl BreakerCell {
 
     /// Whether [`begin`](Self::begin) would let an attempt through now (a look that changes no
     /// state; it may bring an open time back within reach, as `begin` would).
+    #[inline]
     pub(crate) fn would_admit(&self, now: u64, limits: Limits) -> bool {
         let w = self.word.load(Ordering::Acquire);
         w & breaker::STATE == breaker::CLOSED
