@@ -1857,3 +1857,108 @@ fn gradient2_backs_off_on_overload_failures() {
     }
     assert!(limit(&e) < 10, "the limit went to {}", limit(&e));
 }
+
+/// A waker runs with no lock of costguard's held: one that asks the engine to admit another
+/// request on the same class, right there in `wake`, neither deadlocks nor is refused for it.
+#[test]
+fn a_waker_may_call_back_into_the_engine() {
+    use executor::poll;
+    use std::future::Future as _;
+    use std::task::Wake;
+    struct Reentrant {
+        engine: Engine,
+        api: Class,
+        seen: Mutex<Option<bool>>,
+    }
+    impl Wake for Reentrant {
+        fn wake(self: Arc<Self>) {
+            let mut again = self.engine.admit_async(AdmitRequest::new(self.api, id(9)));
+            let noop = Arc::new(executor::CountingWaker::default());
+            let ready = poll(&mut again, &noop).is_ready();
+            *self.seen.lock().unwrap() = Some(ready);
+        }
+    }
+    let (e, _clock) = engine(queued_policy(500));
+    let api = e.class("api").unwrap();
+    let first = e.try_admit(&AdmitRequest::new(api, id(1))).unwrap();
+    let waker = Arc::new(Reentrant {
+        engine: e.clone(),
+        api,
+        seen: Mutex::new(None),
+    });
+    let mut fut = e.admit_async(AdmitRequest::new(api, id(2)));
+    let w = std::task::Waker::from(Arc::clone(&waker));
+    assert!(std::pin::Pin::new(&mut fut)
+        .poll(&mut std::task::Context::from_waker(&w))
+        .is_pending());
+    drop(first); // hands the permit to the waiter and wakes it
+    assert!(
+        waker.seen.lock().unwrap().is_some(),
+        "the waker did not run"
+    );
+    let admitted = std::pin::Pin::new(&mut fut).poll(&mut std::task::Context::from_waker(&w));
+    assert!(matches!(admitted, std::task::Poll::Ready(Ok(_))));
+}
+
+/// A waker that panics is the application's bug, reported by the panic hook; it does not unwind
+/// out of the grant's drop that woke it (which could abort a process already unwinding), and the
+/// permit it was handed is still its waiter's.
+#[test]
+fn a_panicking_waker_does_not_escape_the_release() {
+    use std::future::Future as _;
+    use std::task::Wake;
+    struct Panics;
+    impl Wake for Panics {
+        fn wake(self: Arc<Self>) {
+            panic!("a waker with a bug");
+        }
+    }
+    let (e, _clock) = engine(queued_policy(500));
+    let api = e.class("api").unwrap();
+    let first = e.try_admit(&AdmitRequest::new(api, id(1))).unwrap();
+    let w = std::task::Waker::from(Arc::new(Panics));
+    let mut fut = e.admit_async(AdmitRequest::new(api, id(2)));
+    let mut cx = std::task::Context::from_waker(&w);
+    assert!(std::pin::Pin::new(&mut fut).poll(&mut cx).is_pending());
+    drop(first);
+    let admitted = std::pin::Pin::new(&mut fut).poll(&mut cx);
+    assert!(matches!(admitted, std::task::Poll::Ready(Ok(_))));
+    drop(admitted);
+    drop(fut);
+    assert_eq!(e.admission_stats().class("api").unwrap().in_flight, 0);
+}
+
+/// Expiring more waiters at once than one pass wakes (they are woken in batches, each after the
+/// queue's lock is released) wakes every one of them.
+#[test]
+fn every_expired_waiter_is_woken() {
+    use executor::{poll, CountingWaker};
+    let policy = Policy::builder()
+        .class("api", |c| {
+            c.admission(|a| a.concurrency(1).queue(64, Duration::from_millis(100)))
+        })
+        .build()
+        .unwrap();
+    let (e, clock) = engine(policy);
+    let api = e.class("api").unwrap();
+    let held = e.try_admit(&AdmitRequest::new(api, id(0))).unwrap();
+    let waiters: Vec<_> = (1..=20)
+        .map(|n| {
+            let waker = Arc::new(CountingWaker::default());
+            let mut f = e.admit_async(AdmitRequest::new(api, id(n)));
+            assert!(poll(&mut f, &waker).is_pending());
+            (f, waker)
+        })
+        .collect();
+    clock.advance(Duration::from_millis(200));
+    e.expire_waiters();
+    for (mut f, waker) in waiters {
+        assert_eq!(waker.0.load(Ordering::SeqCst), 1);
+        match poll(&mut f, &waker) {
+            std::task::Poll::Ready(Err(v)) => assert_eq!(v.reason(), Reason::QueueTimeout),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(e.admission_stats().class("api").unwrap().queue_len, 0);
+    drop(held);
+}

@@ -75,14 +75,25 @@ impl Waiter {
         }
     }
 
-    fn notify(&self) {
-        match std::mem::replace(&mut *self.wake.lock(), Wake::Nobody) {
-            Wake::Nobody => {}
-            Wake::Thread(t) => t.unpark(),
-            Wake::Task(w) => w.wake(),
-        }
+    /// Takes the means to wake the waiter, to use once the queue's lock is released.
+    fn take_wake(&self) -> Wake {
+        std::mem::replace(&mut *self.wake.lock(), Wake::Nobody)
     }
 }
+
+/// Wakes a waiter. An application's waker runs here, so it runs with no lock of costguard's held
+/// (it may poll the future again, on this thread), and a panic in it goes no further: this runs in
+/// a grant's drop, where a second panic during unwinding would abort the process.
+fn fire(wake: Wake) {
+    match wake {
+        Wake::Nobody => {}
+        Wake::Thread(t) => t.unpark(),
+        Wake::Task(w) => crate::engine::run_hook(|| w.wake()),
+    }
+}
+
+/// The most waiters one pass of a dispatch wakes before it releases the queue's lock to wake them.
+const WAKE_BATCH: usize = 8;
 
 #[derive(Debug, Default)]
 struct Codel {
@@ -155,14 +166,37 @@ impl WaitQueue {
     }
 
     /// Hands free permits to waiters (newest first while CoDel says overloaded) and expires waiters
-    /// whose deadline has passed. Called after releases and by the timer.
+    /// whose deadline has passed, then wakes them. Called after releases and by the timer.
     pub(crate) fn dispatch(&self, limiter: &Limiter, policy: Option<&QueuePolicy>, now: u64) {
+        loop {
+            let mut wakes: [Wake; WAKE_BATCH] = std::array::from_fn(|_| Wake::Nobody);
+            let done = self.dispatch_pass(limiter, policy, now, &mut wakes);
+            wakes.into_iter().for_each(fire);
+            if done {
+                return;
+            }
+        }
+    }
+
+    /// One pass of [`dispatch`](Self::dispatch) under the queue's lock, gathering the wakes of the
+    /// waiters it granted or expired; `false` when it stopped because `wakes` was full.
+    fn dispatch_pass(
+        &self,
+        limiter: &Limiter,
+        policy: Option<&QueuePolicy>,
+        now: u64,
+        wakes: &mut [Wake; WAKE_BATCH],
+    ) -> bool {
+        let mut woken = 0;
         let mut inner = self.inner.lock();
         // The highest share a waiter failed to get a permit at: waiters at that share or below
         // cannot get one either, but one of a higher priority (a larger share of the limit) may.
         let mut blocked: Option<Permille> = None;
         let mut i = 0;
         while i < inner.waiters.len() {
+            if woken == WAKE_BATCH {
+                break;
+            }
             let lifo = inner.codel.overloaded;
             let index = if lifo { inner.waiters.len() - 1 - i } else { i };
             let w = Arc::clone(&inner.waiters[index]);
@@ -175,7 +209,8 @@ impl WaitQueue {
                     .compare_exchange(WAITING, EXPIRED, Ordering::AcqRel, Ordering::Acquire)
                     .is_ok()
                 {
-                    w.notify();
+                    wakes[woken] = w.take_wake();
+                    woken += 1;
                 }
                 inner.waiters.remove(index);
                 continue;
@@ -196,7 +231,8 @@ impl WaitQueue {
                         .codel
                         .on_grant(now.saturating_sub(w.enqueued), now, policy);
                 }
-                w.notify();
+                wakes[woken] = w.take_wake();
+                woken += 1;
             } else {
                 // It left at this very instant: the permit taken for it goes back.
                 limiter.release();
@@ -208,6 +244,7 @@ impl WaitQueue {
             inner.codel = Codel::default();
         }
         self.waiting.store(len, Ordering::SeqCst);
+        woken < WAKE_BATCH
     }
 }
 
