@@ -49,6 +49,12 @@ impl<S: Source> Cached<S> {
     /// at its next tick after the last clone of the clock is dropped. Without a thread (none could
     /// be started) the clock still works: precise readings keep the cache fresh.
     pub(super) fn with_ticker(source: S, period: Duration) -> Self {
+        Self::with_ticker_while(source, period, None)
+    }
+
+    /// As [`with_ticker`](Self::with_ticker), and the thread also exits once `owner` is gone (an
+    /// engine that made the clock for itself, whose clock finished budgets may outlive it).
+    pub(super) fn with_ticker_while(source: S, period: Duration, owner: Option<Weak<()>>) -> Self {
         let clock = Self::new(source);
         let period = tick(period);
         let source = clock.source.clone();
@@ -57,6 +63,9 @@ impl<S: Source> Cached<S> {
             .name("costguard-clock".into())
             .spawn(move || {
                 while let Some(cache) = cache.upgrade() {
+                    if owner.as_ref().is_some_and(|o| o.upgrade().is_none()) {
+                        return;
+                    }
                     publish(&cache, source.elapsed_nanos());
                     drop(cache);
                     std::thread::sleep(period);

@@ -87,6 +87,11 @@ impl TscClock {
     pub fn with_ticker(period: Duration) -> Self {
         TscClock(Cached::with_ticker(Tsc::new(), period))
     }
+
+    /// As [`with_ticker`](Self::with_ticker), and the thread also exits once `owner` is gone.
+    pub(crate) fn with_ticker_while(period: Duration, owner: crate::sync::Weak<()>) -> Self {
+        TscClock(Cached::with_ticker_while(Tsc::new(), period, Some(owner)))
+    }
 }
 
 impl Default for TscClock {

@@ -27,6 +27,11 @@ pub const DEFAULT_COARSE_TICK: Duration = Duration::from_millis(1);
 
 /// Holds the policy and starts budgets. Cheap to clone; clones share everything.
 ///
+/// When the last clone is dropped, the clock thread the engine started for itself (without
+/// [`EngineBuilder::clock`]) stops. A thread that started budgets keeps up to four finished ones
+/// for reuse, each with the policy snapshot it last ran under, until it starts budgets of another
+/// engine or exits: that much of a dropped engine's memory may outlive it.
+///
 /// ```
 /// use costguard::{Engine, Policy, RequestId};
 /// use std::time::Duration;
@@ -75,6 +80,9 @@ struct Inner {
     /// Expires async waiters; started with the first one.
     #[cfg_attr(costguard_loom, allow(dead_code))]
     timer: crate::sync::OnceLock<std::thread::Thread>,
+    /// Alive as long as the engine: the ticker thread of a clock the engine made for itself stops
+    /// with the engine, although finished budgets kept for reuse may keep the clock.
+    _alive: Arc<()>,
 }
 
 /// Configures an [`Engine`].
@@ -198,9 +206,13 @@ impl EngineBuilder {
 
     /// Compiles the policy and builds the engine.
     pub fn build(self) -> Result<Engine, PolicyError> {
-        let clock = self
-            .clock
-            .unwrap_or_else(|| Arc::new(TscClock::with_ticker(DEFAULT_COARSE_TICK)));
+        let alive = Arc::new(());
+        let clock = self.clock.unwrap_or_else(|| {
+            Arc::new(TscClock::with_ticker_while(
+                DEFAULT_COARSE_TICK,
+                Arc::downgrade(&alive),
+            ))
+        });
         let cpu_clock: Arc<dyn CpuClock> =
             self.cpu_clock.unwrap_or_else(|| Arc::new(ThreadCpuClock));
         let mut registry = self.names.unwrap_or_else(Registry::new);
@@ -225,6 +237,7 @@ impl EngineBuilder {
                 hook: self.hook,
                 transitions: self.transitions,
                 timer: crate::sync::OnceLock::new(),
+                _alive: alive,
             }),
         })
     }
