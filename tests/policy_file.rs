@@ -340,10 +340,38 @@ fn inverted_bounds_and_headroom_order_are_refused_in_code_too() {
     for needle in [
         "classes.a.admission.concurrency.min: min 10 is above max 2",
         "classes.b.admission.concurrency.initial: must be between min 1 and max 10 (found 100)",
-        "classes.c.admission.headroom: a less important priority cannot see more of the limit",
+        "classes.c.admission.headroom.background: background work cannot see more of the limit (0.9) than sheddable work (0.5)",
         "classes.d.admission.headroom.critical: critical work always sees the whole limit",
         "classes.e.admission.headroom.normal: must be a fraction between 0 and 1 (found NaN)",
     ] {
         assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
     }
+}
+
+/// A priority's share left out of a policy never exceeds the share above it, so lowering only
+/// `normal` is enough to keep a reserve for critical work; two written shares out of order are
+/// reported at the lower priority's line.
+#[test]
+fn headroom_defaults_follow_a_lowered_share_and_errors_point_at_the_share() {
+    let p = Policy::from_toml_str(
+        "[classes.api.admission]\nconcurrency = 10\nheadroom = { normal = 0.7 }\n",
+    )
+    .unwrap();
+    let headroom = p.class("api").unwrap().admission().unwrap().headroom();
+    assert_eq!(headroom.0, [1000, 700, 700, 500]);
+    let err = Policy::from_toml_str(
+        "[classes.api.admission]\nconcurrency = 10\n\n[classes.api.admission.headroom]\nnormal = 0.5\nsheddable = 0.9\n",
+    )
+    .unwrap_err();
+    let problem = err
+        .problems()
+        .iter()
+        .find(|p| p.field == "classes.api.admission.headroom.sheddable")
+        .unwrap_or_else(|| panic!("{err}"));
+    assert_eq!(problem.location.as_ref().unwrap().line, 6, "{err}");
+    assert!(
+        err.to_string()
+            .contains("sheddable work cannot see more of the limit (0.9) than normal work (0.5)"),
+        "{err}"
+    );
 }

@@ -569,6 +569,8 @@ pub(crate) fn validate_admission(
     };
 
     let mut headroom = Headroom::default();
+    // Where each priority's share was written, if it was.
+    let mut written: [Option<&Option<super::Location>>; 4] = [None; 4];
     for (name, share) in &a.headroom {
         let field = format!("{base}.headroom.{}", name.value);
         let Ok(p) = name.value.parse::<Priority>() else {
@@ -580,26 +582,43 @@ pub(crate) fn validate_admission(
             continue;
         };
         match permille(share.value, 0.0, 1.0) {
-            Some(v) => headroom.0[p as usize] = v,
+            Some(v) => {
+                headroom.0[p as usize] = v;
+                written[p as usize] = Some(&share.at);
+            }
             None => problems.push(share.at.clone(), field, fraction_problem(share.value)),
         }
     }
     if headroom.0[0] != 1000 {
         problems.push(
-            raw.at.clone(),
+            written[0].cloned().unwrap_or_else(|| raw.at.clone()),
             format!("{base}.headroom.critical"),
             "critical work always sees the whole limit (1.0)",
         );
     }
-    if headroom.0.windows(2).any(|w| w[1] > w[0]) {
-        problems.push(
-            raw.at.clone(),
-            format!("{base}.headroom"),
-            format!(
-                "a less important priority cannot see more of the limit than a more important one ({:?} per mille)",
-                headroom.0
-            ),
-        );
+    // A share left out never exceeds the one above it: lowering only `normal` to 0.7 lowers the
+    // default shares below it with it.
+    for (p, at) in written.iter().enumerate().skip(1) {
+        if at.is_none() {
+            headroom.0[p] = headroom.0[p].min(headroom.0[p - 1]);
+        }
+    }
+    let names = ["critical", "normal", "sheddable", "background"];
+    for p in 1..headroom.0.len() {
+        if headroom.0[p] > headroom.0[p - 1] {
+            // Both written (a share left out was lowered above): report the lower priority's.
+            problems.push(
+                written[p].cloned().unwrap_or_else(|| raw.at.clone()),
+                format!("{base}.headroom.{}", names[p]),
+                format!(
+                    "{} work cannot see more of the limit ({}) than {} work ({})",
+                    names[p],
+                    f64::from(headroom.0[p]) / 1000.0,
+                    names[p - 1],
+                    f64::from(headroom.0[p - 1]) / 1000.0
+                ),
+            );
+        }
     }
 
     let queue = a.queue.and_then(|q| {
