@@ -375,3 +375,45 @@ fn headroom_defaults_follow_a_lowered_share_and_errors_point_at_the_share() {
         "{err}"
     );
 }
+
+/// Errors about one key of an admission table point at that key's line, not the table's.
+#[test]
+fn admission_errors_point_at_the_offending_key() {
+    let src = "\
+[classes.api]
+wall_time = \"1s\"
+
+[classes.api.admission]
+concurrency = 4
+headroom = { normal = 0.5, sheddable = 0.9 }
+
+[classes.api.admission.queue]
+max_wait = \"1s\"
+capacity = 0
+codel_interval = \"1ms\"
+
+[classes.api.admission.per_key]
+max_keys = 10
+concurrency = 0
+rate = 0
+";
+    let err = Policy::from_toml_str(src).unwrap_err();
+    let line_of = |field: &str| {
+        err.problems()
+            .iter()
+            .find(|p| p.field == field)
+            .unwrap_or_else(|| panic!("no problem for {field}: {err}"))
+            .location
+            .as_ref()
+            .unwrap()
+            .line
+    };
+    assert_eq!(line_of("classes.api.admission.headroom.sheddable"), 6);
+    assert_eq!(line_of("classes.api.admission.queue.capacity"), 10);
+    // Only the interval was written: it is the one reported, against the default target.
+    assert_eq!(line_of("classes.api.admission.queue.codel_interval"), 11);
+    assert_eq!(line_of("classes.api.admission.per_key.concurrency"), 15);
+    assert_eq!(line_of("classes.api.admission.per_key.rate"), 16);
+    // A burst left out is the rate: not a problem of its own.
+    assert!(!err.to_string().contains("per_key.burst"), "{err}");
+}

@@ -233,6 +233,22 @@ pub(crate) struct RawQueue {
     pub(crate) max_wait: Option<Duration>,
     pub(crate) codel_target: Option<Duration>,
     pub(crate) codel_interval: Option<Duration>,
+    /// Where each key was written, when the policy came from a file.
+    pub(crate) keys: KeysAt,
+}
+
+/// Where each key of a settings table was written, for errors about one key.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct KeysAt(pub(crate) Vec<(&'static str, Option<super::Location>)>);
+
+impl KeysAt {
+    /// Where `key` was written, or else where its table was.
+    fn of(&self, key: &str, table: &Option<super::Location>) -> Option<super::Location> {
+        self.0
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map_or_else(|| table.clone(), |(_, at)| at.clone())
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -242,6 +258,8 @@ pub(crate) struct RawPerKey {
     pub(crate) per: Option<Duration>,
     pub(crate) burst: Option<u64>,
     pub(crate) max_keys: Option<u64>,
+    /// Where each key was written, when the policy came from a file.
+    pub(crate) keys: KeysAt,
 }
 
 #[derive(Clone, Debug)]
@@ -623,9 +641,10 @@ pub(crate) fn validate_admission(
 
     let queue = a.queue.and_then(|q| {
         let f = |k: &str| format!("{base}.queue.{k}");
+        let at = |k: &str| q.value.keys.of(k, &q.at);
         let capacity = check_u32(
             problems,
-            &q.at,
+            &at("capacity"),
             f("capacity"),
             q.value.capacity.unwrap_or(0),
             1,
@@ -633,29 +652,41 @@ pub(crate) fn validate_admission(
         );
         let max_wait = positive(
             problems,
-            &q.at,
+            &at("max_wait"),
             f("max_wait"),
             q.value.max_wait.unwrap_or(DEFAULT_MAX_WAIT),
         );
         let target = positive(
             problems,
-            &q.at,
+            &at("codel_target"),
             f("codel_target"),
             q.value.codel_target.unwrap_or(DEFAULT_CODEL_TARGET),
         );
         let interval = positive(
             problems,
-            &q.at,
+            &at("codel_interval"),
             f("codel_interval"),
             q.value.codel_interval.unwrap_or(DEFAULT_CODEL_INTERVAL),
         );
         let (target, interval) = (target?, interval?);
         if target > interval {
-            problems.push(
-                q.at.clone(),
-                f("codel_target"),
-                "must not be above codel_interval (a wait is judged against the target over each interval)",
-            );
+            // Reported at the interval when only it was written (the target is then the default).
+            let written = |k: &str| q.value.keys.0.iter().any(|(key, _)| *key == k);
+            if !written("codel_target") && written("codel_interval") {
+                problems.push(
+                    at("codel_interval"),
+                    f("codel_interval"),
+                    format!(
+                        "must not be below codel_target ({target:?}, the default): a wait is judged against the target over each interval"
+                    ),
+                );
+            } else {
+                problems.push(
+                    at("codel_target"),
+                    f("codel_target"),
+                    "must not be above codel_interval (a wait is judged against the target over each interval)",
+                );
+            }
             return None;
         }
         Some(QueuePolicy {
@@ -692,25 +723,34 @@ pub(crate) fn validate_admission(
 
     let per_key = a.per_key.and_then(|k| {
         let f = |n: &str| format!("{base}.per_key.{n}");
-        let v = k.value;
-        let concurrency = v
-            .concurrency
-            .map(|c| check_u32(problems, &k.at, f("concurrency"), c, 1, u64::from(u16::MAX)));
+        let at = |n: &str| k.value.keys.of(n, &k.at);
+        let v = k.value.clone();
+        let concurrency = v.concurrency.map(|c| {
+            check_u32(
+                problems,
+                &at("concurrency"),
+                f("concurrency"),
+                c,
+                1,
+                u64::from(u16::MAX),
+            )
+        });
         let rate = match (v.rate, v.per, v.burst) {
             (None, None, None) => Some(None),
             (Some(amount), per, burst) => {
                 let per = positive(
                     problems,
-                    &k.at,
+                    &at("per"),
                     f("per"),
                     per.unwrap_or(Duration::from_secs(1)),
                 );
                 let burst = burst.unwrap_or(amount);
                 if amount == 0 {
-                    problems.push(k.at.clone(), f("rate"), "must be greater than zero");
+                    problems.push(at("rate"), f("rate"), "must be greater than zero");
                 }
-                if burst == 0 {
-                    problems.push(k.at.clone(), f("burst"), "must be greater than zero");
+                // A burst left out is the rate: only a written one is its own problem.
+                if burst == 0 && v.burst.is_some() {
+                    problems.push(at("burst"), f("burst"), "must be greater than zero");
                 }
                 // The limiter keeps a key's allowance as a point in time up to `burst × per /
                 // rate` ahead of now: past a century that point no longer fits the clock's range.
@@ -720,9 +760,10 @@ pub(crate) fn validate_admission(
                         .checked_mul(burst)
                 });
                 if let Some(span) = span.filter(|s| s.is_none_or(|s| s > MAX_RATE_SPAN_NS)) {
+                    let key = if v.burst.is_some() { "burst" } else { "per" };
                     problems.push(
-                        k.at.clone(),
-                        f("burst"),
+                        at(key),
+                        f(key),
                         format!(
                             "a burst of {burst} at {amount} per {:?} spans {}; at most 100 years",
                             per.unwrap_or_default(),
@@ -739,13 +780,15 @@ pub(crate) fn validate_admission(
                 .map(|per| Some(RateLimit { amount, per, burst }))
             }
             _ => {
-                problems.push(k.at.clone(), f("rate"), "`per` and `burst` need `rate`");
+                // Missing, so reported where `per` (or `burst`) was written.
+                let key = if v.per.is_some() { "per" } else { "burst" };
+                problems.push(at(key), f("rate"), "`per` and `burst` need `rate`");
                 None
             }
         };
         let max_keys = check_u32(
             problems,
-            &k.at,
+            &at("max_keys"),
             f("max_keys"),
             v.max_keys.unwrap_or(u64::from(DEFAULT_MAX_KEYS)),
             1,

@@ -295,17 +295,29 @@ impl Reader<'_> {
                     let mut q = RawQueue::default();
                     for (qk, qv) in t.iter() {
                         let f = join(&field, qk.get_ref());
-                        match qk.get_ref().as_ref() {
-                            "capacity" => q.capacity = self.quantity(qv, &f),
-                            "max_wait" => q.max_wait = self.duration(qv, &f, false).flatten(),
+                        let key = match qk.get_ref().as_ref() {
+                            "capacity" => {
+                                q.capacity = self.quantity(qv, &f);
+                                "capacity"
+                            }
+                            "max_wait" => {
+                                q.max_wait = self.duration(qv, &f, false).flatten();
+                                "max_wait"
+                            }
                             "codel_target" => {
-                                q.codel_target = self.duration(qv, &f, false).flatten()
+                                q.codel_target = self.duration(qv, &f, false).flatten();
+                                "codel_target"
                             }
                             "codel_interval" => {
-                                q.codel_interval = self.duration(qv, &f, false).flatten()
+                                q.codel_interval = self.duration(qv, &f, false).flatten();
+                                "codel_interval"
                             }
-                            _ => self.unknown_key(qk, &field, QUEUE_KEYS),
-                        }
+                            _ => {
+                                self.unknown_key(qk, &field, QUEUE_KEYS);
+                                continue;
+                            }
+                        };
+                        q.keys.0.push((key, self.at(qv.span().start)));
                     }
                     a.queue = Some(Field::new(q, at));
                 }
@@ -316,14 +328,33 @@ impl Reader<'_> {
                     let mut pk = RawPerKey::default();
                     for (kk, kv) in t.iter() {
                         let f = join(&field, kk.get_ref());
-                        match kk.get_ref().as_ref() {
-                            "concurrency" => pk.concurrency = self.quantity(kv, &f),
-                            "rate" => pk.rate = self.quantity(kv, &f),
-                            "per" => pk.per = self.duration(kv, &f, false).flatten(),
-                            "burst" => pk.burst = self.quantity(kv, &f),
-                            "max_keys" => pk.max_keys = self.quantity(kv, &f),
-                            _ => self.unknown_key(kk, &field, PER_KEY_KEYS),
-                        }
+                        let key = match kk.get_ref().as_ref() {
+                            "concurrency" => {
+                                pk.concurrency = self.quantity(kv, &f);
+                                "concurrency"
+                            }
+                            "rate" => {
+                                pk.rate = self.quantity(kv, &f);
+                                "rate"
+                            }
+                            "per" => {
+                                pk.per = self.duration(kv, &f, false).flatten();
+                                "per"
+                            }
+                            "burst" => {
+                                pk.burst = self.quantity(kv, &f);
+                                "burst"
+                            }
+                            "max_keys" => {
+                                pk.max_keys = self.quantity(kv, &f);
+                                "max_keys"
+                            }
+                            _ => {
+                                self.unknown_key(kk, &field, PER_KEY_KEYS);
+                                continue;
+                            }
+                        };
+                        pk.keys.0.push((key, self.at(kv.span().start)));
                     }
                     a.per_key = Some(Field::new(pk, at));
                 }
