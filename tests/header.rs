@@ -165,6 +165,16 @@ fn malformed_headers_are_typed_errors() {
         Propagation::decode(&long).unwrap_err().kind(),
         HeaderErrorKind::TooLong
     );
+    // The limit is on the value: spaces and tabs around it, however many, are ignored.
+    let fields: Vec<String> = (0..37)
+        .map(|i| format!("d{i:02}{}=10000000000000000000", "a".repeat(29)))
+        .collect();
+    let full = format!("cg1;{}", fields.join(";"));
+    assert!(full.len() <= costguard::header::MAX_HEADER_LEN && full.len() > 2000);
+    let padded = format!("{}{full}{}", " ".repeat(100), "\t".repeat(100));
+    let decoded = Propagation::decode(&padded).unwrap();
+    assert_eq!(decoded, Propagation::decode(&full).unwrap());
+    assert_eq!(decoded.allowances().count(), 37);
 }
 
 /// Every dimension a policy accepts travels in the header and decodes again; the header's own keys
