@@ -123,7 +123,8 @@ pub struct RateLimit {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PerKey {
-    /// The most requests of one key in flight at once.
+    /// The most requests of one key in flight at once (at most 65,535). Without it a key's
+    /// requests in flight are still counted, and held to 65,535, the most the count can hold.
     pub concurrency: Option<u32>,
     /// The rate of one key.
     pub rate: Option<RateLimit>,
