@@ -903,8 +903,12 @@ public:
         detail::check(costguard_engine_generation(h_.get(), &g), "costguard_engine_generation");
         return g;
     }
-    /// Manual-clock engines only (Error InvalidArgument otherwise).
+    /// Manual-clock engines only (Error InvalidArgument otherwise). The clock only moves forward:
+    /// a negative duration throws std::invalid_argument, as in the PHP binding.
     void advance_clock(Nanos by) const {
+        if (by.count() < 0) {
+            throw std::invalid_argument("costguard::Engine::advance_clock: a negative duration");
+        }
         detail::check(costguard_engine_advance_clock(h_.get(), detail::to_ns(by)), "costguard_engine_advance_clock");
     }
 

@@ -136,6 +136,8 @@ void test_basics() {
                  [](const cg::Error &e) { CHECK_EQ(e.status(), cg::Status::IoError); });
     CHECK_EQ(engine.generation(), 2u);
     engine.advance_clock(std::chrono::seconds(1));
+    CHECK_THROWS(engine.advance_clock(std::chrono::seconds(-1)), std::invalid_argument,
+                 [](const std::invalid_argument &) {});
 
     // Text outputs of every size: the statistics are far larger than the first stack buffer.
     std::string json = engine.stats_json();
