@@ -11,6 +11,9 @@
 //! sampler's own, which a reload replaces under the same lock: a request still running under an
 //! older policy closes a window by the newest one, never setting a limit outside its bounds.
 //!
+//! Both grow only a limit in use (at least half of it in flight when a window closes): a quiet spell
+//! says nothing about how much more the backend can take.
+//!
 //! Only outcomes that say something about the backend's capacity are sampled: successes and
 //! overload failures (server errors, timeouts). Refused, cancelled and client-error requests are not.
 
@@ -112,7 +115,12 @@ fn step(config: &AdaptiveLimit, state: State, w: Window) -> State {
             } else {
                 state.limit.sqrt()
             };
-            let target = state.limit * gradient + headroom;
+            let mut target = state.limit * gradient + headroom;
+            // Like AIMD, grow only a limit in use: a quiet spell says nothing about how much more
+            // the backend can take, and must not leave the next burst a limit at `max`.
+            if f64::from(w.in_flight) * 2.0 < state.limit {
+                target = target.min(state.limit);
+            }
             let alpha = f64::from(smoothing) / 1000.0;
             let limit = state.limit * (1.0 - alpha) + target * alpha;
             State {
@@ -347,6 +355,31 @@ mod tests {
             assert!((5.0..=200.0).contains(&s.limit));
         }
         assert!(s.limit <= 200.0 && s.limit >= 5.0);
+    }
+
+    #[test]
+    fn gradient_grows_only_a_limit_in_use() {
+        let c = AdaptiveLimit {
+            algorithm: Algorithm::Gradient2 {
+                tolerance: 1500,
+                smoothing: 200,
+            },
+            initial: 50,
+            min: 5,
+            max: 200,
+            window: Duration::from_secs(1),
+        };
+        let mut s = start(50.0);
+        // Fast, steady, and never more than 10 in flight: the limit of 50 stays.
+        for _ in 0..50 {
+            s = next(&c, s, window(100, 10, 0, 10));
+        }
+        assert_eq!(s.limit, 50.0);
+        // A quiet spell still lets a rise in latency cut it.
+        for _ in 0..5 {
+            s = next(&c, s, window(100, 80, 0, 10));
+        }
+        assert!(s.limit < 40.0, "{}", s.limit);
     }
 
     #[test]
