@@ -273,6 +273,20 @@ mod tests {
         }
     }
 
+    /// Gradient2 with a tolerance of 1.5 and a smoothing of 0.2, from `initial` within `5..=max`.
+    fn gradient2(initial: u32, max: u32) -> AdaptiveLimit {
+        AdaptiveLimit {
+            algorithm: Algorithm::Gradient2 {
+                tolerance: 1500,
+                smoothing: 200,
+            },
+            initial,
+            min: 5,
+            max,
+            window: Duration::from_secs(1),
+        }
+    }
+
     fn window(count: u64, mean_ms: u64, overloads: u64, in_flight: u32) -> Window {
         Window {
             count,
@@ -312,16 +326,7 @@ mod tests {
 
     #[test]
     fn gradient_falls_with_latency_and_recovers_after_it() {
-        let c = AdaptiveLimit {
-            algorithm: Algorithm::Gradient2 {
-                tolerance: 1500,
-                smoothing: 200,
-            },
-            initial: 50,
-            min: 5,
-            max: 200,
-            window: Duration::from_secs(1),
-        };
+        let c = gradient2(50, 200);
         let mut s = start(50.0);
         for _ in 0..20 {
             s = next(&c, s, window(100, 10, 0, 50));
@@ -359,16 +364,7 @@ mod tests {
 
     #[test]
     fn gradient_grows_only_a_limit_in_use() {
-        let c = AdaptiveLimit {
-            algorithm: Algorithm::Gradient2 {
-                tolerance: 1500,
-                smoothing: 200,
-            },
-            initial: 50,
-            min: 5,
-            max: 200,
-            window: Duration::from_secs(1),
-        };
+        let c = gradient2(50, 200);
         let mut s = start(50.0);
         // Fast, steady, and never more than 10 in flight: the limit of 50 stays.
         for _ in 0..50 {
@@ -384,16 +380,7 @@ mod tests {
 
     #[test]
     fn zero_and_huge_latencies_keep_the_limit_finite_and_within_bounds() {
-        let c = AdaptiveLimit {
-            algorithm: Algorithm::Gradient2 {
-                tolerance: 1500,
-                smoothing: 200,
-            },
-            initial: 10,
-            min: 5,
-            max: 20,
-            window: Duration::from_secs(1),
-        };
+        let c = gradient2(10, 20);
         // A clock that did not move between admission and finish: every sample is 0 ns.
         let zero = Window {
             count: 3,
