@@ -1962,3 +1962,47 @@ fn every_expired_waiter_is_woken() {
     assert_eq!(e.admission_stats().class("api").unwrap().queue_len, 0);
     drop(held);
 }
+
+/// In shadow mode an estimate larger than a whole pool is one would-be refusal (`CannotFit`), not
+/// also a second one (`PoolExhausted`) when its amount is then held.
+#[test]
+fn shadow_mode_records_an_estimate_larger_than_its_pool_once() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let policy = Policy::builder()
+        .counter("db_queries")
+        .pool("db", "db_queries", 10)
+        .class("api", |c| {
+            c.admission(|a| a.concurrency(5).shadow(true).pool("db"))
+        })
+        .build()
+        .unwrap();
+    let log = Arc::clone(&seen);
+    let e = Engine::builder(policy)
+        .clock(ManualClock::new())
+        .on_refusal(move |event| log.lock().unwrap().push(event.verdict.reason()))
+        .build()
+        .unwrap();
+    let (api, db) = (e.class("api").unwrap(), e.counter("db_queries").unwrap());
+    let big = e
+        .try_admit(&AdmitRequest::new(api, id(1)).estimate(db, 20))
+        .unwrap();
+    assert_eq!(*seen.lock().unwrap(), vec![Reason::CannotFit]);
+    // A request that would fit an empty pool, but not this one, is the pool's refusal.
+    let _small = e
+        .try_admit(&AdmitRequest::new(api, id(2)).estimate(db, 5))
+        .unwrap();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![Reason::CannotFit, Reason::PoolExhausted]
+    );
+    let stats = e.admission_stats();
+    let c = &stats.class("api").unwrap().counts;
+    assert_eq!(
+        (
+            c.shadow_refused(Reason::CannotFit),
+            c.shadow_refused(Reason::PoolExhausted)
+        ),
+        (1, 1)
+    );
+    drop(big);
+}

@@ -40,8 +40,9 @@
 //!
 //! A class in **shadow** mode evaluates steps 4 to 7 but admits: each would-be refusal is counted
 //! under `shadow_refused` and reported to the hook with `shadow = true`; the permit, pin and pool
-//! amounts are taken anyway. At the key step only one shadow refusal is recorded (the concurrency one
-//! when both apply), and a nonconforming rate charges nothing. Enforced refusals count under `refused`,
+//! amounts are taken anyway. An estimate larger than its whole pool is recorded once (`CannotFit`,
+//! not also `PoolExhausted`). At the key step only one shadow refusal is recorded (the concurrency
+//! one when both apply), and a nonconforming rate charges nothing. Enforced refusals count under `refused`,
 //! and `Shed` ones also under `shed_by_priority`.
 //!
 //! Dropping a grant gives back its pin, pool amounts and permit (all saturating at zero); finishing it
@@ -565,7 +566,10 @@ impl Model {
                     (amount, used, pool.limit),
                 );
                 if adm.shadow {
-                    shadow_refusal(self, &mut events, v);
+                    // An estimate larger than the whole pool was recorded as `CannotFit` at step 4.
+                    if amount <= pool.limit {
+                        shadow_refusal(self, &mut events, v);
+                    }
                 } else {
                     for (q, n) in taken {
                         self.pools_used[q] = self.pools_used[q].saturating_sub(n);

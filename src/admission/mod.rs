@@ -883,7 +883,11 @@ impl Engine {
                 if !adm.shadow {
                     return Err(self.undo(rules, req, priority, held, v));
                 }
-                self.shadow_refused(rules, adm, req, priority, v);
+                // An estimate larger than the whole pool was recorded as `CannotFit` at the door:
+                // one request, one would-be refusal.
+                if amount <= p.pool.limit() {
+                    self.shadow_refused(rules, adm, req, priority, v);
+                }
                 p.pool.force_take(amount);
             }
             held.pools[i] = amount;
