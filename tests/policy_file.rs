@@ -417,3 +417,37 @@ rate = 0
     // A burst left out is the rate: not a problem of its own.
     assert!(!err.to_string().contains("per_key.burst"), "{err}");
 }
+
+/// Errors about an adaptive limit's settings point at the setting's line too.
+#[test]
+fn adaptive_limit_errors_point_at_the_offending_key() {
+    let src = "\
+[classes.api.admission.concurrency]
+algorithm = \"gradient2\"
+min = 5
+max = 50
+initial = 100
+tolerance = 20.0
+smoothing = 0.2
+";
+    let err = Policy::from_toml_str(src).unwrap_err();
+    let line_of = |field: &str| {
+        err.problems()
+            .iter()
+            .find(|p| p.field == field)
+            .unwrap_or_else(|| panic!("no problem for {field}: {err}"))
+            .location
+            .as_ref()
+            .unwrap()
+            .line
+    };
+    assert_eq!(line_of("classes.api.admission.concurrency.tolerance"), 6);
+    let err =
+        Policy::from_toml_str(&src.replace("tolerance = 20.0", "tolerance = 2.0")).unwrap_err();
+    let line = err.problems()[0].location.as_ref().unwrap().line;
+    assert_eq!(
+        (err.problems()[0].field.as_str(), line),
+        ("classes.api.admission.concurrency.initial", 5),
+        "{err}"
+    );
+}

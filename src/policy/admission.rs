@@ -225,6 +225,8 @@ pub(crate) enum RawConcurrency {
         latency_threshold: Option<Duration>,
         tolerance: Option<f64>,
         smoothing: Option<f64>,
+        /// Where each key was written, when the policy came from a file.
+        keys: KeysAt,
     },
 }
 
@@ -460,40 +462,58 @@ pub(crate) fn validate_admission(
                     latency_threshold,
                     tolerance,
                     smoothing,
+                    keys,
                 },
             at,
         }) => {
             let f = |k: &str| format!("{base}.concurrency.{k}");
+            // Each problem where its key was written (the table's place for one left out).
+            let at_of = |k: &str| keys.of(k, &at);
             let top = u64::from(MAX_CONCURRENCY);
-            let min = check_u32(problems, &at, f("min"), min.unwrap_or(1), 1, top);
+            let min = check_u32(problems, &at_of("min"), f("min"), min.unwrap_or(1), 1, top);
             let max = match max {
-                Some(m) => check_u32(problems, &at, f("max"), m, 1, top),
+                Some(m) => check_u32(problems, &at_of("max"), f("max"), m, 1, top),
                 None => {
                     problems.push(at.clone(), f("max"), "an adaptive limit needs `max`");
                     None
                 }
             };
-            let window = positive(problems, &at, f("window"), window.unwrap_or(DEFAULT_WINDOW));
+            let window = positive(
+                problems,
+                &at_of("window"),
+                f("window"),
+                window.unwrap_or(DEFAULT_WINDOW),
+            );
             let algorithm = match algorithm.as_str() {
                 "aimd" => {
                     let b = backoff.unwrap_or(0.9);
                     let backoff = permille(b, 0.001, 0.999).filter(|p| (1..=999).contains(p));
                     if backoff.is_none() {
                         problems.push(
-                            at.clone(),
+                            at_of("backoff"),
                             f("backoff"),
                             format!("must be a fraction between 0 and 1, exclusive (found {b})"),
                         );
                     }
                     if tolerance.is_some() || smoothing.is_some() {
+                        let key = if tolerance.is_some() {
+                            "tolerance"
+                        } else {
+                            "smoothing"
+                        };
                         problems.push(
-                            at.clone(),
+                            at_of(key),
                             f("algorithm"),
                             "`tolerance` and `smoothing` belong to gradient2, not aimd",
                         );
                     }
                     let threshold = match latency_threshold {
-                        Some(d) => positive(problems, &at, f("latency_threshold"), d),
+                        Some(d) => positive(
+                            problems,
+                            &at_of("latency_threshold"),
+                            f("latency_threshold"),
+                            d,
+                        ),
                         None => {
                             problems.push(
                                 at.clone(),
@@ -515,7 +535,7 @@ pub(crate) fn validate_admission(
                     let tolerance = permille(t, 1.0, 10.0);
                     if tolerance.is_none() {
                         problems.push(
-                            at.clone(),
+                            at_of("tolerance"),
                             f("tolerance"),
                             format!("must be between 1 and 10 (found {t})"),
                         );
@@ -524,14 +544,19 @@ pub(crate) fn validate_admission(
                     let smoothing = permille(s, 0.001, 1.0).filter(|p| *p >= 1);
                     if smoothing.is_none() {
                         problems.push(
-                            at.clone(),
+                            at_of("smoothing"),
                             f("smoothing"),
                             format!("must be a fraction above 0, at most 1 (found {s})"),
                         );
                     }
                     if backoff.is_some() || latency_threshold.is_some() {
+                        let key = if backoff.is_some() {
+                            "backoff"
+                        } else {
+                            "latency_threshold"
+                        };
                         problems.push(
-                            at.clone(),
+                            at_of(key),
                             f("algorithm"),
                             "`backoff` and `latency_threshold` belong to aimd, not gradient2",
                         );
@@ -545,7 +570,7 @@ pub(crate) fn validate_admission(
                 }
                 other => {
                     problems.push(
-                        at.clone(),
+                        at_of("algorithm"),
                         f("algorithm"),
                         format!(
                             "unknown algorithm {:?} (expected \"aimd\" or \"gradient2\")",
@@ -560,14 +585,14 @@ pub(crate) fn validate_admission(
                     let initial = initial.unwrap_or(u64::from(min));
                     if min > max {
                         problems.push(
-                            at.clone(),
+                            at_of("min"),
                             f("min"),
                             format!("min {min} is above max {max}"),
                         );
                         None
                     } else if initial < u64::from(min) || initial > u64::from(max) {
                         problems.push(
-                            at.clone(),
+                            at_of("initial"),
                             f("initial"),
                             format!("must be between min {min} and max {max} (found {initial})"),
                         );

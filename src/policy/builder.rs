@@ -263,6 +263,7 @@ impl AdmissionBuilder {
                 latency_threshold: None,
                 tolerance: None,
                 smoothing: None,
+                keys: Default::default(),
             },
             None,
         ));

@@ -4,7 +4,7 @@
 //! every problem, syntax or meaning, names the field and its line and column, and so that all of them
 //! are reported together.
 
-use super::admission::{RawAdmission, RawConcurrency, RawPerKey, RawPool, RawQueue};
+use super::admission::{KeysAt, RawAdmission, RawConcurrency, RawPerKey, RawPool, RawQueue};
 use super::backend::{RawBackend, COUNTS, DURATIONS, FRACTIONS, RETRY_DURATIONS};
 use super::error::{Location, Problems};
 use super::{validate, DimensionKind, Field, Policy, PolicyError, RawClass, RawDimension};
@@ -210,20 +210,52 @@ impl Reader<'_> {
         let mut algorithm = None;
         let (mut initial, mut min, mut max, mut window) = (None, None, None, None);
         let (mut backoff, mut threshold, mut tolerance, mut smoothing) = (None, None, None, None);
+        let mut keys = KeysAt::default();
         for (k, val) in table.iter() {
             let f = join(field, k.get_ref());
-            match k.get_ref().as_ref() {
-                "algorithm" => algorithm = self.string(val, &f).map(str::to_owned),
-                "initial" => initial = self.quantity(val, &f),
-                "min" => min = self.quantity(val, &f),
-                "max" => max = self.quantity(val, &f),
-                "window" => window = self.duration(val, &f, false).flatten(),
-                "backoff" => backoff = self.fraction(val, &f),
-                "latency_threshold" => threshold = self.duration(val, &f, false).flatten(),
-                "tolerance" => tolerance = self.fraction(val, &f),
-                "smoothing" => smoothing = self.fraction(val, &f),
-                _ => self.unknown_key(k, field, CONCURRENCY_KEYS),
-            }
+            let key = match k.get_ref().as_ref() {
+                "algorithm" => {
+                    algorithm = self.string(val, &f).map(str::to_owned);
+                    "algorithm"
+                }
+                "initial" => {
+                    initial = self.quantity(val, &f);
+                    "initial"
+                }
+                "min" => {
+                    min = self.quantity(val, &f);
+                    "min"
+                }
+                "max" => {
+                    max = self.quantity(val, &f);
+                    "max"
+                }
+                "window" => {
+                    window = self.duration(val, &f, false).flatten();
+                    "window"
+                }
+                "backoff" => {
+                    backoff = self.fraction(val, &f);
+                    "backoff"
+                }
+                "latency_threshold" => {
+                    threshold = self.duration(val, &f, false).flatten();
+                    "latency_threshold"
+                }
+                "tolerance" => {
+                    tolerance = self.fraction(val, &f);
+                    "tolerance"
+                }
+                "smoothing" => {
+                    smoothing = self.fraction(val, &f);
+                    "smoothing"
+                }
+                _ => {
+                    self.unknown_key(k, field, CONCURRENCY_KEYS);
+                    continue;
+                }
+            };
+            keys.0.push((key, self.at(val.span().start)));
         }
         let Some(algorithm) = algorithm else {
             self.problem(
@@ -243,6 +275,7 @@ impl Reader<'_> {
             latency_threshold: threshold,
             tolerance,
             smoothing,
+            keys,
         })
     }
 
