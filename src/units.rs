@@ -39,7 +39,9 @@ impl fmt::Display for UnitError {
             UnitError::TooLong => "value is too long",
             UnitError::BadNumber => "malformed number",
             UnitError::BadUnit => "unknown or missing unit",
-            UnitError::OutOfRange => "value out of range",
+            UnitError::OutOfRange => {
+                "value out of range (too large, or finer than the smallest unit)"
+            }
         })
     }
 }
@@ -79,6 +81,8 @@ fn scaled(int: &str, frac: &str, scale: u64) -> Result<u64, UnitError> {
     let mut total = int
         .checked_mul(u128::from(scale))
         .ok_or(UnitError::OutOfRange)?;
+    // Trailing zeros say nothing: `1.000000000000000000000s` is one second.
+    let frac = frac.trim_end_matches('0');
     if !frac.is_empty() {
         if frac.len() > 18 {
             return Err(UnitError::OutOfRange);
@@ -180,6 +184,14 @@ mod tests {
         assert_eq!(parse_duration("250µs"), Ok(Duration::from_micros(250)));
         assert_eq!(parse_duration("0.001s"), Ok(Duration::from_millis(1)));
         assert_eq!(parse_duration("1.5ns"), Err(UnitError::OutOfRange));
+        assert_eq!(
+            parse_duration("1.0000000000000000000000s"),
+            Ok(Duration::from_secs(1))
+        );
+        assert_eq!(
+            parse_duration("0.0000000010000000000000s"),
+            Ok(Duration::from_nanos(1))
+        );
         assert_eq!(parse_duration("30"), Err(UnitError::BadUnit));
         assert_eq!(parse_duration("30 s"), Err(UnitError::BadUnit));
         assert_eq!(parse_duration("-1s"), Err(UnitError::BadNumber));

@@ -501,7 +501,8 @@ impl BackendBuilder {
             .find(|k| **k == key)
         {
             Some(k) => {
-                // The last call wins, as everywhere in the builders.
+                // A setting given again replaces the earlier one, as a builder's setters do (names
+                // declared twice, limits given twice and classes declared twice are errors).
                 self.raw.durations.retain(|(known, _)| known != k);
                 self.raw.durations.push((k, field(value)));
             }
@@ -514,7 +515,8 @@ impl BackendBuilder {
     pub fn count(mut self, key: &str, value: u64) -> Self {
         match super::backend::COUNTS.iter().find(|k| **k == key) {
             Some(k) => {
-                // The last call wins, as everywhere in the builders.
+                // A setting given again replaces the earlier one, as a builder's setters do (names
+                // declared twice, limits given twice and classes declared twice are errors).
                 self.raw.counts.retain(|(known, _)| known != k);
                 self.raw.counts.push((k, field(value)));
             }
@@ -527,7 +529,8 @@ impl BackendBuilder {
     pub fn fraction(mut self, key: &str, value: f64) -> Self {
         match super::backend::FRACTIONS.iter().find(|k| **k == key) {
             Some(k) => {
-                // The last call wins, as everywhere in the builders.
+                // A setting given again replaces the earlier one, as a builder's setters do (names
+                // declared twice, limits given twice and classes declared twice are errors).
                 self.raw.fractions.retain(|(known, _)| known != k);
                 self.raw.fractions.push((k, field(value)));
             }

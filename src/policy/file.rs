@@ -173,9 +173,11 @@ impl Reader<'_> {
         let at = v.span().start;
         let parsed = match v.get_ref() {
             DeValue::Float(x) => x.as_str().parse::<f64>().ok(),
-            DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix())
+            // Any size: a huge integer is a number out of range, said as such below.
+            DeValue::Integer(i) => i128::from_str_radix(i.as_str(), i.radix())
                 .ok()
-                .map(|n| n as f64),
+                .map(|n| n as f64)
+                .or_else(|| i.as_str().parse::<f64>().ok()),
             other => {
                 let msg = format!("expected a number, found {}", type_name(other));
                 self.problem(at, field, msg);
