@@ -398,16 +398,7 @@ concurrency = 0
 rate = 0
 ";
     let err = Policy::from_toml_str(src).unwrap_err();
-    let line_of = |field: &str| {
-        err.problems()
-            .iter()
-            .find(|p| p.field == field)
-            .unwrap_or_else(|| panic!("no problem for {field}: {err}"))
-            .location
-            .as_ref()
-            .unwrap()
-            .line
-    };
+    let line_of = |field: &str| problem_line(&err, field);
     assert_eq!(line_of("classes.api.admission.headroom.sheddable"), 6);
     assert_eq!(line_of("classes.api.admission.queue.capacity"), 10);
     // Only the interval was written: it is the one reported, against the default target.
@@ -431,16 +422,7 @@ tolerance = 20.0
 smoothing = 0.2
 ";
     let err = Policy::from_toml_str(src).unwrap_err();
-    let line_of = |field: &str| {
-        err.problems()
-            .iter()
-            .find(|p| p.field == field)
-            .unwrap_or_else(|| panic!("no problem for {field}: {err}"))
-            .location
-            .as_ref()
-            .unwrap()
-            .line
-    };
+    let line_of = |field: &str| problem_line(&err, field);
     assert_eq!(line_of("classes.api.admission.concurrency.tolerance"), 6);
     let err =
         Policy::from_toml_str(&src.replace("tolerance = 20.0", "tolerance = 2.0")).unwrap_err();
@@ -450,4 +432,16 @@ smoothing = 0.2
         ("classes.api.admission.concurrency.initial", 5),
         "{err}"
     );
+}
+
+/// The line of the problem reported for `field`.
+fn problem_line(err: &costguard::PolicyError, field: &str) -> u32 {
+    err.problems()
+        .iter()
+        .find(|p| p.field == field)
+        .unwrap_or_else(|| panic!("no problem for {field}: {err}"))
+        .location
+        .as_ref()
+        .unwrap()
+        .line
 }
