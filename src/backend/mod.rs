@@ -125,23 +125,25 @@ impl AttemptOutcome {
             AttemptOutcome::Cancelled => 7,
         }
     }
-
-    fn breaker(self) -> breaker::Verdict {
-        // `BackendState::calls` skips the counters of the neutral outcomes by these indices.
-        debug_assert_eq!(
-            matches!(self.index(), NEUTRAL_CLIENT | NEUTRAL_CANCELLED),
-            matches!(
-                self,
-                AttemptOutcome::ClientError | AttemptOutcome::Cancelled
-            )
-        );
-        match self {
-            AttemptOutcome::Success => breaker::Verdict::Success,
-            AttemptOutcome::ClientError | AttemptOutcome::Cancelled => breaker::Verdict::Neutral,
-            _ => breaker::Verdict::Failure,
-        }
-    }
 }
+
+/// What each outcome, by its index, tells the breakers. An attempt's completion decodes its outcome
+/// (an enum with a `Duration` inside) once, into its index, and reads everything else from that.
+const VERDICTS: [breaker::Verdict; 8] = [
+    breaker::Verdict::Success,
+    breaker::Verdict::Neutral,
+    breaker::Verdict::Failure,
+    breaker::Verdict::Failure,
+    breaker::Verdict::Failure,
+    breaker::Verdict::Failure,
+    breaker::Verdict::Failure,
+    breaker::Verdict::Neutral,
+];
+
+/// Indices of the outcomes a completion tells apart.
+const SUCCESS: usize = 0;
+const TIMEOUT: usize = 3;
+const CONNECT_FAILURE: usize = 5;
 
 /// The outcome counters of the two outcomes that say nothing about the backend.
 const NEUTRAL_CLIENT: usize = 1;
@@ -645,9 +647,10 @@ impl Attempt<'_> {
         let now = rules.clock.now().as_nanos();
         let latency = now.saturating_sub(self.start);
         let b = &rules.policy.breaker;
-        let v = outcome.breaker();
+        let index = outcome.index();
+        let v = VERDICTS[index];
         let slow = latency > rules.ns.slow_call;
-        if outcome == AttemptOutcome::Success {
+        if index == SUCCESS {
             // No attempt is given more than the backend's timeout: a success reported later than
             // that (its caller ignored the timeout) must not teach the backend that it usually takes
             // longer, or every request with less than that left would be refused up front.
@@ -689,13 +692,9 @@ impl Attempt<'_> {
                 now,
             );
             self.report(change, Some(&h.name), &h.breaker, now);
-            let counts = matches!(
-                outcome,
-                AttemptOutcome::ConnectFailure | AttemptOutcome::Timeout
-            );
             let ejection = h.on_outcome(
-                counts,
-                outcome == AttemptOutcome::Success,
+                index == CONNECT_FAILURE || index == TIMEOUT,
+                index == SUCCESS,
                 now,
                 &rules.ns.eject,
                 &state.ejected,
@@ -714,7 +713,7 @@ impl Attempt<'_> {
             slow,
             || state.calls(),
             || {
-                state.traffic.outcomes[outcome.index()].fetch_add(1, Ordering::Relaxed);
+                state.traffic.outcomes[index].fetch_add(1, Ordering::Relaxed);
             },
         );
         let change = state.breaker.finish(
@@ -750,8 +749,13 @@ impl Attempt<'_> {
 }
 
 impl Drop for Attempt<'_> {
+    /// Inlined, so that dropping a finished attempt (every attempt, at the end of `finish`) costs a
+    /// test of `done` rather than a call.
+    #[inline]
     fn drop(&mut self) {
-        self.complete(AttemptOutcome::Cancelled);
+        if !self.done {
+            self.complete(AttemptOutcome::Cancelled);
+        }
     }
 }
 
@@ -1506,4 +1510,56 @@ pub struct HostStats {
     pub in_flight: u32,
     /// Connection attempts in progress.
     pub connecting: u32,
+}
+
+#[cfg(all(test, not(costguard_loom)))]
+mod tests {
+    use super::*;
+
+    const ALL: [AttemptOutcome; 8] = [
+        AttemptOutcome::Success,
+        AttemptOutcome::ClientError,
+        AttemptOutcome::ServerError,
+        AttemptOutcome::Timeout,
+        AttemptOutcome::UpstreamTimeout,
+        AttemptOutcome::ConnectFailure,
+        AttemptOutcome::Refused {
+            retry_after: Some(Duration::from_secs(1)),
+        },
+        AttemptOutcome::Cancelled,
+    ];
+
+    /// The tables a completion reads by index say of each outcome what the outcome itself says.
+    #[test]
+    fn outcome_tables_follow_the_outcomes() {
+        for outcome in ALL {
+            let i = outcome.index();
+            assert_eq!(OUTCOMES[i], outcome.as_str());
+            let neutral = matches!(
+                outcome,
+                AttemptOutcome::ClientError | AttemptOutcome::Cancelled
+            );
+            let expected = match outcome {
+                AttemptOutcome::Success => breaker::Verdict::Success,
+                _ if neutral => breaker::Verdict::Neutral,
+                _ => breaker::Verdict::Failure,
+            };
+            assert_eq!(VERDICTS[i], expected, "{outcome:?}");
+            assert_eq!(
+                matches!(i, NEUTRAL_CLIENT | NEUTRAL_CANCELLED),
+                neutral,
+                "{outcome:?}"
+            );
+            assert_eq!(i == SUCCESS, outcome == AttemptOutcome::Success);
+            assert_eq!(i == TIMEOUT, outcome == AttemptOutcome::Timeout);
+            assert_eq!(
+                i == CONNECT_FAILURE,
+                outcome == AttemptOutcome::ConnectFailure
+            );
+        }
+        let mut seen: Vec<usize> = ALL.iter().map(|o| o.index()).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len(), ALL.len(), "every outcome has its own index");
+    }
 }
