@@ -5,8 +5,9 @@
 //!
 //! - duration: `<decimal><unit>` with unit `ns`, `us`, `µs`, `ms`, `s`, `m`, `h`; the decimal may have a
 //!   fraction (`1.5s`) as long as the result is a whole number of nanoseconds.
-//! - quantity: `<integer>[suffix]` with suffix `k`/`M`/`G`/`T` (powers of 1000), `Ki`/`Mi`/`Gi`/`Ti`
-//!   (powers of 1024), optionally followed by `B` (`2MiB`, `512B`, `10kB`).
+//! - quantity: `<decimal>[suffix]` with suffix `k`/`M`/`G`/`T` (powers of 1000), `Ki`/`Mi`/`Gi`/`Ti`
+//!   (powers of 1024), optionally followed by `B` (`2MiB`, `512B`, `10kB`); the decimal may have a
+//!   fraction (`1.5k`, `1.5KiB`) as long as the result is a whole number.
 //!
 //! Every computation is checked: a value that does not fit in 64 bits is an error, not a wrap.
 
@@ -126,14 +127,16 @@ pub fn parse_duration(s: &str) -> Result<Duration, UnitError> {
     scaled(int, frac, scale).map(Duration::from_nanos)
 }
 
-/// Parses a whole quantity such as `500`, `10k`, `2MiB` or `512B`.
+/// Parses a whole quantity such as `500`, `10k`, `2MiB`, `512B` or `1.5k`.
 ///
 /// ```
 /// use costguard::units::parse_quantity;
 ///
 /// assert_eq!(parse_quantity("2MiB"), Ok(2 * 1024 * 1024));
 /// assert_eq!(parse_quantity("10k"), Ok(10_000));
+/// assert_eq!(parse_quantity("1.5k"), Ok(1_500)); // a fraction that comes out whole
 /// assert!(parse_quantity("1.5").is_err()); // counts are whole numbers
+/// assert!(parse_quantity("1.0001k").is_err()); // 1000.1
 /// ```
 pub fn parse_quantity(s: &str) -> Result<u64, UnitError> {
     let (int, frac, unit) = split_number(s)?;

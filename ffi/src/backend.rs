@@ -247,7 +247,10 @@ pub extern "C" fn costguard_attempt_free(a: costguard_attempt) -> costguard_stat
     boundary(|| object::free(a.bits, object::ATTEMPT))
 }
 
-/// Classifies an HTTP status as an attempt outcome.
+/// Classifies an HTTP status as an attempt outcome: 1xx-3xx success; 429 and 503 refused (the
+/// response's Retry-After, if any, goes in `retry_after_ns` when finishing and retrying); 504
+/// upstream timeout; 408 timeout; other 4xx client error; anything else (other 5xx, and numbers
+/// outside 100-599) server error.
 ///
 /// # Safety
 /// `outcome` is writable.

@@ -86,9 +86,10 @@ impl AttemptOutcome {
         }
     }
 
-    /// Classifies an HTTP response: 2xx and 3xx succeed; 429 and 503 are refusals (with the
+    /// Classifies an HTTP response: 1xx, 2xx and 3xx succeed; 429 and 503 are refusals (with the
     /// response's Retry-After, if any); 504 is a timeout reported from below; 408 is this attempt's
-    /// timeout; other 4xx are client errors; other 5xx server errors.
+    /// timeout; other 4xx are client errors; everything else (other 5xx, and numbers outside
+    /// 100-599, which no backend should send) is a server error.
     ///
     /// ```
     /// use costguard::AttemptOutcome;
@@ -101,6 +102,7 @@ impl AttemptOutcome {
     ///     AttemptOutcome::Refused { retry_after: Some(Duration::from_secs(2)) }
     /// );
     /// assert_eq!(AttemptOutcome::from_http(504, None), AttemptOutcome::UpstreamTimeout);
+    /// assert_eq!(AttemptOutcome::from_http(600, None), AttemptOutcome::ServerError);
     /// ```
     pub fn from_http(status: u16, retry_after: Option<Duration>) -> AttemptOutcome {
         match status {

@@ -39,7 +39,8 @@ use std::borrow::Cow;
 use std::fmt;
 use std::time::Duration;
 
-/// How deeply child budgets may nest (a root budget is depth 0).
+/// How many levels a request tree may have: a root budget (depth 0) and children down to depth
+/// `MAX_BUDGET_DEPTH - 1`. A child that would be deeper is refused with `Reason::TooDeep`.
 pub const MAX_BUDGET_DEPTH: usize = 16;
 
 /// What one request may still spend. See the [module documentation](self).
