@@ -257,7 +257,7 @@ impl AdmissionStats {
         family(
             "costguard_waited_total",
             "counter",
-            "Requests that waited for a permit.",
+            "Requests that joined a queue for a permit (whatever came of it).",
             per_class(&|c| c.counts.waited),
         );
         family(
