@@ -250,6 +250,36 @@ fn parent_refund_never_takes_a_childs_charge() {
     });
 }
 
+/// A refund racing a `try_charge_many` that is then refused gives back nothing it did not keep.
+///
+/// The child charges `a` and then `b`; `b` fits the parent but not the child, so the whole charge is
+/// rolled back. Until then the child's `a` must not look like the child's own: a refund that gave it
+/// back would have the rollback take it off the parent a second time, out of the parent's own
+/// charge, and the tree could then spend past its limit.
+#[test]
+fn refund_never_takes_a_charge_many_in_flight() {
+    loom::model(|| {
+        let (_engine, parent, a, b) = ab_budget(2, 1);
+        parent.try_charge(a, 1).unwrap();
+        let child = parent
+            .child_with(None, &Overrides::new().limit(b, 0))
+            .unwrap();
+
+        let charger = {
+            let child = child.clone();
+            thread::spawn(move || child.try_charge_many(&[(a, 1), (b, 1)]).is_ok())
+        };
+        let refunder = {
+            let child = child.clone();
+            thread::spawn(move || child.refund(a, 1))
+        };
+        assert!(!charger.join().unwrap(), "b can never fit the child");
+        assert_eq!(refunder.join().unwrap(), 0, "the child never kept a charge");
+        assert_eq!((parent.used(a), child.used(a)), (1, 0));
+        assert_eq!(parent.used(b), 0);
+    });
+}
+
 /// A reservation settled or cancelled gives back exactly its estimate, whatever a child is charging.
 ///
 /// A reservation is an estimate charged up front; settling it to zero says the work never used any

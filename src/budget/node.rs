@@ -447,38 +447,53 @@ impl Node {
     }
 
     /// Charges every `(dim, n)` of `items` on this node and every ancestor, all or nothing.
+    ///
+    /// Until the whole chain has accepted, the amounts that a later refusal could still take back
+    /// are noted as not this budget's own: on the ancestors all of them, on this node every item
+    /// but the last (whose charge is the final step). A refund racing the charge must not give back
+    /// an amount that the rollback then takes away a second time: on an ancestor, that would free
+    /// another budget's charges. Once everything fits, this node's notes are dropped and the
+    /// amounts are its own. A single item has no such window and takes the single charge's path.
     pub(crate) fn charge_many_chain(&self, items: &[(Counter, u64)]) -> Result<(), Refused<'_>> {
-        self.charge_many_via(items, false)
+        let [earlier @ .., _] = items else {
+            return Ok(());
+        };
+        if earlier.is_empty() {
+            return self.charge_chain(items[0].0.index(), items[0].1);
+        }
+        self.charge_many_noted(items, true)?;
+        for &(counter, n) in earlier {
+            self.sub_from_child(counter.index(), n);
+        }
+        Ok(())
     }
 
-    fn charge_many_via(
-        &self,
-        items: &[(Counter, u64)],
-        via_child: bool,
-    ) -> Result<(), Refused<'_>> {
+    /// Charges every item on this node and every ancestor, all or nothing, noting each item as not
+    /// the node's own, except the last on the `leaf` (see
+    /// [`charge_many_chain`](Self::charge_many_chain)).
+    fn charge_many_noted(&self, items: &[(Counter, u64)], leaf: bool) -> Result<(), Refused<'_>> {
         if let Some(parent) = &self.parent {
-            parent.charge_many_via(items, true)?;
+            parent.charge_many_noted(items, false)?;
         }
         for (i, &(counter, n)) in items.iter().enumerate() {
             let dim = counter.index();
-            let noted = !via_child || self.add_from_child(dim, n);
-            let added = if noted {
-                self.try_add(dim, n)
+            let noted = !leaf || i + 1 < items.len();
+            let added = if !noted || self.add_from_child(dim, n) {
+                let added = self.try_add(dim, n);
+                if added.is_err() && noted {
+                    self.sub_from_child(dim, n);
+                }
+                added
             } else {
                 Err(self.used(dim))
             };
             if let Err(used) = added {
-                if via_child && noted {
-                    self.sub_from_child(dim, n);
-                }
-                for &(done, done_n) in items[..i].iter().rev() {
-                    self.sub_saturating(done.index(), done_n);
-                    if via_child {
-                        self.sub_from_child(done.index(), done_n);
-                    }
-                }
-                if let Some(parent) = &self.parent {
-                    parent.release_many_via(items, true);
+                // Every earlier item was noted, on the leaf too.
+                self.release_many_noted(&items[..i]);
+                let mut up = self.parent.as_deref();
+                while let Some(node) = up {
+                    node.release_many_noted(items);
+                    up = node.parent.as_deref();
                 }
                 // Judge a repeated counter by the call's total for it, against what was in use
                 // before the call: the same verdict a single charge of the total would get.
@@ -502,15 +517,11 @@ impl Node {
         Ok(())
     }
 
-    fn release_many_via(&self, items: &[(Counter, u64)], via_child: bool) {
+    /// Gives back noted `items` on this node alone (last first), notes included.
+    fn release_many_noted(&self, items: &[(Counter, u64)]) {
         for &(counter, n) in items.iter().rev() {
             self.sub_saturating(counter.index(), n);
-            if via_child {
-                self.sub_from_child(counter.index(), n);
-            }
-        }
-        if let Some(parent) = &self.parent {
-            parent.release_many_via(items, true);
+            self.sub_from_child(counter.index(), n);
         }
     }
 
