@@ -482,6 +482,24 @@ fn cpu_time_is_metered() {
     assert_eq!(b.remaining_of(Counter::CPU_TIME), 0);
 }
 
+/// A slice of CPU time larger than the whole limit is refused as one that can never fit, but it
+/// was spent all the same: the budget is full and cancelled, as for a slice that merely overruns.
+#[test]
+fn a_cpu_slice_larger_than_the_limit_exhausts_the_budget() {
+    let f = fixture();
+    let b = f.parse(); // cpu_time 20 s
+    let child = b.child().unwrap();
+    let mut meter = child.cpu_meter();
+    f.cpu.advance(Duration::from_secs(25));
+    let v = meter.charge().unwrap_err();
+    assert_eq!(v.reason(), Reason::CannotFit);
+    assert_eq!(b.used(Counter::CPU_TIME), 20_000_000_000);
+    assert_eq!(b.cancel_reason(), Some(CancelReason::Exhausted));
+    assert!(child.is_cancelled());
+    assert!(child.check().is_err());
+    drop(meter);
+}
+
 /// An estimate is the reservation's to give back, not the budget's: a refund cannot take it, so it
 /// is never given back twice (and a child's charges are never given back in its place).
 #[test]

@@ -540,6 +540,28 @@ impl Node {
         }
     }
 
+    /// Marks exhausted the node of the chain with the least left of `dim` (the one a charge would
+    /// be refused at: charges go root first, so of equals the one nearest the root), if any node
+    /// limits it.
+    #[cold]
+    pub(crate) fn exhaust_tightest(&self, dim: usize) {
+        let mut tightest: Option<(&Node, u64)> = None;
+        let mut node = Some(self);
+        while let Some(n) = node {
+            let limit = n.limit(dim);
+            if limit != u64::MAX {
+                let left = limit.saturating_sub(n.used(dim));
+                if tightest.is_none_or(|(_, least)| left <= least) {
+                    tightest = Some((n, left));
+                }
+            }
+            node = n.parent.as_deref();
+        }
+        if let Some((n, _)) = tightest {
+            n.mark_exhausted(dim);
+        }
+    }
+
     /// Whether any node of the chain limits `dim`.
     pub(crate) fn chain_limits(&self, dim: usize) -> bool {
         self.limit(dim) != u64::MAX || self.parent.as_ref().is_some_and(|p| p.chain_limits(dim))
