@@ -304,7 +304,7 @@ impl Propagation {
     fn overrides_in(&self, snapshot: &crate::engine::snapshot::Snapshot) -> Overrides {
         let mut overrides = Overrides::new();
         for (name, n) in &self.allowances {
-            if let Some(i) = snapshot.dims.find(name) {
+            if let Some(i) = snapshot.declared_dim(name) {
                 overrides.set_limit_index(i, *n);
             }
         }

@@ -214,3 +214,39 @@ fn every_declarable_dimension_round_trips_through_the_header() {
         assert_eq!(callee.remaining_of(counter), 5, "{name}: {header}");
     }
 }
+
+/// A header naming a dimension that a reload removed tightens nothing: the current policy does not
+/// know it, exactly as if the engine had never seen the name. (The engine still resolves the name,
+/// and a charge of it is recorded without a limit.)
+#[test]
+fn a_header_ignores_a_dimension_a_reload_removed() {
+    let policy = |lookups: bool| {
+        let b = Policy::builder();
+        let b = if lookups {
+            b.counter("file_lookups")
+        } else {
+            b
+        };
+        b.counter("db_queries")
+            .class("api", |c| c.limit("db_queries", 10))
+            .build()
+            .unwrap()
+    };
+    let engine = Engine::new(policy(true)).unwrap();
+    let lookups = engine.counter("file_lookups").unwrap();
+    let db = engine.counter("db_queries").unwrap();
+    engine.reload(policy(false)).unwrap();
+    let api = engine.class("api").unwrap();
+    let prop = Propagation::decode("cg1;file_lookups=1;db_queries=2;retries=0").unwrap();
+    let b = engine.begin_propagated(api, id("b"), &prop).unwrap();
+    assert!(
+        b.try_charge(lookups, 5).is_ok(),
+        "file_lookups is not in the policy"
+    );
+    assert_eq!(
+        b.limit(db),
+        Some(2),
+        "a declared dimension is still tightened"
+    );
+    assert!(b.try_retry().is_err(), "so is a built-in one");
+}

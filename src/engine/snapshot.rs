@@ -521,6 +521,14 @@ impl Snapshot {
         }
     }
 
+    /// The index of the dimension called `name`, if this version of the policy has it: a built-in
+    /// or one it declares (the table also keeps the names earlier versions declared).
+    pub(crate) fn declared_dim(&self, name: &str) -> Option<usize> {
+        let i = self.dims.find(name)?;
+        let builtin = i == crate::Counter::RETRIES.index() || i == crate::Counter::CPU_TIME.index();
+        (builtin || self.policy.dimension(name).is_some()).then_some(i)
+    }
+
     pub(crate) fn class(&self, class: Class) -> Option<&ClassRules> {
         self.classes
             .get(usize::from(class.0))
