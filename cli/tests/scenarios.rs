@@ -235,6 +235,57 @@ fn a_retried_parse_has_only_what_earlier_attempts_left() {
     );
 }
 
+/// Commons guarded by its own policy with the API's per-request file-lookup limit set to `per_request`
+/// (below the batch of `IMAGES_PER_CALL` Parsoid sends).
+fn commons_with_api_lookups(per_request: u64) -> Comparison {
+    let toml = default_policy(commons::NAME).unwrap();
+    let squeezed = toml.replace(
+        "limits = { file_lookups = 500, db_queries = 600 }",
+        &format!("limits = {{ file_lookups = {per_request}, db_queries = 600 }}"),
+    );
+    assert_ne!(
+        squeezed, toml,
+        "the API class's limits are where the test expects them"
+    );
+    let options = ReplayOptions {
+        seed: ReplayOptions::default().seed,
+        policy: Some(Policy::from_toml_str(&squeezed).unwrap()),
+    };
+    replay(commons::NAME, &options, &mut |_| {}).unwrap()
+}
+
+/// The API answers a request that reached its lookup limit with 200 and partial results: only the
+/// images it looked up render, the rest of the batch become placeholders, and every such answer is
+/// counted as cut short, whether the limit fell at the end of a chunk of queries (10) or inside one
+/// (25).
+#[test]
+fn an_api_request_cut_short_renders_only_what_it_looked_up() {
+    let p = policy(commons::NAME);
+    let parse_lookups = p.class("parse").unwrap().limit("file_lookups").unwrap();
+    let batches_per_parse = parse_lookups / commons::IMAGES_PER_CALL;
+    for per_request in [commons::GUARDED_CHUNK, 25] {
+        assert!(per_request < commons::IMAGES_PER_CALL);
+        let c = commons_with_api_lookups(per_request);
+        let tally = |name: &str| c.guarded.counts.get(name).copied().unwrap_or(0);
+        let parses = tally("parses_cut_short");
+        assert!(parses > 0, "{:?}", c.guarded.counts);
+        assert_eq!(tally("parses_failed") + tally("parses_completed"), 0);
+        let batches = parses * batches_per_parse;
+        assert_eq!(
+            tally("api_requests_cut_short"),
+            batches,
+            "limit {per_request}: {:?}",
+            c.guarded.counts
+        );
+        assert_eq!(
+            tally("images_rendered"),
+            batches * per_request,
+            "limit {per_request}: {:?}",
+            c.guarded.counts
+        );
+    }
+}
+
 #[test]
 fn kafka_2016_unguarded_exhausts_the_threads() {
     let u = &cached(kafka::NAME).unguarded;

@@ -122,21 +122,22 @@ impl Model<'_> {
                     budget.try_charge(g.db_queries, 1)
                 };
                 if let Err(v) = charged {
+                    // Out of allowance: the queries charged so far run, then the request answers
+                    // with what was done, as the API answers a request that reached a limit (a
+                    // warning beside partial results).
                     refused(&mut self.rec, &v);
                     req.queries_left = n;
+                    req.cut_short = true;
                     break;
                 }
                 n += 1;
             }
             if n == 0 {
-                // Out of allowance: answer with what was done, as the API answers a request that
-                // reached a limit (a warning beside partial results). Counted, since the caller
-                // sees a success: a policy whose API allowance is below Parsoid's batches shows it.
-                self.rec.count("api_requests_cut_short", 1);
                 return self.respond(key, Status::Ok);
             }
         }
         req.queries_left -= n;
+        req.queries_done += n;
         let per_query = req.per_query;
         req.db_job = Some(self.db.submit(self.now, key.pack(), n, per_query));
         self.db_changed();
@@ -205,6 +206,11 @@ impl Model<'_> {
                 }
             }
         }
+        if req.cut_short && status == Status::Ok {
+            // Counted, since the caller sees a success: a policy whose API allowance is below
+            // Parsoid's batches shows it.
+            self.rec.count("api_requests_cut_short", 1);
+        }
         let late = self.now > req.caller_deadline;
         if late {
             if matches!(req.origin, Origin::Ordinary) {
@@ -219,7 +225,7 @@ impl Model<'_> {
                 .unaffected(req.arrival, !late && status == Status::Ok),
             Origin::Call { call, try_no } => {
                 if !late {
-                    self.call_response(call, try_no, status);
+                    self.call_response(call, try_no, status, req.queries_done);
                 }
             }
         }
@@ -247,6 +253,8 @@ impl Model<'_> {
             header,
             admitted: None,
             db_attempt: None,
+            queries_done: 0,
+            cut_short: false,
         });
         self.at(0, Ev::ApiArrive(req));
     }

@@ -79,6 +79,11 @@ pub(super) struct ApiReq {
     pub header: Option<String>,
     pub admitted: Option<Admitted>,
     pub db_attempt: Option<Attempt<'static>>,
+    /// Queries sent to the database so far. A 200 answers only once all of them ran, so for a
+    /// gallery request it is how many images the answer carries metadata for.
+    pub queries_done: u64,
+    /// Guarded: its budget refused a query, so a 200 carries partial results.
+    pub cut_short: bool,
 }
 
 /// One parse job (RESTBase's, or the job runner's).
@@ -104,8 +109,9 @@ pub(super) struct Parse {
     /// Images whose metadata came back.
     pub rendered: u64,
     pub stopped: bool,
-    /// Stopped by its budget (allowance spent, deadline passed) rather than failed: the rest of its
-    /// images render as placeholders.
+    /// Cut short by a budget rather than failed: stopped by its own (allowance spent, deadline
+    /// passed), or answered by an API request that reached its limit with part of a batch. The
+    /// images it did not look up render as placeholders.
     pub cut: bool,
     pub answered: bool,
     pub failed: bool,
@@ -316,6 +322,8 @@ impl<'a> Model<'a> {
             header: None,
             admitted: None,
             db_attempt: None,
+            queries_done: 0,
+            cut_short: false,
         });
         self.api_arrive(req);
         let gap = self.rng.exponential(SECOND / ORDINARY_RATE);

@@ -15,7 +15,11 @@ use costguard::{
 /// How a batch ended.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Batch {
-    Done,
+    /// Answered with 200, with the metadata of this many of its images: fewer than the batch when
+    /// the API request reached its own lookup limit and answered with partial results.
+    Done {
+        looked_up: u64,
+    },
     Failed,
     /// Not sent: the parse's lookup allowance was spent (its images render as placeholders).
     Skipped,
@@ -246,8 +250,8 @@ impl Model<'_> {
         self.call_failed(key, AttemptOutcome::Timeout);
     }
 
-    /// The API answered try `try_no` of a batch (in time).
-    pub(super) fn call_response(&mut self, key: Key, try_no: u32, status: Status) {
+    /// The API answered try `try_no` of a batch (in time), having looked up `looked_up` of its images.
+    pub(super) fn call_response(&mut self, key: Key, try_no: u32, status: Status, looked_up: u64) {
         let Some(call) = self.calls.get_mut(key) else {
             return;
         };
@@ -259,7 +263,7 @@ impl Model<'_> {
             if let Some(attempt) = call.attempt.take() {
                 attempt.finish(AttemptOutcome::Success);
             }
-            return self.batch_done(key, Batch::Done);
+            return self.batch_done(key, Batch::Done { looked_up });
         }
         self.call_failed(key, outcome(status));
     }
@@ -310,7 +314,15 @@ impl Model<'_> {
         };
         parse.in_flight = parse.in_flight.saturating_sub(1);
         match how {
-            Batch::Done => parse.rendered += call.images,
+            Batch::Done { looked_up } => {
+                // The images the API did not look up render as placeholders, as the rest of a
+                // parse cut short does.
+                let looked_up = looked_up.min(call.images);
+                parse.rendered += looked_up;
+                if looked_up < call.images {
+                    parse.cut = true;
+                }
+            }
             Batch::Skipped => {
                 parse.stopped = true;
                 parse.cut = true;
