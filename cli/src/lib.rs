@@ -96,6 +96,13 @@ pub fn default_policy(scenario: &str) -> Result<&'static str, ReplayError> {
     scenario::find(scenario).map(|s| s.policy)
 }
 
+/// Checks, without running anything, that `policy` declares everything `scenario`'s guarded run needs
+/// (the check [`replay`] makes before it starts).
+pub fn check_policy(scenario: &str, policy: &costguard::Policy) -> Result<(), ReplayError> {
+    let spec = scenario::find(scenario)?;
+    sim::guard::check(policy, spec.needs)
+}
+
 /// Replays `scenario` unguarded and guarded. `progress` is called now and then with the fraction done
 /// (0 to 1), for a progress bar.
 pub fn replay(

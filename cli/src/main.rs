@@ -164,6 +164,21 @@ fn replay(args: &ReplayArgs) -> Result<(), Failed> {
     if let Some(name) = &args.scenario {
         known_scenario(name)?;
     }
+    // A policy must suit every scenario to run before the first one runs: a failure on the second
+    // would otherwise come after the first one's table and chart.
+    if let Some(policy) = &policy {
+        let unfit: Vec<String> = names
+            .iter()
+            .filter_map(|name| {
+                costguard_cli::check_policy(name, policy)
+                    .err()
+                    .map(|e| format!("{name}: {e}"))
+            })
+            .collect();
+        if !unfit.is_empty() {
+            return Err(unfit.join("\ncostguard: ").into());
+        }
+    }
     let options = ReplayOptions {
         seed: args.seed,
         policy,

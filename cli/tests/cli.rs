@@ -418,6 +418,43 @@ fn replay_under_the_example_policy_either_runs_or_says_why() {
     }
 }
 
+/// A policy that cannot guard one of the scenarios to run fails the command before any of them runs:
+/// nothing on stdout, no chart written, and the scenario it cannot guard named.
+#[test]
+fn replay_of_several_scenarios_checks_the_policy_against_each_before_running_any() {
+    let incidents = incident_names();
+    assert!(incidents.len() > 1);
+    let dir = Scratch::new();
+    // The first incident's own policy, which lacks what the others need.
+    let policy = dir.file(
+        "policy.toml",
+        costguard_cli::default_policy(incidents[0]).unwrap(),
+    );
+    let plot = dir.path("out.svg");
+    let out = costguard(&[
+        "replay",
+        "--policy",
+        policy.to_str().unwrap(),
+        "--plot",
+        plot.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stdout(&out).is_empty(), "{}", stdout(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("the policy cannot guard this scenario"),
+        "{err}"
+    );
+    assert!(err.contains(incidents[1]), "{err}");
+    assert!(!err.contains("chart written"), "{err}");
+    let written: Vec<_> = std::fs::read_dir(&dir.0)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n != "policy.toml")
+        .collect();
+    assert!(written.is_empty(), "{written:?}");
+}
+
 #[test]
 fn replay_under_a_policy_file_equal_to_the_default_gives_the_default_result() {
     let name = quick_scenario();
