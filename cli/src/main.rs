@@ -62,8 +62,10 @@ struct ReplayArgs {
     json: bool,
     /// Also write a chart (SVG) of 5xx per minute and busy threads. When several scenarios run,
     /// each gets its own file, named after the scenario: `--plot out.svg` writes
-    /// `out-commons-2015.svg`, `out-kafka-2016.svg`, ...
-    #[arg(long, value_name = "FILE.svg")]
+    /// `out-commons-2015.svg`, `out-kafka-2016.svg`, ... Given a directory (one that exists, or a
+    /// path ending in `/`), each scenario's chart goes into it: `--plot charts/` writes
+    /// `charts/commons-2015.svg`, ...
+    #[arg(long, value_name = "FILE.svg|DIR/")]
     plot: Option<PathBuf>,
 }
 
@@ -189,11 +191,7 @@ fn replay(args: &ReplayArgs) -> Result<(), Failed> {
     for (i, name) in names.iter().enumerate() {
         let comparison = run_with_progress(name, &options)?;
         if let Some(plot) = &args.plot {
-            let path = if several {
-                plot_path(plot, name)
-            } else {
-                plot.clone()
-            };
+            let path = plot_path(plot, name, several);
             std::fs::write(&path, chart::render(&comparison))
                 .map_err(|e| format!("cannot write the chart to {}: {e}", path.display()))?;
             eprintln!("costguard: chart written to {}", path.display());
@@ -231,8 +229,21 @@ fn known_scenario(name: &str) -> Result<&'static ScenarioInfo, Failed> {
     })
 }
 
-/// `out.svg` and `kafka-2016` give `out-kafka-2016.svg`, next to `out.svg`.
-fn plot_path(plot: &Path, scenario: &str) -> PathBuf {
+/// Where `--plot` puts `scenario`'s chart: into the directory `plot` names (`charts/` and
+/// `kafka-2016` give `charts/kafka-2016.svg`); else `plot` itself when it is the only chart, and
+/// beside it when there are `several` (`out.svg` gives `out-kafka-2016.svg`).
+fn plot_path(plot: &Path, scenario: &str, several: bool) -> PathBuf {
+    // A trailing separator says "a directory" even before it exists (writing then fails clearly).
+    let names_a_directory = plot
+        .as_os_str()
+        .to_string_lossy()
+        .ends_with(std::path::is_separator);
+    if names_a_directory || plot.is_dir() {
+        return plot.join(format!("{scenario}.svg"));
+    }
+    if !several {
+        return plot.to_path_buf();
+    }
     let stem = plot
         .file_stem()
         .map_or_else(|| "costguard".into(), |s| s.to_string_lossy().into_owned());

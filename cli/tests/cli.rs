@@ -401,6 +401,45 @@ fn plot_writes_an_svg_with_both_runs() {
     assert_eq!(svg.matches("<polyline").count(), 6);
 }
 
+/// `--plot` given a directory (one that exists, or any path ending in a separator) writes each
+/// scenario's chart into it, named after the scenario, whether one scenario runs or several.
+#[test]
+fn plot_into_a_directory_writes_one_chart_per_scenario_inside_it() {
+    let dir = Scratch::new();
+    let name = quick_scenario();
+    let existing = dir.path("existing");
+    std::fs::create_dir(&existing).unwrap();
+    let with_slash = format!(
+        "{}{}",
+        dir.path("slash").display(),
+        std::path::MAIN_SEPARATOR
+    );
+    std::fs::create_dir(dir.path("slash")).unwrap();
+    for plot in [existing.display().to_string(), with_slash] {
+        let out = costguard(&["replay", name, "--plot", &plot]);
+        assert_eq!(out.status.code(), Some(0), "{plot}: {}", stderr(&out));
+        let file = Path::new(&plot).join(format!("{name}.svg"));
+        let svg =
+            std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        assert!(svg.contains(name) && svg.trim_end().ends_with("</svg>"));
+    }
+
+    let several = dir.path("several");
+    std::fs::create_dir(&several).unwrap();
+    let out = costguard(&["replay", "--plot", several.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    for name in incident_names() {
+        assert!(several.join(format!("{name}.svg")).is_file(), "{name}");
+    }
+    // Nothing written beside the directory.
+    let beside: Vec<_> = std::fs::read_dir(&dir.0)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| !["existing", "slash", "several"].contains(&n.to_str().unwrap()))
+        .collect();
+    assert!(beside.is_empty(), "{beside:?}");
+}
+
 #[test]
 fn replay_under_the_example_policy_either_runs_or_says_why() {
     let policy = example_policy();
