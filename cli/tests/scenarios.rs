@@ -317,6 +317,29 @@ fn kafka_2016_guarded_caps_connects_and_ejects_the_broker() {
     assert!(c.guarded.recovery_seconds.unwrap_or(f64::MAX) < 60.0);
 }
 
+/// Only what is sent counts as generated: a log event the engine refuses before any connect (here,
+/// every one, since a request's 1ns wall time leaves no time for an attempt) is no request to
+/// Kafka, so the guarded run generates the original requests and nothing more.
+#[test]
+fn kafka_2016_log_events_refused_before_a_connect_generate_nothing() {
+    let toml = default_policy(kafka::NAME).unwrap();
+    let instant = toml.replace("wall_time    = \"10s\"", "wall_time    = \"1ns\"");
+    assert_ne!(
+        instant, toml,
+        "the app class's wall time is where the test expects it"
+    );
+    let options = ReplayOptions {
+        seed: ReplayOptions::default().seed,
+        policy: Some(Policy::from_toml_str(&instant).unwrap()),
+    };
+    let c = replay(kafka::NAME, &options, &mut |_| {}).unwrap();
+    let g = &c.guarded;
+    assert_eq!(g.counts.get("log_events_delivered"), None, "{:?}", g.counts);
+    assert!(g.counts.get("log_events_dropped").copied().unwrap_or(0) > 0);
+    assert!(g.originals > 0);
+    assert_eq!(g.generated, g.originals);
+}
+
 fn assert_guarded_storm(c: &Comparison) {
     let g = &c.guarded;
     let retries = policy(retry_storm::NAME)

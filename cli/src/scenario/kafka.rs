@@ -331,12 +331,15 @@ impl Model<'_> {
         };
         req.tries += 1;
         let n = req.tries;
-        if self.now >= FAULT_AT {
-            self.rec.generated += 1;
-        }
+        // A connect counts as a request generated once it is made: below, unguarded always, guarded
+        // once the engine lets the attempt begin (an event it refuses reaches no broker).
+        let counted = self.now >= FAULT_AT;
         let server = &self.servers[req.server];
         let broker = match &server.guard {
             None => {
+                if counted {
+                    self.rec.generated += 1;
+                }
                 // Any configured broker; after the depool, any but the dead one.
                 let configured = BROKERS.len() - usize::from(self.depooled);
                 let pick = self.rng.below(configured as u64) as usize;
@@ -355,6 +358,9 @@ impl Model<'_> {
                     .map(Attempt::into_owned)
                 {
                     Ok(attempt) => {
+                        if counted {
+                            self.rec.generated += 1;
+                        }
                         let host = attempt.host().unwrap_or("");
                         let broker = BROKERS.iter().position(|b| *b == host);
                         req.attempt = Some(attempt);
