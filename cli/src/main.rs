@@ -37,7 +37,8 @@ enum Command {
     /// prints the same output, byte for byte. Without a scenario name, every incident scenario runs,
     /// one after the other.
     Replay(ReplayArgs),
-    /// Validate a policy file and print the effective policy, or every error with file:line:column.
+    /// Validate a policy file and print the effective policy, or every error, each with the file's
+    /// name and, where the error has a position, its line:column.
     Check {
         /// The policy file (TOML).
         policy: PathBuf,
@@ -136,11 +137,21 @@ fn check(path: &Path) -> Result<(), Failed> {
     ))
 }
 
-/// Reads a policy file; on failure prints every problem (each with file:line:column) to stderr.
+/// Reads a policy file; on failure prints every problem to stderr, one per line, each starting with
+/// the file's name (and line:column, where the problem has a position).
 fn load_policy(path: &Path) -> Result<Policy, Failed> {
     Policy::from_toml_file(path).map_err(|e| {
         let problems = e.problems().len();
-        eprintln!("{e}");
+        let file = path.display().to_string();
+        for problem in e.problems() {
+            // A problem of the whole file (no class at all, an empty file) has no position, so
+            // nothing names the file unless we do; a read error's field is already the file.
+            if problem.location.is_some() || problem.field == file {
+                eprintln!("{problem}");
+            } else {
+                eprintln!("{file}: {problem}");
+            }
+        }
         Failed::Error(Some(format!(
             "{} is not a valid policy ({problems} problem{})",
             path.display(),

@@ -123,6 +123,19 @@ fn check_reports_every_problem_at_once() {
     assert!(err.contains("is not a valid policy (3 problems)"), "{err}");
 }
 
+/// A problem of the whole file has no line or column, but still names the file it is in.
+#[test]
+fn check_names_the_file_of_a_problem_without_a_position() {
+    for contents in ["[dimensions]\nq = \"counter\"\n", ""] {
+        let (err, path) = check_fails(contents);
+        assert!(
+            err.lines()
+                .any(|l| l == format!("{path}: classes: a policy needs at least one class")),
+            "{contents:?}: {err}"
+        );
+    }
+}
+
 #[test]
 fn check_of_a_missing_file_fails_cleanly() {
     let dir = Scratch::new();
@@ -131,6 +144,13 @@ fn check_of_a_missing_file_fails_cleanly() {
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains("cannot read policy file"),
+        "{}",
+        stderr(&out)
+    );
+    // The file is named once, not once more in front of the problem that already names it.
+    let named = format!("{}: ", path.display());
+    assert!(
+        !stderr(&out).contains(&format!("{named}{named}")),
         "{}",
         stderr(&out)
     );
