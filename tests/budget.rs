@@ -482,6 +482,33 @@ fn cpu_time_is_metered() {
     assert_eq!(b.remaining_of(Counter::CPU_TIME), 0);
 }
 
+/// A child refused because its parent has less than the parent's `child_margin` left is refused
+/// by the parent's limit: the verdict names the parent's class, not the child's.
+#[test]
+fn a_child_refused_for_its_parents_margin_names_the_parents_class() {
+    let f = fixture(); // parse: 30 s, margin 100 ms; api: margin 10 ms
+    let parse = f.parse();
+    f.clock.advance(Duration::from_millis(29_950));
+    let v = parse.child_in(f.engine.class("api").unwrap()).unwrap_err();
+    assert_eq!(v.reason(), Reason::InsufficientTime);
+    assert_eq!(v.class(), Some("parse"));
+    assert_eq!(v.dimension(), Some("wall_time"));
+    assert_eq!(v.requested(), 100_000_000, "parse's margin");
+}
+
+/// A budget given no wall time at all is refused on wall time, with amounts that say so.
+#[test]
+fn a_zero_wall_time_override_is_refused_on_wall_time() {
+    let f = fixture();
+    let v = f
+        .parse()
+        .child_with(None, &Overrides::new().wall_time(Duration::ZERO))
+        .unwrap_err();
+    assert_eq!(v.reason(), Reason::InsufficientTime);
+    assert_eq!(v.dimension(), Some("wall_time"));
+    assert_eq!((v.requested(), v.used(), v.limit()), (1, 0, 0));
+}
+
 /// A slice of CPU time larger than the whole limit is refused as one that can never fit, but it
 /// was spent all the same: the budget is full and cancelled, as for a slice that merely overruns.
 #[test]

@@ -250,3 +250,19 @@ fn a_header_ignores_a_dimension_a_reload_removed() {
     );
     assert!(b.try_retry().is_err(), "so is a built-in one");
 }
+
+/// A header with no time left (`t=0`) is refused with a verdict that says so: the wall-time
+/// dimension, nothing left, some needed.
+#[test]
+fn a_header_with_no_time_left_is_refused_on_wall_time() {
+    let (engine, _clock) = engine();
+    let api = engine.class("api").unwrap();
+    let v = engine
+        .begin_propagated(api, id("x"), &Propagation::decode("cg1;t=0").unwrap())
+        .unwrap_err();
+    assert_eq!(v.reason(), Reason::InsufficientTime);
+    assert_eq!(v.dimension(), Some("wall_time"));
+    assert_eq!(v.class(), Some("api"));
+    assert_eq!((v.requested(), v.used(), v.limit()), (1, 0, 0));
+    assert!(v.to_string().contains("(0ns left, 1ns needed)"), "{v}");
+}

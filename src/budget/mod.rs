@@ -142,9 +142,7 @@ impl Budget {
             rules.wall_time.min(duration_to_nanos(w))
         });
         if wall == 0 {
-            return Err(Verdict::new(Reason::InsufficientTime, Retry::Never)
-                .with_class(&rules.name)
-                .with_request(*s.request_id));
+            return Err(no_time(rules, *s.request_id));
         }
         let base = s.priority.unwrap_or(rules.priority);
         let priority = s
@@ -532,19 +530,21 @@ impl Budget {
                 .as_nanos()
                 .saturating_sub(parent.start.as_nanos());
             let elapsed = now.as_nanos().saturating_sub(parent.start.as_nanos());
-            return Err(Verdict::new(Reason::InsufficientTime, Retry::Never)
-                .with_class(&rules.name)
+            // The limit that refused is this budget's deadline less its own class's margin.
+            let mut v = Verdict::new(Reason::InsufficientTime, Retry::Never)
                 .with_dimension(&wall, Unit::Nanos)
                 .with_amounts(margin, elapsed, total)
-                .with_request(id));
+                .with_request(id);
+            if let Some(own) = parent.rules() {
+                v = v.with_class(&own.name);
+            }
+            return Err(v);
         }
         let wall = overrides.wall_time.map_or(rules.wall_time, |w| {
             rules.wall_time.min(duration_to_nanos(w))
         });
         if wall == 0 {
-            return Err(Verdict::new(Reason::InsufficientTime, Retry::Never)
-                .with_class(&rules.name)
-                .with_request(id));
+            return Err(no_time(rules, id));
         }
         let own = now.deadline_after(wall);
         let priority = overrides
@@ -703,4 +703,15 @@ impl fmt::Debug for Budget {
             .field("cancelled", &self.cancel_reason())
             .finish_non_exhaustive()
     }
+}
+
+/// The refusal of a budget whose wall time would be zero (an override or a header's `t=0`): no time
+/// left at all, where any work needs some.
+#[cold]
+fn no_time(rules: &ClassRules, id: RequestId) -> Verdict {
+    Verdict::new(Reason::InsufficientTime, Retry::Never)
+        .with_class(&rules.name)
+        .with_dimension(&rules.wall, Unit::Nanos)
+        .with_amounts(1, 0, 0)
+        .with_request(id)
 }

@@ -434,6 +434,8 @@ pub(crate) struct ClassRules {
     pub(crate) child_margin: u64,
     pub(crate) priority: Priority,
     pub(crate) admission: Option<ClassAdmission>,
+    /// The wall-time dimension's name (the snapshot's), for refusals made from the class alone.
+    pub(crate) wall: Arc<str>,
 }
 
 /// One compiled policy version. Budgets hold the snapshot they started with.
@@ -469,6 +471,7 @@ impl Snapshot {
         cpu_clock: &Arc<dyn CpuClock>,
     ) -> Self {
         let dims = registry.dims.clone();
+        let wall: Arc<str> = Arc::from(crate::policy::WALL_TIME);
         let mut classes: Vec<Option<ClassRules>> = Vec::new();
         classes.resize_with(registry.classes.len(), || None);
         let mut by_name = HashMap::new();
@@ -495,6 +498,7 @@ impl Snapshot {
                 child_margin: duration_to_nanos(c.child_margin()),
                 priority: c.priority(),
                 admission: admission.get_mut(id).and_then(Option::take),
+                wall: Arc::clone(&wall),
             });
             by_name.insert(Arc::clone(c.name_arc()), Class(id as u16));
         }
@@ -512,7 +516,7 @@ impl Snapshot {
             },
             classes,
             by_name,
-            wall: Arc::from(crate::policy::WALL_TIME),
+            wall,
             pools: registry.pools.clone(),
             gates: registry.gates.iter().flatten().cloned().collect(),
             backends: Vec::new(),
