@@ -5,7 +5,9 @@
 //! nothing. A budget with ancestors charges the chain **root first** and refunds **leaf first**; at every
 //! instant an ancestor's `used` is therefore at least any descendant's, and a failed step rolls back the
 //! steps above it in reverse. Another charge can briefly see the amount of a charge that is being rolled
-//! back and be refused because of it: a spurious refusal under a race, never an overrun.
+//! back and be refused because of it: a spurious refusal under a race, never an overrun. A spurious
+//! refusal of a counter exhausts the budget like any other (its cancellation flag flips); it needs a
+//! tree within one in-flight charge of its limit.
 
 use super::report::LimitReport;
 use super::state::{CANCELLED, DEADLINE, EXHAUSTED, INHERITED};
