@@ -130,6 +130,41 @@ fn estimates_that_can_never_fit_are_refused_before_any_work() {
         .is_ok());
 }
 
+/// A caller's header (or any override) that tightens a limit below the estimate makes the estimate
+/// one that can never fit: refused at the door, as for the class's own limit, not once admitted.
+#[test]
+fn estimates_are_judged_against_the_tightened_limits() {
+    let policy = Policy::builder()
+        .counter("file_lookups")
+        .class("parse", |c| {
+            c.limit("file_lookups", 500).admission(|a| a.concurrency(4))
+        })
+        .build()
+        .unwrap();
+    let (e, _clock) = engine(policy);
+    let parse = e.class("parse").unwrap();
+    let lookups = e.counter("file_lookups").unwrap();
+    let tight = Overrides::new().limit(lookups, 100);
+    let v = e
+        .try_admit(
+            &AdmitRequest::new(parse, id(1))
+                .estimate(lookups, 200)
+                .overrides(&tight),
+        )
+        .unwrap_err();
+    assert_eq!(v.reason(), Reason::CannotFit);
+    assert_eq!((v.requested(), v.limit()), (200, 100));
+    assert_eq!(e.admission_stats().class("parse").unwrap().in_flight, 0);
+    let admitted = e
+        .try_admit(
+            &AdmitRequest::new(parse, id(2))
+                .estimate(lookups, 100)
+                .overrides(&tight),
+        )
+        .unwrap();
+    assert_eq!(admitted.budget().limit(lookups), Some(100));
+}
+
 #[test]
 fn pools_bound_cost_in_flight_across_classes() {
     let policy = Policy::builder()

@@ -593,8 +593,9 @@ impl Engine {
         self.decide_rest(rules, req, priority, true, None)
     }
 
-    /// Step 1: a declared estimate larger than the class's limit or than a pool's size, or a key
-    /// longer than [`MAX_KEY_LEN`]: refused, since no amount of waiting makes it fit.
+    /// Step 1: a declared estimate larger than the budget's limit (the class's, tightened by the
+    /// request's overrides, such as a caller's header) or than a pool's size, or a key longer than
+    /// [`MAX_KEY_LEN`]: refused, since no amount of waiting makes it fit.
     fn check_up_front(
         &self,
         snapshot: &Snapshot,
@@ -605,13 +606,14 @@ impl Engine {
     ) -> Result<(), Verdict> {
         let refuse = |verdict: Verdict| self.refused(rules, adm, req, priority, verdict);
         let estimates: &[u64] = if req.estimated { &req.estimates } else { &[] };
+        let tightened = req.overrides.and_then(Overrides::limits);
         for (dim, &estimate) in estimates.iter().enumerate() {
-            if estimate > rules.limits[dim] {
-                let mut v = Verdict::new(Reason::CannotFit, Retry::Never).with_amounts(
-                    estimate,
-                    0,
-                    rules.limits[dim],
-                );
+            let limit = tightened
+                .and_then(|t| t.get(dim))
+                .map_or(rules.limits[dim], |&t| t.min(rules.limits[dim]));
+            if estimate > limit {
+                let mut v =
+                    Verdict::new(Reason::CannotFit, Retry::Never).with_amounts(estimate, 0, limit);
                 if let Some(info) = snapshot.dims.info(dim) {
                     v = v.with_dimension(&info.name, info.unit);
                 }
