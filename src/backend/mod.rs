@@ -284,15 +284,21 @@ const N_BREAKER: usize = 2;
 const N_TIME: usize = 3;
 
 impl BackendState {
-    pub(crate) fn new(policy: &BackendPolicy, now: u64) -> Self {
+    /// A backend's state, created at `now`. Its random stream starts from `seed` (the engine's
+    /// seed and the backend's id, each backend its own stream) when the engine was given one, and
+    /// from `now` otherwise.
+    pub(crate) fn new(policy: &BackendPolicy, now: u64, seed: Option<(u64, u64)>) -> Self {
         let rates = rates(policy);
+        let stream = seed.map_or(GAMMA ^ now, |(seed, id)| {
+            mix(seed ^ mix(id.wrapping_add(1).wrapping_mul(GAMMA)))
+        });
         BackendState {
             breaker: BreakerCell::default(),
             permits: Permits::default(),
             ejected: EjectedHosts::default(),
             retry: RetryBudget::new(now, rates),
             traffic: CachePadded::new(Traffic {
-                rng: AtomicU64::new(GAMMA ^ now),
+                rng: AtomicU64::new(stream),
                 ..Traffic::default()
             }),
             refusals: CachePadded::default(),

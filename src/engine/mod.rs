@@ -94,6 +94,7 @@ pub struct EngineBuilder {
     hook: Option<RefusalHook>,
     transitions: Option<TransitionHook>,
     key_seed: Option<u64>,
+    random_seed: Option<u64>,
     names: Option<Registry>,
 }
 
@@ -106,6 +107,7 @@ impl fmt::Debug for EngineBuilder {
             .field("on_refusal", &self.hook.is_some())
             .field("on_transition", &self.transitions.is_some())
             .field("key_hash_seed", &self.key_seed)
+            .field("random_seed", &self.random_seed)
             .field("inherits_names", &self.names.is_some())
             .finish()
     }
@@ -148,6 +150,43 @@ impl EngineBuilder {
     /// fix it in production.
     pub fn key_hash_seed(mut self, seed: u64) -> Self {
         self.key_seed = Some(seed);
+        self
+    }
+
+    /// Fixes the seed of the backends' random draws (the retry backoff's jitter, the breakers'
+    /// jittered open times), so that they are the same on every run and differ between engines
+    /// given different seeds: for tests and simulations of several processes. Each backend draws
+    /// its own stream from it. Without it each backend's stream starts from the clock's reading
+    /// when the backend first appears, which a manual clock makes the same for every engine.
+    ///
+    /// ```
+    /// use costguard::clock::ManualClock;
+    /// use costguard::{AttemptOutcome, Engine, Policy, RequestId, RetryDecision};
+    /// use std::time::Duration;
+    ///
+    /// let policy = Policy::builder()
+    ///     .class("api", |c| c.retries(1))
+    ///     .backend("db", |b| b.duration("retry.backoff_base", Duration::from_secs(1)))
+    ///     .build()
+    ///     .unwrap();
+    /// let backoff = |seed: u64| {
+    ///     let engine = Engine::builder(policy.clone())
+    ///         .clock(ManualClock::new())
+    ///         .random_seed(seed)
+    ///         .build()
+    ///         .unwrap();
+    ///     let db = engine.backend("db").unwrap();
+    ///     let budget = engine.begin_by_name("api", RequestId::from_u64(1)).unwrap();
+    ///     match engine.retry(db, &budget, AttemptOutcome::ServerError, 1) {
+    ///         RetryDecision::After(d) => d,
+    ///         RetryDecision::Stop(v) => panic!("{v}"),
+    ///     }
+    /// };
+    /// assert_eq!(backoff(7), backoff(7));
+    /// assert_ne!(backoff(7), backoff(8));
+    /// ```
+    pub fn random_seed(mut self, seed: u64) -> Self {
+        self.random_seed = Some(seed);
         self
     }
 
@@ -219,6 +258,7 @@ impl EngineBuilder {
         if self.key_seed.is_some() {
             registry.key_seed = self.key_seed;
         }
+        registry.random_seed = self.random_seed;
         let snapshot = registry.compile(
             self.policy,
             1,
@@ -258,6 +298,7 @@ impl Engine {
             hook: None,
             transitions: None,
             key_seed: None,
+            random_seed: None,
             names: None,
         }
     }

@@ -36,6 +36,9 @@ pub(crate) struct Registry {
     backends: Vec<KnownBackend>,
     /// The per-key tables' hash seed, when the engine was given one; random per table otherwise.
     pub(crate) key_seed: Option<u64>,
+    /// The seed of the backends' random streams, when the engine was given one; the clock's reading
+    /// at the backend's creation otherwise.
+    pub(crate) random_seed: Option<u64>,
     /// Hosts the last compile readmitted early, for the caller to report once the registry's lock
     /// is released (a hook may call back into the engine).
     pub(crate) readmitted: Vec<(Backend, Arc<HostState>)>,
@@ -81,6 +84,7 @@ impl Registry {
             pools: Vec::new(),
             backends: Vec::new(),
             key_seed: None,
+            random_seed: None,
             readmitted: Vec::new(),
         }
     }
@@ -110,6 +114,8 @@ impl Registry {
                 })
                 .collect(),
             key_seed: self.key_seed,
+            // A forked child draws its own stream: the builder seeds it, or its clock does.
+            random_seed: None,
             readmitted: Vec::new(),
         }
     }
@@ -226,11 +232,10 @@ impl Registry {
         for b in policy.backends() {
             let id = self.backend_id(b.name());
             let known = &mut self.backends[id];
-            let state = Arc::clone(
-                known
-                    .state
-                    .get_or_insert_with(|| Arc::new(BackendState::new(b, now))),
-            );
+            let state = Arc::clone(known.state.get_or_insert_with(|| {
+                let seed = self.random_seed.map(|s| (s, id as u64));
+                Arc::new(BackendState::new(b, now, seed))
+            }));
             let mut hosts = Vec::new();
             for name in b.hosts() {
                 let host = match known.hosts_seen.iter().position(|k| k.as_ref() == name) {
