@@ -74,7 +74,8 @@ pub struct Guard {
 impl Guard {
     /// An engine for `policy` on `clock`; `label` names the process in events ("" for none). The
     /// replay's `seed` also seeds the per-key tables' hash, so that a policy with per-key limits
-    /// replays the same way every time.
+    /// replays the same way every time, and, mixed with `label`, the engine's random draws (retry
+    /// jitter, breakers' open times), so that each simulated process draws its own, as real ones do.
     pub fn new(
         policy: Policy,
         clock: &ManualClock,
@@ -86,6 +87,7 @@ impl Guard {
         let engine = Engine::builder(policy)
             .clock(clock.clone())
             .key_hash_seed(seed)
+            .random_seed(process_seed(seed, label))
             .on_transition(move |t| {
                 if let Ok(mut log) = seen.lock() {
                     log.push(t.clone());
@@ -145,4 +147,52 @@ pub fn refused(rec: &mut Recorder, verdict: &Verdict) {
 /// A name the policy check missed (it cannot, but a user policy is input: no panics).
 pub fn named<T>(r: Result<T, costguard::NameError>) -> Result<T, ReplayError> {
     r.map_err(|e| ReplayError::Policy(e.to_string()))
+}
+
+/// The seed of one simulated process's random draws: the replay's seed and the process's label,
+/// mixed (FNV-1a over the label's bytes, from the seed).
+fn process_seed(seed: u64, label: &str) -> u64 {
+    label.bytes().fold(seed ^ 0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use costguard::{AttemptOutcome, RequestId, RetryDecision};
+    use std::time::Duration;
+
+    /// The first retry's backoff drawn by a process labelled `label` under replay seed `seed`.
+    fn first_backoff(seed: u64, label: &str) -> Duration {
+        let policy = Policy::builder()
+            .class("app", |c| c.retries(1))
+            .backend("kafka", |b| {
+                b.duration("retry.backoff_base", Duration::from_secs(1))
+            })
+            .build()
+            .unwrap();
+        let guard = Guard::new(policy, &ManualClock::new(), label, seed).unwrap();
+        let kafka = guard.engine.backend("kafka").unwrap();
+        let budget = guard
+            .engine
+            .begin_by_name("app", RequestId::from_u64(1))
+            .unwrap();
+        match guard
+            .engine
+            .retry(kafka, &budget, AttemptOutcome::ConnectFailure, 1)
+        {
+            RetryDecision::After(d) => d,
+            RetryDecision::Stop(v) => panic!("{v}"),
+        }
+    }
+
+    /// Simulated processes on one clock draw their own jitter, from the replay's seed: the same
+    /// every run, different from one process to the next and from one seed to the next.
+    #[test]
+    fn each_process_draws_its_own_jitter_from_the_seed() {
+        assert_eq!(first_backoff(2016, "app1"), first_backoff(2016, "app1"));
+        assert_ne!(first_backoff(2016, "app1"), first_backoff(2016, "app2"));
+        assert_ne!(first_backoff(2016, "app1"), first_backoff(2017, "app1"));
+    }
 }
