@@ -5,8 +5,8 @@
 
 use costguard::clock::ManualClock;
 use costguard::{
-    AdmitRequest, Admitted, Class, Engine, Outcome, Overrides, Policy, Priority, Reason, RequestId,
-    Retry,
+    AdmitRequest, Admitted, Class, Counter, Engine, Outcome, Overrides, Policy, Priority, Reason,
+    RequestId, Retry,
 };
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -106,8 +106,8 @@ fn lower_priorities_see_less_of_the_limit() {
     assert_eq!(held[0].budget().priority(), Priority::Background);
 }
 
-#[test]
-fn estimates_that_can_never_fit_are_refused_before_any_work() {
+/// An engine whose class `parse` allows 500 file lookups and 4 requests at once.
+fn parse_with_500_lookups() -> (Engine, Class, Counter) {
     let policy = Policy::builder()
         .counter("file_lookups")
         .class("parse", |c| {
@@ -118,6 +118,12 @@ fn estimates_that_can_never_fit_are_refused_before_any_work() {
     let (e, _clock) = engine(policy);
     let parse = e.class("parse").unwrap();
     let lookups = e.counter("file_lookups").unwrap();
+    (e, parse, lookups)
+}
+
+#[test]
+fn estimates_that_can_never_fit_are_refused_before_any_work() {
+    let (e, parse, lookups) = parse_with_500_lookups();
     let v = e
         .try_admit(&AdmitRequest::new(parse, id(1)).estimate(lookups, 10_000))
         .unwrap_err();
@@ -134,16 +140,7 @@ fn estimates_that_can_never_fit_are_refused_before_any_work() {
 /// one that can never fit: refused at the door, as for the class's own limit, not once admitted.
 #[test]
 fn estimates_are_judged_against_the_tightened_limits() {
-    let policy = Policy::builder()
-        .counter("file_lookups")
-        .class("parse", |c| {
-            c.limit("file_lookups", 500).admission(|a| a.concurrency(4))
-        })
-        .build()
-        .unwrap();
-    let (e, _clock) = engine(policy);
-    let parse = e.class("parse").unwrap();
-    let lookups = e.counter("file_lookups").unwrap();
+    let (e, parse, lookups) = parse_with_500_lookups();
     let tight = Overrides::new().limit(lookups, 100);
     let v = e
         .try_admit(
