@@ -2038,3 +2038,35 @@ fn shadow_mode_records_an_estimate_larger_than_its_pool_once() {
     );
     drop(big);
 }
+
+/// Shadow mode holds amounts past a pool's limit, up to `u64::MAX`. Each grant gives back exactly
+/// what it added: one whose amount the saturated count could not hold takes nothing from the
+/// others when it finishes.
+#[test]
+fn shadow_pool_amounts_are_given_back_exactly() {
+    let policy = Policy::builder()
+        .counter("db")
+        .pool("p", "db", 10)
+        .class("shadow", |c| {
+            c.admission(|a| a.concurrency(10).shadow(true).pool("p"))
+        })
+        .build()
+        .unwrap();
+    let (e, _clock) = engine(policy);
+    let (class, db) = (e.class("shadow").unwrap(), e.counter("db").unwrap());
+    let admit = |n| {
+        e.try_admit(&AdmitRequest::new(class, id(n)).estimate(db, u64::MAX))
+            .unwrap()
+    };
+    let in_use = || e.admission_stats().pools[0].in_use;
+    let (a, b) = (admit(1), admit(2));
+    assert_eq!(in_use(), u64::MAX);
+    drop(b);
+    assert_eq!(in_use(), u64::MAX, "a still runs");
+    drop(a);
+    assert_eq!(in_use(), 0);
+    let (a, b) = (admit(3), admit(4));
+    drop(a);
+    assert_eq!(in_use(), 0, "b added nothing");
+    drop(b);
+}

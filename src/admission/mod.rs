@@ -880,19 +880,21 @@ impl Engine {
             if amount == 0 {
                 continue;
             }
-            if let Err(used) = p.pool.try_take(amount) {
-                let v = pool_verdict(p, amount, used);
-                if !adm.shadow {
-                    return Err(self.undo(rules, req, priority, held, v));
+            held.pools[i] = match p.pool.try_take(amount) {
+                Ok(()) => amount,
+                Err(used) => {
+                    let v = pool_verdict(p, amount, used);
+                    if !adm.shadow {
+                        return Err(self.undo(rules, req, priority, held, v));
+                    }
+                    // An estimate larger than the whole pool was recorded as `CannotFit` at the
+                    // door: one request, one would-be refusal.
+                    if amount <= p.pool.limit() {
+                        self.shadow_refused(rules, adm, req, priority, v);
+                    }
+                    p.pool.force_take(amount)
                 }
-                // An estimate larger than the whole pool was recorded as `CannotFit` at the door:
-                // one request, one would-be refusal.
-                if amount <= p.pool.limit() {
-                    self.shadow_refused(rules, adm, req, priority, v);
-                }
-                p.pool.force_take(amount);
-            }
-            held.pools[i] = amount;
+            };
         }
         Ok(held)
     }

@@ -39,13 +39,17 @@ impl Pool {
         }
     }
 
-    /// Takes `n` whatever the limit (shadow mode), saturating.
-    pub(crate) fn force_take(&self, n: u64) {
-        let _ = self
+    /// Takes `n` whatever the limit (shadow mode), saturating, and returns what it took: the
+    /// holder gives back exactly that, so that a saturated take cannot make a later give take away
+    /// another holder's amount.
+    pub(crate) fn force_take(&self, n: u64) -> u64 {
+        let before = self
             .used
             .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |u| {
                 Some(u.saturating_add(n))
-            });
+            })
+            .unwrap_or_else(|u| u);
+        before.saturating_add(n) - before
     }
 
     /// Gives `n` back, never below zero.
@@ -89,9 +93,13 @@ mod tests {
         p.try_take(4).unwrap();
         p.give(10);
         assert_eq!(p.used(), 0);
-        p.force_take(u64::MAX);
-        p.force_take(1);
+        assert_eq!(p.force_take(u64::MAX), u64::MAX);
+        assert_eq!(p.force_take(1), 0, "a saturated take takes nothing");
         assert_eq!(p.used(), u64::MAX);
+        p.give(0);
+        assert_eq!(p.used(), u64::MAX, "the first holder's amount is intact");
+        p.give(u64::MAX);
+        assert_eq!(p.used(), 0);
     }
 
     #[test]
