@@ -180,8 +180,10 @@ impl Sampler {
     }
 
     /// Goes on under `config` (the same algorithm, new settings), from the current limit clamped to
-    /// its bounds, which it gives `limiter`.
-    pub(crate) fn reconfigure(&self, config: AdaptiveLimit, limiter: &Limiter) {
+    /// its bounds, which it gives `limiter`. A shorter window takes effect at once: the current one
+    /// ends no later than a new window from `now` would (a retune from an hour to a second in the
+    /// middle of an incident must not wait out the hour).
+    pub(crate) fn reconfigure(&self, config: AdaptiveLimit, now: u64, limiter: &Limiter) {
         let mut adapting = self.state.lock();
         let limit = if adapting.state.limit.is_finite() {
             adapting.state.limit
@@ -190,10 +192,10 @@ impl Sampler {
         };
         adapting.state.limit = limit.clamp(f64::from(config.min), f64::from(config.max));
         adapting.config = Some(config);
-        self.window_ns.store(
-            crate::clock::duration_to_nanos(config.window),
-            Ordering::Relaxed,
-        );
+        let window_ns = crate::clock::duration_to_nanos(config.window);
+        self.window_ns.store(window_ns, Ordering::Relaxed);
+        self.window_end
+            .fetch_min(now.saturating_add(window_ns), Ordering::AcqRel);
         limiter.set_limit(adapting.state.limit as u32);
     }
 
@@ -415,7 +417,7 @@ mod tests {
             );
             let (sampler, limiter) = (Sampler::new(), Limiter::new(1));
             sampler.state.lock().state = poisoned;
-            sampler.reconfigure(config, &limiter);
+            sampler.reconfigure(config, 0, &limiter);
             assert_eq!(
                 limiter.limit(),
                 config.initial.clamp(config.min, config.max)
@@ -450,12 +452,32 @@ mod tests {
     }
 
     #[test]
+    fn a_shorter_window_takes_effect_at_once() {
+        let hour = AdaptiveLimit {
+            window: Duration::from_secs(3600),
+            ..aimd()
+        };
+        let (sampler, limiter) = (Sampler::new(), Limiter::new(1));
+        sampler.reset(hour, 0, &limiter);
+        sampler.reconfigure(aimd(), 500 * MS, &limiter); // a one-second window, from 0.5 s
+        sampler.record(500 * MS, true);
+        assert_eq!(sampler.maybe_update(1_499 * MS, 10, &limiter), None);
+        assert_eq!(sampler.maybe_update(1_500 * MS, 10, &limiter), Some(5));
+        // A longer window leaves the current one to end when it was going to.
+        let (sampler, limiter) = (Sampler::new(), Limiter::new(1));
+        sampler.reset(aimd(), 0, &limiter);
+        sampler.reconfigure(hour, 0, &limiter);
+        sampler.record(500 * MS, true);
+        assert_eq!(sampler.maybe_update(1_000 * MS, 10, &limiter), Some(5));
+    }
+
+    #[test]
     fn windows_close_under_the_newest_configuration() {
         let (sampler, limiter) = (Sampler::new(), Limiter::new(1));
         sampler.reset(aimd(), 0, &limiter);
         // A reload narrows the bounds to 2..=4: the limit is clamped at once...
         let narrow = AdaptiveLimit { max: 4, ..aimd() };
-        sampler.reconfigure(narrow, &limiter);
+        sampler.reconfigure(narrow, 0, &limiter);
         assert_eq!(limiter.limit(), 4);
         // ...and a fast window closed by a request of the older policy grows it within them.
         sampler.record(10 * MS, false);

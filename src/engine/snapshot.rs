@@ -360,7 +360,7 @@ impl Registry {
                             == std::mem::discriminant(&config.algorithm)
                     });
                     if same {
-                        gate.sampler.reconfigure(config, &gate.limiter);
+                        gate.sampler.reconfigure(config, now, &gate.limiter);
                     } else {
                         gate.sampler.reset(config, now, &gate.limiter);
                     }
