@@ -2070,3 +2070,86 @@ fn shadow_pool_amounts_are_given_back_exactly() {
     assert_eq!(in_use(), 0, "b added nothing");
     drop(b);
 }
+
+/// A cost-weighted rate that is not a whole number of nanoseconds per unit (700 MB a second is
+/// 1.43 ns a byte) is enforced as configured, not as the next faster whole-nanosecond rate.
+#[test]
+fn a_high_cost_weighted_rate_is_not_exceeded() {
+    const RATE: u64 = 700_000_000;
+    let policy = Policy::builder()
+        .class("api", |c| {
+            c.admission(|a| {
+                a.concurrency(100)
+                    .per_key_rate(RATE, Duration::from_secs(1), RATE)
+            })
+        })
+        .build()
+        .unwrap();
+    let (e, clock) = engine(policy);
+    let api = e.class("api").unwrap();
+    let req = |n: u64, cost: u64| {
+        AdmitRequest::new(api, id(n))
+            .key(b"uploader")
+            .rate_cost(cost)
+    };
+    drop(e.try_admit(&req(1, RATE)).unwrap());
+    clock.advance(Duration::from_millis(500));
+    let v = e.try_admit(&req(2, 490_000_000)).unwrap_err();
+    assert_eq!(v.reason(), Reason::RateLimited, "only 350 MB came back");
+    // Paced at 1 MB a millisecond for ten seconds: at most what ten seconds earn, plus the half
+    // burst that had come back when the pacing began.
+    let mut admitted = 0u64;
+    for n in 0..10_000u64 {
+        if e.try_admit(&req(10 + n, 1_000_000)).is_ok() {
+            admitted += 1_000_000;
+        }
+        clock.advance(Duration::from_millis(1));
+    }
+    assert!(
+        admitted <= 10 * RATE + RATE / 2,
+        "{admitted} bytes in ten seconds"
+    );
+}
+
+/// A rate cost larger than the key's whole burst can never be admitted: it is told so at the door,
+/// with the burst as the limit, even when the class or the key is full (which alone would say
+/// "later").
+#[test]
+fn a_rate_cost_over_the_burst_is_never_told_to_retry() {
+    let policy = Policy::builder()
+        .class("api", |c| {
+            c.admission(|a| {
+                a.concurrency(1)
+                    .per_key_concurrency(1)
+                    .per_key_rate(10, Duration::from_secs(1), 3)
+            })
+        })
+        .build()
+        .unwrap();
+    let (e, clock) = engine(policy);
+    let api = e.class("api").unwrap();
+    let over = |n| AdmitRequest::new(api, id(n)).key(b"carol").rate_cost(4);
+    let v = e.try_admit(&over(1)).unwrap_err();
+    assert_eq!((v.reason(), v.retry()), (Reason::CannotFit, Retry::Never));
+    assert_eq!((v.requested(), v.limit()), (4, 3), "{v}");
+    let hold = e
+        .try_admit(&AdmitRequest::new(api, id(2)).key(b"carol"))
+        .unwrap();
+    let v = e.try_admit(&over(3)).unwrap_err();
+    assert_eq!(
+        (v.reason(), v.retry()),
+        (Reason::CannotFit, Retry::Never),
+        "{v}"
+    );
+    drop(hold);
+    clock.advance(Duration::from_secs(1));
+    let v = e
+        .try_admit(&AdmitRequest::new(api, id(4)).key(b"carol").rate_cost(3))
+        .unwrap();
+    drop(v);
+    let v = e
+        .try_admit(&AdmitRequest::new(api, id(5)).key(b"carol").rate_cost(1))
+        .unwrap_err();
+    assert_eq!(v.reason(), Reason::RateLimited);
+    assert_eq!(v.limit(), 3, "{v}");
+}

@@ -16,7 +16,9 @@
 //! 3. a class without admission settings admits everything else, with no permit; its refusals (steps
 //!    1 and 2) are neither counted nor reported to the refusal hook;
 //! 4. an estimate above the limit of a pool the class draws from (in the class's listing order):
-//!    `CannotFit` naming the pool (only recorded in shadow mode);
+//!    `CannotFit` naming the pool (only recorded in shadow mode); then, for a request with a key of
+//!    valid length in a class with a per-key rate, a rate cost above the burst: `CannotFit`,
+//!    `Retry::Never`, dimension `rate`, amounts `(cost, 0, burst)` (only recorded in shadow mode);
 //! 5. concurrency: priority `p` may fill `allowed = limit * share[p] / 1000` (the whole limit at 1000);
 //!    `in_flight >= allowed` refuses with `Shed` when `allowed < limit && in_flight < limit`, else
 //!    `ConcurrencyLimit`, amounts `(1, in_flight, allowed)`, dimension `concurrency`. The retry hint is
@@ -30,12 +32,13 @@
 //! 7. the budget starts (it cannot fail here: no class has a zero wall time); then, last, per key
 //!    (when the request has a key and the class per-key limits): the key's pins below its
 //!    concurrency (65,535 without one), else `KeyConcurrency`, `Retry::Later`, amounts
-//!    `(1, pins, limit)`; then GCRA: `interval = max(per_ns / amount, 1)`, `tolerance = burst *
-//!    interval`; `cost * interval > tolerance` is `CannotFit` (`Retry::Never`); otherwise `new_tat =
-//!    max(tat, now) + cost * interval` must be at most `now + tolerance`, else `RateLimited` with
-//!    `Retry::After(new_tat - tolerance - now)`; rate verdicts carry amounts `(cost, 0, 0)` and
-//!    dimension `rate`. A key refusal gives back the pool amounts and the permit, and a rate
-//!    refusal charges nothing; being last, a rate once charged is never taken back;
+//!    `(1, pins, limit)`; then GCRA, in 32.32 fixed point: `interval = max(ceil(per_ns × 2^32 /
+//!    amount), 1)`, `span(c) = ceil(c × interval / 2^32)`, `tolerance = span(burst)`; a cost above
+//!    the burst charges nothing (step 4 said so); otherwise `new_tat = max(tat, now) + span(cost)`
+//!    must be at most `now + tolerance`, else `RateLimited` with `Retry::After(new_tat - tolerance -
+//!    now)`, amounts `(cost, 0, burst)`, dimension `rate`. A key refusal gives back the pool amounts
+//!    and the permit, and a rate refusal charges nothing; being last, a rate once charged is never
+//!    taken back;
 //! 8. `admitted` counts.
 //!
 //! A class in **shadow** mode evaluates steps 4 to 7 but admits: each would-be refusal is counted
@@ -134,12 +137,15 @@ pub struct RateSpec {
 }
 
 impl RateSpec {
-    fn interval(&self) -> u64 {
-        (self.per_ns / self.amount.max(1)).max(1)
-    }
-
-    fn tolerance(&self) -> u64 {
-        self.burst.saturating_mul(self.interval())
+    /// The time `cost` units stand for, in nanoseconds (see the module's step 7).
+    fn span(&self, cost: u64) -> u64 {
+        let interval =
+            ((u128::from(self.per_ns) << 32).div_ceil(u128::from(self.amount.max(1)))).max(1);
+        let q = u128::from(cost)
+            .saturating_mul(interval)
+            .saturating_add((1 << 32) - 1)
+            >> 32;
+        u64::try_from(q).unwrap_or(u64::MAX)
     }
 }
 
@@ -515,6 +521,25 @@ impl Model {
                 return done(r, events);
             }
         }
+        // 4. A rate cost above the key's whole burst.
+        let over_burst = match (key, adm.per_key.and_then(|pk| pk.rate)) {
+            (Some(Key::Valid(_)), Some(rate)) if rate_cost > rate.burst => Some(rate.burst),
+            _ => None,
+        };
+        if let Some(burst) = over_burst {
+            let v = verdict(
+                Reason::CannotFit,
+                Retry::Never,
+                Some("rate"),
+                Unit::Count,
+                (rate_cost, 0, burst),
+            );
+            if !adm.shadow {
+                let r = refuse(self, &mut events, v);
+                return done(r, events);
+            }
+            shadow_refusal(self, &mut events, v);
+        }
         // 5. Concurrency within the priority's headroom.
         let limit = adm.concurrency;
         let share = adm.headroom[priority as usize];
@@ -610,14 +635,10 @@ impl Model {
                 }
             }
             self.classes[class].keys[k].pins += 1;
-            if let Some(rate) = pk.rate {
-                let interval = rate.interval();
-                let tolerance = rate.tolerance();
-                let increment = rate_cost.saturating_mul(interval);
-                let nonconforming = if increment > tolerance {
-                    Some((Reason::CannotFit, Retry::Never))
-                } else {
-                    let next = ks.tat.max(self.now).saturating_add(increment);
+            if let Some(rate) = pk.rate.filter(|r| rate_cost <= r.burst) {
+                let tolerance = rate.span(rate.burst);
+                let nonconforming = {
+                    let next = ks.tat.max(self.now).saturating_add(rate.span(rate_cost));
                     let ahead = next - self.now;
                     if ahead <= tolerance {
                         self.classes[class].keys[k].tat = next;
@@ -628,7 +649,13 @@ impl Model {
                     }
                 };
                 if let Some((reason, retry)) = nonconforming {
-                    let v = verdict(reason, retry, Some("rate"), Unit::Count, (rate_cost, 0, 0));
+                    let v = verdict(
+                        reason,
+                        retry,
+                        Some("rate"),
+                        Unit::Count,
+                        (rate_cost, 0, rate.burst),
+                    );
                     if adm.shadow {
                         over = over.or(Some(v));
                     } else {

@@ -7,12 +7,19 @@
 //! `Retry-After`; a cost larger than the whole burst can never conform.
 
 /// The parameters of one rate limit, in clock nanoseconds.
+///
+/// The time one unit of cost stands for is kept in 32.32 fixed point, rounded up: with whole
+/// nanoseconds, a rate of 700 MB a second (1.43 ns a byte) would have been enforced as 1 GB a
+/// second. Rounding up only ever makes a key's allowance a little tighter (by under a nanosecond
+/// per 2^32 units), never looser.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Gcra {
-    /// Nanoseconds per unit of cost (at least 1).
-    pub(crate) interval: u64,
-    /// How far ahead of now the TAT may run: `burst × interval`.
-    pub(crate) tolerance: u64,
+    /// Nanoseconds per unit of cost, times 2^32, rounded up (at least 1).
+    interval: u128,
+    /// The largest cost that can ever conform.
+    pub(crate) burst: u64,
+    /// How far ahead of now the TAT may run: the time `burst` units stand for.
+    tolerance: u64,
 }
 
 /// Why a request does not conform.
@@ -24,23 +31,40 @@ pub(crate) enum Nonconforming {
     Never,
 }
 
+/// The fixed point's fraction bits.
+const FRACTION: u32 = 32;
+
 impl Gcra {
+    /// `amount` units of cost per `per_nanos`, in bursts of at most `burst`.
     pub(crate) fn new(amount: u64, per_nanos: u64, burst: u64) -> Self {
-        let interval = (per_nanos / amount.max(1)).max(1);
-        Gcra {
+        let interval = (u128::from(per_nanos) << FRACTION)
+            .div_ceil(u128::from(amount.max(1)))
+            .max(1);
+        let mut gcra = Gcra {
             interval,
-            tolerance: burst.saturating_mul(interval),
-        }
+            burst,
+            tolerance: 0,
+        };
+        gcra.tolerance = gcra.span(burst);
+        gcra
+    }
+
+    /// The time `cost` units stand for, in whole nanoseconds rounded up (saturating).
+    #[inline]
+    fn span(self, cost: u64) -> u64 {
+        let q = u128::from(cost)
+            .saturating_mul(self.interval)
+            .saturating_add((1 << FRACTION) - 1);
+        u64::try_from(q >> FRACTION).unwrap_or(u64::MAX)
     }
 
     /// The new TAT if a request of `cost` at `now` conforms.
     #[inline]
     pub(crate) fn decide(self, tat: u64, now: u64, cost: u64) -> Result<u64, Nonconforming> {
-        let increment = cost.saturating_mul(self.interval);
-        if increment > self.tolerance {
+        if cost > self.burst {
             return Err(Nonconforming::Never);
         }
-        let next = tat.max(now).saturating_add(increment);
+        let next = tat.max(now).saturating_add(self.span(cost));
         let ahead = next - now;
         if ahead <= self.tolerance {
             Ok(next)
@@ -73,5 +97,41 @@ mod tests {
         // Idle time refills, but never beyond the burst.
         assert!(g.decide(t, 100 * SEC, 3).is_ok());
         assert_eq!(g.decide(0, u64::MAX, u64::MAX), Err(Nonconforming::Never));
+    }
+
+    /// A rate that is not a whole number of nanoseconds per unit is enforced as written, not as the
+    /// next faster whole-nanosecond rate.
+    #[test]
+    fn fractional_intervals_are_exact() {
+        // 700 MB a second, bursts of one second: 1.43 ns a byte.
+        const RATE: u64 = 700_000_000;
+        let g = Gcra::new(RATE, SEC, RATE);
+        let tat = g.decide(0, 0, RATE).unwrap();
+        assert!(
+            (SEC..=SEC + 1).contains(&tat),
+            "a whole burst stands for one second (rounded up): {tat}"
+        );
+        // Half a second later, half the burst has come back (to within the nanoseconds the
+        // rounding up costs), not more.
+        assert!(g.decide(tat, SEC / 2 + 2, RATE / 2).is_ok());
+        assert!(matches!(
+            g.decide(tat, SEC / 2 + 2, RATE / 2 + 1_000),
+            Err(Nonconforming::Wait(_))
+        ));
+        // Paced at 1 MB a millisecond for ten seconds, at most the rate plus the burst gets in.
+        let mut tat = 0;
+        let mut admitted = 0u64;
+        for ms in 0..10_000u64 {
+            if let Ok(next) = g.decide(tat, ms * 1_000_000, 1_000_000) {
+                tat = next;
+                admitted += 1_000_000;
+            }
+        }
+        assert!(admitted <= 10 * RATE + RATE, "{admitted}");
+        assert!(admitted >= 10 * RATE, "{admitted}");
+        // A cost of the whole burst always fits an idle key; one more never does.
+        let odd = Gcra::new(3, 10, 7);
+        assert!(odd.decide(0, 0, 7).is_ok());
+        assert_eq!(odd.decide(0, 0, 8), Err(Nonconforming::Never));
     }
 }

@@ -576,9 +576,11 @@ impl Engine {
         let priority = req.effective_priority(rules.priority);
         let adm = rules.admission.as_ref();
 
-        // 1. Estimates that can never fit, and keys too long to be a key.
+        // 1. Estimates that can never fit, keys too long to be a key, and rate costs larger than
+        // any burst (a burst is at least 1, the default cost).
         let long_key = req.key.is_some_and(|k| k.len() > MAX_KEY_LEN);
-        if req.estimated || long_key {
+        let costly = req.key.is_some() && req.rate_cost > 1;
+        if req.estimated || long_key || costly {
             self.check_up_front(snapshot, rules, adm, req, priority)?;
         }
         let Some(adm) = adm else {
@@ -594,8 +596,9 @@ impl Engine {
     }
 
     /// Step 1: a declared estimate larger than the budget's limit (the class's, tightened by the
-    /// request's overrides, such as a caller's header) or than a pool's size, or a key longer than
-    /// [`MAX_KEY_LEN`]: refused, since no amount of waiting makes it fit.
+    /// request's overrides, such as a caller's header) or than a pool's size, a key longer than
+    /// [`MAX_KEY_LEN`], or a rate cost larger than the key's burst: refused, since no amount of
+    /// waiting makes it fit.
     fn check_up_front(
         &self,
         snapshot: &Snapshot,
@@ -643,6 +646,18 @@ impl Engine {
                     return Err(refuse(v));
                 }
                 // Shadow mode records every admission refusal and enforces none.
+                self.shadow_refused(rules, adm, req, priority, v);
+            }
+        }
+        // A rate cost larger than the key's whole burst never fits, whatever the key's state:
+        // refused here, before the class or the key could tell it to come back later.
+        if let (Some(_), Some(rate)) = (req.key, adm.keys.as_ref().and_then(|k| k.limits.rate)) {
+            if req.rate_cost > rate.burst {
+                let v =
+                    self.key_verdict(adm, KeyRefusal::Rate(Nonconforming::Never), req.rate_cost);
+                if !adm.shadow {
+                    return Err(refuse(v));
+                }
                 self.shadow_refused(rules, adm, req, priority, v);
             }
         }
@@ -844,7 +859,10 @@ impl Engine {
                 ) {
                     Ok((s, over)) => {
                         key_slot = Some(s);
-                        if let Some(over) = over {
+                        // A cost over the whole burst was recorded as `CannotFit` at the door.
+                        if let Some(over) =
+                            over.filter(|o| *o != KeyRefusal::Rate(Nonconforming::Never))
+                        {
                             let v = self.key_verdict(adm, over, req.rate_cost);
                             self.shadow_refused(rules, adm, req, priority, v);
                         }
@@ -931,6 +949,7 @@ impl Engine {
         self.refused(rules, held.adm, req, priority, verdict)
     }
 
+    /// The refusal of a key's limit. A rate refusal names the key's burst as its limit.
     fn key_verdict(&self, adm: &ClassAdmission, r: KeyRefusal, cost: u64) -> Verdict {
         match r {
             KeyRefusal::Concurrency { in_flight, limit } => {
@@ -945,9 +964,14 @@ impl Engine {
                     }
                     Nonconforming::Never => (Reason::CannotFit, Retry::Never),
                 };
+                let burst = adm
+                    .keys
+                    .as_ref()
+                    .and_then(|k| k.limits.rate)
+                    .map_or(0, |g| g.burst);
                 Verdict::new(reason, retry)
                     .with_dimension(&adm.gate.names[RATE], Unit::Count)
-                    .with_amounts(cost, 0, 0)
+                    .with_amounts(cost, 0, burst)
             }
         }
     }

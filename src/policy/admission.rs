@@ -781,9 +781,8 @@ pub(crate) fn validate_admission(
                 // The limiter keeps a key's allowance as a point in time up to `burst × per /
                 // rate` ahead of now: past a century that point no longer fits the clock's range.
                 let span = per.map(|per| {
-                    (crate::clock::duration_to_nanos(per) / amount.max(1))
-                        .max(1)
-                        .checked_mul(burst)
+                    let ns = u128::from(crate::clock::duration_to_nanos(per)) * u128::from(burst);
+                    u64::try_from(ns.div_ceil(u128::from(amount.max(1)))).ok()
                 });
                 if let Some(span) = span.filter(|s| s.is_none_or(|s| s > MAX_RATE_SPAN_NS)) {
                     let key = if v.burst.is_some() { "burst" } else { "per" };
