@@ -9,25 +9,30 @@
 # ships with the nightly toolchain instead; gcc's instrumentation calls are a subset of what it
 # provides.
 #
-# Needs nightly with rust-src (the caller installs them); without them it says so and passes.
-# Environment: CARGO_TARGET_DIR (default target/tsan), CC (cc), TSAN_FORK_ROUNDS (20).
+# Needs nightly with rust-src (the caller installs them); without them it says so and passes, or
+# fails when TSAN_REQUIRED=1 (as CI sets it: a check that could not run has not passed).
+# Environment: CARGO_TARGET_DIR (default target/tsan), CC (cc), TSAN_FORK_ROUNDS (20), TSAN_REQUIRED.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 
-if ! cargo +nightly --version >/dev/null 2>&1; then
-  echo "no nightly toolchain: C tests under ThreadSanitizer skipped"
+# Stops without running anything: a pass, unless the caller requires the check.
+skip() {
+  echo "$1"
+  [[ "${TSAN_REQUIRED:-0}" == 1 ]] && exit 1
   exit 0
+}
+
+if ! cargo +nightly --version >/dev/null 2>&1; then
+  skip "no nightly toolchain: C tests under ThreadSanitizer skipped"
 fi
 sysroot=$(rustc +nightly --print sysroot)
 host=$(rustc +nightly -vV | sed -n 's/^host: //p')
 if [[ ! -d "$sysroot/lib/rustlib/src/rust/library" ]]; then
-  echo "no rust-src for nightly: C tests under ThreadSanitizer skipped"
-  exit 0
+  skip "no rust-src for nightly: C tests under ThreadSanitizer skipped"
 fi
 runtime=$(ls "$sysroot/lib/rustlib/$host/lib/"librustc-nightly_rt.tsan.a 2>/dev/null | head -1)
 if [[ -z "$runtime" ]]; then
-  echo "nightly has no ThreadSanitizer runtime for $host: skipped"
-  exit 0
+  skip "nightly has no ThreadSanitizer runtime for $host: skipped"
 fi
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target/tsan}"
