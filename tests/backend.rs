@@ -1827,3 +1827,59 @@ fn a_clock_stepping_back_holds_a_breaker_open_no_longer_than_its_longest() {
     f.clock.advance(Duration::from_secs(5));
     assert!(f.engine.begin_attempt(db, &budget, 0).is_ok());
 }
+
+/// The first retry's backoff (full jitter up to one second) of each of `backends`, from an engine on
+/// a manual clock seeded with `seed` (or by its clock), or built with `parent`'s names.
+fn first_backoffs(seed: Option<u64>, parent: Option<&Engine>, backends: &[&str]) -> Vec<Duration> {
+    let mut policy = Policy::builder().class("api", |c| c.retries(10));
+    for name in backends {
+        policy = policy.backend(name, |b| {
+            b.duration("retry.backoff_base", Duration::from_secs(1))
+        });
+    }
+    let mut builder = Engine::builder(policy.build().unwrap()).clock(ManualClock::new());
+    if let Some(seed) = seed {
+        builder = builder.random_seed(seed);
+    }
+    if let Some(parent) = parent {
+        builder = builder.inherit_names(parent);
+    }
+    let engine = builder.build().unwrap();
+    let budget = engine.begin_by_name("api", RequestId::from_u64(1)).unwrap();
+    backends
+        .iter()
+        .map(|name| {
+            let backend = engine.backend(name).unwrap();
+            match engine.retry(backend, &budget, AttemptOutcome::ServerError, 1) {
+                RetryDecision::After(d) => d,
+                RetryDecision::Stop(v) => panic!("{v}"),
+            }
+        })
+        .collect()
+}
+
+/// A seeded engine's backends each draw their own jitter; a fork child's engine, built with its
+/// parent's names, does not take the parent's seed (it would draw the parent's numbers).
+#[test]
+fn a_random_seed_gives_each_backend_its_own_stream() {
+    let seeded = first_backoffs(Some(7), None, &["db", "kafka"]);
+    assert_eq!(seeded, first_backoffs(Some(7), None, &["db", "kafka"]));
+    assert_ne!(seeded[0], seeded[1], "two backends drew the same jitter");
+    let policy = Policy::builder()
+        .class("api", |c| c)
+        .backend("db", |b| b)
+        .build()
+        .unwrap();
+    let parent = Engine::builder(policy)
+        .clock(ManualClock::new())
+        .random_seed(7)
+        .build()
+        .unwrap();
+    let child = first_backoffs(None, Some(&parent), &["db"]);
+    assert_ne!(child[0], seeded[0], "the child drew its parent's stream");
+    assert_eq!(
+        child,
+        first_backoffs(None, None, &["db"]),
+        "seeded by its clock"
+    );
+}
