@@ -236,6 +236,65 @@ mod tests {
         assert_eq!(parse_quantity("+5"), Err(UnitError::BadNumber));
     }
 
+    /// Every suffix, with and without `B`, against its value written out.
+    #[test]
+    fn every_quantity_suffix() {
+        let table: [(&str, u64); 9] = [
+            ("", 1),
+            ("k", 1_000),
+            ("M", 1_000_000),
+            ("G", 1_000_000_000),
+            ("T", 1_000_000_000_000),
+            ("Ki", 1_024),
+            ("Mi", 1_048_576),
+            ("Gi", 1_073_741_824),
+            ("Ti", 1_099_511_627_776),
+        ];
+        for (suffix, value) in table {
+            assert_eq!(
+                parse_quantity(&format!("3{suffix}")),
+                Ok(3 * value),
+                "{suffix}"
+            );
+            assert_eq!(
+                parse_quantity(&format!("3{suffix}B")),
+                Ok(3 * value),
+                "{suffix}B"
+            );
+        }
+        assert_eq!(
+            parse_quantity("3m"),
+            Err(UnitError::BadUnit),
+            "no milli-units"
+        );
+        assert_eq!(
+            parse_quantity("3KB"),
+            Err(UnitError::BadUnit),
+            "k is lower case"
+        );
+    }
+
+    /// Every duration unit against its value written out.
+    #[test]
+    fn every_duration_unit() {
+        let table: [(&str, u64); 7] = [
+            ("ns", 1),
+            ("us", 1_000),
+            ("µs", 1_000),
+            ("ms", 1_000_000),
+            ("s", 1_000_000_000),
+            ("m", 60_000_000_000),
+            ("h", 3_600_000_000_000),
+        ];
+        for (unit, nanos) in table {
+            assert_eq!(
+                parse_duration(&format!("3{unit}")),
+                Ok(Duration::from_nanos(3 * nanos)),
+                "{unit}"
+            );
+        }
+    }
+
     #[test]
     fn formatting() {
         assert_eq!(format_duration(Duration::from_millis(1250)), "1.250s");

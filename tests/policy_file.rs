@@ -445,3 +445,34 @@ fn problem_line(err: &costguard::PolicyError, field: &str) -> u32 {
         .unwrap()
         .line
 }
+
+/// Quantities and durations written with units reach a budget's limits as the numbers they stand
+/// for.
+#[test]
+fn units_in_a_policy_file_become_the_budgets_limits() {
+    let policy = Policy::from_toml_str(
+        r#"
+        [dimensions]
+        bytes = { kind = "counter", unit = "bytes" }
+        rows = "counter"
+        [classes.api]
+        wall_time = "1.5m"
+        limits = { bytes = "1.5GiB", rows = "2M" }
+        "#,
+    )
+    .unwrap();
+    let engine = Engine::builder(policy)
+        .clock(ManualClock::new())
+        .build()
+        .unwrap();
+    let budget = engine
+        .begin_by_name("api", costguard::RequestId::from_u64(1))
+        .unwrap();
+    let (bytes, rows) = (
+        engine.counter("bytes").unwrap(),
+        engine.counter("rows").unwrap(),
+    );
+    assert_eq!(budget.limit(bytes), Some(1_610_612_736));
+    assert_eq!(budget.limit(rows), Some(2_000_000));
+    assert_eq!(budget.remaining(), Duration::from_secs(90));
+}
