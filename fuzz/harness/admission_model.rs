@@ -918,7 +918,39 @@ pub fn execute(setup: &Setup, ops: &[Op]) {
     }
     for (i, c) in model.classes.iter().enumerate() {
         for (k, ks) in c.keys.iter().enumerate() {
-            assert_eq!(ks.pins, 0, "end: class {i} key {k} still pinned");
+            assert_eq!(
+                ks.pins, 0,
+                "end: the model's class {i} key {k} still pinned"
+            );
+        }
+    }
+    // The engine's keys are back to zero too: with nothing held, each key takes exactly as many
+    // requests as its limit allows (in an enforcing class whose own limit is no smaller, at the
+    // critical priority, which sees the whole of it, and at no rate cost).
+    for (i, spec) in model.setup.classes.iter().enumerate() {
+        let Some(adm) = &spec.admission else { continue };
+        let Some(limit) = adm.per_key.and_then(|k| k.concurrency) else {
+            continue;
+        };
+        if adm.shadow || limit > adm.concurrency {
+            continue;
+        }
+        for k in 0..NKEYS {
+            let probe: Vec<Admitted> = (0..=limit)
+                .filter_map(|n| {
+                    let req = AdmitRequest::new(classes[i], RequestId::from_u64(u64::from(n)))
+                        .key(Key::Valid(k).bytes())
+                        .rate_cost(0)
+                        .priority(Priority::Critical);
+                    engine.try_admit(&req).ok()
+                })
+                .collect();
+            assert_eq!(
+                probe.len(),
+                limit as usize,
+                "end: class {i} key {k} took {} requests, its limit is {limit}",
+                probe.len()
+            );
         }
     }
 }
