@@ -576,7 +576,10 @@ costguard_status costguard_attempt_finish(struct costguard_attempt a,
 costguard_status costguard_attempt_free(struct costguard_attempt a);
 
 /**
- * Classifies an HTTP status as an attempt outcome.
+ * Classifies an HTTP status as an attempt outcome: 1xx-3xx success; 429 and 503 refused (the
+ * response's Retry-After, if any, goes in `retry_after_ns` when finishing and retrying); 504
+ * upstream timeout; 408 timeout; other 4xx client error; anything else (other 5xx, and numbers
+ * outside 100-599) server error.
  *
  * # Safety
  * `outcome` is writable.
