@@ -160,7 +160,9 @@ final class Engine extends Handle
     public function host(Backend|string $backend, string $name): Host
     {
         $b = $backend instanceof Backend ? $backend : $this->backend($backend);
-        $key = $b->name . "\0" . $name;
+        // Keyed by the backend's handle, not its name: another engine's Backend of the same name
+        // must reach the library (and its InvalidHandleException), not this engine's cached host.
+        $key = $b->bits() . "\0" . $name;
         if (!isset($this->hosts[$key])) {
             $out = $this->ffi->new('costguard_host');
             $this->ok($this->ffi->costguard_engine_host($this->handle(), $b->handle, $name, strlen($name), FFI::addr($out)), "host {$b->name}/{$name}");

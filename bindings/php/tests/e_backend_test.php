@@ -44,6 +44,14 @@ function test_attempt_on_a_chosen_host(): void
     $a->finish(AttemptOutcome::ServerError);
 }
 
+function test_a_host_of_another_engines_backend_is_refused_even_when_cached(): void
+{
+    $e1 = test_engine();
+    $e2 = test_engine();
+    $e1->host('svc', 'b:1'); // cached under e1's own backend
+    assert_throws(InvalidHandleException::class, fn () => $e1->host($e2->backend('svc'), 'b:1'));
+}
+
 function test_bulkhead_refuses_and_destroyed_attempts_finish_as_cancelled(): void
 {
     $e = test_engine();
