@@ -123,7 +123,8 @@ impl Names {
         let e = self.entry(index).ok_or(Status::COSTGUARD_INVALID_HANDLE)?;
         e.value.ok_or_else(|| {
             crate::text::set_last_error(format!(
-                "the {} `{}` was resolved before a fork, and the child's policy does not have it                  (resolve it again after a reload that brings it back)",
+                "the {} `{}` was resolved before a fork, and the child's policy does not have it \
+                 (resolve it again after a reload that brings it back)",
                 kind_name(e.kind),
                 e.text
             ));
@@ -299,7 +300,12 @@ mod tests {
         let child = engine("[dimensions]\na = \"counter\"\n[classes.api]\n");
         let rebuilt = names.rebuilt_for(&child);
         assert_eq!(rebuilt.counter(7, b), Err(Status::COSTGUARD_UNKNOWN_NAME));
-        assert!(crate::text::last_error_string().contains("counter `b`"));
+        let message = crate::text::last_error_string();
+        assert!(message.contains("counter `b`"), "{message}");
+        assert!(
+            !message.contains("  "),
+            "one space between words: {message}"
+        );
         child.reload(Policy::from_toml_str(both).unwrap()).unwrap();
         let c = child.counter("b").unwrap();
         let again = rebuilt
