@@ -6,6 +6,9 @@
 //!   limit names a declared dimension, at most once; no wall time, CPU time or child margin is zero;
 //!   at least one class. An engine builds from it (and reloads it), every name resolves to a handle of
 //!   the right kind, and a budget of every class starts with exactly the class's limits and wall time;
+//! - the numbers written in the text are the policy's: each class's limits, retries, wall time and
+//!   CPU time, read back by an independent reading (the `toml` crate's generic tree, and the unit
+//!   suffixes' values written out here), equal what the policy holds;
 //! - on error, there is at least one problem; every location is a real line and column of the text,
 //!   and problems come sorted by location.
 
@@ -26,9 +29,112 @@ pub fn run(data: &[u8]) {
 
 pub fn check_source(source: &str) {
     match Policy::from_toml_str(source) {
-        Ok(policy) => check_policy(&policy),
+        Ok(policy) => {
+            check_policy(&policy);
+            check_values(source, &policy);
+        }
         Err(e) => check_error(source, &e),
     }
+}
+
+/// The values of each class as written in `source`, against `policy`'s. Values this reading does not
+/// understand are skipped: the point is that what both readings understand, they read alike.
+fn check_values(source: &str, policy: &Policy) {
+    // The generic tree holds integers as i64: a text with a larger one (which costguard reads as
+    // u64) is not read back here.
+    let Ok(tree) = source.parse::<toml::Table>() else {
+        return;
+    };
+    let Some(classes) = tree.get("classes").and_then(toml::Value::as_table) else {
+        return;
+    };
+    for (name, class) in classes {
+        let (Some(c), Some(class)) = (policy.class(name), class.as_table()) else {
+            continue;
+        };
+        let limits = class.get("limits").and_then(toml::Value::as_table);
+        for (dim, v) in limits.into_iter().flatten() {
+            if let Some(n) = quantity(v) {
+                assert_eq!(c.limit(dim), Some(n), "class {name} limit {dim} = {v}");
+            }
+        }
+        if let Some(n) = class.get("retries").and_then(quantity) {
+            assert_eq!(c.retries(), Some(n), "class {name} retries");
+        }
+        for (key, got) in [("wall_time", c.wall_time()), ("cpu_time", c.cpu_time())] {
+            if let Some(d) = class.get(key).and_then(duration) {
+                assert_eq!(got, d, "class {name} {key} = {:?}", class.get(key));
+            }
+        }
+    }
+}
+
+/// A whole number written as an integer, or as a string with an optional unit suffix.
+fn quantity(v: &toml::Value) -> Option<u64> {
+    const SCALES: [(&str, u128); 9] = [
+        ("", 1),
+        ("k", 1_000),
+        ("M", 1_000_000),
+        ("G", 1_000_000_000),
+        ("T", 1_000_000_000_000),
+        ("Ki", 1 << 10),
+        ("Mi", 1 << 20),
+        ("Gi", 1 << 30),
+        ("Ti", 1 << 40),
+    ];
+    match v {
+        toml::Value::Integer(i) => u64::try_from(*i).ok(),
+        toml::Value::String(s) => {
+            let (number, unit) = split(s)?;
+            let unit = unit.strip_suffix('B').unwrap_or(unit);
+            let scale = SCALES.iter().find(|(u, _)| *u == unit)?.1;
+            scaled(number, scale)
+        }
+        _ => None,
+    }
+}
+
+/// A duration string (`Some(None)` for "none").
+fn duration(v: &toml::Value) -> Option<Option<Duration>> {
+    const NANOS: [(&str, u128); 7] = [
+        ("ns", 1),
+        ("us", 1_000),
+        ("µs", 1_000),
+        ("ms", 1_000_000),
+        ("s", 1_000_000_000),
+        ("m", 60_000_000_000),
+        ("h", 3_600_000_000_000),
+    ];
+    let s = v.as_str()?;
+    if s == "none" {
+        return Some(None);
+    }
+    let (number, unit) = split(s)?;
+    let scale = NANOS.iter().find(|(u, _)| *u == unit)?.1;
+    scaled(number, scale).map(|n| Some(Duration::from_nanos(n)))
+}
+
+/// `digits[.digits]` and what follows.
+fn split(s: &str) -> Option<(&str, &str)> {
+    let end = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    Some((&s[..end], &s[end..]))
+}
+
+/// `digits[.digits]` times `scale`, if that is a whole number that fits in 64 bits.
+fn scaled(number: &str, scale: u128) -> Option<u64> {
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty() || (number.contains('.') && fraction.is_empty()) {
+        return None;
+    }
+    let digits = format!("{whole}{fraction}");
+    let n: u128 = digits.parse().ok()?;
+    let divisor = 10u128.checked_pow(u32::try_from(fraction.len()).ok()?)?;
+    let product = n.checked_mul(scale)?;
+    (product % divisor == 0)
+        .then(|| u64::try_from(product / divisor).ok())
+        .flatten()
 }
 
 fn valid_name(name: &str) -> bool {
