@@ -717,3 +717,43 @@ fn a_fresh_ejection_is_not_taken_for_the_one_that_ended() {
         assert_eq!((stats.in_flight, stats.connecting), (0, 0));
     });
 }
+
+/// An attempt finds the free host of a pool even when another thread takes the hosts it had picked.
+///
+/// Three hosts of one call each. One thread begins an attempt with the host left to the engine;
+/// the other takes two particular hosts (`begin_attempt_on`) and holds them, so one host is free at
+/// every moment. If the second thread fills both hosts the first had picked as the less loaded pair
+/// before it takes a permit, the first must go on to the third host rather than report that no
+/// host can take it.
+#[test]
+fn a_free_host_is_found_when_the_picked_ones_fill_up() {
+    loom::model(|| {
+        let (engine, _clock, db, budget) = fixture(10, |b| {
+            b.hosts(&["h0", "h1", "h2"])
+                .count("max_in_flight_per_host", 1)
+                .count("max_connecting_per_host", 1)
+                .fraction("retry.ratio", 0.0)
+        });
+        let taker = {
+            let (engine, budget) = (engine.clone(), budget.clone());
+            thread::spawn(move || {
+                // Either may be the one the other thread took: then it is refused, never sent to
+                // another host.
+                let on = |name| {
+                    let host = engine.host(db, name).unwrap();
+                    let attempt = engine.begin_attempt_on(host, &budget, 0).ok()?;
+                    assert_eq!(attempt.host(), Some(name), "asked for {name}");
+                    Some(attempt.into_owned())
+                };
+                let held = (on("h0"), on("h1"));
+                drop(held);
+            })
+        };
+        match engine.begin_attempt(db, &budget, 0) {
+            Ok(attempt) => attempt.finish(AttemptOutcome::Success),
+            Err(v) => panic!("refused with a host free: {v:?}"),
+        }
+        taker.join().unwrap();
+        assert_eq!(engine.backend_stats()[0].in_flight, 0);
+    });
+}

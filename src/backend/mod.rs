@@ -1092,67 +1092,81 @@ impl Engine {
                 n as usize
             }),
         };
-        let mut candidates: [Option<usize>; 2] = [None, None];
-        for i in 0..n {
-            let h = (start + i) % rules.hosts.len();
-            let host = &rules.hosts[h];
-            if host.readmit_if_due(now, &state.ejected) {
-                rules.emit(Some(&host.name), TransitionKind::Readmitted, now);
+        // Two candidates at a time: when other threads fill both before this one takes its
+        // permits, the scan goes on from where it stopped, so that a free host further on is still
+        // found, and after a failed take it may go round the pool once more (hosts that were full
+        // when first looked at may have room again). Each host is looked at twice at most.
+        let mut scanned = 0;
+        let mut limit = n;
+        while scanned < limit {
+            let mut candidates: [Option<usize>; 2] = [None, None];
+            while scanned < limit {
+                // `scanned % n`: a second time round covers the same hosts (only `target`'s, when
+                // there is one).
+                let h = (start + scanned % n) % rules.hosts.len();
+                scanned += 1;
+                let host = &rules.hosts[h];
+                if host.readmit_if_due(now, &state.ejected) {
+                    rules.emit(Some(&host.name), TransitionKind::Readmitted, now);
+                }
+                if host.is_ejected() || !host.breaker.would_admit(now, rules.limits()) {
+                    continue;
+                }
+                let connect_cap = if host.on_probation() {
+                    1
+                } else {
+                    p.max_connecting_per_host
+                };
+                let cap = ramped(
+                    p.max_in_flight_per_host,
+                    &host.breaker,
+                    rules.ns.ramp_up,
+                    now,
+                );
+                if host.permits.in_flight() >= cap || host.permits.connecting() >= connect_cap {
+                    continue;
+                }
+                if candidates[0].is_none() {
+                    candidates[0] = Some(h);
+                } else {
+                    candidates[1] = Some(h);
+                    break;
+                }
             }
-            if host.is_ejected() || !host.breaker.would_admit(now, rules.limits()) {
-                continue;
+            // The less loaded of the two first, without allocating.
+            let load =
+                |h: Option<usize>| h.map_or(u32::MAX, |h| rules.hosts[h].permits.in_flight());
+            if load(candidates[1]) < load(candidates[0]) {
+                candidates.swap(0, 1);
             }
-            let connect_cap = if host.on_probation() {
-                1
-            } else {
-                p.max_connecting_per_host
-            };
-            let cap = ramped(
-                p.max_in_flight_per_host,
-                &host.breaker,
-                rules.ns.ramp_up,
-                now,
-            );
-            if host.permits.in_flight() >= cap || host.permits.connecting() >= connect_cap {
-                continue;
+            for h in candidates.into_iter().flatten() {
+                let host = &rules.hosts[h];
+                let connect_cap = if host.on_probation() {
+                    1
+                } else {
+                    p.max_connecting_per_host
+                };
+                let Ok((role, generation, event)) =
+                    host.breaker.begin(now, rules.limits(), timeout)
+                else {
+                    continue;
+                };
+                let cap = ramped(
+                    p.max_in_flight_per_host,
+                    &host.breaker,
+                    rules.ns.ramp_up,
+                    now,
+                );
+                if host.permits.take(cap, connect_cap).is_err() {
+                    release_probe(&host.breaker, role, generation);
+                    limit = 2 * n;
+                    continue;
+                }
+                if let Some(kind) = event {
+                    rules.emit(Some(&host.name), kind, now);
+                }
+                return Some((h as u32, role, generation));
             }
-            if candidates[0].is_none() {
-                candidates[0] = Some(h);
-            } else {
-                candidates[1] = Some(h);
-                break;
-            }
-        }
-        // The less loaded of the two first, without allocating.
-        let load = |h: Option<usize>| h.map_or(u32::MAX, |h| rules.hosts[h].permits.in_flight());
-        if load(candidates[1]) < load(candidates[0]) {
-            candidates.swap(0, 1);
-        }
-        for h in candidates.into_iter().flatten() {
-            let host = &rules.hosts[h];
-            let connect_cap = if host.on_probation() {
-                1
-            } else {
-                p.max_connecting_per_host
-            };
-            let Ok((role, generation, event)) = host.breaker.begin(now, rules.limits(), timeout)
-            else {
-                continue;
-            };
-            let cap = ramped(
-                p.max_in_flight_per_host,
-                &host.breaker,
-                rules.ns.ramp_up,
-                now,
-            );
-            if host.permits.take(cap, connect_cap).is_err() {
-                release_probe(&host.breaker, role, generation);
-                continue;
-            }
-            if let Some(kind) = event {
-                rules.emit(Some(&host.name), kind, now);
-            }
-            return Some((h as u32, role, generation));
         }
         None
     }
