@@ -1883,3 +1883,65 @@ fn a_random_seed_gives_each_backend_its_own_stream() {
         "seeded by its clock"
     );
 }
+
+/// Two hosts, the first consecutive connect failure ejects (for 5 s first), half the pool at most;
+/// breakers that never open; and, if `other`, a second backend.
+fn ejecting(hosts: &[&str], other: bool) -> Policy {
+    let mut policy = Policy::builder()
+        .class("api", |c| {
+            c.wall_time(Duration::from_secs(3600)).retries(10)
+        })
+        .backend("kafka", |b| {
+            b.hosts(hosts)
+                .duration("timeout", Duration::from_secs(30))
+                .count("ejection.consecutive_failures", 1)
+                .fraction("ejection.max_ejected", 0.5)
+                .duration("ejection.base", Duration::from_secs(5))
+                .count("breaker.consecutive_failures", 1000)
+        });
+    if other {
+        policy = policy.backend("other", |b| b);
+    }
+    policy.build().unwrap()
+}
+
+/// Hosts of `backend` that its stats show ejected.
+fn ejected(f: &Fixture, backend: &str) -> Vec<String> {
+    f.engine
+        .backend_stats()
+        .into_iter()
+        .filter(|b| b.backend == backend)
+        .flat_map(|b| b.hosts)
+        .filter(|h| h.ejected)
+        .map(|h| h.host)
+        .collect()
+}
+
+/// A backend a reload removed has no pool: a request of the older version failing to connect to
+/// one of its hosts ejects nothing, and a reload that restores the backend finds no host ejected.
+#[test]
+fn a_removed_backends_hosts_are_never_ejected() {
+    let f = fixture(ejecting(&["k1", "k2"], true));
+    let k1 = f
+        .engine
+        .host(f.engine.backend("kafka").unwrap(), "k1")
+        .unwrap();
+    let old = f.budget();
+    f.engine
+        .reload(
+            Policy::builder()
+                .class("api", |c| c.wall_time(Duration::from_secs(3600)))
+                .backend("other", |b| b)
+                .build()
+                .unwrap(),
+        )
+        .unwrap();
+    f.engine
+        .begin_attempt_on(k1, &old, 0)
+        .unwrap()
+        .finish(AttemptOutcome::ConnectFailure);
+    f.clock.advance(Duration::from_secs(1));
+    f.engine.reload(ejecting(&["k1", "k2"], true)).unwrap();
+    assert_eq!(f.kinds(), []);
+    assert_eq!(ejected(&f, "kafka"), Vec::<String>::new());
+}

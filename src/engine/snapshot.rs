@@ -298,6 +298,16 @@ impl Registry {
             )));
         }
         out.resize_with(self.backends.len(), || None);
+        // A backend this version lacks has no pool: none of its hosts may be ejected (requests of
+        // older versions may still call it) or come back ejected if a later version restores it.
+        for (known, _) in self.backends.iter().zip(&out).filter(|(_, r)| r.is_none()) {
+            let Some(state) = &known.state else { continue };
+            state.ejected.most.store(0, Ordering::SeqCst);
+            for host in &known.host_states {
+                host.in_pool.store(false, Ordering::SeqCst);
+                host.forget_ejection(&state.ejected);
+            }
+        }
         out
     }
 
