@@ -1945,3 +1945,36 @@ fn a_removed_backends_hosts_are_never_ejected() {
     assert_eq!(f.kinds(), []);
     assert_eq!(ejected(&f, "kafka"), Vec::<String>::new());
 }
+
+/// An ejection that is over gives its place in the pool's share back even when no host choice
+/// looks at its host: attempts on particular hosts (a partition's leader) can still eject another
+/// failing host.
+#[test]
+fn an_ejection_that_is_over_gives_its_place_back_to_attempts_on_particular_hosts() {
+    let f = fixture(ejecting(&["k1", "k2"], false)); // half of two: one place
+    let kafka = f.engine.backend("kafka").unwrap();
+    let (k1, k2) = (
+        f.engine.host(kafka, "k1").unwrap(),
+        f.engine.host(kafka, "k2").unwrap(),
+    );
+    let b = f.budget();
+    let fail_on = |host| {
+        f.engine
+            .begin_attempt_on(host, &b, 0)
+            .unwrap()
+            .finish(AttemptOutcome::ConnectFailure)
+    };
+    fail_on(k1);
+    assert_eq!(ejected(&f, "kafka"), ["k1"]);
+    f.clock.advance(Duration::from_secs(60));
+    fail_on(k2);
+    assert_eq!(ejected(&f, "kafka"), ["k2"], "k1's ejection ended long ago");
+    assert_eq!(
+        f.kinds(),
+        [
+            TransitionKind::Ejected,
+            TransitionKind::Readmitted,
+            TransitionKind::Ejected
+        ]
+    );
+}

@@ -238,6 +238,12 @@ impl EjectedHosts {
             .is_ok()
     }
 
+    /// Hosts are out, as many as the current pool's share allows: no place is free.
+    pub(crate) fn full(&self) -> bool {
+        let count = self.count.load(Ordering::SeqCst);
+        count > 0 && count >= self.most.load(Ordering::SeqCst)
+    }
+
     /// More hosts out than the current pool's share allows: a reload lowered the share while an
     /// ejection was on its way (see [`HostState::on_outcome`]).
     fn over(&self) -> bool {

@@ -700,8 +700,15 @@ impl Attempt<'_> {
                 now,
             );
             self.report(change, Some(&h.name), &h.breaker, now);
+            let counts = index == CONNECT_FAILURE || index == TIMEOUT;
+            if counts && state.ejected.full() {
+                // The share of the pool that may be out is taken, perhaps by ejections that are
+                // over but that no host choice has ended yet (attempts on particular hosts never
+                // look at the others): end those first, so that this host can take a place.
+                readmit_due(rules, now);
+            }
             let ejection = h.on_outcome(
-                index == CONNECT_FAILURE || index == TIMEOUT,
+                counts,
                 index == SUCCESS,
                 now,
                 &rules.ns.eject,
@@ -752,6 +759,16 @@ impl Attempt<'_> {
                 self.rules.emit(host, TransitionKind::Closed, now);
             }
             breaker::Change::None => {}
+        }
+    }
+}
+
+/// Ends every ejection of `rules`' pool that is over (on probation), reporting each.
+#[cold]
+fn readmit_due(rules: &BackendRules, now: u64) {
+    for host in &rules.hosts {
+        if host.readmit_if_due(now, &rules.state.ejected) {
+            rules.emit(Some(&host.name), TransitionKind::Readmitted, now);
         }
     }
 }
