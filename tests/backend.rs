@@ -1978,3 +1978,39 @@ fn an_ejection_that_is_over_gives_its_place_back_to_attempts_on_particular_hosts
         ]
     );
 }
+
+/// A connect failure or timeout of an attempt begun before the host's ejection, reported after
+/// the host came back on probation, does not eject it again (for twice as long): that attempt's
+/// time ran during the ejection the host already served. Its own probation attempt still decides.
+#[test]
+fn a_late_timeout_from_before_an_ejection_does_not_end_probation() {
+    let f = fixture(ejecting(&["k1", "k2"], false));
+    let k1 = f
+        .engine
+        .host(f.engine.backend("kafka").unwrap(), "k1")
+        .unwrap();
+    let b = f.budget();
+    let mut long = f.engine.begin_attempt_on(k1, &b, 0).unwrap(); // a 30 s timeout
+    long.connected();
+    f.engine
+        .begin_attempt_on(k1, &b, 0)
+        .unwrap()
+        .finish(AttemptOutcome::ConnectFailure); // ejected for 5 s
+    f.clock.advance(Duration::from_secs(6));
+    let probe = f.engine.begin_attempt_on(k1, &b, 0).unwrap(); // readmitted on probation
+    long.finish(AttemptOutcome::Timeout);
+    assert_eq!(
+        f.kinds(),
+        [TransitionKind::Ejected, TransitionKind::Readmitted]
+    );
+    probe.finish(AttemptOutcome::ConnectFailure);
+    assert_eq!(
+        f.kinds(),
+        [
+            TransitionKind::Ejected,
+            TransitionKind::Readmitted,
+            TransitionKind::Ejected
+        ],
+        "the probation attempt's own failure ejects"
+    );
+}

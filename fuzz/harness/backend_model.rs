@@ -27,7 +27,10 @@
 //!   (only a success breaks the run) if fewer than the configured share of the pool is out, for
 //!   `base × 2^(n-1)` capped; readmitted on probation (one connection attempt at a time, ejected
 //!   again by its first failure, proven by its first success) when a host choice visits it after
-//!   its ejection is over. The choice is the documented one: visiting hosts in round-robin order
+//!   its ejection is over, or when a failure that counts finds every place of the share taken (then
+//!   every host of the attempt's pool whose ejection is over comes back first, in that pool's
+//!   order). A connect failure or timeout of an attempt begun before its host's last readmission
+//!   counts for nothing. The choice is the documented one: visiting hosts in round-robin order
 //!   (or only the one asked for with `begin_attempt_on`), of the first two that are not ejected,
 //!   below their caps and whose breaker is willing, the one with fewer calls in flight;
 //!   `NoHealthyHost` when there is none. See [`World::choose_host`].
@@ -615,10 +618,7 @@ impl Ejection {
             *self = Ejection::default();
             return false;
         }
-        if !matches!(
-            outcome,
-            AttemptOutcome::ConnectFailure | AttemptOutcome::Timeout
-        ) {
+        if !counts(outcome) {
             return false;
         }
         self.fails += 1;
@@ -641,10 +641,20 @@ impl Ejection {
     }
 }
 
+/// An outcome that counts toward ejecting its host.
+fn counts(outcome: AttemptOutcome) -> bool {
+    matches!(
+        outcome,
+        AttemptOutcome::ConnectFailure | AttemptOutcome::Timeout
+    )
+}
+
 #[derive(Debug)]
 struct Host {
     breaker: Breaker,
     eject: Ejection,
+    /// When the host last came back from an ejection (0: never).
+    readmitted_at: u64,
     in_flight: u32,
     connecting: u32,
 }
@@ -659,6 +669,8 @@ struct Held {
     /// The host (an index into [`HOSTS`]), with the role and generation its breaker let the
     /// attempt through in.
     host: Option<(usize, Role, u64)>,
+    /// The pool of the policy version the attempt began under.
+    pool: Vec<usize>,
 }
 
 struct World<'a> {
@@ -725,6 +737,7 @@ pub fn execute(s: &Setup, ops: &[Op]) {
             .map(|_| Host {
                 breaker: Breaker::new(),
                 eject: Ejection::default(),
+                readmitted_at: 0,
                 in_flight: 0,
                 connecting: 0,
             })
@@ -979,6 +992,7 @@ impl World<'_> {
             start: now,
             connecting: true,
             host,
+            pool: self.pool.clone(),
         });
         true
     }
@@ -1092,6 +1106,7 @@ impl World<'_> {
             e.ejected = false;
             e.probation = true;
             e.fails = 0;
+            self.hosts[x].readmitted_at = now;
         }
     }
 
@@ -1124,8 +1139,6 @@ impl World<'_> {
         let v = judge(outcome);
         let (failed, slow) = (v == Judgement::Failure, latency > s.slow_call);
         if let Some((x, role, generation)) = h.host {
-            let ejected = self.hosts.iter().filter(|h| h.eject.ejected).count();
-            let room = ejected < self.most_ejected();
             let in_pool = self.pool.contains(&x);
             let host = &mut self.hosts[x];
             if h.connecting {
@@ -1134,7 +1147,27 @@ impl World<'_> {
             let trip =
                 v != Judgement::Neutral && host.breaker.record(now, generation, failed, slow, s);
             host.breaker.finish(role, generation, v, trip, now, s);
-            if host.eject.on_outcome(outcome, now, room, in_pool, s) {
+            // A failure of an attempt begun before the host's last readmission counts for nothing.
+            let stale = h.start < host.readmitted_at;
+            let counting = counts(outcome) && !stale;
+            let out = self.ejected();
+            if counting && out > 0 && out >= self.most_ejected() {
+                // Every place is taken: ejections that are over end first.
+                for &y in &h.pool {
+                    let other = &mut self.hosts[y];
+                    if other.eject.ejected && now >= other.eject.until {
+                        other.eject.ejected = false;
+                        other.eject.probation = true;
+                        other.eject.fails = 0;
+                        other.readmitted_at = now;
+                        other.breaker.events.push((TransitionKind::Readmitted, now));
+                    }
+                }
+            }
+            let room = self.ejected() < self.most_ejected();
+            let host = &mut self.hosts[x];
+            if !(stale && counts(outcome)) && host.eject.on_outcome(outcome, now, room, in_pool, s)
+            {
                 host.breaker.events.push((TransitionKind::Ejected, now));
             }
             host.in_flight -= 1;
@@ -1143,6 +1176,11 @@ impl World<'_> {
             v != Judgement::Neutral && self.breaker.record(now, h.generation, failed, slow, s);
         self.breaker.finish(h.role, h.generation, v, trip, now, s);
         self.in_flight -= 1;
+    }
+
+    /// The hosts ejected now, in or out of the pool.
+    fn ejected(&self) -> usize {
+        self.hosts.iter().filter(|h| h.eject.ejected).count()
     }
 
     /// The most hosts that may be ejected at once: a share of the pool as it now is.
@@ -1189,6 +1227,7 @@ impl World<'_> {
             e.ejected = false;
             e.probation = true;
             e.fails = 0;
+            self.hosts[x].readmitted_at = self.now;
             self.hosts[x]
                 .breaker
                 .events

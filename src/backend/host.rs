@@ -216,6 +216,10 @@ pub(crate) struct HostState {
     /// pool is never ejected: requests of older versions may still call it, but no new one will,
     /// and its place among the ejected belongs to the pool as it now is.
     pub(crate) in_pool: AtomicBool,
+    /// When the host last came back from an ejection, clock nanoseconds (0: never). A connect
+    /// failure or timeout of an attempt begun before then does not count toward ejecting it
+    /// again: that attempt's time ran mostly during the ejection it already served.
+    pub(crate) readmitted_at: AtomicU64,
 }
 
 /// The hosts of a backend's pool ejected now, and how many may be: shared by every version of the
@@ -295,6 +299,7 @@ impl HostState {
             eject: AtomicU64::new(0),
             ejected_until: AtomicU64::new(0),
             in_pool: AtomicBool::new(false),
+            readmitted_at: AtomicU64::new(0),
         }
     }
 
@@ -354,7 +359,7 @@ impl HostState {
         if w & EJECTED == 0 || now < self.ejected_until.load(Ordering::Acquire) {
             return false;
         }
-        self.readmit(w, ejected)
+        self.readmit(w, ejected, now)
     }
 
     /// Brings the host back on probation now, whenever its ejection was to end (a reload made its
@@ -365,7 +370,7 @@ impl HostState {
     /// inherit, through the `fetch_max` that writes its end time, an end still to come. The end
     /// time is cleared before the word changes, while the host is still ejected, so that no new
     /// ejection can have written its own yet.
-    pub(crate) fn readmit_early(&self, ejected: &EjectedHosts) -> bool {
+    pub(crate) fn readmit_early(&self, ejected: &EjectedHosts, now: u64) -> bool {
         let w = self.eject.load(Ordering::Acquire);
         if w & EJECTED == 0 {
             return false;
@@ -374,18 +379,19 @@ impl HostState {
         let _ = self
             .ejected_until
             .compare_exchange(until, 0, Ordering::AcqRel, Ordering::Relaxed);
-        self.readmit(w, ejected)
+        self.readmit(w, ejected, now)
     }
 
-    /// Ends the ejection whose word is `w` (ejected: both callers checked), on probation, and
-    /// gives its place back.
-    fn readmit(&self, w: u64, ejected: &EjectedHosts) -> bool {
+    /// Ends the ejection whose word is `w` (ejected: both callers checked), on probation, at
+    /// `now`, and gives its place back.
+    fn readmit(&self, w: u64, ejected: &EjectedHosts, now: u64) -> bool {
         let next = (w & !EJECTED & !FAILS) | PROBATION;
         if self
             .eject
             .compare_exchange(w, next, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
+            self.readmitted_at.fetch_max(now, Ordering::AcqRel);
             ejected.release();
             return true;
         }

@@ -276,7 +276,7 @@ impl Registry {
                 ejected_now.sort_by_key(|h| h.ejected_until.load(Ordering::Acquire));
                 let excess = ejected_now.len() - usize::try_from(most).unwrap_or(usize::MAX);
                 for h in &ejected_now[..excess] {
-                    if h.readmit_early(&state.ejected) {
+                    if h.readmit_early(&state.ejected, now) {
                         readmitted.push(Arc::clone(h));
                     }
                 }
