@@ -2014,3 +2014,33 @@ fn a_late_timeout_from_before_an_ejection_does_not_end_probation() {
         "the probation attempt's own failure ejects"
     );
 }
+
+/// The retry tokens the stats and the Prometheus gauge show are those the next decision finds,
+/// floor earned while idle included (the budget only collects it when asked for a retry).
+#[test]
+fn the_retry_tokens_shown_include_the_floor_earned_while_idle() {
+    let f = fixture(single("db", |b| {
+        b.fraction("retry.ratio", 0.0)
+            .count("retry.min_per_second", 2)
+    }));
+    let db = f.engine.backend("db").unwrap();
+    let b = f.budget_in("long");
+    let retry = || f.engine.retry(db, &b, AttemptOutcome::ServerError, 1);
+    assert_eq!(f.engine.backend_stats()[0].retry_tokens, 2);
+    for _ in 0..2 {
+        assert!(matches!(retry(), RetryDecision::After(_)));
+    }
+    assert_eq!(f.engine.backend_stats()[0].retry_tokens, 0);
+    f.clock.advance(Duration::from_secs(3));
+    assert_eq!(f.engine.backend_stats()[0].retry_tokens, 6);
+    let text = f.engine.admission_stats().to_prometheus();
+    assert!(
+        text.contains("costguard_backend_retry_tokens{backend=\"db\"} 6"),
+        "{text}"
+    );
+    let mut granted = 0;
+    while let RetryDecision::After(_) = retry() {
+        granted += 1;
+    }
+    assert_eq!(granted, 6);
+}

@@ -559,6 +559,14 @@ impl RetryBudget {
         self.balance = (self.balance + TOKEN).min(self.cap);
     }
 
+    /// What the stats show at `now`: the balance plus the floor earned since the last refill, up
+    /// to the cap.
+    fn shown(&self, now: u64) -> u64 {
+        let earned = u128::from(now.saturating_sub(self.refilled)) * u128::from(self.floor * TOKEN)
+            / u128::from(SEC);
+        (u128::from(self.balance) + earned).min(u128::from(self.cap.max(self.balance))) as u64
+    }
+
     fn try_withdraw(&mut self, now: u64) -> bool {
         if now > self.refilled {
             let per_second = u128::from(self.floor * TOKEN);
@@ -1349,7 +1357,12 @@ impl World<'_> {
             ctx()
         );
         assert!(st.in_flight <= s.max_in_flight && st.connecting <= s.max_connecting);
-        assert_eq!(st.retry_tokens, self.retry.balance / TOKEN, "{}", ctx());
+        assert_eq!(
+            st.retry_tokens,
+            self.retry.shown(self.now) / TOKEN,
+            "{}",
+            ctx()
+        );
         for (n, name) in OUTCOME_NAMES.iter().enumerate() {
             assert_eq!(st.outcome(name), self.outcomes[n], "{}: {name}", ctx());
         }

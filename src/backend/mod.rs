@@ -1372,7 +1372,7 @@ impl Engine {
                     breaker: state_name(s.breaker.state()),
                     in_flight: s.permits.in_flight(),
                     connecting: s.permits.connecting(),
-                    retry_tokens: s.retry.balance() / retry_budget::TOKEN,
+                    retry_tokens: s.retry.balance_at(now, r.rates) / retry_budget::TOKEN,
                     outcomes: OUTCOMES
                         .iter()
                         .zip(&s.traffic.outcomes)

@@ -132,6 +132,21 @@ impl RetryBudget {
     pub(crate) fn balance(&self) -> u64 {
         self.balance.load(Ordering::Relaxed)
     }
+
+    /// The balance a withdrawal at `now` would find: what is banked plus the floor earned since
+    /// the last refill (which only a withdrawal collects), up to the cap. Changes nothing.
+    pub(crate) fn balance_at(&self, now: u64, rates: Rates) -> u64 {
+        let last = self.refilled.load(Ordering::Acquire);
+        let earned = u128::from(now.saturating_sub(last))
+            * u128::from(rates.floor_per_second)
+            * u128::from(TOKEN)
+            / 1_000_000_000;
+        let banked = self.balance();
+        u64::try_from(earned)
+            .unwrap_or(u64::MAX)
+            .saturating_add(banked)
+            .min(rates.cap.max(banked))
+    }
 }
 
 #[cfg(all(test, not(costguard_loom)))]
@@ -161,6 +176,23 @@ mod tests {
         assert!(!b.try_withdraw(SEC, rates));
         b.refill(1_000 * SEC, rates);
         assert_eq!(b.balance(), 10 * TOKEN);
+    }
+
+    #[test]
+    fn the_balance_shown_counts_the_floor_not_yet_collected() {
+        let rates = Rates::new(0, 2);
+        let b = RetryBudget::new(0, rates);
+        assert!(b.try_withdraw(0, rates) && b.try_withdraw(0, rates));
+        assert_eq!(b.balance_at(0, rates), 0);
+        assert_eq!(
+            b.balance_at(SEC / 2, rates),
+            TOKEN,
+            "half a second of 2 a second"
+        );
+        assert_eq!(b.balance(), 0, "only read");
+        assert_eq!(b.balance_at(1_000 * SEC, rates), rates.cap);
+        assert!(b.try_withdraw(SEC / 2, rates));
+        assert_eq!(b.balance_at(SEC / 2, rates), 0);
     }
 
     #[test]
