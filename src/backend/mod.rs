@@ -702,8 +702,9 @@ impl Attempt<'_> {
             self.report(change, Some(&h.name), &h.breaker, now);
             // A failure of an attempt begun before the host's last readmission is not held
             // against the host on probation: its time ran mostly during the ejection it served.
-            let stale = self.start < h.readmitted_at.load(Ordering::Acquire);
-            let counts = (index == CONNECT_FAILURE || index == TIMEOUT) && !stale;
+            // (Read only for a failure that would count: a success never looks.)
+            let counts = (index == CONNECT_FAILURE || index == TIMEOUT)
+                && self.start >= h.readmitted_at.load(Ordering::Acquire);
             if counts && state.ejected.full() {
                 // The share of the pool that may be out is taken, perhaps by ejections that are
                 // over but that no host choice has ended yet (attempts on particular hosts never
