@@ -1885,12 +1885,14 @@ fn a_random_seed_gives_each_backend_its_own_stream() {
 }
 
 /// Two hosts, the first consecutive connect failure ejects (for 5 s first), half the pool at most;
-/// breakers that never open; and, if `other`, a second backend.
+/// breakers that never open; and, if `other`, a second backend. Class `api` has an hour, class
+/// `free` no deadline.
 fn ejecting(hosts: &[&str], other: bool) -> Policy {
     let mut policy = Policy::builder()
         .class("api", |c| {
             c.wall_time(Duration::from_secs(3600)).retries(10)
         })
+        .class("free", |c| c)
         .backend("kafka", |b| {
             b.hosts(hosts)
                 .duration("timeout", Duration::from_secs(30))
@@ -2043,4 +2045,42 @@ fn the_retry_tokens_shown_include_the_floor_earned_while_idle() {
         granted += 1;
     }
     assert_eq!(granted, 6);
+}
+
+/// A breaker opened with the clock at the end of its range stays open: its end, saturated at the
+/// clock's last instant, is not taken for "over" at that same instant.
+#[test]
+fn a_breaker_opened_at_the_clocks_end_stays_open() {
+    let f = fixture(
+        Policy::builder()
+            .class("free", |c| c)
+            .backend("db", |b| b.count("breaker.consecutive_failures", 1))
+            .build()
+            .unwrap(),
+    );
+    let db = f.engine.backend("db").unwrap();
+    f.clock.advance(Duration::MAX);
+    let b = f.budget_in("free");
+    assert_eq!(f.run(db, &b, AttemptOutcome::ServerError), Ok(()));
+    assert_eq!(
+        f.run(db, &b, AttemptOutcome::Success),
+        Err(Reason::CircuitOpen)
+    );
+}
+
+/// The same for a host's ejection.
+#[test]
+fn a_host_ejected_at_the_clocks_end_stays_ejected() {
+    let f = fixture(ejecting(&["k1", "k2"], false));
+    let kafka = f.engine.backend("kafka").unwrap();
+    let k1 = f.engine.host(kafka, "k1").unwrap();
+    f.clock.advance(Duration::MAX);
+    let b = f.budget_in("free");
+    f.engine
+        .begin_attempt_on(k1, &b, 0)
+        .unwrap()
+        .finish(AttemptOutcome::ConnectFailure);
+    assert_eq!(ejected(&f, "kafka"), ["k1"]);
+    assert!(f.engine.begin_attempt_on(k1, &b, 0).is_err());
+    assert_eq!(f.kinds(), [TransitionKind::Ejected]);
 }

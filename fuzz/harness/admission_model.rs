@@ -36,7 +36,7 @@
 //!    amount), 1)`, `span(c) = ceil(c × interval / 2^32)`, `tolerance = span(burst)`; a cost above
 //!    the burst charges nothing (step 4 said so); otherwise `new_tat = max(tat, now) + span(cost)`
 //!    must be at most `now + tolerance`, else `RateLimited` with `Retry::After(new_tat - tolerance -
-//!    now)`, amounts `(cost, 0, burst)`, dimension `rate`. A key refusal gives back the pool amounts
+//!    now)` (`Retry::After(u64::MAX ns)` when `new_tat` is past the clock's range), amounts `(cost, 0, burst)`, dimension `rate`. A key refusal gives back the pool amounts
 //!    and the permit, and a rate refusal charges nothing; being last, a rate once charged is never
 //!    taken back;
 //! 8. `admitted` counts.
@@ -637,17 +637,21 @@ impl Model {
             self.classes[class].keys[k].pins += 1;
             if let Some(rate) = pk.rate.filter(|r| rate_cost <= r.burst) {
                 let tolerance = rate.span(rate.burst);
-                let nonconforming = {
-                    let next = ks.tat.max(self.now).saturating_add(rate.span(rate_cost));
-                    let ahead = next - self.now;
-                    if ahead <= tolerance {
-                        self.classes[class].keys[k].tat = next;
-                        None
+                let nonconforming =
+                    if let Some(next) = ks.tat.max(self.now).checked_add(rate.span(rate_cost)) {
+                        let ahead = next - self.now;
+                        if ahead <= tolerance {
+                            self.classes[class].keys[k].tat = next;
+                            None
+                        } else {
+                            let wait = Duration::from_nanos(ahead - tolerance);
+                            Some((Reason::RateLimited, Retry::After(wait)))
+                        }
                     } else {
-                        let wait = Duration::from_nanos(ahead - tolerance);
+                        // Past the clock's end: not before the clock itself ends.
+                        let wait = Duration::from_nanos(u64::MAX);
                         Some((Reason::RateLimited, Retry::After(wait)))
-                    }
-                };
+                    };
                 if let Some((reason, retry)) = nonconforming {
                     let v = verdict(
                         reason,

@@ -64,7 +64,12 @@ impl Gcra {
         if cost > self.burst {
             return Err(Nonconforming::Never);
         }
-        let next = tat.max(now).saturating_add(self.span(cost));
+        // Checked, not saturating: a next allowed time clamped to the clock's end would look
+        // closer than it is, and let everything through near the end of the clock's range. Past
+        // that end, the request is not allowed before the clock itself ends.
+        let Some(next) = tat.max(now).checked_add(self.span(cost)) else {
+            return Err(Nonconforming::Wait(u64::MAX));
+        };
         let ahead = next - now;
         if ahead <= self.tolerance {
             Ok(next)
@@ -133,5 +138,15 @@ mod tests {
         let odd = Gcra::new(3, 10, 7);
         assert!(odd.decide(0, 0, 7).is_ok());
         assert_eq!(odd.decide(0, 0, 8), Err(Nonconforming::Never));
+    }
+
+    /// Near the end of the clock's range a next allowed time past it is not clamped into it
+    /// (which would let everything through): the request waits for as long as the clock lasts.
+    #[test]
+    fn the_clocks_end_is_not_a_free_pass() {
+        let g = Gcra::new(1, SEC, 1);
+        let now = u64::MAX - 1_000;
+        assert_eq!(g.decide(0, now, 1), Err(Nonconforming::Wait(u64::MAX)));
+        assert_eq!(g.decide(0, now, 0), Ok(now), "a free request still goes");
     }
 }

@@ -141,7 +141,11 @@ pub(crate) fn begin(w: u64, b: Begin) -> Result<(u64, Role), Closed> {
     let word = Word::unpack(w);
     match word.state {
         CLOSED => Ok((w, Role::Normal)),
-        OPEN if b.now < b.open_until => Err(Closed::Open(b.open_until - b.now)),
+        // An opening whose end saturated at the clock's last instant (a clock at the end of its
+        // range) lasts: the clock can never get past it.
+        OPEN if b.now < b.open_until || b.open_until == u64::MAX => {
+            Err(Closed::Open((b.open_until - b.now).max(1)))
+        }
         OPEN => {
             let mut next = word.next(HALF_OPEN);
             next.probes = 1;

@@ -222,6 +222,13 @@ pub(crate) struct HostState {
     pub(crate) readmitted_at: AtomicU64,
 }
 
+/// Whether an ejection ending at `until` is over at `now`. One whose end saturated at the clock's
+/// last instant (ejected with the clock at the end of its range) never is: the clock cannot get
+/// past it.
+fn ended(now: u64, until: u64) -> bool {
+    now >= until && until != u64::MAX
+}
+
 /// The hosts of a backend's pool ejected now, and how many may be: shared by every version of the
 /// policy, so that the share is always of the pool as the current policy has it.
 #[derive(Debug, Default)]
@@ -310,7 +317,7 @@ impl HostState {
     /// Ejected, and its ejection not yet over at `now` (it is readmitted lazily, by the next
     /// attempt that looks at it; this is what an observer should be told meanwhile).
     pub(crate) fn is_ejected_at(&self, now: u64) -> bool {
-        self.is_ejected() && now < self.ejected_until.load(Ordering::Acquire)
+        self.is_ejected() && !ended(now, self.ejected_until.load(Ordering::Acquire))
     }
 
     /// Ends an ejection early, without probation, and gives back its reservation among the ejected:
@@ -356,7 +363,7 @@ impl HostState {
     /// that replaced the one that was over is not taken for it.
     pub(crate) fn readmit_if_due(&self, now: u64, ejected: &EjectedHosts) -> bool {
         let w = self.eject.load(Ordering::Acquire);
-        if w & EJECTED == 0 || now < self.ejected_until.load(Ordering::Acquire) {
+        if w & EJECTED == 0 || !ended(now, self.ejected_until.load(Ordering::Acquire)) {
             return false;
         }
         self.readmit(w, ejected, now)
