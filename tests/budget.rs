@@ -1001,3 +1001,37 @@ fn a_budget_started_after_another_finished_on_the_same_thread_starts_clean() {
         f.clock.advance(Duration::from_secs(1));
     }
 }
+
+/// Only `Duration::MAX` means "no deadline": a finite wall time of 584 years or more (`u64::MAX`
+/// nanoseconds and beyond) is still a deadline, and a header still carries it.
+#[test]
+fn a_very_long_wall_time_is_still_a_deadline() {
+    for wall in [
+        Duration::from_secs(600 * 365 * 86_400),
+        Duration::from_nanos(u64::MAX),
+    ] {
+        let policy = Policy::builder()
+            .class("c", |c| c.wall_time(wall))
+            .build()
+            .unwrap();
+        let engine = Engine::builder(policy)
+            .clock(ManualClock::new())
+            .build()
+            .unwrap();
+        let b = engine.begin_by_name("c", id("r")).unwrap();
+        assert!(b.deadline().is_some(), "{wall:?}");
+        assert!(b.to_header().contains(";t="), "{}", b.to_header());
+        let shorter = b
+            .child_with(None, &Overrides::new().wall_time(wall))
+            .unwrap();
+        assert!(shorter.deadline().is_some(), "an override of {wall:?}");
+    }
+    let policy =
+        Policy::from_toml_str("[classes.c]\nwall_time = \"18446744073709551615ns\"\n").unwrap();
+    let engine = Engine::new(policy).unwrap();
+    assert!(engine
+        .begin_by_name("c", id("r"))
+        .unwrap()
+        .deadline()
+        .is_some());
+}

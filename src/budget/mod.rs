@@ -25,7 +25,7 @@ pub use overrides::Overrides;
 pub use report::{DimensionUsage, LimitReport, WallTime};
 pub use state::CancelReason;
 
-use crate::clock::{duration_to_nanos, Clock, Timestamp};
+use crate::clock::{wall_time_nanos, Clock, Timestamp};
 use crate::engine::snapshot::{ClassRules, Snapshot};
 use crate::handle::{Class, Counter, Level};
 use crate::policy::DimensionKind;
@@ -138,9 +138,10 @@ impl Budget {
         rules: &ClassRules,
         s: Start<'a>,
     ) -> Result<Settings<'a>, Verdict> {
-        let wall = s.overrides.wall_time.map_or(rules.wall_time, |w| {
-            rules.wall_time.min(duration_to_nanos(w))
-        });
+        let wall = s
+            .overrides
+            .wall_time
+            .map_or(rules.wall_time, |w| rules.wall_time.min(wall_time_nanos(w)));
         if wall == 0 {
             return Err(no_time(rules, *s.request_id));
         }
@@ -540,9 +541,9 @@ impl Budget {
             }
             return Err(v);
         }
-        let wall = overrides.wall_time.map_or(rules.wall_time, |w| {
-            rules.wall_time.min(duration_to_nanos(w))
-        });
+        let wall = overrides
+            .wall_time
+            .map_or(rules.wall_time, |w| rules.wall_time.min(wall_time_nanos(w)));
         if wall == 0 {
             return Err(no_time(rules, id));
         }

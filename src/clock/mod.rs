@@ -100,6 +100,16 @@ pub(crate) fn duration_to_nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// A wall time in clock nanoseconds: `u64::MAX` (no deadline) only for [`Duration::MAX`]; any other
+/// wall time, however long (584 years is `u64::MAX` nanoseconds), stays a deadline.
+pub(crate) fn wall_time_nanos(d: Duration) -> u64 {
+    if d == Duration::MAX {
+        u64::MAX
+    } else {
+        duration_to_nanos(d).min(u64::MAX - 1)
+    }
+}
+
 /// A source of monotonic time.
 ///
 /// Implementations must never go backwards in [`now`](Clock::now) for correctness of rate calculations,

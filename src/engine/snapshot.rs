@@ -509,7 +509,9 @@ impl Snapshot {
             classes[id] = Some(ClassRules {
                 name: Arc::clone(c.name_arc()),
                 limits,
-                wall_time: c.wall_time().map_or(u64::MAX, duration_to_nanos),
+                wall_time: c
+                    .wall_time()
+                    .map_or(u64::MAX, crate::clock::wall_time_nanos),
                 child_margin: duration_to_nanos(c.child_margin()),
                 priority: c.priority(),
                 admission: admission.get_mut(id).and_then(Option::take),
