@@ -128,6 +128,16 @@ fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// A wall time in nanoseconds: none (`u64::MAX`) only for `Duration::MAX`; any other, however long,
+/// a deadline.
+fn wall_nanos(d: Duration) -> u64 {
+    if d == Duration::MAX {
+        u64::MAX
+    } else {
+        nanos(d).min(u64::MAX - 1)
+    }
+}
+
 /// Every dimension of the callee engine, with how to read what is left of it.
 fn dimensions(policy: &Policy) -> Vec<(String, DimensionKind)> {
     let mut dims = vec![
@@ -155,8 +165,8 @@ fn tightens(p: &Propagation) {
     let fallback = RequestId::new("local-fallback").expect("a valid id");
     for class in policy.classes() {
         let handle = engine.class(class.name()).expect("a class of the policy");
-        let wall = class.wall_time().map_or(u64::MAX, nanos);
-        let header_wall = p.remaining().map_or(u64::MAX, nanos);
+        let wall = class.wall_time().map_or(u64::MAX, wall_nanos);
+        let header_wall = p.remaining().map_or(u64::MAX, wall_nanos);
         let budget = match engine.begin_propagated(handle, fallback, p) {
             Ok(b) => b,
             Err(v) => {
@@ -178,12 +188,7 @@ fn tightens(p: &Propagation) {
             assert!(remaining <= w, "{remaining:?} left, class allows {w:?}");
         }
         if let Some(t) = p.remaining() {
-            // A time too long for nanoseconds (over 584 years) means none, by design.
-            let forever = nanos(t) == u64::MAX;
-            assert!(
-                remaining <= t || forever,
-                "{remaining:?} left, header allows {t:?}"
-            );
+            assert!(remaining <= t, "{remaining:?} left, header allows {t:?}");
         }
         // Any other time gives a deadline, at the last instant the clock can show at the latest.
         let effective = wall.min(header_wall);

@@ -250,9 +250,11 @@ fn check_policy(policy: &Policy) {
         }
         let retries = budget.remaining_of(costguard::Counter::RETRIES);
         assert_eq!(retries, c.retries().unwrap_or(u64::MAX));
-        let expected = match c.wall_time().map(nanos) {
-            None | Some(u64::MAX) => Duration::MAX,
-            Some(n) => Duration::from_nanos(n),
+        // Only `Duration::MAX` means no deadline; any other wall time, however long, is one, at
+        // the last instant the clock can show at the latest (the clock starts at 0 here).
+        let expected = match c.wall_time() {
+            None | Some(Duration::MAX) => Duration::MAX,
+            Some(d) => Duration::from_nanos(nanos(d).min(u64::MAX - 1)),
         };
         assert_eq!(budget.remaining(), expected, "class {}", c.name());
 
