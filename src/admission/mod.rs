@@ -141,7 +141,10 @@ impl<'a> AdmitRequest<'a> {
         self
     }
 
-    /// The cost charged to the key's rate limit (default 1).
+    /// The cost charged to the key's rate limit (default 1). A cost of 0 is free: it passes the
+    /// rate limit whatever the key has left, and spends nothing (a cost computed from a size that
+    /// can be 0 should be raised to 1 if every request must count). A cost larger than the key's
+    /// burst is refused at once ([`Reason::CannotFit`], never retry).
     #[must_use = "returns the changed request; the original is left as it was"]
     pub fn rate_cost(mut self, cost: u64) -> Self {
         self.rate_cost = cost;
