@@ -136,9 +136,7 @@ impl Setup {
     }
 
     fn wall_nanos(&self, class: usize) -> u64 {
-        self.classes[class]
-            .wall_ms
-            .map_or(u64::MAX, |ms| ms.saturating_mul(MS))
+        self.classes[class].wall_ms.map_or(u64::MAX, finite_wall)
     }
 
     fn margin_nanos(&self, class: usize) -> u64 {
@@ -341,7 +339,7 @@ impl MTighten {
                 let d = usize::from(d) % NDIM;
                 m.limits[d] = m.limits[d].min(n);
             }
-            m.wall = t.wall_ms.map(|ms| ms.saturating_mul(MS));
+            m.wall = t.wall_ms.map(finite_wall);
             m.priority = t.priority.map(|p| Priority::ALL[usize::from(p % 4)]);
             m.request_id = t.request_id.map(RequestId::from_u64);
         }
@@ -1626,9 +1624,11 @@ impl<'p> Sim<'p> {
                 .expect("a known dimension");
             t.limits[d] = t.limits[d].min(*n);
         }
-        t.wall = decoded
-            .remaining()
-            .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        t.wall = decoded.remaining().map(|d| {
+            u64::try_from(d.as_nanos())
+                .unwrap_or(u64::MAX)
+                .min(u64::MAX - 1)
+        });
         t.priority = decoded.priority();
         t.request_id = decoded.request_id();
         let model = self.model.begin(k, fallback, &t);
@@ -1682,6 +1682,12 @@ impl<'p> Sim<'p> {
         let text = r.to_string();
         assert!(text.contains(m.request_id.as_str()), "report text: {text}");
     }
+}
+
+/// A finite wall time of `ms` milliseconds in nanoseconds: however long, a deadline (only an absent
+/// wall time is none), so at most `u64::MAX - 1`.
+fn finite_wall(ms: u64) -> u64 {
+    ms.saturating_mul(MS).min(u64::MAX - 1)
 }
 
 /// The deadline `wall` nanoseconds after `now`: none for an unlimited wall time (`u64::MAX`); a
