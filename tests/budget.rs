@@ -1012,6 +1012,7 @@ fn a_very_long_wall_time_is_still_a_deadline() {
     ] {
         let policy = Policy::builder()
             .class("c", |c| c.wall_time(wall))
+            .class("free", |c| c)
             .build()
             .unwrap();
         let engine = Engine::builder(policy)
@@ -1021,10 +1022,13 @@ fn a_very_long_wall_time_is_still_a_deadline() {
         let b = engine.begin_by_name("c", id("r")).unwrap();
         assert!(b.deadline().is_some(), "{wall:?}");
         assert!(b.to_header().contains(";t="), "{}", b.to_header());
-        let shorter = b
+        // From a budget without a deadline, only the override can give the child one.
+        let free = engine.begin_by_name("free", id("r")).unwrap();
+        assert!(free.deadline().is_none());
+        let child = free
             .child_with(None, &Overrides::new().wall_time(wall))
             .unwrap();
-        assert!(shorter.deadline().is_some(), "an override of {wall:?}");
+        assert!(child.deadline().is_some(), "an override of {wall:?}");
     }
     let policy =
         Policy::from_toml_str("[classes.c]\nwall_time = \"18446744073709551615ns\"\n").unwrap();
