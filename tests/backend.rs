@@ -956,6 +956,9 @@ fn refusals_are_counted_by_reason() {
     let f = fixture(single("db", |b| {
         b.count("max_in_flight", 1)
             .count("breaker.consecutive_failures", 2)
+            .count("breaker.probes", 1)
+            .duration("breaker.open_for", Duration::from_secs(1))
+            .duration("breaker.max_open_for", Duration::from_secs(1))
             .fraction("retry.ratio", 1.0)
     }));
     let db = f.engine.backend("db").unwrap();
@@ -977,6 +980,13 @@ fn refusals_are_counted_by_reason() {
         f.engine.retry(db, &budget, AttemptOutcome::ClientError, 1),
         RetryDecision::Stop(_)
     ));
+    assert!(matches!(
+        f.engine.retry(db, &budget, AttemptOutcome::ServerError, 1),
+        RetryDecision::Stop(_)
+    ));
+    // The breaker's probe closes it again.
+    f.clock.advance(Duration::from_secs(1));
+    f.run(db, &budget, AttemptOutcome::Success).unwrap();
     // The tree's allowance (10 retries) spent: the eleventh is refused by the budget.
     let granted = (0..11)
         .filter(|_| {
@@ -994,11 +1004,13 @@ fn refusals_are_counted_by_reason() {
     assert_eq!(stats.refused_for(Reason::NoHealthyHost), 0);
     assert_eq!(stats.retries_refused_for(Reason::NotRetryable), 1);
     assert_eq!(stats.retries_refused_for(Reason::LimitExceeded), 1);
+    assert_eq!(stats.retries_refused_for(Reason::CircuitOpen), 1);
     let text = f.engine.admission_stats().to_prometheus();
     for line in [
         "costguard_backend_refused_total{backend=\"db\",reason=\"circuit_open\"} 3\n",
         "costguard_backend_refused_total{backend=\"db\",reason=\"no_healthy_host\"} 0\n",
         "costguard_backend_retries_refused_total{backend=\"db\",reason=\"limit_exceeded\"} 1\n",
+        "costguard_backend_retries_refused_total{backend=\"db\",reason=\"circuit_open\"} 1\n",
     ] {
         assert!(text.contains(line), "missing {line:?} in\n{text}");
     }
@@ -2083,4 +2095,95 @@ fn a_host_ejected_at_the_clocks_end_stays_ejected() {
     assert_eq!(ejected(&f, "kafka"), ["k1"]);
     assert!(f.engine.begin_attempt_on(k1, &b, 0).is_err());
     assert_eq!(f.kinds(), [TransitionKind::Ejected]);
+}
+
+#[test]
+fn a_retry_into_an_open_breaker_is_refused_and_spends_nothing() {
+    let f = fixture(single("db", |b| {
+        b.count("breaker.consecutive_failures", 2)
+            .count("breaker.probes", 1)
+            .duration("breaker.open_for", Duration::from_secs(2))
+            .duration("breaker.max_open_for", Duration::from_secs(2))
+            .duration("retry.backoff_base", Duration::from_millis(100))
+            .duration("retry.backoff_max", Duration::from_millis(100))
+            .count("retry.min_per_second", 10)
+    }));
+    let db = f.engine.backend("db").unwrap();
+    let budget = f.budget();
+    f.run(db, &budget, AttemptOutcome::ServerError).unwrap();
+    f.run(db, &budget, AttemptOutcome::ServerError).unwrap();
+    let open_for = f
+        .engine
+        .begin_attempt(db, &budget, 0)
+        .unwrap_err()
+        .retry_after()
+        .unwrap();
+    let tokens = f.engine.backend_stats()[0].retry_tokens;
+    assert!(tokens > 0, "the floor gives tokens: {tokens}");
+    // Open well past any backoff: no, with the breaker's own wait, and nothing taken.
+    match f.engine.retry(db, &budget, AttemptOutcome::ServerError, 1) {
+        RetryDecision::Stop(v) => {
+            assert_eq!(v.reason(), Reason::CircuitOpen);
+            let after = v.retry_after().unwrap();
+            assert!(
+                after >= open_for && after <= open_for + 100 * MS,
+                "{after:?}"
+            );
+        }
+        other => panic!("a retry into an open breaker: {other:?}"),
+    }
+    assert_eq!(budget.used(Counter::RETRIES), 0);
+    assert_eq!(f.engine.backend_stats()[0].retry_tokens, tokens);
+    assert_eq!(
+        f.engine.backend_stats()[0].retries_refused_for(Reason::CircuitOpen),
+        1
+    );
+    // Half-open with its one probe out: no again, later.
+    f.clock.advance(open_for);
+    let probe = f.engine.begin_attempt(db, &budget, 0).unwrap();
+    assert!(probe.is_probe());
+    match f.engine.retry(db, &budget, AttemptOutcome::ServerError, 1) {
+        RetryDecision::Stop(v) => {
+            assert_eq!((v.reason(), v.retry()), (Reason::CircuitOpen, Retry::Later))
+        }
+        other => panic!("a retry while every probe is out: {other:?}"),
+    }
+    assert_eq!(budget.used(Counter::RETRIES), 0);
+    // Closed again: yes, and it takes one retry.
+    probe.finish(AttemptOutcome::Success);
+    assert!(matches!(
+        f.engine.retry(db, &budget, AttemptOutcome::ServerError, 1),
+        RetryDecision::After(_)
+    ));
+    assert_eq!(budget.used(Counter::RETRIES), 1);
+}
+
+#[test]
+fn a_retry_whose_backoff_outlasts_the_open_time_goes_ahead() {
+    let f = fixture(single("db", |b| {
+        b.count("breaker.consecutive_failures", 1)
+            .duration("breaker.open_for", Duration::from_millis(100))
+            .duration("breaker.max_open_for", Duration::from_millis(100))
+            .count("retry.min_per_second", 10)
+    }));
+    let db = f.engine.backend("db").unwrap();
+    let budget = f.budget();
+    f.run(db, &budget, AttemptOutcome::ServerError).unwrap();
+    // The backend's Retry-After (1 s) is longer than the breaker stays open (at most 100 ms): by
+    // the time the retry begins, it is the breaker's probe.
+    match f.engine.retry(
+        db,
+        &budget,
+        AttemptOutcome::Refused {
+            retry_after: Some(Duration::from_secs(1)),
+        },
+        1,
+    ) {
+        RetryDecision::After(d) => {
+            assert_eq!(d, Duration::from_secs(1));
+            f.clock.advance(d);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(f.engine.begin_attempt(db, &budget, 0).unwrap().is_probe());
 }

@@ -18,6 +18,7 @@
 //!   from the last time it added anything; the balance never exceeds `max(10, 10 × min_per_second)`
 //!   tokens and starts at one second of floor.
 //! - **Retry decisions**: retryable outcomes, time left (ranges, since the backoff is jittered), the
+//!   backend's breaker when the backoff is over (a refusal by an open one pins its open time), the
 //!   backend's budget, then the request tree's allowance (which, if it refuses, gets the backend's
 //!   token given back); the backoff lies between the Retry-After and
 //!   `min(base × 2^(attempt - 1), max)`.
@@ -1289,6 +1290,10 @@ impl World<'_> {
             assert_eq!(v.dimension(), Some("wall_time"), "{v:?}");
             return;
         }
+        // The backend's breaker as it will be when the backoff is over; a refusal spends nothing.
+        if self.breaker_refuses_retry(&decision, self.now + least, self.now + most) {
+            return;
+        }
         // The backend's token first; a retry the tree then refuses gives the token back.
         if !self.retry.try_withdraw(self.now) {
             stop(Reason::RetryBudgetExhausted, Retry::Later);
@@ -1315,6 +1320,57 @@ impl World<'_> {
                 "backoff {d:?} outside {least}..={most} ns"
             ),
             RetryDecision::Stop(v) => panic!("expected a retry, got {v:?}"),
+        }
+    }
+
+    /// Whether the backend's breaker refused a retry that would begin at some time in
+    /// `first..=last` (the backoff is jittered), checking the engine's `decision` against what the
+    /// breaker can do then. An open breaker refuses with a wait to its open time, which pins that
+    /// time down; one that lets the retry through bounds it from above.
+    fn breaker_refuses_retry(&mut self, decision: &RetryDecision, first: u64, last: u64) -> bool {
+        let refused = match decision {
+            RetryDecision::Stop(v) if v.reason() == Reason::CircuitOpen => Some(v.retry()),
+            _ => None,
+        };
+        let now = self.now;
+        match (&mut self.breaker.state, refused) {
+            (State::Closed { .. }, None) => false,
+            (State::Open { lo, hi }, Some(Retry::After(d))) => {
+                let until = now + u64::try_from(d.as_nanos()).expect("a short wait");
+                assert!(
+                    until > first && (*lo..=*hi).contains(&until),
+                    "retry refused by an open breaker until {until}, but it opened until some \
+                     time in {lo}..={hi} and the retry would begin in {first}..={last}"
+                );
+                (*lo, *hi) = (until, until);
+                true
+            }
+            (State::Open { lo, hi }, None) => {
+                assert!(
+                    last >= *lo,
+                    "a retry beginning by {last} let through a breaker open until {lo} or later"
+                );
+                *hi = (*hi).min(last);
+                false
+            }
+            (State::HalfOpen { probes, .. }, refused) => {
+                let full = *probes >= u64::from(self.s.probes);
+                let deadline = self.breaker.probe_deadline;
+                match refused {
+                    None => assert!(
+                        !full || last >= deadline,
+                        "a retry beginning by {last} let through a half-open breaker whose \
+                         probes are all out until {deadline}"
+                    ),
+                    Some(r) => assert!(
+                        r == Retry::Later && full && first < deadline,
+                        "a retry beginning from {first} refused ({r:?}) by a half-open breaker \
+                         with {probes} probes out until {deadline}"
+                    ),
+                }
+                refused.is_some()
+            }
+            (state, Some(r)) => panic!("a retry refused ({r:?}) by a breaker {state:?}"),
         }
     }
 

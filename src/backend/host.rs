@@ -168,9 +168,17 @@ impl BreakerCell {
     /// state; it may bring an open time back within reach, as `begin` would).
     #[inline]
     pub(crate) fn would_admit(&self, now: u64, limits: Limits) -> bool {
+        self.would_begin(now, limits).is_ok()
+    }
+
+    /// [`would_admit`](Self::would_admit), with the reason when not.
+    #[inline]
+    pub(crate) fn would_begin(&self, now: u64, limits: Limits) -> Result<(), breaker::Closed> {
         let w = self.word.load(Ordering::Acquire);
-        w & breaker::STATE == breaker::CLOSED
-            || breaker::begin(w, self.times(w, now, limits)).is_ok()
+        if w & breaker::STATE == breaker::CLOSED {
+            return Ok(());
+        }
+        breaker::begin(w, self.times(w, now, limits)).map(|_| ())
     }
 
     /// The times `begin` decides by. An open time further away than the longest a breaker stays

@@ -257,9 +257,10 @@ const ATTEMPT_REFUSALS: [Reason; 5] = [
 ];
 
 /// The reasons a retry is refused for, besides what the request tree's budget refuses.
-const RETRY_REFUSALS: [Reason; 4] = [
+const RETRY_REFUSALS: [Reason; 5] = [
     Reason::NotRetryable,
     Reason::InsufficientTime,
+    Reason::CircuitOpen,
     Reason::RetryBudgetExhausted,
     Reason::LimitExceeded,
 ];
@@ -891,6 +892,27 @@ fn refusal(rules: &BackendRules, budget: &Budget, why: Refusal) -> Verdict {
     v.with_class(&p.name).with_request(budget.request_id())
 }
 
+/// The verdict of a retry that the backend's breaker would refuse once `backoff` (ns) is over:
+/// `closed` is the breaker's answer at that time, so an open breaker's wait is counted from then.
+#[cold]
+#[inline(never)]
+fn refused_by_breaker(
+    rules: &BackendRules,
+    budget: &Budget,
+    closed: breaker::Closed,
+    backoff: u64,
+) -> Verdict {
+    let retry = match closed {
+        breaker::Closed::Open(ns) => Retry::After(Duration::from_nanos(ns.saturating_add(backoff))),
+        breaker::Closed::Probing => Retry::Later,
+    };
+    rules.state.refusals.retry(Reason::CircuitOpen);
+    rules
+        .verdict(Reason::CircuitOpen, retry, N_BREAKER)
+        .with_class(&rules.policy.name)
+        .with_request(budget.request_id())
+}
+
 impl Engine {
     /// The handle of a backend of the current policy.
     pub fn backend(&self, name: &str) -> Result<Backend, crate::NameError> {
@@ -1197,7 +1219,9 @@ impl Engine {
     /// No when the outcome is not worth retrying (success, client error, cancellation, a timeout
     /// reported by the layer below, a refusal without Retry-After); when the time the request has left
     /// cannot cover the backoff and a typical call; when the request tree's retry allowance is spent
-    /// (shared through its budget and propagated headers); or when the backend's retry budget is empty.
+    /// (shared through its budget and propagated headers); when the backend's breaker will still refuse
+    /// attempts once the backoff is over (open, or half-open with every probe out); or when the
+    /// backend's retry budget is empty. A no takes neither a retry nor a token.
     /// Yes after a backoff with full jitter (`attempt` is the number of attempts made so far), never
     /// sooner than the backend's own Retry-After. A yes takes one retry from the tree and one token
     /// from the backend.
@@ -1275,6 +1299,14 @@ impl Engine {
                         .with_request(budget.request_id()),
                 );
             }
+        }
+        // A retry the backend's breaker will refuse when the backoff is over spends nothing: no
+        // token, none of the tree's allowance. One load when the breaker is closed.
+        if let Err(closed) = state
+            .breaker
+            .would_begin(clock_now.as_nanos().saturating_add(backoff), rules.limits())
+        {
+            return RetryDecision::Stop(refused_by_breaker(rules, budget, closed, backoff));
         }
         // The backend's token first, the tree's retry last: a refusal by the tree is final (it
         // cancels the request), so the tree must never be charged for a retry something else then
