@@ -2153,3 +2153,63 @@ fn a_rate_cost_over_the_burst_is_never_told_to_retry() {
     assert_eq!(v.reason(), Reason::RateLimited);
     assert_eq!(v.limit(), 3, "{v}");
 }
+
+#[test]
+fn a_grant_that_turns_codel_on_mid_dispatch_skips_no_waiter() {
+    let policy = |limit: u64| {
+        Policy::builder()
+            .class("api", |c| {
+                c.admission(|a| {
+                    a.concurrency(limit)
+                        .queue(8, Duration::from_secs(10))
+                        .codel(Duration::from_millis(5), Duration::from_millis(100))
+                })
+            })
+            .build()
+            .unwrap()
+    };
+    let (e, clock) = engine(policy(4));
+    let api = e.class("api").unwrap();
+    let held: Vec<_> = (0..3)
+        .map(|n| e.try_admit(&AdmitRequest::new(api, id(n))).unwrap())
+        .collect();
+    let fourth = e.try_admit(&AdmitRequest::new(api, id(3))).unwrap();
+    // Blocking waiters: no timer thread, so only dispatches hand permits over.
+    std::thread::scope(|s| {
+        // At the front, a background waiter that its share of the limit keeps out (2 of 4, 3 of 6).
+        let background =
+            s.spawn(|| e.admit(&AdmitRequest::new(api, id(10)).priority(Priority::Background)));
+        wait_for_queue(&e, 1);
+        let w0 = s.spawn(|| e.admit(&AdmitRequest::new(api, id(11))));
+        wait_for_queue(&e, 2);
+        // W0 waits 50 ms (above CoDel's target): its grant starts an interval ending at 150 ms.
+        clock.advance(Duration::from_millis(50));
+        drop(fourth);
+        let w0 = w0.join().unwrap().unwrap();
+        let w1 = s.spawn(|| e.admit(&AdmitRequest::new(api, id(13))));
+        wait_for_queue(&e, 2);
+        let w2 = s.spawn(|| e.admit(&AdmitRequest::new(api, id(14))));
+        wait_for_queue(&e, 3);
+        // Queue: background, W1, W2. Two permits come free at once; granting W1 (waited 150 ms)
+        // turns CoDel on in the middle of the dispatch, which must still reach W2.
+        clock.advance(Duration::from_millis(150));
+        e.reload(policy(6)).unwrap();
+        let w1 = w1.join().unwrap().unwrap();
+        let stats = e.admission_stats().class("api").unwrap().clone();
+        if stats.queue_len != 1 {
+            // Let the stranded waiters go before failing, or the scope would wait for them.
+            clock.advance(Duration::from_secs(11));
+            e.expire_waiters();
+        }
+        assert_eq!(
+            (stats.in_flight, stats.queue_len),
+            (6, 1),
+            "W2 left waiting while a permit was free"
+        );
+        let w2 = w2.join().unwrap().unwrap();
+        drop((w0, w1, w2, held));
+        assert!(background.join().unwrap().is_ok());
+    });
+    let stats = e.admission_stats().class("api").unwrap().clone();
+    assert_eq!((stats.in_flight, stats.queue_len), (0, 0));
+}

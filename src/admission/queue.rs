@@ -192,12 +192,15 @@ impl WaitQueue {
         // The highest share a waiter failed to get a permit at: waiters at that share or below
         // cannot get one either, but one of a higher priority (a larger share of the limit) may.
         let mut blocked: Option<Permille> = None;
+        // The order is fixed for the pass: a grant may switch CoDel over, and `i` counts the
+        // blocked waiters from the end the pass began at (counted from the other end, it would
+        // skip as many waiters there). A switch takes effect from the next pass.
+        let lifo = inner.codel.overloaded;
         let mut i = 0;
         while i < inner.waiters.len() {
             if woken == WAKE_BATCH {
                 break;
             }
-            let lifo = inner.codel.overloaded;
             let index = if lifo { inner.waiters.len() - 1 - i } else { i };
             let w = Arc::clone(&inner.waiters[index]);
             if w.state() != WAITING {
