@@ -2187,3 +2187,31 @@ fn a_retry_whose_backoff_outlasts_the_open_time_goes_ahead() {
     }
     assert!(f.engine.begin_attempt(db, &budget, 0).unwrap().is_probe());
 }
+
+#[test]
+fn a_reload_that_lowers_the_retry_budget_caps_what_was_banked() {
+    let policy = |floor: u64| {
+        single("db", |b| {
+            b.fraction("retry.ratio", 0.0)
+                .count("retry.min_per_second", floor)
+        })
+    };
+    let f = fixture(policy(1000));
+    let db = f.engine.backend("db").unwrap();
+    assert_eq!(f.engine.backend_stats()[0].retry_tokens, 1000);
+    // Without a floor the budget holds at most ten retries.
+    f.engine.reload(policy(0)).unwrap();
+    assert_eq!(f.engine.backend_stats()[0].retry_tokens, 10);
+    // A class with no retry limit of its own: only the backend's budget decides.
+    let budget = f.budget_in("long");
+    let granted = (0..100)
+        .filter(|_| {
+            matches!(
+                f.engine.retry(db, &budget, AttemptOutcome::ServerError, 1),
+                RetryDecision::After(_)
+            )
+        })
+        .count();
+    assert_eq!(granted, 10);
+    assert_eq!(f.engine.backend_stats()[0].retry_tokens, 0);
+}

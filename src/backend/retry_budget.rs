@@ -114,11 +114,15 @@ impl RetryBudget {
     }
 
     /// A retry: withdraw one token if there is one.
+    ///
+    /// A balance above the cap (banked under an earlier policy's larger one) counts as the cap:
+    /// a reload that lowers a backend's retry budget takes effect at once, not once the retries
+    /// banked under the old one are spent.
     pub(crate) fn try_withdraw(&self, now: u64, rates: Rates) -> bool {
         self.refill(now, rates);
         self.balance
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
-                b.checked_sub(TOKEN)
+                b.min(rates.cap).checked_sub(TOKEN)
             })
             .is_ok()
     }
@@ -141,11 +145,10 @@ impl RetryBudget {
             * u128::from(rates.floor_per_second)
             * u128::from(TOKEN)
             / 1_000_000_000;
-        let banked = self.balance();
         u64::try_from(earned)
             .unwrap_or(u64::MAX)
-            .saturating_add(banked)
-            .min(rates.cap.max(banked))
+            .saturating_add(self.balance())
+            .min(rates.cap)
     }
 }
 
@@ -214,6 +217,18 @@ mod tests {
             "{} thousandths after {now} ns, expected {expected}",
             b.balance()
         );
+    }
+
+    #[test]
+    fn a_lower_cap_applies_to_what_was_banked_under_a_higher_one() {
+        let generous = Rates::new(0, 100);
+        let b = RetryBudget::new(0, generous);
+        assert_eq!(b.balance(), 100 * TOKEN);
+        let strict = Rates::new(0, 0);
+        assert_eq!(b.balance_at(0, strict), strict.cap);
+        let granted = (0..100).filter(|_| b.try_withdraw(0, strict)).count();
+        assert_eq!(granted as u64, strict.cap / TOKEN);
+        assert_eq!(b.balance_at(0, strict), 0);
     }
 
     #[test]
