@@ -2213,3 +2213,41 @@ fn a_grant_that_turns_codel_on_mid_dispatch_skips_no_waiter() {
     let stats = e.admission_stats().class("api").unwrap().clone();
     assert_eq!((stats.in_flight, stats.queue_len), (0, 0));
 }
+
+#[test]
+fn adaptive_limits_start_afresh_when_admission_settings_come_back() {
+    let adaptive = Policy::builder()
+        .class("api", |c| {
+            c.admission(|a| {
+                a.aimd(8, 1, 16, 0.5, Duration::from_millis(100))
+                    .window(Duration::from_secs(1))
+            })
+        })
+        .build()
+        .unwrap();
+    let fixed = Policy::builder()
+        .class("api", |c| c.admission(|a| a.concurrency(3)))
+        .build()
+        .unwrap();
+    let bare = Policy::builder().class("api", |c| c).build().unwrap();
+    // Learns a lower limit from two slow windows, goes through `between`, and comes back.
+    let round_trip = |between: &Policy| {
+        let (e, clock) = engine(adaptive.clone());
+        let api = e.class("api").unwrap();
+        let limit = |e: &Engine| e.admission_stats().class("api").unwrap().limit;
+        for _ in 0..2 {
+            let held: Vec<_> = (0..limit(&e) as u64)
+                .map(|n| e.try_admit(&AdmitRequest::new(api, id(n))).unwrap())
+                .collect();
+            clock.advance(Duration::from_millis(300));
+            held.into_iter().for_each(|a| a.finish(Outcome::Success));
+            clock.advance(Duration::from_secs(1));
+        }
+        let learned = limit(&e);
+        e.reload(between.clone()).unwrap();
+        e.reload(adaptive.clone()).unwrap();
+        (learned, limit(&e))
+    };
+    assert_eq!(round_trip(&fixed), (4, 8), "by way of a static limit");
+    assert_eq!(round_trip(&bare), (4, 8), "by way of no admission settings");
+}

@@ -416,6 +416,17 @@ impl Registry {
                 adaptive,
             });
         }
+        // A class without admission settings (or gone) adapts nothing: should the settings come
+        // back, an adaptive limit starts again from `initial`, as it does after a static one,
+        // not from what it learned before they were removed.
+        for (id, compiled) in out.iter().enumerate() {
+            if compiled.is_none() {
+                self.adaptive[id] = None;
+                if let Some(gate) = &self.gates[id] {
+                    gate.sampler.stop();
+                }
+            }
+        }
         out
     }
 }
