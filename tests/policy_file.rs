@@ -476,3 +476,54 @@ fn units_in_a_policy_file_become_the_budgets_limits() {
     assert_eq!(budget.limit(rows), Some(2_000_000));
     assert_eq!(budget.remaining(), Duration::from_secs(90));
 }
+
+#[test]
+fn problems_found_when_a_reload_is_applied_name_the_file_and_line() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let engine = Engine::builder(
+        Policy::from_toml_str("[dimensions]\nq = \"counter\"\n[classes.api]\n").unwrap(),
+    )
+    .clock(ManualClock::new())
+    .build()
+    .unwrap();
+    // A dimension changing kind is found only by the engine that handed out its handle.
+    let path = dir.join("kind-change.toml");
+    std::fs::write(&path, "[classes.api]\n\n[dimensions]\nq = \"level\"\n").unwrap();
+    let err = engine.reload_file(&path).unwrap_err().to_string();
+    let shown = path.display().to_string();
+    assert!(
+        err.starts_with(&format!("{shown}:4:1: dimensions.q: was a counter")),
+        "{err}"
+    );
+    // From text: the line.
+    let err = engine
+        .reload_toml_str("[dimensions]\n\nq = \"level\"\n[classes.api]\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("line 3:1: dimensions.q: "), "{err}");
+    // A policy built in code has no lines to give.
+    let err = engine
+        .reload(
+            Policy::builder()
+                .level("q")
+                .class("api", |c| c)
+                .build()
+                .unwrap(),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("dimensions.q: "), "{err}");
+    assert_eq!(engine.generation(), 1);
+}
+
+#[test]
+fn where_a_policy_was_written_is_not_part_of_what_it_says() {
+    let a = Policy::from_toml_str("[classes.api]\nretries = 2\n").unwrap();
+    let b = Policy::from_toml_str("\n\n[classes.api]\n\nretries = 2\n").unwrap();
+    let c = Policy::builder()
+        .class("api", |c| c.retries(2))
+        .build()
+        .unwrap();
+    assert_eq!(a, b);
+    assert_eq!(a, c);
+}

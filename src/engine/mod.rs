@@ -318,14 +318,17 @@ impl Engine {
         let mut registry = self.inner.registry.lock();
         let generation = self.inner.current.load_full().generation.saturating_add(1);
         let now = self.inner.clock.now().as_nanos();
-        let snapshot = registry.compile(
-            policy,
-            generation,
-            now,
-            &self.inner.clock,
-            &self.inner.cpu_clock,
-            self.inner.transitions.as_ref(),
-        )?;
+        let origin = policy.origin().clone();
+        let snapshot = registry
+            .compile(
+                policy,
+                generation,
+                now,
+                &self.inner.clock,
+                &self.inner.cpu_clock,
+                self.inner.transitions.as_ref(),
+            )
+            .map_err(|e| origin.place(e))?;
         let snapshot = Arc::new(snapshot);
         self.inner.current.store(Arc::clone(&snapshot));
         self.inner.published.store(generation, Ordering::Release);

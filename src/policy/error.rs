@@ -41,6 +41,58 @@ impl fmt::Display for Location {
     }
 }
 
+/// Where the parts of a policy read from text were written: each dimension, class and backend,
+/// a backend's hosts, and the sections that hold them, by field path.
+///
+/// An engine finds some problems only when it applies a policy (a dimension changing kind, more
+/// names than it can hold); this lets it say where, as the reader does. Where a policy was written
+/// is not part of what it says: policies that differ only there are equal.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Origin(Option<Arc<OriginPlaces>>);
+
+#[derive(Debug)]
+struct OriginPlaces {
+    file: Option<Arc<Path>>,
+    fields: Vec<(Box<str>, Location)>,
+}
+
+impl PartialEq for Origin {
+    fn eq(&self, _: &Origin) -> bool {
+        true
+    }
+}
+
+impl Eq for Origin {}
+
+impl Origin {
+    pub(crate) fn new(file: Option<Arc<Path>>, fields: Vec<(Box<str>, Location)>) -> Self {
+        Origin(Some(Arc::new(OriginPlaces { file, fields })))
+    }
+
+    /// `error`, with each problem that names no place given the place of its field (or, for a
+    /// field not written in the file, the file's start).
+    pub(crate) fn place(&self, mut error: PolicyError) -> PolicyError {
+        let Some(places) = &self.0 else {
+            return error;
+        };
+        for p in error.problems.iter_mut().filter(|p| p.location.is_none()) {
+            p.location = places
+                .fields
+                .iter()
+                .find(|(field, _)| **field == *p.field)
+                .map(|(_, at)| at.clone())
+                .or_else(|| {
+                    places.file.as_ref().map(|file| Location {
+                        file: Some(Arc::clone(file)),
+                        line: 1,
+                        column: 1,
+                    })
+                });
+        }
+        error
+    }
+}
+
 /// One thing wrong with a policy.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -161,5 +213,34 @@ mod tests {
         assert_eq!((at.line, at.column), (2, 6));
         assert_eq!(at.to_string(), "p.toml:2:6");
         assert_eq!(Location::of_offset(src, 10_000, None).line, 3);
+    }
+
+    #[test]
+    fn an_origin_places_problems_at_their_fields() {
+        let src = "[classes.api]\n\n[backends.db]\ntimeout = \"1s\"\nhosts = [\"a\"]\n";
+        let file: Arc<Path> = Arc::from(Path::new("p.toml"));
+        let policy = super::super::file::parse(src, Some(Arc::clone(&file))).unwrap();
+        let placed = |field: &str| {
+            let e = policy.origin().place(PolicyError::single(field, "x"));
+            e.problems()[0]
+                .location
+                .clone()
+                .map(|at| (at.line, at.column))
+        };
+        assert_eq!(placed("backends.db.hosts"), Some((5, 1)));
+        assert_eq!(placed("backends.db"), Some((3, 11)));
+        assert_eq!(placed("classes.api"), Some((1, 10)));
+        assert_eq!(placed("backends"), Some((3, 2)));
+        // Not written in the file (no [dimensions]): the file's start.
+        assert_eq!(placed("dimensions"), Some((1, 1)));
+        // A problem that already has a place keeps it.
+        let mut e = PolicyError::single("backends.db.hosts", "x");
+        e.problems[0].location = Some(Location::of_offset(src, 0, None));
+        let e = policy.origin().place(e);
+        assert_eq!(e.problems()[0].location.as_ref().unwrap().file, None);
+        // A policy from text names lines only where it wrote the field.
+        let text = super::super::file::parse(src, None).unwrap();
+        let e = text.origin().place(PolicyError::single("dimensions", "x"));
+        assert_eq!(e.problems()[0].location, None);
     }
 }

@@ -6,7 +6,7 @@
 
 use super::admission::{KeysAt, RawAdmission, RawConcurrency, RawPerKey, RawPool, RawQueue};
 use super::backend::{RawBackend, COUNTS, DURATIONS, FRACTIONS, RETRY_DURATIONS};
-use super::error::{Location, Problems};
+use super::error::{Location, Origin, Problems};
 use super::{validate, DimensionKind, Field, Policy, PolicyError, RawClass, RawDimension};
 use crate::units::{parse_duration, parse_quantity};
 use crate::verdict::Unit;
@@ -712,7 +712,39 @@ pub(crate) fn parse(source: &str, file: Option<Arc<Path>>) -> Result<Policy, Pol
             _ => reader.unknown_key(key, "", TOP_KEYS),
         }
     }
-    validate(dims, classes, pools, backends, reader.problems)
+    let origin = origin(&doc, source, reader.file.as_ref());
+    validate(dims, classes, pools, backends, reader.problems).map(|mut p| {
+        p.origin = origin;
+        p
+    })
+}
+
+/// Where `doc` writes each dimension, class and backend, each backend's hosts, and the sections.
+fn origin(doc: &Spanned<DeTable<'_>>, source: &str, file: Option<&Arc<Path>>) -> Origin {
+    let at = |key: &Spanned<std::borrow::Cow<'_, str>>| {
+        Location::of_offset(source, key.span().start, file)
+    };
+    let mut fields: Vec<(Box<str>, Location)> = Vec::new();
+    for (section, value) in doc.get_ref().iter() {
+        let name = section.get_ref().as_ref();
+        if !matches!(name, "dimensions" | "classes" | "backends") {
+            continue;
+        }
+        fields.push((name.into(), at(section)));
+        let DeValue::Table(t) = value.get_ref() else {
+            continue;
+        };
+        for (key, value) in t.iter() {
+            let field = format!("{name}.{}", key.get_ref());
+            if let (DeValue::Table(t), "backends") = (value.get_ref(), name) {
+                if let Some((hosts, _)) = t.get_key_value("hosts") {
+                    fields.push((format!("{field}.hosts").into(), at(hosts)));
+                }
+            }
+            fields.push((field.into(), at(key)));
+        }
+    }
+    Origin::new(file.cloned(), fields)
 }
 
 impl Policy {
@@ -722,6 +754,7 @@ impl Policy {
             classes: Vec::new(),
             pools: Vec::new(),
             backends: Vec::new(),
+            origin: Origin::default(),
         }
     }
 }

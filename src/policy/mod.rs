@@ -47,7 +47,7 @@ pub use file::MAX_POLICY_BYTES;
 
 use crate::verdict::Unit;
 use crate::Priority;
-use error::Problems;
+use error::{Origin, Problems};
 use std::collections::HashSet;
 use std::fmt;
 use std::path::Path;
@@ -192,6 +192,7 @@ pub struct Policy {
     classes: Vec<ClassPolicy>,
     pools: Vec<PoolPolicy>,
     backends: Vec<BackendPolicy>,
+    origin: Origin,
 }
 
 impl Policy {
@@ -208,6 +209,11 @@ impl Policy {
     /// Reads a policy from a TOML file. Errors give the file, line and column.
     pub fn from_toml_file(path: impl AsRef<Path>) -> Result<Policy, PolicyError> {
         file::load(path.as_ref())
+    }
+
+    /// Where this policy was written, to place the problems an engine finds when it applies it.
+    pub(crate) fn origin(&self) -> &Origin {
+        &self.origin
     }
 
     /// The declared dimensions (the built-ins `retries` and `cpu_time` are not listed).
@@ -537,5 +543,6 @@ pub(crate) fn validate(
         classes: out,
         pools,
         backends,
+        origin: Origin::default(),
     })
 }
