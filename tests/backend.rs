@@ -2215,3 +2215,31 @@ fn a_reload_that_lowers_the_retry_budget_caps_what_was_banked() {
     assert_eq!(granted, 10);
     assert_eq!(f.engine.backend_stats()[0].retry_tokens, 0);
 }
+
+/// A success of an attempt begun before the host's ejection, reported after the host came back on
+/// probation, says nothing about the host as it is now: its probation goes on, and with it the
+/// count of ejections in a row that sets the next one's length.
+#[test]
+fn a_late_success_from_before_an_ejection_does_not_end_probation() {
+    let f = fixture(ejecting(&["k1", "k2"], false));
+    let k1 = f
+        .engine
+        .host(f.engine.backend("kafka").unwrap(), "k1")
+        .unwrap();
+    let b = f.budget();
+    let mut long = f.engine.begin_attempt_on(k1, &b, 0).unwrap();
+    long.connected();
+    f.engine
+        .begin_attempt_on(k1, &b, 0)
+        .unwrap()
+        .finish(AttemptOutcome::ConnectFailure); // ejected for 5 s
+    f.clock.advance(Duration::from_secs(6));
+    let probe = f.engine.begin_attempt_on(k1, &b, 0).unwrap(); // readmitted on probation
+    long.finish(AttemptOutcome::Success);
+    probe.finish(AttemptOutcome::ConnectFailure);
+    // The second ejection in a row: 10 s, not a first one's 5 s.
+    f.clock.advance(Duration::from_secs(6));
+    assert_eq!(ejected(&f, "kafka"), ["k1"]);
+    f.clock.advance(Duration::from_secs(4));
+    assert!(ejected(&f, "kafka").is_empty());
+}

@@ -1156,7 +1156,8 @@ impl World<'_> {
             let trip =
                 v != Judgement::Neutral && host.breaker.record(now, generation, failed, slow, s);
             host.breaker.finish(role, generation, v, trip, now, s);
-            // A failure of an attempt begun before the host's last readmission counts for nothing.
+            // A failure of an attempt begun before the host's last readmission counts for nothing,
+            // and its success does not end the probation.
             let stale = h.start < host.readmitted_at;
             let counting = counts(outcome) && !stale;
             let out = self.ejected();
@@ -1175,8 +1176,9 @@ impl World<'_> {
             }
             let room = self.ejected() < self.most_ejected();
             let host = &mut self.hosts[x];
-            if !(stale && counts(outcome)) && host.eject.on_outcome(outcome, now, room, in_pool, s)
-            {
+            let proves_nothing = stale
+                && (counts(outcome) || outcome == AttemptOutcome::Success && host.eject.probation);
+            if !proves_nothing && host.eject.on_outcome(outcome, now, room, in_pool, s) {
                 host.breaker.events.push((TransitionKind::Ejected, now));
             }
             host.in_flight -= 1;

@@ -414,12 +414,15 @@ impl HostState {
     }
 
     /// Applies an outcome to the ejection state. `connect_or_timeout`: the outcome counts toward
-    /// ejection; `success`: it proves the host. Ejects when due, if room can be reserved among the
-    /// ejected.
+    /// ejection; `success`: it proves the host, unless it is on probation and the attempt began
+    /// (at `started`) before it came back, which proves nothing about the host as it is now.
+    /// Ejects when due, if room can be reserved among the ejected.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn on_outcome(
         &self,
         connect_or_timeout: bool,
         success: bool,
+        started: u64,
         now: u64,
         rule: &EjectRule,
         ejected: &EjectedHosts,
@@ -433,6 +436,10 @@ impl HostState {
             let fails = w & FAILS;
             let ejections = (w >> EJECTIONS_SHIFT) & 0xff;
             let next = if success {
+                // Read only on probation: a healthy host's success never looks.
+                if w & PROBATION != 0 && started < self.readmitted_at.load(Ordering::Acquire) {
+                    return Ejection::None;
+                }
                 // Proven: probation ends and past ejections are forgiven.
                 0
             } else if connect_or_timeout {

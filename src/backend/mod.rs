@@ -715,6 +715,7 @@ impl Attempt<'_> {
             let ejection = h.on_outcome(
                 counts,
                 index == SUCCESS,
+                self.start,
                 now,
                 &rules.ns.eject,
                 &state.ejected,
