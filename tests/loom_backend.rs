@@ -757,3 +757,61 @@ fn a_free_host_is_found_when_the_picked_ones_fill_up() {
         assert_eq!(engine.backend_stats()[0].in_flight, 0);
     });
 }
+
+/// An ejection lasts as long as its place in a run of ejections says, whatever raced it.
+///
+/// An ejection writes its end time before the compare-exchange that ejects. If that exchange fails
+/// (here, because a success ended the host's probation meanwhile), the time it wrote belongs to no
+/// ejection; the retry then ejects afresh, first of a new run, and must not inherit that longer
+/// time. The host has been ejected twice in a row and is on probation with two attempts out: one
+/// times out (a third ejection, 4 s) while the other succeeds (ending probation: a timeout after it
+/// is a first ejection, 1 s). Either order is fine, but the length must match the run: a host still
+/// out after one second must be on its third ejection, so the next one, after one more failure,
+/// lasts 8 s rather than 2 s.
+///
+/// The three ejections before and after the race take more steps than loom's default allows a
+/// model; this one raises that bound.
+#[test]
+fn an_ejection_lasts_as_its_run_says_whatever_raced_it() {
+    let mut model = loom::model::Builder::new();
+    model.max_branches = 20_000;
+    model.check(|| {
+        let (engine, clock, db, budget) = fixture(10, |b| {
+            b.hosts(&["h1"])
+                .count("ejection.consecutive_failures", 1)
+                .fraction("ejection.max_ejected", 1.0)
+                .duration("ejection.base", Duration::from_secs(1))
+                .duration("ejection.max", Duration::from_secs(60))
+                .count("breaker.consecutive_failures", 1000)
+        });
+        let fail = |outcome| {
+            engine
+                .begin_attempt(db, &budget, 0)
+                .unwrap()
+                .finish(outcome)
+        };
+        fail(AttemptOutcome::ConnectFailure); // 1 s
+        clock.advance(Duration::from_secs(1));
+        fail(AttemptOutcome::ConnectFailure); // on probation: 2 s
+        clock.advance(Duration::from_secs(2));
+        let mut timing_out = engine.begin_attempt(db, &budget, 0).unwrap().into_owned();
+        timing_out.connected(); // frees the one connection a host on probation may have
+        let succeeding = engine.begin_attempt(db, &budget, 0).unwrap().into_owned();
+        let other = thread::spawn(move || succeeding.finish(AttemptOutcome::Success));
+        timing_out.finish(AttemptOutcome::Timeout);
+        other.join().unwrap();
+        let ejected = |engine: &Engine| engine.backend_stats()[0].hosts[0].ejected;
+        assert!(ejected(&engine));
+        clock.advance(Duration::from_secs(1));
+        let third = ejected(&engine);
+        clock.advance(Duration::from_secs(3));
+        fail(AttemptOutcome::ConnectFailure); // back on probation, and out again
+        clock.advance(Duration::from_secs(2));
+        assert_eq!(
+            ejected(&engine),
+            third,
+            "an ejection that lasted {} s was not followed by one twice as long",
+            if third { 4 } else { 1 }
+        );
+    });
+}

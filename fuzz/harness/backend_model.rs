@@ -26,12 +26,12 @@
 //! - **Hosts** (when the backend has a pool): each host's breaker and window as above, and its
 //!   ejection: ejected after `ejection.consecutive_failures` connect failures or timeouts in a row
 //!   (only a success breaks the run) if fewer than the configured share of the pool is out, for
-//!   `base × 2^(n-1)` capped; readmitted on probation (one connection attempt at a time, ejected
+//!   `base × 2^(n-1)` capped (its end rounded down to 65,536 ns); readmitted on probation (one connection attempt at a time, ejected
 //!   again by its first failure, proven by its first success) when a host choice visits it after
 //!   its ejection is over, or when a failure that counts finds every place of the share taken (then
 //!   every host of the attempt's pool whose ejection is over comes back first, in that pool's
 //!   order). A connect failure or timeout of an attempt begun before its host's last readmission
-//!   counts for nothing. The choice is the documented one: visiting hosts in round-robin order
+//!   counts for nothing, and its success does not end the probation. The choice is the documented one: visiting hosts in round-robin order
 //!   (or only the one asked for with `begin_attempt_on`), of the first two that are not ejected,
 //!   below their caps and whose breaker is willing, the one with fewer calls in flight;
 //!   `NoHealthyHost` when there is none. See [`World::choose_host`].
@@ -642,7 +642,8 @@ impl Ejection {
                 ejections: self.ejections,
                 ejected: true,
                 probation: false,
-                until: now + length,
+                // Kept to 65,536 ns, rounded down (the end shares its word with a generation).
+                until: (now + length) & !0xffff,
             };
             return true;
         }

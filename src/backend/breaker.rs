@@ -22,6 +22,8 @@
 //! belongs to, so that a long timeout of an earlier period's probe never holds a later period's
 //! slots.
 
+use super::tagged;
+
 pub(crate) const CLOSED: u64 = 0;
 pub(crate) const OPEN: u64 = 1;
 pub(crate) const HALF_OPEN: u64 = 2;
@@ -102,38 +104,16 @@ pub(crate) struct Begin {
     pub(crate) now: u64,
     pub(crate) open_until: u64,
     /// When the probes in flight time out (they give their slots back then), as
-    /// [`probe_deadline`] packs it.
+    /// [`tagged::tag`] packs it with its period.
     pub(crate) probe_deadline: u64,
     pub(crate) probes: u64,
-}
-
-/// Bits of a packed probe deadline that hold the low bits of its period's generation.
-const DEADLINE_TAG: u64 = 0xffff;
-
-/// A probe deadline `at` (ns) of the period `generation`, packed in one word: the time rounded up to
-/// the next multiple of 65,536 ns, its low bits replaced by the generation's.
-pub(crate) fn probe_deadline(at: u64, generation: u64) -> u64 {
-    (at.saturating_add(DEADLINE_TAG) & !DEADLINE_TAG) | (generation & DEADLINE_TAG)
-}
-
-/// The packed deadline to keep when a probe of period `generation` with deadline `at` is admitted
-/// over `stored`: the later of the two within one period, the newer period's otherwise (by the
-/// generation's low bits, compared as a wrapping sequence).
-pub(crate) fn raise_probe_deadline(stored: u64, at: u64, generation: u64) -> u64 {
-    let new = probe_deadline(at, generation);
-    let ahead = (new.wrapping_sub(stored)) & DEADLINE_TAG;
-    match ahead {
-        0 => stored.max(new),
-        a if a <= DEADLINE_TAG / 2 => new,
-        _ => stored,
-    }
 }
 
 /// Whether the probes in flight of period `generation` have all timed out at `now`. A deadline of
 /// another period does not hold this one's slots: it can only be a newer one, stored by a caller
 /// that found this period's probes timed out.
 fn probes_timed_out(stored: u64, generation: u64, now: u64) -> bool {
-    stored & DEADLINE_TAG != generation & DEADLINE_TAG || now >= stored & !DEADLINE_TAG
+    !tagged::belongs(stored, generation) || now >= tagged::time(stored)
 }
 
 /// The next word, if an attempt may begin, and its role. Pure.
@@ -267,7 +247,7 @@ mod tests {
             now,
             open_until: 100,
             // Deadlines of the half-open period that follows the first opening (generation 2).
-            probe_deadline: probe_deadline(150, 2),
+            probe_deadline: tagged::tag(150, 2),
             probes: 2,
         }
     }
@@ -388,36 +368,10 @@ mod tests {
     }
 
     #[test]
-    fn a_probe_deadline_belongs_to_its_period() {
-        // 65,536 ns steps, rounded up; the tag is the generation's low bits.
-        assert_eq!(probe_deadline(1, 3) & !DEADLINE_TAG, 0x1_0000);
-        assert_eq!(probe_deadline(0x1_0000, 3), 0x1_0000 | 3);
-        assert_eq!(probe_deadline(u64::MAX, 3) & DEADLINE_TAG, 3);
-        // Within a period the later deadline wins; a newer period replaces an older one's, however
-        // much later the older one was; an older period never replaces a newer one's.
-        let late_old = probe_deadline(10_000_000_000, 7);
-        assert_eq!(
-            raise_probe_deadline(late_old, 20_000_000_000, 7),
-            probe_deadline(20_000_000_000, 7)
-        );
-        assert_eq!(raise_probe_deadline(late_old, 1_000, 7), late_old);
-        assert_eq!(
-            raise_probe_deadline(late_old, 1_000, 8),
-            probe_deadline(1_000, 8)
-        );
-        assert_eq!(
-            raise_probe_deadline(probe_deadline(1_000, 8), 10_000_000_000, 7),
-            probe_deadline(1_000, 8)
-        );
-        // Across the tag's wrap: generation 0x1_0000 is newer than 0xffff.
-        assert_eq!(
-            raise_probe_deadline(probe_deadline(5_000_000, 0xffff), 1_000, 0x1_0000),
-            probe_deadline(1_000, 0x1_0000)
-        );
-        // Only this period's deadline holds its slots.
-        assert!(!probes_timed_out(probe_deadline(1_000_000, 4), 4, 500_000));
-        assert!(probes_timed_out(probe_deadline(1_000_000, 4), 4, 1_048_576));
-        assert!(probes_timed_out(probe_deadline(1_000_000, 3), 4, 0));
+    fn only_this_periods_deadline_holds_its_probe_slots() {
+        assert!(!probes_timed_out(tagged::tag(1_000_000, 4), 4, 500_000));
+        assert!(probes_timed_out(tagged::tag(1_000_000, 4), 4, 1_048_576));
+        assert!(probes_timed_out(tagged::tag(1_000_000, 3), 4, 0));
     }
 
     #[test]
@@ -462,7 +416,7 @@ mod tests {
                 Begin {
                     now: 10_001,
                     open_until: 0,
-                    probe_deadline: probe_deadline(20_000, g1),
+                    probe_deadline: tagged::tag(20_000, g1),
                     probes: 1
                 }
             ),
@@ -474,7 +428,7 @@ mod tests {
                 // The deadline, rounded up to the next 65,536 ns.
                 now: 65_536,
                 open_until: 0,
-                probe_deadline: probe_deadline(20_000, g1),
+                probe_deadline: tagged::tag(20_000, g1),
                 probes: 1,
             },
         )

@@ -14,9 +14,16 @@
 //! | 16..24 | ejections in a row (the exponent)           |
 //! | 24     | ejected                                     |
 //! | 25     | on probation (readmitted, not yet proven)   |
+//! | 32..64 | generation: changes with every write        |
+//!
+//! Beside it, the time the ejection ends, tagged with the generation of the ejection it belongs to
+//! (see `tagged`): an ejecting writer whose compare-exchange fails leaves a time that belongs to
+//! no ejection, and the next ejection, of a newer generation, replaces it rather than inheriting
+//! it when it is later.
 
 use super::breaker::{self, Begin, Change, Role};
 use super::permits::Permits;
+use super::tagged;
 use super::window::Window;
 use super::TransitionKind;
 use crate::sync::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -27,6 +34,18 @@ const FAILS: u64 = 0xffff;
 const EJECTIONS_SHIFT: u32 = 16;
 const EJECTED: u64 = 1 << 24;
 const PROBATION: u64 = 1 << 25;
+const GEN_SHIFT: u32 = 32;
+const FIELDS: u64 = (1 << GEN_SHIFT) - 1;
+
+/// The generation of an ejection word.
+fn generation(w: u64) -> u64 {
+    w >> GEN_SHIFT
+}
+
+/// The word to write over `w`: `fields`, with the next generation.
+fn advance(w: u64, fields: u64) -> u64 {
+    (fields & FIELDS) | (generation(w).wrapping_add(1) << GEN_SHIFT)
+}
 
 /// What a breaker's policy says about letting attempts through.
 #[derive(Clone, Copy, Debug)]
@@ -90,7 +109,7 @@ impl BreakerCell {
                 let _ =
                     self.probe_deadline
                         .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| {
-                            let raised = breaker::raise_probe_deadline(d, at, gen);
+                            let raised = tagged::raise(d, tagged::tag(at, gen));
                             (raised != d).then_some(raised)
                         });
             }
@@ -219,7 +238,8 @@ pub(crate) struct HostState {
     pub(crate) calls: CachePadded<AtomicU64>,
     pub(crate) breaker: BreakerCell,
     pub(crate) eject: AtomicU64,
-    pub(crate) ejected_until: AtomicU64,
+    /// When the ejection ends, tagged with its generation (see the module's docs).
+    ejected_until: AtomicU64,
     /// Whether the current policy's pool lists the host (set by each reload). A host out of the
     /// pool is never ejected: requests of older versions may still call it, but no new one will,
     /// and its place among the ejected belongs to the pool as it now is.
@@ -234,7 +254,7 @@ pub(crate) struct HostState {
 /// last instant (ejected with the clock at the end of its range) never is: the clock cannot get
 /// past it.
 fn ended(now: u64, until: u64) -> bool {
-    now >= until && until != u64::MAX
+    now >= until && until != tagged::LAST
 }
 
 /// The hosts of a backend's pool ejected now, and how many may be: shared by every version of the
@@ -325,7 +345,25 @@ impl HostState {
     /// Ejected, and its ejection not yet over at `now` (it is readmitted lazily, by the next
     /// attempt that looks at it; this is what an observer should be told meanwhile).
     pub(crate) fn is_ejected_at(&self, now: u64) -> bool {
-        self.is_ejected() && !ended(now, self.ejected_until.load(Ordering::Acquire))
+        let w = self.eject.load(Ordering::SeqCst);
+        w & EJECTED != 0 && !self.ends(w).is_some_and(|until| ended(now, until))
+    }
+
+    /// When the ejection of word `w` ends: `None` when the time read belongs to another
+    /// generation, which only a word that has meanwhile changed can meet.
+    ///
+    /// The word is read before the time: an ejection writes its time before its word, so a word
+    /// read first comes with its own ejection's time (or a later one of the same generation).
+    fn ends(&self, w: u64) -> Option<u64> {
+        let stored = self.ejected_until.load(Ordering::Acquire);
+        tagged::belongs(stored, generation(w)).then(|| tagged::time(stored))
+    }
+
+    /// When the host's ejection ends (the clock's end when that is not known): for ordering
+    /// ejections by their ends.
+    pub(crate) fn ejection_ends(&self) -> u64 {
+        self.ends(self.eject.load(Ordering::Acquire))
+            .unwrap_or(u64::MAX)
     }
 
     /// Ends an ejection early, without probation, and gives back its reservation among the ejected:
@@ -339,19 +377,16 @@ impl HostState {
     /// pairs with an ejection in the same way: it stores the new `most`, then reads the ejection
     /// words to readmit any excess; the attempt ejects, then compares the count with `most`.
     ///
-    /// The ejection's end time goes with it: the next ejection, counted from one again, must not
-    /// inherit a doubled end time through the `fetch_max` that writes it. Like the wait queue's count and limiter,
-    /// this store-buffering pair is argued here, not model-checked: loom treats SeqCst as
-    /// acquire/release.
+    /// Like the wait queue's count and limiter, this store-buffering pair is argued here, not
+    /// model-checked: loom treats SeqCst as acquire/release.
     pub(crate) fn forget_ejection(&self, ejected: &EjectedHosts) {
         let mut w = self.eject.load(Ordering::SeqCst);
         while w & EJECTED != 0 {
             match self
                 .eject
-                .compare_exchange(w, 0, Ordering::SeqCst, Ordering::SeqCst)
+                .compare_exchange(w, advance(w, 0), Ordering::SeqCst, Ordering::SeqCst)
             {
                 Ok(_) => {
-                    self.ejected_until.store(0, Ordering::Release);
                     ejected.release();
                     return;
                 }
@@ -365,42 +400,29 @@ impl HostState {
     }
 
     /// Brings the host back on probation if its ejection is over. `true` if this call did.
-    ///
-    /// The word is read before the end time: an ejection writes its end time before its word, so
-    /// a word read here comes with an end time at least as late as its own, and a fresh ejection
-    /// that replaced the one that was over is not taken for it.
     pub(crate) fn readmit_if_due(&self, now: u64, ejected: &EjectedHosts) -> bool {
         let w = self.eject.load(Ordering::Acquire);
-        if w & EJECTED == 0 || !ended(now, self.ejected_until.load(Ordering::Acquire)) {
+        if w & EJECTED == 0 || !self.ends(w).is_some_and(|until| ended(now, until)) {
             return false;
         }
         self.readmit(w, ejected, now)
     }
 
     /// Brings the host back on probation now, whenever its ejection was to end (a reload made its
-    /// pool's share smaller). `true` if this call did.
-    ///
-    /// The ejection's end time goes with it, as with [`forget_ejection`](Self::forget_ejection):
-    /// once the host has proven itself, its next ejection counts from one again and must not
-    /// inherit, through the `fetch_max` that writes its end time, an end still to come. The end
-    /// time is cleared before the word changes, while the host is still ejected, so that no new
-    /// ejection can have written its own yet.
+    /// pool's share smaller). `true` if this call did. (The end still to come stays behind, of
+    /// this ejection's generation: the next ejection, of a newer one, replaces it.)
     pub(crate) fn readmit_early(&self, ejected: &EjectedHosts, now: u64) -> bool {
         let w = self.eject.load(Ordering::Acquire);
         if w & EJECTED == 0 {
             return false;
         }
-        let until = self.ejected_until.load(Ordering::Acquire);
-        let _ = self
-            .ejected_until
-            .compare_exchange(until, 0, Ordering::AcqRel, Ordering::Relaxed);
         self.readmit(w, ejected, now)
     }
 
     /// Ends the ejection whose word is `w` (ejected: both callers checked), on probation, at
     /// `now`, and gives its place back.
     fn readmit(&self, w: u64, ejected: &EjectedHosts, now: u64) -> bool {
-        let next = (w & !EJECTED & !FAILS) | PROBATION;
+        let next = advance(w, (w & !EJECTED & !FAILS) | PROBATION);
         if self
             .eject
             .compare_exchange(w, next, Ordering::AcqRel, Ordering::Acquire)
@@ -435,7 +457,7 @@ impl HostState {
             }
             let fails = w & FAILS;
             let ejections = (w >> EJECTIONS_SHIFT) & 0xff;
-            let next = if success {
+            let fields = if success {
                 // Read only on probation: a healthy host's success never looks.
                 if w & PROBATION != 0 && started < self.readmitted_at.load(Ordering::Acquire) {
                     return Ejection::None;
@@ -451,11 +473,21 @@ impl HostState {
                     let reserved = ejected.reserve();
                     if reserved {
                         let count = (ejections + 1).min(0xff);
-                        let next = EJECTED | (count << EJECTIONS_SHIFT);
-                        // The time is written before the state that refers to it, by `fetch_max`
-                        // as the breaker's times are: a stale writer never shortens an ejection.
-                        self.ejected_until
-                            .fetch_max(now.saturating_add(rule.duration(count)), Ordering::AcqRel);
+                        let next = advance(w, EJECTED | (count << EJECTIONS_SHIFT));
+                        // The time is written before the state that refers to it, tagged with
+                        // its generation: within one, a stale writer never shortens the ejection;
+                        // a time left by a writer whose exchange failed is replaced by the next
+                        // ejection's, of a newer generation.
+                        let at = now.saturating_add(rule.duration(count));
+                        let _ = self.ejected_until.fetch_update(
+                            Ordering::AcqRel,
+                            Ordering::Acquire,
+                            |d| {
+                                let raised =
+                                    tagged::raise(d, tagged::tag_down(at, generation(next)));
+                                (raised != d).then_some(raised)
+                            },
+                        );
                         match self.eject.compare_exchange(
                             w,
                             next,
@@ -480,18 +512,20 @@ impl HostState {
                         }
                     }
                 }
-                (w & !FAILS) | fails
+                (w & FIELDS & !FAILS) | fails
             } else {
                 return Ejection::None;
             };
-            if next == w {
+            if fields == w & FIELDS {
                 // Nothing to write (a success on a healthy host): no compare-exchange.
                 return Ejection::None;
             }
-            match self
-                .eject
-                .compare_exchange_weak(w, next, Ordering::AcqRel, Ordering::Acquire)
-            {
+            match self.eject.compare_exchange_weak(
+                w,
+                advance(w, fields),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
                 Ok(_) => return Ejection::None,
                 Err(actual) => w = actual,
             }

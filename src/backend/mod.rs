@@ -27,6 +27,7 @@ mod breaker;
 mod host;
 mod permits;
 mod retry_budget;
+mod tagged;
 mod window;
 
 use crate::budget::Budget;

@@ -273,7 +273,7 @@ impl Registry {
                 .collect();
             let mut readmitted = Vec::new();
             if ejected_now.len() as u64 > most {
-                ejected_now.sort_by_key(|h| h.ejected_until.load(Ordering::Acquire));
+                ejected_now.sort_by_key(|h| h.ejection_ends());
                 let excess = ejected_now.len() - usize::try_from(most).unwrap_or(usize::MAX);
                 for h in &ejected_now[..excess] {
                     if h.readmit_early(&state.ejected, now) {
