@@ -1367,6 +1367,52 @@ retry = { ratio = 0.1 }
     assert_eq!(b.retry().ratio, 250, "per mille");
 }
 
+/// Host names are case-insensitive and `db1.` is the fully qualified `db1`: spelled two ways, one
+/// machine is still listed twice (and would get twice its per-host caps). The policy keeps each
+/// host as it was written.
+#[test]
+fn hosts_that_differ_only_by_case_or_a_trailing_dot_are_listed_twice() {
+    for pair in [
+        ["db1", "DB1"],
+        ["Db1.example", "dB1.EXAMPLE"],
+        ["db1.", "db1"],
+        ["db1", "DB1."],
+        ["db1.:5432", "db1:5432"],
+        ["[FE80::1]:5432", "[fe80::1]:5432"],
+    ] {
+        let source = format!(
+            "[classes.api]\n[backends.db]\nhosts = [\"{}\", \"{}\"]\n",
+            pair[0], pair[1]
+        );
+        let err = Policy::from_toml_str(&source).unwrap_err();
+        assert_eq!(err.problems().len(), 1, "{pair:?}: {err}");
+        let p = &err.problems()[0];
+        assert_eq!(
+            (p.field.as_str(), p.message.as_str()),
+            (
+                "backends.db.hosts",
+                &*format!("host `{}` listed twice", pair[1])
+            ),
+            "{pair:?}"
+        );
+        assert_eq!(p.location.as_ref().map(|at| at.line), Some(3));
+        let code = Policy::builder()
+            .class("api", |c| c)
+            .backend("db", |b| b.hosts(&pair))
+            .build();
+        assert!(code.is_err(), "{pair:?} accepted in code");
+    }
+    // Another port, two dots, or another name are other hosts; each is kept as written.
+    let p = Policy::from_toml_str(
+        "[classes.api]\n[backends.db]\nhosts = [\"DB1.\", \"db1:5433\", \"db1..\", \"db10\"]\n",
+    )
+    .unwrap();
+    assert_eq!(
+        p.backend("db").unwrap().hosts().collect::<Vec<_>>(),
+        ["DB1.", "db1:5433", "db1..", "db10"]
+    );
+}
+
 #[test]
 fn backends_appear_in_the_same_snapshot_and_exposition_as_admission() {
     let f = fixture(single("kafka", |b| {

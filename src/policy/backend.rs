@@ -7,6 +7,7 @@
 use super::admission::{fraction_problem, permille, Permille};
 use super::error::{Location, Problems};
 use super::Field;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -136,7 +137,7 @@ impl BackendPolicy {
     pub fn name(&self) -> &str {
         &self.name
     }
-    /// Its hosts (empty: one logical host).
+    /// Its hosts, as written (empty: one logical host).
     pub fn hosts(&self) -> impl Iterator<Item = &str> {
         self.hosts.iter().map(|h| &**h)
     }
@@ -411,6 +412,7 @@ pub(crate) fn validate_backends(
         let max_ejected = share("ejection.max_ejected", defaults.1.max_ejected, problems);
         let ratio = share("retry.ratio", defaults.2.ratio, problems);
         let mut hosts: Vec<Arc<str>> = Vec::new();
+        let mut seen_hosts = HashSet::new();
         for h in &b.hosts {
             let valid = !h.value.is_empty()
                 && h.value.len() <= 253
@@ -423,7 +425,7 @@ pub(crate) fn validate_backends(
                     format!("{base}.hosts"),
                     format!("`{}` is not a valid host", h.value.escape_debug()),
                 );
-            } else if hosts.iter().any(|k| **k == *h.value) {
+            } else if !seen_hosts.insert(host_key(&h.value)) {
                 problems.push(
                     h.at.clone(),
                     format!("{base}.hosts"),
@@ -479,6 +481,24 @@ pub(crate) fn validate_backends(
         });
     }
     out
+}
+
+/// What identifies a host in its pool: its name in lower case, without one trailing dot, and the
+/// port as written. Host names are case-insensitive and `db1.` is the fully qualified `db1`, so
+/// `DB1`, `db1.` and `db1` name one machine; listed as two hosts, it would get twice the per-host
+/// caps and two breakers. The name a policy wrote is what it keeps and shows.
+fn host_key(host: &str) -> String {
+    // `name:port`; a bracketed or bare IPv6 address has more than one colon and no port to split.
+    let (name, port) = match host.split_once(':') {
+        Some((name, port)) if !port.contains(':') => (name, Some(port)),
+        _ => (host, None),
+    };
+    let mut key = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+    if let Some(port) = port {
+        key.push(':');
+        key.push_str(port);
+    }
+    key
 }
 
 /// A location-free field, for the builder.

@@ -486,7 +486,9 @@ pub struct BackendBuilder {
 }
 
 impl BackendBuilder {
-    /// The hosts of the backend's pool.
+    /// The hosts of the backend's pool, each once: names that differ only by ASCII case or by one
+    /// trailing dot (`DB1`, `db1.`, `db1`) are one host, and [`PolicyBuilder::build`] refuses the
+    /// second. Each is kept as written.
     pub fn hosts(mut self, hosts: &[&str]) -> Self {
         self.raw.hosts = hosts.iter().map(|h| field((*h).to_owned())).collect();
         self
