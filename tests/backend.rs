@@ -1367,6 +1367,53 @@ retry = { ratio = 0.1 }
     assert_eq!(b.retry().ratio, 250, "per mille");
 }
 
+/// The margin kept back from a request's time must be below the backend's timeout whether it was
+/// written or left at its default (5 ms); a timeout written below the default margin is reported
+/// where the timeout was written, once.
+#[test]
+fn a_timeout_not_above_the_default_margin_is_refused_where_it_was_written() {
+    let backend = |settings: &str| {
+        Policy::from_toml_str(&format!("[classes.api]\n[backends.db]\n{settings}\n"))
+    };
+    for timeout in ["1ms", "5ms"] {
+        let err = backend(&format!("timeout = \"{timeout}\"")).unwrap_err();
+        assert_eq!(err.problems().len(), 1, "{err}");
+        assert_eq!(
+            err.to_string(),
+            "line 3:11: backends.db.timeout: margin (5ms, the default) must be below timeout"
+        );
+    }
+    let db = backend("timeout = \"6ms\"").unwrap();
+    let db = db.backend("db").unwrap();
+    assert_eq!((db.timeout(), db.margin()), (6 * MS, 5 * MS));
+    let db = backend("timeout = \"1ms\"\nmargin = \"0s\"").unwrap();
+    assert_eq!(db.backend("db").unwrap().margin(), Duration::ZERO);
+    // A written margin is reported as before, at the margin; an unreadable one only as unreadable.
+    let written = backend("timeout = \"1ms\"\nmargin = \"5ms\"").unwrap_err();
+    assert_eq!(
+        written.to_string(),
+        "line 4:10: backends.db.margin: must be below timeout"
+    );
+    let unreadable = backend("timeout = \"1ms\"\nmargin = 5").unwrap_err();
+    assert_eq!(unreadable.problems().len(), 1, "{unreadable}");
+    assert_eq!(unreadable.problems()[0].field, "backends.db.margin");
+    // A timeout that could not be read is not compared with the margin.
+    let zero = backend("timeout = \"0s\"\nmargin = \"2s\"").unwrap_err();
+    assert_eq!(
+        zero.to_string(),
+        "line 3:11: backends.db.timeout: must be greater than zero"
+    );
+    let code = Policy::builder()
+        .class("api", |c| c)
+        .backend("db", |b| b.duration("timeout", MS))
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        code.to_string(),
+        "backends.db.timeout: margin (5ms, the default) must be below timeout"
+    );
+}
+
 /// Host names are case-insensitive and `db1.` is the fully qualified `db1`: spelled two ways, one
 /// machine is still listed twice (and would get twice its per-host caps). The policy keeps each
 /// host as it was written.

@@ -4,9 +4,10 @@
 //!
 //! - on success, the policy is valid: names are well formed, unique and not reserved; every class
 //!   limit names a declared dimension, at most once; no wall time, CPU time or child margin is zero;
-//!   at least one class; no backend lists one host twice, however its name is spelled. An engine
-//!   builds from it (and reloads it), every name resolves to a handle of the right kind, and a
-//!   budget of every class starts with exactly the class's limits and wall time;
+//!   at least one class; no backend lists one host twice, however its name is spelled, and each
+//!   keeps a margin below its timeout, written or not. An engine builds from it (and reloads it),
+//!   every name resolves to a handle of the right kind, and a budget of every class starts with
+//!   exactly the class's limits and wall time;
 //! - the numbers written in the text are the policy's: each class's limits, retries, wall time and
 //!   CPU time, read back by an independent reading (the `toml` crate's generic tree, and the unit
 //!   suffixes' values written out here), equal what the policy holds;
@@ -212,6 +213,7 @@ fn check_policy(policy: &Policy) {
         }
     }
     for b in policy.backends() {
+        assert!(b.margin() < b.timeout(), "backend {} margin", b.name());
         // One machine is one host of its pool, however its name is spelled (case, a trailing dot).
         let mut hosts = HashSet::new();
         for h in b.hosts() {

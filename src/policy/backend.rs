@@ -145,7 +145,8 @@ impl BackendPolicy {
     pub fn timeout(&self) -> Duration {
         self.timeout
     }
-    /// Kept back from the request's remaining time when deriving an attempt's timeout.
+    /// Kept back from the request's remaining time when deriving an attempt's timeout (default
+    /// 5 ms); always below [`timeout`](Self::timeout).
     pub fn margin(&self) -> Duration {
         self.margin
     }
@@ -181,7 +182,13 @@ pub(crate) struct RawBackend {
     pub(crate) fractions: Vec<(&'static str, Field<f64>)>,
     /// Names given in code that are not settings.
     pub(crate) unknown: Vec<String>,
+    /// Settings written whose values could not be read (each already reported): no default stands
+    /// in for them where settings are checked against each other.
+    pub(crate) unreadable: Vec<&'static str>,
 }
+
+/// The margin of a backend that does not set one.
+const DEFAULT_MARGIN: Duration = Duration::from_millis(5);
 
 /// The settings a backend takes, by dotted name, with their kind.
 pub(crate) const DURATIONS: [&str; 9] = [
@@ -278,7 +285,7 @@ pub(crate) fn validate_backends(
             RetryPolicy::default(),
         );
         let timeout = positive("timeout", Duration::from_secs(1), problems);
-        let margin = duration("margin").map_or(Duration::from_millis(5), |f| f.value);
+        let margin = duration("margin").map_or(DEFAULT_MARGIN, |f| f.value);
         let slow_call = positive("breaker.slow_call", defaults.0.slow_call, problems);
         let window = positive("breaker.window", defaults.0.window, problems);
         let open_for = positive("breaker.open_for", defaults.0.open_for, problems);
@@ -302,13 +309,26 @@ pub(crate) fn validate_backends(
                 }
             };
         // The margin is kept back from what a request has left; one as long as the timeout itself
-        // would refuse nearly every attempt of a request with a deadline.
-        if let Some(m) = duration("margin").filter(|m| m.value >= timeout) {
-            problems.push(
-                m.at.clone(),
-                format!("{base}.margin"),
-                "must be below timeout",
-            );
+        // would refuse nearly every attempt of a request with a deadline. The default margin is
+        // held to that too: a timeout written below it is reported where the timeout was written.
+        // Only against a timeout that was read (a zero or unreadable one is its own problem).
+        let unreadable = |key: &str| b.unreadable.contains(&key);
+        let timeout_read =
+            !unreadable("timeout") && duration("timeout").is_none_or(|f| !f.value.is_zero());
+        if timeout_read && margin >= timeout {
+            match duration("margin") {
+                Some(m) => problems.push(
+                    m.at.clone(),
+                    format!("{base}.margin"),
+                    "must be below timeout",
+                ),
+                None if !unreadable("margin") => problems.push(
+                    duration("timeout").and_then(|f| f.at.clone()),
+                    format!("{base}.timeout"),
+                    format!("margin ({DEFAULT_MARGIN:?}, the default) must be below timeout"),
+                ),
+                None => {}
+            }
         }
         ordered(
             open_for,

@@ -476,16 +476,19 @@ impl Reader<'_> {
                 .chain(&RETRY_DURATIONS)
                 .find(|d| **d == name)
             {
-                if let Some(d) = self.duration(val, &field, false).flatten() {
-                    b.durations.push((key, Field::new(d, at)));
+                match self.duration(val, &field, false).flatten() {
+                    Some(d) => b.durations.push((key, Field::new(d, at))),
+                    None => b.unreadable.push(key),
                 }
             } else if let Some(key) = COUNTS.iter().find(|d| **d == name) {
-                if let Some(n) = self.quantity(val, &field) {
-                    b.counts.push((key, Field::new(n, at)));
+                match self.quantity(val, &field) {
+                    Some(n) => b.counts.push((key, Field::new(n, at))),
+                    None => b.unreadable.push(key),
                 }
             } else if let Some(key) = FRACTIONS.iter().find(|d| **d == name) {
-                if let Some(x) = self.fraction(val, &field) {
-                    b.fractions.push((key, Field::new(x, at)));
+                match self.fraction(val, &field) {
+                    Some(x) => b.fractions.push((key, Field::new(x, at))),
+                    None => b.unreadable.push(key),
                 }
             } else {
                 let allowed: Vec<&str> = DURATIONS
