@@ -145,6 +145,69 @@ fn names_and_structure_are_checked() {
     }
 }
 
+/// A name, key or host is repeated in an error only in part (its first 64 bytes, escaped), in the
+/// message and in the field path alike: an error never grows with the text it is about.
+#[test]
+fn errors_stay_short_however_long_the_names_they_repeat() {
+    let short = |err: &costguard::PolicyError| {
+        for p in err.problems() {
+            let p = p.to_string();
+            assert!(p.len() < 1024, "{} bytes: {p}", p.len());
+        }
+    };
+    // 200 KB of letters, of two-byte characters, and of control characters (100 KB, as each is
+    // written in six bytes in the file).
+    for long in [
+        "X".repeat(200_000),
+        "é".repeat(100_000),
+        "\u{1b}".repeat(100_000),
+    ] {
+        let key = long.replace('\u{1b}', "\\u001b");
+        for (field, source) in [
+            ("dimensions.", "[dimensions]\n\"{key}\" = \"counter\"\n[classes.api]\n"),
+            ("pools.", "[dimensions]\nq = \"counter\"\n[pools.\"{key}\"]\ndimension = \"q\"\nlimit = 1\n[classes.api]\n"),
+            ("pools.p.dimension", "[pools.p]\ndimension = \"{key}\"\nlimit = 1\n[classes.api]\n"),
+            ("classes.", "[classes.\"{key}\"]\n"),
+            ("classes.api.limits.", "[classes.api]\nlimits = { \"{key}\" = 1 }\n"),
+            ("classes.api.admission.pools", "[classes.api.admission]\nconcurrency = 4\npools = [\"{key}\"]\n"),
+            ("classes.api.admission.headroom.", "[classes.api.admission]\nconcurrency = 4\nheadroom = { \"{key}\" = 0.5 }\n"),
+            ("classes.api.admission.concurrency.algorithm", "[classes.api.admission]\nconcurrency = { algorithm = \"{key}\", max = 4 }\n"),
+            ("backends.", "[classes.api]\n[backends.\"{key}\"]\n"),
+            ("backends.db.hosts", "[classes.api]\n[backends.db]\nhosts = [\"{key}\"]\n"),
+        ] {
+            let err = Policy::from_toml_str(&source.replace("{key}", &key)).unwrap_err();
+            assert!(
+                err.problems().iter().any(|p| p.field.starts_with(field)),
+                "no problem for {field}: {err}"
+            );
+            short(&err);
+        }
+        let code = Policy::builder()
+            .counter(&long)
+            .pool(&long, &long, 1)
+            .class(&long, |c| c)
+            .class("api", |c| {
+                c.limit(&long, 1)
+                    .admission(|a| a.concurrency(4).pool(&long))
+            })
+            .backend(&long, |b| b)
+            .backend("db", |b| b.hosts(&[&long]).count(&long, 1))
+            .build()
+            .unwrap_err();
+        assert!(code.problems().len() >= 7, "{code}");
+        short(&code);
+    }
+    // What is repeated is the name's beginning, so the error still says which one.
+    let p = problems(&format!("[classes.\"{}\"]\n", "A".repeat(1000)));
+    assert_eq!(
+        p,
+        [format!(
+            "line 1:10: classes.{0}: `{0}` is not a valid name: use 1 to 32 characters of a-z, 0-9 and _, starting with a letter",
+            "A".repeat(64)
+        )]
+    );
+}
+
 #[test]
 fn syntax_errors_have_a_location() {
     let p = problems("[classes.x]\nwall_time = = \"1s\"\n");

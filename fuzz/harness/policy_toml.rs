@@ -12,7 +12,7 @@
 //!   CPU time, read back by an independent reading (the `toml` crate's generic tree, and the unit
 //!   suffixes' values written out here), equal what the policy holds;
 //! - on error, there is at least one problem; every location is a real line and column of the text,
-//!   and problems come sorted by location.
+//!   problems come sorted by location, and each is shorter than 1 KB, however long the text.
 
 #![allow(dead_code)]
 
@@ -170,6 +170,13 @@ fn check_error(source: &str, e: &PolicyError) {
         assert!(key >= last, "problems out of order: {e}");
         last = key;
         assert!(!p.message.is_empty(), "{p:?}");
+        // Names and values are repeated clipped: a problem never grows with the text.
+        let shown = p.to_string();
+        assert!(
+            shown.len() < 1024,
+            "a problem of {} bytes: {shown}",
+            shown.len()
+        );
     }
     assert!(e.to_string().lines().count() >= problems.len());
 }

@@ -356,7 +356,7 @@ pub(crate) fn validate_pools(
         );
     }
     for p in raw {
-        let base = format!("pools.{}", p.name.value);
+        let base = format!("pools.{}", super::truncate(&p.name.value));
         if !super::valid_name(&p.name.value) {
             problems.push(p.name.at.clone(), &base, super::name_problem(&p.name.value));
             continue;
@@ -391,7 +391,10 @@ pub(crate) fn validate_pools(
                 problems.push(
                     dim.at.clone(),
                     format!("{base}.dimension"),
-                    format!("unknown dimension `{}`", dim.value.escape_debug()),
+                    format!(
+                        "unknown dimension `{}`",
+                        super::truncate(&dim.value).escape_debug()
+                    ),
                 );
                 continue;
             }
@@ -574,7 +577,7 @@ pub(crate) fn validate_admission(
                         f("algorithm"),
                         format!(
                             "unknown algorithm {:?} (expected \"aimd\" or \"gradient2\")",
-                            other.escape_debug().to_string()
+                            super::truncate(other).escape_debug().to_string()
                         ),
                     );
                     None
@@ -616,12 +619,15 @@ pub(crate) fn validate_admission(
     // Where each priority's share was written, if it was.
     let mut written: [Option<&Option<super::Location>>; 4] = [None; 4];
     for (name, share) in &a.headroom {
-        let field = format!("{base}.headroom.{}", name.value);
+        let field = format!("{base}.headroom.{}", super::truncate(&name.value));
         let Ok(p) = name.value.parse::<Priority>() else {
             problems.push(
                 name.at.clone(),
                 field,
-                format!("unknown priority `{}`", name.value.escape_debug()),
+                format!(
+                    "unknown priority `{}`",
+                    super::truncate(&name.value).escape_debug()
+                ),
             );
             continue;
         };
@@ -729,7 +735,10 @@ pub(crate) fn validate_admission(
             None => problems.push(
                 p.at.clone(),
                 format!("{base}.pools"),
-                format!("unknown pool `{}`", p.value.escape_debug()),
+                format!(
+                    "unknown pool `{}`",
+                    super::truncate(&p.value).escape_debug()
+                ),
             ),
             Some(q) if class_pools.contains(&q.name) => problems.push(
                 p.at.clone(),

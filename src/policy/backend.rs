@@ -235,9 +235,10 @@ pub(crate) fn validate_backends(
     let mut out: Vec<BackendPolicy> = Vec::new();
     for b in raw {
         let before = problems.len();
-        let base = format!("backends.{}", b.name.value);
+        let base = format!("backends.{}", super::truncate(&b.name.value));
         for key in &b.unknown {
-            problems.push(None, format!("{base}.{key}"), "unknown setting");
+            let field = format!("{base}.{}", super::truncate(key));
+            problems.push(None, field, "unknown setting");
         }
         if !super::valid_name(&b.name.value) {
             problems.push(b.name.at.clone(), &base, super::name_problem(&b.name.value));
@@ -443,7 +444,10 @@ pub(crate) fn validate_backends(
                 problems.push(
                     h.at.clone(),
                     format!("{base}.hosts"),
-                    format!("`{}` is not a valid host", h.value.escape_debug()),
+                    format!(
+                        "`{}` is not a valid host",
+                        super::truncate(&h.value).escape_debug()
+                    ),
                 );
             } else if !seen_hosts.insert(host_key(&h.value)) {
                 problems.push(

@@ -7,7 +7,9 @@
 use super::admission::{KeysAt, RawAdmission, RawConcurrency, RawPerKey, RawPool, RawQueue};
 use super::backend::{RawBackend, COUNTS, DURATIONS, FRACTIONS, RETRY_DURATIONS};
 use super::error::{Location, Origin, Problems};
-use super::{validate, DimensionKind, Field, Policy, PolicyError, RawClass, RawDimension};
+use super::{
+    truncate, validate, DimensionKind, Field, Policy, PolicyError, RawClass, RawDimension,
+};
 use crate::units::{parse_duration, parse_quantity};
 use crate::verdict::Unit;
 use std::io::Read;
@@ -769,11 +771,6 @@ fn join(base: &str, key: &str) -> String {
     } else {
         format!("{base}.{key}")
     }
-}
-
-/// At most 64 bytes of untrusted text for error messages, cut on a character boundary.
-fn truncate(s: &str) -> &str {
-    crate::text::clip(s, 64)
 }
 
 fn type_name(v: &DeValue<'_>) -> &'static str {

@@ -391,10 +391,16 @@ pub(crate) fn valid_name(name: &str) -> bool {
             .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_')
 }
 
+/// At most 64 bytes of untrusted text (a name, a key, a value) for error messages and the field
+/// paths that name it, cut on a character boundary: a policy's errors never grow with its names.
+pub(crate) fn truncate(s: &str) -> &str {
+    crate::text::clip(s, 64)
+}
+
 pub(crate) fn name_problem(name: &str) -> String {
     format!(
         "`{}` is not a valid name: use 1 to {MAX_NAME_LEN} characters of a-z, 0-9 and _, starting with a letter",
-        name.escape_debug()
+        truncate(name).escape_debug()
     )
 }
 
@@ -410,7 +416,7 @@ pub(crate) fn validate(
     let mut dimensions = Vec::with_capacity(dims.len());
     for d in dims {
         let name = &d.name.value;
-        let field = format!("dimensions.{name}");
+        let field = format!("dimensions.{}", truncate(name));
         if !valid_name(name) {
             problems.push(d.name.at.clone(), field, name_problem(name));
         } else if RESERVED_NAMES.contains(&name.as_str()) {
@@ -461,7 +467,7 @@ pub(crate) fn validate(
     let mut out = Vec::with_capacity(classes.len());
     for c in classes {
         let name = &c.name.value;
-        let base = format!("classes.{name}");
+        let base = format!("classes.{}", truncate(name));
         if !valid_name(name) {
             problems.push(c.name.at.clone(), &base, name_problem(name));
             continue;
@@ -496,7 +502,7 @@ pub(crate) fn validate(
         }
         let mut limits: Vec<(Arc<str>, u64)> = Vec::with_capacity(c.limits.len());
         for (dim, limit) in &c.limits {
-            let field = format!("{base}.limits.{}", dim.value);
+            let field = format!("{base}.limits.{}", truncate(&dim.value));
             match dimensions.iter().find(|d| *d.name == *dim.value) {
                 None if matches!(dim.value.as_str(), RETRIES | CPU_TIME | WALL_TIME) => problems
                     .push(
@@ -512,7 +518,7 @@ pub(crate) fn validate(
                     field,
                     format!(
                         "unknown dimension `{}`; declare it under [dimensions] first",
-                        dim.value.escape_debug()
+                        truncate(&dim.value).escape_debug()
                     ),
                 ),
                 Some(d) if limits.iter().any(|(n, _)| *n == d.name) => {
