@@ -377,6 +377,134 @@ queue = { capacity = 4, codel_target = "2s", codel_interval = "100ms" }
     }
 }
 
+/// A setting that was written but could not be read is reported once, as what is wrong with it:
+/// not also as missing, nor compared with a default standing in for it.
+#[test]
+fn a_value_that_cannot_be_read_is_reported_once() {
+    let admission = |table: &str| format!("[classes.api.admission]\n{table}\n");
+    let queue = |settings: &str| admission(&format!("concurrency = 4\nqueue = {{ {settings} }}"));
+    let per_key =
+        |settings: &str| admission(&format!("concurrency = 4\nper_key = {{ {settings} }}"));
+    let pool = |settings: &str| {
+        format!("[dimensions]\nq = \"counter\"\n[pools.p]\n{settings}\n[classes.api]\n")
+    };
+    let backend = |settings: &str| format!("[classes.api]\n[backends.db]\n{settings}\n");
+    let api = "classes.api.admission";
+    for (source, field, message) in [
+        (
+            admission("concurrency = 1.5"),
+            format!("{api}.concurrency"),
+            "1.5 is not a whole number",
+        ),
+        (
+            admission("concurrency = \"many\""),
+            format!("{api}.concurrency"),
+            "malformed number in \"many\"",
+        ),
+        (
+            admission("concurrency = { algorithm = 5, max = 4 }"),
+            format!("{api}.concurrency.algorithm"),
+            "expected a string, found an integer",
+        ),
+        (
+            admission(
+                "concurrency = { algorithm = \"aimd\", max = 1.5, latency_threshold = \"1ms\" }",
+            ),
+            format!("{api}.concurrency.max"),
+            "1.5 is not a whole number",
+        ),
+        (
+            admission("concurrency = { algorithm = \"aimd\", max = 4, latency_threshold = 5 }"),
+            format!("{api}.concurrency.latency_threshold"),
+            "a duration needs a unit, like \"30s\" or \"500ms\"",
+        ),
+        (
+            queue("capacity = 1.5"),
+            format!("{api}.queue.capacity"),
+            "1.5 is not a whole number",
+        ),
+        (
+            queue("capacity = 4, codel_target = 5, codel_interval = \"1ms\""),
+            format!("{api}.queue.codel_target"),
+            "a duration needs a unit, like \"30s\" or \"500ms\"",
+        ),
+        (
+            per_key("rate = 1.5, per = \"1s\""),
+            format!("{api}.per_key.rate"),
+            "1.5 is not a whole number",
+        ),
+        (
+            per_key("rate = true"),
+            format!("{api}.per_key.rate"),
+            "expected a whole number, found a boolean",
+        ),
+        (
+            per_key("concurrency = 1.5"),
+            format!("{api}.per_key.concurrency"),
+            "1.5 is not a whole number",
+        ),
+        (
+            pool("dimension = 5\nlimit = 1"),
+            "pools.p.dimension".to_owned(),
+            "expected a string, found an integer",
+        ),
+        (
+            pool("dimension = \"q\"\nlimit = 1.5"),
+            "pools.p.limit".to_owned(),
+            "1.5 is not a whole number",
+        ),
+        (
+            backend("breaker = { open_for = 5, max_open_for = \"500ms\" }"),
+            "backends.db.breaker.open_for".to_owned(),
+            "a duration needs a unit, like \"30s\" or \"500ms\"",
+        ),
+        (
+            backend("retry = { backoff_base = \"0s\", backoff_max = \"1ms\" }"),
+            "backends.db.retry.backoff_base".to_owned(),
+            "must be greater than zero",
+        ),
+    ] {
+        let err = Policy::from_toml_str(&source).unwrap_err();
+        let found = err.problems();
+        assert!(
+            found.len() == 1 && found[0].field == field && found[0].message.starts_with(message),
+            "expected only {field}: {message}, for\n{source}found\n{err}"
+        );
+    }
+    // A required setting left out is still missing.
+    for (source, needle) in [
+        (
+            admission("shadow = true"),
+            "classes.api.admission.concurrency: missing `concurrency`",
+        ),
+        (
+            admission("concurrency = { algorithm = \"aimd\", latency_threshold = \"1ms\" }"),
+            "classes.api.admission.concurrency.max: an adaptive limit needs `max`",
+        ),
+        (
+            admission("concurrency = { max = 4 }"),
+            "classes.api.admission.concurrency: an adaptive limit needs `algorithm`",
+        ),
+        (
+            admission("concurrency = { algorithm = \"aimd\", max = 4 }"),
+            "classes.api.admission.concurrency.latency_threshold: aimd needs `latency_threshold`",
+        ),
+        (
+            per_key("per = \"1s\""),
+            "classes.api.admission.per_key.rate: `per` and `burst` need `rate`",
+        ),
+        (
+            per_key("max_keys = 5"),
+            "classes.api.admission.per_key: give `concurrency`, `rate`, or both",
+        ),
+        (pool("limit = 1"), "pools.p: missing `dimension`"),
+        (pool("dimension = \"q\""), "pools.p: missing `limit`"),
+    ] {
+        let err = Policy::from_toml_str(&source).unwrap_err().to_string();
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+}
+
 #[test]
 fn inverted_bounds_and_headroom_order_are_refused_in_code_too() {
     let err = Policy::builder()

@@ -214,6 +214,8 @@ pub(crate) struct RawAdmission {
 
 #[derive(Clone, Debug)]
 pub(crate) enum RawConcurrency {
+    /// Written, but not readable as a limit (the reader reported why): not missing either.
+    Unreadable,
     Static(u64),
     Adaptive {
         algorithm: String,
@@ -245,6 +247,12 @@ pub(crate) struct RawQueue {
 pub(crate) struct KeysAt(pub(crate) Vec<(&'static str, Option<super::Location>)>);
 
 impl KeysAt {
+    /// Whether `key` was written, readable or not: a required key whose value could not be read
+    /// was reported as such by the reader, and is not also missing.
+    pub(crate) fn written(&self, key: &str) -> bool {
+        self.0.iter().any(|(k, _)| *k == key)
+    }
+
     /// Where `key` was written, or else where its table was.
     fn of(&self, key: &str, table: &Option<super::Location>) -> Option<super::Location> {
         self.0
@@ -270,6 +278,8 @@ pub(crate) struct RawPool {
     pub(crate) name: super::Field<String>,
     pub(crate) dimension: Option<super::Field<String>>,
     pub(crate) limit: Option<super::Field<u64>>,
+    /// Settings written whose values could not be read (each already reported, so not missing).
+    pub(crate) unreadable: Vec<&'static str>,
 }
 
 /// Default settings, chosen for an interactive API tier.
@@ -365,16 +375,21 @@ pub(crate) fn validate_pools(
             problems.push(p.name.at.clone(), &base, "pool declared twice");
             continue;
         }
+        let missing = |key: &str| !p.unreadable.contains(&key);
         let Some(dim) = p.dimension else {
-            problems.push(
-                p.name.at.clone(),
-                &base,
-                "missing `dimension` (the counter it holds)",
-            );
+            if missing("dimension") {
+                problems.push(
+                    p.name.at.clone(),
+                    &base,
+                    "missing `dimension` (the counter it holds)",
+                );
+            }
             continue;
         };
         let Some(limit) = p.limit else {
-            problems.push(p.name.at.clone(), &base, "missing `limit`");
+            if missing("limit") {
+                problems.push(p.name.at.clone(), &base, "missing `limit`");
+            }
             continue;
         };
         let dimension = match dimensions.iter().find(|d| *d.name == *dim.value) {
@@ -442,6 +457,10 @@ pub(crate) fn validate_admission(
             None
         }
         Some(Field {
+            value: RawConcurrency::Unreadable,
+            ..
+        }) => None,
+        Some(Field {
             value: RawConcurrency::Static(n),
             at,
         }) => check_u32(
@@ -476,6 +495,7 @@ pub(crate) fn validate_admission(
             let min = check_u32(problems, &at_of("min"), f("min"), min.unwrap_or(1), 1, top);
             let max = match max {
                 Some(m) => check_u32(problems, &at_of("max"), f("max"), m, 1, top),
+                None if keys.written("max") => None,
                 None => {
                     problems.push(at.clone(), f("max"), "an adaptive limit needs `max`");
                     None
@@ -517,6 +537,7 @@ pub(crate) fn validate_admission(
                             f("latency_threshold"),
                             d,
                         ),
+                        None if keys.written("latency_threshold") => None,
                         None => {
                             problems.push(
                                 at.clone(),
@@ -674,14 +695,18 @@ pub(crate) fn validate_admission(
     let queue = a.queue.and_then(|q| {
         let f = |k: &str| format!("{base}.queue.{k}");
         let at = |k: &str| q.value.keys.of(k, &q.at);
-        let capacity = check_u32(
-            problems,
-            &at("capacity"),
-            f("capacity"),
-            q.value.capacity.unwrap_or(0),
-            1,
-            u64::from(MAX_CONCURRENCY),
-        );
+        // One written but unreadable was reported as such, not as a capacity of 0.
+        let capacity = match q.value.capacity {
+            None if q.value.keys.written("capacity") => None,
+            c => check_u32(
+                problems,
+                &at("capacity"),
+                f("capacity"),
+                c.unwrap_or(0),
+                1,
+                u64::from(MAX_CONCURRENCY),
+            ),
+        };
         let max_wait = positive(
             problems,
             &at("max_wait"),
@@ -701,9 +726,16 @@ pub(crate) fn validate_admission(
             q.value.codel_interval.unwrap_or(DEFAULT_CODEL_INTERVAL),
         );
         let (target, interval) = (target?, interval?);
+        // Not compared with a default standing in for one that could not be read.
+        let unread = |k: &str, d: Option<Duration>| d.is_none() && q.value.keys.written(k);
+        if unread("codel_target", q.value.codel_target)
+            || unread("codel_interval", q.value.codel_interval)
+        {
+            return None;
+        }
         if target > interval {
             // Reported at the interval when only it was written (the target is then the default).
-            let written = |k: &str| q.value.keys.0.iter().any(|(key, _)| *key == k);
+            let written = |k: &str| q.value.keys.written(k);
             if !written("codel_target") && written("codel_interval") {
                 problems.push(
                     at("codel_interval"),
@@ -770,7 +802,10 @@ pub(crate) fn validate_admission(
                 u64::from(u16::MAX),
             )
         });
+        // A rate written but unreadable was reported as such: neither absent nor missing.
+        let rate_unread = v.rate.is_none() && k.value.keys.written("rate");
         let rate = match (v.rate, v.per, v.burst) {
+            _ if rate_unread => None,
             (None, None, None) => Some(None),
             (Some(amount), per, burst) => {
                 let per = positive(
@@ -828,7 +863,10 @@ pub(crate) fn validate_admission(
             1,
             u64::from(MAX_KEYS),
         );
-        if concurrency.is_none() && matches!(rate, Some(None)) {
+        if concurrency.is_none()
+            && !k.value.keys.written("concurrency")
+            && matches!(rate, Some(None))
+        {
             problems.push(
                 k.at.clone(),
                 format!("{base}.per_key"),

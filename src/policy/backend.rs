@@ -296,9 +296,14 @@ pub(crate) fn validate_backends(
         let eject_max = positive("ejection.max", defaults.1.max, problems);
         let backoff_base = positive("retry.backoff_base", defaults.2.backoff_base, problems);
         let backoff_max = positive("retry.backoff_max", defaults.2.backoff_max, problems);
+        // Whether a duration is what was written or its default: not one written as zero or
+        // unreadable, each its own problem, with the default standing in. Settings are checked
+        // against each other only when both were read, so one mistake is reported once.
+        let unreadable = |key: &str| b.unreadable.contains(&key);
+        let read = |key: &str| !unreadable(key) && duration(key).is_none_or(|f| !f.value.is_zero());
         let ordered =
             |lo: Duration, hi: Duration, lo_key: &str, hi_key: &str, problems: &mut Problems| {
-                if lo > hi {
+                if lo > hi && read(lo_key) && read(hi_key) {
                     let at = duration(lo_key)
                         .or(duration(hi_key))
                         .and_then(|f| f.at.clone());
@@ -312,11 +317,7 @@ pub(crate) fn validate_backends(
         // The margin is kept back from what a request has left; one as long as the timeout itself
         // would refuse nearly every attempt of a request with a deadline. The default margin is
         // held to that too: a timeout written below it is reported where the timeout was written.
-        // Only against a timeout that was read (a zero or unreadable one is its own problem).
-        let unreadable = |key: &str| b.unreadable.contains(&key);
-        let timeout_read =
-            !unreadable("timeout") && duration("timeout").is_none_or(|f| !f.value.is_zero());
-        if timeout_read && margin >= timeout {
+        if margin >= timeout && read("timeout") {
             match duration("margin") {
                 Some(m) => problems.push(
                     m.at.clone(),

@@ -89,6 +89,7 @@ impl PolicyBuilder {
             name: Field::new(name.to_owned(), None),
             dimension: Some(Field::new(dimension.to_owned(), None)),
             limit: Some(Field::new(limit, None)),
+            unreadable: Vec::new(),
         });
         self
     }

@@ -262,11 +262,14 @@ impl Reader<'_> {
             keys.0.push((key, self.at(val.span().start)));
         }
         let Some(algorithm) = algorithm else {
-            self.problem(
-                v.span().start,
-                field,
-                "an adaptive limit needs `algorithm` (\"aimd\" or \"gradient2\")",
-            );
+            // One written but not a string was reported as such.
+            if !keys.written("algorithm") {
+                self.problem(
+                    v.span().start,
+                    field,
+                    "an adaptive limit needs `algorithm` (\"aimd\" or \"gradient2\")",
+                );
+            }
             return None;
         };
         Some(RawConcurrency::Adaptive {
@@ -291,7 +294,9 @@ impl Reader<'_> {
             let at = self.at(val.span().start);
             match k.get_ref().as_ref() {
                 "concurrency" => {
-                    a.concurrency = self.concurrency(val, &field).map(|c| Field::new(c, at));
+                    let c = self.concurrency(val, &field);
+                    let c = c.unwrap_or(RawConcurrency::Unreadable);
+                    a.concurrency = Some(Field::new(c, at));
                 }
                 "shadow" => a.shadow = self.boolean(val, &field).unwrap_or(false),
                 "headroom" => {
@@ -408,6 +413,7 @@ impl Reader<'_> {
             name: Field::new(key.get_ref().to_string(), self.at(key.span().start)),
             dimension: None,
             limit: None,
+            unreadable: Vec::new(),
         };
         for (k, val) in table.iter() {
             let f = join(&base, k.get_ref());
@@ -415,8 +421,16 @@ impl Reader<'_> {
             match k.get_ref().as_ref() {
                 "dimension" => {
                     pool.dimension = self.string(val, &f).map(|d| Field::new(d.to_owned(), at));
+                    if pool.dimension.is_none() {
+                        pool.unreadable.push("dimension");
+                    }
                 }
-                "limit" => pool.limit = self.quantity(val, &f).map(|n| Field::new(n, at)),
+                "limit" => {
+                    pool.limit = self.quantity(val, &f).map(|n| Field::new(n, at));
+                    if pool.limit.is_none() {
+                        pool.unreadable.push("limit");
+                    }
+                }
                 _ => self.unknown_key(k, &base, POOL_KEYS),
             }
         }
