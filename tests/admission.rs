@@ -392,6 +392,55 @@ fn the_hook_sees_every_enforced_refusal() {
     assert_eq!(count.load(Ordering::Relaxed), 5);
 }
 
+/// The hook and the verdict carry the request id a request's overrides give it, as its budget
+/// does; and a request whose class a reload removed is refused in the hook's sight too.
+#[test]
+fn the_hook_sees_overridden_ids_and_refusals_for_removed_classes() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&seen);
+    let policy = |api: bool| {
+        let p = Policy::builder().class("web", |c| c);
+        let p = if api {
+            p.class("api", |c| c.admission(|a| a.concurrency(1)))
+        } else {
+            p
+        };
+        p.build().unwrap()
+    };
+    let e = Engine::builder(policy(true))
+        .clock(ManualClock::new())
+        .on_refusal(move |event| {
+            let v = event.verdict;
+            log.lock()
+                .unwrap()
+                .push((v.reason(), v.request_id().copied()))
+        })
+        .build()
+        .unwrap();
+    let api = e.class("api").unwrap();
+    let as_99 = Overrides::new().request_id(id(99));
+    let held = e
+        .try_admit(&AdmitRequest::new(api, id(1)).overrides(&as_99))
+        .unwrap();
+    assert_eq!(held.budget().request_id(), id(99));
+    let as_100 = Overrides::new().request_id(id(100));
+    let v = e
+        .try_admit(&AdmitRequest::new(api, id(2)).overrides(&as_100))
+        .unwrap_err();
+    assert_eq!(v.request_id(), Some(&id(100)));
+    drop(held);
+    e.reload(policy(false)).unwrap();
+    let v = e.try_admit(&AdmitRequest::new(api, id(3))).unwrap_err();
+    assert_eq!(v.reason(), Reason::UnknownClass);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            (Reason::ConcurrencyLimit, Some(id(100))),
+            (Reason::UnknownClass, Some(id(3)))
+        ]
+    );
+}
+
 /// A class without admission settings still refuses at the door (an estimate that cannot fit, a
 /// key too long to be one, a caller with no time left), and the hook sees those refusals too.
 #[test]

@@ -745,8 +745,12 @@ fn backends_keep_their_state_through_reloads_that_edit_their_pool() {
     assert_eq!(host(&stats(&f), "k3"), (true, 0));
     assert_eq!(
         f.kinds(),
-        [TransitionKind::Ejected, TransitionKind::Ejected],
-        "k1's ejection, then k3's; no breaker moved"
+        [
+            TransitionKind::Ejected,
+            TransitionKind::EjectionEnded,
+            TransitionKind::Ejected
+        ],
+        "k1's ejection, ended by its removal, then k3's; no breaker moved"
     );
 }
 
@@ -2335,4 +2339,43 @@ fn a_late_success_from_before_an_ejection_does_not_end_probation() {
     assert_eq!(ejected(&f, "kafka"), ["k1"]);
     f.clock.advance(Duration::from_secs(4));
     assert!(ejected(&f, "kafka").is_empty());
+}
+
+/// A reload that takes an ejected host out of its pool, or its backend out of the policy, ends the
+/// ejection, and the hook hears of it: a consumer following ejections never keeps a host out that
+/// the engine no longer does.
+#[test]
+fn an_ejection_a_reload_ends_is_reported() {
+    let f = fixture(ejecting(&["k1", "k2"], true));
+    let kafka = f.engine.backend("kafka").unwrap();
+    let eject = |host: &str| {
+        let h = f.engine.host(kafka, host).unwrap();
+        f.engine
+            .begin_attempt_on(h, &f.budget(), 0)
+            .unwrap()
+            .finish(AttemptOutcome::ConnectFailure);
+    };
+    eject("k1");
+    f.engine.reload(ejecting(&["k2"], true)).unwrap();
+    assert_eq!(
+        *f.log.lock().unwrap(),
+        [
+            (TransitionKind::Ejected, Some("k1".to_owned())),
+            (TransitionKind::EjectionEnded, Some("k1".to_owned()))
+        ]
+    );
+    // The whole backend taken out.
+    f.engine.reload(ejecting(&["k1", "k2"], true)).unwrap();
+    eject("k2");
+    f.engine
+        .reload(Policy::builder().class("api", |c| c).build().unwrap())
+        .unwrap();
+    let log = f.log.lock().unwrap();
+    assert_eq!(
+        log[2..],
+        [
+            (TransitionKind::Ejected, Some("k2".to_owned())),
+            (TransitionKind::EjectionEnded, Some("k2".to_owned()))
+        ]
+    );
 }

@@ -26,21 +26,23 @@
 //! - **Hosts** (when the backend has a pool): each host's breaker and window as above, and its
 //!   ejection: ejected after `ejection.consecutive_failures` connect failures or timeouts in a row
 //!   (only a success breaks the run) if fewer than the configured share of the pool is out, for
-//!   `base × 2^(n-1)` capped (its end rounded down to 65,536 ns); readmitted on probation (one connection attempt at a time, ejected
-//!   again by its first failure, proven by its first success) when a host choice visits it after
-//!   its ejection is over, or when a failure that counts finds every place of the share taken (then
-//!   every host of the attempt's pool whose ejection is over comes back first, in that pool's
-//!   order). A connect failure or timeout of an attempt begun before its host's last readmission
-//!   counts for nothing, and its success does not end the probation. The choice is the documented one: visiting hosts in round-robin order
+//!   `base × 2^(n-1)` capped (its end rounded down to 65,536 ns); readmitted on probation (one
+//!   connection attempt at a time, ejected again by its first failure, proven by its first
+//!   success) when a host choice visits it after its ejection is over, or when a failure that
+//!   counts finds every place of the share taken (then every host of the attempt's pool whose
+//!   ejection is over comes back first, in that pool's order). A connect failure or timeout of an
+//!   attempt begun before its host's last readmission counts for nothing, and its success does not
+//!   end the probation. The choice is the documented one: visiting hosts in round-robin order
 //!   (or only the one asked for with `begin_attempt_on`), of the first two that are not ejected,
 //!   below their caps and whose breaker is willing, the one with fewer calls in flight;
 //!   `NoHealthyHost` when there is none. See [`World::choose_host`].
 //!
 //! - **Reloads** change the pool (which of the three hosts, in what order) and the ejection share,
 //!   nothing else. Every host keeps its state in or out of the pool; a host taken out while ejected
-//!   has its ejection forgotten and is never ejected while out; a smaller share readmits the excess
-//!   at once, soonest-ending first, on probation. Attempts held across a reload finish under their
-//!   own version; new ones come from a request of the new version. See [`World::reload`].
+//!   has its ejection ended (reported as such) and is never ejected while out; a smaller share
+//!   readmits the excess at once, soonest-ending first, on probation. Attempts held across a reload
+//!   finish under their own version; new ones come from a request of the new version. See
+//!   [`World::reload`].
 //!
 //! Every transition the engine reports (opened, half-opened, closed, ejected) must be the model's,
 //! at the same time, and the stats (breaker states, calls in flight and connecting per backend and
@@ -1224,6 +1226,10 @@ impl World<'_> {
         for x in 0..HOSTS.len() {
             if !self.pool.contains(&x) && self.hosts[x].eject.ejected {
                 self.hosts[x].eject = Ejection::default();
+                self.hosts[x]
+                    .breaker
+                    .events
+                    .push((TransitionKind::EjectionEnded, self.now));
             }
         }
         let mut out: Vec<usize> = self

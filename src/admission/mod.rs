@@ -171,6 +171,12 @@ impl<'a> AdmitRequest<'a> {
             None => own,
         }
     }
+
+    /// The request id its verdicts carry: the overrides' if they carry one (as its budget's
+    /// does), its own otherwise.
+    pub(crate) fn effective_id(&self) -> RequestId {
+        self.overrides.and_then(|o| o.request_id).unwrap_or(self.id)
+    }
 }
 
 impl fmt::Debug for AdmitRequest<'_> {
@@ -574,7 +580,7 @@ impl Engine {
         wait: WaitSlot<'_>,
     ) -> Result<Decision<'r>, Verdict> {
         let Some(rules) = snapshot.class(req.class) else {
-            return Err(unknown_class(req));
+            return Err(self.unknown_class(req));
         };
         let priority = req.effective_priority(rules.priority);
         let adm = rules.admission.as_ref();
@@ -690,7 +696,7 @@ impl Engine {
         if let (Some(slot), Some(_), false) = (wait, &adm.queue, v.retry() == Retry::Never) {
             // Not a refusal yet: the caller will wait.
             *slot = Some(share);
-            return Err(v.with_class(&rules.name).with_request(req.id));
+            return Err(v.with_class(&rules.name).with_request(req.effective_id()));
         }
         Err(self.refused(rules, Some(adm), req, priority, v))
     }
@@ -753,13 +759,26 @@ impl Engine {
         priority: Priority,
         verdict: Verdict,
     ) -> Verdict {
-        let verdict = verdict.with_class(&rules.name).with_request(req.id);
+        let verdict = verdict
+            .with_class(&rules.name)
+            .with_request(req.effective_id());
         match adm {
             Some(adm) => self.report_refusal(adm, &verdict, priority, false),
             // A class without admission settings keeps no counters, but its refusals (an estimate
             // that cannot fit, a key too long, no time left) are refusals all the same.
             None => self.show_refusal(&verdict, false),
         }
+        verdict
+    }
+
+    /// The refusal of a request whose class the current policy lacks (a reload removed it): no
+    /// class keeps its counters, but the hook sees it like any other refusal.
+    #[cold]
+    #[inline(never)]
+    fn unknown_class(&self, req: &AdmitRequest<'_>) -> Verdict {
+        let verdict =
+            Verdict::new(Reason::UnknownClass, Retry::Never).with_request(req.effective_id());
+        self.show_refusal(&verdict, false);
         verdict
     }
 
@@ -774,7 +793,9 @@ impl Engine {
         priority: Priority,
         verdict: Verdict,
     ) {
-        let verdict = verdict.with_class(&rules.name).with_request(req.id);
+        let verdict = verdict
+            .with_class(&rules.name)
+            .with_request(req.effective_id());
         self.report_refusal(adm, &verdict, priority, true);
     }
 
@@ -792,7 +813,7 @@ impl Engine {
         arrived: Timestamp,
     ) -> Result<Admitted, Verdict> {
         let Some(rules) = snapshot.class(req.class) else {
-            return Err(unknown_class(req));
+            return Err(self.unknown_class(req));
         };
         let d = self.decide_rest(rules, req, priority, permit, Some(arrived))?;
         let budget = Budget::begin(snapshot, d.settings, None);
@@ -1029,10 +1050,4 @@ struct Held<'r> {
     permit: bool,
     pools: [u64; POOLS],
     now: Timestamp,
-}
-
-#[cold]
-#[inline(never)]
-fn unknown_class(req: &AdmitRequest<'_>) -> Verdict {
-    Verdict::new(Reason::UnknownClass, Retry::Never).with_request(req.id)
 }

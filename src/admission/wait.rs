@@ -73,7 +73,7 @@ fn enqueue(
         let v = Verdict::new(Reason::QueueFull, adm.gate.retry_hint())
             .with_amounts(1, u64::from(len), u64::from(policy.capacity))
             .with_class(&rules.name)
-            .with_request(req.id);
+            .with_request(req.effective_id());
         engine.report_refusal(adm, &v, priority, false);
         return Err(v);
     }
@@ -107,7 +107,8 @@ fn timed_out(engine: &Engine, req: &AdmitRequest<'_>, q: &Queued) -> Verdict {
         .as_nanos()
         .saturating_sub(q.waiter.enqueued);
     let Some(adm) = admission(&q.snapshot, req) else {
-        return Verdict::new(Reason::QueueTimeout, crate::Retry::Later).with_request(req.id);
+        return Verdict::new(Reason::QueueTimeout, crate::Retry::Later)
+            .with_request(req.effective_id());
     };
     let mut v = Verdict::new(Reason::QueueTimeout, adm.gate.retry_hint())
         .with_amounts(
@@ -115,7 +116,7 @@ fn timed_out(engine: &Engine, req: &AdmitRequest<'_>, q: &Queued) -> Verdict {
             waited,
             q.waiter.deadline.saturating_sub(q.waiter.enqueued),
         )
-        .with_request(req.id)
+        .with_request(req.effective_id())
         .with_class(&adm.gate.name);
     v = v.with_dimension(&adm.gate.names[super::CONCURRENCY], Unit::Nanos);
     engine.report_refusal(adm, &v, q.priority, false);

@@ -379,7 +379,9 @@ impl HostState {
     ///
     /// Like the wait queue's count and limiter, this store-buffering pair is argued here, not
     /// model-checked: loom treats SeqCst as acquire/release.
-    pub(crate) fn forget_ejection(&self, ejected: &EjectedHosts) {
+    ///
+    /// `true` if this call ended an ejection.
+    pub(crate) fn forget_ejection(&self, ejected: &EjectedHosts) -> bool {
         let mut w = self.eject.load(Ordering::SeqCst);
         while w & EJECTED != 0 {
             match self
@@ -388,11 +390,12 @@ impl HostState {
             {
                 Ok(_) => {
                     ejected.release();
-                    return;
+                    return true;
                 }
                 Err(actual) => w = actual,
             }
         }
+        false
     }
 
     pub(crate) fn on_probation(&self) -> bool {
@@ -499,7 +502,8 @@ impl HostState {
                                 // below the hosts now out: the reload may have looked before this
                                 // ejection (see `forget_ejection`), so this side undoes it.
                                 if !self.in_pool.load(Ordering::SeqCst) || ejected.over() {
-                                    self.forget_ejection(ejected);
+                                    // Never reported as ejected: nothing to report as ended.
+                                    let _ = self.forget_ejection(ejected);
                                     return Ejection::None;
                                 }
                                 return Ejection::Ejected;

@@ -195,6 +195,9 @@ pub enum TransitionKind {
     Ejected,
     /// An ejected host came back, on probation.
     Readmitted,
+    /// An ejected host's ejection ended without probation, because a reload took the host out of
+    /// its pool (or its backend out of the policy): no new request will be sent to it.
+    EjectionEnded,
 }
 
 pub(crate) type TransitionHook = Arc<dyn Fn(&Transition) + Send + Sync>;

@@ -128,7 +128,10 @@ impl EngineBuilder {
     }
 
     /// A hook that sees every admission refusal (and every refusal shadow mode only records), with
-    /// its request id, in classes with admission settings or without (those keep no counters). It runs on the refusing thread: keep it short and non-blocking. A panic in the
+    /// its request id, in classes with admission settings or without (those keep no counters), and
+    /// of classes a reload removed. It runs on the refusing thread: keep it short and
+    /// non-blocking. Budget charges and backend attempts report their refusals to their callers
+    /// (and backends count theirs by reason), not here. A panic in the
     /// hook is reported by the panic hook as usual and goes no further: the engine carries on as if
     /// the hook had returned, with nothing held or lost.
     pub fn on_refusal(mut self, hook: impl Fn(&RefusalEvent<'_>) + Send + Sync + 'static) -> Self {
@@ -136,7 +139,8 @@ impl EngineBuilder {
         self
     }
 
-    /// A hook that sees every breaker transition and host ejection or readmission. It runs on the
+    /// A hook that sees every breaker transition and host ejection, readmission or ejection ended
+    /// by a reload ([`TransitionKind`](crate::backend::TransitionKind)). It runs on the
     /// thread that caused the transition: keep it short and non-blocking. A panic in the hook is
     /// reported by the panic hook as usual and goes no further, as for [`on_refusal`](Self::on_refusal).
     pub fn on_transition(mut self, hook: impl Fn(&Transition) + Send + Sync + 'static) -> Self {
@@ -332,17 +336,19 @@ impl Engine {
         let snapshot = Arc::new(snapshot);
         self.inner.current.store(Arc::clone(&snapshot));
         self.inner.published.store(generation, Ordering::Release);
-        let readmitted = std::mem::take(&mut registry.readmitted);
+        let ended = std::mem::take(&mut registry.ejections_ended);
         drop(registry);
         // Reported with the lock released (a hook may call back into the engine), unless an
         // attempt has ejected the host again meanwhile (and reported that).
-        for (backend, host) in readmitted {
-            if let (Some(rules), false) = (snapshot.backend(backend), host.is_ejected()) {
-                rules.emit(
-                    Some(&host.name),
-                    crate::backend::TransitionKind::Readmitted,
-                    now,
-                );
+        if let Some(hook) = &self.inner.transitions {
+            for (backend, host, kind) in ended.into_iter().filter(|(_, h, _)| !h.is_ejected()) {
+                let transition = crate::backend::Transition {
+                    backend,
+                    host: Some(Arc::clone(&host.name)),
+                    kind,
+                    at: now,
+                };
+                run_hook(|| hook(&transition));
             }
         }
         // A raised limit may let waiters in.

@@ -1,7 +1,7 @@
 //! The compiled form of a policy: arrays indexed by handle.
 
 use crate::admission::{ClassAdmission, Gate, KeyRef, KeyTable, Pool, PoolRef};
-use crate::backend::{BackendRules, BackendState, HostState, TransitionHook};
+use crate::backend::{BackendRules, BackendState, HostState, TransitionHook, TransitionKind};
 use crate::clock::{Clock, CpuClock};
 use crate::handle::{Backend, Class};
 use crate::policy::{
@@ -39,9 +39,10 @@ pub(crate) struct Registry {
     /// The seed of the backends' random streams, when the engine was given one; the clock's reading
     /// at the backend's creation otherwise.
     pub(crate) random_seed: Option<u64>,
-    /// Hosts the last compile readmitted early, for the caller to report once the registry's lock
-    /// is released (a hook may call back into the engine).
-    pub(crate) readmitted: Vec<(Backend, Arc<HostState>)>,
+    /// Hosts whose ejections the last compile ended (readmitted early, or taken out of their pool),
+    /// by backend name, for the caller to report once the registry's lock is released (a hook may
+    /// call back into the engine).
+    pub(crate) ejections_ended: Vec<(Arc<str>, Arc<HostState>, TransitionKind)>,
 }
 
 /// A backend name the engine has seen, and its state, kept for the engine's life.
@@ -85,7 +86,7 @@ impl Registry {
             backends: Vec::new(),
             key_seed: None,
             random_seed: None,
-            readmitted: Vec::new(),
+            ejections_ended: Vec::new(),
         }
     }
 
@@ -116,7 +117,7 @@ impl Registry {
             key_seed: self.key_seed,
             // A forked child draws its own stream: the builder seeds it, or its clock does.
             random_seed: None,
-            readmitted: Vec::new(),
+            ejections_ended: Vec::new(),
         }
     }
 
@@ -260,8 +261,12 @@ impl Registry {
             for (host, s) in known.host_states.iter().enumerate() {
                 let listed = hosts.contains(&host);
                 s.in_pool.store(listed, Ordering::SeqCst);
-                if !listed {
-                    s.forget_ejection(&state.ejected);
+                if !listed && s.forget_ejection(&state.ejected) {
+                    self.ejections_ended.push((
+                        Arc::clone(&known.name),
+                        Arc::clone(s),
+                        TransitionKind::EjectionEnded,
+                    ));
                 }
             }
             // A pool made smaller may now have more hosts out than its share allows: those whose
@@ -271,19 +276,19 @@ impl Registry {
                 .map(|&h| &known.host_states[h])
                 .filter(|h| h.is_ejected())
                 .collect();
-            let mut readmitted = Vec::new();
             if ejected_now.len() as u64 > most {
                 ejected_now.sort_by_key(|h| h.ejection_ends());
                 let excess = ejected_now.len() - usize::try_from(most).unwrap_or(usize::MAX);
                 for h in &ejected_now[..excess] {
                     if h.readmit_early(&state.ejected, now) {
-                        readmitted.push(Arc::clone(h));
+                        self.ejections_ended.push((
+                            Arc::clone(&known.name),
+                            Arc::clone(h),
+                            TransitionKind::Readmitted,
+                        ));
                     }
                 }
             }
-            let backend = Backend(u16::try_from(id).unwrap_or(u16::MAX));
-            self.readmitted
-                .extend(readmitted.into_iter().map(|host| (backend, host)));
             if out.len() <= id {
                 out.resize_with(self.backends.len(), || None);
             }
@@ -305,7 +310,13 @@ impl Registry {
             state.ejected.most.store(0, Ordering::SeqCst);
             for host in &known.host_states {
                 host.in_pool.store(false, Ordering::SeqCst);
-                host.forget_ejection(&state.ejected);
+                if host.forget_ejection(&state.ejected) {
+                    self.ejections_ended.push((
+                        Arc::clone(&known.name),
+                        Arc::clone(host),
+                        TransitionKind::EjectionEnded,
+                    ));
+                }
             }
         }
         out

@@ -122,6 +122,7 @@ impl Guard {
                 TransitionKind::Closed => "breaker closed",
                 TransitionKind::Ejected => "ejected",
                 TransitionKind::Readmitted => "readmitted on probation",
+                TransitionKind::EjectionEnded => "ejection ended (out of the pool)",
                 _ => "changed state",
             };
             let subject = match &t.host {
