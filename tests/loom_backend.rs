@@ -815,3 +815,72 @@ fn an_ejection_lasts_as_its_run_says_whatever_raced_it() {
         );
     });
 }
+
+/// A host's breaker that half-opens for an attempt the host then has no room for has still moved,
+/// and the hook hears of it.
+///
+/// Host choice skips a host without room, but another thread can take the host's last connection
+/// slot between that look and the attempt's own take, after the attempt's look at the breaker
+/// half-opened it. The probe slot goes back; the transition has happened all the same, and a probe
+/// that follows in the same period is no transition of its own. Here the only host's breaker is due
+/// to half-open, and two threads begin attempts on it, one connection at a time: whatever the
+/// order, a breaker that is no longer open was reported half-opened.
+#[test]
+fn a_host_breaker_half_opened_for_an_attempt_without_room_is_reported() {
+    loom::model(|| {
+        let policy = Policy::builder()
+            .class("api", |c| c.wall_time(Duration::from_secs(30)))
+            .backend("db", |b| {
+                b.hosts(&["h1"])
+                    .count("max_connecting_per_host", 1)
+                    .count("breaker.consecutive_failures", 1)
+                    .count("breaker.probes", 2)
+                    .duration("breaker.open_for", Duration::from_secs(1))
+                    .duration("breaker.max_open_for", Duration::from_secs(1))
+                    .count("ejection.consecutive_failures", 1000)
+            })
+            .build()
+            .unwrap();
+        let clock = ManualClock::new();
+        // The hook runs between the model's atomic operations, never across one: a std mutex
+        // is never contended here.
+        let log: Arc<std::sync::Mutex<Vec<TransitionKind>>> = Arc::default();
+        let sink = Arc::clone(&log);
+        let engine = Engine::builder(policy)
+            .clock(clock.clone())
+            .on_transition(move |t| {
+                if t.host.is_some() {
+                    sink.lock().unwrap().push(t.kind)
+                }
+            })
+            .build()
+            .unwrap();
+        let db = engine.backend("db").unwrap();
+        let budget = engine.begin_by_name("api", RequestId::from_u64(1)).unwrap();
+        engine
+            .begin_attempt(db, &budget, 0)
+            .unwrap()
+            .finish(AttemptOutcome::ServerError);
+        clock.advance(Duration::from_secs(1));
+        let (engine, budget) = (Arc::new(engine), Arc::new(budget));
+        let other = {
+            let (engine, budget) = (Arc::clone(&engine), Arc::clone(&budget));
+            thread::spawn(move || {
+                engine
+                    .begin_attempt(db, &budget, 0)
+                    .map(Attempt::into_owned)
+                    .ok()
+            })
+        };
+        let mine = engine.begin_attempt(db, &budget, 0).ok();
+        let theirs = other.join().unwrap();
+        let state = engine.backend_stats()[0].hosts[0].breaker;
+        let log = log.lock().unwrap().clone();
+        assert_eq!(
+            state != "open",
+            log.contains(&TransitionKind::HalfOpened),
+            "host breaker {state}, transitions {log:?}"
+        );
+        drop((mine, theirs));
+    });
+}

@@ -1199,6 +1199,10 @@ impl Engine {
                 else {
                     continue;
                 };
+                // Reported whether or not the host then has room: the breaker has moved.
+                if let Some(kind) = event {
+                    rules.emit(Some(&host.name), kind, now);
+                }
                 let cap = ramped(
                     p.max_in_flight_per_host,
                     &host.breaker,
@@ -1209,9 +1213,6 @@ impl Engine {
                     release_probe(&host.breaker, role, generation);
                     limit = 2 * n;
                     continue;
-                }
-                if let Some(kind) = event {
-                    rules.emit(Some(&host.name), kind, now);
                 }
                 return Some((h as u32, role, generation));
             }
