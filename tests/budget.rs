@@ -764,6 +764,35 @@ fn a_reload_refused_for_too_many_names_leaves_no_trace() {
     assert!(engine.counter("depth").is_ok());
 }
 
+/// Pools are remembered for the engine's life (their levels carry over), so their names are
+/// bounded like the others': past four policies' worth, a reload with new ones is refused.
+#[test]
+fn a_reload_with_too_many_pool_names_is_refused() {
+    use costguard::policy::MAX_POOLS;
+    let policy = |prefix: &str| {
+        let p = Policy::builder().counter("q").class("api", |c| c);
+        (0..MAX_POOLS)
+            .fold(p, |p, n| p.pool(&format!("{prefix}{n}"), "q", 10))
+            .build()
+            .unwrap()
+    };
+    let engine = Engine::builder(policy("a"))
+        .clock(ManualClock::new())
+        .build()
+        .unwrap();
+    for prefix in ["b", "c", "d", "a"] {
+        engine.reload(policy(prefix)).unwrap();
+    }
+    let generation = engine.generation();
+    let err = engine.reload(policy("e")).unwrap_err();
+    assert!(
+        err.to_string().contains("too many distinct pool names"),
+        "{err}"
+    );
+    assert_eq!(engine.generation(), generation);
+    engine.reload(policy("b")).unwrap();
+}
+
 #[test]
 fn a_wall_time_gives_a_deadline_however_late_the_clock_is() {
     let f = fixture();

@@ -317,7 +317,10 @@ impl Engine {
     /// finds its state again (an ejection it was under ends when it is taken out).
     ///
     /// The new policy must be compatible with the names the engine already handed out: a dimension
-    /// cannot change between counter and level. On any error the current policy stays.
+    /// cannot change between counter and level. The engine remembers every name it has seen, and
+    /// holds at most four full policies' worth of distinct class, backend and pool names (and
+    /// [`MAX_DIMENSIONS`](crate::policy::MAX_DIMENSIONS) dimensions); a reload past that is refused (a
+    /// restart forgets). On any error the current policy stays.
     pub fn reload(&self, policy: Policy) -> Result<u64, PolicyError> {
         let mut registry = self.inner.registry.lock();
         let generation = self.inner.current.load_full().generation.saturating_add(1);

@@ -210,6 +210,17 @@ impl Registry {
                 "this engine has seen too many distinct backend names (restart to forget old ones)",
             ));
         }
+        let new_pools = policy
+            .pools()
+            .iter()
+            .filter(|p| !self.pools.iter().any(|(name, _)| name.as_ref() == p.name()))
+            .count();
+        if self.pools.len() + new_pools > crate::policy::MAX_POOLS * 4 {
+            return Err(PolicyError::single(
+                "pools",
+                "this engine has seen too many distinct pool names (restart to forget old ones)",
+            ));
+        }
         // Every check passed: from here on, nothing fails.
         self.dims = dims;
         self.classes = classes;

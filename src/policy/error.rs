@@ -41,8 +41,8 @@ impl fmt::Display for Location {
     }
 }
 
-/// Where the parts of a policy read from text were written: each dimension, class and backend,
-/// a backend's hosts, and the sections that hold them, by field path.
+/// Where the parts of a policy read from text were written: each dimension, class, pool and
+/// backend, a backend's hosts, and the sections that hold them, by field path.
 ///
 /// An engine finds some problems only when it applies a policy (a dimension changing kind, more
 /// names than it can hold); this lets it say where, as the reader does. Where a policy was written

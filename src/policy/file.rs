@@ -738,7 +738,8 @@ pub(crate) fn parse(source: &str, file: Option<Arc<Path>>) -> Result<Policy, Pol
     })
 }
 
-/// Where `doc` writes each dimension, class and backend, each backend's hosts, and the sections.
+/// Where `doc` writes each dimension, class, pool and backend, each backend's hosts, and the
+/// sections.
 fn origin(doc: &Spanned<DeTable<'_>>, source: &str, file: Option<&Arc<Path>>) -> Origin {
     let at = |key: &Spanned<std::borrow::Cow<'_, str>>| {
         Location::of_offset(source, key.span().start, file)
@@ -746,7 +747,7 @@ fn origin(doc: &Spanned<DeTable<'_>>, source: &str, file: Option<&Arc<Path>>) ->
     let mut fields: Vec<(Box<str>, Location)> = Vec::new();
     for (section, value) in doc.get_ref().iter() {
         let name = section.get_ref().as_ref();
-        if !matches!(name, "dimensions" | "classes" | "backends") {
+        if !matches!(name, "dimensions" | "classes" | "pools" | "backends") {
             continue;
         }
         fields.push((name.into(), at(section)));
