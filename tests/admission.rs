@@ -873,6 +873,32 @@ fn a_wait_is_capped_by_the_request_deadline() {
     });
 }
 
+/// A caller whose deadline has already come (a header saying no time is left) has no time to
+/// wait: a full class refuses it at once, for being full, and it never joins the queue.
+#[test]
+fn a_caller_without_time_left_does_not_join_the_queue() {
+    let policy = Policy::builder()
+        .class("api", |c| {
+            c.admission(|a| a.concurrency(1).queue(4, Duration::from_secs(10)))
+        })
+        .build()
+        .unwrap();
+    let (e, _clock) = engine(policy);
+    let api = e.class("api").unwrap();
+    let _held = e.admit(&AdmitRequest::new(api, id(1))).unwrap();
+    let no_time = Overrides::new().wall_time(Duration::ZERO);
+    let v = e
+        .admit(&AdmitRequest::new(api, id(2)).overrides(&no_time))
+        .unwrap_err();
+    assert_eq!(v.reason(), Reason::ConcurrencyLimit);
+    let stats = e.admission_stats().class("api").unwrap().clone();
+    assert_eq!(
+        (stats.queue_len, stats.counts.waited, stats.counts.timed_out),
+        (0, 0, 0)
+    );
+    assert_eq!(stats.counts.refused(Reason::ConcurrencyLimit), 1);
+}
+
 mod executor {
     //! Just enough of an executor to poll a future by hand.
     use std::future::Future;

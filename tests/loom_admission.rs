@@ -322,17 +322,18 @@ fn permit_handed_to_a_waiter_timing_itself_out_is_used_or_returned() {
     });
 }
 
-/// A waiter whose patience is over as it joins the queue, expired by a release's dispatch while its
-/// own last look takes the permit that release freed, holds exactly that one permit.
+/// A waiter whose patience runs out as it joins the queue, expired by a release's dispatch while
+/// its own last look takes the permit that release freed, holds exactly that one permit.
 ///
-/// A request with no time left to wait still joins the queue for one last look at the limiter (a
-/// permit freed just before it became visible would otherwise be missed). The release that frees the
-/// permit dispatches the queue and expires the waiter. If the last look then takes the permit and
-/// the waiter finds it cannot abandon its place, it must tell an expiry (its permit is the one it
-/// just took) from a grant (it holds two, and gives one back): giving one back after an expiry
-/// leaves a grant with no permit, and its release underflows the limiter or frees another request's.
-/// Here one permit is held, the release races the waiter's first poll, and whatever the
-/// interleaving, a grant holds exactly the one permit and everything is back to zero at the end.
+/// A waiter takes one last look at the limiter right after joining the queue (a permit freed just
+/// before it became visible would otherwise be missed). Here its patience is one nanosecond, and
+/// the release that frees the permit comes a nanosecond later: it dispatches the queue and expires
+/// the waiter. If the last look then takes the permit and the waiter finds it cannot abandon its
+/// place, it must tell an expiry (its permit is the one it just took) from a grant (it holds two,
+/// and gives one back): giving one back after an expiry leaves a grant with no permit, and its
+/// release underflows the limiter or frees another request's. Here one permit is held, the release
+/// races the waiter's first poll, and whatever the interleaving, a grant holds exactly the one
+/// permit and everything is back to zero at the end.
 ///
 /// The release must land between the waiter's enqueue and its last look, inside one poll: that takes
 /// three preemptions, one more than the other models need, so this one sets its own bound.
@@ -341,10 +342,13 @@ fn a_waiter_expired_as_it_enqueues_holds_exactly_one_permit() {
     let mut model = loom::model::Builder::new();
     model.preemption_bound = Some(model.preemption_bound.map_or(3, |b| b.max(3)));
     model.check(|| {
-        let (engine, _clock, api, held) = held_permit_and_waiter(Duration::from_secs(1));
-        let no_time = Overrides::new().wall_time(Duration::ZERO);
+        let (engine, clock, api, held) = held_permit_and_waiter(Duration::from_secs(1));
+        let no_time = Overrides::new().wall_time(Duration::from_nanos(1));
         let waker = Waker::from(Arc::new(CountingWaker::default()));
-        let releaser = thread::spawn(move || drop(held));
+        let releaser = thread::spawn(move || {
+            clock.advance(Duration::from_nanos(1));
+            drop(held)
+        });
         let mut waiter = engine.admit_async(AdmitRequest::new(api, id(2)).overrides(&no_time));
         let result = poll_once(&mut waiter, &waker);
         releaser.join().unwrap();

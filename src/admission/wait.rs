@@ -68,6 +68,12 @@ fn enqueue(
             rules.wall_time.min(crate::clock::duration_to_nanos(w))
         });
     let patience = adm.gate.queue.patience(&policy).min(own);
+    if patience == 0 {
+        // No time to wait (a caller whose deadline has come): the refusal that sent it here
+        // stands, rather than a wait that times out before it starts.
+        engine.report_refusal(adm, &full, priority, false);
+        return Err(full);
+    }
     let waiter = Arc::new(Waiter::new(share, now, now.saturating_add(patience), wake));
     if let Err(len) = adm.gate.queue.enqueue(Arc::clone(&waiter), policy.capacity) {
         let v = Verdict::new(Reason::QueueFull, adm.gate.retry_hint())
