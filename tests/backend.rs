@@ -2379,3 +2379,47 @@ fn an_ejection_a_reload_ends_is_reported() {
         ]
     );
 }
+
+/// An ejection ends however many times the host's ejection state changed before it. (Each counted
+/// failure and each success that breaks a run is a change; the end time keeps 16 bits of the
+/// change count, and must never fall so far behind that a new ejection's time is taken for older.)
+#[test]
+fn an_ejection_ends_after_any_number_of_changes_before_it() {
+    let f = fixture(
+        Policy::builder()
+            .class("api", |c| c.wall_time(Duration::from_secs(3600)))
+            .backend("kafka", |b| {
+                b.hosts(&["k1", "k2"])
+                    .count("ejection.consecutive_failures", 2)
+                    .fraction("ejection.max_ejected", 0.5)
+                    .duration("ejection.base", Duration::from_secs(1))
+                    .count("breaker.consecutive_failures", 4095)
+                    .fraction("breaker.failure_ratio", 1.0)
+            })
+            .build()
+            .unwrap(),
+    );
+    let kafka = f.engine.backend("kafka").unwrap();
+    let k1 = f.engine.host(kafka, "k1").unwrap();
+    let budget = f.budget();
+    let run = |o| f.engine.begin_attempt_on(k1, &budget, 0).unwrap().finish(o);
+    // 40,002 changes in all: an ejection whose count's low 16 bits lie more than half their
+    // range ahead of those of the last time written (none: 0).
+    for _ in 0..20_000 {
+        run(AttemptOutcome::Timeout);
+        run(AttemptOutcome::Success);
+    }
+    run(AttemptOutcome::Timeout);
+    run(AttemptOutcome::Timeout);
+    assert_eq!(f.kinds(), [TransitionKind::Ejected]);
+    f.clock.advance(Duration::from_secs(1));
+    assert!(ejected(&f, "kafka").is_empty());
+    f.engine
+        .begin_attempt_on(k1, &f.budget(), 0)
+        .unwrap()
+        .finish(AttemptOutcome::Success);
+    assert_eq!(
+        f.kinds(),
+        [TransitionKind::Ejected, TransitionKind::Readmitted]
+    );
+}

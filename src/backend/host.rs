@@ -19,7 +19,9 @@
 //! Beside it, the time the ejection ends, tagged with the generation of the ejection it belongs to
 //! (see `tagged`): an ejecting writer whose compare-exchange fails leaves a time that belongs to
 //! no ejection, and the next ejection, of a newer generation, replaces it rather than inheriting
-//! it when it is later.
+//! it when it is later. Every other write of the word brings the time's tag up to its generation
+//! too: the tag keeps only 16 bits, compared as a wrapping sequence, and a tag left half its range
+//! behind would look newer than the next ejection's.
 
 use super::breaker::{self, Begin, Change, Role};
 use super::permits::Permits;
@@ -359,6 +361,18 @@ impl HostState {
         tagged::belongs(stored, generation(w)).then(|| tagged::time(stored))
     }
 
+    /// Brings the end time's tag up to the generation of `w`, a word just written that is not an
+    /// ejection (its time is then of no use). A newer tag stays: an ejection from `w` may have
+    /// written its time already.
+    fn retag(&self, w: u64) {
+        let _ = self
+            .ejected_until
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| {
+                let raised = tagged::raise(d, tagged::tag_down(0, generation(w)));
+                (raised != d).then_some(raised)
+            });
+    }
+
     /// When the host's ejection ends (the clock's end when that is not known): for ordering
     /// ejections by their ends.
     pub(crate) fn ejection_ends(&self) -> u64 {
@@ -384,11 +398,13 @@ impl HostState {
     pub(crate) fn forget_ejection(&self, ejected: &EjectedHosts) -> bool {
         let mut w = self.eject.load(Ordering::SeqCst);
         while w & EJECTED != 0 {
+            let next = advance(w, 0);
             match self
                 .eject
-                .compare_exchange(w, advance(w, 0), Ordering::SeqCst, Ordering::SeqCst)
+                .compare_exchange(w, next, Ordering::SeqCst, Ordering::SeqCst)
             {
                 Ok(_) => {
+                    self.retag(next);
                     ejected.release();
                     return true;
                 }
@@ -431,6 +447,7 @@ impl HostState {
             .compare_exchange(w, next, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
+            self.retag(next);
             self.readmitted_at.fetch_max(now, Ordering::AcqRel);
             ejected.release();
             return true;
@@ -498,6 +515,16 @@ impl HostState {
                             Ordering::Acquire,
                         ) {
                             Ok(_) => {
+                                // A time of another generation here can only be a writer's
+                                // stalled across half the tag's range: this ejection's goes in,
+                                // as nobody else can eject before this ejection ends.
+                                let stored = self.ejected_until.load(Ordering::Acquire);
+                                if !tagged::belongs(stored, generation(next)) {
+                                    self.ejected_until.store(
+                                        tagged::tag_down(at, generation(next)),
+                                        Ordering::Release,
+                                    );
+                                }
                                 // Taken out of the pool meanwhile, or the pool's share lowered
                                 // below the hosts now out: the reload may have looked before this
                                 // ejection (see `forget_ejection`), so this side undoes it.
@@ -524,13 +551,15 @@ impl HostState {
                 // Nothing to write (a success on a healthy host): no compare-exchange.
                 return Ejection::None;
             }
-            match self.eject.compare_exchange_weak(
-                w,
-                advance(w, fields),
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => return Ejection::None,
+            let next = advance(w, fields);
+            match self
+                .eject
+                .compare_exchange_weak(w, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => {
+                    self.retag(next);
+                    return Ejection::None;
+                }
                 Err(actual) => w = actual,
             }
         }
