@@ -2423,3 +2423,43 @@ fn an_ejection_ends_after_any_number_of_changes_before_it() {
         [TransitionKind::Ejected, TransitionKind::Readmitted]
     );
 }
+
+/// `K1`, `k1` and `k1.` name one host, to the engine as to the policy: a reload that only respells
+/// a host keeps its state (here, an ejection), and a handle can be asked for in any spelling. The
+/// host keeps the spelling it was first listed under.
+#[test]
+fn a_host_respelled_by_a_reload_is_the_same_host() {
+    let policy = |k1: &str| {
+        Policy::builder()
+            .class("api", |c| c.wall_time(Duration::from_secs(3600)))
+            .backend("kafka", |b| {
+                b.hosts(&[k1, "k2"])
+                    .count("ejection.consecutive_failures", 1)
+                    .fraction("ejection.max_ejected", 0.5)
+                    .duration("ejection.base", Duration::from_secs(600))
+                    .duration("ejection.max", Duration::from_secs(600))
+                    .count("breaker.consecutive_failures", 4095)
+            })
+            .build()
+            .unwrap()
+    };
+    let f = fixture(policy("K1"));
+    let kafka = f.engine.backend("kafka").unwrap();
+    let k1 = f.engine.host(kafka, "k1.").unwrap();
+    f.engine
+        .begin_attempt_on(k1, &f.budget(), 0)
+        .unwrap()
+        .finish(AttemptOutcome::ConnectFailure);
+    f.engine.reload(policy("k1")).unwrap();
+    let k1 = f.engine.host(kafka, "k1").unwrap();
+    assert_eq!(
+        f.engine
+            .begin_attempt_on(k1, &f.budget(), 0)
+            .unwrap_err()
+            .reason(),
+        Reason::NoHealthyHost
+    );
+    assert_eq!(ejected(&f, "kafka"), ["K1"]);
+    assert_eq!(f.kinds(), [TransitionKind::Ejected]);
+    assert_eq!(f.engine.backend_stats()[0].hosts.len(), 2);
+}

@@ -476,11 +476,12 @@ impl BackendRules {
         }
     }
 
-    /// The id of the host named `name`, if this version's list has it.
+    /// The id of the host named `name` (in any spelling of it: see `policy::same_host`), if this
+    /// version's list has it.
     fn host_id(&self, name: &str) -> Option<u16> {
         self.host_slots
             .iter()
-            .position(|(n, slot)| slot.is_some() && &**n == name)
+            .position(|(n, slot)| slot.is_some() && crate::policy::same_host(n, name))
             .and_then(|id| u16::try_from(id).ok())
     }
 
@@ -929,7 +930,9 @@ impl Engine {
             })
     }
 
-    /// The handle of a host of a backend's pool.
+    /// The handle of a host of a backend's pool, in any spelling of its name (`DB1`, `db1.` and
+    /// `db1` name one host). A host keeps, for the engine's life, the spelling it was first listed
+    /// under: in stats, transitions and [`Attempt::host`].
     pub fn host(&self, backend: Backend, name: &str) -> Result<Host, crate::NameError> {
         let snapshot = self.snapshot();
         snapshot

@@ -4,6 +4,7 @@ use crate::admission::{ClassAdmission, Gate, KeyRef, KeyTable, Pool, PoolRef};
 use crate::backend::{BackendRules, BackendState, HostState, TransitionHook, TransitionKind};
 use crate::clock::{Clock, CpuClock};
 use crate::handle::{Backend, Class};
+use crate::policy::same_host;
 use crate::policy::{
     AdaptiveLimit, Concurrency, DimensionKind, Policy, PolicyError, CPU_TIME, MAX_CLASSES,
     MAX_DIMENSIONS, RETRIES,
@@ -192,7 +193,7 @@ impl Registry {
             };
             let new_hosts = b
                 .hosts()
-                .filter(|h| !known.hosts_seen.iter().any(|k| k.as_ref() == *h))
+                .filter(|h| !known.hosts_seen.iter().any(|k| same_host(k, h)))
                 .count();
             if known.hosts_seen.len() + new_hosts > MAX_HOST_IDS {
                 return Err(PolicyError::single(
@@ -250,7 +251,7 @@ impl Registry {
             }));
             let mut hosts = Vec::new();
             for name in b.hosts() {
-                let host = match known.hosts_seen.iter().position(|k| k.as_ref() == name) {
+                let host = match known.hosts_seen.iter().position(|k| same_host(k, name)) {
                     Some(host) => host,
                     None => {
                         known.hosts_seen.push(Arc::from(name));

@@ -512,7 +512,7 @@ pub(crate) fn validate_backends(
 /// port as written. Host names are case-insensitive and `db1.` is the fully qualified `db1`, so
 /// `DB1`, `db1.` and `db1` name one machine; listed as two hosts, it would get twice the per-host
 /// caps and two breakers. The name a policy wrote is what it keeps and shows.
-fn host_key(host: &str) -> String {
+pub(crate) fn host_key(host: &str) -> String {
     // `name:port`; a bracketed or bare IPv6 address has more than one colon and no port to split.
     let (name, port) = match host.split_once(':') {
         Some((name, port)) if !port.contains(':') => (name, Some(port)),
@@ -524,6 +524,11 @@ fn host_key(host: &str) -> String {
         key.push_str(port);
     }
     key
+}
+
+/// Whether `a` and `b` name one host (see [`host_key`]).
+pub(crate) fn same_host(a: &str, b: &str) -> bool {
+    a == b || host_key(a) == host_key(b)
 }
 
 /// A location-free field, for the builder.

@@ -38,6 +38,7 @@ pub use admission::{
     AdaptiveLimit, AdmissionPolicy, Algorithm, Concurrency, Headroom, PerKey, Permille, PoolPolicy,
     QueuePolicy, RateLimit, MAX_CONCURRENCY, MAX_KEYS, MAX_POOLS, MAX_POOLS_PER_CLASS,
 };
+pub(crate) use backend::same_host;
 pub use backend::{
     BackendPolicy, BreakerPolicy, EjectionPolicy, RetryPolicy, MAX_BACKENDS, MAX_HOSTS, MAX_PROBES,
 };
