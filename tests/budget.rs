@@ -1068,3 +1068,20 @@ fn a_very_long_wall_time_is_still_a_deadline() {
         .deadline()
         .is_some());
 }
+
+/// A budget refused at its start carries the request id its overrides give it, as a budget that
+/// starts does.
+#[test]
+fn a_budget_refused_at_its_start_carries_the_overridden_id() {
+    let f = fixture();
+    let parse = f.engine.class("parse").unwrap();
+    let given = Overrides::new().request_id(id("given"));
+    let started = f.engine.begin_with(parse, id("own"), &given).unwrap();
+    assert_eq!(started.request_id(), id("given"));
+    let no_time = Overrides::new()
+        .request_id(id("given"))
+        .wall_time(Duration::ZERO);
+    let v = f.engine.begin_with(parse, id("own"), &no_time).unwrap_err();
+    assert_eq!(v.reason(), Reason::InsufficientTime);
+    assert_eq!(v.request_id(), Some(&id("given")));
+}

@@ -100,6 +100,13 @@ pub(crate) struct Start<'a> {
     pub(crate) overrides: &'a Overrides,
 }
 
+impl Start<'_> {
+    /// The request id the budget and its refusals carry: the overrides' if they carry one.
+    fn id(&self) -> RequestId {
+        self.overrides.request_id.unwrap_or(*self.request_id)
+    }
+}
+
 impl Budget {
     /// Starts a root budget (engine side), or refuses when the class is unknown or the deadline is
     /// already zero. `spare` is a finished node of this thread to start it on; kept again on refusal.
@@ -126,9 +133,7 @@ impl Budget {
     pub(crate) fn prepare<'a>(snapshot: &Snapshot, s: Start<'a>) -> Result<Settings<'a>, Verdict> {
         match snapshot.class(s.class) {
             Some(rules) => Self::prepare_for(rules, s),
-            None => {
-                Err(Verdict::new(Reason::UnknownClass, Retry::Never).with_request(*s.request_id))
-            }
+            None => Err(Verdict::new(Reason::UnknownClass, Retry::Never).with_request(s.id())),
         }
     }
 
@@ -143,7 +148,7 @@ impl Budget {
             .wall_time
             .map_or(rules.wall_time, |w| rules.wall_time.min(wall_time_nanos(w)));
         if wall == 0 {
-            return Err(no_time(rules, *s.request_id));
+            return Err(no_time(rules, s.id()));
         }
         let base = s.priority.unwrap_or(rules.priority);
         let priority = s
