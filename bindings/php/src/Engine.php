@@ -307,8 +307,8 @@ final class Engine extends Handle
 
     /**
      * Should a failed call be retried? Returns the seconds to wait before retrying, or the verdict
-     * that says why not (not retryable, no time left, the tree's retry allowance or the backend's
-     * retry budget spent).
+     * that says why not (not retryable, no time left, the tree's retry allowance spent, the
+     * backend's breaker still open when the wait is over, or the backend's retry budget spent).
      *
      * @param int $attempts attempts made so far (1 after the first failure)
      * @param float|null $retryAfter the backend's Retry-After in seconds, if it sent one
