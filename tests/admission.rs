@@ -1065,6 +1065,17 @@ fn a_dropped_async_waiter_strands_nothing() {
         std::task::Poll::Ready(Err(v)) => assert_eq!(v.reason(), Reason::QueueTimeout),
         other => panic!("expected a timeout, got {other:?}"),
     }
+    drop(fut);
+    // Timed out, then dropped without being polled again: a timeout all the same, counted once.
+    let mut fut = e.admit_async(AdmitRequest::new(api, id(6)));
+    assert!(poll(&mut fut, &waker).is_pending());
+    clock.advance(Duration::from_millis(500));
+    e.expire_waiters();
+    drop(fut);
+    let stats = e.admission_stats().class("api").unwrap().clone();
+    assert_eq!((stats.queue_len, stats.in_flight), (0, 1));
+    assert_eq!(stats.counts.timed_out, 2);
+    assert_eq!(stats.counts.refused(Reason::QueueTimeout), 2);
 }
 
 #[test]

@@ -329,6 +329,10 @@ impl Drop for AdmitFuture<'_, '_> {
                 }
             } else if q.waiter.state() == GRANTED {
                 return_permit(self.engine, req, q);
+            } else {
+                // Expired by the timer, with nobody polling since: it timed out all the same,
+                // and is counted and shown as such.
+                let _ = timed_out(self.engine, req, q);
             }
         }
     }
