@@ -231,11 +231,12 @@ pub(crate) fn settled(w: u64, v: Verdict, trip: bool) -> bool {
 }
 
 /// How long to stay open after opening for the `opened`-th time in a row: `base × 2^(opened-1)`,
-/// capped, then scaled by `jitter` in [0.5, 1] so that many processes do not probe in step.
+/// capped, then scaled by `jitter` in [0.5, 1] so that many processes do not probe in step; at
+/// least a nanosecond, so that a breaker that opens is open.
 pub(crate) fn open_for(base: u64, max: u64, opened: u64, jitter: f64) -> u64 {
     let exp = opened.saturating_sub(1).min(32) as u32;
     let d = base.saturating_mul(1u64 << exp).min(max);
-    ((d as f64) * jitter.clamp(0.5, 1.0)) as u64
+    (((d as f64) * jitter.clamp(0.5, 1.0)) as u64).max(1)
 }
 
 #[cfg(test)]
@@ -397,6 +398,11 @@ mod tests {
             open_for(1_000, 60_000, 1, 0.1),
             500,
             "jitter never below half"
+        );
+        assert_eq!(
+            open_for(1, 60_000, 1, 0.5),
+            1,
+            "a breaker that opens is open"
         );
         // Both probe slots taken, then their timeout passes: a new probing period begins.
         let (w, _) = begin(
