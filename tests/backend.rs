@@ -52,6 +52,18 @@ impl Fixture {
         self.log.lock().unwrap().iter().map(|(k, _)| *k).collect()
     }
 
+    /// How many of `asks` retry decisions after a server error say yes.
+    fn retries_granted(&self, b: Backend, budget: &Budget, asks: usize) -> usize {
+        (0..asks)
+            .filter(|_| {
+                matches!(
+                    self.engine.retry(b, budget, AttemptOutcome::ServerError, 1),
+                    RetryDecision::After(_)
+                )
+            })
+            .count()
+    }
+
     fn run(&self, b: Backend, budget: &Budget, outcome: AttemptOutcome) -> Result<(), Reason> {
         let a = self
             .engine
@@ -992,14 +1004,7 @@ fn refusals_are_counted_by_reason() {
     f.clock.advance(Duration::from_secs(1));
     f.run(db, &budget, AttemptOutcome::Success).unwrap();
     // The tree's allowance (10 retries) spent: the eleventh is refused by the budget.
-    let granted = (0..11)
-        .filter(|_| {
-            matches!(
-                f.engine.retry(db, &budget, AttemptOutcome::ServerError, 1),
-                RetryDecision::After(_)
-            )
-        })
-        .count();
+    let granted = f.retries_granted(db, &budget, 11);
     assert_eq!(granted, 10);
 
     let stats = f.engine.backend_stats().remove(0);
@@ -2301,14 +2306,7 @@ fn a_reload_that_lowers_the_retry_budget_caps_what_was_banked() {
     assert_eq!(f.engine.backend_stats()[0].retry_tokens, 10);
     // A class with no retry limit of its own: only the backend's budget decides.
     let budget = f.budget_in("long");
-    let granted = (0..100)
-        .filter(|_| {
-            matches!(
-                f.engine.retry(db, &budget, AttemptOutcome::ServerError, 1),
-                RetryDecision::After(_)
-            )
-        })
-        .count();
+    let granted = f.retries_granted(db, &budget, 100);
     assert_eq!(granted, 10);
     assert_eq!(f.engine.backend_stats()[0].retry_tokens, 0);
 }

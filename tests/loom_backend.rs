@@ -12,7 +12,7 @@
 //! model moves it, so nothing refills or expires behind the model's back.
 #![cfg(costguard_loom)]
 
-use costguard::backend::TransitionKind;
+use costguard::backend::{Transition, TransitionKind};
 use costguard::clock::ManualClock;
 use costguard::policy::BackendBuilder;
 use costguard::{
@@ -46,6 +46,32 @@ fn fixture(
     let db = engine.backend("db").unwrap();
     let budget = engine.begin_by_name("api", RequestId::from_u64(1)).unwrap();
     (engine, clock, db, budget)
+}
+
+/// The kinds of transitions the hook saw (those `keep` keeps), in order.
+type TransitionLog = Arc<std::sync::Mutex<Vec<TransitionKind>>>;
+
+/// An engine under `policy` on a manual clock, logging the transitions `keep` keeps. Must be
+/// called inside `loom::model`.
+fn logged_engine(
+    policy: Policy,
+    keep: fn(&Transition) -> bool,
+) -> (Engine, ManualClock, TransitionLog) {
+    let clock = ManualClock::new();
+    // The hook runs between the model's atomic operations, never across one: a std mutex is never
+    // contended here.
+    let log: TransitionLog = Arc::default();
+    let sink = Arc::clone(&log);
+    let engine = Engine::builder(policy)
+        .clock(clock.clone())
+        .on_transition(move |t| {
+            if keep(t) {
+                sink.lock().unwrap().push(t.kind)
+            }
+        })
+        .build()
+        .unwrap();
+    (engine, clock, log)
 }
 
 /// Asks to retry a server error on `db` for `budget`: granted, or refused for the backend's retry
@@ -673,16 +699,7 @@ fn a_fresh_ejection_is_not_taken_for_the_one_that_ended() {
             })
             .build()
             .unwrap();
-        let clock = ManualClock::new();
-        // The hook runs between the model's atomic operations, never across one: a std mutex
-        // is never contended here.
-        let log: Arc<std::sync::Mutex<Vec<TransitionKind>>> = Arc::default();
-        let sink = Arc::clone(&log);
-        let engine = Engine::builder(policy)
-            .clock(clock.clone())
-            .on_transition(move |t| sink.lock().unwrap().push(t.kind))
-            .build()
-            .unwrap();
+        let (engine, clock, log) = logged_engine(policy, |_| true);
         let db = engine.backend("db").unwrap();
         let budget = engine.begin_by_name("api", RequestId::from_u64(1)).unwrap();
         engine
@@ -841,20 +858,7 @@ fn a_host_breaker_half_opened_for_an_attempt_without_room_is_reported() {
             })
             .build()
             .unwrap();
-        let clock = ManualClock::new();
-        // The hook runs between the model's atomic operations, never across one: a std mutex
-        // is never contended here.
-        let log: Arc<std::sync::Mutex<Vec<TransitionKind>>> = Arc::default();
-        let sink = Arc::clone(&log);
-        let engine = Engine::builder(policy)
-            .clock(clock.clone())
-            .on_transition(move |t| {
-                if t.host.is_some() {
-                    sink.lock().unwrap().push(t.kind)
-                }
-            })
-            .build()
-            .unwrap();
+        let (engine, clock, log) = logged_engine(policy, |t| t.host.is_some());
         let db = engine.backend("db").unwrap();
         let budget = engine.begin_by_name("api", RequestId::from_u64(1)).unwrap();
         engine
