@@ -2461,3 +2461,89 @@ fn a_host_respelled_by_a_reload_is_the_same_host() {
     assert_eq!(f.kinds(), [TransitionKind::Ejected]);
     assert_eq!(f.engine.backend_stats()[0].hosts.len(), 2);
 }
+
+/// Transitions carry generations that order those of one breaker, and those of one host's
+/// ejections, whatever order threads report them in.
+#[test]
+fn transitions_carry_generations_in_order() {
+    let clock = ManualClock::new();
+    let log: Arc<Mutex<Vec<costguard::backend::Transition>>> = Arc::default();
+    let seen = Arc::clone(&log);
+    let engine = Engine::builder(ejecting(&["k1", "k2"], false))
+        .clock(clock.clone())
+        .on_transition(move |t| seen.lock().unwrap().push(t.clone()))
+        .build()
+        .unwrap();
+    let kafka = engine.backend("kafka").unwrap();
+    let k1 = engine.host(kafka, "k1").unwrap();
+    let budget = engine
+        .begin_by_name("api", RequestId::new("r").unwrap())
+        .unwrap();
+    let fail = || {
+        engine
+            .begin_attempt_on(k1, &budget, 0)
+            .unwrap()
+            .finish(AttemptOutcome::ConnectFailure)
+    };
+    fail(); // ejected for 5 s
+    clock.advance(Duration::from_secs(5));
+    fail(); // readmitted, and ejected again for 10 s
+    engine.reload(ejecting(&["k2"], false)).unwrap(); // taken out: the ejection ends
+    let log = log.lock().unwrap();
+    let kinds: Vec<_> = log.iter().map(|t| t.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            TransitionKind::Ejected,
+            TransitionKind::Readmitted,
+            TransitionKind::Ejected,
+            TransitionKind::EjectionEnded
+        ]
+    );
+    assert!(
+        log.windows(2).all(|w| w[0].generation < w[1].generation),
+        "{log:?}"
+    );
+    drop(log);
+
+    // A breaker's: opened, half-opened, closed.
+    let log: Arc<Mutex<Vec<costguard::backend::Transition>>> = Arc::default();
+    let seen = Arc::clone(&log);
+    let engine = Engine::builder(single("db", |b| {
+        b.count("breaker.consecutive_failures", 1)
+            .count("breaker.probes", 1)
+            .duration("breaker.open_for", Duration::from_secs(1))
+            .duration("breaker.max_open_for", Duration::from_secs(1))
+    }))
+    .clock(clock.clone())
+    .on_transition(move |t| seen.lock().unwrap().push(t.clone()))
+    .build()
+    .unwrap();
+    let db = engine.backend("db").unwrap();
+    let budget = engine
+        .begin_by_name("api", RequestId::new("r").unwrap())
+        .unwrap();
+    let run = |outcome| {
+        engine
+            .begin_attempt(db, &budget, 0)
+            .unwrap()
+            .finish(outcome)
+    };
+    run(AttemptOutcome::ServerError);
+    clock.advance(Duration::from_secs(1));
+    run(AttemptOutcome::Success);
+    let log = log.lock().unwrap();
+    let kinds: Vec<_> = log.iter().map(|t| t.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            TransitionKind::Opened,
+            TransitionKind::HalfOpened,
+            TransitionKind::Closed
+        ]
+    );
+    assert!(
+        log.windows(2).all(|w| w[0].generation < w[1].generation),
+        "{log:?}"
+    );
+}

@@ -14,7 +14,7 @@
 //! | 16..24 | ejections in a row (the exponent)           |
 //! | 24     | ejected                                     |
 //! | 25     | on probation (readmitted, not yet proven)   |
-//! | 32..64 | generation: changes with every write        |
+//! | 26..64 | generation: changes with every write        |
 //!
 //! Beside it, the time the ejection ends, tagged with the generation of the ejection it belongs to
 //! (see `tagged`): an ejecting writer whose compare-exchange fails leaves a time that belongs to
@@ -36,7 +36,7 @@ const FAILS: u64 = 0xffff;
 const EJECTIONS_SHIFT: u32 = 16;
 const EJECTED: u64 = 1 << 24;
 const PROBATION: u64 = 1 << 25;
-const GEN_SHIFT: u32 = 32;
+const GEN_SHIFT: u32 = 26;
 const FIELDS: u64 = (1 << GEN_SHIFT) - 1;
 
 /// The generation of an ejection word.
@@ -138,7 +138,8 @@ impl BreakerCell {
         }
     }
 
-    /// Applies an outcome; returns the transition it caused.
+    /// Applies an outcome; returns the transition it caused, and the generation it gave the
+    /// breaker (for the report that orders it).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn finish(
         &self,
@@ -150,15 +151,15 @@ impl BreakerCell {
         probes: u64,
         open_ns: impl Fn(u64) -> u64,
         now: u64,
-    ) -> Change {
+    ) -> (Change, u64) {
         let mut w = self.word.load(Ordering::Acquire);
         if breaker::settled(w, v, trip) {
-            return Change::None;
+            return (Change::None, 0);
         }
         loop {
             let (next, change) = breaker::finish(w, role, generation, v, trip, consecutive, probes);
             if next == w {
-                return Change::None;
+                return (Change::None, 0);
             }
             // Publish the times before the state that refers to them. By `fetch_max`: each opening
             // (and each closing) comes after the previous one's time, so the times only grow, and
@@ -179,7 +180,7 @@ impl BreakerCell {
                 .word
                 .compare_exchange_weak(w, next, Ordering::AcqRel, Ordering::Acquire)
             {
-                Ok(_) => return change,
+                Ok(_) => return (change, breaker::Word::unpack(next).generation),
                 Err(actual) => w = actual,
             }
         }
@@ -323,7 +324,8 @@ impl EjectRule {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Ejection {
     None,
-    Ejected,
+    /// Ejected, with the generation of the ejection.
+    Ejected(u64),
 }
 
 impl HostState {
@@ -394,8 +396,8 @@ impl HostState {
     /// Like the wait queue's count and limiter, this store-buffering pair is argued here, not
     /// model-checked: loom treats SeqCst as acquire/release.
     ///
-    /// `true` if this call ended an ejection.
-    pub(crate) fn forget_ejection(&self, ejected: &EjectedHosts) -> bool {
+    /// The generation it gave the word, if this call ended an ejection.
+    pub(crate) fn forget_ejection(&self, ejected: &EjectedHosts) -> Option<u64> {
         let mut w = self.eject.load(Ordering::SeqCst);
         while w & EJECTED != 0 {
             let next = advance(w, 0);
@@ -406,53 +408,60 @@ impl HostState {
                 Ok(_) => {
                     self.retag(next);
                     ejected.release();
-                    return true;
+                    return Some(generation(next));
                 }
                 Err(actual) => w = actual,
             }
         }
-        false
+        None
     }
 
     pub(crate) fn on_probation(&self) -> bool {
         self.eject.load(Ordering::Acquire) & PROBATION != 0
     }
 
-    /// Brings the host back on probation if its ejection is over. `true` if this call did.
-    pub(crate) fn readmit_if_due(&self, now: u64, ejected: &EjectedHosts) -> bool {
+    /// Brings the host back on probation if its ejection is over: the generation of the
+    /// readmission, if this call did.
+    pub(crate) fn readmit_if_due(&self, now: u64, ejected: &EjectedHosts) -> Option<u64> {
         let w = self.eject.load(Ordering::Acquire);
         if w & EJECTED == 0 || !self.ends(w).is_some_and(|until| ended(now, until)) {
-            return false;
+            return None;
         }
         self.readmit(w, ejected, now)
     }
 
     /// Brings the host back on probation now, whenever its ejection was to end (a reload made its
-    /// pool's share smaller). `true` if this call did. (The end still to come stays behind, of
-    /// this ejection's generation: the next ejection, of a newer one, replaces it.)
-    pub(crate) fn readmit_early(&self, ejected: &EjectedHosts, now: u64) -> bool {
+    /// pool's share smaller): the generation of the readmission, if this call did. (The end still
+    /// to come stays behind, of this ejection's generation: the next ejection, of a newer one,
+    /// replaces it.)
+    pub(crate) fn readmit_early(&self, ejected: &EjectedHosts, now: u64) -> Option<u64> {
         let w = self.eject.load(Ordering::Acquire);
         if w & EJECTED == 0 {
-            return false;
+            return None;
         }
         self.readmit(w, ejected, now)
     }
 
     /// Ends the ejection whose word is `w` (ejected: both callers checked), on probation, at
-    /// `now`, and gives its place back.
-    fn readmit(&self, w: u64, ejected: &EjectedHosts, now: u64) -> bool {
+    /// `now`, and gives its place back; the generation of the readmission.
+    ///
+    /// The readmission time is raised first: a failure of an attempt begun before it, reported
+    /// the moment the host is back, must find it (or be excused as from before the ejection). If
+    /// the exchange then fails, the raised time only excuses, for an instant, failures that a
+    /// host still ejected ignores anyway.
+    fn readmit(&self, w: u64, ejected: &EjectedHosts, now: u64) -> Option<u64> {
         let next = advance(w, (w & !EJECTED & !FAILS) | PROBATION);
+        self.readmitted_at.fetch_max(now, Ordering::AcqRel);
         if self
             .eject
             .compare_exchange(w, next, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
             self.retag(next);
-            self.readmitted_at.fetch_max(now, Ordering::AcqRel);
             ejected.release();
-            return true;
+            return Some(generation(next));
         }
-        false
+        None
     }
 
     /// Applies an outcome to the ejection state. `connect_or_timeout`: the outcome counts toward
@@ -528,12 +537,15 @@ impl HostState {
                                 // Taken out of the pool meanwhile, or the pool's share lowered
                                 // below the hosts now out: the reload may have looked before this
                                 // ejection (see `forget_ejection`), so this side undoes it.
-                                if !self.in_pool.load(Ordering::SeqCst) || ejected.over() {
-                                    // Never reported as ejected: nothing to report as ended.
-                                    let _ = self.forget_ejection(ejected);
+                                // Undone here, it was never reported, and nothing is; ended by
+                                // the reload (which reports the end), it is reported as ejected
+                                // so that the end has its start.
+                                if (!self.in_pool.load(Ordering::SeqCst) || ejected.over())
+                                    && self.forget_ejection(ejected).is_some()
+                                {
                                     return Ejection::None;
                                 }
-                                return Ejection::Ejected;
+                                return Ejection::Ejected(generation(next));
                             }
                             Err(actual) => {
                                 ejected.release();

@@ -176,6 +176,12 @@ pub struct Transition {
     pub kind: TransitionKind,
     /// When, by the engine's clock (ns).
     pub at: u64,
+    /// Orders the transitions of one breaker, and those of one host's ejections: of two, the later
+    /// has the larger generation. (The hook is called by whichever thread made the transition,
+    /// after it made it, so two threads' transitions can reach it in either order, and with
+    /// timestamps taken before the transitions themselves.) A breaker's generations and a host's
+    /// ejection generations are separate sequences.
+    pub generation: u64,
 }
 
 /// Kinds of [`Transition`].
@@ -485,13 +491,20 @@ impl BackendRules {
             .and_then(|id| u16::try_from(id).ok())
     }
 
-    pub(crate) fn emit(&self, host: Option<&Arc<str>>, kind: TransitionKind, at: u64) {
+    pub(crate) fn emit(
+        &self,
+        host: Option<&Arc<str>>,
+        kind: TransitionKind,
+        at: u64,
+        generation: u64,
+    ) {
         if let Some(hook) = &self.hook {
             let transition = Transition {
                 backend: Arc::clone(&self.policy.name),
                 host: host.cloned(),
                 kind,
                 at,
+                generation,
             };
             crate::engine::run_hook(|| hook(&transition));
         }
@@ -695,7 +708,7 @@ impl Attempt<'_> {
                     }
                 },
             );
-            let change = h.breaker.finish(
+            let (change, generation) = h.breaker.finish(
                 self.host_role,
                 self.host_generation,
                 v,
@@ -705,7 +718,7 @@ impl Attempt<'_> {
                 rules.open_ns(),
                 now,
             );
-            self.report(change, Some(&h.name), &h.breaker, now);
+            self.report(change, Some(&h.name), &h.breaker, now, generation);
             // A failure of an attempt begun before the host's last readmission is not held
             // against the host on probation: its time ran mostly during the ejection it served.
             // (Read only for a failure that would count: a success never looks.)
@@ -725,8 +738,8 @@ impl Attempt<'_> {
                 &rules.ns.eject,
                 &state.ejected,
             );
-            if ejection == Ejection::Ejected {
-                rules.emit(Some(&h.name), TransitionKind::Ejected, now);
+            if let Ejection::Ejected(generation) = ejection {
+                rules.emit(Some(&h.name), TransitionKind::Ejected, now, generation);
             }
             h.permits.release(connecting);
         }
@@ -742,7 +755,7 @@ impl Attempt<'_> {
                 state.traffic.outcomes[index].fetch_add(1, Ordering::Relaxed);
             },
         );
-        let change = state.breaker.finish(
+        let (change, generation) = state.breaker.finish(
             self.role,
             self.generation,
             v,
@@ -752,7 +765,7 @@ impl Attempt<'_> {
             rules.open_ns(),
             now,
         );
-        self.report(change, None, &state.breaker, now);
+        self.report(change, None, &state.breaker, now, generation);
         state.permits.release(connecting);
     }
 
@@ -762,12 +775,17 @@ impl Attempt<'_> {
         host: Option<&Arc<str>>,
         cell: &BreakerCell,
         now: u64,
+        generation: u64,
     ) {
         match change {
-            breaker::Change::Opened => self.rules.emit(host, TransitionKind::Opened, now),
+            breaker::Change::Opened => {
+                self.rules
+                    .emit(host, TransitionKind::Opened, now, generation)
+            }
             breaker::Change::Closed => {
                 cell.window.clear();
-                self.rules.emit(host, TransitionKind::Closed, now);
+                self.rules
+                    .emit(host, TransitionKind::Closed, now, generation);
             }
             breaker::Change::None => {}
         }
@@ -778,8 +796,13 @@ impl Attempt<'_> {
 #[cold]
 fn readmit_due(rules: &BackendRules, now: u64) {
     for host in &rules.hosts {
-        if host.readmit_if_due(now, &rules.state.ejected) {
-            rules.emit(Some(&host.name), TransitionKind::Readmitted, now);
+        if let Some(generation) = host.readmit_if_due(now, &rules.state.ejected) {
+            rules.emit(
+                Some(&host.name),
+                TransitionKind::Readmitted,
+                now,
+                generation,
+            );
         }
     }
 }
@@ -1077,7 +1100,7 @@ impl Engine {
             Err(closed) => return Err(refusal(rules, budget, Refusal::Open(closed))),
         };
         if let Some(kind) = event {
-            rules.emit(None, kind, now);
+            rules.emit(None, kind, now, generation);
         }
         // From here on, a refusal gives back everything taken so far, neutrally: the attempt is only
         // built once every permit is held.
@@ -1157,8 +1180,13 @@ impl Engine {
                 let h = (start + scanned % n) % rules.hosts.len();
                 scanned += 1;
                 let host = &rules.hosts[h];
-                if host.readmit_if_due(now, &state.ejected) {
-                    rules.emit(Some(&host.name), TransitionKind::Readmitted, now);
+                if let Some(generation) = host.readmit_if_due(now, &state.ejected) {
+                    rules.emit(
+                        Some(&host.name),
+                        TransitionKind::Readmitted,
+                        now,
+                        generation,
+                    );
                 }
                 if host.is_ejected() || !host.breaker.would_admit(now, rules.limits()) {
                     continue;
@@ -1204,7 +1232,7 @@ impl Engine {
                 };
                 // Reported whether or not the host then has room: the breaker has moved.
                 if let Some(kind) = event {
-                    rules.emit(Some(&host.name), kind, now);
+                    rules.emit(Some(&host.name), kind, now, generation);
                 }
                 let cap = ramped(
                     p.max_in_flight_per_host,
@@ -1409,11 +1437,12 @@ impl Engine {
             .flatten()
             .map(|r| {
                 let s = &r.state;
+                let (in_flight, connecting) = s.permits.counts();
                 BackendStats {
                     backend: r.policy.name.to_string(),
                     breaker: state_name(s.breaker.state()),
-                    in_flight: s.permits.in_flight(),
-                    connecting: s.permits.connecting(),
+                    in_flight,
+                    connecting,
                     retry_tokens: s.retry.balance_at(now, r.rates) / retry_budget::TOKEN,
                     outcomes: OUTCOMES
                         .iter()
@@ -1425,12 +1454,15 @@ impl Engine {
                     hosts: r
                         .hosts
                         .iter()
-                        .map(|h| HostStats {
-                            host: h.name.to_string(),
-                            breaker: state_name(h.breaker.state()),
-                            ejected: h.is_ejected_at(now),
-                            in_flight: h.permits.in_flight(),
-                            connecting: h.permits.connecting(),
+                        .map(|h| {
+                            let (in_flight, connecting) = h.permits.counts();
+                            HostStats {
+                                host: h.name.to_string(),
+                                breaker: state_name(h.breaker.state()),
+                                ejected: h.is_ejected_at(now),
+                                in_flight,
+                                connecting,
+                            }
                         })
                         .collect(),
                 }

@@ -74,6 +74,12 @@ impl Permits {
         self.word.fetch_sub(n, Ordering::Release);
     }
 
+    /// Calls in flight and connection attempts in progress, read together: as one moment saw
+    /// them (two reads could show a connection attempt without its call).
+    pub(crate) fn counts(&self) -> (u32, u32) {
+        split(self.word.load(Ordering::Relaxed))
+    }
+
     /// Calls in flight.
     pub(crate) fn in_flight(&self) -> u32 {
         split(self.word.load(Ordering::Relaxed)).0

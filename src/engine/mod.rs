@@ -341,15 +341,17 @@ impl Engine {
         self.inner.published.store(generation, Ordering::Release);
         let ended = std::mem::take(&mut registry.ejections_ended);
         drop(registry);
-        // Reported with the lock released (a hook may call back into the engine), unless an
-        // attempt has ejected the host again meanwhile (and reported that).
+        // Reported with the lock released (a hook may call back into the engine), all of them:
+        // an attempt may have ejected a host again meanwhile, and reported that, but the
+        // generations put the two in order.
         if let Some(hook) = &self.inner.transitions {
-            for (backend, host, kind) in ended.into_iter().filter(|(_, h, _)| !h.is_ejected()) {
+            for (backend, host, kind, generation) in ended {
                 let transition = crate::backend::Transition {
                     backend,
                     host: Some(Arc::clone(&host.name)),
                     kind,
                     at: now,
+                    generation,
                 };
                 run_hook(|| hook(&transition));
             }

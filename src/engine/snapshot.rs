@@ -43,7 +43,7 @@ pub(crate) struct Registry {
     /// Hosts whose ejections the last compile ended (readmitted early, or taken out of their pool),
     /// by backend name, for the caller to report once the registry's lock is released (a hook may
     /// call back into the engine).
-    pub(crate) ejections_ended: Vec<(Arc<str>, Arc<HostState>, TransitionKind)>,
+    pub(crate) ejections_ended: Vec<(Arc<str>, Arc<HostState>, TransitionKind, u64)>,
 }
 
 /// A backend name the engine has seen, and its state, kept for the engine's life.
@@ -273,11 +273,15 @@ impl Registry {
             for (host, s) in known.host_states.iter().enumerate() {
                 let listed = hosts.contains(&host);
                 s.in_pool.store(listed, Ordering::SeqCst);
-                if !listed && s.forget_ejection(&state.ejected) {
+                if listed {
+                    continue;
+                }
+                if let Some(generation) = s.forget_ejection(&state.ejected) {
                     self.ejections_ended.push((
                         Arc::clone(&known.name),
                         Arc::clone(s),
                         TransitionKind::EjectionEnded,
+                        generation,
                     ));
                 }
             }
@@ -292,11 +296,15 @@ impl Registry {
                 ejected_now.sort_by_key(|h| h.ejection_ends());
                 let excess = ejected_now.len() - usize::try_from(most).unwrap_or(usize::MAX);
                 for h in &ejected_now[..excess] {
-                    if h.readmit_early(&state.ejected, now) {
+                    // The time of the readmission itself, not of the reload's start: failures of
+                    // attempts begun before it are excused by it.
+                    let at = clock.now().as_nanos();
+                    if let Some(generation) = h.readmit_early(&state.ejected, at) {
                         self.ejections_ended.push((
                             Arc::clone(&known.name),
                             Arc::clone(h),
                             TransitionKind::Readmitted,
+                            generation,
                         ));
                     }
                 }
@@ -322,11 +330,12 @@ impl Registry {
             state.ejected.most.store(0, Ordering::SeqCst);
             for host in &known.host_states {
                 host.in_pool.store(false, Ordering::SeqCst);
-                if host.forget_ejection(&state.ejected) {
+                if let Some(generation) = host.forget_ejection(&state.ejected) {
                     self.ejections_ended.push((
                         Arc::clone(&known.name),
                         Arc::clone(host),
                         TransitionKind::EjectionEnded,
+                        generation,
                     ));
                 }
             }
