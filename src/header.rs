@@ -54,6 +54,13 @@
 //! assert_eq!(budget.remaining(), Duration::from_millis(2090));
 //! assert_eq!(budget.request_id().as_str(), "edit-9");
 //! ```
+//!
+//! The header goes one way: it passes down what is left, and the callee can spend no more. What the
+//! callee did spend does not come back by itself. A caller that may call again (a retry, a second
+//! sub-request) charges the usage its callee reports, its retries above all, to its own budget
+//! with [`Budget::try_charge_many`]: otherwise each new call hands the callee a fresh share of what
+//! the caller had left, and retries multiply across hops again (never past what the caller had
+//! left per call, but that can be several times over).
 
 use crate::budget::{Budget, Overrides};
 use crate::handle::Class;

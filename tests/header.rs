@@ -266,3 +266,55 @@ fn a_header_with_no_time_left_is_refused_on_wall_time() {
     assert_eq!((v.requested(), v.used(), v.limit()), (1, 0, 0));
     assert!(v.to_string().contains("(0ns left, 1ns needed)"), "{v}");
 }
+
+/// Three layers in three processes, each willing to retry a failing call below it, share one
+/// retry allowance when each caller charges back the retries its callee reports: the database
+/// below sees the tree's allowance plus one call, however the layers retry. Without the charge
+/// back, each retry would hand the layer below a fresh share and the calls would multiply.
+#[test]
+fn retries_stay_within_the_trees_allowance_across_hops_when_usage_is_charged_back() {
+    let policy = Policy::builder()
+        .class("edge", |c| c.wall_time(Duration::from_secs(60)).retries(3))
+        .class("mid", |c| c.wall_time(Duration::from_secs(60)).retries(3))
+        .class("leaf", |c| c.wall_time(Duration::from_secs(60)).retries(3))
+        .build()
+        .unwrap();
+    let engine = Engine::builder(policy)
+        .clock(ManualClock::new())
+        .build()
+        .unwrap();
+    let calls = std::cell::Cell::new(0u64);
+    // A layer called with `header`: calls down (the database below the last layer always fails),
+    // retries while its budget allows, and answers with the retries its budget has used (its own
+    // and those charged back from below), as a response header would carry them.
+    fn layer(engine: &Engine, below: &[&str], header: &str, calls: &std::cell::Cell<u64>) -> u64 {
+        let prop = Propagation::decode(header).unwrap();
+        let class = engine.class(below[0]).unwrap();
+        let Ok(budget) = engine.begin_propagated(class, RequestId::new("x").unwrap(), &prop) else {
+            return 0;
+        };
+        loop {
+            match &below[1..] {
+                [] => calls.set(calls.get() + 1),
+                rest => {
+                    let used = layer(engine, rest, &budget.child().unwrap().to_header(), calls);
+                    // The charge back: the callee's retries are the tree's.
+                    let _ = budget.try_charge_many(&[(Counter::RETRIES, used)]);
+                }
+            }
+            if budget.try_retry().is_err() {
+                return budget.used(Counter::RETRIES);
+            }
+        }
+    }
+    let root = engine
+        .begin_by_name("edge", RequestId::new("x").unwrap())
+        .unwrap();
+    let used = layer(&engine, &["mid", "leaf"], &root.to_header(), &calls);
+    let _ = root.try_charge_many(&[(Counter::RETRIES, used)]);
+    assert!(
+        calls.get() <= 3 + 1,
+        "{} database calls for a tree allowed 3 retries",
+        calls.get()
+    );
+}

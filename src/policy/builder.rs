@@ -142,7 +142,8 @@ impl ClassBuilder {
         self
     }
 
-    /// The retry allowance of a whole request tree.
+    /// The retry allowance of a whole request tree (across a process hop, see the
+    /// [`header`](crate::header) module for what a caller must charge back).
     pub fn retries(mut self, n: u64) -> Self {
         self.raw.retries = Some(Field::new(n, None));
         self
