@@ -648,6 +648,16 @@ public:
 
     /// The propagation header for the next hop ("cg1;id=...").
     std::string to_header() const { return text(costguard_budget_to_header, "costguard_budget_to_header"); }
+    /// What this budget used, as the usage header value to answer its caller with ("cgu1;retries=2;...").
+    std::string usage() const { return text(costguard_budget_usage, "costguard_budget_usage"); }
+    /// Charges the usage a callee answered with, all or nothing (a malformed value throws Error).
+    [[nodiscard]] Refusal try_charge_usage(std::string_view usage) const {
+        costguard_verdict v;
+        return refusal(costguard_budget_charge_usage(h_.get(), usage.data(), usage.size(), &v), v,
+                       "costguard_budget_charge_usage");
+    }
+    /// As try_charge_usage; throws Refused.
+    void charge_usage(std::string_view usage) const { or_throw(try_charge_usage(usage)); }
     /// The limit report as JSON and as text.
     std::string report_json() const { return text(costguard_budget_report_json, "costguard_budget_report_json"); }
     std::string report_text() const { return text(costguard_budget_report_text, "costguard_budget_report_text"); }

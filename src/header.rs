@@ -56,11 +56,43 @@
 //! ```
 //!
 //! The header goes one way: it passes down what is left, and the callee can spend no more. What the
-//! callee did spend does not come back by itself. A caller that may call again (a retry, a second
-//! sub-request) charges the usage its callee reports, its retries above all, to its own budget
-//! with [`Budget::try_charge_many`]: otherwise each new call hands the callee a fresh share of what
-//! the caller had left, and retries multiply across hops again (never past what the caller had
-//! left per call, but that can be several times over).
+//! callee did spend comes back only if the callee reports it and the caller charges it: otherwise
+//! each new call (a retry, a second sub-request) hands the callee a fresh share of what the caller
+//! had left, and retries multiply across hops again (never past what the caller had left per call,
+//! but that can be several times over). A callee answers with [`Budget::usage`], encoded as the
+//! value of a [`USAGE_HEADER_NAME`] response header (`cgu1;retries=2;file_lookups=400`: counters
+//! used, in the same strict grammar); the caller decodes it with [`Usage::decode`] and charges it to
+//! the budget it called under with [`Budget::charge_usage`].
+//!
+//! ```
+//! use costguard::{Counter, Engine, Policy, Propagation, RequestId, Usage};
+//! use costguard::clock::ManualClock;
+//! use std::time::Duration;
+//!
+//! let policy = Policy::builder()
+//!     .counter("file_lookups")
+//!     .class("parse", |c| c.wall_time(Duration::from_secs(30)).retries(3).limit("file_lookups", 500))
+//!     .class("api", |c| c.wall_time(Duration::from_secs(60)).retries(3))
+//!     .build()
+//!     .unwrap();
+//! let engine = Engine::builder(policy).clock(ManualClock::new()).build().unwrap();
+//! let parse = engine.begin_by_name("parse", RequestId::new("edit-9").unwrap()).unwrap();
+//!
+//! // The callee, in another process, retries twice and looks up 120 files.
+//! let prop = Propagation::decode(&parse.to_header()).unwrap();
+//! let api = engine.class("api").unwrap();
+//! let callee = engine.begin_propagated(api, RequestId::new("local").unwrap(), &prop).unwrap();
+//! callee.try_retry().unwrap();
+//! callee.try_retry().unwrap();
+//! callee.try_charge(engine.counter("file_lookups").unwrap(), 120).unwrap();
+//! let answer = callee.usage().encode();
+//! assert_eq!(answer, "cgu1;retries=2;file_lookups=120");
+//!
+//! // The caller charges it: one retry of the tree's three is left for everyone.
+//! parse.charge_usage(&Usage::decode(&answer).unwrap()).unwrap();
+//! assert_eq!(parse.used(Counter::RETRIES), 2);
+//! assert_eq!(parse.remaining_of(Counter::RETRIES), 1);
+//! ```
 
 use crate::budget::{Budget, Overrides};
 use crate::handle::Class;
@@ -72,6 +104,8 @@ use std::time::Duration;
 
 /// The HTTP header name costguard uses by convention.
 pub const HEADER_NAME: &str = "costguard-budget";
+/// The HTTP response header name costguard uses by convention for a callee's [`Usage`].
+pub const USAGE_HEADER_NAME: &str = "costguard-usage";
 /// The longest header value accepted, in bytes: room for every field a budget can have (an id of 64
 /// bytes, a priority, a time and 32 dimensions with 32-byte names and 20-digit values come to about
 /// 1.9 KB), so that whatever [`Budget::to_header`] writes, [`Propagation::decode`] accepts.
@@ -79,6 +113,7 @@ pub const MAX_HEADER_LEN: usize = 2048;
 /// The most fields a header value may carry.
 pub const MAX_HEADER_FIELDS: usize = 40;
 const VERSION: &str = "cg1";
+const USAGE_VERSION: &str = "cgu1";
 
 /// What a caller passes on to its callee: the remaining allowance of its budget.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -109,7 +144,7 @@ pub enum HeaderErrorKind {
     TooLong,
     /// More fields than [`MAX_HEADER_FIELDS`].
     TooManyFields,
-    /// Does not start with the version token `cg1`.
+    /// Does not start with the version token: `cg1` (or `cgu1` for a [`Usage`]).
     BadVersion,
     /// A field is not `key=value`, or the key is not a valid name.
     BadField,
@@ -159,7 +194,9 @@ impl fmt::Display for HeaderError {
         let what = match self.kind {
             HeaderErrorKind::TooLong => "header value is longer than 2048 bytes",
             HeaderErrorKind::TooManyFields => "header value has more than 40 fields",
-            HeaderErrorKind::BadVersion => "header value does not start with `cg1`",
+            HeaderErrorKind::BadVersion => {
+                "header value does not start with its version token (`cg1`, or `cgu1` for usage)"
+            }
             HeaderErrorKind::BadField => "malformed field (expected key=value)",
             HeaderErrorKind::DuplicateKey => "key appears twice",
             HeaderErrorKind::BadNumber => "malformed or out-of-range number",
@@ -330,7 +367,120 @@ impl Propagation {
     }
 }
 
+/// What a callee spent, to report to its caller in another process: the counters its budget used
+/// (see the [module documentation](self)).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Usage {
+    used: Vec<(String, u64)>,
+}
+
+impl Usage {
+    /// Decodes a usage header value: `cgu1` and then `name=decimal` fields, with the limits and the
+    /// strictness of [`Propagation::decode`].
+    pub fn decode(value: &str) -> Result<Usage, HeaderError> {
+        use HeaderErrorKind as K;
+        let value = value.trim_matches(|c| c == ' ' || c == '\t');
+        if value.len() > MAX_HEADER_LEN {
+            return Err(HeaderError::at(K::TooLong, MAX_HEADER_LEN));
+        }
+        let mut fields = value.split(';');
+        if fields.next() != Some(USAGE_VERSION) {
+            return Err(HeaderError::at(K::BadVersion, 0));
+        }
+        let mut out = Usage::default();
+        let mut offset = USAGE_VERSION.len() + 1;
+        for (count, field) in fields.enumerate() {
+            if count >= MAX_HEADER_FIELDS {
+                return Err(HeaderError::at(K::TooManyFields, offset));
+            }
+            let at = offset;
+            offset += field.len() + 1;
+            let Some((key, val)) = field.split_once('=') else {
+                return Err(HeaderError::at(K::BadField, at).in_field(field));
+            };
+            if !valid_name(key) {
+                return Err(HeaderError::at(K::BadField, at).in_field(key));
+            }
+            if out.used.iter().any(|(n, _)| n == key) {
+                return Err(HeaderError::at(K::DuplicateKey, at).in_field(key));
+            }
+            let n = decimal(val)
+                .ok_or_else(|| HeaderError::at(K::BadNumber, at + key.len() + 1).in_field(key))?;
+            out.used.push((key.to_owned(), n));
+        }
+        Ok(out)
+    }
+
+    /// Encodes as a usage header value.
+    pub fn encode(&self) -> String {
+        let mut s = String::from(USAGE_VERSION);
+        for (name, n) in &self.used {
+            // Writing to a String cannot fail.
+            let _ = write!(s, ";{name}={n}");
+        }
+        s
+    }
+
+    /// The amount of a counter the callee reported, by name.
+    pub fn used(&self, name: &str) -> Option<u64> {
+        self.used.iter().find(|(n, _)| n == name).map(|&(_, v)| v)
+    }
+
+    /// Every amount reported, in header order.
+    pub fn amounts(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.used.iter().map(|(n, v)| (n.as_str(), *v))
+    }
+}
+
 impl Budget {
+    /// What this budget (and its children) used of each counter, to report to the caller in
+    /// another process that it was started for: the built-in `retries` and every counter of the
+    /// policy, those at zero left out. Levels are not reported (they are back to where they were
+    /// when the work is done), nor `cpu_time` (this process's threads are not the caller's).
+    pub fn usage(&self) -> Usage {
+        let node = self.node();
+        let used = node
+            .snapshot
+            .dims
+            .dims
+            .iter()
+            .enumerate()
+            .filter(|(i, d)| {
+                d.kind == crate::policy::DimensionKind::Counter
+                    && *i != crate::Counter::CPU_TIME.index()
+            })
+            .map(|(i, d)| (d.name.to_string(), node.used(i)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        Usage { used }
+    }
+
+    /// Charges what a callee in another process reports it used (its [`Usage`]) to this budget,
+    /// all or nothing, so that the tree's allowances, its retries above all, hold across the hop.
+    /// Counters this budget's policy does not know, levels and `cpu_time` are ignored.
+    ///
+    /// The work is done already: when the usage does not fit, nothing is charged, the budget is
+    /// cancelled like any refused charge, and the verdict says which limit the callee went past.
+    pub fn charge_usage(&self, usage: &Usage) -> Result<(), Verdict> {
+        let snapshot = &self.node().snapshot;
+        let charges: Vec<(crate::Counter, u64)> = usage
+            .used
+            .iter()
+            .filter_map(|(name, n)| {
+                let i = snapshot.declared_dim(name)?;
+                let counter = snapshot.dims.info(i)?.kind == crate::policy::DimensionKind::Counter;
+                if !counter || i == crate::Counter::CPU_TIME.index() {
+                    return None;
+                }
+                Some((crate::Counter(u8::try_from(i).ok()?), *n))
+            })
+            .collect();
+        if charges.is_empty() {
+            return Ok(());
+        }
+        self.try_charge_many(&charges)
+    }
+
     /// What this budget has left, to pass to a callee in another process.
     ///
     /// Time left is reduced by the class's `child_margin` and rounded down to whole milliseconds, so the

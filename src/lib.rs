@@ -120,7 +120,9 @@ pub use budget::{
 };
 pub use engine::{Engine, EngineBuilder, DEFAULT_COARSE_TICK};
 pub use handle::{Backend, Class, Counter, Host, Level, NameError};
-pub use header::{HeaderError, HeaderErrorKind, Propagation, HEADER_NAME};
+pub use header::{
+    HeaderError, HeaderErrorKind, Propagation, Usage, HEADER_NAME, USAGE_HEADER_NAME,
+};
 pub use policy::{Policy, PolicyError};
 pub use priority::{Priority, UnknownPriority};
 pub use request_id::{RequestId, RequestIdError, MAX_REQUEST_ID_LEN};

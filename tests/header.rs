@@ -2,8 +2,9 @@
 
 use costguard::clock::ManualClock;
 use costguard::{
-    Counter, Engine, HeaderErrorKind, Policy, Priority, Propagation, Reason, RequestId,
+    Counter, Engine, HeaderErrorKind, Policy, Priority, Propagation, Reason, RequestId, Usage,
 };
+use std::cell::Cell;
 use std::time::Duration;
 
 fn engine() -> (Engine, ManualClock) {
@@ -268,9 +269,9 @@ fn a_header_with_no_time_left_is_refused_on_wall_time() {
 }
 
 /// Three layers in three processes, each willing to retry a failing call below it, share one
-/// retry allowance when each caller charges back the retries its callee reports: the database
-/// below sees the tree's allowance plus one call, however the layers retry. Without the charge
-/// back, each retry would hand the layer below a fresh share and the calls would multiply.
+/// retry allowance when each caller charges the usage its callee reports: the database below sees
+/// the tree's allowance plus one call, however the layers retry. (Without the charge, each retry
+/// hands the layer below a fresh share: 10 calls here.)
 #[test]
 fn retries_stay_within_the_trees_allowance_across_hops_when_usage_is_charged_back() {
     let policy = Policy::builder()
@@ -283,38 +284,89 @@ fn retries_stay_within_the_trees_allowance_across_hops_when_usage_is_charged_bac
         .clock(ManualClock::new())
         .build()
         .unwrap();
-    let calls = std::cell::Cell::new(0u64);
-    // A layer called with `header`: calls down (the database below the last layer always fails),
-    // retries while its budget allows, and answers with the retries its budget has used (its own
-    // and those charged back from below), as a response header would carry them.
-    fn layer(engine: &Engine, below: &[&str], header: &str, calls: &std::cell::Cell<u64>) -> u64 {
-        let prop = Propagation::decode(header).unwrap();
-        let class = engine.class(below[0]).unwrap();
-        let Ok(budget) = engine.begin_propagated(class, RequestId::new("x").unwrap(), &prop) else {
-            return 0;
-        };
-        loop {
-            match &below[1..] {
-                [] => calls.set(calls.get() + 1),
-                rest => {
-                    let used = layer(engine, rest, &budget.child().unwrap().to_header(), calls);
-                    // The charge back: the callee's retries are the tree's.
-                    let _ = budget.try_charge_many(&[(Counter::RETRIES, used)]);
-                }
-            }
-            if budget.try_retry().is_err() {
-                return budget.used(Counter::RETRIES);
-            }
-        }
-    }
-    let root = engine
-        .begin_by_name("edge", RequestId::new("x").unwrap())
-        .unwrap();
-    let used = layer(&engine, &["mid", "leaf"], &root.to_header(), &calls);
-    let _ = root.try_charge_many(&[(Counter::RETRIES, used)]);
+    let calls = Cell::new(0u64);
+    let root = engine.begin_by_name("edge", id("x")).unwrap();
+    let answer = layer(&engine, &["mid", "leaf"], &root.to_header(), &calls, true);
+    let _ = root.charge_usage(&Usage::decode(&answer).unwrap());
     assert!(
         calls.get() <= 3 + 1,
-        "{} database calls for a tree allowed 3 retries",
+        "{} database calls for 3 retries",
         calls.get()
+    );
+    assert!(root.used(Counter::RETRIES) >= 3);
+    // The same without the charge: the calls multiply.
+    calls.set(0);
+    let root = engine.begin_by_name("edge", id("y")).unwrap();
+    let _ = layer(&engine, &["mid", "leaf"], &root.to_header(), &calls, false);
+    assert!(calls.get() > 3 + 1, "{} calls", calls.get());
+}
+
+/// A layer called with request header `header`: calls down (the database below the last layer
+/// always fails), retries while its budget allows, charging (if `charge`) the usage each callee
+/// answers with, and answers with its own usage header.
+fn layer(engine: &Engine, below: &[&str], header: &str, calls: &Cell<u64>, charge: bool) -> String {
+    let prop = Propagation::decode(header).unwrap();
+    let class = engine.class(below[0]).unwrap();
+    let Ok(budget) = engine.begin_propagated(class, id("x"), &prop) else {
+        return Usage::default().encode();
+    };
+    loop {
+        match &below[1..] {
+            [] => calls.set(calls.get() + 1),
+            rest => {
+                let child = budget.child().unwrap();
+                let answer = layer(engine, rest, &child.to_header(), calls, charge);
+                if charge {
+                    let _ = child.charge_usage(&Usage::decode(&answer).unwrap());
+                }
+            }
+        }
+        if budget.try_retry().is_err() {
+            return budget.usage().encode();
+        }
+    }
+}
+
+/// A usage header round-trips, is as strict as the request header, and its charge ignores what
+/// the caller's policy does not count (levels, `cpu_time`, unknown names) and refuses, whole, what
+/// does not fit.
+#[test]
+fn usage_round_trips_and_charges_only_what_fits() {
+    let (engine, _clock) = engine();
+    let lookups = engine.counter("file_lookups").unwrap();
+    let api = engine.begin_by_name("api", id("a")).unwrap();
+    api.try_charge(lookups, 120).unwrap();
+    api.try_retry().unwrap();
+    let depth = engine.level("subcalls").unwrap();
+    let _level = api.enter(depth).unwrap();
+    let usage = api.usage();
+    assert_eq!(usage.encode(), "cgu1;retries=1;file_lookups=120");
+    assert_eq!(Usage::decode(&usage.encode()), Ok(usage.clone()));
+    assert_eq!(usage.used("file_lookups"), Some(120));
+    for bad in [
+        "cg1;retries=1",
+        "cgu1;retries=-1",
+        "cgu1;retries=1;retries=2",
+        "cgu1;Retries=1",
+        "cgu1;retries",
+        "cgu1;retries=01",
+    ] {
+        assert!(Usage::decode(bad).is_err(), "{bad}");
+    }
+    let parse = engine.begin_by_name("parse", id("p")).unwrap();
+    let reported =
+        Usage::decode("cgu1;subcalls=3;cpu_time=9;unknown=7;file_lookups=120;retries=1").unwrap();
+    parse.charge_usage(&reported).unwrap();
+    assert_eq!(parse.used(lookups), 120);
+    assert_eq!(parse.used(Counter::RETRIES), 1);
+    assert_eq!(parse.used(Counter::CPU_TIME), 0);
+    // 500 lookups allowed: 400 more do not fit, and nothing of the usage is charged.
+    let v = parse
+        .charge_usage(&Usage::decode("cgu1;retries=1;file_lookups=400").unwrap())
+        .unwrap_err();
+    assert_eq!(v.reason(), Reason::LimitExceeded);
+    assert_eq!(
+        (parse.used(lookups), parse.used(Counter::RETRIES)),
+        (120, 1)
     );
 }

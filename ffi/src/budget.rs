@@ -9,7 +9,7 @@ use crate::status::{costguard_status, Status};
 use crate::text::{self, required, TextOut};
 use crate::types::*;
 use crate::verdict::{costguard_verdict, refused};
-use costguard::header::Propagation;
+use costguard::header::{Propagation, Usage};
 use costguard::{Budget, Counter, LevelGuard, RequestId, Reservation, Verdict};
 use std::ffi::c_char;
 use std::ptr::NonNull;
@@ -665,6 +665,57 @@ pub unsafe extern "C" fn costguard_budget_to_header(
 ) -> costguard_status {
     // SAFETY: the caller's contract.
     unsafe { budget_text(b, buf, cap, len, Budget::to_header) }
+}
+
+/// What this budget (and its children) used, as the usage header value its caller in another
+/// process charges with `costguard_budget_charge_usage` (`cgu1;retries=2;file_lookups=120`: the
+/// retries and counters used, those at zero left out).
+///
+/// # Safety
+/// `buf` points to `cap` writable bytes (or NULL with `cap` 0); `len` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn costguard_budget_usage(
+    b: costguard_budget,
+    buf: *mut c_char,
+    cap: usize,
+    len: *mut usize,
+) -> costguard_status {
+    // SAFETY: the caller's contract.
+    unsafe { budget_text(b, buf, cap, len, |b| b.usage().encode()) }
+}
+
+/// Charges the usage a callee in another process answered with (its usage header value) to this
+/// budget, all or nothing, so that the tree's retry allowance and limits hold across the hop.
+/// Counters this policy does not know, levels and `cpu_time` are ignored.
+/// `COSTGUARD_HEADER_ERROR` for a malformed value (an empty one included); `COSTGUARD_REFUSED`
+/// when the usage does not fit: nothing is charged, the budget is cancelled, and the verdict says
+/// which limit the callee went past.
+///
+/// # Safety
+/// `value` points to `len` readable bytes (or is NULL with `len` 0); `verdict` is NULL or
+/// writable.
+#[no_mangle]
+pub unsafe extern "C" fn costguard_budget_charge_usage(
+    b: costguard_budget,
+    value: *const c_char,
+    len: usize,
+    verdict: *mut costguard_verdict,
+) -> costguard_status {
+    boundary(|| {
+        // SAFETY: the caller's contract.
+        let s = check!(unsafe { text::string(value, len) });
+        let usage = check!(Usage::decode(s).map_err(|e| {
+            text::set_last_error(format!("usage header: {e}"));
+            Status::COSTGUARD_HEADER_ERROR
+        }));
+        check!(with_budget(b.bits, |b| {
+            match b.budget.charge_usage(&usage) {
+                Ok(()) => Status::COSTGUARD_OK,
+                // SAFETY: the caller's contract.
+                Err(v) => unsafe { refused(verdict, &v) },
+            }
+        }))
+    })
 }
 
 /// The limit report as JSON.

@@ -534,6 +534,27 @@ fn cases() -> Vec<Case> {
                 null_mut()
             ));
         }),
+        ("costguard_budget_usage", |f| {
+            let mut len = 0;
+            null!(costguard_budget_usage(B0, null_mut(), 0, &mut len));
+            null!(costguard_budget_usage(f.budget, null_mut(), 8, &mut len));
+            null!(costguard_budget_usage(f.budget, null_mut(), 0, null_mut()));
+        }),
+        ("costguard_budget_charge_usage", |f| {
+            let usage = c"cgu1;retries=1";
+            null!(costguard_budget_charge_usage(
+                B0,
+                usage.as_ptr(),
+                usage.count_bytes(),
+                null_mut()
+            ));
+            null!(costguard_budget_charge_usage(
+                f.budget,
+                null(),
+                4,
+                null_mut()
+            ));
+        }),
         ("costguard_budget_report_json", |f| {
             let mut len = 0;
             null!(costguard_budget_report_json(B0, null_mut(), 0, &mut len));

@@ -10,14 +10,18 @@
 //!   has, for every dimension, exactly the smaller of the class limit and the header's allowance (never
 //!   more than the class allows), no more time than the class or the header allows, the header's
 //!   request id and a priority no more important than either; and what that budget would pass on in
-//!   turn is never more than it received.
+//!   turn is never more than it received;
+//! - the same value read as a callee's [`Usage`] obeys the same rules of trimming, offsets and
+//!   canonical round trips, and charging it to a fresh budget charges, all or nothing, exactly the
+//!   amounts of the counters the policy limits or counts (levels, `cpu_time` and unknown names
+//!   ignored): all of them when each fits its class limit, none otherwise.
 
 #![allow(dead_code)]
 
 use costguard::clock::{ManualClock, Timestamp};
 use costguard::header::{HeaderErrorKind, MAX_HEADER_LEN};
 use costguard::policy::DimensionKind;
-use costguard::{Budget, Engine, Policy, Propagation, Reason, RequestId};
+use costguard::{Budget, Counter, Engine, Policy, Propagation, Reason, RequestId, Usage};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -69,6 +73,7 @@ pub fn run(data: &[u8]) {
 }
 
 pub fn check_value(value: &str) {
+    check_usage(value);
     let decoded = Propagation::decode(value);
     let trimmed = value.trim_matches(|c| c == ' ' || c == '\t');
     if value.len() <= MAX_HEADER_LEN + 64 {
@@ -221,4 +226,57 @@ fn tightens(p: &Propagation) {
             "to_header gave {header:?}, which does not decode"
         );
     }
+}
+
+/// [`check_value`]'s rules for the value read as a [`Usage`].
+fn check_usage(value: &str) {
+    let decoded = Usage::decode(value);
+    let trimmed = value.trim_matches(|c| c == ' ' || c == '\t');
+    if value.len() <= MAX_HEADER_LEN + 64 {
+        assert_eq!(Usage::decode(trimmed), decoded, "spaces changed {value:?}");
+    }
+    let usage = match decoded {
+        Err(e) => {
+            if e.kind() != HeaderErrorKind::TooLong {
+                assert!(e.offset() <= trimmed.len(), "{e:?} past {trimmed:?}");
+            }
+            return;
+        }
+        Ok(u) => u,
+    };
+    let encoded = usage.encode();
+    assert_eq!(
+        encoded.len(),
+        trimmed.len(),
+        "{trimmed:?} re-encoded as {encoded:?}"
+    );
+    assert_eq!(Usage::decode(&encoded).as_ref(), Ok(&usage));
+    let (policy, engine) = callee();
+    let budget = engine
+        .begin_by_name("parse", RequestId::new("usage").expect("a valid id"))
+        .expect("parse starts");
+    // The counters a charge may touch: the built-in retries and the policy's counters.
+    let counted: Vec<(String, Counter, u64)> = dimensions(policy)
+        .into_iter()
+        .filter(|(name, kind)| *kind == DimensionKind::Counter && name != "cpu_time")
+        .map(|(name, _)| {
+            let counter = engine.counter(&name).expect("a counter");
+            let amount = usage.used(&name).unwrap_or(0);
+            (name, counter, amount)
+        })
+        .collect();
+    let fits = counted
+        .iter()
+        .all(|(name, _, n)| *n <= class_limit(policy, "parse", name));
+    let result = budget.charge_usage(&usage);
+    assert_eq!(result.is_ok(), fits, "{usage:?}: {result:?}");
+    for (name, counter, amount) in &counted {
+        let expected = if fits { *amount } else { 0 };
+        assert_eq!(
+            budget.used(*counter),
+            expected,
+            "{name} after charging {usage:?}"
+        );
+    }
+    assert_eq!(budget.used(Counter::CPU_TIME), 0);
 }

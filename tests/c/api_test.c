@@ -773,12 +773,28 @@ static void test_headers_and_reports(void) {
     CHECK(last_error_text()[0] != '\0');
     free(header);
 
+    /* The callee answers with its usage, and the caller charges it: 15 more lookups and a retry. */
+    OK(costguard_budget_charge(callee, lookups, 15, NULL));
+    OK(costguard_budget_try_retry(callee, NULL));
+    char *usage = budget_text(costguard_budget_usage, callee);
+    CHECK_STR(usage, "cgu1;retries=1;file_lookups=15");
+    OK(costguard_budget_charge_usage(b, usage, strlen(usage), &v));
+    CHECK_U64(remaining_of(b, lookups), 5);
+    /* Six more do not fit: nothing is charged, and the verdict says why. */
+    EXPECT(costguard_budget_charge_usage(b, S("cgu1;file_lookups=6"), &v), COSTGUARD_REFUSED);
+    CHECK_U64(v.reason, COSTGUARD_REASON_LIMIT_EXCEEDED);
+    CHECK_U64(remaining_of(b, lookups), 5);
+    EXPECT(costguard_budget_charge_usage(b, S("cg1;file_lookups=1"), &v), COSTGUARD_HEADER_ERROR);
+    EXPECT(costguard_budget_charge_usage(b, NULL, 0, &v), COSTGUARD_HEADER_ERROR);
+    EXPECT(costguard_budget_charge_usage(b, NULL, 4, &v), COSTGUARD_NULL_ARGUMENT);
+    free(usage);
+
     /* Reports. */
     OK(costguard_engine_advance_clock(e, 2000000000ull));
     char *text = budget_text(costguard_budget_report_text, b);
     CHECK_CONTAINS(text, "limit report for request edit-42 (class parse");
     CHECK_CONTAINS(text, "file_lookups");
-    CHECK_CONTAINS(text, "480 of 500");
+    CHECK_CONTAINS(text, "495 of 500"); /* 480, and the callee's 15 */
     CHECK_CONTAINS(text, "2.000s of 30.000s");
     free(text);
     char *rjson = budget_text(costguard_budget_report_json, b);

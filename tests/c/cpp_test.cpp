@@ -158,6 +158,13 @@ void test_basics() {
     CHECK_THROWS(engine.begin(engine.cls("api"), "hdr-2", "cg9;nonsense"), cg::Error,
                  [](const cg::Error &e) { CHECK_EQ(e.status(), cg::Status::HeaderError); });
     CHECK(!engine.begin(engine.cls("batch"), "no-deadline").remaining().has_value());
+    // The callee's usage, charged to the caller.
+    CHECK(!callee.try_retry().has_value());
+    CHECK_EQ(callee.usage(), std::string("cgu1;retries=1"));
+    CHECK(!budget.try_charge_usage(callee.usage()).has_value());
+    CHECK_EQ(budget.used(engine.counter("retries")), 1u);
+    CHECK_THROWS(budget.charge_usage("cg1;retries=1"), cg::Error,
+                 [](const cg::Error &e) { CHECK_EQ(e.status(), cg::Status::HeaderError); });
     CHECK_CONTAINS(budget.report_json(), "hdr-1");
     CHECK_CONTAINS(budget.report_text(), "limit report for request hdr-1");
 

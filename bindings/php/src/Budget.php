@@ -237,6 +237,38 @@ final class Budget extends Handle
         return $this->lib->text(fn (CData $b, int $c, CData $l): int => $this->ffi->costguard_budget_to_header($h, $b, $c, $l), 'toHeader');
     }
 
+    /**
+     * What this budget (and its children) used, for the costguard-usage response header its caller
+     * charges with {@see chargeUsage()} ('cgu1;retries=2;file_lookups=120').
+     */
+    public function usage(): string
+    {
+        $h = $this->handle();
+        return $this->lib->text(fn (CData $b, int $c, CData $l): int => $this->ffi->costguard_budget_usage($h, $b, $c, $l), 'usage');
+    }
+
+    /**
+     * Charges what a callee in another process answered it used (its costguard-usage header), all
+     * or nothing, so that the tree's retry allowance holds across the hop. A malformed value throws
+     * HeaderException.
+     *
+     * @throws RefusedException when it does not fit (nothing is charged; the budget is cancelled)
+     */
+    public function chargeUsage(string $usage): void
+    {
+        $v = $this->tryChargeUsage($usage);
+        if ($v !== null) {
+            throw new RefusedException($v);
+        }
+    }
+
+    /** As {@see chargeUsage()}, returning the verdict instead of throwing. */
+    public function tryChargeUsage(string $usage): ?Verdict
+    {
+        $status = $this->ffi->costguard_budget_charge_usage($this->handle(), $usage, strlen($usage), $this->v);
+        return $this->verdictOf($status, 'chargeUsage');
+    }
+
     /** The limit report as text, as Rust's Display prints it. */
     public function report(): string
     {

@@ -812,6 +812,36 @@ costguard_status costguard_budget_to_header(struct costguard_budget b,
                                             size_t *len);
 
 /**
+ * What this budget (and its children) used, as the usage header value its caller in another
+ * process charges with `costguard_budget_charge_usage` (`cgu1;retries=2;file_lookups=120`: the
+ * retries and counters used, those at zero left out).
+ *
+ * # Safety
+ * `buf` points to `cap` writable bytes (or NULL with `cap` 0); `len` is writable.
+ */
+costguard_status costguard_budget_usage(struct costguard_budget b,
+                                        char *buf,
+                                        size_t cap,
+                                        size_t *len);
+
+/**
+ * Charges the usage a callee in another process answered with (its usage header value) to this
+ * budget, all or nothing, so that the tree's retry allowance and limits hold across the hop.
+ * Counters this policy does not know, levels and `cpu_time` are ignored.
+ * `COSTGUARD_HEADER_ERROR` for a malformed value (an empty one included); `COSTGUARD_REFUSED`
+ * when the usage does not fit: nothing is charged, the budget is cancelled, and the verdict says
+ * which limit the callee went past.
+ *
+ * # Safety
+ * `value` points to `len` readable bytes (or is NULL with `len` 0); `verdict` is NULL or
+ * writable.
+ */
+costguard_status costguard_budget_charge_usage(struct costguard_budget b,
+                                               const char *value,
+                                               size_t len,
+                                               struct costguard_verdict *verdict);
+
+/**
  * The limit report as JSON.
  *
  * # Safety

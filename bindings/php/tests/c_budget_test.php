@@ -214,6 +214,17 @@ function test_header_propagation_can_only_tighten(): void
     assert_same(8, $ex->getCode());
     assert_throws(HeaderException::class, fn () => $e->begin('t', 'x', 'cg1;id=;;'));
     assert_same('costguard-budget', Header::NAME);
+
+    // The callee answers with what it used; the caller charges it, and has that much less left.
+    $callee->charge('file_lookups', 2);
+    $usage = $callee->usage();
+    assert_same('cgu1;file_lookups=2', $usage);
+    $b->chargeUsage($usage);
+    assert_same(1, $b->remaining('file_lookups'));
+    $v = $b->tryChargeUsage('cgu1;file_lookups=2');
+    assert_same(Reason::LimitExceeded, $v->reason);
+    assert_same(1, $b->remaining('file_lookups'), 'nothing charged');
+    assert_throws(HeaderException::class, fn () => $b->chargeUsage('cg1;file_lookups=1'));
 }
 
 function test_limit_report_as_text_json_and_array(): void
