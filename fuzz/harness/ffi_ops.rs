@@ -87,6 +87,28 @@ pub fn run(data: &[u8]) {
                 // SAFETY: as above.
                 let s = unsafe { costguard_budget_charge(b, n2, 1, null_mut()) };
                 assert_eq!(s, INVALID);
+                // Its usage, charged back to a live budget: charged or refused, never invalid.
+                let mut buf = [0u8; 256];
+                let mut len = 0usize;
+                // SAFETY: `buf` has `buf.len()` writable bytes; `len` is writable.
+                let s = unsafe {
+                    costguard_budget_usage(b, buf.as_mut_ptr().cast(), buf.len(), &mut len)
+                };
+                assert_eq!(s, costguard_status::COSTGUARD_OK);
+                let to = costguard_budget {
+                    bits: live[usize::from(r.byte()) % live.len()],
+                };
+                // SAFETY: `len` bytes of `buf` are initialized; NULL verdict allowed.
+                let s = unsafe {
+                    costguard_budget_charge_usage(to, buf.as_ptr().cast(), len, null_mut())
+                };
+                assert!(
+                    matches!(
+                        s,
+                        costguard_status::COSTGUARD_OK | costguard_status::COSTGUARD_REFUSED
+                    ),
+                    "{s:?}"
+                );
             }
             3 if !dead.is_empty() => {
                 let b = costguard_budget {
@@ -94,6 +116,12 @@ pub fn run(data: &[u8]) {
                 };
                 // SAFETY: as above.
                 let s = unsafe { costguard_budget_charge(b, n, 1, null_mut()) };
+                assert_eq!(s, INVALID);
+                let usage = "cgu1;n=1";
+                // SAFETY: `usage` is readable for its length; NULL verdict allowed.
+                let s = unsafe {
+                    costguard_budget_charge_usage(b, usage.as_ptr().cast(), usage.len(), null_mut())
+                };
                 assert_eq!(s, INVALID);
                 assert_eq!(costguard_budget_free(b), INVALID);
             }
