@@ -229,32 +229,64 @@ fn decimal(s: &str) -> Option<u64> {
     s.parse().ok()
 }
 
+/// One `key=value` field of a header value, with the byte offsets of the field and of its value.
+struct Field<'v> {
+    at: usize,
+    key: &'v str,
+    val_at: usize,
+    val: &'v str,
+}
+
+/// The fields of a header value after its version token, in order, with the checks every header
+/// value shares: surrounding spaces and tabs trimmed, the length, the version token, the number
+/// of fields and the `key=value` shape. Lazy, so that a field's own problem is found before a
+/// later one's.
+fn fields<'v>(
+    value: &'v str,
+    version: &str,
+) -> Result<impl Iterator<Item = Result<Field<'v>, HeaderError>>, HeaderError> {
+    use HeaderErrorKind as K;
+    // Trimming reads only the spaces and tabs around the value, however long it is.
+    let value = value.trim_matches(|c| c == ' ' || c == '\t');
+    if value.len() > MAX_HEADER_LEN {
+        return Err(HeaderError::at(K::TooLong, MAX_HEADER_LEN));
+    }
+    let mut parts = value.split(';');
+    if parts.next() != Some(version) {
+        return Err(HeaderError::at(K::BadVersion, 0));
+    }
+    let mut offset = version.len() + 1;
+    Ok(parts.enumerate().map(move |(count, field)| {
+        if count >= MAX_HEADER_FIELDS {
+            return Err(HeaderError::at(K::TooManyFields, offset));
+        }
+        let at = offset;
+        offset += field.len() + 1;
+        let Some((key, val)) = field.split_once('=') else {
+            return Err(HeaderError::at(K::BadField, at).in_field(field));
+        };
+        Ok(Field {
+            at,
+            key,
+            val_at: at + key.len() + 1,
+            val,
+        })
+    }))
+}
+
 impl Propagation {
     /// Decodes a header value. See the [module documentation](self) for the grammar.
     pub fn decode(value: &str) -> Result<Propagation, HeaderError> {
         use HeaderErrorKind as K;
-        // Trimming reads only the spaces and tabs around the value, however long it is.
-        let value = value.trim_matches(|c| c == ' ' || c == '\t');
-        if value.len() > MAX_HEADER_LEN {
-            return Err(HeaderError::at(K::TooLong, MAX_HEADER_LEN));
-        }
-        let mut fields = value.split(';');
-        if fields.next() != Some(VERSION) {
-            return Err(HeaderError::at(K::BadVersion, 0));
-        }
         let mut out = Propagation::default();
-        let mut offset = VERSION.len() + 1;
         let (mut saw_id, mut saw_pri, mut saw_t) = (false, false, false);
-        for (count, field) in fields.enumerate() {
-            if count >= MAX_HEADER_FIELDS {
-                return Err(HeaderError::at(K::TooManyFields, offset));
-            }
-            let at = offset;
-            offset += field.len() + 1;
-            let Some((key, val)) = field.split_once('=') else {
-                return Err(HeaderError::at(K::BadField, at).in_field(field));
-            };
-            let val_at = at + key.len() + 1;
+        for field in fields(value, VERSION)? {
+            let Field {
+                at,
+                key,
+                val_at,
+                val,
+            } = field?;
             let dup = |seen: &mut bool| {
                 if std::mem::replace(seen, true) {
                     Err(HeaderError::at(K::DuplicateKey, at).in_field(key))
@@ -379,33 +411,22 @@ impl Usage {
     /// strictness of [`Propagation::decode`].
     pub fn decode(value: &str) -> Result<Usage, HeaderError> {
         use HeaderErrorKind as K;
-        let value = value.trim_matches(|c| c == ' ' || c == '\t');
-        if value.len() > MAX_HEADER_LEN {
-            return Err(HeaderError::at(K::TooLong, MAX_HEADER_LEN));
-        }
-        let mut fields = value.split(';');
-        if fields.next() != Some(USAGE_VERSION) {
-            return Err(HeaderError::at(K::BadVersion, 0));
-        }
         let mut out = Usage::default();
-        let mut offset = USAGE_VERSION.len() + 1;
-        for (count, field) in fields.enumerate() {
-            if count >= MAX_HEADER_FIELDS {
-                return Err(HeaderError::at(K::TooManyFields, offset));
-            }
-            let at = offset;
-            offset += field.len() + 1;
-            let Some((key, val)) = field.split_once('=') else {
-                return Err(HeaderError::at(K::BadField, at).in_field(field));
-            };
+        for field in fields(value, USAGE_VERSION)? {
+            let Field {
+                at,
+                key,
+                val_at,
+                val,
+            } = field?;
             if !valid_name(key) {
                 return Err(HeaderError::at(K::BadField, at).in_field(key));
             }
             if out.used.iter().any(|(n, _)| n == key) {
                 return Err(HeaderError::at(K::DuplicateKey, at).in_field(key));
             }
-            let n = decimal(val)
-                .ok_or_else(|| HeaderError::at(K::BadNumber, at + key.len() + 1).in_field(key))?;
+            let n =
+                decimal(val).ok_or_else(|| HeaderError::at(K::BadNumber, val_at).in_field(key))?;
             out.used.push((key.to_owned(), n));
         }
         Ok(out)
