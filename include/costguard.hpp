@@ -650,7 +650,8 @@ public:
     std::string to_header() const { return text(costguard_budget_to_header, "costguard_budget_to_header"); }
     /// What this budget used, as the usage header value to answer its caller with ("cgu1;retries=2;...").
     std::string usage() const { return text(costguard_budget_usage, "costguard_budget_usage"); }
-    /// Charges the usage a callee answered with, all or nothing (a malformed value throws Error).
+    /// Charges the usage a callee answered with (a malformed value throws Error). Usage that does not
+    /// fit is refused and charged as far as the limits allow, and the budget is cancelled.
     [[nodiscard]] Refusal try_charge_usage(std::string_view usage) const {
         costguard_verdict v;
         return refusal(costguard_budget_charge_usage(h_.get(), usage.data(), usage.size(), &v), v,

@@ -477,11 +477,14 @@ impl Budget {
     }
 
     /// Charges what a callee in another process reports it used (its [`Usage`]) to this budget,
-    /// all or nothing, so that the tree's allowances, its retries above all, hold across the hop.
-    /// Counters this budget's policy does not know, levels and `cpu_time` are ignored.
+    /// so that the tree's allowances, its retries above all, hold across the hop. Counters this
+    /// budget's policy does not know, levels and `cpu_time` are ignored.
     ///
-    /// The work is done already: when the usage does not fit, nothing is charged, the budget is
-    /// cancelled like any refused charge, and the verdict says which limit the callee went past.
+    /// When the usage fits, it is charged all at once. When it does not (the callee went past
+    /// what the header allowed it, or ignored the header), the work is done already: each counter
+    /// is charged as far as the limits allow, so that an allowance the callee overran is used up
+    /// (no retry is left to hand out again), the budget is cancelled, and the verdict of the
+    /// all-at-once charge says which limit the callee went past.
     pub fn charge_usage(&self, usage: &Usage) -> Result<(), Verdict> {
         let snapshot = &self.node().snapshot;
         let charges: Vec<(crate::Counter, u64)> = usage
@@ -499,7 +502,21 @@ impl Budget {
         if charges.is_empty() {
             return Ok(());
         }
-        self.try_charge_many(&charges)
+        let refusal = match self.try_charge_many(&charges) {
+            Ok(()) => return Ok(()),
+            Err(v) => v,
+        };
+        for &(counter, n) in &charges {
+            let left = self.remaining_of(counter);
+            // What is left may shrink meanwhile (other threads of the request): then this part is
+            // refused too, and the counter is used up all the same.
+            let _ = self.try_charge(counter, n.min(left));
+            if n > left {
+                self.node().exhaust_tightest(counter.index());
+            }
+        }
+        self.cancel();
+        Err(refusal)
     }
 
     /// What this budget has left, to pass to a callee in another process.

@@ -328,10 +328,11 @@ fn layer(engine: &Engine, below: &[&str], header: &str, calls: &Cell<u64>, charg
 }
 
 /// A usage header round-trips, is as strict as the request header, and its charge ignores what
-/// the caller's policy does not count (levels, `cpu_time`, unknown names) and refuses, whole, what
-/// does not fit.
+/// the caller's policy does not count (levels, `cpu_time`, unknown names). Usage that does not fit
+/// (a callee that went past its header) is refused, and charged as far as the limits allow: the
+/// work is done, and an allowance the callee overran is used up.
 #[test]
-fn usage_round_trips_and_charges_only_what_fits() {
+fn usage_round_trips_and_what_does_not_fit_uses_the_allowance_up() {
     let (engine, _clock) = engine();
     let lookups = engine.counter("file_lookups").unwrap();
     let api = engine.begin_by_name("api", id("a")).unwrap();
@@ -360,13 +361,25 @@ fn usage_round_trips_and_charges_only_what_fits() {
     assert_eq!(parse.used(lookups), 120);
     assert_eq!(parse.used(Counter::RETRIES), 1);
     assert_eq!(parse.used(Counter::CPU_TIME), 0);
-    // 500 lookups allowed: 400 more do not fit, and nothing of the usage is charged.
+    // 500 lookups allowed: 400 more do not fit. The verdict says so; the lookups are used up,
+    // the retry charged, and the budget cancelled.
     let v = parse
         .charge_usage(&Usage::decode("cgu1;retries=1;file_lookups=400").unwrap())
         .unwrap_err();
     assert_eq!(v.reason(), Reason::LimitExceeded);
+    assert_eq!(v.dimension(), Some("file_lookups"));
     assert_eq!(
         (parse.used(lookups), parse.used(Counter::RETRIES)),
-        (120, 1)
+        (500, 2)
     );
+    assert!(parse.is_cancelled());
+    // A callee that retried more than the whole tree may: no retry is left for the caller.
+    let parse = engine.begin_by_name("parse", id("q")).unwrap();
+    let v = parse
+        .charge_usage(&Usage::decode("cgu1;retries=9").unwrap())
+        .unwrap_err();
+    assert_eq!(v.reason(), Reason::CannotFit);
+    assert_eq!(parse.used(Counter::RETRIES), 8);
+    assert!(parse.try_retry().is_err());
+    assert!(parse.is_cancelled());
 }

@@ -685,11 +685,12 @@ pub unsafe extern "C" fn costguard_budget_usage(
 }
 
 /// Charges the usage a callee in another process answered with (its usage header value) to this
-/// budget, all or nothing, so that the tree's retry allowance and limits hold across the hop.
-/// Counters this policy does not know, levels and `cpu_time` are ignored.
-/// `COSTGUARD_HEADER_ERROR` for a malformed value (an empty one included); `COSTGUARD_REFUSED`
-/// when the usage does not fit: nothing is charged, the budget is cancelled, and the verdict says
-/// which limit the callee went past.
+/// budget, so that the tree's retry allowance and limits hold across the hop. Counters this
+/// policy does not know, levels and `cpu_time` are ignored. `COSTGUARD_HEADER_ERROR` for a
+/// malformed value (an empty one included); `COSTGUARD_REFUSED` when the usage does not fit (a
+/// callee that went past its header): each counter is charged as far as the limits allow (an
+/// allowance the callee overran is used up), the budget is cancelled, and the verdict says which
+/// limit the callee went past.
 ///
 /// # Safety
 /// `value` points to `len` readable bytes (or is NULL with `len` 0); `verdict` is NULL or

@@ -12,9 +12,10 @@
 //!   request id and a priority no more important than either; and what that budget would pass on in
 //!   turn is never more than it received;
 //! - the same value read as a callee's [`Usage`] obeys the same rules of trimming, offsets and
-//!   canonical round trips, and charging it to a fresh budget charges, all or nothing, exactly the
-//!   amounts of the counters the policy limits or counts (levels, `cpu_time` and unknown names
-//!   ignored): all of them when each fits its class limit, none otherwise.
+//!   canonical round trips, and charging it to a fresh budget charges exactly the amounts of the
+//!   counters the policy limits or counts (levels, `cpu_time` and unknown names ignored) when each
+//!   fits its class limit; otherwise it is refused, each counter is charged as far as its limit
+//!   allows, and the budget is cancelled.
 
 #![allow(dead_code)]
 
@@ -265,16 +266,24 @@ fn check_usage(value: &str) {
             (name, counter, amount)
         })
         .collect();
-    let fits = counted
-        .iter()
-        .all(|(name, _, n)| *n <= class_limit(policy, "parse", name));
+    // What one counter can take: its amount when within its class limit, as much as the limit
+    // allows otherwise (a counter without a limit refuses only a total reaching `u64::MAX`).
+    let takes = |name: &str, n: u64| -> (bool, u64) {
+        let limit = class_limit(policy, "parse", name);
+        if limit == u64::MAX {
+            (n < u64::MAX, if n < u64::MAX { n } else { 0 })
+        } else {
+            (n <= limit, n.min(limit))
+        }
+    };
+    let fits = counted.iter().all(|(name, _, n)| takes(name, *n).0);
     let result = budget.charge_usage(&usage);
     assert_eq!(result.is_ok(), fits, "{usage:?}: {result:?}");
+    assert_eq!(budget.is_cancelled(), !fits, "{usage:?}");
     for (name, counter, amount) in &counted {
-        let expected = if fits { *amount } else { 0 };
         assert_eq!(
             budget.used(*counter),
-            expected,
+            takes(name, *amount).1,
             "{name} after charging {usage:?}"
         );
     }

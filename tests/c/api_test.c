@@ -780,10 +780,10 @@ static void test_headers_and_reports(void) {
     CHECK_STR(usage, "cgu1;retries=1;file_lookups=15");
     OK(costguard_budget_charge_usage(b, usage, strlen(usage), &v));
     CHECK_U64(remaining_of(b, lookups), 5);
-    /* Six more do not fit: nothing is charged, and the verdict says why. */
+    /* Six more do not fit: the verdict says why, and the five left are used up. */
     EXPECT(costguard_budget_charge_usage(b, S("cgu1;file_lookups=6"), &v), COSTGUARD_REFUSED);
     CHECK_U64(v.reason, COSTGUARD_REASON_LIMIT_EXCEEDED);
-    CHECK_U64(remaining_of(b, lookups), 5);
+    CHECK_U64(remaining_of(b, lookups), 0);
     EXPECT(costguard_budget_charge_usage(b, S("cg1;file_lookups=1"), &v), COSTGUARD_HEADER_ERROR);
     EXPECT(costguard_budget_charge_usage(b, NULL, 0, &v), COSTGUARD_HEADER_ERROR);
     EXPECT(costguard_budget_charge_usage(b, NULL, 4, &v), COSTGUARD_NULL_ARGUMENT);
@@ -794,7 +794,7 @@ static void test_headers_and_reports(void) {
     char *text = budget_text(costguard_budget_report_text, b);
     CHECK_CONTAINS(text, "limit report for request edit-42 (class parse");
     CHECK_CONTAINS(text, "file_lookups");
-    CHECK_CONTAINS(text, "495 of 500"); /* 480, and the callee's 15 */
+    CHECK_CONTAINS(text, "500 of 500"); /* 480, the callee's 15, and the 5 its overrun used up */
     CHECK_CONTAINS(text, "2.000s of 30.000s");
     free(text);
     char *rjson = budget_text(costguard_budget_report_json, b);

@@ -248,11 +248,12 @@ final class Budget extends Handle
     }
 
     /**
-     * Charges what a callee in another process answered it used (its costguard-usage header), all
-     * or nothing, so that the tree's retry allowance holds across the hop. A malformed value throws
+     * Charges what a callee in another process answered it used (its costguard-usage header), so
+     * that the tree's retry allowance holds across the hop. A malformed value throws
      * HeaderException.
      *
-     * @throws RefusedException when it does not fit (nothing is charged; the budget is cancelled)
+     * @throws RefusedException when it does not fit (each counter is charged as far as its limits
+     *         allow, and the budget is cancelled)
      */
     public function chargeUsage(string $usage): void
     {
