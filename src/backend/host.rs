@@ -398,8 +398,15 @@ impl HostState {
     ///
     /// The generation it gave the word, if this call ended an ejection.
     pub(crate) fn forget_ejection(&self, ejected: &EjectedHosts) -> Option<u64> {
+        self.forget_ejection_of(None, ejected)
+    }
+
+    /// [`forget_ejection`](Self::forget_ejection), of the ejection of generation `only` when
+    /// given: an attempt undoing its own ejection must not end a later one (its own ended by a
+    /// reload, and the host ejected again meanwhile by another attempt).
+    fn forget_ejection_of(&self, only: Option<u64>, ejected: &EjectedHosts) -> Option<u64> {
         let mut w = self.eject.load(Ordering::SeqCst);
-        while w & EJECTED != 0 {
+        while w & EJECTED != 0 && only.is_none_or(|g| generation(w) == g) {
             let next = advance(w, 0);
             match self
                 .eject
@@ -541,7 +548,9 @@ impl HostState {
                                 // the reload (which reports the end), it is reported as ejected
                                 // so that the end has its start.
                                 if (!self.in_pool.load(Ordering::SeqCst) || ejected.over())
-                                    && self.forget_ejection(ejected).is_some()
+                                    && self
+                                        .forget_ejection_of(Some(generation(next)), ejected)
+                                        .is_some()
                                 {
                                     return Ejection::None;
                                 }

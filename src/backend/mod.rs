@@ -180,7 +180,9 @@ pub struct Transition {
     /// has the larger generation. (The hook is called by whichever thread made the transition,
     /// after it made it, so two threads' transitions can reach it in either order, and with
     /// timestamps taken before the transitions themselves.) A breaker's generations and a host's
-    /// ejection generations are separate sequences.
+    /// ejection generations are separate sequences, of 36 and 38 bits: they wrap only after that
+    /// many transitions of one breaker, or changes of one host's ejection state (each counted
+    /// failure is one).
     pub generation: u64,
 }
 
