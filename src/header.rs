@@ -453,6 +453,15 @@ impl Usage {
     }
 }
 
+/// The index of the counter `name` names in `snapshot`'s policy, if a usage reports it: the
+/// built-in `retries` and the policy's counters, not levels, nor `cpu_time` (one process's
+/// threads are not another's), nor names a reload removed.
+fn usage_counter(snapshot: &crate::engine::snapshot::Snapshot, name: &str) -> Option<usize> {
+    let i = snapshot.declared_dim(name)?;
+    let counter = snapshot.dims.info(i)?.kind == crate::policy::DimensionKind::Counter;
+    (counter && i != crate::Counter::CPU_TIME.index()).then_some(i)
+}
+
 impl Budget {
     /// What this budget (and its children) used of each counter, to report to the caller in
     /// another process that it was started for: the built-in `retries` and every counter of the
@@ -466,10 +475,7 @@ impl Budget {
             .dims
             .iter()
             .enumerate()
-            .filter(|(i, d)| {
-                d.kind == crate::policy::DimensionKind::Counter
-                    && *i != crate::Counter::CPU_TIME.index()
-            })
+            .filter(|&(i, d)| usage_counter(&node.snapshot, &d.name) == Some(i))
             .map(|(i, d)| (d.name.to_string(), node.used(i)))
             .filter(|(_, n)| *n > 0)
             .collect();
@@ -491,11 +497,7 @@ impl Budget {
             .used
             .iter()
             .filter_map(|(name, n)| {
-                let i = snapshot.declared_dim(name)?;
-                let counter = snapshot.dims.info(i)?.kind == crate::policy::DimensionKind::Counter;
-                if !counter || i == crate::Counter::CPU_TIME.index() {
-                    return None;
-                }
+                let i = usage_counter(snapshot, name)?;
                 Some((crate::Counter(u8::try_from(i).ok()?), *n))
             })
             .collect();

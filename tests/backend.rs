@@ -2466,14 +2466,30 @@ fn a_host_respelled_by_a_reload_is_the_same_host() {
 /// ejections, whatever order threads report them in.
 #[test]
 fn transitions_carry_generations_in_order() {
+    type Seen = Arc<Mutex<Vec<costguard::backend::Transition>>>;
     let clock = ManualClock::new();
-    let log: Arc<Mutex<Vec<costguard::backend::Transition>>> = Arc::default();
-    let seen = Arc::clone(&log);
-    let engine = Engine::builder(ejecting(&["k1", "k2"], false))
-        .clock(clock.clone())
-        .on_transition(move |t| seen.lock().unwrap().push(t.clone()))
-        .build()
-        .unwrap();
+    let logged = |policy: Policy| -> (Engine, Seen) {
+        let log: Seen = Arc::default();
+        let seen = Arc::clone(&log);
+        let engine = Engine::builder(policy)
+            .clock(clock.clone())
+            .on_transition(move |t| seen.lock().unwrap().push(t.clone()))
+            .build()
+            .unwrap();
+        (engine, log)
+    };
+    // The kinds seen are `kinds`, in generation order.
+    let in_order = |log: &Seen, kinds: &[TransitionKind]| {
+        let log = log.lock().unwrap();
+        assert_eq!(log.iter().map(|t| t.kind).collect::<Vec<_>>(), kinds);
+        assert!(
+            log.windows(2).all(|w| w[0].generation < w[1].generation),
+            "{log:?}"
+        );
+    };
+
+    // A host's ejections: ejected, readmitted, ejected again, ended by a reload.
+    let (engine, log) = logged(ejecting(&["k1", "k2"], false));
     let kafka = engine.backend("kafka").unwrap();
     let k1 = engine.host(kafka, "k1").unwrap();
     let budget = engine
@@ -2489,36 +2505,23 @@ fn transitions_carry_generations_in_order() {
     clock.advance(Duration::from_secs(5));
     fail(); // readmitted, and ejected again for 10 s
     engine.reload(ejecting(&["k2"], false)).unwrap(); // taken out: the ejection ends
-    let log = log.lock().unwrap();
-    let kinds: Vec<_> = log.iter().map(|t| t.kind).collect();
-    assert_eq!(
-        kinds,
-        [
+    in_order(
+        &log,
+        &[
             TransitionKind::Ejected,
             TransitionKind::Readmitted,
             TransitionKind::Ejected,
-            TransitionKind::EjectionEnded
-        ]
+            TransitionKind::EjectionEnded,
+        ],
     );
-    assert!(
-        log.windows(2).all(|w| w[0].generation < w[1].generation),
-        "{log:?}"
-    );
-    drop(log);
 
     // A breaker's: opened, half-opened, closed.
-    let log: Arc<Mutex<Vec<costguard::backend::Transition>>> = Arc::default();
-    let seen = Arc::clone(&log);
-    let engine = Engine::builder(single("db", |b| {
+    let (engine, log) = logged(single("db", |b| {
         b.count("breaker.consecutive_failures", 1)
             .count("breaker.probes", 1)
             .duration("breaker.open_for", Duration::from_secs(1))
             .duration("breaker.max_open_for", Duration::from_secs(1))
-    }))
-    .clock(clock.clone())
-    .on_transition(move |t| seen.lock().unwrap().push(t.clone()))
-    .build()
-    .unwrap();
+    }));
     let db = engine.backend("db").unwrap();
     let budget = engine
         .begin_by_name("api", RequestId::new("r").unwrap())
@@ -2532,18 +2535,12 @@ fn transitions_carry_generations_in_order() {
     run(AttemptOutcome::ServerError);
     clock.advance(Duration::from_secs(1));
     run(AttemptOutcome::Success);
-    let log = log.lock().unwrap();
-    let kinds: Vec<_> = log.iter().map(|t| t.kind).collect();
-    assert_eq!(
-        kinds,
-        [
+    in_order(
+        &log,
+        &[
             TransitionKind::Opened,
             TransitionKind::HalfOpened,
-            TransitionKind::Closed
-        ]
-    );
-    assert!(
-        log.windows(2).all(|w| w[0].generation < w[1].generation),
-        "{log:?}"
+            TransitionKind::Closed,
+        ],
     );
 }

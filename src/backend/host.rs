@@ -108,12 +108,7 @@ impl BreakerCell {
             if role == Role::Probe {
                 let gen = breaker::Word::unpack(next).generation;
                 let at = now.saturating_add(timeout);
-                let _ =
-                    self.probe_deadline
-                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| {
-                            let raised = tagged::raise(d, tagged::tag(at, gen));
-                            (raised != d).then_some(raised)
-                        });
+                tagged::raise_in(&self.probe_deadline, tagged::tag(at, gen));
             }
             match self
                 .word
@@ -367,12 +362,7 @@ impl HostState {
     /// ejection (its time is then of no use). A newer tag stays: an ejection from `w` may have
     /// written its time already.
     fn retag(&self, w: u64) {
-        let _ = self
-            .ejected_until
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| {
-                let raised = tagged::raise(d, tagged::tag_down(0, generation(w)));
-                (raised != d).then_some(raised)
-            });
+        tagged::raise_in(&self.ejected_until, tagged::tag_down(0, generation(w)));
     }
 
     /// When the host's ejection ends (the clock's end when that is not known): for ordering
@@ -515,14 +505,9 @@ impl HostState {
                         // a time left by a writer whose exchange failed is replaced by the next
                         // ejection's, of a newer generation.
                         let at = now.saturating_add(rule.duration(count));
-                        let _ = self.ejected_until.fetch_update(
-                            Ordering::AcqRel,
-                            Ordering::Acquire,
-                            |d| {
-                                let raised =
-                                    tagged::raise(d, tagged::tag_down(at, generation(next)));
-                                (raised != d).then_some(raised)
-                            },
+                        tagged::raise_in(
+                            &self.ejected_until,
+                            tagged::tag_down(at, generation(next)),
                         );
                         match self.eject.compare_exchange(
                             w,

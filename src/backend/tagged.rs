@@ -12,6 +12,8 @@
 //! deadline that must not come early ([`tag`]), down for an end that must not come late
 //! ([`tag_down`]). The times stored here are timeouts and ejections, which that does not change.
 
+use crate::sync::{AtomicU64, Ordering};
+
 /// The bits of a tagged time that hold the low bits of its period's generation.
 pub(crate) const TAG: u64 = 0xffff;
 
@@ -50,6 +52,14 @@ pub(crate) fn raise(stored: u64, new: u64) -> u64 {
         a if a <= TAG / 2 => new,
         _ => stored,
     }
+}
+
+/// [`raise`]s the tagged word in `cell` to `new`, writing only when that changes it.
+pub(crate) fn raise_in(cell: &AtomicU64, new: u64) {
+    let _ = cell.fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| {
+        let raised = raise(d, new);
+        (raised != d).then_some(raised)
+    });
 }
 
 #[cfg(test)]
