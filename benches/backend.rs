@@ -9,8 +9,9 @@
 //! - `attempt`: `begin_attempt` + `finish(Success)` on a closed breaker, uncontended, for a backend
 //!   without hosts and for one with a pool of three hosts, against a bare `fetch_add` + `fetch_sub`
 //!   pair and against the `failsafe` crate's call-through (`CircuitBreaker::call` with its default
-//!   configuration and a closure that succeeds). The two backends' retry budgets never fill up, so
-//!   every first attempt deposits into one with a compare-and-swap. More subjects show where the time
+//!   configuration and a closure that succeeds). Untimed retry decisions between chunks keep the two
+//!   backends' retry budgets from filling up, so every first attempt deposits into one with a
+//!   compare-and-swap (the costlier state). More subjects show where the time
 //!   goes: a retry attempt (`retry` = 1, which skips the deposit); a first attempt on a backend with
 //!   default settings, whose retry budget is full as a healthy backend's is (the deposit only reads
 //!   it); and the same round trip on an engine with a production clock instead of the
@@ -71,8 +72,9 @@ struct Fixture {
 
 /// The policy every fixture uses: one class with a far deadline and an allowance of retries no run
 /// exhausts; two backends with the default breaker, bulkheads and ejection settings, whose retry
-/// budgets earn one token per first attempt and refill at the highest floor a policy accepts (they
-/// never fill up, so every first attempt deposits with a compare-and-swap); and a backend with every
+/// budgets earn one token per first attempt and refill at the highest floor a policy accepts (the
+/// attempt subjects drain them as they go, so that every first attempt deposits with a
+/// compare-and-swap); and a backend with every
 /// setting at its default.
 fn policy() -> Policy {
     let retry_budget = |b: costguard::policy::BackendBuilder| {
@@ -162,11 +164,20 @@ fn bench_attempt(c: &mut Criterion) {
 
     let f = Fixture::manual();
     let request = budget(&f.engine);
+    let drain = budget(&f.engine);
     g.bench_function("begin_finish_no_hosts", |b| {
-        b.iter(|| attempt_round_trip(&f.engine, f.db, &request, 0))
+        b.iter_custom(|iters| {
+            depositing(&f.engine, f.db, &drain, iters, || {
+                attempt_round_trip(&f.engine, f.db, &request, 0)
+            })
+        })
     });
     g.bench_function("begin_finish_3_hosts", |b| {
-        b.iter(|| attempt_round_trip(&f.engine, f.pool, &request, 0))
+        b.iter_custom(|iters| {
+            depositing(&f.engine, f.pool, &drain, iters, || {
+                attempt_round_trip(&f.engine, f.pool, &request, 0)
+            })
+        })
     });
     // A retry attempt does not deposit into the backend's retry budget (one CAS loop fewer).
     g.bench_function("begin_finish_no_hosts_retry1", |b| {
@@ -221,6 +232,13 @@ fn bench_attempt(c: &mut Criterion) {
         .find(|s| s.backend == "steady")
         .expect("steady");
     assert_eq!(steady.retry_tokens, 100, "{steady:?}");
+    // The depositing subjects' budgets never filled (their cap is ten seconds of a floor of
+    // 1,000,000 a second).
+    for stats in f.engine.backend_stats() {
+        if stats.backend != "steady" {
+            assert!(stats.retry_tokens < 10_000_000, "{stats:?}");
+        }
+    }
 }
 
 /// The baseline of a retry decision: one compare-exchange on an `AtomicU64` (a load, then the CAS of
@@ -249,6 +267,40 @@ fn chunked(clock: &ManualClock, iters: u64, mut op: impl FnMut()) -> Duration {
         }
         timed += start.elapsed();
         left -= n;
+    }
+    timed
+}
+
+/// Runs `op` (first attempts on `backend`) `iters` times in chunks of `CHUNK` and returns the time of
+/// the chunks alone. Before each chunk, untimed, as many retry decisions on `backend` take back the
+/// tokens the previous chunk deposited, so that the backend's retry budget never fills up and every
+/// first attempt deposits with a compare-and-swap (without them it would be full after about nine
+/// million first attempts, and every deposit after that a load).
+fn depositing(
+    engine: &Engine,
+    backend: Backend,
+    drain: &Budget,
+    iters: u64,
+    mut op: impl FnMut(),
+) -> Duration {
+    let mut timed = Duration::ZERO;
+    let mut left = iters;
+    let mut deposited = 0;
+    while left > 0 {
+        for _ in 0..deposited {
+            assert!(
+                retry_granted(engine, backend, drain),
+                "the drain must take a token"
+            );
+        }
+        let n = left.min(CHUNK);
+        let start = Instant::now();
+        for _ in 0..n {
+            op();
+        }
+        timed += start.elapsed();
+        left -= n;
+        deposited = n;
     }
     timed
 }
