@@ -10,8 +10,9 @@
 //! Unguarded, the storm reproduces: the database queue grows, API calls outlive Parsoid's timeout,
 //! Parsoid and RESTBase send them again while the originals still hold their threads, and the pool is
 //! exhausted in waves. Guarded, every tier admits at its door, every parse charges the lookups of a
-//! batch before sending it, the budget travels down in the `costguard-budget` header, and the
-//! retries of the whole tree come from one allowance.
+//! batch before sending it, the budget travels down in the `costguard-budget` header, what each
+//! parse used comes back with its answer in the `costguard-usage` header and is charged to the job's
+//! budget, and the retries of the whole tree come from one allowance.
 //!
 //! The figures from the incident report are the constants below; the capacities (threads, database
 //! speed, ordinary traffic) are sized so that one simulated hour replays in well under a second.

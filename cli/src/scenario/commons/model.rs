@@ -129,6 +129,9 @@ pub(super) struct Call {
     pub child: Option<Budget>,
 }
 
+/// The policy's counter of file-metadata lookups.
+pub(super) const LOOKUPS: &str = "file_lookups";
+
 /// The engine and its handles, for the guarded run.
 pub(super) struct Guarded {
     pub guard: Guard,
@@ -178,7 +181,7 @@ impl<'a> Model<'a> {
                     restbase: named(e.class("restbase"))?,
                     parse: named(e.class("parse"))?,
                     api: named(e.class("api"))?,
-                    lookups: named(e.counter("file_lookups"))?,
+                    lookups: named(e.counter(LOOKUPS))?,
                     db_queries: named(e.counter("db_queries"))?,
                     parsoid_backend: named(e.backend("parsoid"))?,
                     api_backend: named(e.backend("api"))?,

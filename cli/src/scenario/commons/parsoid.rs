@@ -6,10 +6,9 @@ use super::model::{Call, Ev, Model, Parse, Status};
 use super::*;
 use crate::sim::guard::refused;
 use crate::sim::slab::Key;
-use costguard::header::Propagation;
+use costguard::header::{Propagation, Usage};
 use costguard::{
-    AdmitRequest, Attempt, AttemptOutcome, Counter, Outcome, Overrides, Priority, RequestId,
-    RetryDecision,
+    AdmitRequest, Attempt, AttemptOutcome, Outcome, Overrides, Priority, RequestId, RetryDecision,
 };
 
 /// How a batch ended.
@@ -346,13 +345,11 @@ impl Model<'_> {
         if !parse.answered && (parse.failed || finished) {
             parse.answered = true;
             let (job, job_try) = (parse.job, parse.job_try);
-            // What the parse used comes back with its answer, to be charged to the job's budget:
-            // the request tree's allowances are the tree's, not each attempt's.
+            // What the parse used comes back with its answer, in the `costguard-usage` response
+            // header, to be charged to the job's budget: the request tree's allowances are the
+            // tree's, not each attempt's.
             let usage = match (&self.g, &parse.admitted) {
-                (Some(g), Some(a)) => Some((
-                    a.budget().used(g.lookups),
-                    a.budget().used(Counter::RETRIES),
-                )),
+                (Some(_), Some(a)) => Some(a.budget().usage().encode()),
                 _ => None,
             };
             let status = if parse.failed {
@@ -379,8 +376,8 @@ impl Model<'_> {
                     parse.images.saturating_sub(parse.rendered),
                 );
             }
-            if let Some((lookups, retries)) = usage {
-                self.charge_back(job, job_try, lookups, retries);
+            if let Some(usage) = usage {
+                self.charge_back(job, job_try, &usage);
             }
             self.job_response(job, job_try, status);
         }
@@ -400,22 +397,26 @@ impl Model<'_> {
         }
     }
 
-    /// Charges the usage an answer of parse attempt `try_no` reports to its job's budget, where the
-    /// next attempt's budget is carved from. Usage that does not fit spends the tree's allowance: the
-    /// job's budget is then exhausted, and no further attempt starts. (An attempt the outer tier gave
-    /// up on reports nothing: in this model, only answers carry their usage back.)
-    fn charge_back(&mut self, key: Key, try_no: u32, lookups: u64, retries: u64) {
-        let (Some(g), Some(job)) = (&self.g, self.jobs.get_mut(key)) else {
+    /// Charges the usage an answer of parse attempt `try_no` reports (its `costguard-usage` header
+    /// value) to its job's budget, where the next attempt's budget is carved from. Usage that does
+    /// not fit uses the tree's allowances up and cancels the job's budget: no further attempt
+    /// starts. (An attempt the outer tier gave up on reports nothing: in this model, only answers
+    /// carry their usage back.)
+    fn charge_back(&mut self, key: Key, try_no: u32, header: &str) {
+        let (Some(_), Some(job)) = (&self.g, self.jobs.get_mut(key)) else {
             return;
         };
         if job.waiting != Some(try_no) {
             return;
         }
+        let Ok(usage) = Usage::decode(header) else {
+            self.rec.count("bad_headers", 1);
+            return;
+        };
+        let lookups = usage.used(super::model::LOOKUPS).unwrap_or(0);
         job.lookups_reported = job.lookups_reported.saturating_add(lookups);
         if let Some(root) = job.admitted.as_ref().map(|a| a.budget()) {
-            if let Err(v) =
-                root.try_charge_many(&[(g.lookups, lookups), (Counter::RETRIES, retries)])
-            {
+            if let Err(v) = root.charge_usage(&usage) {
                 refused(&mut self.rec, &v);
             }
         }
