@@ -580,10 +580,11 @@ fn an_adaptive_limit_follows_latency_on_the_manual_clock() {
     clock.advance(Duration::from_secs(1));
     run(900, Outcome::Cancelled);
     assert_eq!(limit(&e), 2);
-    // The second slow window halves it once more, then fast windows in use add 1 each, up to max.
+    // The second slow window would halve it once more, but not below 2: at 1, background work's
+    // half of the limit would be no permit at all. Then fast windows in use add 1 each, up to max.
     clock.advance(Duration::from_secs(1));
     run(10, Outcome::Success);
-    assert_eq!(limit(&e), 1);
+    assert_eq!(limit(&e), 2);
     for _ in 0..10 {
         clock.advance(Duration::from_secs(1));
         run(10, Outcome::Success);
@@ -1803,7 +1804,8 @@ fn a_priority_the_limit_never_lets_in_is_told_not_to_retry() {
         assert_eq!((v.reason(), v.used(), v.limit()), (Reason::Shed, 0, 0));
         assert_eq!(v.retry(), Retry::Never);
     }
-    // With an adaptive limit that may grow to 4, it may get in later.
+    // With an adaptive limit that may grow to 4, it may get in later. (Its floor is 2, where
+    // background work's half is one permit, here taken.)
     let policy = Policy::builder()
         .class("api", |c| {
             c.admission(|a| a.aimd(1, 1, 4, 0.5, Duration::from_millis(100)))
@@ -1812,8 +1814,10 @@ fn a_priority_the_limit_never_lets_in_is_told_not_to_retry() {
         .unwrap();
     let (e, _clock) = engine(policy);
     let api = e.class("api").unwrap();
+    assert_eq!(e.admission_stats().class("api").unwrap().limit, 2);
+    let _held = e.try_admit(&AdmitRequest::new(api, id(3))).unwrap();
     let v = e
-        .try_admit(&AdmitRequest::new(api, id(3)).priority(Priority::Background))
+        .try_admit(&AdmitRequest::new(api, id(4)).priority(Priority::Background))
         .unwrap_err();
     assert_eq!(v.reason(), Reason::Shed);
     assert_ne!(v.retry(), Retry::Never);
@@ -1974,6 +1978,58 @@ fn gradient2_backs_off_on_overload_failures() {
         clock.advance(Duration::from_secs(1));
     }
     assert!(limit(&e) < 10, "the limit went to {}", limit(&e));
+}
+
+/// An adaptive limit backed off to where a priority's share of it rounds down to nothing would
+/// admit none of that priority again, so no sample would ever let it recover: its floor keeps one
+/// permit for every priority with a share. Here normal work sees 90% of the limit, and `min` is 1
+/// (90% of which is nothing): after an overload, an hour of healthy normal traffic must be admitted.
+#[test]
+fn an_adaptive_limit_keeps_a_permit_for_every_priority_with_a_share() {
+    type Shape = fn(costguard::policy::AdmissionBuilder) -> costguard::policy::AdmissionBuilder;
+    let shapes: [(&str, Shape); 2] = [
+        ("aimd", |a| a.aimd(2, 1, 10, 0.5, Duration::from_secs(10))),
+        ("gradient2", |a| a.gradient2(2, 1, 10)),
+    ];
+    for (name, shape) in shapes {
+        let policy = Policy::builder()
+            .class("api", |c| {
+                c.admission(|a| {
+                    shape(a)
+                        .window(Duration::from_secs(1))
+                        .headroom(Priority::Normal, 0.9)
+                })
+            })
+            .build()
+            .unwrap();
+        let (e, clock) = engine(policy);
+        let api = e.class("api").unwrap();
+        let req = |n| AdmitRequest::new(api, id(n));
+        // Backed off by an overload: the first window closes, then the one holding the overload.
+        let a = e.try_admit(&req(1)).unwrap();
+        clock.advance(Duration::from_secs(1));
+        a.finish(Outcome::Overload);
+        clock.advance(Duration::from_secs(1));
+        e.try_admit(&req(2)).unwrap().finish(Outcome::Success);
+        let backed_off = e.admission_stats().class("api").unwrap().limit;
+        assert!(backed_off < 10, "{name}: the limit stayed at {backed_off}");
+        // An hour of healthy normal traffic, one request a second.
+        let mut refused = 0;
+        for n in 0..3600 {
+            clock.advance(Duration::from_secs(1));
+            match e.try_admit(&req(100 + n)) {
+                Ok(g) => g.finish(Outcome::Success),
+                Err(v) => {
+                    assert_ne!(v.retry(), Retry::Never, "{name}: {v}");
+                    refused += 1;
+                }
+            }
+        }
+        let stats = e.admission_stats();
+        let s = stats.class("api").unwrap();
+        assert_eq!(refused, 0, "{name}: limit {}, {refused} refused", s.limit);
+        assert!(s.limit >= 2, "{name}: the limit is {}", s.limit);
+    }
 }
 
 /// A waker runs with no lock of costguard's held: one that asks the engine to admit another

@@ -18,7 +18,7 @@
 //! overload failures (server errors, timeouts). Refused, cancelled and client-error requests are not.
 
 use super::limiter::Limiter;
-use crate::policy::{AdaptiveLimit, Algorithm};
+use crate::policy::{AdaptiveLimit, Algorithm, Permille};
 use crate::sync::{AtomicU64, Mutex, Ordering};
 use crossbeam_utils::CachePadded;
 
@@ -54,6 +54,28 @@ pub(crate) struct State {
 
 /// Weight of one window in Gradient2's long-term average.
 const LONG_WEIGHT: f64 = 0.05;
+
+/// `config` with its floor raised, where need be, to the smallest limit that leaves at least one
+/// permit to every priority with a share of it (`headroom`), though never above `max`.
+///
+/// Below that floor a priority would be refused outright, and a limit only moves on the samples
+/// of requests it admitted: a limit that other priorities' overloads had backed off there would
+/// never admit that priority again, however healthy the backend became, and a class of only that
+/// priority would stay shut for good.
+pub(crate) fn floored(config: AdaptiveLimit, headroom: &[Permille; 4]) -> AdaptiveLimit {
+    let floor = headroom
+        .iter()
+        .filter(|&&share| share > 0)
+        .map(|&share| 1000u32.div_ceil(u32::from(share.min(1000))))
+        .max()
+        .unwrap_or(1);
+    let min = config.min.max(floor).min(config.max);
+    AdaptiveLimit {
+        min,
+        initial: config.initial.clamp(min, config.max),
+        ..config
+    }
+}
 
 /// The next state after one window. Pure. The limit stays within `[min, max]` and finite whatever
 /// the samples are.
@@ -273,6 +295,34 @@ mod tests {
             max: 12,
             window: Duration::from_secs(1),
         }
+    }
+
+    #[test]
+    fn the_floor_leaves_a_permit_to_every_priority_with_a_share() {
+        let low = AdaptiveLimit {
+            initial: 1,
+            min: 1,
+            ..aimd()
+        };
+        // The default shares: background work's half of 2 is one permit.
+        let f = floored(low, &[1000, 1000, 800, 500]);
+        assert_eq!((f.min, f.initial, f.max), (2, 2, 12));
+        // A share of nothing asks for no permit; 30% needs a limit of 4 (3 would give 0.9).
+        let f = floored(low, &[1000, 1000, 300, 0]);
+        assert_eq!((f.min, f.initial), (4, 4));
+        for share in 1..=1000u16 {
+            let f = floored(low, &[1000, 1000, 1000, share]);
+            if f.min < f.max {
+                assert!(super::super::limiter::allowed(f.min, share) >= 1, "{share}");
+                assert!(super::super::limiter::allowed(f.min - 1, share) == 0 || f.min == 1);
+            }
+        }
+        // Never above `max` (a priority no limit of the class lets in is told so); a `min` above
+        // the floor stays as it is, and so does an `initial` within bounds.
+        let f = floored(low, &[1000, 1000, 800, 1]);
+        assert_eq!((f.min, f.initial), (12, 12));
+        let f = floored(aimd(), &[1000, 1000, 800, 500]);
+        assert_eq!((f.min, f.initial), (2, 10));
     }
 
     /// Gradient2 with a tolerance of 1.5 and a smoothing of 0.2, from `initial` within `5..=max`.

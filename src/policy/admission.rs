@@ -50,7 +50,10 @@ pub struct AdaptiveLimit {
     pub algorithm: Algorithm,
     /// The limit to start from.
     pub initial: u32,
-    /// Never below this.
+    /// Never below this, nor below the smallest limit that leaves at least one permit to every
+    /// priority with a share of it (2 with the default headroom, whose background share is 50%),
+    /// as long as that is not above `max`: a priority refused outright would give the limit no
+    /// samples to recover on.
     pub min: u32,
     /// Never above this.
     pub max: u32,
