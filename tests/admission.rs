@@ -1123,6 +1123,146 @@ fn an_async_waiter_whose_poll_panics_strands_nothing() {
     drop(e.try_admit(&AdmitRequest::new(api, id(3))).unwrap());
 }
 
+/// A manual clock that panics on the threads a test names, and counts its panics.
+#[derive(Clone, Debug, Default)]
+struct PanicsOn(ManualClock, Arc<Mutex<Vec<&'static str>>>, Arc<AtomicUsize>);
+
+impl costguard::clock::Clock for PanicsOn {
+    fn now(&self) -> costguard::clock::Timestamp {
+        let name = std::thread::current().name().map(str::to_owned);
+        let doomed = self
+            .1
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|n| Some(*n) == name.as_deref());
+        if doomed {
+            self.2.fetch_add(1, Ordering::SeqCst);
+            panic!("the clock failed");
+        }
+        self.0.now()
+    }
+}
+
+impl PanicsOn {
+    fn on(&self, thread: &'static str) {
+        self.1.lock().unwrap().push(thread);
+    }
+}
+
+/// A permit handed to an async waiter whose finishing poll panics (its clock, here) goes back:
+/// the future is still waiting when it is dropped, and gives back what it was handed.
+#[test]
+fn a_granted_async_waiter_whose_finishing_poll_panics_gives_its_permit_back() {
+    use executor::{poll, CountingWaker};
+    let clock = PanicsOn::default();
+    let e = Engine::builder(queued_policy(500))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let api = e.class("api").unwrap();
+    let waker = Arc::new(CountingWaker::default());
+    let first = e.try_admit(&AdmitRequest::new(api, id(1))).unwrap();
+    let mut fut = e.admit_async(AdmitRequest::new(api, id(2)));
+    // Polled on a thread named for the clock to fail on.
+    let on_poller = |f: &mut (dyn FnMut() + Send)| {
+        std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .name("poller".into())
+                .spawn_scoped(scope, f)
+                .unwrap()
+                .join()
+                .unwrap()
+        })
+    };
+    on_poller(&mut || assert!(poll(&mut fut, &waker).is_pending()));
+    drop(first); // handed to the waiter
+    assert_eq!(e.admission_stats().class("api").unwrap().in_flight, 1);
+    clock.on("poller");
+    let mut fut = Some(fut);
+    on_poller(&mut || {
+        let fut = fut.as_mut().unwrap();
+        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| poll(fut, &waker)));
+        assert!(polled.is_err(), "the finishing poll read the clock");
+    });
+    drop(fut); // as the panic would
+    let stats = e.admission_stats();
+    let s = stats.class("api").unwrap();
+    assert_eq!((s.in_flight, s.queue_len), (0, 0), "{s:?}");
+    drop(e.try_admit(&AdmitRequest::new(api, id(3))).unwrap());
+}
+
+/// The same for a blocking waiter: a panic while it waits, or while it finishes with the permit
+/// it was handed, leaves nothing behind (neither a waiter in the queue nor a permit).
+#[test]
+fn a_blocking_waiter_unwound_by_a_panic_leaves_nothing_behind() {
+    let clock = PanicsOn::default();
+    let e = Engine::builder(queued_policy(500))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let api = e.class("api").unwrap();
+    let first = e.try_admit(&AdmitRequest::new(api, id(1))).unwrap();
+    let waiter = std::thread::Builder::new()
+        .name("waiter".into())
+        .spawn({
+            let e = e.clone();
+            move || drop(e.admit(&AdmitRequest::new(api, id(2))))
+        })
+        .unwrap();
+    wait_for_queue(&e, 1);
+    // From here on its clock fails: in its wait, or once it is handed the permit below.
+    clock.on("waiter");
+    drop(first);
+    assert!(waiter.join().is_err(), "the waiter read the clock");
+    let stats = e.admission_stats();
+    let s = stats.class("api").unwrap();
+    assert_eq!((s.in_flight, s.queue_len), (0, 0), "{s:?}");
+    drop(e.try_admit(&AdmitRequest::new(api, id(3))).unwrap());
+}
+
+/// A clock that panics once on the engine's waiter timer does not end the timer: later waits
+/// still end at their deadlines.
+#[test]
+fn the_waiter_timer_outlives_a_panic_of_the_clock() {
+    use executor::{poll, CountingWaker};
+    let clock = PanicsOn::default();
+    clock.on("costguard-waiters");
+    let e = Engine::builder(queued_policy(100))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let api = e.class("api").unwrap();
+    let _held = e.try_admit(&AdmitRequest::new(api, id(1))).unwrap();
+    let waker = Arc::new(CountingWaker::default());
+    let mut first = e.admit_async(AdmitRequest::new(api, id(2)));
+    assert!(poll(&mut first, &waker).is_pending()); // starts the timer, whose clock panics
+    while clock.2.load(Ordering::SeqCst) == 0 {
+        std::thread::yield_now(); // until it has (an event)
+    }
+    drop(first);
+    clock.1.lock().unwrap().clear();
+    let mut later = e.admit_async(AdmitRequest::new(api, id(3)));
+    assert!(poll(&mut later, &waker).is_pending());
+    let woken = waker.0.load(Ordering::SeqCst);
+    clock.0.advance(Duration::from_secs(1));
+    // The timer's next round expires the waiter and wakes it (an event, not a time; the bound
+    // only keeps a broken timer from hanging the test).
+    let start = std::time::Instant::now();
+    while waker.0.load(Ordering::SeqCst) == woken {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the waiter was never expired"
+        );
+        std::thread::yield_now();
+    }
+    let v = match poll(&mut later, &waker) {
+        std::task::Poll::Ready(r) => r.unwrap_err(),
+        std::task::Poll::Pending => panic!("woken, but still waiting"),
+    };
+    assert_eq!(v.reason(), Reason::QueueTimeout);
+}
+
 #[test]
 fn codel_serves_newest_first_and_shortens_waits_under_standing_queues() {
     use executor::{poll, CountingWaker};

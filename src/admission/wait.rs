@@ -107,11 +107,14 @@ fn enqueue(
 }
 
 fn timed_out(engine: &Engine, req: &AdmitRequest<'_>, q: &Queued) -> Verdict {
-    let waited = engine
-        .clock()
-        .now()
-        .as_nanos()
-        .saturating_sub(q.waiter.enqueued);
+    // While unwinding (a waiter dropped by a panic), the clock is not read: a clock that panicked
+    // once may again, and a second panic would abort. The wait then counts as its whole patience.
+    let now = if std::thread::panicking() {
+        q.waiter.deadline
+    } else {
+        engine.clock().now().as_nanos()
+    };
+    let waited = now.saturating_sub(q.waiter.enqueued);
     let Some(adm) = admission(&q.snapshot, req) else {
         return Verdict::new(Reason::QueueTimeout, crate::Retry::Later)
             .with_request(req.effective_id());
@@ -160,6 +163,11 @@ fn finish_queued(engine: &Engine, req: &AdmitRequest<'_>, q: &Queued) -> Result<
 fn return_permit(engine: &Engine, req: &AdmitRequest<'_>, q: &Queued) {
     if let Some(adm) = admission(&q.snapshot, req) {
         adm.gate.limiter.release();
+        // While unwinding, the clock is not read (see `timed_out`): the permit is free for the
+        // next caller, and the queue's next dispatch (a release, or the timer) hands it on.
+        if std::thread::panicking() {
+            return;
+        }
         let now = engine.clock().now().as_nanos();
         adm.gate
             .queue
@@ -181,10 +189,17 @@ pub(crate) fn block(
             return finish(engine, req, &snapshot, priority, arrived)
         }
     };
+    // Until the wait is settled, a panic (a caller's clock, say) leaves the queue, or gives back
+    // a permit handed over meanwhile, as a dropped future does.
+    let unsettled = Unsettled { engine, req, q: &q };
+    let settled = |result| {
+        std::mem::forget(unsettled);
+        result
+    };
     loop {
         match q.waiter.state() {
-            GRANTED => return finish_queued(engine, req, &q),
-            EXPIRED => return Err(timed_out(engine, req, &q)),
+            GRANTED => return settled(finish_queued(engine, req, &q)),
+            EXPIRED => return settled(Err(timed_out(engine, req, &q))),
             _ => {}
         }
         let now = engine.clock().now().as_nanos();
@@ -193,7 +208,7 @@ pub(crate) fn block(
                 if let Some(adm) = admission(&q.snapshot, req) {
                     adm.gate.queue.remove(&q.waiter);
                 }
-                return Err(timed_out(engine, req, &q));
+                return settled(Err(timed_out(engine, req, &q)));
             }
             continue; // granted or expired at this instant: the loop reads which
         }
@@ -212,6 +227,11 @@ enum State<'a> {
 /// It needs no particular runtime: it is woken when a permit is handed to it, or by the engine's
 /// timer thread when its wait is over. Dropping it while it waits leaves the queue; if a permit was
 /// handed to it at that instant, the permit is given back.
+///
+/// A permit handed to it is its own from then on, as an [`Admitted`]'s is: the wait's deadline
+/// no longer applies, and the permit goes back when the future is polled and the admission
+/// refused, or when it is dropped. A future kept but never polled again holds it until then, as
+/// a grant kept and never dropped would.
 #[must_use = "futures do nothing unless polled"]
 pub struct AdmitFuture<'e, 'a> {
     engine: &'e Engine,
@@ -252,13 +272,18 @@ impl Future for AdmitFuture<'_, '_> {
             State::Waiting(req, q) => Some(look(engine, req, q, cx)),
             _ => None,
         };
+        if let (Some(Look::Granted), State::Waiting(req, q)) = (&looked, &this.state) {
+            // Still `Waiting` while it finishes: should that panic (a caller's clock, say), `Drop`
+            // gives the permit back. Once it returns, the permit is the grant's, or was given back
+            // by the refusal.
+            let result = finish_queued(engine, req, q);
+            this.state = State::Done;
+            return Poll::Ready(result);
+        }
         match (looked, std::mem::replace(&mut this.state, State::Done)) {
             (Some(Look::Pending), waiting) => {
                 this.state = waiting;
                 Poll::Pending
-            }
-            (Some(Look::Granted), State::Waiting(req, q)) => {
-                Poll::Ready(finish_queued(engine, &req, &q))
             }
             (Some(Look::TimedOut), State::Waiting(req, q)) => {
                 Poll::Ready(Err(timed_out(engine, &req, &q)))
@@ -323,17 +348,35 @@ fn look(engine: &Engine, req: &AdmitRequest<'_>, q: &Queued, cx: &Context<'_>) -
 impl Drop for AdmitFuture<'_, '_> {
     fn drop(&mut self) {
         if let State::Waiting(req, q) = &self.state {
-            if q.waiter.abandon() {
-                if let Some(adm) = admission(&q.snapshot, req) {
-                    adm.gate.queue.remove(&q.waiter);
-                }
-            } else if q.waiter.state() == GRANTED {
-                return_permit(self.engine, req, q);
-            } else {
-                // Expired by the timer, with nobody polling since: it timed out all the same,
-                // and is counted and shown as such.
-                let _ = timed_out(self.engine, req, q);
-            }
+            leave(self.engine, req, q);
         }
+    }
+}
+
+/// A waiter whose wait ends unsettled (dropped, or unwound by a panic): it leaves the queue, or
+/// gives back the permit handed to it at that instant, or, expired by the timer with nobody
+/// looking since, is counted and shown as timed out all the same.
+fn leave(engine: &Engine, req: &AdmitRequest<'_>, q: &Queued) {
+    if q.waiter.abandon() {
+        if let Some(adm) = admission(&q.snapshot, req) {
+            adm.gate.queue.remove(&q.waiter);
+        }
+    } else if q.waiter.state() == GRANTED {
+        return_permit(engine, req, q);
+    } else {
+        let _ = timed_out(engine, req, q);
+    }
+}
+
+/// A blocking wait not yet settled: [`leave`]s if dropped (by a panic).
+struct Unsettled<'a, 'r> {
+    engine: &'a Engine,
+    req: &'a AdmitRequest<'r>,
+    q: &'a Queued,
+}
+
+impl Drop for Unsettled<'_, '_> {
+    fn drop(&mut self) {
+        leave(self.engine, self.req, self.q);
     }
 }

@@ -577,7 +577,10 @@ fn timer_loop(engine: std::sync::Weak<Inner>) {
             return;
         };
         let engine = Engine { inner };
-        engine.expire_waiters();
+        // A caller's clock that panics once must not end the timer: every later wait would then
+        // outlast its deadline. (A panic there changes nothing: the clock is read before any
+        // waiter is looked at.)
+        run_hook(|| engine.expire_waiters());
         let waiting = engine
             .snapshot()
             .gates
