@@ -98,7 +98,11 @@ fn describe_class(out: &mut String, policy: &Policy, class: &ClassPolicy) {
             .map_or_else(|| "unlimited".into(), |r| r.to_string()),
     );
     field(out, "child_margin", duration(class.child_margin()));
-    out.push_str("  limits\n");
+    if policy.dimensions().is_empty() {
+        out.push_str("  limits                   none (the policy declares no dimensions)\n");
+    } else {
+        out.push_str("  limits\n");
+    }
     for d in policy.dimensions() {
         let limit = class
             .limit(d.name())

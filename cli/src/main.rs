@@ -97,15 +97,22 @@ fn main() -> ExitCode {
         Ok(()) | Err(Failed::PipeClosed) => ExitCode::SUCCESS,
         Err(Failed::Error(message)) => {
             if let Some(message) = message {
-                eprintln!("costguard: {message}");
+                say(&format!("costguard: {message}"));
             }
             ExitCode::FAILURE
         }
         Err(Failed::Usage(message)) => {
-            eprintln!("costguard: {message}");
+            say(&format!("costguard: {message}"));
             ExitCode::from(2)
         }
     }
+}
+
+/// Writes a line to stderr. A stderr that cannot be written (a closed pipe) changes nothing:
+/// the exit code still says how the command went.
+fn say(line: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 fn scenarios() -> Result<(), Failed> {
@@ -147,9 +154,9 @@ fn load_policy(path: &Path) -> Result<Policy, Failed> {
             // A problem of the whole file (no class at all, an empty file) has no position, so
             // nothing names the file unless we do; a read error's field is already the file.
             if problem.location.is_some() || problem.field == file {
-                eprintln!("{problem}");
+                say(&problem.to_string());
             } else {
-                eprintln!("{file}: {problem}");
+                say(&format!("{file}: {problem}"));
             }
         }
         Failed::Error(Some(format!(
@@ -191,6 +198,15 @@ fn replay(args: &ReplayArgs) -> Result<(), Failed> {
         if !unfit.is_empty() {
             return Err(unfit.join("\ncostguard: ").into());
         }
+        // Every door of the replay is a `try_admit`: it never waits, so a queue changes nothing.
+        for class in policy.classes() {
+            if class.admission().and_then(|a| a.queue()).is_some() {
+                say(&format!(
+                    "costguard: note: class {}: the replay admits with try_admit, which never waits; its queue is not used",
+                    class.name()
+                ));
+            }
+        }
     }
     let options = ReplayOptions {
         seed: args.seed,
@@ -205,7 +221,7 @@ fn replay(args: &ReplayArgs) -> Result<(), Failed> {
             let path = plot_path(plot, name, several);
             std::fs::write(&path, chart::render(&comparison))
                 .map_err(|e| format!("cannot write the chart to {}: {e}", path.display()))?;
-            eprintln!("costguard: chart written to {}", path.display());
+            say(&format!("costguard: chart written to {}", path.display()));
         }
         if !args.json {
             let separator = if i > 0 { "\n" } else { "" };

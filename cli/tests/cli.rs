@@ -157,6 +157,21 @@ fn check_of_a_missing_file_fails_cleanly() {
 }
 
 #[test]
+fn check_of_a_policy_without_dimensions_says_it_has_no_limits() {
+    let dir = Scratch::new();
+    let path = dir.file("policy.toml", "[classes.app]\nwall_time = \"1s\"\n");
+    let out = costguard(&["check", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains(
+            "  limits                   none (the policy declares no dimensions)\n  admission"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
 fn check_of_the_example_policy_shows_its_limits() {
     let out = costguard(&["check", example_policy().to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
@@ -223,7 +238,64 @@ fn replay_with_an_invalid_policy_prints_its_errors() {
     assert!(err.contains(&format!("{}:5:", path.display())), "{err}");
 }
 
+/// Messages to a stderr nobody reads (a pipe whose reader has gone) change no exit code: a
+/// failed write there must not turn into a panic.
+#[test]
+fn a_closed_stderr_changes_no_exit_code() {
+    let dir = Scratch::new();
+    let invalid = dir.file("policy.toml", &format!("{VALID_START}wall_time = \"0s\"\n"));
+    let chart = dir.path("chart.svg");
+    let name = costguard_cli::scenarios()
+        .first()
+        .map_or("commons-2015", |s| s.name);
+    let cases: [(Vec<&str>, i32); 3] = [
+        (vec!["check", invalid.to_str().unwrap()], 1),
+        (vec!["replay", "no-such-scenario"], 2),
+        (vec!["replay", name, "--plot", chart.to_str().unwrap()], 0),
+    ];
+    for (args, code) in cases {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let status = Command::new(env!("CARGO_BIN_EXE_costguard"))
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(writer)
+            .status()
+            .unwrap();
+        assert_eq!(status.code(), Some(code), "{args:?}");
+    }
+}
+
 // The tests below need the simulator: they replay the built-in scenarios.
+
+/// Every door of the replay is a `try_admit`, which never waits: a policy's queue changes nothing,
+/// and the user is told so rather than left to wonder.
+#[test]
+fn replay_says_a_queue_is_not_used() {
+    let dir = Scratch::new();
+    let own = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/kafka-2016.toml");
+    let toml = std::fs::read_to_string(own).unwrap();
+    let queued = toml.replacen(
+        "concurrency = 50",
+        "concurrency = 50\nqueue = { capacity = 64, max_wait = \"100ms\" }",
+        1,
+    );
+    assert_ne!(queued, toml);
+    let path = dir.file("queued.toml", &queued);
+    let out = costguard(&["replay", "kafka-2016", "--policy", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("class app: the replay admits with try_admit, which never waits"),
+        "{}",
+        stderr(&out)
+    );
+    let plain = costguard(&["replay", "kafka-2016"]);
+    assert!(
+        !stderr(&plain).contains("never waits"),
+        "{}",
+        stderr(&plain)
+    );
+}
 
 fn scenario_names() -> Vec<&'static str> {
     let names: Vec<&str> = costguard_cli::scenarios().iter().map(|s| s.name).collect();
