@@ -230,6 +230,35 @@ fn a_retried_parse_has_only_what_earlier_attempts_left() {
     );
 }
 
+/// Costguard only ever takes retries away: under a policy whose retry allowance exceeds what a tier
+/// would retry on its own (the job runner retries nothing; the file-lookup allowance is raised so
+/// that parses fail and jobs are retried), no job and no batch is tried more often than its tier's
+/// own count allows.
+#[test]
+fn no_tier_retries_more_than_its_own_count() {
+    let toml = default_policy(commons::NAME).unwrap();
+    let generous = toml.replace(
+        "limits = { file_lookups = 1000 }",
+        "limits = { file_lookups = 12000 }",
+    );
+    assert_eq!(generous.matches("file_lookups = 12000").count(), 2);
+    let options = ReplayOptions {
+        seed: ReplayOptions::default().seed,
+        policy: Some(Policy::from_toml_str(&generous).unwrap()),
+    };
+    let c = replay(commons::NAME, &options, &mut |_| {}).unwrap();
+    for run in [&c.unguarded, &c.guarded] {
+        let tally = |name: &str| run.counts.get(name).copied().unwrap_or(0);
+        assert!(tally("jobs_retried") > 0, "{:?}", run.counts);
+        assert_eq!(
+            tally("tries_past_a_tiers_own_retries"),
+            0,
+            "{:?}",
+            run.counts
+        );
+    }
+}
+
 /// Commons guarded by its own policy with the API's per-request file-lookup limit set to `per_request`
 /// (below the batch of `IMAGES_PER_CALL` Parsoid sends).
 fn commons_with_api_lookups(per_request: u64) -> Comparison {

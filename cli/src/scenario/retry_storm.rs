@@ -434,6 +434,10 @@ impl Model<'_> {
         if let Some(a) = req.attempt.take() {
             a.finish(outcome);
         }
+        // Costguard only ever takes retries away: the app's own count still holds.
+        if n > APP_RETRIES {
+            return self.respond(key, false, None);
+        }
         let Some(own) = req.admitted.as_ref().map(|a| a.budget()) else {
             return;
         };

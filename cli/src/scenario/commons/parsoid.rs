@@ -287,6 +287,10 @@ impl Model<'_> {
         if let Some(attempt) = call.attempt.take() {
             attempt.finish(outcome);
         }
+        // Costguard only ever takes retries away: Parsoid's own count still holds.
+        if tries > PARSOID_RETRIES {
+            return self.batch_done(key, Batch::Failed);
+        }
         let Some(budget) = self
             .parses
             .get(call.parse)
@@ -308,6 +312,10 @@ impl Model<'_> {
         let Some(call) = self.calls.remove(key) else {
             return;
         };
+        if call.tries > PARSOID_RETRIES.saturating_add(1) {
+            // Never, with or without costguard: it only ever takes retries away.
+            self.rec.count("tries_past_a_tiers_own_retries", 1);
+        }
         let Some(parse) = self.parses.get_mut(call.parse) else {
             return;
         };
@@ -467,6 +475,11 @@ impl Model<'_> {
         if let Some(attempt) = job.attempt.take() {
             attempt.finish(outcome);
         }
+        // Costguard only ever takes retries away: the tier's own count still holds (none for the
+        // job runner).
+        if tries > job.retries {
+            return self.job_done(key, false);
+        }
         let Some(root) = job.admitted.as_ref().map(|a| a.budget()) else {
             return;
         };
@@ -487,6 +500,9 @@ impl Model<'_> {
         if let Some(mut job) = self.jobs.remove(key) {
             if job.tries > 1 {
                 self.rec.count("jobs_retried", 1);
+            }
+            if job.tries > job.retries.saturating_add(1) {
+                self.rec.count("tries_past_a_tiers_own_retries", 1);
             }
             if let (Some(g), Some(admitted)) = (&self.g, &job.admitted) {
                 // Measured apart from the budget that enforces it: what the job's answered parses
