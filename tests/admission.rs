@@ -330,6 +330,41 @@ fn shadow_mode_records_but_admits() {
     );
 }
 
+/// A key's entry counts at most 65,535 requests in flight. Shadow mode admits past that too (as
+/// would-be refusals), and the requests admitted past it release nothing of the entry's when they
+/// end: the count comes back to zero.
+#[test]
+fn shadow_mode_admits_past_what_a_key_entry_can_count() {
+    let policy = Policy::builder()
+        .class("api", |c| {
+            c.admission(|a| a.concurrency(1).per_key_concurrency(1).shadow(true))
+        })
+        .build()
+        .unwrap();
+    let (e, _clock) = engine(policy);
+    let api = e.class("api").unwrap();
+    let admit = |n: u64| e.try_admit(&AdmitRequest::new(api, id(n)).key(b"user:1"));
+    let held: Vec<_> = (0..65_537)
+        .map(|n| admit(n).unwrap_or_else(|v| panic!("request {n} refused: {v}")))
+        .collect();
+    let counts = |e: &Engine| e.admission_stats().class("api").unwrap().counts.clone();
+    let c = counts(&e);
+    assert_eq!(c.refused(Reason::KeyConcurrency), 0);
+    assert_eq!(c.shadow_refused(Reason::KeyConcurrency), 65_536);
+    drop(held);
+    // The entry's count is back to zero: with shadow mode off, the key's one permit is free.
+    let strict = Policy::builder()
+        .class("api", |c| {
+            c.admission(|a| a.concurrency(2).per_key_concurrency(1))
+        })
+        .build()
+        .unwrap();
+    e.reload(strict).unwrap();
+    let one = admit(70_000).unwrap();
+    assert_eq!(admit(70_001).unwrap_err().reason(), Reason::KeyConcurrency);
+    drop(one);
+}
+
 #[test]
 fn shadow_mode_still_enforces_the_budget() {
     let policy = Policy::builder()

@@ -38,6 +38,9 @@ use super::gcra::{Gcra, Nonconforming};
 use crate::sync::{AtomicU64, Ordering};
 
 const PINS: u64 = 0xffff;
+/// The slot of a shadow-mode request admitted past its entry's pin count: it holds no pin, and
+/// its grant releases nothing.
+pub(crate) const UNPINNED: u32 = u32::MAX;
 const FP_SHIFT: u32 = 16;
 /// Candidate slots per key.
 const PROBE: usize = 8;
@@ -256,6 +259,17 @@ impl KeyTable {
                     limit: limits.concurrency,
                 });
                 word + 1
+            } else if shadow {
+                // Shadow mode admits all the same, past what the entry can count: unpinned (the
+                // entry cannot go while 65,535 requests hold it) and not charged to the key's
+                // rate, with the concurrency refusal it would have been.
+                return Some(Ok((
+                    UNPINNED,
+                    Some(KeyRefusal::Concurrency {
+                        in_flight: pins,
+                        limit: limits.concurrency,
+                    }),
+                )));
             } else {
                 return Some(Err(KeyRefusal::Concurrency {
                     in_flight: pins,

@@ -882,7 +882,7 @@ impl Engine {
                     adm.shadow,
                 ) {
                     Ok((s, over)) => {
-                        key_slot = Some(s);
+                        key_slot = (s != keys::UNPINNED).then_some(s);
                         // A cost over the whole burst was recorded as `CannotFit` at the door.
                         if let Some(over) =
                             over.filter(|o| *o != KeyRefusal::Rate(Nonconforming::Never))
