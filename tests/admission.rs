@@ -1183,6 +1183,24 @@ impl PanicsOn {
     fn on(&self, thread: &'static str) {
         self.1.lock().unwrap().push(thread);
     }
+
+    /// An engine of `queued_policy(max_wait_ms)` on this clock, and its class.
+    fn engine(&self, max_wait_ms: u64) -> (Engine, Class) {
+        let e = Engine::builder(queued_policy(max_wait_ms))
+            .clock(self.clone())
+            .build()
+            .unwrap();
+        let api = e.class("api").unwrap();
+        (e, api)
+    }
+}
+
+/// Nothing held and nobody waiting: the class's one permit admits the next request.
+fn nothing_left_behind(e: &Engine, api: Class) {
+    let stats = e.admission_stats();
+    let s = stats.class("api").unwrap();
+    assert_eq!((s.in_flight, s.queue_len), (0, 0), "{s:?}");
+    drop(e.try_admit(&AdmitRequest::new(api, id(3))).unwrap());
 }
 
 /// A permit handed to an async waiter whose finishing poll panics (its clock, here) goes back:
@@ -1191,11 +1209,7 @@ impl PanicsOn {
 fn a_granted_async_waiter_whose_finishing_poll_panics_gives_its_permit_back() {
     use executor::{poll, CountingWaker};
     let clock = PanicsOn::default();
-    let e = Engine::builder(queued_policy(500))
-        .clock(clock.clone())
-        .build()
-        .unwrap();
-    let api = e.class("api").unwrap();
+    let (e, api) = clock.engine(500);
     let waker = Arc::new(CountingWaker::default());
     let first = e.try_admit(&AdmitRequest::new(api, id(1))).unwrap();
     let mut fut = e.admit_async(AdmitRequest::new(api, id(2)));
@@ -1221,10 +1235,7 @@ fn a_granted_async_waiter_whose_finishing_poll_panics_gives_its_permit_back() {
         assert!(polled.is_err(), "the finishing poll read the clock");
     });
     drop(fut); // as the panic would
-    let stats = e.admission_stats();
-    let s = stats.class("api").unwrap();
-    assert_eq!((s.in_flight, s.queue_len), (0, 0), "{s:?}");
-    drop(e.try_admit(&AdmitRequest::new(api, id(3))).unwrap());
+    nothing_left_behind(&e, api);
 }
 
 /// The same for a blocking waiter: a panic while it waits, or while it finishes with the permit
@@ -1232,11 +1243,7 @@ fn a_granted_async_waiter_whose_finishing_poll_panics_gives_its_permit_back() {
 #[test]
 fn a_blocking_waiter_unwound_by_a_panic_leaves_nothing_behind() {
     let clock = PanicsOn::default();
-    let e = Engine::builder(queued_policy(500))
-        .clock(clock.clone())
-        .build()
-        .unwrap();
-    let api = e.class("api").unwrap();
+    let (e, api) = clock.engine(500);
     let first = e.try_admit(&AdmitRequest::new(api, id(1))).unwrap();
     let waiter = std::thread::Builder::new()
         .name("waiter".into())
@@ -1250,10 +1257,7 @@ fn a_blocking_waiter_unwound_by_a_panic_leaves_nothing_behind() {
     clock.on("waiter");
     drop(first);
     assert!(waiter.join().is_err(), "the waiter read the clock");
-    let stats = e.admission_stats();
-    let s = stats.class("api").unwrap();
-    assert_eq!((s.in_flight, s.queue_len), (0, 0), "{s:?}");
-    drop(e.try_admit(&AdmitRequest::new(api, id(3))).unwrap());
+    nothing_left_behind(&e, api);
 }
 
 /// A clock that panics once on the engine's waiter timer does not end the timer: later waits
@@ -1263,11 +1267,7 @@ fn the_waiter_timer_outlives_a_panic_of_the_clock() {
     use executor::{poll, CountingWaker};
     let clock = PanicsOn::default();
     clock.on("costguard-waiters");
-    let e = Engine::builder(queued_policy(100))
-        .clock(clock.clone())
-        .build()
-        .unwrap();
-    let api = e.class("api").unwrap();
+    let (e, api) = clock.engine(100);
     let _held = e.try_admit(&AdmitRequest::new(api, id(1))).unwrap();
     let waker = Arc::new(CountingWaker::default());
     let mut first = e.admit_async(AdmitRequest::new(api, id(2)));
