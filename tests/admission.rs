@@ -365,6 +365,31 @@ fn shadow_mode_admits_past_what_a_key_entry_can_count() {
     drop(one);
 }
 
+/// Requests of keys past `max_keys` share the overflow entry; each gives its pin back when it
+/// ends, so the entry admits again.
+#[test]
+fn the_overflow_entry_is_given_back_like_any_other() {
+    let policy = Policy::builder()
+        .class("api", |c| {
+            c.admission(|a| a.concurrency(100).per_key_concurrency(1).max_keys(1))
+        })
+        .build()
+        .unwrap();
+    let (e, _clock) = engine(policy);
+    let api = e.class("api").unwrap();
+    let admit = |n: u64, key: &'static [u8]| e.try_admit(&AdmitRequest::new(api, id(n)).key(key));
+    let _a = admit(1, b"a").unwrap(); // the table's only slot
+    for n in 2..10 {
+        drop(admit(n, b"b").unwrap()); // on the overflow entry, one at a time
+    }
+    let held = admit(10, b"b").unwrap();
+    assert_eq!(
+        admit(11, b"c").unwrap_err().reason(),
+        Reason::KeyConcurrency
+    );
+    drop(held);
+}
+
 #[test]
 fn shadow_mode_still_enforces_the_budget() {
     let policy = Policy::builder()

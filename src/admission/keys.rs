@@ -39,8 +39,9 @@ use crate::sync::{AtomicU64, Ordering};
 
 const PINS: u64 = 0xffff;
 /// The slot of a shadow-mode request admitted past its entry's pin count: it holds no pin, and
-/// its grant releases nothing.
-pub(crate) const UNPINNED: u32 = u32::MAX;
+/// its grant releases nothing. Neither a slot of the table nor [`OVERFLOW`].
+pub(crate) const UNPINNED: u32 = u32::MAX - 1;
+const _: () = assert!(crate::policy::MAX_KEYS < UNPINNED && UNPINNED != OVERFLOW);
 const FP_SHIFT: u32 = 16;
 /// Candidate slots per key.
 const PROBE: usize = 8;
