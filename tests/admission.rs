@@ -2232,6 +2232,40 @@ fn an_adaptive_limit_keeps_a_permit_for_every_priority_with_a_share() {
     }
 }
 
+/// A share too small for even the largest limit to give it a permit asks for no floor: the limit
+/// still backs off for everyone else (and that priority is told not to retry).
+#[test]
+fn a_share_no_limit_serves_does_not_hold_an_adaptive_limit_up() {
+    let policy = Policy::builder()
+        .class("api", |c| {
+            c.admission(|a| {
+                a.aimd(10, 1, 20, 0.5, Duration::from_secs(10))
+                    .window(Duration::from_secs(1))
+                    .headroom(Priority::Background, 0.01)
+            })
+        })
+        .build()
+        .unwrap();
+    let (e, clock) = engine(policy);
+    let api = e.class("api").unwrap();
+    let limit = |e: &Engine| e.admission_stats().class("api").unwrap().limit;
+    assert_eq!(limit(&e), 10, "initial");
+    for n in 0..5 {
+        let a = e.try_admit(&AdmitRequest::new(api, id(n))).unwrap();
+        clock.advance(Duration::from_secs(1));
+        a.finish(Outcome::Overload);
+    }
+    clock.advance(Duration::from_secs(1));
+    e.try_admit(&AdmitRequest::new(api, id(99)))
+        .unwrap()
+        .finish(Outcome::Success);
+    assert!(limit(&e) < 10, "the limit stayed at {}", limit(&e));
+    let v = e
+        .try_admit(&AdmitRequest::new(api, id(100)).priority(Priority::Background))
+        .unwrap_err();
+    assert_eq!((v.reason(), v.retry()), (Reason::Shed, Retry::Never));
+}
+
 /// A waker runs with no lock of costguard's held: one that asks the engine to admit another
 /// request on the same class, right there in `wake`, neither deadlocks nor is refused for it.
 #[test]

@@ -56,20 +56,23 @@ pub(crate) struct State {
 const LONG_WEIGHT: f64 = 0.05;
 
 /// `config` with its floor raised, where need be, to the smallest limit that leaves at least one
-/// permit to every priority with a share of it (`headroom`), though never above `max`.
+/// permit to every priority with a share of it (`headroom`) that some limit up to `max` admits.
 ///
 /// Below that floor a priority would be refused outright, and a limit only moves on the samples
 /// of requests it admitted: a limit that other priorities' overloads had backed off there would
 /// never admit that priority again, however healthy the backend became, and a class of only that
-/// priority would stay shut for good.
+/// priority would stay shut for good. A share too small for even `max` to admit is left out: no
+/// floor could serve it (its requests are told not to retry), and one at `max` would stop the
+/// limit from ever backing off.
 pub(crate) fn floored(config: AdaptiveLimit, headroom: &[Permille; 4]) -> AdaptiveLimit {
     let floor = headroom
         .iter()
         .filter(|&&share| share > 0)
         .map(|&share| 1000u32.div_ceil(u32::from(share.min(1000))))
+        .filter(|&floor| floor <= config.max)
         .max()
         .unwrap_or(1);
-    let min = config.min.max(floor).min(config.max);
+    let min = config.min.max(floor);
     AdaptiveLimit {
         min,
         initial: config.initial.clamp(min, config.max),
@@ -310,17 +313,30 @@ mod tests {
         // A share of nothing asks for no permit; 30% needs a limit of 4 (3 would give 0.9).
         let f = floored(low, &[1000, 1000, 300, 0]);
         assert_eq!((f.min, f.initial), (4, 4));
+        use super::super::limiter::allowed;
         for share in 1..=1000u16 {
             let f = floored(low, &[1000, 1000, 1000, share]);
-            if f.min < f.max {
-                assert!(super::super::limiter::allowed(f.min, share) >= 1, "{share}");
-                assert!(super::super::limiter::allowed(f.min - 1, share) == 0 || f.min == 1);
+            if allowed(f.max, share) >= 1 {
+                // The smallest limit that serves the share.
+                assert!(allowed(f.min, share) >= 1, "{share}");
+                assert!(f.min == 1 || allowed(f.min - 1, share) == 0, "{share}");
+            } else {
+                assert_eq!(f.min, 1, "{share}");
             }
         }
-        // Never above `max` (a priority no limit of the class lets in is told so); a `min` above
-        // the floor stays as it is, and so does an `initial` within bounds.
+        // A share no limit up to `max` serves asks for nothing (its priority is told not to
+        // retry); the others still count. A `min` above the floor stays as it is, and so does an
+        // `initial` within bounds.
         let f = floored(low, &[1000, 1000, 800, 1]);
-        assert_eq!((f.min, f.initial), (12, 12));
+        assert_eq!((f.min, f.initial), (2, 2));
+        let f = floored(low, &[1000, 1000, 1000, 84]);
+        assert_eq!(
+            (f.min, f.initial),
+            (12, 12),
+            "12 is the first limit of which 8.4% is one"
+        );
+        let f = floored(low, &[1000, 1000, 1000, 83]);
+        assert_eq!((f.min, f.initial), (1, 1), "no limit up to 12 admits 8.3%");
         let f = floored(aimd(), &[1000, 1000, 800, 500]);
         assert_eq!((f.min, f.initial), (2, 10));
     }

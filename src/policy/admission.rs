@@ -51,9 +51,9 @@ pub struct AdaptiveLimit {
     /// The limit to start from.
     pub initial: u32,
     /// Never below this, nor below the smallest limit that leaves at least one permit to every
-    /// priority with a share of it (2 with the default headroom, whose background share is 50%),
-    /// as long as that is not above `max`: a priority refused outright would give the limit no
-    /// samples to recover on.
+    /// priority with a share of it (2 with the default headroom, whose background share is 50%):
+    /// a priority refused outright would give the limit no samples to recover on. A share so small
+    /// that not even `max` gives it a permit is left out (its requests are told not to retry).
     pub min: u32,
     /// Never above this.
     pub max: u32,
