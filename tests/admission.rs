@@ -1285,6 +1285,45 @@ fn a_blocking_waiter_unwound_by_a_panic_leaves_nothing_behind() {
     nothing_left_behind(&e, api);
 }
 
+/// A permit a waiter gives back as a panic unwinds it goes on to the next waiter, even with no
+/// timer running (only blocking waiters) to hand it on later.
+#[test]
+fn a_permit_given_back_by_an_unwinding_waiter_reaches_the_next_one() {
+    let clock = PanicsOn::default();
+    let (e, api) = clock.engine(500);
+    let first = e.try_admit(&AdmitRequest::new(api, id(1))).unwrap();
+    let waiter = |name: &'static str, n: u64| {
+        let e = e.clone();
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                e.admit(&AdmitRequest::new(api, id(n)))
+                    .map(drop)
+                    .map_err(|v| v.reason())
+            })
+            .unwrap()
+    };
+    let w1 = waiter("w1", 2);
+    wait_for_queue(&e, 1);
+    let w2 = waiter("w2", 3);
+    wait_for_queue(&e, 2);
+    clock.on("w1");
+    drop(first); // handed to one of them: w1 (FIFO), whose clock fails
+    assert!(w1.join().is_err(), "w1 read the clock");
+    // w2 leaves the queue with the permit (an event). Should it not, its wait is ended, so that
+    // the test fails rather than hangs.
+    let start = std::time::Instant::now();
+    while e.admission_stats().class("api").unwrap().queue_len != 0 {
+        if start.elapsed() > Duration::from_secs(60) {
+            clock.0.advance(Duration::from_secs(1));
+            break;
+        }
+        std::thread::yield_now();
+    }
+    assert_eq!(w2.join().unwrap(), Ok(()), "w2 waited beside a free permit");
+    nothing_left_behind(&e, api);
+}
+
 /// A clock that panics once on the engine's waiter timer does not end the timer: later waits
 /// still end at their deadlines.
 #[test]

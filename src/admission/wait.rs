@@ -162,17 +162,46 @@ fn finish_queued(engine: &Engine, req: &AdmitRequest<'_>, q: &Queued) -> Result<
 /// Gives back a permit a waiter was granted but will not use.
 fn return_permit(engine: &Engine, req: &AdmitRequest<'_>, q: &Queued) {
     if let Some(adm) = admission(&q.snapshot, req) {
-        adm.gate.limiter.release();
-        // While unwinding, the clock is not read (see `timed_out`): the permit is free for the
-        // next caller, and the queue's next dispatch (a release, or the timer) hands it on.
-        if std::thread::panicking() {
-            return;
-        }
-        let now = engine.clock().now().as_nanos();
-        adm.gate
-            .queue
-            .dispatch(&adm.gate.limiter, adm.queue.as_ref(), now);
+        give_back(engine, adm, q.waiter.enqueued);
     }
+}
+
+/// Gives back a permit held for a request that will not use it, and hands it to the next waiter.
+/// While unwinding, the clock is not read (see `timed_out`): the dispatch goes by `known`, a time
+/// this wait already read, which can only delay the expiry of other waiters, never grant wrongly.
+fn give_back(engine: &Engine, adm: &ClassAdmission, known: u64) {
+    adm.gate.limiter.release();
+    let now = if std::thread::panicking() {
+        known
+    } else {
+        engine.clock().now().as_nanos()
+    };
+    adm.gate
+        .queue
+        .dispatch(&adm.gate.limiter, adm.queue.as_ref(), now);
+}
+
+/// Admits a request with the permit `enqueue` took for it (one that came free while it was being
+/// queued); gives the permit back should that unwind (a caller's clock, say).
+fn finish_held(
+    engine: &Engine,
+    req: &AdmitRequest<'_>,
+    snapshot: &Arc<Snapshot>,
+    priority: Priority,
+    arrived: Timestamp,
+) -> Result<Admitted, Verdict> {
+    struct Holding<'a>(&'a Engine, Option<&'a ClassAdmission>, u64);
+    impl Drop for Holding<'_> {
+        fn drop(&mut self) {
+            if let Some(adm) = self.1 {
+                give_back(self.0, adm, self.2);
+            }
+        }
+    }
+    let holding = Holding(engine, admission(snapshot, req), arrived.as_nanos());
+    let result = finish(engine, req, snapshot, priority, arrived);
+    std::mem::forget(holding);
+    result
 }
 
 /// Blocks the calling thread until admitted, refused or timed out.
@@ -186,7 +215,7 @@ pub(crate) fn block(
     let q = match enqueue(engine, req, share, full, wake)? {
         Place::Queued(q) => q,
         Place::Held(snapshot, priority, arrived) => {
-            return finish(engine, req, &snapshot, priority, arrived)
+            return finish_held(engine, req, &snapshot, priority, arrived)
         }
     };
     // Until the wait is settled, a panic (a caller's clock, say) leaves the queue, or gives back
@@ -296,7 +325,7 @@ impl Future for AdmitFuture<'_, '_> {
                     match enqueue(engine, &req, share, verdict, wake) {
                         Err(v) => Poll::Ready(Err(v)),
                         Ok(Place::Held(snapshot, priority, arrived)) => {
-                            Poll::Ready(finish(engine, &req, &snapshot, priority, arrived))
+                            Poll::Ready(finish_held(engine, &req, &snapshot, priority, arrived))
                         }
                         Ok(Place::Queued(q)) => {
                             this.state = State::Waiting(req, q);
