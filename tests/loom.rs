@@ -250,6 +250,72 @@ fn parent_refund_never_takes_a_childs_charge() {
     });
 }
 
+/// A parent's refund never gives back a child's charge that went and came back while it looked.
+///
+/// The child refunds its unit and charges it again while the parent refunds: the parent may read
+/// `used` before the child's refund and the record of descendants' use after it, and the child's
+/// second charge then brings `used` back to what the parent read, so the parent's exchange
+/// succeeds. The count of releases that the refund reads around its two reads catches the first
+/// half; without it the parent gave back the child's unit and ended with less in use than its child.
+#[test]
+fn parent_refund_never_takes_a_childs_charge_that_went_and_came_back() {
+    loom::model(|| {
+        let (_engine, parent, a, _) = ab_budget(10, 1);
+        let child = parent.child().unwrap();
+        parent.try_charge(a, 1).unwrap();
+        child.try_charge(a, 1).unwrap();
+
+        let churn = {
+            let child = child.clone();
+            thread::spawn(move || {
+                assert_eq!(child.refund(a, 1), 1);
+                child.try_charge(a, 1).unwrap();
+            })
+        };
+        let refunder = {
+            let parent = parent.clone();
+            thread::spawn(move || parent.refund(a, 2))
+        };
+        churn.join().unwrap();
+        let given = refunder.join().unwrap();
+        assert!(
+            given <= 1,
+            "the parent gave back {given}, its child's unit too"
+        );
+        assert_eq!((parent.used(a), child.used(a)), (2 - given, 1));
+    });
+}
+
+/// Two refunds of one budget never give back more than it charged itself, while a child charges.
+///
+/// One refund could take the budget's own units and the child's charge land, leaving `used` where
+/// the other refund read it but with less of it the budget's own: refunds of one budget go one at
+/// a time.
+#[test]
+fn two_refunds_never_take_more_than_their_budget_charged() {
+    loom::model(|| {
+        let (_engine, parent, a, _) = ab_budget(10, 1);
+        let child = parent.child().unwrap();
+        parent.try_charge(a, 2).unwrap();
+        let refund = |n| {
+            let parent = parent.clone();
+            thread::spawn(move || parent.refund(a, n))
+        };
+        let (first, second) = (refund(2), refund(1));
+        let charger = {
+            let child = child.clone();
+            thread::spawn(move || child.try_charge(a, 1).is_ok())
+        };
+        assert!(charger.join().unwrap());
+        let given = first.join().unwrap() + second.join().unwrap();
+        assert!(
+            given <= 2,
+            "two refunds gave back {given} of the parent's 2"
+        );
+        assert_eq!((parent.used(a), child.used(a)), (3 - given, 1));
+    });
+}
+
 /// A refund racing a `try_charge_many` that is then refused gives back nothing it did not keep.
 ///
 /// The child charges `a` and then `b`; `b` fits the parent but not the child, so the whole charge is

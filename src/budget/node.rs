@@ -88,6 +88,13 @@ pub(crate) struct Node {
     pub(crate) live: Mutex<Vec<Weak<Node>>>,
     /// Finished children's reports. Never held while another lock is taken.
     pub(crate) finished: Mutex<Finished>,
+    /// How many times part of `used` that was not this budget's own was given back with its note
+    /// (a descendant's refund or rollback, a reservation released). A refund reads it around its
+    /// reads of `used` and the note, and reads again when it moved (see
+    /// [`refund_chain`](Self::refund_chain)).
+    released: AtomicU64,
+    /// Held by a refund: this budget's own refunds go one at a time.
+    refunding: Mutex<()>,
 }
 
 /// What a node is set to: its class, its times, its priority, its id and its limits' overrides.
@@ -141,6 +148,8 @@ impl Node {
             snapshot: Arc::clone(init.snapshot),
             live: Mutex::new(Vec::new()),
             finished: Mutex::new(Finished::default()),
+            released: AtomicU64::new(0),
+            refunding: Mutex::new(()),
         });
         if let Some(parent) = &node.parent {
             {
@@ -214,6 +223,7 @@ impl Node {
             finished.reports.clear();
         }
         finished.omitted = 0;
+        *self.released.get_mut() = 0;
     }
 
     /// The counter of `dim`, if this budget's policy has that dimension. A handle from a policy
@@ -335,6 +345,17 @@ impl Node {
         }
     }
 
+    /// Drops the note of `n` of `dim` that was just given back from `used` (a release, not a
+    /// conversion into this budget's own), counted in `released` in between: a refund that read
+    /// `used` before the release and the note after it sees the count move (see
+    /// [`refund_chain`](Self::refund_chain)).
+    fn sub_released(&self, dim: usize, n: u64) {
+        if self.not_own(dim).is_some() {
+            self.released.fetch_add(1, Ordering::AcqRel);
+            self.sub_from_child(dim, n);
+        }
+    }
+
     /// Charges a reservation's estimate: on this node and every ancestor, all or nothing, noted on
     /// this node as not its own, so that a refund cannot give it back; only the reservation can.
     pub(crate) fn reserve_chain(&self, dim: usize, n: u64) -> Result<(), Refused<'_>> {
@@ -398,7 +419,7 @@ impl Node {
     fn release_chain_via(&self, dim: usize, n: u64, via_child: bool) {
         self.sub_saturating(dim, n);
         if via_child {
-            self.sub_from_child(dim, n);
+            self.sub_released(dim, n);
         }
         if let Some(parent) = &self.parent {
             parent.release_chain_via(dim, n, true);
@@ -409,25 +430,42 @@ impl Node {
     /// its children), so a refund can never give back what another budget charged. Returns the amount
     /// refunded. Racing with a descendant's charge still in flight, it may give back less than it
     /// could, never more.
+    ///
+    /// This budget's own share is `used` less the note of what is not its own, read one after the
+    /// other, so the two reads must agree:
+    /// - the note is read after `used`: a descendant's charge is noted before it reaches `used`, so
+    ///   one in flight can only make the share look smaller;
+    /// - a release in between (a descendant's refund: `used` first, then the note) would make it
+    ///   look larger, with `used` read before and the note after: each counts itself in `released`
+    ///   between its two steps, and the reads start over when that count moved;
+    /// - once the reads agree, this budget's own share can only grow until the compare-exchange,
+    ///   since only its own refunds take from it, and they go one at a time. The exchange checks
+    ///   `used` alone: it may succeed on a `used` that others changed and changed back, with a
+    ///   share no smaller than the one read.
     pub(crate) fn refund_chain(&self, dim: usize, n: u64) -> u64 {
         let Some(cell) = self.cell(dim) else {
             return 0;
         };
-        let mut used = cell.load(Ordering::Acquire);
+        let one_at_a_time = self.refunding.lock();
         let taken = loop {
-            // Read after `used`: a descendant's charge is noted here before it reaches `used`, so
-            // this can only under-estimate this budget's own share, never over-estimate it.
+            let released = self.released.load(Ordering::Acquire);
+            let used = cell.load(Ordering::Acquire);
             let kids = self.not_own(dim).map_or(0, |c| c.load(Ordering::Acquire));
+            if self.released.load(Ordering::Acquire) != released {
+                continue;
+            }
             let take = used.saturating_sub(kids).min(n);
             if take == 0 {
                 return 0;
             }
-            match cell.compare_exchange_weak(used, used - take, Ordering::AcqRel, Ordering::Acquire)
+            if cell
+                .compare_exchange(used, used - take, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
             {
-                Ok(_) => break take,
-                Err(actual) => used = actual,
+                break take;
             }
         };
+        drop(one_at_a_time);
         if let Some(parent) = &self.parent {
             parent.release_chain_via(dim, taken, true);
         }
@@ -523,7 +561,7 @@ impl Node {
     fn release_many_noted(&self, items: &[(Counter, u64)]) {
         for &(counter, n) in items.iter().rev() {
             self.sub_saturating(counter.index(), n);
-            self.sub_from_child(counter.index(), n);
+            self.sub_released(counter.index(), n);
         }
     }
 
