@@ -85,22 +85,32 @@ fn scaled(int: &str, frac: &str, scale: u64) -> Result<u64, UnitError> {
     // Trailing zeros say nothing: `1.000000000000000000000s` is one second.
     let frac = frac.trim_end_matches('0');
     if !frac.is_empty() {
-        if frac.len() > 18 {
+        // `digits / 10^len × scale`, reduced first: the fraction comes out whole exactly when what
+        // is left of the denominator, once it shares nothing with the scale, divides the digits
+        // (however many there are: `0.0000019073486328125Mi` is 2).
+        let digits: u128 = frac.parse().map_err(|_| UnitError::OutOfRange)?;
+        let denom = u32::try_from(frac.len())
+            .ok()
+            .and_then(|len| 10u128.checked_pow(len))
+            .ok_or(UnitError::OutOfRange)?;
+        let common = gcd(denom, u128::from(scale));
+        let (denom, scale) = (denom / common, u128::from(scale) / common);
+        if digits % denom != 0 {
             return Err(UnitError::OutOfRange);
         }
-        let digits: u128 = frac.parse().map_err(|_| UnitError::BadNumber)?;
-        let denom = 10u128.pow(frac.len() as u32);
-        let num = digits
-            .checked_mul(u128::from(scale))
+        let part = (digits / denom)
+            .checked_mul(scale)
             .ok_or(UnitError::OutOfRange)?;
-        if num % denom != 0 {
-            return Err(UnitError::OutOfRange);
-        }
-        total = total
-            .checked_add(num / denom)
-            .ok_or(UnitError::OutOfRange)?;
+        total = total.checked_add(part).ok_or(UnitError::OutOfRange)?;
     }
     u64::try_from(total).map_err(|_| UnitError::OutOfRange)
+}
+
+fn gcd(mut a: u128, mut b: u128) -> u128 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
 }
 
 /// Parses a duration such as `30s`, `500ms`, `1.5s`, `2m` or `1h`.
@@ -234,6 +244,31 @@ mod tests {
         assert_eq!(parse_quantity("20000000T"), Err(UnitError::OutOfRange));
         assert_eq!(parse_quantity("2 MiB"), Err(UnitError::BadUnit));
         assert_eq!(parse_quantity("+5"), Err(UnitError::BadNumber));
+    }
+
+    /// A fraction of any length is fine if it comes out whole: 5^19 / 10^19 × 2^20 is 2, and
+    /// 5^20 / 10^20 × 2^40 is 2^20. One digit more than that makes it not whole.
+    #[test]
+    fn long_fractions_that_come_out_whole() {
+        assert_eq!(parse_quantity("0.0000019073486328125Mi"), Ok(2));
+        assert_eq!(parse_quantity("0.00000095367431640625TiB"), Ok(1 << 20));
+        assert_eq!(
+            parse_quantity("3.00000095367431640625Ti"),
+            Ok((3 << 40) + (1 << 20))
+        );
+        assert_eq!(
+            parse_quantity("0.000000953674316406251Ti"),
+            Err(UnitError::OutOfRange)
+        );
+        // The longest fraction that fits the value's length: 37 digits, not whole.
+        assert_eq!(
+            parse_quantity(&format!("0.{}1k", "0".repeat(36))),
+            Err(UnitError::OutOfRange)
+        );
+        assert_eq!(
+            parse_duration("0.0000000000000000000000000000000000005h"),
+            Err(UnitError::OutOfRange)
+        );
     }
 
     /// Every suffix, with and without `B`, against its value written out.
