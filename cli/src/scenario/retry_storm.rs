@@ -54,7 +54,8 @@ pub const THREADS: u64 = 400;
 pub const BACKLOG: usize = 400;
 /// Unguarded: the app's timeout on a backend call.
 pub const CALL_TIMEOUT: u64 = SECOND;
-/// Unguarded: times the app retries a failed backend call, at once.
+/// Times the app retries a failed backend call: unguarded at once; guarded at most this often,
+/// and only as the engine allows.
 pub const APP_RETRIES: u32 = 3;
 /// Backend workers.
 pub const BACKEND_SLOTS: u64 = 4;
@@ -415,8 +416,8 @@ impl Model<'_> {
         self.respond(key, true, None);
     }
 
-    /// A call failed or timed out: retry (unguarded: at once, three times; guarded: as the engine
-    /// decides) or fail the user's try.
+    /// A call failed or timed out: retry (unguarded: at once, three times; guarded: up to three
+    /// times, as the engine decides) or fail the user's try.
     fn call_failed(&mut self, key: Key, n: u32, outcome: AttemptOutcome) {
         let Some(req) = self.reqs.get_mut(key) else {
             return;
