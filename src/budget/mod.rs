@@ -276,6 +276,10 @@ impl Budget {
     /// nor as the estimate of a reservation not yet settled, which only the reservation gives back),
     /// so refunds can never create allowance. While a child's charge is in flight at the same moment,
     /// a refund may give back less than it could; the return value says how much it gave back.
+    ///
+    /// Refunds of one budget go one at a time (a short lock, held for the refund's own reads and
+    /// compare-exchange, never while another lock is taken): two at once could each see the whole
+    /// of the budget's own share. Charges never wait for it.
     pub fn refund(&self, counter: Counter, n: u64) -> u64 {
         self.node().refund_chain(counter.index(), n)
     }
