@@ -1285,8 +1285,8 @@ fn a_blocking_waiter_unwound_by_a_panic_leaves_nothing_behind() {
     nothing_left_behind(&e, api);
 }
 
-/// A permit a waiter gives back as a panic unwinds it goes on to the next waiter, even with no
-/// timer running (only blocking waiters) to hand it on later.
+/// A permit a waiter gives back as a panic unwinds it goes on to the next waiter, even when only
+/// blocking waiters wait (the engine's waiter timer, started for it, hands it on).
 #[test]
 fn a_permit_given_back_by_an_unwinding_waiter_reaches_the_next_one() {
     let clock = PanicsOn::default();

@@ -162,20 +162,20 @@ fn finish_queued(engine: &Engine, req: &AdmitRequest<'_>, q: &Queued) -> Result<
 /// Gives back a permit a waiter was granted but will not use.
 fn return_permit(engine: &Engine, req: &AdmitRequest<'_>, q: &Queued) {
     if let Some(adm) = admission(&q.snapshot, req) {
-        give_back(engine, adm, q.waiter.enqueued);
+        give_back(engine, adm);
     }
 }
 
 /// Gives back a permit held for a request that will not use it, and hands it to the next waiter.
-/// While unwinding, the clock is not read (see `timed_out`): the dispatch goes by `known`, a time
-/// this wait already read, which can only delay the expiry of other waiters, never grant wrongly.
-fn give_back(engine: &Engine, adm: &ClassAdmission, known: u64) {
+/// While unwinding, this thread does not read the clock (see `timed_out`): the engine's waiter
+/// timer, started if need be, hands the permit on at a time it reads on its own thread.
+fn give_back(engine: &Engine, adm: &ClassAdmission) {
     adm.gate.limiter.release();
-    let now = if std::thread::panicking() {
-        known
-    } else {
-        engine.clock().now().as_nanos()
-    };
+    if std::thread::panicking() {
+        engine.wake_timer();
+        return;
+    }
+    let now = engine.clock().now().as_nanos();
     adm.gate
         .queue
         .dispatch(&adm.gate.limiter, adm.queue.as_ref(), now);
@@ -190,15 +190,15 @@ fn finish_held(
     priority: Priority,
     arrived: Timestamp,
 ) -> Result<Admitted, Verdict> {
-    struct Holding<'a>(&'a Engine, Option<&'a ClassAdmission>, u64);
+    struct Holding<'a>(&'a Engine, Option<&'a ClassAdmission>);
     impl Drop for Holding<'_> {
         fn drop(&mut self) {
             if let Some(adm) = self.1 {
-                give_back(self.0, adm, self.2);
+                give_back(self.0, adm);
             }
         }
     }
-    let holding = Holding(engine, admission(snapshot, req), arrived.as_nanos());
+    let holding = Holding(engine, admission(snapshot, req));
     let result = finish(engine, req, snapshot, priority, arrived);
     std::mem::forget(holding);
     result
