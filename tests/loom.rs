@@ -316,6 +316,115 @@ fn two_refunds_never_take_more_than_their_budget_charged() {
     });
 }
 
+/// A parent's refund racing a child's reservation settled low and then a charge: the settle gives
+/// back part of the estimate (a release the refund must see), and the charge brings `used` back.
+/// The parent gives back at most its own unit.
+#[test]
+fn parent_refund_never_takes_a_childs_reservation_settled_and_charged() {
+    loom::model(|| {
+        let (_engine, parent, a, _) = ab_budget(10, 1);
+        parent.try_charge(a, 1).unwrap();
+        let child = parent.child().unwrap();
+        let r = child.reserve_owned(a, 2).unwrap();
+        let settler = {
+            let child = child.clone();
+            thread::spawn(move || {
+                r.settle(1).unwrap();
+                child.try_charge(a, 1).unwrap();
+            })
+        };
+        let refunder = {
+            let parent = parent.clone();
+            thread::spawn(move || parent.refund(a, 4))
+        };
+        settler.join().unwrap();
+        let given = refunder.join().unwrap();
+        assert!(given <= 1, "parent gave back {given}");
+        assert_eq!((parent.used(a), child.used(a)), (3 - given, 2));
+    });
+}
+
+/// A parent's refund racing a child's reservation cancelled and charged again: the same with the
+/// whole estimate released.
+#[test]
+fn parent_refund_never_takes_a_childs_reservation_cancelled_and_charged() {
+    loom::model(|| {
+        let (_engine, parent, a, _) = ab_budget(10, 1);
+        parent.try_charge(a, 1).unwrap();
+        let child = parent.child().unwrap();
+        let r = child.reserve_owned(a, 1).unwrap();
+        let churn = {
+            let child = child.clone();
+            thread::spawn(move || {
+                r.cancel();
+                child.try_charge(a, 1).unwrap();
+            })
+        };
+        let refunder = {
+            let parent = parent.clone();
+            thread::spawn(move || parent.refund(a, 3))
+        };
+        churn.join().unwrap();
+        let given = refunder.join().unwrap();
+        assert!(given <= 1, "parent gave back {given}");
+        assert_eq!((parent.used(a), child.used(a)), (2 - given, 1));
+    });
+}
+
+/// The root's refund racing a grandchild that refunds its unit and charges it again: the release
+/// and the charge reach the root through the middle budget.
+#[test]
+fn root_refund_never_takes_a_grandchilds_charge_that_went_and_came_back() {
+    loom::model(|| {
+        let (_engine, root, a, _) = ab_budget(10, 1);
+        root.try_charge(a, 1).unwrap();
+        let mid = root.child().unwrap();
+        let leaf = mid.child().unwrap();
+        leaf.try_charge(a, 1).unwrap();
+        let churn = {
+            let leaf = leaf.clone();
+            thread::spawn(move || {
+                assert_eq!(leaf.refund(a, 1), 1);
+                leaf.try_charge(a, 1).unwrap();
+            })
+        };
+        let refunder = {
+            let root = root.clone();
+            thread::spawn(move || root.refund(a, 3))
+        };
+        churn.join().unwrap();
+        let given = refunder.join().unwrap();
+        assert!(given <= 1, "root gave back {given}");
+        assert_eq!((root.used(a), mid.used(a), leaf.used(a)), (2 - given, 1, 1));
+    });
+}
+
+/// A reservation on the budget itself, settled while it refunds and a child charges: what the
+/// settle makes the budget's own may be given back, the child's charge never.
+#[test]
+fn own_reservation_settled_during_a_refund_gives_back_no_childs_charge() {
+    loom::model(|| {
+        let (_engine, parent, a, _) = ab_budget(10, 1);
+        parent.try_charge(a, 1).unwrap();
+        let child = parent.child().unwrap();
+        let r = parent.reserve_owned(a, 2).unwrap();
+        let settler = thread::spawn(move || r.settle(1).unwrap());
+        let refunder = {
+            let parent = parent.clone();
+            thread::spawn(move || parent.refund(a, 5))
+        };
+        let charger = {
+            let child = child.clone();
+            thread::spawn(move || child.try_charge(a, 1).unwrap())
+        };
+        settler.join().unwrap();
+        charger.join().unwrap();
+        let given = refunder.join().unwrap();
+        assert!(given <= 2, "parent gave back {given}");
+        assert_eq!((parent.used(a), child.used(a)), (3 - given, 1));
+    });
+}
+
 /// A refund racing a `try_charge_many` that is then refused gives back nothing it did not keep.
 ///
 /// The child charges `a` and then `b`; `b` fits the parent but not the child, so the whole charge is
