@@ -1324,6 +1324,47 @@ fn a_permit_given_back_by_an_unwinding_waiter_reaches_the_next_one() {
     nothing_left_behind(&e, api);
 }
 
+/// A permit that comes free while a request is being queued is that request's; should finishing
+/// its admission panic (its clock, here), the permit goes back.
+#[test]
+fn a_permit_taken_while_being_queued_goes_back_if_finishing_panics() {
+    use costguard::clock::{Clock, Timestamp};
+
+    /// On the thread named `waiter`, its first reading frees the class's permit (the request is
+    /// being queued then) and its second fails (the admission with that permit is finishing).
+    #[derive(Clone, Debug, Default)]
+    struct Scripted(ManualClock, Arc<Mutex<Option<Admitted>>>, Arc<AtomicUsize>);
+    impl Clock for Scripted {
+        fn now(&self) -> Timestamp {
+            if std::thread::current().name() == Some("waiter") {
+                match self.2.fetch_add(1, Ordering::SeqCst) {
+                    0 => drop(self.1.lock().unwrap().take()),
+                    _ => panic!("the clock failed"),
+                }
+            }
+            self.0.now()
+        }
+    }
+
+    let clock = Scripted::default();
+    let e = Engine::builder(queued_policy(500))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let api = e.class("api").unwrap();
+    *clock.1.lock().unwrap() = Some(e.try_admit(&AdmitRequest::new(api, id(1))).unwrap());
+    let waiter = std::thread::Builder::new()
+        .name("waiter".into())
+        .spawn({
+            let e = e.clone();
+            move || drop(e.admit(&AdmitRequest::new(api, id(2))))
+        })
+        .unwrap();
+    assert!(waiter.join().is_err(), "the admission read the clock twice");
+    assert_eq!(clock.2.load(Ordering::SeqCst), 2);
+    nothing_left_behind(&e, api);
+}
+
 /// A clock that panics once on the engine's waiter timer does not end the timer: later waits
 /// still end at their deadlines.
 #[test]
