@@ -141,11 +141,21 @@ fn describe_admission(out: &mut String, a: &AdmissionPolicy) {
                     ratio(smoothing)
                 ),
             };
+            // As the engine runs it: at least one permit for every priority with a share.
+            let run = l.floored(&a.headroom());
+            let floor = if run.min == l.min {
+                String::new()
+            } else {
+                format!(
+                    " (min {} raised to {}: every priority with a share keeps a permit)",
+                    l.min, run.min
+                )
+            };
             format!(
-                "adaptive, {algorithm}, from {} to {}, starting at {}, every {}",
-                l.min,
-                l.max,
-                l.initial,
+                "adaptive, {algorithm}, from {} to {}, starting at {}, every {}{floor}",
+                run.min,
+                run.max,
+                run.initial,
                 duration(l.window)
             )
         }

@@ -171,6 +171,24 @@ fn check_of_a_policy_without_dimensions_says_it_has_no_limits() {
     );
 }
 
+/// `check` shows an adaptive limit as the engine runs it: a `min` too low to leave every priority
+/// with a share a permit is shown raised, and said to be.
+#[test]
+fn check_shows_an_adaptive_limit_as_the_engine_runs_it() {
+    let dir = Scratch::new();
+    let path = dir.file(
+        "policy.toml",
+        "[classes.api]\nwall_time = \"1s\"\n[classes.api.admission]\nconcurrency = { algorithm = \"aimd\", initial = 1, min = 1, max = 12, latency_threshold = \"100ms\" }\n",
+    );
+    let out = costguard(&["check", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("from 2 to 12, starting at 2, every 1s (min 1 raised to 2: every priority with a share keeps a permit)"),
+        "{text}"
+    );
+}
+
 #[test]
 fn check_of_the_example_policy_shows_its_limits() {
     let out = costguard(&["check", example_policy().to_str().unwrap()]);

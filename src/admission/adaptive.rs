@@ -18,7 +18,7 @@
 //! overload failures (server errors, timeouts). Refused, cancelled and client-error requests are not.
 
 use super::limiter::Limiter;
-use crate::policy::{AdaptiveLimit, Algorithm, Permille};
+use crate::policy::{AdaptiveLimit, Algorithm};
 use crate::sync::{AtomicU64, Mutex, Ordering};
 use crossbeam_utils::CachePadded;
 
@@ -54,31 +54,6 @@ pub(crate) struct State {
 
 /// Weight of one window in Gradient2's long-term average.
 const LONG_WEIGHT: f64 = 0.05;
-
-/// `config` with its floor raised, where need be, to the smallest limit that leaves at least one
-/// permit to every priority with a share of it (`headroom`) that some limit up to `max` admits.
-///
-/// Below that floor a priority would be refused outright, and a limit only moves on the samples
-/// of requests it admitted: a limit that other priorities' overloads had backed off there would
-/// never admit that priority again, however healthy the backend became, and a class of only that
-/// priority would stay shut for good. A share too small for even `max` to admit is left out: no
-/// floor could serve it (its requests are told not to retry), and one at `max` would stop the
-/// limit from ever backing off.
-pub(crate) fn floored(config: AdaptiveLimit, headroom: &[Permille; 4]) -> AdaptiveLimit {
-    let floor = headroom
-        .iter()
-        .filter(|&&share| share > 0)
-        .map(|&share| 1000u32.div_ceil(u32::from(share.min(1000))))
-        .filter(|&floor| floor <= config.max)
-        .max()
-        .unwrap_or(1);
-    let min = config.min.max(floor);
-    AdaptiveLimit {
-        min,
-        initial: config.initial.clamp(min, config.max),
-        ..config
-    }
-}
 
 /// The next state after one window. Pure. The limit stays within `[min, max]` and finite whatever
 /// the samples are.
@@ -302,20 +277,21 @@ mod tests {
 
     #[test]
     fn the_floor_leaves_a_permit_to_every_priority_with_a_share() {
+        use crate::policy::Headroom;
         let low = AdaptiveLimit {
             initial: 1,
             min: 1,
             ..aimd()
         };
         // The default shares: background work's half of 2 is one permit.
-        let f = floored(low, &[1000, 1000, 800, 500]);
+        let f = low.floored(&Headroom([1000, 1000, 800, 500]));
         assert_eq!((f.min, f.initial, f.max), (2, 2, 12));
         // A share of nothing asks for no permit; 30% needs a limit of 4 (3 would give 0.9).
-        let f = floored(low, &[1000, 1000, 300, 0]);
+        let f = low.floored(&Headroom([1000, 1000, 300, 0]));
         assert_eq!((f.min, f.initial), (4, 4));
         use super::super::limiter::allowed;
         for share in 1..=1000u16 {
-            let f = floored(low, &[1000, 1000, 1000, share]);
+            let f = low.floored(&Headroom([1000, 1000, 1000, share]));
             if allowed(f.max, share) >= 1 {
                 // The smallest limit that serves the share.
                 assert!(allowed(f.min, share) >= 1, "{share}");
@@ -327,17 +303,17 @@ mod tests {
         // A share no limit up to `max` serves asks for nothing (its priority is told not to
         // retry); the others still count. A `min` above the floor stays as it is, and so does an
         // `initial` within bounds.
-        let f = floored(low, &[1000, 1000, 800, 1]);
+        let f = low.floored(&Headroom([1000, 1000, 800, 1]));
         assert_eq!((f.min, f.initial), (2, 2));
-        let f = floored(low, &[1000, 1000, 1000, 84]);
+        let f = low.floored(&Headroom([1000, 1000, 1000, 84]));
         assert_eq!(
             (f.min, f.initial),
             (12, 12),
             "12 is the first limit of which 8.4% is one"
         );
-        let f = floored(low, &[1000, 1000, 1000, 83]);
+        let f = low.floored(&Headroom([1000, 1000, 1000, 83]));
         assert_eq!((f.min, f.initial), (1, 1), "no limit up to 12 admits 8.3%");
-        let f = floored(aimd(), &[1000, 1000, 800, 500]);
+        let f = aimd().floored(&Headroom([1000, 1000, 800, 500]));
         assert_eq!((f.min, f.initial), (2, 10));
     }
 

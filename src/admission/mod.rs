@@ -30,7 +30,7 @@
 //! be a key, or a caller's deadline that leaves no time are refused even in shadow mode, since the
 //! request could only fail later, with its work half done.
 
-pub(crate) mod adaptive;
+mod adaptive;
 mod gcra;
 mod keys;
 mod limiter;

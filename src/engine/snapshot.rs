@@ -395,7 +395,7 @@ impl Registry {
                     None
                 }
                 Concurrency::Adaptive(config) => {
-                    let config = crate::admission::adaptive::floored(config, &a.headroom().0);
+                    let config = config.floored(&a.headroom());
                     // The same algorithm with other settings keeps the limit it has learned: a
                     // retune in the middle of an incident must not jump back to `initial`.
                     let same = previous.is_some_and(|p| {

@@ -52,13 +52,56 @@ pub struct AdaptiveLimit {
     pub initial: u32,
     /// Never below this, nor below the smallest limit that leaves at least one permit to every
     /// priority with a share of it (2 with the default headroom, whose background share is 50%):
-    /// a priority refused outright would give the limit no samples to recover on. A share so small
-    /// that not even `max` gives it a permit is left out (its requests are told not to retry).
+    /// see [`floored`](Self::floored).
     pub min: u32,
     /// Never above this.
     pub max: u32,
     /// How often the limit is recomputed from the samples of the window.
     pub window: Duration,
+}
+
+impl AdaptiveLimit {
+    /// The limit as an engine runs it under `headroom`: its floor raised, where need be, to the
+    /// smallest limit that leaves at least one permit to every priority with a share of it that
+    /// some limit up to `max` admits, and `initial` within the new bounds.
+    ///
+    /// Below that floor a priority would be refused outright, and a limit only moves on the
+    /// samples of requests it admitted: a limit that other priorities' overloads had backed off
+    /// there would never admit that priority again, however healthy the backend became, and a
+    /// class of only that priority would stay shut for good. A share too small for even `max` to
+    /// admit is left out: no floor could serve it (its requests are told not to retry), and one at
+    /// `max` would stop the limit from ever backing off.
+    ///
+    /// ```
+    /// use costguard::policy::{AdaptiveLimit, Concurrency, Headroom, Policy};
+    /// use std::time::Duration;
+    ///
+    /// let policy = Policy::builder()
+    ///     .class("api", |c| c.admission(|a| a.aimd(1, 1, 10, 0.5, Duration::from_millis(100))))
+    ///     .build()
+    ///     .unwrap();
+    /// let admission = policy.class("api").unwrap().admission().unwrap();
+    /// let Concurrency::Adaptive(limit) = admission.concurrency() else { unreachable!() };
+    /// // Background work sees half of the limit by default: at 1, no permit at all.
+    /// let run = limit.floored(&Headroom::default());
+    /// assert_eq!((run.min, run.initial, run.max), (2, 2, 10));
+    /// ```
+    pub fn floored(&self, headroom: &Headroom) -> AdaptiveLimit {
+        let floor = headroom
+            .0
+            .iter()
+            .filter(|&&share| share > 0)
+            .map(|&share| 1000u32.div_ceil(u32::from(share.min(1000))))
+            .filter(|&floor| floor <= self.max)
+            .max()
+            .unwrap_or(1);
+        let min = self.min.max(floor);
+        AdaptiveLimit {
+            min,
+            initial: self.initial.clamp(min, self.max),
+            ..*self
+        }
+    }
 }
 
 /// How many requests of a class may run at once.
