@@ -11,7 +11,7 @@
 //!   pair and against the `failsafe` crate's call-through (`CircuitBreaker::call` with its default
 //!   configuration and a closure that succeeds). Untimed retry decisions between chunks keep the two
 //!   backends' retry budgets from filling up, so every first attempt deposits into one with a
-//!   compare-and-swap (the costlier state). More subjects show where the time
+//!   compare-and-swap (the state that writes). More subjects show where the time
 //!   goes: a retry attempt (`retry` = 1, which skips the deposit); a first attempt on a backend with
 //!   default settings, whose retry budget is full as a healthy backend's is (the deposit only reads
 //!   it); and the same round trip on an engine with a production clock instead of the

@@ -230,10 +230,11 @@ fn a_retried_parse_has_only_what_earlier_attempts_left() {
     );
 }
 
-/// Costguard only ever takes retries away: under a policy whose retry allowance exceeds what a tier
-/// would retry on its own (the job runner retries nothing; the file-lookup allowance is raised so
-/// that parses fail and jobs are retried), no job and no batch is tried more often than its tier's
-/// own count allows.
+/// In commons-2015 costguard only takes retries away (in kafka-2016 it also lets the app try
+/// another broker, which the unguarded app cannot): under a policy whose retry allowance exceeds
+/// what a tier would retry on its own (the job runner retries nothing; the file-lookup allowance
+/// is raised so that parses fail and jobs are retried), no job and no batch is tried more often
+/// than its tier's own count allows.
 #[test]
 fn no_tier_retries_more_than_its_own_count() {
     let toml = default_policy(commons::NAME).unwrap();

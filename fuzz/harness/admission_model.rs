@@ -43,7 +43,8 @@
 //!
 //! A class in **shadow** mode evaluates steps 4 to 7 but admits: each would-be refusal is counted
 //! under `shadow_refused` and reported to the hook with `shadow = true`; the permit, pin and pool
-//! amounts are taken anyway. An estimate larger than its whole pool is recorded once (`CannotFit`,
+//! amounts are taken anyway (past the 65,535 pins a key's entry can count, the request is admitted
+//! without a pin, and its rate is not charged). An estimate larger than its whole pool is recorded once (`CannotFit`,
 //! not also `PoolExhausted`). At the key step only one shadow refusal is recorded (the concurrency
 //! one when both apply), and a nonconforming rate charges nothing. Enforced refusals count under `refused`,
 //! and `Shed` ones also under `shed_by_priority`.
@@ -623,7 +624,19 @@ impl Model {
                     Unit::Count,
                     (1, ks.pins, key_limit),
                 );
-                if adm.shadow && ks.pins < PINS_MAX {
+                if adm.shadow && ks.pins >= PINS_MAX {
+                    // Past what the entry can count: admitted unpinned, its rate not charged.
+                    shadow_refusal(self, &mut events, v);
+                    self.classes[class].admitted += 1;
+                    let grant = Grant {
+                        class,
+                        permit: true,
+                        key: None,
+                        pools: taken,
+                        start: self.now,
+                    };
+                    return done(Ok(grant), events);
+                } else if adm.shadow {
                     over = Some(v);
                 } else {
                     for &(q, n) in &taken {

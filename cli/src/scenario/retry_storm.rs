@@ -435,7 +435,7 @@ impl Model<'_> {
         if let Some(a) = req.attempt.take() {
             a.finish(outcome);
         }
-        // Costguard only ever takes retries away: the app's own count still holds.
+        // Here costguard only takes retries away: the app's own count still holds.
         if n > APP_RETRIES {
             return self.respond(key, false, None);
         }

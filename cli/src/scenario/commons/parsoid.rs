@@ -267,8 +267,8 @@ impl Model<'_> {
         self.call_failed(key, outcome(status));
     }
 
-    /// A try failed: retry (unguarded: at once, up to 8 times; guarded: if the engine says so, after
-    /// its backoff) or give the batch up.
+    /// A try failed: retry (unguarded: at once, up to 8 times; guarded: up to 8 times, if the engine
+    /// says so, after its backoff) or give the batch up.
     fn call_failed(&mut self, key: Key, outcome: AttemptOutcome) {
         let Some(call) = self.calls.get_mut(key) else {
             return;
@@ -287,7 +287,7 @@ impl Model<'_> {
         if let Some(attempt) = call.attempt.take() {
             attempt.finish(outcome);
         }
-        // Costguard only ever takes retries away: Parsoid's own count still holds.
+        // Here costguard only takes retries away: Parsoid's own count still holds.
         if tries > PARSOID_RETRIES {
             return self.batch_done(key, Batch::Failed);
         }
@@ -313,7 +313,7 @@ impl Model<'_> {
             return;
         };
         if call.tries > PARSOID_RETRIES.saturating_add(1) {
-            // Never, with or without costguard: it only ever takes retries away.
+            // Never, with or without costguard: here it only takes retries away.
             self.rec.count("tries_past_a_tiers_own_retries", 1);
         }
         let Some(parse) = self.parses.get_mut(call.parse) else {
@@ -475,7 +475,7 @@ impl Model<'_> {
         if let Some(attempt) = job.attempt.take() {
             attempt.finish(outcome);
         }
-        // Costguard only ever takes retries away: the tier's own count still holds (none for the
+        // Here costguard only takes retries away: the tier's own count still holds (none for the
         // job runner).
         if tries > job.retries {
             return self.job_done(key, false);
