@@ -1220,6 +1220,25 @@ impl PanicsOn {
     }
 }
 
+/// Request `n` admitted (waiting if need be) on a thread named `name`, for a clock to fail on:
+/// its admission's reason if refused, its grant dropped at once if admitted.
+fn admit_on_thread(
+    e: &Engine,
+    api: Class,
+    name: &'static str,
+    n: u64,
+) -> std::thread::JoinHandle<Result<(), Reason>> {
+    let e = e.clone();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            e.admit(&AdmitRequest::new(api, id(n)))
+                .map(drop)
+                .map_err(|v| v.reason())
+        })
+        .unwrap()
+}
+
 /// Nothing held and nobody waiting: the class's one permit admits the next request.
 fn nothing_left_behind(e: &Engine, api: Class) {
     let stats = e.admission_stats();
@@ -1270,13 +1289,7 @@ fn a_blocking_waiter_unwound_by_a_panic_leaves_nothing_behind() {
     let clock = PanicsOn::default();
     let (e, api) = clock.engine(500);
     let first = e.try_admit(&AdmitRequest::new(api, id(1))).unwrap();
-    let waiter = std::thread::Builder::new()
-        .name("waiter".into())
-        .spawn({
-            let e = e.clone();
-            move || drop(e.admit(&AdmitRequest::new(api, id(2))))
-        })
-        .unwrap();
+    let waiter = admit_on_thread(&e, api, "waiter", 2);
     wait_for_queue(&e, 1);
     // From here on its clock fails: in its wait, or once it is handed the permit below.
     clock.on("waiter");
@@ -1292,20 +1305,9 @@ fn a_permit_given_back_by_an_unwinding_waiter_reaches_the_next_one() {
     let clock = PanicsOn::default();
     let (e, api) = clock.engine(500);
     let first = e.try_admit(&AdmitRequest::new(api, id(1))).unwrap();
-    let waiter = |name: &'static str, n: u64| {
-        let e = e.clone();
-        std::thread::Builder::new()
-            .name(name.into())
-            .spawn(move || {
-                e.admit(&AdmitRequest::new(api, id(n)))
-                    .map(drop)
-                    .map_err(|v| v.reason())
-            })
-            .unwrap()
-    };
-    let w1 = waiter("w1", 2);
+    let w1 = admit_on_thread(&e, api, "w1", 2);
     wait_for_queue(&e, 1);
-    let w2 = waiter("w2", 3);
+    let w2 = admit_on_thread(&e, api, "w2", 3);
     wait_for_queue(&e, 2);
     clock.on("w1");
     drop(first); // handed to one of them: w1 (FIFO), whose clock fails
@@ -1353,13 +1355,7 @@ fn a_permit_taken_while_being_queued_goes_back_if_finishing_panics() {
         .unwrap();
     let api = e.class("api").unwrap();
     *clock.1.lock().unwrap() = Some(e.try_admit(&AdmitRequest::new(api, id(1))).unwrap());
-    let waiter = std::thread::Builder::new()
-        .name("waiter".into())
-        .spawn({
-            let e = e.clone();
-            move || drop(e.admit(&AdmitRequest::new(api, id(2))))
-        })
-        .unwrap();
+    let waiter = admit_on_thread(&e, api, "waiter", 2);
     assert!(waiter.join().is_err(), "the admission read the clock twice");
     assert_eq!(clock.2.load(Ordering::SeqCst), 2);
     nothing_left_behind(&e, api);
