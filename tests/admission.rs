@@ -2027,6 +2027,62 @@ fn a_critical_waiter_is_not_held_up_by_a_background_one() {
     assert!(poll(&mut background, &waker).is_pending());
 }
 
+/// A waiter is held to its priority's share as the policy is now, not as it was when it joined the
+/// queue: a reload that lowers normal work's headroom keeps a queued normal request out until the
+/// new share has room, and a reload that raises it lets the request in at once.
+#[test]
+fn a_waiter_is_held_to_the_share_a_reload_sets() {
+    use executor::{poll, CountingWaker};
+    let policy = |normal: f64| {
+        Policy::builder()
+            .class("api", |c| {
+                c.admission(|a| {
+                    a.concurrency(4)
+                        .headroom(Priority::Normal, normal)
+                        .queue(8, Duration::from_secs(10))
+                })
+            })
+            .build()
+            .unwrap()
+    };
+    let (e, _clock) = engine(policy(1.0));
+    let api = e.class("api").unwrap();
+    let in_flight = || e.admission_stats().class("api").unwrap().in_flight;
+    let waker = Arc::new(CountingWaker::default());
+    let mut held: Vec<_> = (0..4)
+        .map(|i| e.try_admit(&AdmitRequest::new(api, id(i))).unwrap())
+        .collect();
+    let mut waiter = e.admit_async(AdmitRequest::new(api, id(9)));
+    assert!(poll(&mut waiter, &waker).is_pending());
+
+    // Normal work may now fill 2 of the 4 permits.
+    e.reload(policy(0.5)).unwrap();
+    drop(held.pop());
+    drop(held.pop());
+    assert_eq!(in_flight(), 2);
+    assert!(
+        poll(&mut waiter, &waker).is_pending(),
+        "admitted past its share"
+    );
+    drop(held.pop());
+    let std::task::Poll::Ready(Ok(admitted)) = poll(&mut waiter, &waker) else {
+        panic!("a permit within the share went unused");
+    };
+    assert_eq!(in_flight(), 2);
+
+    // Raised again: a waiter blocked by the lowered share gets in with the reload alone.
+    e.try_admit(&AdmitRequest::new(api, id(10))).unwrap_err();
+    let mut later = e.admit_async(AdmitRequest::new(api, id(11)));
+    assert!(poll(&mut later, &waker).is_pending());
+    e.reload(policy(1.0)).unwrap();
+    let std::task::Poll::Ready(Ok(third)) = poll(&mut later, &waker) else {
+        panic!("a raised share left its waiter queued");
+    };
+    assert_eq!(in_flight(), 3);
+    drop((held, admitted, third));
+    assert_eq!(in_flight(), 0);
+}
+
 /// A waiter's time limit holds after a reload takes its class's admission settings away: the
 /// timer still expires it.
 #[test]

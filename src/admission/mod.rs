@@ -228,10 +228,20 @@ pub(crate) struct Gate {
     pub(crate) queue: WaitQueue,
     pub(crate) stats: Stats,
     pub(crate) sampler: Sampler,
+    /// Each priority's headroom share under the current policy, four [`Permille`]s in one word: a
+    /// reload sets it with the limit, and waiters already queued are dispatched by it.
+    shares: AtomicU64,
     /// Smoothed latency of finished requests, ns; 0 before the first.
     latency_ns: AtomicU64,
     pub(crate) name: Arc<str>,
     names: [Arc<str>; 3],
+}
+
+fn pack_shares(shares: [Permille; 4]) -> u64 {
+    shares
+        .iter()
+        .enumerate()
+        .fold(0, |word, (i, &s)| word | u64::from(s) << (16 * i))
 }
 
 const CONCURRENCY: usize = 0;
@@ -245,6 +255,7 @@ impl Gate {
             queue: WaitQueue::default(),
             stats: Stats::default(),
             sampler: Sampler::new(),
+            shares: AtomicU64::new(pack_shares([1000; 4])),
             latency_ns: AtomicU64::new(0),
             name: Arc::clone(class),
             names: [
@@ -253,6 +264,28 @@ impl Gate {
                 Arc::from("rate"),
             ],
         }
+    }
+
+    /// Sets each priority's share of the limit (by a reload, with the limit).
+    pub(crate) fn set_shares(&self, shares: [Permille; 4]) {
+        self.shares.store(pack_shares(shares), Ordering::Release);
+    }
+
+    /// The share of the limit `priority` may fill under the current policy.
+    pub(crate) fn share(&self, priority: Priority) -> Permille {
+        self.shares()[priority as usize]
+    }
+
+    fn shares(&self) -> [Permille; 4] {
+        let word = self.shares.load(Ordering::Acquire);
+        std::array::from_fn(|i| (word >> (16 * i)) as Permille)
+    }
+
+    /// Hands permits that came free to the class's waiters, each within its priority's current
+    /// share, and expires the waiters whose time is up (see [`WaitQueue::dispatch`]).
+    pub(crate) fn dispatch(&self, policy: Option<&QueuePolicy>, now: u64) {
+        self.queue
+            .dispatch(&self.limiter, self.shares(), policy, now);
     }
 
     /// A hint for when a permit may be free: about one mean latency divided among the requests in
@@ -395,7 +428,7 @@ impl Drop for Admitted {
             }
         }
         if waiting {
-            gate.queue.dispatch(&gate.limiter, adm.queue.as_ref(), now);
+            gate.dispatch(adm.queue.as_ref(), now);
         }
     }
 }
@@ -411,8 +444,8 @@ impl fmt::Debug for Admitted {
 }
 
 /// Where a caller that may wait learns that a refusal could turn into an admission by waiting in
-/// the class's queue, and at which headroom share. `None`: the caller never waits.
-pub(crate) type WaitSlot<'s> = Option<&'s mut Option<Permille>>;
+/// the class's queue. `None`: the caller never waits.
+pub(crate) type WaitSlot<'s> = Option<&'s mut bool>;
 
 impl Engine {
     /// Admits a request now or refuses it; never waits.
@@ -448,8 +481,8 @@ impl Engine {
     pub fn admit(&self, request: &AdmitRequest<'_>) -> Result<Admitted, Verdict> {
         match wait::admit_or_wait(self, request) {
             (Ok(admitted), _) => Ok(admitted),
-            (Err(verdict), None) => Err(verdict),
-            (Err(verdict), Some(share)) => wait::block(self, request, share, verdict),
+            (Err(verdict), false) => Err(verdict),
+            (Err(verdict), true) => wait::block(self, request, verdict),
         }
     }
 
@@ -477,7 +510,7 @@ impl Engine {
                 .filter_map(|r| r.admission.as_ref())
                 .find(|a| Arc::ptr_eq(&a.gate, gate))
                 .and_then(|a| a.queue.as_ref());
-            gate.queue.dispatch(&gate.limiter, queue, now);
+            gate.dispatch(queue, now);
         }
     }
 
@@ -695,7 +728,7 @@ impl Engine {
         // A priority the limit never lets in does not wait for it either.
         if let (Some(slot), Some(_), false) = (wait, &adm.queue, v.retry() == Retry::Never) {
             // Not a refusal yet: the caller will wait.
-            *slot = Some(share);
+            *slot = true;
             return Err(v.with_class(&rules.name).with_request(req.effective_id()));
         }
         Err(self.refused(rules, Some(adm), req, priority, v))
@@ -962,11 +995,7 @@ impl Engine {
             if held.permit {
                 adm.gate.limiter.release();
                 if adm.gate.queue.has_waiters() {
-                    adm.gate.queue.dispatch(
-                        &adm.gate.limiter,
-                        adm.queue.as_ref(),
-                        held.now.as_nanos(),
-                    );
+                    adm.gate.dispatch(adm.queue.as_ref(), held.now.as_nanos());
                 }
             }
         }

@@ -20,6 +20,7 @@
 use super::limiter::Limiter;
 use crate::policy::{Permille, QueuePolicy};
 use crate::sync::{Arc, AtomicU32, Mutex, Ordering};
+use crate::Priority;
 use std::collections::VecDeque;
 use std::task::Waker;
 
@@ -39,17 +40,19 @@ pub(crate) enum Wake {
 #[derive(Debug)]
 pub(crate) struct Waiter {
     pub(crate) state: AtomicU32,
-    pub(crate) share: Permille,
+    /// The priority it waits at. Its share of the limit is looked up at each dispatch, so that a
+    /// reload that changes the class's headroom applies to waiters already queued.
+    pub(crate) priority: Priority,
     pub(crate) enqueued: u64,
     pub(crate) deadline: u64,
     wake: Mutex<Wake>,
 }
 
 impl Waiter {
-    pub(crate) fn new(share: Permille, enqueued: u64, deadline: u64, wake: Wake) -> Self {
+    pub(crate) fn new(priority: Priority, enqueued: u64, deadline: u64, wake: Wake) -> Self {
         Waiter {
             state: AtomicU32::new(WAITING),
-            share,
+            priority,
             enqueued,
             deadline,
             wake: Mutex::new(wake),
@@ -165,12 +168,19 @@ impl WaitQueue {
         self.waiting.store(len, Ordering::SeqCst);
     }
 
-    /// Hands free permits to waiters (newest first while CoDel says overloaded) and expires waiters
-    /// whose deadline has passed, then wakes them. Called after releases and by the timer.
-    pub(crate) fn dispatch(&self, limiter: &Limiter, policy: Option<&QueuePolicy>, now: u64) {
+    /// Hands free permits to waiters (newest first while CoDel says overloaded), each within its
+    /// priority's share of the limit in `shares`, and expires waiters whose deadline has passed,
+    /// then wakes them. Called after releases and by the timer.
+    pub(crate) fn dispatch(
+        &self,
+        limiter: &Limiter,
+        shares: [Permille; 4],
+        policy: Option<&QueuePolicy>,
+        now: u64,
+    ) {
         loop {
             let mut wakes: [Wake; WAKE_BATCH] = std::array::from_fn(|_| Wake::Nobody);
-            let done = self.dispatch_pass(limiter, policy, now, &mut wakes);
+            let done = self.dispatch_pass(limiter, shares, policy, now, &mut wakes);
             wakes.into_iter().for_each(fire);
             if done {
                 return;
@@ -183,6 +193,7 @@ impl WaitQueue {
     fn dispatch_pass(
         &self,
         limiter: &Limiter,
+        shares: [Permille; 4],
         policy: Option<&QueuePolicy>,
         now: u64,
         wakes: &mut [Wake; WAKE_BATCH],
@@ -218,10 +229,11 @@ impl WaitQueue {
                 inner.waiters.remove(index);
                 continue;
             }
-            if blocked.is_some_and(|b| w.share <= b) || limiter.try_acquire(w.share).is_err() {
+            let share = shares[w.priority as usize];
+            if blocked.is_some_and(|b| share <= b) || limiter.try_acquire(share).is_err() {
                 // No permit for this one; keep looking to expire the others and to serve those of
                 // a higher priority.
-                blocked = Some(blocked.map_or(w.share, |b| b.max(w.share)));
+                blocked = Some(blocked.map_or(share, |b| b.max(share)));
                 i += 1;
                 continue;
             }

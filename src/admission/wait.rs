@@ -4,7 +4,6 @@ use super::queue::{Waiter, Wake, EXPIRED, GRANTED};
 use super::{AdmitRequest, Admitted, ClassAdmission};
 use crate::clock::Timestamp;
 use crate::engine::snapshot::Snapshot;
-use crate::policy::Permille;
 use crate::sync::Arc;
 use crate::verdict::{Reason, Unit};
 use crate::{Engine, Priority, Verdict};
@@ -38,7 +37,6 @@ fn admission<'s>(snapshot: &'s Snapshot, req: &AdmitRequest<'_>) -> Option<&'s C
 fn enqueue(
     engine: &Engine,
     req: &AdmitRequest<'_>,
-    share: Permille,
     full: Verdict,
     wake: Wake,
 ) -> Result<Place, Verdict> {
@@ -74,7 +72,12 @@ fn enqueue(
         engine.report_refusal(adm, &full, priority, false);
         return Err(full);
     }
-    let waiter = Arc::new(Waiter::new(share, now, now.saturating_add(patience), wake));
+    let waiter = Arc::new(Waiter::new(
+        priority,
+        now,
+        now.saturating_add(patience),
+        wake,
+    ));
     if let Err(len) = adm.gate.queue.enqueue(Arc::clone(&waiter), policy.capacity) {
         let v = Verdict::new(Reason::QueueFull, adm.gate.retry_hint())
             .with_amounts(1, u64::from(len), u64::from(policy.capacity))
@@ -85,15 +88,18 @@ fn enqueue(
     }
     adm.gate.stats.waited();
     // A permit freed before this waiter became visible would be missed: look once more.
-    if adm.gate.limiter.try_acquire(share).is_ok() {
+    if adm
+        .gate
+        .limiter
+        .try_acquire(adm.gate.share(priority))
+        .is_ok()
+    {
         if waiter.abandon() {
             adm.gate.queue.remove(&waiter);
         } else if waiter.state() == GRANTED {
             // Granted at the same instant: keep one permit, give the other back.
             adm.gate.limiter.release();
-            adm.gate
-                .queue
-                .dispatch(&adm.gate.limiter, adm.queue.as_ref(), now);
+            adm.gate.dispatch(adm.queue.as_ref(), now);
         }
         // Otherwise a dispatch expired the waiter at this instant (and took it out of the queue):
         // the permit just taken is the only one, and it is this request's.
@@ -132,12 +138,12 @@ fn timed_out(engine: &Engine, req: &AdmitRequest<'_>, q: &Queued) -> Verdict {
     v
 }
 
-/// A first try, and the share to wait at in the class's queue if it refused but waiting may help.
+/// A first try, and whether to wait in the class's queue if it refused but waiting may help.
 pub(crate) fn admit_or_wait(
     engine: &Engine,
     req: &AdmitRequest<'_>,
-) -> (Result<Admitted, Verdict>, Option<Permille>) {
-    let mut queue = None;
+) -> (Result<Admitted, Verdict>, bool) {
+    let mut queue = false;
     let result = engine.admit_step(req, Some(&mut queue));
     (result, queue)
 }
@@ -176,9 +182,7 @@ fn give_back(engine: &Engine, adm: &ClassAdmission) {
         return;
     }
     let now = engine.clock().now().as_nanos();
-    adm.gate
-        .queue
-        .dispatch(&adm.gate.limiter, adm.queue.as_ref(), now);
+    adm.gate.dispatch(adm.queue.as_ref(), now);
 }
 
 /// Admits a request with the permit `enqueue` took for it (one that came free while it was being
@@ -208,11 +212,10 @@ fn finish_held(
 pub(crate) fn block(
     engine: &Engine,
     req: &AdmitRequest<'_>,
-    share: Permille,
     full: Verdict,
 ) -> Result<Admitted, Verdict> {
     let wake = Wake::Thread(std::thread::current());
-    let q = match enqueue(engine, req, share, full, wake)? {
+    let q = match enqueue(engine, req, full, wake)? {
         Place::Queued(q) => q,
         Place::Held(snapshot, priority, arrived) => {
             return finish_held(engine, req, &snapshot, priority, arrived)
@@ -319,10 +322,10 @@ impl Future for AdmitFuture<'_, '_> {
             }
             (_, State::Start(req)) => match admit_or_wait(engine, &req) {
                 (Ok(admitted), _) => Poll::Ready(Ok(admitted)),
-                (Err(verdict), None) => Poll::Ready(Err(verdict)),
-                (Err(verdict), Some(share)) => {
+                (Err(verdict), false) => Poll::Ready(Err(verdict)),
+                (Err(verdict), true) => {
                     let wake = Wake::Task(cx.waker().clone());
-                    match enqueue(engine, &req, share, verdict, wake) {
+                    match enqueue(engine, &req, verdict, wake) {
                         Err(v) => Poll::Ready(Err(v)),
                         Ok(Place::Held(snapshot, priority, arrived)) => {
                             Poll::Ready(finish_held(engine, &req, &snapshot, priority, arrived))

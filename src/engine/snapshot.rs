@@ -387,6 +387,7 @@ impl Registry {
             let gate = Arc::clone(self.gates[id].get_or_insert_with(|| {
                 Arc::new(Gate::new(c.name_arc(), a.concurrency().initial()))
             }));
+            gate.set_shares(a.headroom().0);
             let previous = self.adaptive[id];
             let adaptive = match a.concurrency() {
                 Concurrency::Static(limit) => {
