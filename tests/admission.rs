@@ -211,6 +211,39 @@ fn per_key_policy() -> Policy {
         .unwrap()
 }
 
+/// A request of rate cost 0 passes a key's rate limit whatever the key has left: here after a
+/// reload lowered the burst below what the key had already spent.
+#[test]
+fn a_free_request_passes_a_key_spent_past_a_lowered_burst() {
+    let policy = |burst: u64| {
+        Policy::builder()
+            .class("api", |c| {
+                c.admission(|a| {
+                    a.concurrency(100)
+                        .per_key_rate(10, Duration::from_secs(1), burst)
+                        .max_keys(64)
+                })
+            })
+            .build()
+            .unwrap()
+    };
+    let (e, _clock) = engine(policy(10));
+    let api = e.class("api").unwrap();
+    let req = |n: u64, cost: u64| AdmitRequest::new(api, id(n)).key(b"k").rate_cost(cost);
+    drop(e.try_admit(&req(1, 10)).unwrap());
+    e.reload(policy(1)).unwrap();
+    assert_eq!(
+        e.try_admit(&req(2, 1)).unwrap_err().reason(),
+        Reason::RateLimited
+    );
+    drop(e.try_admit(&req(3, 0)).unwrap());
+    // It spent nothing: the next paying request waits exactly as long as before.
+    assert_eq!(e.try_admit(&req(4, 1)).unwrap_err().retry(), {
+        let v = e.try_admit(&req(5, 1)).unwrap_err();
+        v.retry()
+    });
+}
+
 #[test]
 fn one_key_cannot_take_more_than_its_share() {
     let (e, clock) = engine(per_key_policy());
@@ -1324,6 +1357,75 @@ fn a_permit_given_back_by_an_unwinding_waiter_reaches_the_next_one() {
     }
     assert_eq!(w2.join().unwrap(), Ok(()), "w2 waited beside a free permit");
     nothing_left_behind(&e, api);
+}
+
+/// A `try_admit` whose clock panics after the class's permit was taken gives the permit back:
+/// nothing holds it, and a class with a limit of 1 would otherwise stay shut for good.
+#[test]
+fn an_admission_unwound_after_its_permit_gives_the_permit_back() {
+    let clock = PanicsOn::default();
+    let (e, api) = clock.engine(500);
+    clock.on("doomed");
+    let e2 = e.clone();
+    let unwound = std::thread::Builder::new()
+        .name("doomed".into())
+        .spawn(move || e2.try_admit(&AdmitRequest::new(api, id(1))).map(drop))
+        .unwrap()
+        .join();
+    assert!(unwound.is_err(), "the admission never read the clock");
+    assert_eq!(clock.2.load(Ordering::SeqCst), 1);
+    assert_eq!(e.admission_stats().class("api").unwrap().in_flight, 0);
+    drop(e.try_admit(&AdmitRequest::new(api, id(2))).unwrap());
+}
+
+/// A grant dropped while its thread unwinds, on a clock that panics there, neither reads the
+/// clock again (a second panic would abort the process) nor keeps its permit from the request
+/// waiting for it. Run in a child process, so that an abort fails the test instead of the run.
+#[test]
+fn a_grant_dropped_while_unwinding_hands_its_permit_on_without_the_clock() {
+    const CHILD: &str = "COSTGUARD_TEST_UNWINDING_GRANT";
+    const PASSED: &str = "the waiter has the permit";
+    if std::env::var_os(CHILD).is_none() {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "a_grant_dropped_while_unwinding_hands_its_permit_on_without_the_clock",
+                "--nocapture",
+            ])
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stderr.contains(PASSED),
+            "{:?}\n{stderr}",
+            out.status
+        );
+        return;
+    }
+    use executor::{poll, CountingWaker};
+    let clock = PanicsOn::default();
+    let (e, api) = clock.engine(500);
+    let waker = Arc::new(CountingWaker::default());
+    let grant = e.try_admit(&AdmitRequest::new(api, id(1))).unwrap();
+    let mut waiter = e.admit_async(AdmitRequest::new(api, id(2)));
+    assert!(poll(&mut waiter, &waker).is_pending());
+    clock.on("doomed");
+    let handler = std::thread::Builder::new()
+        .name("doomed".into())
+        .spawn(move || {
+            let _grant = grant;
+            panic!("the handler failed");
+        })
+        .unwrap();
+    assert!(handler.join().is_err());
+    assert_eq!(clock.2.load(Ordering::SeqCst), 0, "the clock was read");
+    let std::task::Poll::Ready(Ok(admitted)) = poll(&mut waiter, &waker) else {
+        panic!("the permit did not reach the waiter");
+    };
+    assert_eq!(e.admission_stats().class("api").unwrap().in_flight, 1);
+    drop(admitted);
+    eprintln!("{PASSED}");
 }
 
 /// A permit that comes free while a request is being queued is that request's; should finishing

@@ -58,11 +58,16 @@ impl Gcra {
         u64::try_from(q >> FRACTION).unwrap_or(u64::MAX)
     }
 
-    /// The new TAT if a request of `cost` at `now` conforms.
+    /// The new TAT if a request of `cost` at `now` conforms. A cost of 0 always conforms and
+    /// leaves the TAT as it is, however far ahead it is (a reload that lowered the burst, a clock
+    /// that stepped back, another request of the key that charged after this one read the time).
     #[inline]
     pub(crate) fn decide(self, tat: u64, now: u64, cost: u64) -> Result<u64, Nonconforming> {
         if cost > self.burst {
             return Err(Nonconforming::Never);
+        }
+        if cost == 0 {
+            return Ok(tat);
         }
         // Checked, not saturating: a next allowed time clamped to the clock's end would look
         // closer than it is, and let everything through near the end of the clock's range. Past
@@ -102,6 +107,17 @@ mod tests {
         // Idle time refills, but never beyond the burst.
         assert!(g.decide(t, 100 * SEC, 3).is_ok());
         assert_eq!(g.decide(0, u64::MAX, u64::MAX), Err(Nonconforming::Never));
+    }
+
+    /// A cost of 0 conforms and changes nothing, even when the TAT is further ahead than the
+    /// burst allows (which a lowered burst or a clock that stepped back leaves behind).
+    #[test]
+    fn a_free_request_always_conforms() {
+        let g = Gcra::new(10, SEC, 3);
+        assert_eq!(g.decide(0, 0, 0), Ok(0));
+        assert_eq!(g.decide(5 * SEC, 0, 0), Ok(5 * SEC));
+        assert_eq!(g.decide(u64::MAX, 0, 0), Ok(u64::MAX));
+        assert!(g.decide(5 * SEC, 0, 1).is_err());
     }
 
     /// A rate that is not a whole number of nanoseconds per unit is enforced as written, not as the
@@ -147,6 +163,6 @@ mod tests {
         let g = Gcra::new(1, SEC, 1);
         let now = u64::MAX - 1_000;
         assert_eq!(g.decide(0, now, 1), Err(Nonconforming::Wait(u64::MAX)));
-        assert_eq!(g.decide(0, now, 0), Ok(now), "a free request still goes");
+        assert_eq!(g.decide(0, now, 0), Ok(0), "a free request still goes");
     }
 }

@@ -410,10 +410,16 @@ impl Drop for Admitted {
         // Read once, after the release: a waiter that became visible after this read looks at the
         // limiter once more itself, and one seen here is dispatched at a time read for it.
         let waiting = gate.queue.has_waiters();
-        let now = if sampled || waiting {
-            clock.now().as_nanos()
+        let (sampled, now) = if !(sampled || waiting) {
+            (false, 0)
+        } else if std::thread::panicking() {
+            // While unwinding (a handler's panic, perhaps the clock's own) the clock is not read:
+            // a clock that panicked once may again, and a second panic would abort the process.
+            // The request gives no latency sample, and its permit is handed on at the time it was
+            // admitted (a waiter whose time is up meanwhile is expired by its wait or the timer).
+            (false, self.start.as_nanos())
         } else {
-            0
+            (sampled, clock.now().as_nanos())
         };
         if sampled {
             let latency = now.saturating_sub(self.start.as_nanos());
@@ -634,7 +640,12 @@ impl Engine {
         if let Err((in_flight, allowed)) = adm.gate.limiter.try_acquire(share) {
             self.over_limit(rules, adm, req, priority, wait, (in_flight, allowed, share))?;
         }
-        self.decide_rest(rules, req, priority, true, None)
+        // The steps after the permit read the clock: should that panic, the permit goes back.
+        // (A refusal gives it back itself.)
+        let unwinding = PermitOnUnwind(self, adm);
+        let decided = self.decide_rest(rules, req, priority, true, None);
+        std::mem::forget(unwinding);
+        decided
     }
 
     /// Step 1: a declared estimate larger than the budget's limit (the class's, tightened by the
@@ -1070,6 +1081,16 @@ impl Decision<'_> {
             start: self.granted,
             outcome: None,
         }
+    }
+}
+
+/// A class permit held by an admission in progress, given back if the admission unwinds before it
+/// is decided (and forgotten once it is).
+struct PermitOnUnwind<'a>(&'a Engine, &'a ClassAdmission);
+
+impl Drop for PermitOnUnwind<'_> {
+    fn drop(&mut self) {
+        wait::give_back(self.0, self.1);
     }
 }
 
