@@ -166,13 +166,17 @@ pub fn parse_quantity(s: &str) -> Result<u64, UnitError> {
     scaled(int, frac, scale)
 }
 
-/// Formats a duration compactly for reports (`1.250s`, `300ms`, `12µs`, `none`).
+/// Formats a duration compactly for reports (`1.250s`, `300ms`, `12µs`; `none` for
+/// `Duration::MAX`, which alone means "no limit").
 pub(crate) fn format_duration(d: Duration) -> String {
-    if d == Duration::MAX || d.as_secs() > u64::MAX / 2 {
+    if d == Duration::MAX {
         return "none".to_owned();
     }
     let nanos = d.as_nanos();
-    if nanos >= 1_000_000_000 {
+    if d.as_secs() >= 1 << 40 {
+        // Past 34,000 years a float would round the seconds: whole seconds, exactly.
+        format!("{}s", d.as_secs())
+    } else if nanos >= 1_000_000_000 {
         format!("{:.3}s", d.as_secs_f64())
     } else if nanos >= 1_000_000 {
         format!("{}ms", nanos / 1_000_000)
@@ -336,5 +340,18 @@ mod tests {
         assert_eq!(format_duration(Duration::from_millis(300)), "300ms");
         assert_eq!(format_duration(Duration::from_micros(12)), "12µs");
         assert_eq!(format_duration(Duration::MAX), "none");
+        // Only `Duration::MAX` is "none": a longer wall time than any clock is still a deadline.
+        assert_eq!(
+            format_duration(Duration::from_secs(u64::MAX)),
+            "18446744073709551615s"
+        );
+        assert_eq!(
+            format_duration(Duration::from_secs(1 << 40)),
+            "1099511627776s"
+        );
+        assert_eq!(
+            format_duration(Duration::from_secs((1 << 40) - 1)),
+            "1099511627775.000s"
+        );
     }
 }

@@ -347,6 +347,9 @@ headroom = { sheddable = 0.0001, background = 0 }
 [classes.codel.admission]
 concurrency = 4
 queue = { capacity = 4, codel_target = "2s", codel_interval = "100ms" }
+[classes.uncounted.admission]
+concurrency = 4
+queue = { max_wait = "10ms" }
 "#,
     );
     let all = p.join("\n");
@@ -371,10 +374,13 @@ queue = { capacity = 4, codel_target = "2s", codel_interval = "100ms" }
         "classes.nothing.admission.shadow: expected true or false, found a string",
         "classes.nothing.admission.concurrency: missing `concurrency`",
         "classes.codel.admission.queue.codel_target: must not be above codel_interval",
+        "classes.uncounted.admission.queue: missing `capacity`",
         "classes.tiny.admission.headroom.sheddable: is below the resolution of 0.001 (found 0.0001); write 0 for none",
     ] {
         assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
     }
+    // A capacity left out is missing, not written as 0.
+    assert!(!all.contains("uncounted.admission.queue.capacity"), "{all}");
 }
 
 /// A setting that was written but could not be read is reported once, as what is wrong with it:

@@ -744,11 +744,19 @@ pub(crate) fn validate_admission(
         // One written but unreadable was reported as such, not as a capacity of 0.
         let capacity = match q.value.capacity {
             None if q.value.keys.written("capacity") => None,
-            c => check_u32(
+            None => {
+                problems.push(
+                    q.at.clone(),
+                    format!("{base}.queue"),
+                    "missing `capacity` (how many requests may wait)",
+                );
+                None
+            }
+            Some(c) => check_u32(
                 problems,
                 &at("capacity"),
                 f("capacity"),
-                c.unwrap_or(0),
+                c,
                 1,
                 u64::from(MAX_CONCURRENCY),
             ),
