@@ -286,7 +286,7 @@ enum costguard_status
    */
   COSTGUARD_HEADER_ERROR = 8,
   /**
-   * A file could not be read.
+   * A file could not be read, or is not a regular file.
    */
   COSTGUARD_IO_ERROR = 9,
   /**
@@ -451,9 +451,10 @@ typedef struct costguard_verdict {
    */
   char class_name[33];
   /**
-   * The dimension, NUL-terminated; `""` when none.
+   * The dimension, NUL-terminated; `""` when none. Sized for a host name, the longest name a
+   * verdict names here (an attempt on a host the request's policy lacks).
    */
-  char dimension[33];
+  char dimension[254];
   /**
    * The request id, NUL-terminated; `""` when none.
    */
@@ -542,7 +543,8 @@ extern "C" {
 const char *costguard_version(void);
 
 /**
- * The ABI version: 1. Bumped on any incompatible change to the header.
+ * The ABI version: 2. Bumped on any incompatible change to the header (2: a verdict's
+ * `dimension` holds a whole host name).
  */
 uint32_t costguard_abi_version(void);
 

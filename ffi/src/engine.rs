@@ -213,9 +213,17 @@ fn policy_error(e: &PolicyError) -> Status {
 /// `COSTGUARD_IO_ERROR` for a file that cannot be opened or is a directory; everything else (its
 /// size, its text) is the policy reader's to judge, which reads at most its size limit.
 fn read_policy_file(path: &str) -> Result<Policy, Status> {
-    let opened = std::fs::File::open(path).and_then(|f| f.metadata());
+    use std::os::unix::fs::OpenOptionsExt;
+    // Opened without blocking, and only a regular file is read: opening a FIFO would otherwise
+    // block the server's thread until some writer appeared, and a device may never end.
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .and_then(|f| f.metadata());
     let problem = match opened {
         Ok(meta) if meta.is_dir() => Some("is a directory".to_owned()),
+        Ok(meta) if !meta.is_file() => Some("is not a regular file".to_owned()),
         Ok(_) => None,
         Err(e) => Some(e.to_string()),
     };

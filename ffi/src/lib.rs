@@ -80,11 +80,12 @@ pub extern "C" fn costguard_version() -> *const std::ffi::c_char {
     panic::boundary_value(c"0.1.0".as_ptr(), || c"0.1.0".as_ptr())
 }
 
-/// The ABI version: 1. Bumped on any incompatible change to the header.
+/// The ABI version: 2. Bumped on any incompatible change to the header (2: a verdict's
+/// `dimension` holds a whole host name).
 #[cfg(not(costguard_loom))]
 #[no_mangle]
 pub extern "C" fn costguard_abi_version() -> u32 {
-    panic::boundary_value(1, || 1)
+    panic::boundary_value(2, || 2)
 }
 
 /// Test support (not part of the C ABI).

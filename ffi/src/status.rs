@@ -25,7 +25,7 @@ pub enum costguard_status {
     COSTGUARD_POLICY_ERROR = 7,
     /// A malformed propagation header; `costguard_last_error` says where.
     COSTGUARD_HEADER_ERROR = 8,
-    /// A file could not be read.
+    /// A file could not be read, or is not a regular file.
     COSTGUARD_IO_ERROR = 9,
     /// `*len` holds the capacity needed.
     COSTGUARD_BUFFER_TOO_SMALL = 10,
@@ -70,7 +70,7 @@ impl Status {
             Status::COSTGUARD_HEADER_ERROR => {
                 c"malformed propagation header (see costguard_last_error)"
             }
-            Status::COSTGUARD_IO_ERROR => c"a file could not be read (see costguard_last_error)",
+            Status::COSTGUARD_IO_ERROR => c"a file could not be read, or is not a regular file (see costguard_last_error)",
             Status::COSTGUARD_BUFFER_TOO_SMALL => {
                 c"buffer too small: *len holds the capacity needed"
             }

@@ -28,8 +28,9 @@ pub struct costguard_verdict {
     pub unit: u32,
     /// The class, NUL-terminated; `""` when none.
     pub class_name: [c_char; 33],
-    /// The dimension, NUL-terminated; `""` when none.
-    pub dimension: [c_char; 33],
+    /// The dimension, NUL-terminated; `""` when none. Sized for a host name, the longest name a
+    /// verdict names here (an attempt on a host the request's policy lacks).
+    pub dimension: [c_char; 254],
     /// The request id, NUL-terminated; `""` when none.
     pub request_id: [c_char; 65],
 }
@@ -149,9 +150,14 @@ pub(crate) fn reason_number(r: Reason) -> u32 {
         .map_or(u32::MAX, |i| i as u32)
 }
 
+/// The size of [`costguard_verdict::dimension`] (written out there, for the header): the longest
+/// host name and its NUL.
+const DIMENSION_LEN: usize = 254;
+const _: () = assert!(DIMENSION_LEN == costguard::policy::MAX_HOST_LEN + 1);
+
 fn copy_name<const N: usize>(dst: &mut [c_char; N], src: &str) {
-    // Names are at most 32 bytes and request ids 64 (checked by the core); truncate on a char
-    // boundary anyway.
+    // Every name fits (class, backend, dimension and pool names are at most 32 bytes, host names
+    // at most 253, request ids 64: checked by the core); truncate on a char boundary anyway.
     let mut n = src.len().min(N - 1);
     while !src.is_char_boundary(n) {
         n -= 1;
@@ -195,7 +201,7 @@ impl costguard_verdict {
                 Unit::Nanos => COSTGUARD_UNIT_NANOS,
             },
             class_name: [0; 33],
-            dimension: [0; 33],
+            dimension: [0; DIMENSION_LEN],
             request_id: [0; 65],
         };
         copy_name(&mut out.class_name, v.class().unwrap_or(""));

@@ -19,7 +19,7 @@ fn versions_statuses_and_reasons() {
             .to_owned()
     };
     assert_eq!(s(costguard_version()), "0.1.0");
-    assert_eq!(costguard_abi_version(), 1);
+    assert_eq!(costguard_abi_version(), 2);
     assert_eq!(s(costguard_status_describe(0)), "ok");
     assert_eq!(s(costguard_status_describe(999)), "unknown status");
     for n in 0..12 {
@@ -70,13 +70,34 @@ fn policy_errors_utf8_and_io() {
             "a directory"
         );
         assert!(last_error().contains("is a directory"), "{}", last_error());
-        // A file whose size says 0 and that never ends: read up to the size limit only.
-        let endless = "/dev/zero";
+        // Only a regular file is read: a device may never end, and opening a FIFO would block
+        // until some writer came.
+        let fifo = std::env::temp_dir().join(format!("costguard-ffi-{}.fifo", std::process::id()));
+        let fifo_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        assert_eq!(libc::mkfifo(fifo_path.as_ptr(), 0o600), 0);
+        for special in ["/dev/zero", fifo.to_str().unwrap()] {
+            assert_eq!(
+                costguard_engine_new_from_file(special.as_ptr().cast(), special.len(), 0, &mut e),
+                costguard_status::COSTGUARD_IO_ERROR,
+                "{special}"
+            );
+            assert!(
+                last_error().contains("is not a regular file"),
+                "{}",
+                last_error()
+            );
+        }
+        std::fs::remove_file(&fifo).unwrap();
+        // A regular file past the size limit: read up to the limit only.
+        let big = std::env::temp_dir().join(format!("costguard-ffi-{}.big", std::process::id()));
+        std::fs::write(&big, vec![b'#'; costguard::policy::MAX_POLICY_BYTES + 1]).unwrap();
+        let big_path = big.to_str().unwrap();
         assert_eq!(
-            costguard_engine_new_from_file(endless.as_ptr().cast(), endless.len(), 0, &mut e),
+            costguard_engine_new_from_file(big_path.as_ptr().cast(), big_path.len(), 0, &mut e),
             costguard_status::COSTGUARD_POLICY_ERROR
         );
         assert!(last_error().contains("larger than"), "{}", last_error());
+        std::fs::remove_file(&big).unwrap();
         let dir = std::env::temp_dir().join(format!("costguard-ffi-{}.toml", std::process::id()));
         std::fs::write(&dir, bad).unwrap();
         let p = dir.to_str().unwrap();
@@ -627,4 +648,40 @@ fn attempts_and_retries() {
     }
     assert_eq!(costguard_budget_free(b), OK);
     assert_eq!(costguard_engine_free(e), OK);
+}
+
+/// A verdict names a host in full, however long its name (up to the 253 bytes a policy allows),
+/// and `costguard_verdict_describe` gives the sentence Rust's `Display` gives for it.
+#[test]
+fn a_verdict_names_a_long_host_in_full() {
+    let long = format!("{}.eqiad.wmnet:3306", "db-replica-0001".repeat(15));
+    assert_eq!(long.len(), 242);
+    let with = |hosts: &str| POLICY.replace(r#"hosts = ["db1:3306", "db2:3306"]"#, hosts);
+    let before = with(&format!(r#"hosts = ["{long}", "db2:3306"]"#));
+    let after = with(r#"hosts = ["db2:3306"]"#);
+    assert_ne!(before, after);
+    let e = engine_with(&before, COSTGUARD_ENGINE_MANUAL_CLOCK);
+    let (db, k) = (backend(e, "db"), class(e, "parse"));
+    let h = host(e, db, &long);
+    // SAFETY: valid pointers throughout.
+    unsafe {
+        let reload =
+            costguard_engine_reload_from_str(e, after.as_ptr().cast(), after.len(), null_mut());
+        assert_eq!(reload, OK);
+        let b = begin(e, k, "r1");
+        let (mut a, mut v) = (costguard_attempt::default(), blank_verdict());
+        assert_eq!(
+            costguard_attempt_begin_on(e, h, b, 0, &mut a, &mut v),
+            REFUSED
+        );
+        assert_eq!(v.reason, COSTGUARD_REASON_UNKNOWN_CLASS);
+        assert_eq!(cstr(&v.dimension), long);
+        let sentence = text(|buf, cap, len| costguard_verdict_describe(&v, buf, cap, len)).unwrap();
+        assert!(
+            sentence.starts_with(&format!("request r1: db/{long}: ")),
+            "{sentence}"
+        );
+        assert_eq!(costguard_budget_free(b), OK);
+        assert_eq!(costguard_engine_free(e), OK);
+    }
 }

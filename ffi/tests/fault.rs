@@ -68,7 +68,7 @@ fn panics_become_status_codes_and_nothing_breaks() {
     }
     // The value functions return their fallback on a panic, with the message recorded.
     costguard_debug_panic_after(1);
-    assert_eq!(costguard_abi_version(), 1);
+    assert_eq!(costguard_abi_version(), 2);
     assert!(last_error().contains("injected fault"));
     // Disarmed: nothing panics.
     costguard_debug_panic_after(0);

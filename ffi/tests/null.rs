@@ -101,7 +101,7 @@ fn cases() -> Vec<Case> {
             assert!(!costguard_version().is_null())
         }),
         ("costguard_abi_version", |_| {
-            assert_eq!(costguard_abi_version(), 1)
+            assert_eq!(costguard_abi_version(), 2)
         }),
         ("costguard_reason_name", |_| {
             assert!(!costguard_reason_name(u32::MAX).is_null())

@@ -15,6 +15,8 @@ use std::time::Duration;
 pub const MAX_BACKENDS: usize = 64;
 /// The most hosts one backend may have.
 pub const MAX_HOSTS: usize = 64;
+/// The longest host name, in bytes (a DNS name's limit; a port, if any, counts too).
+pub const MAX_HOST_LEN: usize = 253;
 /// The most probes a half-open breaker may admit at once.
 pub const MAX_PROBES: u32 = 15;
 
@@ -437,7 +439,7 @@ pub(crate) fn validate_backends(
         let mut seen_hosts = HashSet::new();
         for h in &b.hosts {
             let valid = !h.value.is_empty()
-                && h.value.len() <= 253
+                && h.value.len() <= MAX_HOST_LEN
                 && h.value
                     .bytes()
                     .all(|c| c.is_ascii_alphanumeric() || b".-_:[]".contains(&c));

@@ -40,7 +40,8 @@ pub use admission::{
 };
 pub(crate) use backend::same_host;
 pub use backend::{
-    BackendPolicy, BreakerPolicy, EjectionPolicy, RetryPolicy, MAX_BACKENDS, MAX_HOSTS, MAX_PROBES,
+    BackendPolicy, BreakerPolicy, EjectionPolicy, RetryPolicy, MAX_BACKENDS, MAX_HOSTS,
+    MAX_HOST_LEN, MAX_PROBES,
 };
 pub use builder::{AdmissionBuilder, BackendBuilder, ClassBuilder, PolicyBuilder};
 pub use error::{Location, PolicyError, Problem};

@@ -157,7 +157,7 @@ static char *write_file(const char *name, const char *text) {
 
 static void test_statics(void) {
     CHECK_STR(costguard_version(), "0.1.0");
-    CHECK_U64(costguard_abi_version(), 1);
+    CHECK_U64(costguard_abi_version(), 2);
 
     const char *seen[12];
     for (uint32_t s = 0; s <= 11; s++) {

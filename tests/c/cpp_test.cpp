@@ -97,7 +97,7 @@ bool has_line(const cg::Engine &e, const std::string &line) {
 // The library, errors, lookups, text outputs.
 void test_basics() {
     CHECK_EQ(cg::version(), std::string_view("0.1.0"));
-    CHECK_EQ(cg::abi_version(), 1u);
+    CHECK_EQ(cg::abi_version(), 2u);
     CHECK_EQ(cg::reason_name(cg::Reason::Shed), std::string_view("shed"));
     CHECK_EQ(cg::describe(cg::Status::Ok), std::string_view(costguard_status_describe(0)));
 

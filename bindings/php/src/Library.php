@@ -25,7 +25,7 @@ use FFI\CData;
 final class Library
 {
     /** The ABI version this binding is written against (costguard_abi_version()). */
-    public const ABI_VERSION = 1;
+    public const ABI_VERSION = 2;
     /** UINT64_MAX as PHP sees it: FFI turns a uint64_t into a signed PHP int. */
     public const NONE = -1;
 

@@ -8,7 +8,7 @@ function test_library_loads_and_reports_versions(): void
 {
     $lib = Library::load();
     assert_true(is_file($lib->path) || $lib->path === 'libcostguard_ffi.so', "library path {$lib->path}");
-    assert_same(1, $lib->ffi->costguard_abi_version(), 'abi version');
+    assert_same(2, $lib->ffi->costguard_abi_version(), 'abi version');
     assert_true((bool) preg_match('/^\d+\.\d+\.\d+/', Library::version()), 'version ' . Library::version());
     assert_same($lib, Library::load('/nonexistent.so'), 'later loads return the same instance');
 }

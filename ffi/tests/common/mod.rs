@@ -164,7 +164,7 @@ pub fn blank_verdict() -> costguard_verdict {
         limit: 0,
         unit: 999,
         class_name: [0; 33],
-        dimension: [0; 33],
+        dimension: [0; costguard::policy::MAX_HOST_LEN + 1],
         request_id: [0; 65],
     }
 }
