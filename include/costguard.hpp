@@ -167,7 +167,7 @@ enum class AttemptOutcome : std::uint32_t {
 /// The library version, "0.1.0".
 inline std::string_view version() noexcept { return costguard_version(); }
 
-/// The C ABI version this header was written for is 1; a different number means rebuild.
+/// The C ABI version this header was written for is 2; a different number means rebuild.
 inline std::uint32_t abi_version() noexcept { return costguard_abi_version(); }
 
 /// A status's description ("invalid handle", ...).
