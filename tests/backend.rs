@@ -431,9 +431,105 @@ fn attempt_timeouts_come_from_the_request_budget() {
     assert_eq!(a.timeout(), Duration::from_millis(950));
     a.finish(AttemptOutcome::Cancelled);
     f.clock.advance(Duration::from_millis(700)); // 300 ms left, 250 after the margin: too little
+                                                 // One attempt per usual latency goes ahead all the same, to learn whether the backend has
+                                                 // become faster; the others are refused up front.
+    let probe = f.engine.begin_attempt(db, &budget, 0).unwrap();
+    assert_eq!(probe.timeout(), Duration::from_millis(250));
     let v = f.engine.begin_attempt(db, &budget, 0).unwrap_err();
     assert_eq!(v.reason(), Reason::InsufficientTime);
     assert_eq!((v.requested(), v.limit()), (300_000_000, 250_000_000));
+    probe.finish(AttemptOutcome::Cancelled);
+    f.clock.advance(Duration::from_millis(299));
+    assert!(f.engine.begin_attempt(db, &budget, 0).is_err());
+}
+
+/// A latency learned while the backend was slow does not refuse a class with less time for
+/// good: an attempt of it goes ahead once per usual latency, and a fast success teaches the
+/// backend's new latency.
+#[test]
+fn a_slow_spell_does_not_shut_a_short_class_out() {
+    let f = fixture(single("db", |b| {
+        b.duration("timeout", Duration::from_secs(10))
+    }));
+    let db = f.engine.backend("db").unwrap();
+    let long = f.budget_in("long");
+    let a = f.engine.begin_attempt(db, &long, 0).unwrap();
+    f.clock.advance(Duration::from_secs(8));
+    a.finish(AttemptOutcome::Success); // usually 8 s, from now on
+    let short = || f.budget_in("short"); // under a second left
+                                         // A request every 100 ms; those that go ahead succeed in 20 ms. Each success brings the usual
+                                         // latency an eighth of the way down to 20 ms, and the next try comes one usual latency later:
+                                         // about 21 tries, over about 64 s, until it is below what a short request has.
+    let (mut refused, mut in_a_row) = (0, 0);
+    while in_a_row < 10 {
+        let budget = short();
+        match f.engine.begin_attempt(db, &budget, 0) {
+            Ok(a) => {
+                f.clock.advance(Duration::from_millis(20));
+                a.finish(AttemptOutcome::Success);
+                in_a_row += 1;
+            }
+            Err(v) => {
+                assert_eq!(v.reason(), Reason::InsufficientTime);
+                (refused, in_a_row) = (refused + 1, 0);
+                assert!(refused < 1_000, "still refused after {refused}");
+            }
+        }
+        f.clock.advance(Duration::from_millis(100));
+    }
+    assert!(
+        refused > 500,
+        "{refused}: the backend was not given time to show it was slow"
+    );
+}
+
+/// A success reported after its attempt's timeout (its caller ignored it) counts as taking that
+/// timeout, and a usual latency learned under a longer timeout than a reload leaves is capped by
+/// the new one: neither makes the backend seem to need more than an attempt is given, so requests
+/// that have that much time are not refused up front.
+#[test]
+fn the_usual_latency_never_exceeds_what_an_attempt_is_given() {
+    let policy = |timeout: u64| {
+        Policy::builder()
+            .class("api", |c| c.wall_time(Duration::from_secs(30)))
+            .class("short", |c| c.wall_time(Duration::from_secs(3)))
+            .backend("db", |b| {
+                b.duration("timeout", Duration::from_secs(timeout))
+            })
+            .build()
+            .unwrap()
+    };
+    let f = fixture(policy(10));
+    let db = f.engine.backend("db").unwrap();
+    let short = f.budget_in("short");
+    let a = f.engine.begin_attempt(db, &short, 0).unwrap();
+    let given = a.timeout();
+    assert!(given < Duration::from_secs(3));
+    f.clock.advance(Duration::from_secs(8));
+    a.finish(AttemptOutcome::Success); // counted as taking `given`
+                                       // Every request of the class has `given` after the margin: none is refused up front (one
+                                       // could go ahead as the backend's occasional try, but not two in a row).
+    for _ in 0..2 {
+        let short = f.budget_in("short");
+        assert_eq!(
+            f.engine.begin_attempt(db, &short, 0).unwrap().timeout(),
+            given
+        );
+    }
+
+    // Calls of 8 s under a 10 s timeout, then a reload to a 1 s timeout.
+    let api = f.budget();
+    for _ in 0..3 {
+        let a = f.engine.begin_attempt(db, &api, 0).unwrap();
+        f.clock.advance(Duration::from_secs(8));
+        a.finish(AttemptOutcome::Success);
+    }
+    f.engine.reload(policy(1)).unwrap();
+    for _ in 0..2 {
+        let short = f.budget_in("short");
+        let a = f.engine.begin_attempt(db, &short, 0).unwrap();
+        assert_eq!(a.timeout(), Duration::from_secs(1));
+    }
 }
 
 #[test]
@@ -1822,10 +1918,12 @@ fn the_usual_latency_never_exceeds_the_timeout() {
     let api = f.budget(); // 30 s left
     assert!(f.engine.begin_attempt(db, &api, 0).is_ok());
     let short = f.budget_in("short"); // under a second left: the usual second does not fit
+    let occasional = f.engine.begin_attempt(db, &short, 0).unwrap(); // one per usual second
     assert_eq!(
         f.engine.begin_attempt(db, &short, 0).unwrap_err().reason(),
         Reason::InsufficientTime
     );
+    drop(occasional);
 }
 
 /// The floor of the retry budget is earned at its rate however often retries are asked for.
@@ -2543,4 +2641,227 @@ fn transitions_carry_generations_in_order() {
             TransitionKind::Closed,
         ],
     );
+}
+
+/// A retry whose backoff, a usual call and the margin exactly fill the time left is granted: the
+/// attempt after the backoff would be admitted, as `begin_attempt` admits a request whose time
+/// left after the margin is exactly the usual latency.
+#[test]
+fn a_retry_that_exactly_fits_is_granted() {
+    let f = fixture(single("db", |b| {
+        b.duration("timeout", Duration::from_secs(5))
+            .duration("margin", Duration::from_secs(1))
+            .duration("retry.backoff_base", MS)
+            .duration("retry.backoff_max", MS)
+    }));
+    let db = f.engine.backend("db").unwrap();
+    let warm = f.budget();
+    let a = f.engine.begin_attempt(db, &warm, 0).unwrap();
+    f.clock.advance(Duration::from_secs(2));
+    a.finish(AttemptOutcome::Success); // usually 2 s
+    let budget = f.budget(); // 30 s
+    f.clock.advance(Duration::from_secs(25)); // 5 s left: 2 s backoff + 2 s usual + 1 s margin
+    let refused = AttemptOutcome::Refused {
+        retry_after: Some(Duration::from_secs(2)),
+    };
+    assert_eq!(
+        f.engine.retry(db, &budget, refused, 1),
+        RetryDecision::After(Duration::from_secs(2))
+    );
+    f.clock.advance(Duration::from_secs(2));
+    let a = f.engine.begin_attempt(db, &budget, 1).unwrap();
+    assert_eq!(a.timeout(), Duration::from_secs(2));
+    // A nanosecond less, and the retry could not finish: refused.
+    let late = f.budget();
+    f.clock
+        .advance(Duration::from_secs(25) + Duration::from_nanos(1));
+    let RetryDecision::Stop(v) = f.engine.retry(db, &late, refused, 1) else {
+        panic!("a retry granted without the time for it");
+    };
+    assert_eq!(v.reason(), Reason::InsufficientTime);
+}
+
+/// A retry budget whose floor was off earns nothing for that time: a reload that turns the floor
+/// on starts it as a backend new with that policy starts (one second of floor), not with the
+/// whole cap for the hour it was off.
+#[test]
+fn a_floor_turned_on_by_a_reload_earns_nothing_for_the_time_it_was_off() {
+    let policy = |per_second: u64| {
+        Policy::builder()
+            .class("api", |c| c.wall_time(Duration::from_secs(30)).retries(100))
+            .backend("db", |b| {
+                b.fraction("retry.ratio", 0.0)
+                    .count("retry.min_per_second", per_second)
+            })
+            .build()
+            .unwrap()
+    };
+    let f = fixture(policy(0));
+    let db = f.engine.backend("db").unwrap();
+    let budget = f.budget();
+    f.clock.advance(Duration::from_secs(1800));
+    assert_eq!(f.retries_granted(db, &budget, 5), 0);
+    f.clock.advance(Duration::from_secs(1800));
+    f.engine.reload(policy(1)).unwrap();
+    assert!(f.engine.backend_stats()[0].retry_tokens <= 1);
+    let budget = f.budget(); // under the new policy
+    assert!(f.retries_granted(db, &budget, 20) <= 1);
+    // From then on it earns its floor.
+    f.clock.advance(Duration::from_secs(3));
+    assert_eq!(f.retries_granted(db, &budget, 20), 3);
+}
+
+/// A timeout of an attempt begun before its host was ejected, reported once that ejection is
+/// over while the pool's share is full, counts for nothing: finishing it readmits the host (to
+/// make room), and the host is then on probation from a time after the attempt began.
+#[test]
+fn a_failure_from_before_an_ejection_does_not_eject_the_host_it_readmits() {
+    let f = fixture(
+        Policy::builder()
+            .class("api", |c| c.wall_time(Duration::from_secs(3600)))
+            .backend("kafka", |b| {
+                b.hosts(&["a", "b"])
+                    .duration("timeout", Duration::from_secs(60))
+                    .count("ejection.consecutive_failures", 1)
+                    .duration("ejection.base", Duration::from_secs(5))
+                    .fraction("ejection.max_ejected", 0.5)
+            })
+            .build()
+            .unwrap(),
+    );
+    let kafka = f.engine.backend("kafka").unwrap();
+    let a = f.engine.host(kafka, "a").unwrap();
+    let budget = f.budget();
+    let hung = f.engine.begin_attempt_on(a, &budget, 0).unwrap();
+    let failing = f.engine.begin_attempt_on(a, &budget, 0).unwrap();
+    f.clock.advance(Duration::from_secs(1));
+    failing.finish(AttemptOutcome::ConnectFailure); // out until 6 s; the share (1) is taken
+    let ejected = || f.engine.backend_stats()[0].host("a").unwrap().ejected;
+    assert!(ejected());
+    f.clock.advance(Duration::from_secs(9));
+    hung.finish(AttemptOutcome::Timeout);
+    assert!(!ejected(), "{:?}", f.kinds());
+    assert_eq!(
+        f.kinds(),
+        [TransitionKind::Ejected, TransitionKind::Readmitted]
+    );
+    // A failure of an attempt begun on probation counts: out again, for twice as long.
+    let fresh = f.engine.begin_attempt_on(a, &budget, 0).unwrap();
+    fresh.finish(AttemptOutcome::ConnectFailure);
+    assert!(ejected());
+}
+
+/// A manual clock that panics while told to.
+#[derive(Clone, Debug, Default)]
+struct Faulty(ManualClock, Arc<std::sync::atomic::AtomicBool>);
+
+impl costguard::clock::Clock for Faulty {
+    fn now(&self) -> costguard::clock::Timestamp {
+        assert!(
+            !self.1.load(std::sync::atomic::Ordering::SeqCst),
+            "the clock failed"
+        );
+        self.0.now()
+    }
+}
+
+impl Faulty {
+    fn fail(&self, fail: bool) {
+        self.1.store(fail, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// An engine on this clock whose backend `db`, of one host, takes one call at a time.
+    fn engine(&self) -> Engine {
+        let policy = Policy::builder()
+            .class("api", |c| c.wall_time(Duration::from_secs(30)).retries(2))
+            .backend("db", |b| {
+                b.hosts(&["h1"])
+                    .count("max_in_flight", 1)
+                    .count("max_connecting", 1)
+            })
+            .build()
+            .unwrap();
+        Engine::builder(policy).clock(self.clone()).build().unwrap()
+    }
+}
+
+/// Permits and probe slots held by the attempt: none once it is over, however it ended.
+fn nothing_held(e: &Engine) {
+    let stats = &e.backend_stats()[0];
+    assert_eq!(
+        (stats.in_flight, stats.connecting, stats.hosts[0].in_flight),
+        (0, 0, 0),
+        "{stats:?}"
+    );
+}
+
+/// A finish whose clock panics releases the attempt's permits as the panic unwinds: a backend
+/// that takes one call at a time is not shut for good.
+#[test]
+fn a_finish_whose_clock_panics_strands_no_permit() {
+    let clock = Faulty::default();
+    let e = clock.engine();
+    let db = e.backend("db").unwrap();
+    let budget = e
+        .begin_by_name("api", RequestId::new("r").unwrap())
+        .unwrap();
+    let a = e.begin_attempt(db, &budget, 0).unwrap();
+    clock.fail(true);
+    let finished = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        a.finish(AttemptOutcome::Success)
+    }));
+    assert!(finished.is_err(), "finish never read the clock");
+    clock.fail(false);
+    nothing_held(&e);
+    e.begin_attempt(db, &budget, 0)
+        .unwrap()
+        .finish(AttemptOutcome::Success);
+}
+
+/// An attempt dropped while its thread unwinds (a handler's panic inside `call`) does not read
+/// the clock, which may panic again: a second panic would abort the process. Run in a child
+/// process, so that an abort fails the test instead of the run.
+#[test]
+fn an_attempt_dropped_while_unwinding_does_not_read_the_clock() {
+    const CHILD: &str = "COSTGUARD_TEST_UNWINDING_ATTEMPT";
+    const PASSED: &str = "the attempt was released without the clock";
+    if std::env::var_os(CHILD).is_none() {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "an_attempt_dropped_while_unwinding_does_not_read_the_clock",
+                "--nocapture",
+            ])
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stderr.contains(PASSED),
+            "{:?}\n{stderr}",
+            out.status
+        );
+        return;
+    }
+    let clock = Faulty::default();
+    let e = clock.engine();
+    let db = e.backend("db").unwrap();
+    let budget = e
+        .begin_by_name("api", RequestId::new("r").unwrap())
+        .unwrap();
+    let called = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ = e.call(
+            db,
+            &budget,
+            |_| {},
+            |_| -> Result<(), (String, AttemptOutcome)> {
+                clock.fail(true);
+                panic!("the handler failed");
+            },
+        );
+    }));
+    assert!(called.is_err());
+    clock.fail(false);
+    nothing_held(&e);
+    eprintln!("{PASSED}");
 }

@@ -1179,6 +1179,9 @@ impl World<'_> {
             }
             let room = self.ejected() < self.most_ejected();
             let host = &mut self.hosts[x];
+            // Looked at again: making room may have readmitted this very host, after the attempt
+            // began.
+            let stale = h.start < host.readmitted_at;
             let proves_nothing = stale
                 && (counts(outcome) || outcome == AttemptOutcome::Success && host.eject.probation);
             if !proves_nothing && host.eject.on_outcome(outcome, now, room, in_pool, s) {
@@ -1291,10 +1294,16 @@ impl World<'_> {
             .min(s.backoff_max);
         let (least, most) = (floor, floor.max(ceiling));
         let remaining = WALL - self.now;
-        let need = |backoff: u64| backoff.saturating_add(self.latency).saturating_add(MARGIN);
+        // The attempt after the backoff needs time left after the margin, and at least the usual
+        // latency (never more than the timeout).
+        let usual = self.latency.min(s.timeout);
+        let too_short = |backoff: u64| {
+            remaining < backoff.saturating_add(usual).saturating_add(MARGIN)
+                || remaining <= backoff.saturating_add(MARGIN)
+        };
         let short =
             matches!(&decision, RetryDecision::Stop(v) if v.reason() == Reason::InsufficientTime);
-        if remaining <= need(least) || (short && remaining <= need(most)) {
+        if too_short(least) || (short && too_short(most)) {
             let v = stop(Reason::InsufficientTime, Retry::Never);
             assert_eq!(v.dimension(), Some("wall_time"), "{v:?}");
             return;

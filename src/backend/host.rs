@@ -491,6 +491,12 @@ impl HostState {
                 // Proven: probation ends and past ejections are forgiven.
                 0
             } else if connect_or_timeout {
+                // A failure of an attempt begun before the host's readmission (which may have come
+                // after the caller looked, by another thread or by the caller itself) counts for
+                // nothing against the host on probation.
+                if w & PROBATION != 0 && started < self.readmitted_at.load(Ordering::Acquire) {
+                    return Ejection::None;
+                }
                 let fails = (fails + 1).min(FAILS);
                 let due = (fails >= threshold || w & PROBATION != 0)
                     && self.in_pool.load(Ordering::SeqCst);

@@ -41,7 +41,8 @@ use crossbeam_utils::CachePadded;
 pub(crate) use host::HostState;
 use host::{BreakerCell, EjectedHosts, Ejection};
 use permits::{Full, Permits};
-use retry_budget::{Rates, RetryBudget};
+pub(crate) use retry_budget::Rates;
+use retry_budget::RetryBudget;
 use std::fmt;
 use std::time::Duration;
 use window::Span;
@@ -287,6 +288,9 @@ struct Traffic {
     outcomes: [AtomicU64; 8],
     /// Smoothed latency of successful attempts, ns (0: none yet).
     latency: AtomicU64,
+    /// When an attempt with less time left than `latency` may next go ahead anyway (see
+    /// [`BackendState::tries_anyway`]).
+    slow_probe: AtomicU64,
     next_host: AtomicU32,
     rng: AtomicU64,
 }
@@ -322,6 +326,26 @@ impl BackendState {
                 Arc::from("wall_time"),
             ],
         }
+    }
+
+    /// Whether an attempt with less time left than the backend usually needs (`usual`) may go
+    /// ahead anyway, to learn whether the backend has become faster: one such attempt per `usual`
+    /// of time. Without it, a latency learned while the backend was slow would refuse every
+    /// request of a class with less time than that for good, since refused attempts teach nothing.
+    #[cold]
+    fn tries_anyway(&self, now: u64, usual: u64) -> bool {
+        let due = self.traffic.slow_probe.load(Ordering::Relaxed);
+        now >= due
+            && self
+                .traffic
+                .slow_probe
+                .compare_exchange(
+                    due,
+                    now.saturating_add(usual),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
     }
 
     /// Calls that count in the breaker's window: every outcome but the neutral ones.
@@ -667,23 +691,32 @@ impl Attempt<'_> {
     }
 
     fn complete(&mut self, outcome: AttemptOutcome) {
-        if std::mem::replace(&mut self.done, true) {
+        if self.done {
             return;
         }
+        // The clock is read before the attempt counts as done: should it panic, the attempt is
+        // dropped as the panic unwinds, and that drop releases everything. While unwinding, the
+        // clock is not read at all (a second panic would abort the process): the attempt ends as
+        // cancelled, at the time it began, which counts for and against nothing.
+        let (outcome, now) = if std::thread::panicking() {
+            (AttemptOutcome::Cancelled, self.start)
+        } else {
+            (outcome, self.rules.clock.now().as_nanos())
+        };
+        self.done = true;
         let connecting = std::mem::replace(&mut self.connecting, false);
         let rules = &*self.rules;
         let state = &rules.state;
-        let now = rules.clock.now().as_nanos();
         let latency = now.saturating_sub(self.start);
         let b = &rules.policy.breaker;
         let index = outcome.index();
         let v = VERDICTS[index];
         let slow = latency > rules.ns.slow_call;
         if index == SUCCESS {
-            // No attempt is given more than the backend's timeout: a success reported later than
-            // that (its caller ignored the timeout) must not teach the backend that it usually takes
-            // longer, or every request with less than that left would be refused up front.
-            let latency = latency.min(rules.ns.timeout);
+            // A success reported later than the attempt's timeout (its caller ignored it) counts
+            // as taking that timeout: it must not teach the backend that it usually takes longer
+            // than attempts are given, or requests with less time left would be refused up front.
+            let latency = latency.min(self.timeout);
             let old = state.traffic.latency.load(Ordering::Relaxed);
             let new = if old == 0 {
                 latency
@@ -974,8 +1007,9 @@ impl Engine {
     /// first attempt (once begun, it funds the backend's retry budget; a refused one does not) and the
     /// retry number otherwise.
     ///
-    /// Refused when the time the request has left cannot cover what the backend usually needs, when the
-    /// backend's breaker is open, when its calls or connection attempts in flight are at their caps, or
+    /// Refused when the time the request has left cannot cover what the backend usually needs (but
+    /// for one such attempt per that usual time, which goes ahead to learn whether the backend has
+    /// become faster), when the backend's breaker is open, when its calls or connection attempts in flight are at their caps, or
     /// when no host of its pool is healthy and free.
     ///
     /// ```
@@ -1089,8 +1123,9 @@ impl Engine {
             own
         } else {
             let left = remaining.saturating_sub(rules.ns.margin);
-            let usual = state.traffic.latency.load(Ordering::Relaxed);
-            if left == 0 || left < usual {
+            // Never more than an attempt may be given (a reload may have lowered the timeout).
+            let usual = state.traffic.latency.load(Ordering::Relaxed).min(own);
+            if left == 0 || (left < usual && !state.tries_anyway(now, usual)) {
                 return Err(refusal(rules, budget, Refusal::Time { usual, left }));
             }
             own.min(left)
@@ -1324,11 +1359,17 @@ impl Engine {
         let clock_now = rules.clock.coarse();
         let remaining = budget.remaining_nanos_by(&rules.clock, clock_now);
         if remaining != u64::MAX {
-            let usual = state.traffic.latency.load(Ordering::Relaxed);
+            let usual = state
+                .traffic
+                .latency
+                .load(Ordering::Relaxed)
+                .min(rules.ns.timeout);
             let need = backoff
                 .saturating_add(usual)
                 .saturating_add(rules.ns.margin);
-            if remaining <= need {
+            // What the attempt after the backoff needs: some time left after the margin, and at
+            // least the usual latency (as `begin_attempt` checks).
+            if remaining < need || remaining <= backoff.saturating_add(rules.ns.margin) {
                 state.refusals.retry(Reason::InsufficientTime);
                 return RetryDecision::Stop(
                     Verdict::new(Reason::InsufficientTime, Retry::Never)

@@ -23,7 +23,7 @@ pub(crate) struct RetryBudget {
 }
 
 /// The budget's settings, in the units it counts in.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Rates {
     /// Deposited per first attempt, thousandths of a token.
     pub(crate) deposit: u64,
@@ -82,10 +82,12 @@ impl RetryBudget {
     /// it is moved back to `now`, and the floor starts earning again from there.
     fn refill(&self, now: u64, rates: Rates) {
         let last = self.refilled.load(Ordering::Acquire);
-        if now == last || rates.floor_per_second == 0 {
+        if now == last {
             return;
         }
-        if now < last {
+        if now < last || rates.floor_per_second == 0 {
+            // Without a floor, the time passes unearned: a reload that sets one must not credit
+            // the time it was off.
             let _ = self
                 .refilled
                 .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire);
@@ -111,6 +113,12 @@ impl RetryBudget {
         {
             self.add(u64::try_from(earned).unwrap_or(u64::MAX), rates.cap);
         }
+    }
+
+    /// Brings the budget up to `now` at the rates it had until then (`rates`), before a reload
+    /// gives it others.
+    pub(crate) fn settle(&self, now: u64, rates: Rates) {
+        self.refill(now, rates);
     }
 
     /// A retry: withdraw one token if there is one.
