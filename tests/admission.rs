@@ -3,6 +3,8 @@
 // Threads here return `Result<_, Verdict>`; a verdict carries its request id inline.
 #![allow(clippy::result_large_err)]
 
+mod child;
+
 use costguard::clock::ManualClock;
 use costguard::{
     AdmitRequest, Admitted, Class, Counter, Engine, Outcome, Overrides, Policy, Priority, Reason,
@@ -1383,24 +1385,7 @@ fn an_admission_unwound_after_its_permit_gives_the_permit_back() {
 /// waiting for it. Run in a child process, so that an abort fails the test instead of the run.
 #[test]
 fn a_grant_dropped_while_unwinding_hands_its_permit_on_without_the_clock() {
-    const CHILD: &str = "COSTGUARD_TEST_UNWINDING_GRANT";
-    const PASSED: &str = "the waiter has the permit";
-    if std::env::var_os(CHILD).is_none() {
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "a_grant_dropped_while_unwinding_hands_its_permit_on_without_the_clock",
-                "--nocapture",
-            ])
-            .env(CHILD, "1")
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            out.status.success() && stderr.contains(PASSED),
-            "{:?}\n{stderr}",
-            out.status
-        );
+    if !child::in_child("a_grant_dropped_while_unwinding_hands_its_permit_on_without_the_clock") {
         return;
     }
     use executor::{poll, CountingWaker};
@@ -1425,7 +1410,7 @@ fn a_grant_dropped_while_unwinding_hands_its_permit_on_without_the_clock() {
     };
     assert_eq!(e.admission_stats().class("api").unwrap().in_flight, 1);
     drop(admitted);
-    eprintln!("{PASSED}");
+    child::finished();
 }
 
 /// A permit that comes free while a request is being queued is that request's; should finishing

@@ -1,5 +1,7 @@
 //! Dependency protection, deterministic on the manual clock.
 
+mod child;
+
 use costguard::backend::{CallError, TransitionKind};
 use costguard::clock::ManualClock;
 use costguard::{
@@ -2823,24 +2825,7 @@ fn a_finish_whose_clock_panics_strands_no_permit() {
 /// process, so that an abort fails the test instead of the run.
 #[test]
 fn an_attempt_dropped_while_unwinding_does_not_read_the_clock() {
-    const CHILD: &str = "COSTGUARD_TEST_UNWINDING_ATTEMPT";
-    const PASSED: &str = "the attempt was released without the clock";
-    if std::env::var_os(CHILD).is_none() {
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "an_attempt_dropped_while_unwinding_does_not_read_the_clock",
-                "--nocapture",
-            ])
-            .env(CHILD, "1")
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            out.status.success() && stderr.contains(PASSED),
-            "{:?}\n{stderr}",
-            out.status
-        );
+    if !child::in_child("an_attempt_dropped_while_unwinding_does_not_read_the_clock") {
         return;
     }
     let clock = Faulty::default();
@@ -2863,5 +2848,5 @@ fn an_attempt_dropped_while_unwinding_does_not_read_the_clock() {
     assert!(called.is_err());
     clock.fail(false);
     nothing_held(&e);
-    eprintln!("{PASSED}");
+    child::finished();
 }

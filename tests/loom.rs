@@ -642,6 +642,41 @@ fn level_guard_excludes_and_returns_to_zero() {
     });
 }
 
+/// A level's reported peak is at least every value the level was seen at, on the budget and its
+/// ancestors: each entry raises the peak to the value it took the level to, not to a value read
+/// afterwards, which a guard left meanwhile may have lowered.
+#[test]
+fn level_peak_is_at_least_any_value_seen() {
+    loom::model(|| {
+        let policy = Policy::builder()
+            .level("inflight")
+            .class("job", |c| {
+                c.wall_time(Duration::from_secs(30)).limit("inflight", 2)
+            })
+            .build()
+            .unwrap();
+        let engine = engine(policy);
+        let level: Level = engine.level("inflight").unwrap();
+        let root = engine.begin_by_name("job", id("r")).unwrap();
+        let child = root.child().unwrap();
+        let seen = Arc::new(AtomicU64::new(0));
+        let entering = [root.clone(), child.clone()]
+            .map(|budget| thread::spawn(move || drop(budget.enter(level).unwrap())));
+        let looking = {
+            let (root, seen) = (root.clone(), Arc::clone(&seen));
+            thread::spawn(move || seen.store(root.level(level), Ordering::SeqCst))
+        };
+        for h in entering {
+            h.join().unwrap();
+        }
+        looking.join().unwrap();
+        let peak = |b: &Budget| b.report().dimension("inflight").unwrap().peak.unwrap();
+        let seen = seen.load(Ordering::SeqCst);
+        assert!(peak(&root) >= seen, "peak {} below {seen}", peak(&root));
+        assert!(peak(&root) <= 2 && peak(&child) == 1);
+    });
+}
+
 /// The harness catches an overrun: a charge written as a separate load and store (no CAS).
 ///
 /// If this model ever stopped failing, the other models would prove nothing.

@@ -174,7 +174,14 @@ impl CpuMeter<'_> {
 impl Drop for CpuMeter<'_> {
     fn drop(&mut self) {
         // A refusal here has already flipped the budget's cancellation flag; nothing else to do.
-        let _ = self.charge();
+        // While the thread unwinds (perhaps from the CPU clock's own panic), a panic of the last
+        // charge is caught: one escaping this drop would abort the process. The time since the
+        // last charge then goes uncharged.
+        if std::thread::panicking() {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.charge()));
+        } else {
+            let _ = self.charge();
+        }
     }
 }
 

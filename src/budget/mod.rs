@@ -349,9 +349,8 @@ impl Budget {
     fn raise(&self, level: Level, n: u64) -> Result<(), Verdict> {
         let dim = level.index();
         self.node()
-            .charge_chain(dim, n)
+            .raise_chain(dim, n)
             .map_err(|r| self.refusal(r))?;
-        self.node().record_peak(dim);
         Ok(())
     }
 

@@ -359,7 +359,7 @@ impl Node {
     /// Charges a reservation's estimate: on this node and every ancestor, all or nothing, noted on
     /// this node as not its own, so that a refund cannot give it back; only the reservation can.
     pub(crate) fn reserve_chain(&self, dim: usize, n: u64) -> Result<(), Refused<'_>> {
-        self.charge_chain_via(dim, n, true)
+        self.charge_chain_via(dim, n, true, &mut |_| {})
     }
 
     /// Gives back `n` of a reservation's estimate, exactly: the reverse of
@@ -377,22 +377,60 @@ impl Node {
     /// Charges `n` to `dim` on this node and every ancestor, all or nothing.
     #[inline]
     pub(crate) fn charge_chain(&self, dim: usize, n: u64) -> Result<(), Refused<'_>> {
-        self.charge_chain_via(dim, n, false)
+        self.charge_chain_via(dim, n, false, &mut |_| {})
     }
 
+    /// Enters `n` of the level `dim` on this node and every ancestor, all or nothing, and raises
+    /// each one's peak to the value its own entry took it to. Not to a value read afterwards: a
+    /// guard left meanwhile may have lowered it. Peaks move only once the whole chain accepted, so
+    /// a refused entry never raises one.
+    pub(crate) fn raise_chain(&self, dim: usize, n: u64) -> Result<(), Refused<'_>> {
+        // The value each entry reached, root first (the chain charges from the root down).
+        let mut reached = [0u64; crate::budget::MAX_BUDGET_DEPTH];
+        let mut depth = 0;
+        self.charge_chain_via(dim, n, false, &mut |value| {
+            if let Some(slot) = reached.get_mut(depth) {
+                *slot = value;
+            }
+            depth += 1;
+        })?;
+        let mut node = Some(self);
+        for &value in reached[..depth.min(reached.len())].iter().rev() {
+            let Some(at) = node else { break };
+            if let (Some(_), Some(peak)) = (at.cell(dim), at.peak.get(dim)) {
+                if value > peak.load(Ordering::Relaxed) {
+                    peak.fetch_max(value, Ordering::Relaxed);
+                }
+            }
+            node = at.parent.as_deref();
+        }
+        Ok(())
+    }
+
+    /// Charges this node's ancestors, then this node; `added` sees the total each charge reached,
+    /// root first.
     #[inline]
-    fn charge_chain_via(&self, dim: usize, n: u64, via_child: bool) -> Result<(), Refused<'_>> {
+    fn charge_chain_via(
+        &self,
+        dim: usize,
+        n: u64,
+        via_child: bool,
+        added: &mut impl FnMut(u64),
+    ) -> Result<(), Refused<'_>> {
         if let Some(parent) = &self.parent {
-            parent.charge_chain_via(dim, n, true)?;
+            parent.charge_chain_via(dim, n, true, added)?;
         }
         let noted = !via_child || self.add_from_child(dim, n);
-        let added = if noted {
+        let result = if noted {
             self.try_add(dim, n)
         } else {
             Err(self.used(dim))
         };
-        match added {
-            Ok(_) => Ok(()),
+        match result {
+            Ok(total) => {
+                added(total);
+                Ok(())
+            }
             Err(used) => {
                 if via_child && noted {
                     self.sub_from_child(dim, n);
@@ -470,20 +508,6 @@ impl Node {
             parent.release_chain_via(dim, taken, true);
         }
         taken
-    }
-
-    /// Records the current value of a level as its peak, on this node and every ancestor. Called
-    /// only once the whole chain accepted, so a refused entry never raises a peak.
-    pub(crate) fn record_peak(&self, dim: usize) {
-        if let (Some(cell), Some(peak)) = (self.cell(dim), self.peak.get(dim)) {
-            let now = cell.load(Ordering::Relaxed);
-            if now > peak.load(Ordering::Relaxed) {
-                peak.fetch_max(now, Ordering::Relaxed);
-            }
-        }
-        if let Some(parent) = &self.parent {
-            parent.record_peak(dim);
-        }
     }
 
     /// Charges every `(dim, n)` of `items` on this node and every ancestor, all or nothing.
@@ -680,8 +704,19 @@ impl Drop for Node {
         }
         let room = parent.finished.lock().reports.len() < MAX_CHILD_REPORTS;
         // Build the report outside the parent's locks, and only when there is room to keep it: a
-        // parent with thousands of finished children pays for 64 reports, not thousands.
-        let report = room.then(|| super::report::build(self));
+        // parent with thousands of finished children pays for 64 reports, not thousands. While the
+        // thread unwinds (perhaps from the clock's own panic), a panic building it is caught: one
+        // escaping this drop would abort the process. The child then counts as omitted.
+        let report = room
+            .then(|| {
+                if std::thread::panicking() {
+                    let build = std::panic::AssertUnwindSafe(|| super::report::build(self));
+                    std::panic::catch_unwind(build).ok()
+                } else {
+                    Some(super::report::build(self))
+                }
+            })
+            .flatten();
         let mut finished = parent.finished.lock();
         match report {
             Some(report) if finished.reports.len() < MAX_CHILD_REPORTS => {
