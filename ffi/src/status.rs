@@ -70,7 +70,9 @@ impl Status {
             Status::COSTGUARD_HEADER_ERROR => {
                 c"malformed propagation header (see costguard_last_error)"
             }
-            Status::COSTGUARD_IO_ERROR => c"a file could not be read, or is not a regular file (see costguard_last_error)",
+            Status::COSTGUARD_IO_ERROR => {
+                c"a file could not be read, or is not a regular file (see costguard_last_error)"
+            }
             Status::COSTGUARD_BUFFER_TOO_SMALL => {
                 c"buffer too small: *len holds the capacity needed"
             }
