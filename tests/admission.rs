@@ -3,7 +3,7 @@
 // Threads here return `Result<_, Verdict>`; a verdict carries its request id inline.
 #![allow(clippy::result_large_err)]
 
-mod child;
+mod support;
 
 use costguard::clock::ManualClock;
 use costguard::{
@@ -1176,21 +1176,9 @@ fn a_dropped_async_waiter_strands_nothing() {
 
 #[test]
 fn an_async_waiter_whose_poll_panics_strands_nothing() {
-    use costguard::clock::{Clock, Timestamp};
     use executor::{poll, CountingWaker};
-    use std::sync::atomic::AtomicBool;
 
-    /// A manual clock that panics when told to: something a waiting future's poll calls.
-    #[derive(Clone, Debug, Default)]
-    struct Faulty(ManualClock, Arc<AtomicBool>);
-    impl Clock for Faulty {
-        fn now(&self) -> Timestamp {
-            assert!(!self.1.load(Ordering::SeqCst), "the clock failed");
-            self.0.now()
-        }
-    }
-
-    let clock = Faulty::default();
+    let clock = support::FailingClock::default();
     let e = Engine::builder(queued_policy(500))
         .clock(clock.clone())
         .build()
@@ -1200,10 +1188,10 @@ fn an_async_waiter_whose_poll_panics_strands_nothing() {
     let first = e.try_admit(&AdmitRequest::new(api, id(1))).unwrap();
     let mut fut = e.admit_async(AdmitRequest::new(api, id(2)));
     assert!(poll(&mut fut, &waker).is_pending());
-    clock.1.store(true, Ordering::SeqCst);
+    clock.fail(true);
     let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| poll(&mut fut, &waker)));
     assert!(polled.is_err());
-    clock.1.store(false, Ordering::SeqCst);
+    clock.fail(false);
     // The future is dropped as a panic would drop it: it leaves the queue.
     drop(fut);
     let stats = e.admission_stats();
@@ -1385,7 +1373,7 @@ fn an_admission_unwound_after_its_permit_gives_the_permit_back() {
 /// waiting for it. Run in a child process, so that an abort fails the test instead of the run.
 #[test]
 fn a_grant_dropped_while_unwinding_hands_its_permit_on_without_the_clock() {
-    if !child::in_child("a_grant_dropped_while_unwinding_hands_its_permit_on_without_the_clock") {
+    if !support::in_child("a_grant_dropped_while_unwinding_hands_its_permit_on_without_the_clock") {
         return;
     }
     use executor::{poll, CountingWaker};
@@ -1410,7 +1398,7 @@ fn a_grant_dropped_while_unwinding_hands_its_permit_on_without_the_clock() {
     };
     assert_eq!(e.admission_stats().class("api").unwrap().in_flight, 1);
     drop(admitted);
-    child::finished();
+    support::finished();
 }
 
 /// A permit that comes free while a request is being queued is that request's; should finishing

@@ -1,6 +1,6 @@
 //! Dependency protection, deterministic on the manual clock.
 
-mod child;
+mod support;
 
 use costguard::backend::{CallError, TransitionKind};
 use costguard::clock::ManualClock;
@@ -2753,38 +2753,21 @@ fn a_failure_from_before_an_ejection_does_not_eject_the_host_it_readmits() {
     assert!(ejected());
 }
 
-/// A manual clock that panics while told to.
-#[derive(Clone, Debug, Default)]
-struct Faulty(ManualClock, Arc<std::sync::atomic::AtomicBool>);
-
-impl costguard::clock::Clock for Faulty {
-    fn now(&self) -> costguard::clock::Timestamp {
-        assert!(
-            !self.1.load(std::sync::atomic::Ordering::SeqCst),
-            "the clock failed"
-        );
-        self.0.now()
-    }
-}
-
-impl Faulty {
-    fn fail(&self, fail: bool) {
-        self.1.store(fail, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    /// An engine on this clock whose backend `db`, of one host, takes one call at a time.
-    fn engine(&self) -> Engine {
-        let policy = Policy::builder()
-            .class("api", |c| c.wall_time(Duration::from_secs(30)).retries(2))
-            .backend("db", |b| {
-                b.hosts(&["h1"])
-                    .count("max_in_flight", 1)
-                    .count("max_connecting", 1)
-            })
-            .build()
-            .unwrap();
-        Engine::builder(policy).clock(self.clone()).build().unwrap()
-    }
+/// An engine on `clock` whose backend `db`, of one host, takes one call at a time.
+fn one_call_at_a_time(clock: &support::FailingClock) -> Engine {
+    let policy = Policy::builder()
+        .class("api", |c| c.wall_time(Duration::from_secs(30)).retries(2))
+        .backend("db", |b| {
+            b.hosts(&["h1"])
+                .count("max_in_flight", 1)
+                .count("max_connecting", 1)
+        })
+        .build()
+        .unwrap();
+    Engine::builder(policy)
+        .clock(clock.clone())
+        .build()
+        .unwrap()
 }
 
 /// Permits and probe slots held by the attempt: none once it is over, however it ended.
@@ -2801,8 +2784,8 @@ fn nothing_held(e: &Engine) {
 /// that takes one call at a time is not shut for good.
 #[test]
 fn a_finish_whose_clock_panics_strands_no_permit() {
-    let clock = Faulty::default();
-    let e = clock.engine();
+    let clock = support::FailingClock::default();
+    let e = one_call_at_a_time(&clock);
     let db = e.backend("db").unwrap();
     let budget = e
         .begin_by_name("api", RequestId::new("r").unwrap())
@@ -2825,11 +2808,11 @@ fn a_finish_whose_clock_panics_strands_no_permit() {
 /// process, so that an abort fails the test instead of the run.
 #[test]
 fn an_attempt_dropped_while_unwinding_does_not_read_the_clock() {
-    if !child::in_child("an_attempt_dropped_while_unwinding_does_not_read_the_clock") {
+    if !support::in_child("an_attempt_dropped_while_unwinding_does_not_read_the_clock") {
         return;
     }
-    let clock = Faulty::default();
-    let e = clock.engine();
+    let clock = support::FailingClock::default();
+    let e = one_call_at_a_time(&clock);
     let db = e.backend("db").unwrap();
     let budget = e
         .begin_by_name("api", RequestId::new("r").unwrap())
@@ -2848,5 +2831,5 @@ fn an_attempt_dropped_while_unwinding_does_not_read_the_clock() {
     assert!(called.is_err());
     clock.fail(false);
     nothing_held(&e);
-    child::finished();
+    support::finished();
 }

@@ -1,6 +1,6 @@
 //! Budget behaviour, deterministic on the manual clock.
 
-mod child;
+mod support;
 
 use costguard::clock::{ManualClock, ManualCpuClock, Timestamp};
 use costguard::{
@@ -1088,43 +1088,20 @@ fn a_budget_refused_at_its_start_carries_the_overridden_id() {
     assert_eq!(v.request_id(), Some(&id("given")));
 }
 
-/// A clock and a CPU clock that panic while told to.
-#[derive(Clone, Debug, Default)]
-struct Failing(ManualClock, ManualCpuClock, std::sync::Arc<AtomicBool>);
-
-impl costguard::clock::Clock for Failing {
-    fn now(&self) -> Timestamp {
-        assert!(!self.2.load(Ordering::SeqCst), "the clock failed");
-        self.0.now()
-    }
-}
-
-impl costguard::clock::CpuClock for Failing {
-    fn thread_cpu(&self) -> Option<Duration> {
-        assert!(!self.2.load(Ordering::SeqCst), "the CPU clock failed");
-        self.1.thread_cpu()
-    }
-}
-
-impl Failing {
-    fn engine(&self) -> Engine {
-        let policy = Policy::builder()
-            .class("api", |c| {
-                c.wall_time(Duration::from_secs(30))
-                    .cpu_time(Duration::from_secs(1))
-            })
-            .build()
-            .unwrap();
-        Engine::builder(policy)
-            .clock(self.clone())
-            .cpu_clock(self.clone())
-            .build()
-            .unwrap()
-    }
-
-    fn fail(&self, fail: bool) {
-        self.2.store(fail, Ordering::SeqCst);
-    }
+/// An engine on `clock` (and its CPU clock) with the class `api`.
+fn engine_on(clock: &support::FailingClock) -> Engine {
+    let policy = Policy::builder()
+        .class("api", |c| {
+            c.wall_time(Duration::from_secs(30))
+                .cpu_time(Duration::from_secs(1))
+        })
+        .build()
+        .unwrap();
+    Engine::builder(policy)
+        .clock(clock.clone())
+        .cpu_clock(clock.clone())
+        .build()
+        .unwrap()
 }
 
 /// A child budget dropped while its thread unwinds from a panic of the clock is reported to its
@@ -1132,11 +1109,11 @@ impl Failing {
 /// aborting the process.
 #[test]
 fn a_child_dropped_while_its_clock_panics_is_accounted_for() {
-    if !child::in_child("a_child_dropped_while_its_clock_panics_is_accounted_for") {
+    if !support::in_child("a_child_dropped_while_its_clock_panics_is_accounted_for") {
         return;
     }
-    let clock = Failing::default();
-    let engine = clock.engine();
+    let clock = support::FailingClock::default();
+    let engine = engine_on(&clock);
     let root = engine.begin_by_name("api", id("r")).unwrap();
     let child = root.child().unwrap();
     clock.fail(true);
@@ -1148,30 +1125,30 @@ fn a_child_dropped_while_its_clock_panics_is_accounted_for() {
     clock.fail(false);
     let report = root.report();
     assert_eq!(report.children.len() as u64 + report.children_omitted, 1);
-    child::finished();
+    support::finished();
 }
 
 /// A CPU meter dropped while its thread unwinds from a panic of the CPU clock does not abort the
 /// process; the budget stays usable.
 #[test]
 fn a_cpu_meter_dropped_while_its_clock_panics_does_not_abort() {
-    if !child::in_child("a_cpu_meter_dropped_while_its_clock_panics_does_not_abort") {
+    if !support::in_child("a_cpu_meter_dropped_while_its_clock_panics_does_not_abort") {
         return;
     }
-    let clock = Failing::default();
-    let engine = clock.engine();
+    let clock = support::FailingClock::default();
+    let engine = engine_on(&clock);
     let budget = engine.begin_by_name("api", id("r")).unwrap();
     let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let mut meter = budget.cpu_meter();
-        clock.1.advance(Duration::from_millis(300));
+        clock.cpu.advance(Duration::from_millis(300));
         clock.fail(true);
         meter.charge().is_ok()
     }));
     assert!(unwound.is_err());
     clock.fail(false);
     let mut meter = budget.cpu_meter();
-    clock.1.advance(Duration::from_millis(200));
+    clock.cpu.advance(Duration::from_millis(200));
     meter.charge().unwrap();
     assert_eq!(budget.used(Counter::CPU_TIME), 200_000_000);
-    child::finished();
+    support::finished();
 }

@@ -1,8 +1,45 @@
-//! Tests of code that could abort the process, run in a child process of their own.
+//! What the tests of panics share: clocks that panic when told to, and a child process to run a
+//! test in whose failure could abort the process.
 //!
 //! A panic escaping a destructor while another panic unwinds aborts the process, and with it the
 //! whole test binary. A test of such code runs its body in a child (the same test binary, asked for
 //! that one test), so that an abort fails that test and nothing else.
+
+#![allow(dead_code)] // each test binary uses its own part
+
+use costguard::clock::{Clock, CpuClock, ManualClock, ManualCpuClock, Timestamp};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A manual clock and a manual CPU clock that panic while told to.
+#[derive(Clone, Debug, Default)]
+pub struct FailingClock {
+    pub clock: ManualClock,
+    pub cpu: ManualCpuClock,
+    failing: Arc<AtomicBool>,
+}
+
+impl FailingClock {
+    /// From now on, every reading panics (`true`) or none does (`false`).
+    pub fn fail(&self, fail: bool) {
+        self.failing.store(fail, Ordering::SeqCst);
+    }
+}
+
+impl Clock for FailingClock {
+    fn now(&self) -> Timestamp {
+        assert!(!self.failing.load(Ordering::SeqCst), "the clock failed");
+        self.clock.now()
+    }
+}
+
+impl CpuClock for FailingClock {
+    fn thread_cpu(&self) -> Option<Duration> {
+        assert!(!self.failing.load(Ordering::SeqCst), "the CPU clock failed");
+        self.cpu.thread_cpu()
+    }
+}
 
 /// Set in the child's environment.
 const CHILD: &str = "COSTGUARD_TEST_CHILD";
