@@ -26,7 +26,11 @@ fn settle_to(n: usize) -> usize {
 }
 
 fn policy() -> Policy {
-    Policy::builder().class("api", |c| c).build().unwrap()
+    Policy::builder()
+        .class("api", |c| c)
+        .class("short", |c| c.wall_time(Duration::from_millis(20)))
+        .build()
+        .unwrap()
 }
 
 #[test]
@@ -41,12 +45,26 @@ fn an_engines_own_clock_thread_stops_with_the_engine() {
             .begin_by_name("api", RequestId::new("r").unwrap())
             .unwrap(),
     );
+    // A budget still running when its engine goes (an application that swapped engines).
+    let running = engine
+        .begin_by_name("short", RequestId::new("s").unwrap())
+        .unwrap();
     drop(engine);
     assert_eq!(
         settle_to(before),
         before,
         "the engine's clock thread outlived it"
     );
+    // Its clock no longer ticks, yet a loop that only checks the budget still sees its deadline
+    // pass (it is 20 ms; the loop spins on the real clock for at most ten seconds).
+    let start = Instant::now();
+    while running.check().is_ok() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "a 20 ms deadline unnoticed after {:?}",
+            start.elapsed()
+        );
+    }
 
     // A clock the application made and still holds keeps its thread: it is the application's.
     let clock = TscClock::with_ticker(Duration::from_millis(1));

@@ -6,11 +6,11 @@ use std::time::{Duration, Instant};
 
 /// The system's monotonic clock, with a cached reading for hot checks.
 ///
-/// [`now`](Clock::now) reads `Instant::now()`. [`coarse`](Clock::coarse) is one relaxed load of a shared
-/// cache that every precise reading refreshes when it has fallen behind by more than 100 µs, and that an
-/// optional ticker thread ([`with_ticker`](Self::with_ticker)) refreshes at a fixed period. With the
-/// ticker, a coarse reading lags by at most about one period, whatever the rest of the process does;
-/// without it, by at most the time since any thread last took a precise reading.
+/// [`now`](Clock::now) reads `Instant::now()`. With a ticker thread ([`with_ticker`](Self::with_ticker)),
+/// [`coarse`](Clock::coarse) is one relaxed load of a shared cache that the ticker refreshes at a
+/// fixed period (and precise readings when it has fallen behind by more than 100 µs): it lags by at
+/// most about one period, whatever the rest of the process does. Without a ticker, or once it has
+/// stopped, nothing would bound that lag, and a coarse reading is a precise one.
 ///
 /// [`TscClock`](super::TscClock) reads the processor's time-stamp counter instead, at about a third
 /// of the cost.
