@@ -18,11 +18,6 @@ pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 pub(crate) use std::sync::{Arc, Weak};
 
-/// std's, under loom too: loom has no once-cell, and one built on its atomic pointer would need
-/// `unsafe`, which the library keeps out. It only publishes a budget's per-child totals, once, with
-/// its first child; what the models check is the counters inside, which are this module's atomics.
-pub(crate) use std::sync::OnceLock;
-
 /// A mutex for cold paths (registries, child lists). parking_lot's outside loom, loom's inside.
 #[derive(Debug, Default)]
 pub(crate) struct Mutex<T>(imp::Mutex<T>);

@@ -2833,3 +2833,28 @@ fn an_attempt_dropped_while_unwinding_does_not_read_the_clock() {
     nothing_held(&e);
     support::finished();
 }
+
+/// Backends are listed in the current policy's order (as classes and pools are), whatever order
+/// the engine first saw their names in, and a backend the policy no longer has is not listed.
+#[test]
+fn backend_stats_follow_the_policys_order() {
+    let policy = |names: &[&str]| {
+        names
+            .iter()
+            .fold(Policy::builder().class("api", |c| c), |p, name| {
+                p.backend(name, |b| b)
+            })
+            .build()
+            .unwrap()
+    };
+    let f = fixture(policy(&["zeta", "beta"]));
+    f.engine.reload(policy(&["alpha", "zeta"])).unwrap();
+    let names = |stats: Vec<costguard::backend::BackendStats>| {
+        stats.into_iter().map(|b| b.backend).collect::<Vec<_>>()
+    };
+    assert_eq!(names(f.engine.backend_stats()), ["alpha", "zeta"]);
+    assert_eq!(
+        names(f.engine.admission_stats().backends),
+        ["alpha", "zeta"]
+    );
+}

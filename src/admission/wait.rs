@@ -66,9 +66,10 @@ fn enqueue(
             rules.wall_time.min(crate::clock::duration_to_nanos(w))
         });
     let patience = adm.gate.queue.patience(&policy).min(own);
-    if patience == 0 {
-        // No time to wait (a caller whose deadline has come): the refusal that sent it here
-        // stands, rather than a wait that times out before it starts.
+    // No time to wait (a caller whose deadline has come), or an async wait without the timer
+    // that ends it (no thread could be started for one): the refusal that sent the request here
+    // stands, rather than a wait that would outlast its time.
+    if patience == 0 || (matches!(wake, Wake::Task(_)) && !engine.wake_timer()) {
         engine.report_refusal(adm, &full, priority, false);
         return Err(full);
     }

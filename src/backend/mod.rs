@@ -1470,14 +1470,15 @@ impl Engine {
         }
     }
 
-    /// The state of every backend and host.
+    /// The state of every backend of the current policy and of its hosts, in the policy's order.
     pub fn backend_stats(&self) -> Vec<BackendStats> {
         let snapshot = self.snapshot();
         let now = self.clock().now().as_nanos();
         snapshot
-            .backends
+            .policy
+            .backends()
             .iter()
-            .flatten()
+            .filter_map(|b| snapshot.backend(snapshot.backend_by_name(b.name())?))
             .map(|r| {
                 let s = &r.state;
                 let (in_flight, connecting) = s.permits.counts();

@@ -77,9 +77,9 @@ struct Inner {
     cpu_clock: Arc<dyn CpuClock>,
     hook: Option<RefusalHook>,
     transitions: Option<TransitionHook>,
-    /// Expires async waiters; started with the first one.
+    /// Expires async waiters; started with the first one (again, if it could not be started then).
     #[cfg_attr(costguard_loom, allow(dead_code))]
-    timer: crate::sync::OnceLock<std::thread::Thread>,
+    timer: Mutex<Option<std::thread::Thread>>,
     /// Alive as long as the engine: the ticker thread of a clock the engine made for itself stops
     /// with the engine, although finished budgets kept for reuse may keep the clock.
     _alive: Arc<()>,
@@ -280,7 +280,7 @@ impl EngineBuilder {
                 cpu_clock,
                 hook: self.hook,
                 transitions: self.transitions,
-                timer: crate::sync::OnceLock::new(),
+                timer: Mutex::new(None),
                 _alive: alive,
             }),
         })
@@ -390,26 +390,31 @@ impl Engine {
         self.inner.hook.as_ref()
     }
 
-    /// Starts the waiter timer if needed, and wakes it. (Not under loom, whose models drive
-    /// `expire_waiters` themselves and cannot see a real thread.)
+    /// Starts the waiter timer if needed, and wakes it; `false` when it is not running (no thread
+    /// could be started for it). (Not under loom, whose models drive `expire_waiters` themselves and
+    /// cannot see a real thread.)
     #[cfg(costguard_loom)]
-    pub(crate) fn wake_timer(&self) {}
+    pub(crate) fn wake_timer(&self) -> bool {
+        true
+    }
 
-    /// Starts the waiter timer if needed, and wakes it.
+    /// Starts the waiter timer if needed, and wakes it; `false` when it is not running (no thread
+    /// could be started for it; the next call tries again).
     #[cfg(not(costguard_loom))]
-    pub(crate) fn wake_timer(&self) {
-        let weak = Arc::downgrade(&self.inner);
-        let thread = self.inner.timer.get_or_init(|| {
-            let spawned = std::thread::Builder::new()
-                .name("costguard-waiters".into())
-                .spawn(move || timer_loop(weak));
-            match spawned {
-                Ok(handle) => handle.thread().clone(),
-                // Without a timer, waits still end on their own poll or on the next release.
-                Err(_) => std::thread::current(),
+    pub(crate) fn wake_timer(&self) -> bool {
+        let mut timer = self.inner.timer.lock();
+        if timer.is_none() {
+            let weak = Arc::downgrade(&self.inner);
+            let spawned = spawn_timer(move || timer_loop(weak));
+            *timer = spawned.ok().map(|handle| handle.thread().clone());
+        }
+        match &*timer {
+            Some(thread) => {
+                thread.unpark();
+                true
             }
-        });
-        thread.unpark();
+            None => false,
+        }
     }
 
     /// The handle of a class of the current policy.
@@ -569,6 +574,19 @@ impl Engine {
     }
 }
 
+/// Starts the waiter timer's thread. In this crate's tests, a thread that says none may be started
+/// sees it fail, as it does when the process is out of threads or memory.
+#[cfg(not(costguard_loom))]
+fn spawn_timer(f: impl FnOnce() + Send + 'static) -> std::io::Result<std::thread::JoinHandle<()>> {
+    #[cfg(test)]
+    if tests::NO_THREADS.with(std::cell::Cell::get) {
+        return Err(std::io::Error::other("no thread may be started (a test)"));
+    }
+    std::thread::Builder::new()
+        .name("costguard-waiters".into())
+        .spawn(f)
+}
+
 /// Expires async waiters while any exist; sleeps otherwise. Ends with the engine.
 #[cfg(not(costguard_loom))]
 fn timer_loop(engine: std::sync::Weak<Inner>) {
@@ -619,4 +637,59 @@ impl fmt::Debug for Engine {
 /// the hook had returned.
 pub(crate) fn run_hook(hook: impl FnOnce()) {
     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(hook));
+}
+
+#[cfg(all(test, not(costguard_loom)))]
+mod tests {
+    use crate::clock::ManualClock;
+    use crate::{AdmitRequest, Engine, Policy, Reason, RequestId};
+    use std::cell::Cell;
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+    use std::time::Duration;
+
+    thread_local! {
+        /// Whether the waiter timer's thread may be started from this thread.
+        pub(super) static NO_THREADS: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// An async wait needs the waiter timer to end it: when no thread can be started for one, the
+    /// request is refused as it would have been without a queue, and counted, instead of waiting
+    /// past its time; once threads can be started again, async waits work again.
+    #[test]
+    fn an_async_wait_without_a_timer_is_refused_and_the_timer_is_tried_again() {
+        let policy = Policy::builder()
+            .class("api", |c| {
+                c.admission(|a| a.concurrency(1).queue(8, Duration::from_millis(20)))
+            })
+            .build()
+            .unwrap();
+        let engine = Engine::builder(policy)
+            .clock(ManualClock::new())
+            .build()
+            .unwrap();
+        let api = engine.class("api").unwrap();
+        let _held = engine
+            .try_admit(&AdmitRequest::new(api, RequestId::from_u64(1)))
+            .unwrap();
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut poll_once = |n: u64| {
+            let mut wait =
+                Box::pin(engine.admit_async(AdmitRequest::new(api, RequestId::from_u64(n))));
+            wait.as_mut()
+                .poll(&mut cx)
+                .map(|r| r.map(drop).map_err(|v| v.reason()))
+        };
+
+        NO_THREADS.with(|n| n.set(true));
+        assert_eq!(poll_once(2), Poll::Ready(Err(Reason::ConcurrencyLimit)));
+        let stats = engine.admission_stats();
+        let stats = stats.class("api").unwrap();
+        assert_eq!((stats.queue_len, stats.counts.waited), (0, 0));
+        assert_eq!(stats.counts.refused(Reason::ConcurrencyLimit), 1);
+
+        NO_THREADS.with(|n| n.set(false));
+        assert_eq!(poll_once(3), Poll::Pending);
+        assert!(engine.inner.timer.lock().is_some());
+    }
 }
