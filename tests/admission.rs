@@ -2834,3 +2834,85 @@ fn adaptive_limits_start_afresh_when_admission_settings_come_back() {
     assert_eq!(round_trip(&fixed), (4, 8), "by way of a static limit");
     assert_eq!(round_trip(&bare), (4, 8), "by way of no admission settings");
 }
+
+/// Gradient2 as documented: `limit × clamp(tolerance × long / short, 0.5, 1) + sqrt(limit)`. One
+/// window whose latency jumps a hundredfold at most halves the limit (plus its headroom): a single
+/// slow spell must not collapse it to the floor.
+#[test]
+fn one_slow_window_at_most_halves_a_gradient_limit() {
+    let policy = Policy::builder()
+        .class("api", |c| {
+            c.admission(|a| {
+                a.gradient2(64, 1, 100)
+                    .gradient_tuning(1.0, 1.0)
+                    .window(Duration::from_secs(1))
+            })
+        })
+        .build()
+        .unwrap();
+    let (e, clock) = engine(policy);
+    let api = e.class("api").unwrap();
+    let limit = || e.admission_stats().class("api").unwrap().limit;
+    let run = |n: u32, latency: Duration| {
+        let held: Vec<_> = (0..n)
+            .map(|i| {
+                e.try_admit(&AdmitRequest::new(api, RequestId::from_u64(u64::from(i))))
+                    .unwrap()
+            })
+            .collect();
+        clock.advance(latency);
+        for a in held {
+            a.finish(Outcome::Success);
+        }
+    };
+    run(64, Duration::from_millis(10)); // window 1: 10 ms
+    clock.advance(Duration::from_millis(990));
+    run(64, Duration::from_secs(1)); // closes window 1 (in use, steady: 64 + 8), fills window 2
+    assert_eq!(limit(), 72);
+    clock.advance(Duration::from_secs(1));
+    run(1, Duration::ZERO); // closes window 2: mean 1 s against a long-term 59.5 ms
+    assert_eq!(limit(), 44, "72 × 0.5 + sqrt(72), not 72 × 0.06 + sqrt(72)");
+}
+
+/// A Gradient2 window with overload failures gets no headroom: its share of failures caps the
+/// gradient and nothing is added, so fast failures (a backend refusing work answers quickly) can
+/// never grow the limit.
+#[test]
+fn a_gradient_window_with_overloads_gets_no_headroom() {
+    let policy = Policy::builder()
+        .class("api", |c| {
+            c.admission(|a| {
+                a.gradient2(64, 1, 100)
+                    .gradient_tuning(1.0, 1.0)
+                    .window(Duration::from_secs(1))
+            })
+        })
+        .build()
+        .unwrap();
+    let (e, clock) = engine(policy);
+    let api = e.class("api").unwrap();
+    let limit = || e.admission_stats().class("api").unwrap().limit;
+    let run = |n: u32, overloads: u32| {
+        let held: Vec<_> = (0..n)
+            .map(|i| {
+                e.try_admit(&AdmitRequest::new(api, RequestId::from_u64(u64::from(i))))
+                    .unwrap()
+            })
+            .collect();
+        clock.advance(Duration::from_millis(10));
+        for (i, a) in held.into_iter().enumerate() {
+            a.finish(if (i as u32) < overloads {
+                Outcome::Overload
+            } else {
+                Outcome::Success
+            });
+        }
+    };
+    run(64, 0); // window 1: 10 ms, all fine
+    clock.advance(Duration::from_millis(990));
+    run(64, 10); // closes window 1 (64 + 8); window 2: 10 ms, 10 of 64 overloaded
+    assert_eq!(limit(), 72);
+    clock.advance(Duration::from_millis(990));
+    run(1, 0); // closes window 2
+    assert_eq!(limit(), 60, "72 × (1 - 10/64), no sqrt(72) on top");
+}

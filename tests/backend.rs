@@ -2858,3 +2858,128 @@ fn backend_stats_follow_the_policys_order() {
         ["alpha", "zeta"]
     );
 }
+
+/// The backoff ceiling doubles with each attempt but never passes `retry.backoff_max`, however many
+/// attempts were made.
+#[test]
+fn backoff_ceilings_stop_at_backoff_max() {
+    let f = fixture(single("kafka", |b| {
+        b.duration("retry.backoff_base", Duration::from_millis(100))
+            .duration("retry.backoff_max", Duration::from_millis(300))
+            .count("retry.min_per_second", 1000)
+    }));
+    let (e, clock) = (&f.engine, &f.clock);
+    let kafka = e.backend("kafka").unwrap();
+    let budget = f.budget_in("long");
+    for attempt in [3, 4, 10, 40] {
+        let mut most = Duration::ZERO;
+        for _ in 0..200 {
+            clock.advance(10 * MS);
+            match e.retry(kafka, &budget, AttemptOutcome::Timeout, attempt) {
+                RetryDecision::After(d) => most = most.max(d),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(
+            most <= 300 * MS && most >= 225 * MS,
+            "attempt {attempt}: longest backoff {most:?}, cap 300ms"
+        );
+    }
+}
+
+/// Of two healthy hosts, the one with fewer calls in flight gets the next call, wherever the
+/// round robin starts.
+#[test]
+fn the_less_loaded_of_two_hosts_is_chosen() {
+    let f = fixture(single("kafka", |b| {
+        b.hosts(&["k1", "k2"])
+            .count("max_in_flight", 100)
+            .count("max_in_flight_per_host", 100)
+            .count("max_connecting_per_host", 100)
+    }));
+    let e = &f.engine;
+    let kafka = e.backend("kafka").unwrap();
+    let budget = f.budget_in("long");
+    let k1 = e.host(kafka, "k1").unwrap();
+    let _busy: Vec<_> = (0..2)
+        .map(|_| e.begin_attempt_on(k1, &budget, 0).unwrap())
+        .collect();
+    for i in 0..6 {
+        let a = e.begin_attempt(kafka, &budget, 0).unwrap();
+        assert_eq!(a.host(), Some("k2"), "call {i} went to the busier host");
+        a.finish(AttemptOutcome::Success);
+    }
+}
+
+/// A host that proves itself on probation is forgiven its past ejections: its next ejection lasts
+/// the base time again, not twice the last one.
+#[test]
+fn a_success_on_probation_forgives_past_ejections() {
+    let f = fixture(ejecting(&["k1", "k2"], false));
+    let kafka = f.engine.backend("kafka").unwrap();
+    let budget = f.budget();
+    let k1 = f.engine.host(kafka, "k1").unwrap();
+    let end = |outcome| {
+        f.engine
+            .begin_attempt_on(k1, &budget, 0)
+            .unwrap()
+            .finish(outcome)
+    };
+    let out = || ejected(&f, "kafka") == ["k1"];
+    end(AttemptOutcome::ConnectFailure); // out for 5 s
+    f.clock.advance(Duration::from_secs(5));
+    end(AttemptOutcome::ConnectFailure); // failed on probation: out for 10 s
+    f.clock.advance(Duration::from_secs(5));
+    assert!(out(), "the second ejection lasts 10 s");
+    f.clock.advance(Duration::from_secs(5));
+    end(AttemptOutcome::Success); // proven: past ejections forgiven
+    assert!(!out());
+    f.clock.advance(Duration::from_secs(1));
+    end(AttemptOutcome::ConnectFailure); // a first ejection again: 5 s
+    assert!(out());
+    f.clock.advance(Duration::from_secs(5));
+    assert!(!out(), "forgiven: the base time again");
+}
+
+/// A host back on probation gets one connection attempt at a time, whatever the per-host cap;
+/// once connected, the next may try.
+#[test]
+fn a_host_on_probation_gets_one_connection_attempt_at_a_time() {
+    let f = fixture(ejecting(&["k1", "k2"], false));
+    let kafka = f.engine.backend("kafka").unwrap();
+    let budget = f.budget();
+    let k1 = f.engine.host(kafka, "k1").unwrap();
+    f.engine
+        .begin_attempt_on(k1, &budget, 0)
+        .unwrap()
+        .finish(AttemptOutcome::ConnectFailure);
+    f.clock.advance(Duration::from_secs(5));
+    let mut first = f.engine.begin_attempt_on(k1, &budget, 0).unwrap();
+    let v = f.engine.begin_attempt_on(k1, &budget, 0).unwrap_err();
+    assert_eq!(v.reason(), Reason::NoHealthyHost, "{v}");
+    first.connected();
+    let second = f.engine.begin_attempt_on(k1, &budget, 0).unwrap();
+    drop((first, second));
+}
+
+/// Only connect failures and timeouts eject a host: server errors are the breaker's business
+/// (the host answers; ejecting it moves its load onto the others).
+#[test]
+fn server_errors_do_not_eject_a_host() {
+    let f = fixture(ejecting(&["k1", "k2"], false));
+    let kafka = f.engine.backend("kafka").unwrap();
+    let budget = f.budget();
+    let k1 = f.engine.host(kafka, "k1").unwrap();
+    let end = |outcome| {
+        f.engine
+            .begin_attempt_on(k1, &budget, 0)
+            .unwrap()
+            .finish(outcome)
+    };
+    for _ in 0..5 {
+        end(AttemptOutcome::ServerError);
+    }
+    assert!(ejected(&f, "kafka").is_empty());
+    end(AttemptOutcome::Timeout);
+    assert_eq!(ejected(&f, "kafka"), ["k1"], "a timeout does");
+}

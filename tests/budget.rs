@@ -1152,3 +1152,68 @@ fn a_cpu_meter_dropped_while_its_clock_panics_does_not_abort() {
     assert_eq!(budget.used(Counter::CPU_TIME), 200_000_000);
     support::finished();
 }
+
+/// An engine of `policy` on a manual clock, and the clock.
+fn engine_of(policy: Policy) -> (Engine, ManualClock) {
+    let clock = ManualClock::new();
+    let engine = Engine::builder(policy)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    (engine, clock)
+}
+
+fn counted() -> (Engine, ManualClock) {
+    engine_of(
+        Policy::builder()
+            .counter("db_queries")
+            .class("api", |c| {
+                c.wall_time(Duration::from_secs(10))
+                    .child_margin(Duration::from_millis(100))
+                    .limit("db_queries", 100)
+            })
+            .build()
+            .unwrap(),
+    )
+}
+
+/// Overrides only ever tighten: setting a limit (or a wall time) twice keeps the tighter of the
+/// two, whatever the order, so a looser value from a later source cannot undo an earlier one.
+#[test]
+fn overrides_set_twice_keep_the_tighter() {
+    let (e, _clock) = counted();
+    let db = e.counter("db_queries").unwrap();
+    let api = e.class("api").unwrap();
+    let o = costguard::Overrides::new()
+        .limit(db, 5)
+        .limit(db, 50)
+        .wall_time(Duration::from_secs(1))
+        .wall_time(Duration::from_secs(5));
+    let b = e.begin_with(api, RequestId::from_u64(1), &o).unwrap();
+    assert_eq!(b.limit(db), Some(5));
+    assert_eq!(b.remaining(), Duration::from_secs(1));
+    assert!(b.try_charge(db, 5).is_ok());
+    assert_eq!(
+        b.try_charge(db, 1).unwrap_err().reason(),
+        Reason::LimitExceeded
+    );
+}
+
+/// The time a header passes on is rounded down to whole milliseconds: a callee is never told it
+/// has more time than its caller has left for it.
+#[test]
+fn the_propagated_time_is_rounded_down() {
+    let (e, clock) = counted();
+    let b = e.begin_by_name("api", RequestId::from_u64(1)).unwrap();
+    clock.advance(Duration::from_micros(500));
+    let p = b.propagation();
+    let t = p.remaining().unwrap();
+    assert_eq!(
+        t,
+        Duration::from_micros(10_000_000 - 500 - 100_000),
+        "less the margin"
+    );
+    let sent = costguard::Propagation::decode(&b.to_header()).unwrap();
+    assert_eq!(sent.remaining(), Some(Duration::from_millis(9_899)));
+    assert!(sent.remaining().unwrap() <= t);
+}
