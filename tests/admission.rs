@@ -234,16 +234,11 @@ fn a_free_request_passes_a_key_spent_past_a_lowered_burst() {
     let req = |n: u64, cost: u64| AdmitRequest::new(api, id(n)).key(b"k").rate_cost(cost);
     drop(e.try_admit(&req(1, 10)).unwrap());
     e.reload(policy(1)).unwrap();
-    assert_eq!(
-        e.try_admit(&req(2, 1)).unwrap_err().reason(),
-        Reason::RateLimited
-    );
+    let before = e.try_admit(&req(2, 1)).unwrap_err();
+    assert_eq!(before.reason(), Reason::RateLimited);
     drop(e.try_admit(&req(3, 0)).unwrap());
-    // It spent nothing: the next paying request waits exactly as long as before.
-    assert_eq!(e.try_admit(&req(4, 1)).unwrap_err().retry(), {
-        let v = e.try_admit(&req(5, 1)).unwrap_err();
-        v.retry()
-    });
+    // It spent nothing: the next paying request waits exactly as long as before it.
+    assert_eq!(e.try_admit(&req(4, 1)).unwrap_err().retry(), before.retry());
 }
 
 #[test]
@@ -1368,12 +1363,13 @@ fn an_admission_unwound_after_its_permit_gives_the_permit_back() {
     drop(e.try_admit(&AdmitRequest::new(api, id(2))).unwrap());
 }
 
-/// A grant dropped while its thread unwinds, on a clock that panics there, neither reads the
-/// clock again (a second panic would abort the process) nor keeps its permit from the request
-/// waiting for it. Run in a child process, so that an abort fails the test instead of the run.
+/// A grant dropped while its thread unwinds, on a clock that panics there too, does not let that
+/// second panic escape (it would abort the process), and its permit still reaches the request
+/// waiting for it (by the waiter timer, as the grant could not read the time to hand it on). Run
+/// in a child process, so that an abort fails the test instead of the run.
 #[test]
-fn a_grant_dropped_while_unwinding_hands_its_permit_on_without_the_clock() {
-    if !support::in_child("a_grant_dropped_while_unwinding_hands_its_permit_on_without_the_clock") {
+fn a_grant_dropped_while_its_clock_panics_strands_no_permit() {
+    if !support::in_child("a_grant_dropped_while_its_clock_panics_strands_no_permit") {
         return;
     }
     use executor::{poll, CountingWaker};
@@ -1392,9 +1388,22 @@ fn a_grant_dropped_while_unwinding_hands_its_permit_on_without_the_clock() {
         })
         .unwrap();
     assert!(handler.join().is_err());
-    assert_eq!(clock.2.load(Ordering::SeqCst), 0, "the clock was read");
-    let std::task::Poll::Ready(Ok(admitted)) = poll(&mut waiter, &waker) else {
-        panic!("the permit did not reach the waiter");
+    assert_eq!(
+        clock.2.load(Ordering::SeqCst),
+        1,
+        "the grant's reading of the clock"
+    );
+    // The timer's next round hands the permit on (an event, waited for at most ten seconds).
+    let start = std::time::Instant::now();
+    let admitted = loop {
+        if let std::task::Poll::Ready(result) = poll(&mut waiter, &waker) {
+            break result.unwrap();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the permit never reached the waiter"
+        );
+        std::thread::yield_now();
     };
     assert_eq!(e.admission_stats().class("api").unwrap().in_flight, 1);
     drop(admitted);
@@ -1407,15 +1416,17 @@ fn a_grant_dropped_while_unwinding_hands_its_permit_on_without_the_clock() {
 fn a_permit_taken_while_being_queued_goes_back_if_finishing_panics() {
     use costguard::clock::{Clock, Timestamp};
 
-    /// On the thread named `waiter`, its first reading frees the class's permit (the request is
-    /// being queued then) and its second fails (the admission with that permit is finishing).
+    /// On the thread named `waiter`, its first reading is its first try's, its second frees the
+    /// class's permit (the request is being queued then) and its third fails (the admission with
+    /// that permit is finishing).
     #[derive(Clone, Debug, Default)]
     struct Scripted(ManualClock, Arc<Mutex<Option<Admitted>>>, Arc<AtomicUsize>);
     impl Clock for Scripted {
         fn now(&self) -> Timestamp {
             if std::thread::current().name() == Some("waiter") {
                 match self.2.fetch_add(1, Ordering::SeqCst) {
-                    0 => drop(self.1.lock().unwrap().take()),
+                    0 => {}
+                    1 => drop(self.1.lock().unwrap().take()),
                     _ => panic!("the clock failed"),
                 }
             }
@@ -1431,8 +1442,11 @@ fn a_permit_taken_while_being_queued_goes_back_if_finishing_panics() {
     let api = e.class("api").unwrap();
     *clock.1.lock().unwrap() = Some(e.try_admit(&AdmitRequest::new(api, id(1))).unwrap());
     let waiter = admit_on_thread(&e, api, "waiter", 2);
-    assert!(waiter.join().is_err(), "the admission read the clock twice");
-    assert_eq!(clock.2.load(Ordering::SeqCst), 2);
+    assert!(
+        waiter.join().is_err(),
+        "the admission read the clock three times"
+    );
+    assert_eq!(clock.2.load(Ordering::SeqCst), 3);
     nothing_left_behind(&e, api);
 }
 
@@ -2915,4 +2929,33 @@ fn a_gradient_window_with_overloads_gets_no_headroom() {
     clock.advance(Duration::from_millis(990));
     run(1, 0); // closes window 2
     assert_eq!(limit(), 60, "72 × (1 - 10/64), no sqrt(72) on top");
+}
+
+/// A grant dropped while its thread unwinds (a handler's panic; the clock is fine) hands its
+/// permit on at the time it is dropped: a waiter whose time is up by then is expired, not
+/// admitted, as when the grant is dropped normally.
+#[test]
+fn a_grant_dropped_by_a_panic_hands_its_permit_on_at_the_time_it_drops() {
+    let expired_waiter_then = |drop_grant: fn(Admitted)| {
+        let (e, clock) = engine(queued_policy(10_000));
+        let api = e.class("api").unwrap();
+        let grant = e.try_admit(&AdmitRequest::new(api, id(1))).unwrap();
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| {
+                e.admit(&AdmitRequest::new(api, id(2)))
+                    .map(drop)
+                    .map_err(|v| v.reason())
+            });
+            wait_for_queue(&e, 1);
+            clock.advance(Duration::from_secs(20));
+            let _ = s.spawn(move || drop_grant(grant)).join();
+            waiter.join().unwrap()
+        })
+    };
+    assert_eq!(expired_waiter_then(drop), Err(Reason::QueueTimeout));
+    let by_a_panic: fn(Admitted) = |grant| {
+        let _grant = grant;
+        std::panic::resume_unwind(Box::new("the handler failed"));
+    };
+    assert_eq!(expired_waiter_then(by_a_panic), Err(Reason::QueueTimeout));
 }

@@ -485,12 +485,11 @@ fn a_slow_spell_does_not_shut_a_short_class_out() {
     );
 }
 
-/// A success reported after its attempt's timeout (its caller ignored it) counts as taking that
-/// timeout, and a usual latency learned under a longer timeout than a reload leaves is capped by
-/// the new one: neither makes the backend seem to need more than an attempt is given, so requests
-/// that have that much time are not refused up front.
+/// A usual latency learned under a longer timeout than a reload leaves is capped by the new one:
+/// the backend never seems to need more than an attempt may be given, so requests that have that
+/// much time are not refused up front.
 #[test]
-fn the_usual_latency_never_exceeds_what_an_attempt_is_given() {
+fn a_lowered_timeout_caps_the_usual_latency() {
     let policy = |timeout: u64| {
         Policy::builder()
             .class("api", |c| c.wall_time(Duration::from_secs(30)))
@@ -503,22 +502,6 @@ fn the_usual_latency_never_exceeds_what_an_attempt_is_given() {
     };
     let f = fixture(policy(10));
     let db = f.engine.backend("db").unwrap();
-    let short = f.budget_in("short");
-    let a = f.engine.begin_attempt(db, &short, 0).unwrap();
-    let given = a.timeout();
-    assert!(given < Duration::from_secs(3));
-    f.clock.advance(Duration::from_secs(8));
-    a.finish(AttemptOutcome::Success); // counted as taking `given`
-                                       // Every request of the class has `given` after the margin: none is refused up front (one
-                                       // could go ahead as the backend's occasional try, but not two in a row).
-    for _ in 0..2 {
-        let short = f.budget_in("short");
-        assert_eq!(
-            f.engine.begin_attempt(db, &short, 0).unwrap().timeout(),
-            given
-        );
-    }
-
     // Calls of 8 s under a 10 s timeout, then a reload to a 1 s timeout.
     let api = f.budget();
     for _ in 0..3 {
@@ -526,8 +509,15 @@ fn the_usual_latency_never_exceeds_what_an_attempt_is_given() {
         f.clock.advance(Duration::from_secs(8));
         a.finish(AttemptOutcome::Success);
     }
+    let short = f.budget_in("short");
+    let trial = f.engine.begin_attempt(db, &short, 0).unwrap(); // one per usual 8 s
+    assert_eq!(
+        f.engine.begin_attempt(db, &short, 0).unwrap_err().reason(),
+        Reason::InsufficientTime
+    );
+    drop(trial);
     f.engine.reload(policy(1)).unwrap();
-    for _ in 0..2 {
+    for _ in 0..3 {
         let short = f.budget_in("short");
         let a = f.engine.begin_attempt(db, &short, 0).unwrap();
         assert_eq!(a.timeout(), Duration::from_secs(1));
@@ -2982,4 +2972,113 @@ fn server_errors_do_not_eject_a_host() {
     assert!(ejected(&f, "kafka").is_empty());
     end(AttemptOutcome::Timeout);
     assert_eq!(ejected(&f, "kafka"), ["k1"], "a timeout does");
+}
+
+/// A request still running under the policy before a reload that turned the retry floor on does
+/// not throw away what the new floor earns: it retries by its own policy's rates, which leave the
+/// budget's refill time alone.
+#[test]
+fn an_old_request_leaves_the_floor_a_reload_turned_on_alone() {
+    let policy = |per_second: u64| {
+        Policy::builder()
+            .class("api", |c| {
+                c.wall_time(Duration::from_secs(3600)).retries(1000)
+            })
+            .backend("db", |b| {
+                b.fraction("retry.ratio", 0.0)
+                    .count("retry.min_per_second", per_second)
+            })
+            .build()
+            .unwrap()
+    };
+    let f = fixture(policy(0));
+    let db = f.engine.backend("db").unwrap();
+    let old = f.budget(); // no floor, no ratio: never a retry
+    f.engine.reload(policy(10)).unwrap();
+    f.clock.advance(Duration::from_secs(5));
+    assert_eq!(f.retries_granted(db, &old, 1), 0);
+    let new = f.budget();
+    assert!(f.retries_granted(db, &new, 100) >= 49);
+}
+
+/// A trial (an attempt let through with less time than the backend usually needs) that becomes a
+/// half-open breaker's probe and times out, for want of time, does not open the breaker again: the
+/// next request with time for the backend gets the probe, and can close it.
+#[test]
+fn a_trial_that_times_out_as_the_probe_leaves_the_breaker_half_open() {
+    let f = fixture(single("db", |b| {
+        b.duration("timeout", Duration::from_secs(10))
+            .count("breaker.consecutive_failures", 1)
+            .count("breaker.probes", 1)
+            .duration("breaker.open_for", Duration::from_secs(1))
+    }));
+    let db = f.engine.backend("db").unwrap();
+    let long = f.budget_in("long");
+    let a = f.engine.begin_attempt(db, &long, 0).unwrap();
+    f.clock.advance(Duration::from_secs(2));
+    a.finish(AttemptOutcome::Success); // usually 2 s
+    f.engine
+        .begin_attempt(db, &long, 0)
+        .unwrap()
+        .finish(AttemptOutcome::ServerError);
+    let wait = f.engine.begin_attempt(db, &long, 0).unwrap_err();
+    f.clock.advance(wait.retry_after().unwrap());
+    let short = f.budget_in("short"); // under 500 ms
+    let trial = f.engine.begin_attempt(db, &short, 0).unwrap();
+    assert!(trial.is_probe());
+    f.clock.advance(trial.timeout());
+    trial.finish(AttemptOutcome::Timeout);
+    assert_eq!(
+        f.kinds(),
+        [TransitionKind::Opened, TransitionKind::HalfOpened]
+    );
+    let probe = f.engine.begin_attempt(db, &long, 0).unwrap();
+    assert!(probe.is_probe());
+    probe.finish(AttemptOutcome::Success);
+    assert_eq!(f.kinds().last(), Some(&TransitionKind::Closed));
+}
+
+/// Successes of attempts whose timeouts were short (trials), reported late by callers who keep
+/// the backend's own timeout, count as what they took: the backend still seems to need what it
+/// really takes, and requests with less time stay refused but for the occasional trial.
+#[test]
+fn late_successes_of_short_attempts_teach_what_they_took() {
+    let f = fixture(
+        Policy::builder()
+            .class("long", |c| c.wall_time(Duration::from_secs(3600)))
+            .class("tiny", |c| c.wall_time(Duration::from_millis(100)))
+            .class("short", |c| c.wall_time(Duration::from_millis(300)))
+            .backend("db", |b| {
+                b.duration("timeout", Duration::from_secs(10))
+                    .duration("margin", Duration::from_millis(50))
+            })
+            .build()
+            .unwrap(),
+    );
+    let db = f.engine.backend("db").unwrap();
+    let long = f.budget_in("long");
+    let a = f.engine.begin_attempt(db, &long, 0).unwrap();
+    f.clock.advance(Duration::from_secs(2));
+    a.finish(AttemptOutcome::Success); // every call takes 2 s
+    let mut trials = 0;
+    for _ in 0..200 {
+        let tiny = f.budget_in("tiny"); // 50 ms after the margin
+        let begun = f.engine.begin_attempt(db, &tiny, 0);
+        match begun {
+            Ok(a) => {
+                f.clock.advance(Duration::from_secs(2));
+                a.finish(AttemptOutcome::Success);
+                trials += 1;
+            }
+            Err(_) => f.clock.advance(Duration::from_millis(100)),
+        }
+    }
+    assert!(trials > 10, "{trials}");
+    let short = f.budget_in("short"); // 250 ms after the margin
+    let first = f.engine.begin_attempt(db, &short, 0);
+    let second = f.engine.begin_attempt(db, &short, 0);
+    assert!(
+        first.is_err() || second.is_err(),
+        "the backend seems to take under 250 ms"
+    );
 }

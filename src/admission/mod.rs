@@ -411,15 +411,19 @@ impl Drop for Admitted {
         // limiter once more itself, and one seen here is dispatched at a time read for it.
         let waiting = gate.queue.has_waiters();
         let (sampled, now) = if !(sampled || waiting) {
-            (false, 0)
+            (false, None)
         } else if std::thread::panicking() {
-            // While unwinding (a handler's panic, perhaps the clock's own) the clock is not read:
-            // a clock that panicked once may again, and a second panic would abort the process.
-            // The request gives no latency sample, and its permit is handed on at the time it was
-            // admitted (a waiter whose time is up meanwhile is expired by its wait or the timer).
-            (false, self.start.as_nanos())
+            // While unwinding (a handler's panic, perhaps the clock's own), a request gives no
+            // latency sample, and a panic of the clock is caught: a second one escaping would abort
+            // the process. Without a reading, the permit is not handed on here: it goes to the
+            // next request to ask, or to a waiter by the next release or the waiter timer.
+            let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| clock.now()));
+            (false, read.ok().map(|t| t.as_nanos()))
         } else {
-            (sampled, clock.now().as_nanos())
+            (sampled, Some(clock.now().as_nanos()))
+        };
+        let Some(now) = now else {
+            return;
         };
         if sampled {
             let latency = now.saturating_sub(self.start.as_nanos());
@@ -632,20 +636,18 @@ impl Engine {
             self.check_up_front(snapshot, rules, adm, req, priority)?;
         }
         let Some(adm) = adm else {
-            return self.decide_rest(rules, req, priority, false, None);
+            return self.decide_rest(rules, req, priority, false, self.clock().now(), None);
         };
 
+        // The time, read before the permit is taken: nothing after that reads a clock, so a clock
+        // that panics here strands nothing.
+        let now = self.clock().now();
         // 2. Concurrency, within this priority's headroom.
         let share = adm.headroom[priority as usize];
         if let Err((in_flight, allowed)) = adm.gate.limiter.try_acquire(share) {
             self.over_limit(rules, adm, req, priority, wait, (in_flight, allowed, share))?;
         }
-        // The steps after the permit read the clock: should that panic, the permit goes back.
-        // (A refusal gives it back itself.)
-        let unwinding = PermitOnUnwind(self, adm);
-        let decided = self.decide_rest(rules, req, priority, true, None);
-        std::mem::forget(unwinding);
-        decided
+        self.decide_rest(rules, req, priority, true, now, None)
     }
 
     /// Step 1: a declared estimate larger than the budget's limit (the class's, tightened by the
@@ -859,13 +861,21 @@ impl Engine {
         let Some(rules) = snapshot.class(req.class) else {
             return Err(self.unknown_class(req));
         };
-        let d = self.decide_rest(rules, req, priority, permit, Some(arrived))?;
+        let d = self.decide_rest(
+            rules,
+            req,
+            priority,
+            permit,
+            self.clock().now(),
+            Some(arrived),
+        )?;
         let budget = Budget::begin(snapshot, d.settings, None);
         Ok(d.grant(budget))
     }
 
     /// Steps 3 to 5: pools, the budget's settings, the key. Undoes all on refusal. The budget
-    /// starts at `arrived` if given (see [`admit_rest`](Self::admit_rest)), or now.
+    /// starts at `arrived` if given (see [`admit_rest`](Self::admit_rest)), or at `now`, which
+    /// the caller read (before taking the permit, on the first try).
     #[inline(always)]
     fn decide_rest<'r>(
         &self,
@@ -873,10 +883,10 @@ impl Engine {
         req: &'r AdmitRequest<'_>,
         priority: Priority,
         permit: bool,
+        now: Timestamp,
         arrived: Option<Timestamp>,
     ) -> Result<Decision<'r>, Verdict> {
         let adm = rules.admission.as_ref();
-        let now = self.clock().now();
         let held = Held {
             adm,
             permit,
@@ -1081,16 +1091,6 @@ impl Decision<'_> {
             start: self.granted,
             outcome: None,
         }
-    }
-}
-
-/// A class permit held by an admission in progress, given back if the admission unwinds before it
-/// is decided (and forgotten once it is).
-struct PermitOnUnwind<'a>(&'a Engine, &'a ClassAdmission);
-
-impl Drop for PermitOnUnwind<'_> {
-    fn drop(&mut self) {
-        wait::give_back(self.0, self.1);
     }
 }
 

@@ -606,6 +606,10 @@ pub struct Attempt<'b> {
     start: u64,
     /// Clock nanoseconds.
     timeout: u64,
+    /// Begun with less time than the backend usually needs, to learn whether it has become faster
+    /// (see [`BackendState::tries_anyway`]): its timeout, which that time cut short, counts for
+    /// nothing against the backend or its host.
+    trial: bool,
     done: bool,
 }
 
@@ -649,6 +653,7 @@ impl Attempt<'_> {
             host_generation: self.host_generation,
             start: self.start,
             timeout: self.timeout,
+            trial: self.trial,
             done: self.done,
         };
         // The permits now belong to `owned`: this one must release nothing as it drops.
@@ -695,11 +700,16 @@ impl Attempt<'_> {
             return;
         }
         // The clock is read before the attempt counts as done: should it panic, the attempt is
-        // dropped as the panic unwinds, and that drop releases everything. While unwinding, the
-        // clock is not read at all (a second panic would abort the process): the attempt ends as
-        // cancelled, at the time it began, which counts for and against nothing.
+        // dropped as the panic unwinds, and that drop releases everything. While unwinding, a
+        // panic of the clock is caught (a second one escaping would abort the process), and the
+        // attempt then ends as cancelled, at the time it began, which counts for and against
+        // nothing.
         let (outcome, now) = if std::thread::panicking() {
-            (AttemptOutcome::Cancelled, self.start)
+            let clock = &self.rules.clock;
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| clock.now())) {
+                Ok(now) => (outcome, now.as_nanos()),
+                Err(_) => (AttemptOutcome::Cancelled, self.start),
+            }
         } else {
             (outcome, self.rules.clock.now().as_nanos())
         };
@@ -710,13 +720,19 @@ impl Attempt<'_> {
         let latency = now.saturating_sub(self.start);
         let b = &rules.policy.breaker;
         let index = outcome.index();
-        let v = VERDICTS[index];
+        // A trial's timeout says only that the time it had was short.
+        let cut_short = self.trial && index == TIMEOUT;
+        let v = if cut_short {
+            breaker::Verdict::Neutral
+        } else {
+            VERDICTS[index]
+        };
         let slow = latency > rules.ns.slow_call;
         if index == SUCCESS {
-            // A success reported later than the attempt's timeout (its caller ignored it) counts
-            // as taking that timeout: it must not teach the backend that it usually takes longer
-            // than attempts are given, or requests with less time left would be refused up front.
-            let latency = latency.min(self.timeout);
+            // No attempt is given more than the backend's timeout: a success reported later than
+            // that (its caller ignored the timeout) must not teach the backend that it usually takes
+            // longer, or every request with less than that left would be refused up front.
+            let latency = latency.min(rules.ns.timeout);
             let old = state.traffic.latency.load(Ordering::Relaxed);
             let new = if old == 0 {
                 latency
@@ -758,6 +774,7 @@ impl Attempt<'_> {
             // against the host on probation: its time ran mostly during the ejection it served.
             // (Read only for a failure that would count: a success never looks.)
             let counts = (index == CONNECT_FAILURE || index == TIMEOUT)
+                && !cut_short
                 && self.start >= h.readmitted_at.load(Ordering::Acquire);
             if counts && state.ejected.full() {
                 // The share of the pool that may be out is taken, perhaps by ejections that are
@@ -1119,16 +1136,17 @@ impl Engine {
         // Time: the backend's timeout, or what the request has left minus a margin.
         let own = rules.ns.timeout;
         let remaining = budget.remaining_nanos_by(&rules.clock, clock_now);
-        let timeout = if remaining == u64::MAX {
-            own
+        let (timeout, trial) = if remaining == u64::MAX {
+            (own, false)
         } else {
             let left = remaining.saturating_sub(rules.ns.margin);
             // Never more than an attempt may be given (a reload may have lowered the timeout).
             let usual = state.traffic.latency.load(Ordering::Relaxed).min(own);
-            if left == 0 || (left < usual && !state.tries_anyway(now, usual)) {
+            let trial = left < usual;
+            if left == 0 || (trial && !state.tries_anyway(now, usual)) {
                 return Err(refusal(rules, budget, Refusal::Time { usual, left }));
             }
-            own.min(left)
+            (own.min(left), trial)
         };
 
         // The backend's breaker.
@@ -1173,6 +1191,7 @@ impl Engine {
             host_generation,
             start: now,
             timeout,
+            trial,
             done: false,
         })
     }

@@ -82,12 +82,10 @@ impl RetryBudget {
     /// it is moved back to `now`, and the floor starts earning again from there.
     fn refill(&self, now: u64, rates: Rates) {
         let last = self.refilled.load(Ordering::Acquire);
-        if now == last {
+        if now == last || rates.floor_per_second == 0 {
             return;
         }
-        if now < last || rates.floor_per_second == 0 {
-            // Without a floor, the time passes unearned: a reload that sets one must not credit
-            // the time it was off.
+        if now < last {
             let _ = self
                 .refilled
                 .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire);
@@ -116,9 +114,19 @@ impl RetryBudget {
     }
 
     /// Brings the budget up to `now` at the rates it had until then (`rates`), before a reload
-    /// gives it others.
+    /// gives it others. Without a floor the time passed unearned: the floor a reload turns on
+    /// earns from now, not for the time it was off. (Only here: a request still running under
+    /// the old policy must not throw away what the new floor earns meanwhile.)
     pub(crate) fn settle(&self, now: u64, rates: Rates) {
-        self.refill(now, rates);
+        if rates.floor_per_second > 0 {
+            self.refill(now, rates);
+            return;
+        }
+        let _ = self
+            .refilled
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |last| {
+                (last < now).then_some(now)
+            });
     }
 
     /// A retry: withdraw one token if there is one.
