@@ -2932,11 +2932,11 @@ fn a_gradient_window_with_overloads_gets_no_headroom() {
 }
 
 /// A grant dropped while its thread unwinds (a handler's panic; the clock is fine) hands its
-/// permit on at the time it is dropped: a waiter whose time is up by then is expired, not
-/// admitted, as when the grant is dropped normally.
+/// permit on at the time it is dropped, as when it is dropped normally: to a waiter whose wait is
+/// not over, and not to one whose wait is (it is expired instead).
 #[test]
 fn a_grant_dropped_by_a_panic_hands_its_permit_on_at_the_time_it_drops() {
-    let expired_waiter_then = |drop_grant: fn(Admitted)| {
+    let waiter_after = |waited: Duration, drop_grant: fn(Admitted)| {
         let (e, clock) = engine(queued_policy(10_000));
         let api = e.class("api").unwrap();
         let grant = e.try_admit(&AdmitRequest::new(api, id(1))).unwrap();
@@ -2947,15 +2947,53 @@ fn a_grant_dropped_by_a_panic_hands_its_permit_on_at_the_time_it_drops() {
                     .map_err(|v| v.reason())
             });
             wait_for_queue(&e, 1);
-            clock.advance(Duration::from_secs(20));
+            clock.advance(waited);
             let _ = s.spawn(move || drop_grant(grant)).join();
             waiter.join().unwrap()
         })
     };
-    assert_eq!(expired_waiter_then(drop), Err(Reason::QueueTimeout));
     let by_a_panic: fn(Admitted) = |grant| {
         let _grant = grant;
         std::panic::resume_unwind(Box::new("the handler failed"));
     };
-    assert_eq!(expired_waiter_then(by_a_panic), Err(Reason::QueueTimeout));
+    for drop_grant in [drop, by_a_panic] {
+        assert_eq!(waiter_after(Duration::from_secs(1), drop_grant), Ok(()));
+        let over = waiter_after(Duration::from_secs(20), drop_grant);
+        assert_eq!(over, Err(Reason::QueueTimeout));
+    }
+}
+
+/// A grant dropped while its thread unwinds, whose clock panics there too, still hands its
+/// permit to the request waiting for it, a blocking one included (which no timer serves). Run in
+/// a child process, so that an abort fails the test instead of the run.
+#[test]
+fn a_blocking_waiter_gets_the_permit_of_a_grant_whose_clock_panicked_while_unwinding() {
+    if !support::in_child(
+        "a_blocking_waiter_gets_the_permit_of_a_grant_whose_clock_panicked_while_unwinding",
+    ) {
+        return;
+    }
+    let clock = PanicsOn::default();
+    let (e, api) = clock.engine(3_000);
+    let grant = e.try_admit(&AdmitRequest::new(api, id(1))).unwrap();
+    clock.on("doomed");
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| {
+            e.admit(&AdmitRequest::new(api, id(2)))
+                .map(|a| a.budget().request_id())
+                .map_err(|v| v.reason())
+        });
+        wait_for_queue(&e, 1);
+        let handler = std::thread::Builder::new()
+            .name("doomed".into())
+            .spawn_scoped(s, move || {
+                let _grant = grant;
+                panic!("the handler failed");
+            })
+            .unwrap();
+        assert!(handler.join().is_err());
+        assert_eq!(clock.2.load(Ordering::SeqCst), 1, "the grant's reading");
+        assert_eq!(waiter.join().unwrap(), Ok(id(2)));
+    });
+    support::finished();
 }

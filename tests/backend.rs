@@ -3082,3 +3082,75 @@ fn late_successes_of_short_attempts_teach_what_they_took() {
         "the backend seems to take under 250 ms"
     );
 }
+
+/// A breaker whose ratios decide, with a long window and a usual latency to learn.
+fn ratio_policy(max_in_flight: u64) -> Policy {
+    single("db", |b| {
+        b.duration("timeout", Duration::from_secs(10))
+            .count("max_in_flight", max_in_flight)
+            .duration("breaker.window", Duration::from_secs(60))
+            .duration("breaker.slow_call", Duration::from_secs(60))
+            .count("breaker.min_calls", 3)
+            .fraction("breaker.failure_ratio", 0.9)
+            .count("breaker.consecutive_failures", 50)
+    })
+}
+
+/// A trial's timeout is not a call of the breaker's window either: it neither fails nor dilutes
+/// the failures around it. (Counted apart, as `trial_timeout`.)
+#[test]
+fn a_trials_timeout_leaves_the_breakers_failure_ratio_alone() {
+    let opened = |with_trial: bool| {
+        let f = fixture(ratio_policy(16));
+        let db = f.engine.backend("db").unwrap();
+        let long = f.budget_in("long");
+        let a = f.engine.begin_attempt(db, &long, 0).unwrap();
+        f.clock.advance(Duration::from_secs(2));
+        a.finish(AttemptOutcome::Success); // usually 2 s
+        f.clock.advance(Duration::from_secs(120)); // and out of the window
+        let timeout = || {
+            let a = f.engine.begin_attempt(db, &long, 0).unwrap();
+            f.clock.advance(Duration::from_secs(1));
+            a.finish(AttemptOutcome::Timeout);
+        };
+        timeout();
+        if with_trial {
+            let short = f.budget_in("short");
+            let trial = f.engine.begin_attempt(db, &short, 0).unwrap();
+            f.clock.advance(trial.timeout());
+            trial.finish(AttemptOutcome::Timeout);
+            assert_eq!(f.engine.backend_stats()[0].outcome("trial_timeout"), 1);
+        }
+        timeout();
+        timeout();
+        f.kinds().contains(&TransitionKind::Opened)
+    };
+    assert!(opened(false), "three timeouts of three calls");
+    assert!(opened(true), "three timeouts and a trial's");
+}
+
+/// A trial refused after all (by a cap, here) gives its turn back: the next request with as
+/// little time may try.
+#[test]
+fn a_trial_refused_by_a_cap_gives_its_turn_back() {
+    let f = fixture(ratio_policy(1));
+    let db = f.engine.backend("db").unwrap();
+    let long = f.budget_in("long");
+    let a = f.engine.begin_attempt(db, &long, 0).unwrap();
+    f.clock.advance(Duration::from_secs(2));
+    a.finish(AttemptOutcome::Success); // usually 2 s
+    let held = f.engine.begin_attempt(db, &long, 0).unwrap(); // the only permit
+    let short = f.budget_in("short");
+    let refused = f.engine.begin_attempt(db, &short, 0).unwrap_err();
+    assert_eq!(refused.reason(), Reason::BulkheadFull);
+    held.finish(AttemptOutcome::Success);
+    let short = f.budget_in("short");
+    let trial = f.engine.begin_attempt(db, &short, 0).unwrap();
+    // The turn is taken now: the next waits a usual latency.
+    drop(trial);
+    let short = f.budget_in("short");
+    assert_eq!(
+        f.engine.begin_attempt(db, &short, 0).unwrap_err().reason(),
+        Reason::InsufficientTime
+    );
+}

@@ -415,14 +415,18 @@ impl Drop for Admitted {
         } else if std::thread::panicking() {
             // While unwinding (a handler's panic, perhaps the clock's own), a request gives no
             // latency sample, and a panic of the clock is caught: a second one escaping would abort
-            // the process. Without a reading, the permit is not handed on here: it goes to the
-            // next request to ask, or to a waiter by the next release or the waiter timer.
+            // the process.
             let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| clock.now()));
             (false, read.ok().map(|t| t.as_nanos()))
         } else {
             (sampled, Some(clock.now().as_nanos()))
         };
         let Some(now) = now else {
+            // No reading: the permit goes to the next waiter as if no time had passed (none is
+            // expired here, and CoDel is not told), rather than to nobody. A waiter whose wait was
+            // in fact over is admitted all the same, unless its request's own deadline has passed
+            // when it finishes.
+            gate.dispatch(None, 0);
             return;
         };
         if sampled {

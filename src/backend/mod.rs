@@ -144,6 +144,13 @@ const VERDICTS: [breaker::Verdict; 8] = [
     breaker::Verdict::Neutral,
 ];
 
+/// A trial's claim on its backend's next trial time: when it was due, and when the next is.
+#[derive(Clone, Copy, Debug)]
+struct TrialClaim {
+    due: u64,
+    next: u64,
+}
+
 /// Indices of the outcomes a completion tells apart.
 const SUCCESS: usize = 0;
 const TIMEOUT: usize = 3;
@@ -152,8 +159,11 @@ const CONNECT_FAILURE: usize = 5;
 /// The outcome counters of the two outcomes that say nothing about the backend.
 const NEUTRAL_CLIENT: usize = 1;
 const NEUTRAL_CANCELLED: usize = 7;
+/// A trial's timeout (an attempt let through with less time than the backend usually needs):
+/// counted apart, and not as a call of the breaker's window.
+const TRIAL_TIMEOUT: usize = 8;
 
-const OUTCOMES: [&str; 8] = [
+const OUTCOMES: [&str; 9] = [
     "success",
     "client_error",
     "server_error",
@@ -162,6 +172,7 @@ const OUTCOMES: [&str; 8] = [
     "connect_failure",
     "refused",
     "cancelled",
+    "trial_timeout",
 ];
 
 /// A breaker or ejection transition, as seen by the hook set with
@@ -285,7 +296,7 @@ const RETRY_REFUSALS: [Reason; 5] = [
 /// lines and no others.
 #[derive(Debug, Default)]
 struct Traffic {
-    outcomes: [AtomicU64; 8],
+    outcomes: [AtomicU64; 9],
     /// Smoothed latency of successful attempts, ns (0: none yet).
     latency: AtomicU64,
     /// When an attempt with less time left than `latency` may next go ahead anyway (see
@@ -329,23 +340,33 @@ impl BackendState {
     }
 
     /// Whether an attempt with less time left than the backend usually needs (`usual`) may go
-    /// ahead anyway, to learn whether the backend has become faster: one such attempt per `usual`
-    /// of time. Without it, a latency learned while the backend was slow would refuse every
-    /// request of a class with less time than that for good, since refused attempts teach nothing.
+    /// ahead anyway, as a trial to learn whether the backend has become faster: one such attempt
+    /// per `usual` of time. Without it, a latency learned while the backend was slow would refuse
+    /// every request of a class with less time than that for good, since refused attempts teach
+    /// nothing. The claim is given back ([`untry`](Self::untry)) if the attempt is then refused.
     #[cold]
-    fn tries_anyway(&self, now: u64, usual: u64) -> bool {
+    fn tries_anyway(&self, now: u64, usual: u64) -> Option<TrialClaim> {
         let due = self.traffic.slow_probe.load(Ordering::Relaxed);
-        now >= due
+        let next = now.saturating_add(usual);
+        (now >= due
             && self
                 .traffic
                 .slow_probe
-                .compare_exchange(
-                    due,
-                    now.saturating_add(usual),
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                )
-                .is_ok()
+                .compare_exchange(due, next, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok())
+        .then_some(TrialClaim { due, next })
+    }
+
+    /// Gives back the claim of a trial that was refused after all (by the breaker, a cap, the
+    /// hosts), unless another trial's claim came since.
+    #[cold]
+    fn untry(&self, claim: TrialClaim) {
+        let _ = self.traffic.slow_probe.compare_exchange(
+            claim.next,
+            claim.due,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
     }
 
     /// Calls that count in the breaker's window: every outcome but the neutral ones.
@@ -354,7 +375,7 @@ impl BackendState {
             .outcomes
             .iter()
             .enumerate()
-            .filter(|(i, _)| !matches!(*i, NEUTRAL_CLIENT | NEUTRAL_CANCELLED))
+            .filter(|(i, _)| !matches!(*i, NEUTRAL_CLIENT | NEUTRAL_CANCELLED | TRIAL_TIMEOUT))
             .fold(0u64, |sum, (_, n)| {
                 sum.wrapping_add(n.load(Ordering::Relaxed))
             })
@@ -804,7 +825,8 @@ impl Attempt<'_> {
             slow,
             || state.calls(),
             || {
-                state.traffic.outcomes[index].fetch_add(1, Ordering::Relaxed);
+                let counted = if cut_short { TRIAL_TIMEOUT } else { index };
+                state.traffic.outcomes[counted].fetch_add(1, Ordering::Relaxed);
             },
         );
         let (change, generation) = state.breaker.finish(
@@ -1128,7 +1150,6 @@ impl Engine {
         retry: u32,
     ) -> Result<Attempt<'b>, Verdict> {
         let rules: &BackendRules = &held;
-        let p = &rules.policy;
         let state = &rules.state;
         let clock_now = rules.clock.now();
         let now = clock_now.as_nanos();
@@ -1136,18 +1157,46 @@ impl Engine {
         // Time: the backend's timeout, or what the request has left minus a margin.
         let own = rules.ns.timeout;
         let remaining = budget.remaining_nanos_by(&rules.clock, clock_now);
-        let (timeout, trial) = if remaining == u64::MAX {
-            (own, false)
+        let (timeout, claim) = if remaining == u64::MAX {
+            (own, None)
         } else {
             let left = remaining.saturating_sub(rules.ns.margin);
             // Never more than an attempt may be given (a reload may have lowered the timeout).
             let usual = state.traffic.latency.load(Ordering::Relaxed).min(own);
-            let trial = left < usual;
-            if left == 0 || (trial && !state.tries_anyway(now, usual)) {
-                return Err(refusal(rules, budget, Refusal::Time { usual, left }));
+            if left >= usual && left > 0 {
+                (own.min(left), None)
+            } else {
+                match (left > 0).then(|| state.tries_anyway(now, usual)).flatten() {
+                    Some(claim) => (left, Some((Arc::clone(state), claim))),
+                    None => return Err(refusal(rules, budget, Refusal::Time { usual, left })),
+                }
             }
-            (own.min(left), trial)
         };
+        let trial = claim.is_some();
+        let begun = self.begin_timed(held, target, budget, retry, now, timeout, trial);
+        if let (Err(_), Some((state, claim))) = (&begun, claim) {
+            state.untry(claim);
+        }
+        begun
+    }
+
+    /// The rest of [`begin_under`](Self::begin_under), with the attempt's timeout worked out:
+    /// the breaker, the permits, the host.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn begin_timed<'b>(
+        &self,
+        held: Rules<'b>,
+        target: Option<u32>,
+        budget: &'b Budget,
+        retry: u32,
+        now: u64,
+        timeout: u64,
+        trial: bool,
+    ) -> Result<Attempt<'b>, Verdict> {
+        let rules: &BackendRules = &held;
+        let p = &rules.policy;
+        let state = &rules.state;
 
         // The backend's breaker.
         let (role, generation, event) = match state.breaker.begin(now, rules.limits(), timeout) {

@@ -1,6 +1,7 @@
 //! A precise clock source with a cached reading for hot checks, shared by the production clocks.
 //!
-//! [`Clock::coarse`](super::Clock::coarse) is read inside hot loops, so it must be one relaxed load.
+//! [`Clock::coarse`](super::Clock::coarse) is read inside hot loops, so it must be a relaxed load
+//! or two of one cache line.
 //! Each production clock pairs its precise source with a cache that precise readings refresh when it
 //! has fallen behind by more than [`REFRESH_AFTER_NANOS`] (refreshing on every reading would make
 //! every thread write one shared cache line), and that an optional ticker thread refreshes at a fixed

@@ -11,7 +11,8 @@
 //! - [`Clock::now`], precise (about 10 ns for [`TscClock`], 25 ns for [`MonotonicClock`]'s
 //!   `Instant::now()`), used when a budget starts, when an attempt on a backend begins and ends, and
 //!   when a caller asks how much time is left;
-//! - [`Clock::coarse`], a cached reading (one atomic load), used by deadline checks inside hot loops.
+//! - [`Clock::coarse`], a cached reading (two relaxed loads of one cache line while a ticker thread
+//!   keeps it fresh, a precise reading otherwise), used by deadline checks inside hot loops.
 //!   It may lag the precise reading but never runs ahead of one taken after it on the same thread,
 //!   so a coarse check can notice a deadline late, never early. (Across threads, [`TscClock`]'s
 //!   readings may differ by the skew between the cores' counters: nanoseconds.)
