@@ -3154,3 +3154,60 @@ fn a_trial_refused_by_a_cap_gives_its_turn_back() {
         Reason::InsufficientTime
     );
 }
+
+/// A request timeout (HTTP 408) is the backend taking too long, not the client's fault.
+#[test]
+fn a_408_is_a_timeout() {
+    assert_eq!(
+        AttemptOutcome::from_http(408, None),
+        AttemptOutcome::Timeout
+    );
+}
+
+/// A failure ratio exactly at the threshold trips the breaker (at or over, as documented).
+#[test]
+fn a_failure_ratio_exactly_at_its_threshold_opens_the_breaker() {
+    let f = fixture(single("db", |b| {
+        b.count("breaker.min_calls", 4)
+            .fraction("breaker.failure_ratio", 0.5)
+            .count("breaker.consecutive_failures", 1000)
+    }));
+    let db = f.engine.backend("db").unwrap();
+    let budget = f.budget();
+    for outcome in [
+        AttemptOutcome::Success,
+        AttemptOutcome::ServerError,
+        AttemptOutcome::Success,
+        AttemptOutcome::ServerError,
+    ] {
+        f.run(db, &budget, outcome).unwrap();
+    }
+    assert_eq!(f.kinds(), [TransitionKind::Opened]);
+}
+
+/// A retry whose backoff and margin take all the time left is refused even when the backend has
+/// no usual latency yet: the attempt after it would have no time at all.
+#[test]
+fn a_retry_leaving_no_time_after_the_margin_is_refused() {
+    let f = fixture(single("db", |b| {
+        b.duration("timeout", Duration::from_secs(5))
+            .duration("margin", Duration::from_secs(1))
+            .duration("retry.backoff_base", MS)
+            .duration("retry.backoff_max", MS)
+    }));
+    let db = f.engine.backend("db").unwrap();
+    let budget = f.budget(); // 30 s
+    f.clock.advance(Duration::from_secs(28)); // 2 s left: a 1 s backoff, then the 1 s margin
+    let refused = AttemptOutcome::Refused {
+        retry_after: Some(Duration::from_secs(1)),
+    };
+    let RetryDecision::Stop(v) = f.engine.retry(db, &budget, refused, 1) else {
+        panic!("a retry granted with no time left after the margin");
+    };
+    assert_eq!(v.reason(), Reason::InsufficientTime);
+    f.clock.advance(Duration::from_secs(1));
+    assert_eq!(
+        f.engine.begin_attempt(db, &budget, 1).unwrap_err().reason(),
+        Reason::InsufficientTime
+    );
+}

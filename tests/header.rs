@@ -383,3 +383,37 @@ fn usage_round_trips_and_what_does_not_fit_uses_the_allowance_up() {
     assert!(parse.try_retry().is_err());
     assert!(parse.is_cancelled());
 }
+
+/// A header of exactly the longest length allowed decodes; one byte more is refused.
+#[test]
+fn a_header_of_the_longest_length_decodes() {
+    let prefix = "cg1;id=";
+    let longest = format!(
+        "{prefix}{}",
+        "r".repeat(costguard::header::MAX_HEADER_LEN - prefix.len())
+    );
+    assert_eq!(longest.len(), costguard::header::MAX_HEADER_LEN);
+    // The id is too long to be an id, but the length is not what refuses it.
+    let kind = Propagation::decode(&longest).unwrap_err().kind();
+    assert_ne!(kind, costguard::header::HeaderErrorKind::TooLong);
+    let over = format!("{longest}r");
+    assert_eq!(
+        Propagation::decode(&over).unwrap_err().kind(),
+        costguard::header::HeaderErrorKind::TooLong
+    );
+}
+
+/// When a callee's usage does not fit, only the counters it overran are used up: one that
+/// exactly fits is charged in full, and the budget's cancellation names the one overrun.
+#[test]
+fn usage_that_exactly_fits_a_counter_does_not_exhaust_it() {
+    let (e, _clock) = engine();
+    let api = e.begin_by_name("api", id("r")).unwrap();
+    let lookups = e.counter("file_lookups").unwrap();
+    let db = e.counter("db_queries").unwrap();
+    let usage = costguard::Usage::decode("cgu1;file_lookups=1000;db_queries=51").unwrap();
+    let refused = api.charge_usage(&usage).unwrap_err();
+    assert_eq!(refused.dimension(), Some("db_queries"));
+    assert_eq!((api.used(lookups), api.used(db)), (1000, 50));
+    assert_eq!(api.check().unwrap_err().dimension(), Some("db_queries"));
+}
