@@ -410,9 +410,10 @@ impl Drop for Admitted {
         // Read once, after the release: a waiter that became visible after this read looks at the
         // limiter once more itself, and one seen here is dispatched at a time read for it.
         let waiting = gate.queue.has_waiters();
-        let (sampled, now) = if !(sampled || waiting) {
-            (false, None)
-        } else if std::thread::panicking() {
+        if !(sampled || waiting) {
+            return;
+        }
+        let (sampled, now) = if std::thread::panicking() {
             // While unwinding (a handler's panic, perhaps the clock's own), a request gives no
             // latency sample, and a panic of the clock is caught: a second one escaping would abort
             // the process.
@@ -426,7 +427,9 @@ impl Drop for Admitted {
             // expired here, and CoDel is not told), rather than to nobody. A waiter whose wait was
             // in fact over is admitted all the same, unless its request's own deadline has passed
             // when it finishes.
-            gate.dispatch(None, 0);
+            if waiting {
+                gate.dispatch(None, 0);
+            }
             return;
         };
         if sampled {

@@ -133,7 +133,7 @@ impl AttemptOutcome {
 
 /// What each outcome, by its index, tells the breakers. An attempt's completion decodes its outcome
 /// (an enum with a `Duration` inside) once, into its index, and reads everything else from that.
-const VERDICTS: [breaker::Verdict; 8] = [
+const VERDICTS: [breaker::Verdict; 9] = [
     breaker::Verdict::Success,
     breaker::Verdict::Neutral,
     breaker::Verdict::Failure,
@@ -142,6 +142,8 @@ const VERDICTS: [breaker::Verdict; 8] = [
     breaker::Verdict::Failure,
     breaker::Verdict::Failure,
     breaker::Verdict::Neutral,
+    // A trial's timeout.
+    breaker::Verdict::Neutral,
 ];
 
 /// A trial's claim on its backend's next trial time: when it was due, and when the next is.
@@ -149,6 +151,16 @@ const VERDICTS: [breaker::Verdict; 8] = [
 struct TrialClaim {
     due: u64,
     next: u64,
+}
+
+/// A trial's turn while its attempt is being begun: given back if the attempt is refused (this is
+/// dropped), kept if it goes ahead (this is forgotten).
+struct TrialTurn(Arc<BackendState>, TrialClaim);
+
+impl Drop for TrialTurn {
+    fn drop(&mut self) {
+        self.0.untry(self.1);
+    }
 }
 
 /// Indices of the outcomes a completion tells apart.
@@ -721,16 +733,9 @@ impl Attempt<'_> {
             return;
         }
         // The clock is read before the attempt counts as done: should it panic, the attempt is
-        // dropped as the panic unwinds, and that drop releases everything. While unwinding, a
-        // panic of the clock is caught (a second one escaping would abort the process), and the
-        // attempt then ends as cancelled, at the time it began, which counts for and against
-        // nothing.
+        // dropped as the panic unwinds, and that drop releases everything.
         let (outcome, now) = if std::thread::panicking() {
-            let clock = &self.rules.clock;
-            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| clock.now())) {
-                Ok(now) => (outcome, now.as_nanos()),
-                Err(_) => (AttemptOutcome::Cancelled, self.start),
-            }
+            self.unwinding(outcome)
         } else {
             (outcome, self.rules.clock.now().as_nanos())
         };
@@ -740,14 +745,12 @@ impl Attempt<'_> {
         let state = &rules.state;
         let latency = now.saturating_sub(self.start);
         let b = &rules.policy.breaker;
-        let index = outcome.index();
-        // A trial's timeout says only that the time it had was short.
-        let cut_short = self.trial && index == TIMEOUT;
-        let v = if cut_short {
-            breaker::Verdict::Neutral
-        } else {
-            VERDICTS[index]
-        };
+        let mut index = outcome.index();
+        if self.trial && index == TIMEOUT {
+            // A trial's timeout says only that the time it had was short.
+            index = TRIAL_TIMEOUT;
+        }
+        let v = VERDICTS[index];
         let slow = latency > rules.ns.slow_call;
         if index == SUCCESS {
             // No attempt is given more than the backend's timeout: a success reported later than
@@ -795,7 +798,6 @@ impl Attempt<'_> {
             // against the host on probation: its time ran mostly during the ejection it served.
             // (Read only for a failure that would count: a success never looks.)
             let counts = (index == CONNECT_FAILURE || index == TIMEOUT)
-                && !cut_short
                 && self.start >= h.readmitted_at.load(Ordering::Acquire);
             if counts && state.ejected.full() {
                 // The share of the pool that may be out is taken, perhaps by ejections that are
@@ -825,8 +827,7 @@ impl Attempt<'_> {
             slow,
             || state.calls(),
             || {
-                let counted = if cut_short { TRIAL_TIMEOUT } else { index };
-                state.traffic.outcomes[counted].fetch_add(1, Ordering::Relaxed);
+                state.traffic.outcomes[index].fetch_add(1, Ordering::Relaxed);
             },
         );
         let (change, generation) = state.breaker.finish(
@@ -841,6 +842,19 @@ impl Attempt<'_> {
         );
         self.report(change, None, &state.breaker, now, generation);
         state.permits.release(connecting);
+    }
+
+    /// The outcome and time to finish with while the thread unwinds: a panic of the clock is
+    /// caught (a second one escaping would abort the process), and the attempt then ends as
+    /// cancelled, at the time it began, which counts for and against nothing.
+    #[cold]
+    #[inline(never)]
+    fn unwinding(&self, outcome: AttemptOutcome) -> (AttemptOutcome, u64) {
+        let clock = &self.rules.clock;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| clock.now())) {
+            Ok(now) => (outcome, now.as_nanos()),
+            Err(_) => (AttemptOutcome::Cancelled, self.start),
+        }
     }
 
     fn report(
@@ -1167,17 +1181,13 @@ impl Engine {
                 (own.min(left), None)
             } else {
                 match (left > 0).then(|| state.tries_anyway(now, usual)).flatten() {
-                    Some(claim) => (left, Some((Arc::clone(state), claim))),
+                    Some(claim) => (left, Some(TrialTurn(Arc::clone(state), claim))),
                     None => return Err(refusal(rules, budget, Refusal::Time { usual, left })),
                 }
             }
         };
-        let trial = claim.is_some();
-        let begun = self.begin_timed(held, target, budget, retry, now, timeout, trial);
-        if let (Err(_), Some((state, claim))) = (&begun, claim) {
-            state.untry(claim);
-        }
-        begun
+        // The result is returned as it is: inspecting it here would copy it (a verdict is large).
+        self.begin_timed(held, target, budget, retry, now, timeout, claim)
     }
 
     /// The rest of [`begin_under`](Self::begin_under), with the attempt's timeout worked out:
@@ -1192,11 +1202,12 @@ impl Engine {
         retry: u32,
         now: u64,
         timeout: u64,
-        trial: bool,
+        turn: Option<TrialTurn>,
     ) -> Result<Attempt<'b>, Verdict> {
         let rules: &BackendRules = &held;
         let p = &rules.policy;
         let state = &rules.state;
+        let trial = turn.is_some();
 
         // The backend's breaker.
         let (role, generation, event) = match state.breaker.begin(now, rules.limits(), timeout) {
@@ -1230,6 +1241,8 @@ impl Engine {
         if retry == 0 {
             state.retry.deposit(rules.rates);
         }
+        // A trial that goes ahead keeps its turn; one refused above gave it back as it dropped.
+        std::mem::forget(turn);
         Ok(Attempt {
             rules: held,
             host,
