@@ -18,14 +18,7 @@ fn id(n: u64) -> RequestId {
     RequestId::from_u64(n)
 }
 
-fn engine(policy: Policy) -> (Engine, ManualClock) {
-    let clock = ManualClock::new();
-    let engine = Engine::builder(policy)
-        .clock(clock.clone())
-        .build()
-        .unwrap();
-    (engine, clock)
-}
+use support::manual_engine as engine;
 
 fn simple(limit: u64) -> (Engine, ManualClock, Class) {
     let policy = Policy::builder()
@@ -2849,11 +2842,15 @@ fn adaptive_limits_start_afresh_when_admission_settings_come_back() {
     assert_eq!(round_trip(&bare), (4, 8), "by way of no admission settings");
 }
 
-/// Gradient2 as documented: `limit × clamp(tolerance × long / short, 0.5, 1) + sqrt(limit)`. One
-/// window whose latency jumps a hundredfold at most halves the limit (plus its headroom): a single
-/// slow spell must not collapse it to the floor.
-#[test]
-fn one_slow_window_at_most_halves_a_gradient_limit() {
+/// A class whose Gradient2 limit starts at 64 (between 1 and 100), counts the latest window
+/// alone (smoothing 1) and tolerates no rise (tolerance 1), with windows of a second; and a round
+/// of `n` requests that take `latency`, the first `overloads` of them overload failures.
+fn gradient_class() -> (
+    Engine,
+    ManualClock,
+    impl Fn(u32, Duration, u32),
+    impl Fn() -> u32,
+) {
     let policy = Policy::builder()
         .class("api", |c| {
             c.admission(|a| {
@@ -2866,25 +2863,40 @@ fn one_slow_window_at_most_halves_a_gradient_limit() {
         .unwrap();
     let (e, clock) = engine(policy);
     let api = e.class("api").unwrap();
-    let limit = || e.admission_stats().class("api").unwrap().limit;
-    let run = |n: u32, latency: Duration| {
+    let (round_engine, round_clock, limit_engine) = (e.clone(), clock.clone(), e.clone());
+    let round = move |n: u32, latency: Duration, overloads: u32| {
         let held: Vec<_> = (0..n)
             .map(|i| {
-                e.try_admit(&AdmitRequest::new(api, RequestId::from_u64(u64::from(i))))
+                round_engine
+                    .try_admit(&AdmitRequest::new(api, id(u64::from(i))))
                     .unwrap()
             })
             .collect();
-        clock.advance(latency);
-        for a in held {
-            a.finish(Outcome::Success);
+        round_clock.advance(latency);
+        for (i, a) in (0u32..).zip(held) {
+            a.finish(if i < overloads {
+                Outcome::Overload
+            } else {
+                Outcome::Success
+            });
         }
     };
-    run(64, Duration::from_millis(10)); // window 1: 10 ms
+    let limit = move || limit_engine.admission_stats().class("api").unwrap().limit;
+    (e, clock, round, limit)
+}
+
+/// Gradient2 as documented: `limit × clamp(tolerance × long / short, 0.5, 1) + sqrt(limit)`. One
+/// window whose latency jumps a hundredfold at most halves the limit (plus its headroom): a single
+/// slow spell must not collapse it to the floor.
+#[test]
+fn one_slow_window_at_most_halves_a_gradient_limit() {
+    let (_e, clock, round, limit) = gradient_class();
+    round(64, Duration::from_millis(10), 0); // window 1: 10 ms
     clock.advance(Duration::from_millis(990));
-    run(64, Duration::from_secs(1)); // closes window 1 (in use, steady: 64 + 8), fills window 2
+    round(64, Duration::from_secs(1), 0); // closes window 1 (in use, steady: 64 + 8), fills window 2
     assert_eq!(limit(), 72);
     clock.advance(Duration::from_secs(1));
-    run(1, Duration::ZERO); // closes window 2: mean 1 s against a long-term 59.5 ms
+    round(1, Duration::ZERO, 0); // closes window 2: mean 1 s against a long-term 59.5 ms
     assert_eq!(limit(), 44, "72 × 0.5 + sqrt(72), not 72 × 0.06 + sqrt(72)");
 }
 
@@ -2893,41 +2905,14 @@ fn one_slow_window_at_most_halves_a_gradient_limit() {
 /// never grow the limit.
 #[test]
 fn a_gradient_window_with_overloads_gets_no_headroom() {
-    let policy = Policy::builder()
-        .class("api", |c| {
-            c.admission(|a| {
-                a.gradient2(64, 1, 100)
-                    .gradient_tuning(1.0, 1.0)
-                    .window(Duration::from_secs(1))
-            })
-        })
-        .build()
-        .unwrap();
-    let (e, clock) = engine(policy);
-    let api = e.class("api").unwrap();
-    let limit = || e.admission_stats().class("api").unwrap().limit;
-    let run = |n: u32, overloads: u32| {
-        let held: Vec<_> = (0..n)
-            .map(|i| {
-                e.try_admit(&AdmitRequest::new(api, RequestId::from_u64(u64::from(i))))
-                    .unwrap()
-            })
-            .collect();
-        clock.advance(Duration::from_millis(10));
-        for (i, a) in held.into_iter().enumerate() {
-            a.finish(if (i as u32) < overloads {
-                Outcome::Overload
-            } else {
-                Outcome::Success
-            });
-        }
-    };
-    run(64, 0); // window 1: 10 ms, all fine
+    let (_e, clock, round, limit) = gradient_class();
+    let ten_ms = Duration::from_millis(10);
+    round(64, ten_ms, 0); // window 1: 10 ms, all fine
     clock.advance(Duration::from_millis(990));
-    run(64, 10); // closes window 1 (64 + 8); window 2: 10 ms, 10 of 64 overloaded
+    round(64, ten_ms, 10); // closes window 1 (64 + 8); window 2: 10 ms, 10 of 64 overloaded
     assert_eq!(limit(), 72);
     clock.advance(Duration::from_millis(990));
-    run(1, 0); // closes window 2
+    round(1, ten_ms, 0); // closes window 2
     assert_eq!(limit(), 60, "72 × (1 - 10/64), no sqrt(72) on top");
 }
 

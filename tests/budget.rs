@@ -1153,18 +1153,8 @@ fn a_cpu_meter_dropped_while_its_clock_panics_does_not_abort() {
     support::finished();
 }
 
-/// An engine of `policy` on a manual clock, and the clock.
-fn engine_of(policy: Policy) -> (Engine, ManualClock) {
-    let clock = ManualClock::new();
-    let engine = Engine::builder(policy)
-        .clock(clock.clone())
-        .build()
-        .unwrap();
-    (engine, clock)
-}
-
 fn counted() -> (Engine, ManualClock) {
-    engine_of(
+    support::manual_engine(
         Policy::builder()
             .counter("db_queries")
             .class("api", |c| {

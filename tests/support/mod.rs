@@ -12,6 +12,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// An engine of `policy` on a manual clock, and the clock.
+pub fn manual_engine(policy: costguard::Policy) -> (costguard::Engine, ManualClock) {
+    let clock = ManualClock::new();
+    let engine = costguard::Engine::builder(policy)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    (engine, clock)
+}
+
 /// A manual clock and a manual CPU clock that panic while told to.
 #[derive(Clone, Debug, Default)]
 pub struct FailingClock {
