@@ -2982,3 +2982,27 @@ fn a_blocking_waiter_gets_the_permit_of_a_grant_whose_clock_panicked_while_unwin
     });
     support::finished();
 }
+
+/// After a long slow spell, Gradient2's long-term latency is inflated; once latency recovers
+/// well below it, it drifts down faster than its average alone would, so that a later rise is
+/// seen as one (and backed off from) instead of hiding under the old spell's estimate.
+#[test]
+fn a_gradient_limit_sees_a_rise_after_recovering_from_a_slow_spell() {
+    let (_e, clock, round, limit) = gradient_class();
+    for _ in 0..10 {
+        round(64, Duration::from_secs(1), 0); // a slow spell: 1 s a request
+    }
+    for _ in 0..40 {
+        round(64, Duration::from_millis(10), 0); // recovered: 10 ms
+        clock.advance(Duration::from_millis(990));
+    }
+    let recovered = limit();
+    round(64, Duration::from_millis(50), 0); // a rise to 50 ms, far below the old spell
+    clock.advance(Duration::from_secs(1));
+    round(1, Duration::ZERO, 0); // closes that window
+    assert!(
+        limit() < recovered,
+        "{} after {recovered}: a fivefold rise went unseen",
+        limit()
+    );
+}
