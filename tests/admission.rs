@@ -1411,7 +1411,7 @@ fn a_permit_taken_while_being_queued_goes_back_if_finishing_panics() {
 
     /// On the thread named `waiter`, its first reading is its first try's, its second frees the
     /// class's permit (the request is being queued then) and its third fails (the admission with
-    /// that permit is finishing).
+    /// that permit is finishing); so does the fourth, the permit's hand-on while unwinding.
     #[derive(Clone, Debug, Default)]
     struct Scripted(ManualClock, Arc<Mutex<Option<Admitted>>>, Arc<AtomicUsize>);
     impl Clock for Scripted {
@@ -1439,7 +1439,7 @@ fn a_permit_taken_while_being_queued_goes_back_if_finishing_panics() {
         waiter.join().is_err(),
         "the admission read the clock three times"
     );
-    assert_eq!(clock.2.load(Ordering::SeqCst), 3);
+    assert_eq!(clock.2.load(Ordering::SeqCst), 4, "and its hand-on once");
     nothing_left_behind(&e, api);
 }
 

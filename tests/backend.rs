@@ -66,6 +66,14 @@ impl Fixture {
             .count()
     }
 
+    /// An attempt on the host `h`, ended with `outcome`.
+    fn run_on(&self, h: costguard::Host, budget: &Budget, outcome: AttemptOutcome) {
+        self.engine
+            .begin_attempt_on(h, budget, 0)
+            .unwrap()
+            .finish(outcome);
+    }
+
     fn run(&self, b: Backend, budget: &Budget, outcome: AttemptOutcome) -> Result<(), Reason> {
         let a = self
             .engine
@@ -2909,12 +2917,7 @@ fn a_success_on_probation_forgives_past_ejections() {
     let kafka = f.engine.backend("kafka").unwrap();
     let budget = f.budget();
     let k1 = f.engine.host(kafka, "k1").unwrap();
-    let end = |outcome| {
-        f.engine
-            .begin_attempt_on(k1, &budget, 0)
-            .unwrap()
-            .finish(outcome)
-    };
+    let end = |outcome| f.run_on(k1, &budget, outcome);
     let out = || ejected(&f, "kafka") == ["k1"];
     end(AttemptOutcome::ConnectFailure); // out for 5 s
     f.clock.advance(Duration::from_secs(5));
@@ -2939,10 +2942,7 @@ fn a_host_on_probation_gets_one_connection_attempt_at_a_time() {
     let kafka = f.engine.backend("kafka").unwrap();
     let budget = f.budget();
     let k1 = f.engine.host(kafka, "k1").unwrap();
-    f.engine
-        .begin_attempt_on(k1, &budget, 0)
-        .unwrap()
-        .finish(AttemptOutcome::ConnectFailure);
+    f.run_on(k1, &budget, AttemptOutcome::ConnectFailure);
     f.clock.advance(Duration::from_secs(5));
     let mut first = f.engine.begin_attempt_on(k1, &budget, 0).unwrap();
     let v = f.engine.begin_attempt_on(k1, &budget, 0).unwrap_err();
@@ -2960,12 +2960,7 @@ fn server_errors_do_not_eject_a_host() {
     let kafka = f.engine.backend("kafka").unwrap();
     let budget = f.budget();
     let k1 = f.engine.host(kafka, "k1").unwrap();
-    let end = |outcome| {
-        f.engine
-            .begin_attempt_on(k1, &budget, 0)
-            .unwrap()
-            .finish(outcome)
-    };
+    let end = |outcome| f.run_on(k1, &budget, outcome);
     for _ in 0..5 {
         end(AttemptOutcome::ServerError);
     }

@@ -46,7 +46,7 @@ pub(crate) use keys::{KeyLimits, KeyTable};
 pub(crate) use pool::Pool;
 
 use crate::budget::{pool as budget_pool, Budget, Overrides, Settings, Start};
-use crate::clock::Timestamp;
+use crate::clock::{Clock, Timestamp};
 use crate::engine::snapshot::{ClassRules, Snapshot};
 use crate::handle::{Class, Counter};
 use crate::policy::{AdaptiveLimit, Permille, QueuePolicy, MAX_DIMENSIONS};
@@ -288,6 +288,18 @@ impl Gate {
             .dispatch(&self.limiter, self.shares(), policy, now);
     }
 
+    /// [`dispatch`](Self::dispatch) for a permit given back while the thread unwinds (a handler's
+    /// panic, perhaps the clock's own): a panic of the clock is caught, as a second one escaping
+    /// would abort the process. Without a reading the permit goes to the next waiter as if no time
+    /// had passed (none is expired, CoDel is not told) rather than to nobody; a waiter whose wait
+    /// was in fact over is admitted all the same, unless its request's own deadline has passed.
+    pub(crate) fn dispatch_unwinding(&self, clock: &dyn Clock, policy: Option<&QueuePolicy>) {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| clock.now())) {
+            Ok(now) => self.dispatch(policy, now.as_nanos()),
+            Err(_) => self.dispatch(None, 0),
+        }
+    }
+
     /// A hint for when a permit may be free: about one mean latency divided among the requests in
     /// flight, for each request ahead in the queue.
     fn retry_hint(&self) -> Retry {
@@ -413,25 +425,14 @@ impl Drop for Admitted {
         if !(sampled || waiting) {
             return;
         }
-        let (sampled, now) = if std::thread::panicking() {
-            // While unwinding (a handler's panic, perhaps the clock's own), a request gives no
-            // latency sample, and a panic of the clock is caught: a second one escaping would abort
-            // the process.
-            let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| clock.now()));
-            (false, read.ok().map(|t| t.as_nanos()))
-        } else {
-            (sampled, Some(clock.now().as_nanos()))
-        };
-        let Some(now) = now else {
-            // No reading: the permit goes to the next waiter as if no time had passed (none is
-            // expired here, and CoDel is not told), rather than to nobody. A waiter whose wait was
-            // in fact over is admitted all the same, unless its request's own deadline has passed
-            // when it finishes.
+        if std::thread::panicking() {
+            // While unwinding, a request gives no latency sample.
             if waiting {
-                gate.dispatch(None, 0);
+                gate.dispatch_unwinding(&**clock, adm.queue.as_ref());
             }
             return;
-        };
+        }
+        let now = clock.now().as_nanos();
         if sampled {
             let latency = now.saturating_sub(self.start.as_nanos());
             gate.record_latency(latency);

@@ -173,13 +173,13 @@ fn return_permit(engine: &Engine, req: &AdmitRequest<'_>, q: &Queued) {
     }
 }
 
-/// Gives back a permit held for a request that will not use it, and hands it to the next waiter.
-/// While unwinding, this thread does not read the clock (see `timed_out`): the engine's waiter
-/// timer, started if need be, hands the permit on at a time it reads on its own thread.
+/// Gives back a permit held for a request that will not use it, and hands it to the next waiter
+/// (while unwinding, as a grant dropped then does: see [`Gate::dispatch_unwinding`]).
 fn give_back(engine: &Engine, adm: &ClassAdmission) {
     adm.gate.limiter.release();
     if std::thread::panicking() {
-        engine.wake_timer();
+        adm.gate
+            .dispatch_unwinding(&**engine.clock(), adm.queue.as_ref());
         return;
     }
     let now = engine.clock().now().as_nanos();
