@@ -102,6 +102,7 @@ fn run(subject: &str, iters: u64) -> bool {
     let f = fixture();
     let api = f.engine.class("api").expect("class");
     let request = AdmitRequest::new(api, RequestId::from_u64(7));
+    let id = RequestId::from_u64(9);
     let held = budget(&f.engine);
     let attempt = |backend: Backend| {
         let a = black_box(&f.engine).begin_attempt(black_box(backend), black_box(&held), 0);
@@ -118,7 +119,7 @@ fn run(subject: &str, iters: u64) -> bool {
             drop(admitted);
         }),
         "begin" => Box::new(|| {
-            let b = black_box(&f.engine).begin(black_box(api), RequestId::from_u64(9));
+            let b = black_box(&f.engine).begin(black_box(api), black_box(id));
             black_box(b.is_ok());
             drop(b);
         }),
