@@ -2165,6 +2165,86 @@ fn a_waiter_is_held_to_the_share_a_reload_sets() {
     assert_eq!(in_flight(), 0);
 }
 
+/// A reload that leaves a priority a share that can never hold a permit refuses that priority's
+/// waiters at once, as a first try under the new policy would be refused (shed, not to be
+/// retried), rather than keeping them until their `max_wait`; waiters of other priorities stay.
+/// Nothing is read from the clock: the manual clock never moves here.
+#[test]
+fn a_reload_that_takes_a_priority_s_share_away_refuses_its_waiters_at_once() {
+    use executor::{poll, CountingWaker};
+    let policy = |background: f64| {
+        Policy::builder()
+            .class("api", |c| {
+                c.admission(|a| {
+                    a.concurrency(4)
+                        .headroom(Priority::Background, background)
+                        .queue(8, Duration::from_secs(10))
+                })
+            })
+            .build()
+            .unwrap()
+    };
+    let (e, _clock) = engine(policy(0.5));
+    let api = e.class("api").unwrap();
+    let stats = || e.admission_stats().class("api").unwrap().clone();
+    // Two in flight: background work, at half of a limit of 4, has to wait.
+    let mut held: Vec<_> = (0..2)
+        .map(|i| e.try_admit(&AdmitRequest::new(api, id(i))).unwrap())
+        .collect();
+    let background = |n| AdmitRequest::new(api, id(n)).priority(Priority::Background);
+    let waker = Arc::new(CountingWaker::default());
+    let mut queued = e.admit_async(background(10));
+    assert!(poll(&mut queued, &waker).is_pending());
+    // A blocking waiter, which would wait for ever on a clock that never moves: the test fails
+    // after a minute rather than hang.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let blocking = e.clone();
+    std::thread::spawn(move || {
+        let request = AdmitRequest::new(api, id(11)).priority(Priority::Background);
+        let _ = tx.send(blocking.admit(&request).map(drop));
+    });
+    wait_for_queue(&e, 2);
+
+    // A tenth of a limit of 4 is no permit at all.
+    e.reload(policy(0.1)).unwrap();
+    let v = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the blocked waiter was not refused")
+        .unwrap_err();
+    assert_eq!((v.reason(), v.retry()), (Reason::Shed, Retry::Never));
+    assert_eq!((v.used(), v.limit(), v.request_id()), (2, 0, Some(&id(11))));
+    assert!(
+        waker.0.load(Ordering::SeqCst) >= 1,
+        "the refused task was not woken"
+    );
+    let std::task::Poll::Ready(Err(v)) = poll(&mut queued, &waker) else {
+        panic!("a waiter with no share left stayed queued");
+    };
+    assert_eq!((v.reason(), v.retry()), (Reason::Shed, Retry::Never));
+    let s = stats();
+    assert_eq!((s.queue_len, s.in_flight), (0, 2));
+    assert_eq!(s.counts.shed_by_priority[Priority::Background as usize], 2);
+    assert_eq!(s.counts.refused(Reason::QueueTimeout), 0);
+    // A new background request neither waits nor gets in.
+    let v = e.admit(&background(12)).unwrap_err();
+    assert_eq!((v.reason(), v.retry()), (Reason::Shed, Retry::Never));
+
+    // Waiters of a priority that keeps its share stay queued through such a reload, and get the
+    // permit that comes free.
+    held.extend((2..4).map(|i| e.try_admit(&AdmitRequest::new(api, id(i))).unwrap()));
+    let mut normal = e.admit_async(AdmitRequest::new(api, id(13)));
+    assert!(poll(&mut normal, &waker).is_pending());
+    e.reload(policy(0.2)).unwrap();
+    assert!(poll(&mut normal, &waker).is_pending());
+    drop(held.pop());
+    assert!(matches!(
+        poll(&mut normal, &waker),
+        std::task::Poll::Ready(Ok(_))
+    ));
+    drop(held);
+    assert_eq!(stats().in_flight, 0);
+}
+
 /// A waiter's time limit holds after a reload takes its class's admission settings away: the
 /// timer still expires it.
 #[test]

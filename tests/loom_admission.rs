@@ -460,6 +460,55 @@ fn lowered_limit_admits_nothing_above_it() {
     });
 }
 
+/// A reload that leaves a priority a share of the limit that can never hold a permit refuses that
+/// priority's waiters, including one joining the queue while the reload runs: its first try may
+/// have decided to wait under the old policy, and the reload's own pass over the queue may have
+/// come before it was queued. Whatever the interleaving, the waiter ends refused (shed, not to be
+/// retried), never left queued for a permit it cannot get.
+#[test]
+fn a_waiter_whose_share_a_reload_takes_away_is_never_left_queued() {
+    let policy = |background: f64| {
+        Policy::builder()
+            .class("api", |c| {
+                c.admission(|a| {
+                    a.concurrency(2)
+                        .headroom(Priority::Background, background)
+                        .queue(4, Duration::from_secs(10))
+                })
+            })
+            .build()
+            .unwrap()
+    };
+    loom::model(move || {
+        // Half of a limit of 2, taken: background work waits.
+        let (engine, _clock) = engine(policy(0.5));
+        let api = engine.class("api").unwrap();
+        let held = engine.try_admit(&AdmitRequest::new(api, id(1))).unwrap();
+        let reloader = {
+            let engine = engine.clone();
+            // A quarter of 2 is no permit.
+            thread::spawn(move || engine.reload(policy(0.25)).unwrap())
+        };
+        let waker = Waker::from(Arc::new(CountingWaker::default()));
+        let request = AdmitRequest::new(api, id(2)).priority(Priority::Background);
+        let mut waiter = engine.admit_async(request);
+        let first = poll_once(&mut waiter, &waker);
+        reloader.join().unwrap();
+        let outcome = match first {
+            Poll::Ready(outcome) => outcome,
+            Poll::Pending => match poll_once(&mut waiter, &waker) {
+                Poll::Ready(outcome) => outcome,
+                Poll::Pending => panic!("a waiter with no share left stayed queued"),
+            },
+        };
+        let verdict = outcome.map(drop).unwrap_err();
+        assert_eq!(verdict.reason(), Reason::Shed, "{verdict:?}");
+        assert_eq!(verdict.retry(), costguard::Retry::Never, "{verdict:?}");
+        assert_eq!(in_flight_and_queued(&engine), (1, 0));
+        drop(held);
+    });
+}
+
 /// Per-key concurrency stays within its documented bound while keys contend for the table's only
 /// slot, and eviction leaves nothing pinned.
 ///

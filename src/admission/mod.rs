@@ -44,6 +44,7 @@ pub use wait::AdmitFuture;
 
 pub(crate) use keys::{KeyLimits, KeyTable};
 pub(crate) use pool::Pool;
+use queue::Shares;
 
 use crate::budget::{pool as budget_pool, Budget, Overrides, Settings, Start};
 use crate::clock::{Clock, Timestamp};
@@ -228,8 +229,9 @@ pub(crate) struct Gate {
     pub(crate) queue: WaitQueue,
     pub(crate) stats: Stats,
     pub(crate) sampler: Sampler,
-    /// Each priority's headroom share under the current policy, four [`Permille`]s in one word: a
-    /// reload sets it with the limit, and waiters already queued are dispatched by it.
+    /// Each priority's headroom share under the current policy and whether it can ever hold a
+    /// permit ([`Shares`]), in one word of four 16-bit lanes (the share, and bit 15 for "never"):
+    /// a reload sets it with the limit, and waiters already queued are dispatched by it.
     shares: AtomicU64,
     /// Smoothed latency of finished requests, ns; 0 before the first.
     latency_ns: AtomicU64,
@@ -237,11 +239,22 @@ pub(crate) struct Gate {
     names: [Arc<str>; 3],
 }
 
-fn pack_shares(shares: [Permille; 4]) -> u64 {
-    shares
-        .iter()
-        .enumerate()
-        .fold(0, |word, (i, &s)| word | u64::from(s) << (16 * i))
+/// The "never" bit of a lane of [`Gate::shares`] (a share is at most 1000, under bit 10).
+const NEVER: u64 = 1 << 15;
+
+fn pack_shares(shares: Shares) -> u64 {
+    (0..4).fold(0, |word, i| {
+        let never = if shares.never[i] { NEVER } else { 0 };
+        word | (u64::from(shares.of_limit[i]) | never) << (16 * i)
+    })
+}
+
+fn unpack_shares(word: u64) -> Shares {
+    let lane = |i: usize| (word >> (16 * i)) & 0xffff;
+    Shares {
+        of_limit: std::array::from_fn(|i| (lane(i) & !NEVER) as Permille),
+        never: std::array::from_fn(|i| lane(i) & NEVER != 0),
+    }
 }
 
 const CONCURRENCY: usize = 0;
@@ -255,7 +268,10 @@ impl Gate {
             queue: WaitQueue::default(),
             stats: Stats::default(),
             sampler: Sampler::new(),
-            shares: AtomicU64::new(pack_shares([1000; 4])),
+            shares: AtomicU64::new(pack_shares(Shares {
+                of_limit: [1000; 4],
+                never: [false; 4],
+            })),
             latency_ns: AtomicU64::new(0),
             name: Arc::clone(class),
             names: [
@@ -266,19 +282,22 @@ impl Gate {
         }
     }
 
-    /// Sets each priority's share of the limit (by a reload, with the limit).
-    pub(crate) fn set_shares(&self, shares: [Permille; 4]) {
-        self.shares.store(pack_shares(shares), Ordering::Release);
+    /// Sets each priority's share of the limit, by a reload, once the limit is set: `highest` is
+    /// the largest limit the class can have under the new policy (its static limit, or its
+    /// adaptive maximum), where a share that rounds down to nothing never holds a permit.
+    pub(crate) fn set_shares(&self, of_limit: [Permille; 4], highest: u32) {
+        let never = of_limit.map(|share| limiter::allowed(highest, share) == 0);
+        let word = pack_shares(Shares { of_limit, never });
+        self.shares.store(word, Ordering::Release);
     }
 
     /// The share of the limit `priority` may fill under the current policy.
     pub(crate) fn share(&self, priority: Priority) -> Permille {
-        self.shares()[priority as usize]
+        self.shares().of_limit[priority as usize]
     }
 
-    fn shares(&self) -> [Permille; 4] {
-        let word = self.shares.load(Ordering::Acquire);
-        std::array::from_fn(|i| (word >> (16 * i)) as Permille)
+    pub(crate) fn shares(&self) -> Shares {
+        unpack_shares(self.shares.load(Ordering::Acquire))
     }
 
     /// Hands permits that came free to the class's waiters, each within its priority's current
@@ -513,10 +532,17 @@ impl Engine {
     /// Expires waiters whose time is up and hands free permits to the others. Runs by itself on a
     /// timer thread while async waiters exist; call it after moving a manual clock.
     pub fn expire_waiters(&self) {
+        self.dispatch_gates(false);
+    }
+
+    /// Dispatches the queue of every gate that has waiters, or of every gate (`all`: after a
+    /// reload, whose new shares may refuse waiters that joined as it ran and that its read of the
+    /// waiter count may miss; the queue's lock puts the two in order, see `WaitQueue::enqueue`).
+    pub(crate) fn dispatch_gates(&self, all: bool) {
         let snapshot = self.snapshot();
         let now = self.clock().now().as_nanos();
         for gate in &snapshot.gates {
-            if !gate.queue.has_waiters() {
+            if !(all || gate.queue.has_waiters()) {
                 continue;
             }
             // The queue settings of this version, if its class still has them; a gate a reload

@@ -8,8 +8,9 @@
 //! newest-first queue under overload serves requests whose callers are still there).
 //!
 //! Each waiter has one state word that leaves `WAITING` exactly once, by CAS: to `GRANTED` by a
-//! releaser that took a permit on its behalf, or to `ABANDONED`/`EXPIRED` when it times out or is
-//! dropped. Whoever loses that race knows it: a releaser that finds its waiter gone gives the permit
+//! releaser that took a permit on its behalf, to `ABANDONED`/`EXPIRED` when it times out or is
+//! dropped, or to `REFUSED` when a reload leaves its priority a share of the limit that can never
+//! hold a permit (waiting out its time could not help it). Whoever loses that race knows it: a releaser that finds its waiter gone gives the permit
 //! back; a waiter that finds itself granted after deciding to leave releases the permit it was handed.
 //! No permit is stranded.
 //!
@@ -28,6 +29,25 @@ pub(crate) const WAITING: u32 = 0;
 pub(crate) const GRANTED: u32 = 1;
 pub(crate) const ABANDONED: u32 = 2;
 pub(crate) const EXPIRED: u32 = 3;
+pub(crate) const REFUSED: u32 = 4;
+
+/// Each priority's share of the limit under the current policy, and whether that share rounds
+/// down to nothing at the largest limit the class can have: a waiter of such a priority is refused
+/// rather than kept waiting for a permit it can never get.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Shares {
+    pub(crate) of_limit: [Permille; 4],
+    pub(crate) never: [bool; 4],
+}
+
+/// Why a waiter was not queued.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum NotQueued {
+    /// The queue holds its capacity (this many waiters).
+    Full(u32),
+    /// Its priority can never get a permit under the current policy.
+    Never,
+}
 
 /// How to wake a waiter.
 #[derive(Debug)]
@@ -145,12 +165,23 @@ impl WaitQueue {
         crate::clock::duration_to_nanos(d)
     }
 
-    /// Queues a waiter; `Err(len)` when the queue is full.
-    pub(crate) fn enqueue(&self, waiter: Arc<Waiter>, capacity: u32) -> Result<(), u32> {
+    /// Queues a waiter unless the queue is full or, as `shares` says under the queue's lock, its
+    /// priority can never get a permit. A reload sets the shares, then takes this lock to dispatch
+    /// (whether or not it sees waiters): either that dispatch comes first, and its new shares are
+    /// read here, or it comes after and refuses the waiter.
+    pub(crate) fn enqueue(
+        &self,
+        waiter: Arc<Waiter>,
+        capacity: u32,
+        shares: impl FnOnce() -> Shares,
+    ) -> Result<(), NotQueued> {
         let mut inner = self.inner.lock();
+        if shares().never[waiter.priority as usize] {
+            return Err(NotQueued::Never);
+        }
         let len = inner.waiters.len() as u32;
         if len >= capacity {
-            return Err(len);
+            return Err(NotQueued::Full(len));
         }
         inner.waiters.push_back(waiter);
         self.waiting.store(len + 1, Ordering::SeqCst);
@@ -169,12 +200,13 @@ impl WaitQueue {
     }
 
     /// Hands free permits to waiters (newest first while CoDel says overloaded), each within its
-    /// priority's share of the limit in `shares`, and expires waiters whose deadline has passed,
-    /// then wakes them. Called after releases and by the timer.
+    /// priority's share of the limit in `shares`, expires waiters whose deadline has passed,
+    /// refuses those whose priority can never get a permit, then wakes them. Called after releases,
+    /// by the timer and after reloads.
     pub(crate) fn dispatch(
         &self,
         limiter: &Limiter,
-        shares: [Permille; 4],
+        shares: Shares,
         policy: Option<&QueuePolicy>,
         now: u64,
     ) {
@@ -193,7 +225,7 @@ impl WaitQueue {
     fn dispatch_pass(
         &self,
         limiter: &Limiter,
-        shares: [Permille; 4],
+        shares: Shares,
         policy: Option<&QueuePolicy>,
         now: u64,
         wakes: &mut [Wake; WAKE_BATCH],
@@ -218,9 +250,16 @@ impl WaitQueue {
                 inner.waiters.remove(index);
                 continue;
             }
-            if w.deadline <= now {
+            let ends = if w.deadline <= now {
+                Some(EXPIRED)
+            } else if shares.never[w.priority as usize] {
+                Some(REFUSED)
+            } else {
+                None
+            };
+            if let Some(end) = ends {
                 if w.state
-                    .compare_exchange(WAITING, EXPIRED, Ordering::AcqRel, Ordering::Acquire)
+                    .compare_exchange(WAITING, end, Ordering::AcqRel, Ordering::Acquire)
                     .is_ok()
                 {
                     wakes[woken] = w.take_wake();
@@ -229,7 +268,7 @@ impl WaitQueue {
                 inner.waiters.remove(index);
                 continue;
             }
-            let share = shares[w.priority as usize];
+            let share = shares.of_limit[w.priority as usize];
             if blocked.is_some_and(|b| share <= b) || limiter.try_acquire(share).is_err() {
                 // No permit for this one; keep looking to expire the others and to serve those of
                 // a higher priority.

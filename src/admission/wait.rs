@@ -1,6 +1,6 @@
 //! Waiting for a permit: blocking, or as a runtime-agnostic future.
 
-use super::queue::{Waiter, Wake, EXPIRED, GRANTED};
+use super::queue::{NotQueued, Waiter, Wake, EXPIRED, GRANTED, REFUSED};
 use super::{AdmitRequest, Admitted, ClassAdmission};
 use crate::clock::Timestamp;
 use crate::engine::snapshot::Snapshot;
@@ -79,13 +79,21 @@ fn enqueue(
         now.saturating_add(patience),
         wake,
     ));
-    if let Err(len) = adm.gate.queue.enqueue(Arc::clone(&waiter), policy.capacity) {
-        let v = Verdict::new(Reason::QueueFull, adm.gate.retry_hint())
-            .with_amounts(1, u64::from(len), u64::from(policy.capacity))
-            .with_class(&rules.name)
-            .with_request(req.effective_id());
-        engine.report_refusal(adm, &v, priority, false);
-        return Err(v);
+    let queued = adm
+        .gate
+        .queue
+        .enqueue(Arc::clone(&waiter), policy.capacity, || adm.gate.shares());
+    match queued {
+        Ok(()) => {}
+        Err(NotQueued::Full(len)) => {
+            let v = Verdict::new(Reason::QueueFull, adm.gate.retry_hint())
+                .with_amounts(1, u64::from(len), u64::from(policy.capacity))
+                .with_class(&rules.name)
+                .with_request(req.effective_id());
+            engine.report_refusal(adm, &v, priority, false);
+            return Err(v);
+        }
+        Err(NotQueued::Never) => return Err(never_admitted(engine, req, adm, priority)),
     }
     adm.gate.stats.waited();
     // A permit freed before this waiter became visible would be missed: look once more.
@@ -137,6 +145,33 @@ fn timed_out(engine: &Engine, req: &AdmitRequest<'_>, q: &Queued) -> Verdict {
     v = v.with_dimension(&adm.gate.names[super::CONCURRENCY], Unit::Nanos);
     engine.report_refusal(adm, &v, q.priority, false);
     v
+}
+
+/// The refusal of a waiter whose priority a reload left a share of the limit that can never hold
+/// a permit (refused in the queue, or on its way in): as a first try under that policy would have
+/// been, shed and told not to retry.
+fn never_admitted(
+    engine: &Engine,
+    req: &AdmitRequest<'_>,
+    adm: &ClassAdmission,
+    priority: Priority,
+) -> Verdict {
+    let in_flight = adm.gate.limiter.in_flight();
+    let v = Verdict::new(Reason::Shed, crate::Retry::Never)
+        .with_dimension(&adm.gate.names[super::CONCURRENCY], Unit::Count)
+        .with_amounts(1, u64::from(in_flight), 0)
+        .with_class(&adm.gate.name)
+        .with_request(req.effective_id());
+    engine.report_refusal(adm, &v, priority, false);
+    v
+}
+
+/// The refusal of a waiter refused in the queue.
+fn refused(engine: &Engine, req: &AdmitRequest<'_>, q: &Queued) -> Verdict {
+    match admission(&q.snapshot, req) {
+        Some(adm) => never_admitted(engine, req, adm, q.priority),
+        None => Verdict::new(Reason::Shed, crate::Retry::Never).with_request(req.effective_id()),
+    }
 }
 
 /// A first try, and whether to wait in the class's queue if it refused but waiting may help.
@@ -233,6 +268,7 @@ pub(crate) fn block(
         match q.waiter.state() {
             GRANTED => return settled(finish_queued(engine, req, &q)),
             EXPIRED => return settled(Err(timed_out(engine, req, &q))),
+            REFUSED => return settled(Err(refused(engine, req, &q))),
             _ => {}
         }
         let now = engine.clock().now().as_nanos();
@@ -321,6 +357,9 @@ impl Future for AdmitFuture<'_, '_> {
             (Some(Look::TimedOut), State::Waiting(req, q)) => {
                 Poll::Ready(Err(timed_out(engine, &req, &q)))
             }
+            (Some(Look::Refused), State::Waiting(req, q)) => {
+                Poll::Ready(Err(refused(engine, &req, &q)))
+            }
             (_, State::Start(req)) => match admit_or_wait(engine, &req) {
                 (Ok(admitted), _) => Poll::Ready(Ok(admitted)),
                 (Err(verdict), false) => Poll::Ready(Err(verdict)),
@@ -350,6 +389,8 @@ enum Look {
     Granted,
     /// Expired by the timer, or abandoned here at its deadline.
     TimedOut,
+    /// Refused in the queue: its priority can no longer get a permit.
+    Refused,
     Pending,
 }
 
@@ -359,6 +400,7 @@ fn look(engine: &Engine, req: &AdmitRequest<'_>, q: &Queued, cx: &Context<'_>) -
         match q.waiter.state() {
             GRANTED => return Look::Granted,
             EXPIRED => return Look::TimedOut,
+            REFUSED => return Look::Refused,
             _ => {}
         }
         if engine.clock().now().as_nanos() >= q.waiter.deadline {
@@ -387,17 +429,23 @@ impl Drop for AdmitFuture<'_, '_> {
 }
 
 /// A waiter whose wait ends unsettled (dropped, or unwound by a panic): it leaves the queue, or
-/// gives back the permit handed to it at that instant, or, expired by the timer with nobody
-/// looking since, is counted and shown as timed out all the same.
+/// gives back the permit handed to it at that instant, or, expired or refused in the queue with
+/// nobody looking since, is counted and shown as timed out or refused all the same.
 fn leave(engine: &Engine, req: &AdmitRequest<'_>, q: &Queued) {
     if q.waiter.abandon() {
         if let Some(adm) = admission(&q.snapshot, req) {
             adm.gate.queue.remove(&q.waiter);
         }
-    } else if q.waiter.state() == GRANTED {
-        return_permit(engine, req, q);
-    } else {
-        let _ = timed_out(engine, req, q);
+        return;
+    }
+    match q.waiter.state() {
+        GRANTED => return_permit(engine, req, q),
+        REFUSED => {
+            let _ = refused(engine, req, q);
+        }
+        _ => {
+            let _ = timed_out(engine, req, q);
+        }
     }
 }
 

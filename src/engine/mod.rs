@@ -356,8 +356,8 @@ impl Engine {
                 run_hook(|| hook(&transition));
             }
         }
-        // A raised limit may let waiters in.
-        self.expire_waiters();
+        // A raised limit may let waiters in, and a share taken away refuses them.
+        self.dispatch_gates(true);
         Ok(generation)
     }
 

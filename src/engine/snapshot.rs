@@ -399,7 +399,6 @@ impl Registry {
             let gate = Arc::clone(self.gates[id].get_or_insert_with(|| {
                 Arc::new(Gate::new(c.name_arc(), a.concurrency().initial()))
             }));
-            gate.set_shares(a.headroom().0);
             let previous = self.adaptive[id];
             let adaptive = match a.concurrency() {
                 Concurrency::Static(limit) => {
@@ -423,6 +422,9 @@ impl Registry {
                     Some(config)
                 }
             };
+            let highest =
+                adaptive.map_or(gate.limiter.limit(), |a| a.max.max(gate.limiter.limit()));
+            gate.set_shares(a.headroom().0, highest);
             self.adaptive[id] = adaptive;
             let keys = a.per_key().map(|pk| {
                 let table = match &self.key_tables[id] {
