@@ -2969,11 +2969,13 @@ fn server_errors_do_not_eject_a_host() {
     assert_eq!(ejected(&f, "kafka"), ["k1"], "a timeout does");
 }
 
-/// A request still running under the policy before a reload that turned the retry floor on does
-/// not throw away what the new floor earns: it retries by its own policy's rates, which leave the
-/// budget's refill time alone.
+/// A backend's retry budget is shared by every request, whichever policy each runs under, and
+/// earns at the current policy's rates only. A request still running under the policy before a
+/// reload that turned the floor on draws on what the new floor earns, without throwing any of it
+/// away; one still running under the policy before a reload that turned the floor off earns
+/// nothing by its old floor.
 #[test]
-fn an_old_request_leaves_the_floor_a_reload_turned_on_alone() {
+fn an_old_request_draws_on_the_retry_budget_at_the_current_rates() {
     let policy = |per_second: u64| {
         Policy::builder()
             .class("api", |c| {
@@ -2988,12 +2990,20 @@ fn an_old_request_leaves_the_floor_a_reload_turned_on_alone() {
     };
     let f = fixture(policy(0));
     let db = f.engine.backend("db").unwrap();
-    let old = f.budget(); // no floor, no ratio: never a retry
+    let old = f.budget(); // no floor, no ratio under its policy
     f.engine.reload(policy(10)).unwrap();
     f.clock.advance(Duration::from_secs(5));
-    assert_eq!(f.retries_granted(db, &old, 1), 0);
+    // Five seconds of the new floor of 10 a second, shared by both.
+    assert_eq!(f.retries_granted(db, &old, 1), 1);
     let new = f.budget();
-    assert!(f.retries_granted(db, &new, 100) >= 49);
+    assert_eq!(f.retries_granted(db, &new, 100), 49);
+
+    // Off again: a request begun while the floor was on earns nothing by it from then on.
+    let on = f.budget();
+    f.engine.reload(policy(0)).unwrap();
+    f.clock.advance(Duration::from_secs(60));
+    assert_eq!(f.retries_granted(db, &on, 100), 0, "minted by an old floor");
+    assert_eq!(f.engine.backend_stats()[0].retry_tokens, 0);
 }
 
 /// A trial (an attempt let through with less time than the backend usually needs) that becomes a

@@ -435,7 +435,6 @@ pub(crate) fn rates(p: &BackendPolicy) -> Rates {
 pub(crate) struct BackendRules {
     pub(crate) state: Arc<BackendState>,
     pub(crate) policy: BackendPolicy,
-    pub(crate) rates: Rates,
     ns: Nanos,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) hook: Option<TransitionHook>,
@@ -524,7 +523,6 @@ impl BackendRules {
             host_slots,
             ns: Nanos::new(policy),
             state,
-            rates: rates(policy),
             policy: policy.clone(),
             clock: Arc::clone(clock),
             hook: hook.cloned(),
@@ -1239,7 +1237,7 @@ impl Engine {
         // Only a first attempt that goes ahead earns retries: a breaker refusing a storm of them
         // must not bank a storm of retries for the moment it closes again.
         if retry == 0 {
-            state.retry.deposit(rules.rates);
+            state.retry.deposit();
         }
         // A trial that goes ahead keeps its turn; one refused above gave it back as it dropped.
         std::mem::forget(turn);
@@ -1472,14 +1470,14 @@ impl Engine {
         // The backend's token first, the tree's retry last: a refusal by the tree is final (it
         // cancels the request), so the tree must never be charged for a retry something else then
         // refuses, even for a moment. A token held for an instant only delays another request.
-        if !state.retry.try_withdraw(clock_now.as_nanos(), rules.rates) {
+        if !state.retry.try_withdraw(clock_now.as_nanos()) {
             return stop(Reason::RetryBudgetExhausted, Retry::Later);
         }
         // The root's compare-and-swap alone in the usual case; a refusal (or a budget with
         // ancestors) takes the full charge, which tries again and explains itself.
         if budget.try_charge_bare(Counter::RETRIES, 1) != Some(true) {
             if let Err(v) = budget.try_retry() {
-                state.retry.give_back(rules.rates);
+                state.retry.give_back();
                 state.refusals.retry(v.reason());
                 return RetryDecision::Stop(v);
             }
@@ -1568,7 +1566,7 @@ impl Engine {
                     breaker: state_name(s.breaker.state()),
                     in_flight,
                     connecting,
-                    retry_tokens: s.retry.balance_at(now, r.rates) / retry_budget::TOKEN,
+                    retry_tokens: s.retry.balance_at(now) / retry_budget::TOKEN,
                     outcomes: OUTCOMES
                         .iter()
                         .zip(&s.traffic.outcomes)

@@ -20,6 +20,12 @@ pub(crate) struct RetryBudget {
     balance: CachePadded<AtomicU64>,
     /// When the floor last refilled, ns.
     refilled: AtomicU64,
+    /// The rates of the current policy ([`Rates`]'s fields), set by reloads. The budget is shared
+    /// by every request, whichever policy it runs under: one still running under an older policy
+    /// earns, draws and is capped at these, so a floor a reload turned off earns nothing more.
+    deposit: AtomicU64,
+    floor_per_second: AtomicU64,
+    cap: AtomicU64,
 }
 
 /// The budget's settings, in the units it counts in.
@@ -51,10 +57,37 @@ impl RetryBudget {
     pub(crate) fn new(now: u64, rates: Rates) -> Self {
         RetryBudget {
             balance: CachePadded::new(AtomicU64::new(
-                rates.cap.min(rates.floor_per_second * TOKEN),
+                rates.cap.min(rates.floor_per_second.saturating_mul(TOKEN)),
             )),
             refilled: AtomicU64::new(now),
+            deposit: AtomicU64::new(rates.deposit),
+            floor_per_second: AtomicU64::new(rates.floor_per_second),
+            cap: AtomicU64::new(rates.cap),
         }
+    }
+
+    /// The current policy's rates. (Three words, each set alone: a reader racing a reload may
+    /// see some old and some new, for that one operation.)
+    pub(crate) fn rates(&self) -> Rates {
+        Rates {
+            deposit: self.deposit.load(Ordering::Relaxed),
+            floor_per_second: self.floor_per_second.load(Ordering::Relaxed),
+            cap: self.cap.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Gives the budget a reload's rates, at `now`. What it earned up to now is earned at the rates
+    /// it had meanwhile: new rates, a floor turned on among them, apply from now on only.
+    pub(crate) fn set_rates(&self, now: u64, rates: Rates) {
+        let old = self.rates();
+        if old == rates {
+            return;
+        }
+        self.settle(now, old);
+        self.deposit.store(rates.deposit, Ordering::Relaxed);
+        self.floor_per_second
+            .store(rates.floor_per_second, Ordering::Relaxed);
+        self.cap.store(rates.cap, Ordering::Relaxed);
     }
 
     /// Adds `n`, up to `cap`. A full budget (the usual state of a healthy backend) is only read.
@@ -68,9 +101,10 @@ impl RetryBudget {
     }
 
     /// A first attempt: deposit.
-    pub(crate) fn deposit(&self, rates: Rates) {
-        if rates.deposit > 0 {
-            self.add(rates.deposit, rates.cap);
+    pub(crate) fn deposit(&self) {
+        let deposit = self.deposit.load(Ordering::Relaxed);
+        if deposit > 0 {
+            self.add(deposit, self.cap.load(Ordering::Relaxed));
         }
     }
 
@@ -115,9 +149,8 @@ impl RetryBudget {
 
     /// Brings the budget up to `now` at the rates it had until then (`rates`), before a reload
     /// gives it others. Without a floor the time passed unearned: the floor a reload turns on
-    /// earns from now, not for the time it was off. (Only here: a request still running under
-    /// the old policy must not throw away what the new floor earns meanwhile.)
-    pub(crate) fn settle(&self, now: u64, rates: Rates) {
+    /// earns from now, not for the time it was off.
+    fn settle(&self, now: u64, rates: Rates) {
         if rates.floor_per_second > 0 {
             self.refill(now, rates);
             return;
@@ -134,7 +167,8 @@ impl RetryBudget {
     /// A balance above the cap (banked under an earlier policy's larger one) counts as the cap:
     /// a reload that lowers a backend's retry budget takes effect at once, not once the retries
     /// banked under the old one are spent.
-    pub(crate) fn try_withdraw(&self, now: u64, rates: Rates) -> bool {
+    pub(crate) fn try_withdraw(&self, now: u64) -> bool {
+        let rates = self.rates();
         self.refill(now, rates);
         self.balance
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
@@ -144,8 +178,8 @@ impl RetryBudget {
     }
 
     /// Gives a withdrawn token back (the retry was refused by something else after all).
-    pub(crate) fn give_back(&self, rates: Rates) {
-        self.add(TOKEN, rates.cap);
+    pub(crate) fn give_back(&self) {
+        self.add(TOKEN, self.cap.load(Ordering::Relaxed));
     }
 
     /// The balance, in thousandths of a token.
@@ -155,7 +189,8 @@ impl RetryBudget {
 
     /// The balance a withdrawal at `now` would find: what is banked plus the floor earned since
     /// the last refill (which only a withdrawal collects), up to the cap. Changes nothing.
-    pub(crate) fn balance_at(&self, now: u64, rates: Rates) -> u64 {
+    pub(crate) fn balance_at(&self, now: u64) -> u64 {
+        let rates = self.rates();
         let last = self.refilled.load(Ordering::Acquire);
         let earned = u128::from(now.saturating_sub(last))
             * u128::from(rates.floor_per_second)
@@ -180,19 +215,16 @@ mod tests {
         let rates = Rates::new(100, 1);
         let b = RetryBudget::new(0, rates);
         assert_eq!(b.balance(), TOKEN, "starts with one second of floor");
-        assert!(b.try_withdraw(0, rates));
-        assert!(!b.try_withdraw(0, rates));
+        assert!(b.try_withdraw(0));
+        assert!(!b.try_withdraw(0));
         for _ in 0..10 {
-            b.deposit(rates);
+            b.deposit();
         }
-        assert!(
-            b.try_withdraw(0, rates),
-            "ten first attempts earn one retry"
-        );
-        assert!(!b.try_withdraw(0, rates));
-        assert!(b.try_withdraw(SEC, rates), "a second of floor earns one");
+        assert!(b.try_withdraw(0), "ten first attempts earn one retry");
+        assert!(!b.try_withdraw(0));
+        assert!(b.try_withdraw(SEC), "a second of floor earns one");
         // The balance is capped: a long calm spell banks at most ten seconds of floor.
-        assert!(!b.try_withdraw(SEC, rates));
+        assert!(!b.try_withdraw(SEC));
         b.refill(1_000 * SEC, rates);
         assert_eq!(b.balance(), 10 * TOKEN);
     }
@@ -201,17 +233,13 @@ mod tests {
     fn the_balance_shown_counts_the_floor_not_yet_collected() {
         let rates = Rates::new(0, 2);
         let b = RetryBudget::new(0, rates);
-        assert!(b.try_withdraw(0, rates) && b.try_withdraw(0, rates));
-        assert_eq!(b.balance_at(0, rates), 0);
-        assert_eq!(
-            b.balance_at(SEC / 2, rates),
-            TOKEN,
-            "half a second of 2 a second"
-        );
+        assert!(b.try_withdraw(0) && b.try_withdraw(0));
+        assert_eq!(b.balance_at(0), 0);
+        assert_eq!(b.balance_at(SEC / 2), TOKEN, "half a second of 2 a second");
         assert_eq!(b.balance(), 0, "only read");
-        assert_eq!(b.balance_at(1_000 * SEC, rates), rates.cap);
-        assert!(b.try_withdraw(SEC / 2, rates));
-        assert_eq!(b.balance_at(SEC / 2, rates), 0);
+        assert_eq!(b.balance_at(1_000 * SEC), rates.cap);
+        assert!(b.try_withdraw(SEC / 2));
+        assert_eq!(b.balance_at(SEC / 2), 0);
     }
 
     #[test]
@@ -220,7 +248,7 @@ mod tests {
         // of a token, and the 0.9 must not be lost each time.
         let rates = Rates::new(0, 1);
         let b = RetryBudget::new(0, rates);
-        assert!(b.try_withdraw(0, rates));
+        assert!(b.try_withdraw(0));
         let step = 1_900_000;
         let mut now = 0;
         while now + step <= SEC {
@@ -241,19 +269,35 @@ mod tests {
         let b = RetryBudget::new(0, generous);
         assert_eq!(b.balance(), 100 * TOKEN);
         let strict = Rates::new(0, 0);
-        assert_eq!(b.balance_at(0, strict), strict.cap);
-        let granted = (0..100).filter(|_| b.try_withdraw(0, strict)).count();
+        b.set_rates(0, strict);
+        assert_eq!(b.balance_at(0), strict.cap);
+        let granted = (0..100).filter(|_| b.try_withdraw(0)).count();
         assert_eq!(granted as u64, strict.cap / TOKEN);
-        assert_eq!(b.balance_at(0, strict), 0);
+        assert_eq!(b.balance_at(0), 0);
     }
 
     #[test]
     fn a_clock_that_steps_back_does_not_stop_the_floor() {
         let rates = Rates::new(0, 1);
         let b = RetryBudget::new(3_600 * SEC, rates);
-        assert!(b.try_withdraw(3_600 * SEC, rates));
+        assert!(b.try_withdraw(3_600 * SEC));
         // The clock steps back an hour; a second later, a second of floor has been earned.
-        assert!(!b.try_withdraw(10 * SEC, rates));
-        assert!(b.try_withdraw(11 * SEC, rates));
+        assert!(!b.try_withdraw(10 * SEC));
+        assert!(b.try_withdraw(11 * SEC));
+    }
+
+    #[test]
+    fn a_floor_turned_off_earns_nothing_more_and_one_turned_on_earns_from_then() {
+        let b = RetryBudget::new(0, Rates::new(0, 1));
+        assert!(b.try_withdraw(0));
+        // Turned off at 1 s: the second before it is earned, nothing after.
+        b.set_rates(SEC, Rates::new(0, 0));
+        assert_eq!(b.balance_at(100 * SEC), TOKEN);
+        assert!(b.try_withdraw(100 * SEC));
+        assert!(!b.try_withdraw(100 * SEC));
+        // Turned on again at 200 s: the time it was off earns nothing.
+        b.set_rates(200 * SEC, Rates::new(0, 1));
+        assert!(!b.try_withdraw(200 * SEC));
+        assert!(b.try_withdraw(201 * SEC));
     }
 }

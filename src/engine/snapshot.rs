@@ -1,9 +1,7 @@
 //! The compiled form of a policy: arrays indexed by handle.
 
 use crate::admission::{ClassAdmission, Gate, KeyRef, KeyTable, Pool, PoolRef};
-use crate::backend::{
-    BackendRules, BackendState, HostState, Rates, TransitionHook, TransitionKind,
-};
+use crate::backend::{BackendRules, BackendState, HostState, TransitionHook, TransitionKind};
 use crate::clock::{Clock, CpuClock};
 use crate::handle::{Backend, Class};
 use crate::policy::same_host;
@@ -64,8 +62,6 @@ struct KnownBackend {
     /// The state of each host, by host id.
     host_states: Vec<Arc<HostState>>,
     state: Option<Arc<BackendState>>,
-    /// The retry budget's rates of the last version compiled, to settle it by when they change.
-    rates: Option<Rates>,
 }
 
 /// Host ids one backend may use in an engine's life.
@@ -117,7 +113,6 @@ impl Registry {
                         .map(|name| Arc::new(HostState::new(Arc::clone(name))))
                         .collect(),
                     state: None,
-                    rates: None,
                 })
                 .collect(),
             key_seed: self.key_seed,
@@ -254,12 +249,7 @@ impl Registry {
                 let seed = self.random_seed.map(|s| (s, id as u64));
                 Arc::new(BackendState::new(b, now, seed))
             }));
-            // What the retry budget earned up to now is earned at the rates it had meanwhile: new
-            // rates, a floor turned on among them, apply from now on only.
-            let rates = crate::backend::rates(b);
-            if let Some(old) = known.rates.replace(rates).filter(|old| *old != rates) {
-                state.retry.settle(now, old);
-            }
+            state.retry.set_rates(now, crate::backend::rates(b));
             let mut hosts = Vec::new();
             for name in b.hosts() {
                 let host = match known.hosts_seen.iter().position(|k| same_host(k, name)) {
@@ -364,7 +354,6 @@ impl Registry {
                     hosts_seen: Vec::new(),
                     host_states: Vec::new(),
                     state: None,
-                    rates: None,
                 });
                 self.backends.len() - 1
             }
