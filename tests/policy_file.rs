@@ -231,6 +231,19 @@ fn empty_and_huge_inputs_are_refused() {
     assert!(endless.to_string().contains("larger than"), "{endless}");
     let dir = Policy::from_toml_file(std::env::temp_dir()).unwrap_err();
     assert!(dir.to_string().contains("cannot read policy file"), "{dir}");
+    // A reader is held to the same limit, and its problems carry the name it was given.
+    let endless = Policy::from_toml_reader(std::io::repeat(b' '), "stream").unwrap_err();
+    assert!(endless.to_string().starts_with("stream: "), "{endless}");
+    assert!(endless.to_string().contains("larger than"), "{endless}");
+    let not_text = Policy::from_toml_reader(&[0xff, 0xfe][..], "stream").unwrap_err();
+    assert!(
+        not_text.to_string().contains("cannot read policy file"),
+        "{not_text}"
+    );
+    let wrong = Policy::from_toml_reader("[classes.x]\nwall_time = -1\n".as_bytes(), "p.toml");
+    assert!(wrong.unwrap_err().problems()[0]
+        .to_string()
+        .starts_with("p.toml:2:13: classes.x.wall_time"));
 }
 
 #[test]

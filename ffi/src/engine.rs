@@ -210,28 +210,28 @@ fn policy_error(e: &PolicyError) -> Status {
     Status::COSTGUARD_POLICY_ERROR
 }
 
-/// `COSTGUARD_IO_ERROR` for a file that cannot be opened or is a directory; everything else (its
-/// size, its text) is the policy reader's to judge, which reads at most its size limit.
+/// `COSTGUARD_IO_ERROR` for a file that cannot be opened or is not a regular file; everything
+/// else (its size, its text) is the policy reader's to judge, which reads at most its size limit.
 fn read_policy_file(path: &str) -> Result<Policy, Status> {
     use std::os::unix::fs::OpenOptionsExt;
     // Opened without blocking, and only a regular file is read: opening a FIFO would otherwise
-    // block the server's thread until some writer appeared, and a device may never end.
+    // block the server's thread until some writer appeared, and a device may never end. The file
+    // checked is the file read (one handle): the path cannot be swapped in between.
     let opened = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
         .open(path)
-        .and_then(|f| f.metadata());
+        .and_then(|f| f.metadata().map(|meta| (f, meta)));
     let problem = match opened {
-        Ok(meta) if meta.is_dir() => Some("is a directory".to_owned()),
-        Ok(meta) if !meta.is_file() => Some("is not a regular file".to_owned()),
-        Ok(_) => None,
-        Err(e) => Some(e.to_string()),
+        Ok((f, meta)) if meta.is_file() => {
+            return Policy::from_toml_reader(f, path).map_err(|e| policy_error(&e))
+        }
+        Ok((_, meta)) if meta.is_dir() => "is a directory".to_owned(),
+        Ok(_) => "is not a regular file".to_owned(),
+        Err(e) => e.to_string(),
     };
-    if let Some(problem) = problem {
-        text::set_last_error(format!("{path}: {problem}"));
-        return Err(Status::COSTGUARD_IO_ERROR);
-    }
-    Policy::from_toml_file(path).map_err(|e| policy_error(&e))
+    text::set_last_error(format!("{path}: {problem}"));
+    Err(Status::COSTGUARD_IO_ERROR)
 }
 
 fn new_engine(policy: Policy, flags: u32, out: std::ptr::NonNull<costguard_engine>) -> Status {

@@ -33,15 +33,26 @@ const POOL_KEYS: &str = "dimension, limit";
 const DIMENSION_KEYS: &str = "kind, unit";
 
 pub(crate) fn load(path: &Path) -> Result<Policy, PolicyError> {
+    match std::fs::File::open(path) {
+        Ok(f) => read(f, path),
+        Err(e) => Err(PolicyError::single(
+            path.display().to_string(),
+            format!("cannot read policy file: {e}"),
+        )),
+    }
+}
+
+/// Reads a policy from `source`, named `path` in its problems.
+pub(crate) fn read(source: impl Read, path: &Path) -> Result<Policy, PolicyError> {
     let file: Arc<Path> = Arc::from(path);
     let problem = |message: String| PolicyError::single(path.display().to_string(), message);
     // Read through a cap rather than trusting the file's size: devices, FIFOs and /proc files say
     // 0, and /dev/zero never ends.
-    let mut source = String::new();
-    let read = std::fs::File::open(path).and_then(|f| {
-        f.take(MAX_POLICY_BYTES as u64 + 1)
-            .read_to_string(&mut source)
-    });
+    let mut text = String::new();
+    let read = source
+        .take(MAX_POLICY_BYTES as u64 + 1)
+        .read_to_string(&mut text);
+    let source = text;
     match read {
         Ok(n) if n > MAX_POLICY_BYTES => Err(problem(format!(
             "policy file is larger than {MAX_POLICY_BYTES} bytes"

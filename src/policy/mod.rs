@@ -213,6 +213,31 @@ impl Policy {
         file::load(path.as_ref())
     }
 
+    /// Reads a policy from TOML text read from `source`, at most
+    /// [`MAX_POLICY_BYTES`](crate::policy::MAX_POLICY_BYTES), naming it `name` in errors (file,
+    /// line and column, as [`from_toml_file`](Self::from_toml_file) does).
+    ///
+    /// For a file the caller opened and checked itself: reading from that handle leaves no gap
+    /// between the check and the read in which the path could be swapped for another file.
+    ///
+    /// ```
+    /// use costguard::Policy;
+    ///
+    /// let text = "[classes.api]\nwall_time = \"2s\"\n";
+    /// let policy = Policy::from_toml_reader(text.as_bytes(), "etc/costguard.toml").unwrap();
+    /// assert!(policy.class("api").is_some());
+    ///
+    /// let err = Policy::from_toml_reader("[classes.api]\nwall_time = 2\n".as_bytes(), "etc/costguard.toml")
+    ///     .unwrap_err();
+    /// assert!(err.to_string().contains("etc/costguard.toml:2"), "{err}");
+    /// ```
+    pub fn from_toml_reader(
+        source: impl std::io::Read,
+        name: impl AsRef<Path>,
+    ) -> Result<Policy, PolicyError> {
+        file::read(source, name.as_ref())
+    }
+
     /// Where this policy was written, to place the problems an engine finds when it applies it.
     pub(crate) fn origin(&self) -> &Origin {
         &self.origin
