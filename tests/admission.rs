@@ -2245,6 +2245,58 @@ fn a_reload_that_takes_a_priority_s_share_away_refuses_its_waiters_at_once() {
     assert_eq!(stats().in_flight, 0);
 }
 
+/// A waiter refused by a reload that left its priority no permit is told what a first try under
+/// that policy is told at that moment: `ConcurrencyLimit` while the class is full. And in shadow
+/// mode, where a first try is admitted all the same, nobody is refused for it: the waiter stays.
+#[test]
+fn a_waiter_refused_by_a_reload_is_told_what_a_first_try_is_told() {
+    use executor::{poll, CountingWaker};
+    let policy = |background: f64, shadow: bool| {
+        Policy::builder()
+            .class("api", |c| {
+                c.admission(|a| {
+                    a.concurrency(4)
+                        .headroom(Priority::Background, background)
+                        .queue(8, Duration::from_secs(10))
+                        .shadow(shadow)
+                })
+            })
+            .build()
+            .unwrap()
+    };
+    let (e, _clock) = engine(policy(0.5, false));
+    let api = e.class("api").unwrap();
+    let background = |n| AdmitRequest::new(api, id(n)).priority(Priority::Background);
+    let waker = Arc::new(CountingWaker::default());
+    let mut held: Vec<_> = (0..2)
+        .map(|i| e.try_admit(&AdmitRequest::new(api, id(i))).unwrap())
+        .collect();
+    let mut queued = e.admit_async(background(10));
+    assert!(poll(&mut queued, &waker).is_pending());
+    held.extend((2..4).map(|i| e.try_admit(&AdmitRequest::new(api, id(i))).unwrap()));
+
+    // Shadow mode, with no share for background work: the waiter waits on.
+    e.reload(policy(0.1, true)).unwrap();
+    assert!(
+        poll(&mut queued, &waker).is_pending(),
+        "refused in shadow mode"
+    );
+    let shadowed = e.try_admit(&background(11));
+    assert!(shadowed.is_ok());
+    drop(shadowed);
+
+    // Enforced, with the class full.
+    e.reload(policy(0.1, false)).unwrap();
+    let first = e.try_admit(&background(12)).unwrap_err();
+    let std::task::Poll::Ready(Err(refused)) = poll(&mut queued, &waker) else {
+        panic!("a waiter with no share left stayed queued");
+    };
+    let told = |v: &costguard::Verdict| (v.reason(), v.retry(), v.used(), v.limit());
+    assert_eq!(told(&first), (Reason::ConcurrencyLimit, Retry::Never, 4, 0));
+    assert_eq!(told(&refused), told(&first));
+    drop(held);
+}
+
 /// A waiter's time limit holds after a reload takes its class's admission settings away: the
 /// timer still expires it.
 #[test]

@@ -284,9 +284,10 @@ impl Gate {
 
     /// Sets each priority's share of the limit, by a reload, once the limit is set: `highest` is
     /// the largest limit the class can have under the new policy (its static limit, or its
-    /// adaptive maximum), where a share that rounds down to nothing never holds a permit.
-    pub(crate) fn set_shares(&self, of_limit: [Permille; 4], highest: u32) {
-        let never = of_limit.map(|share| limiter::allowed(highest, share) == 0);
+    /// adaptive maximum), where a share that rounds down to nothing never holds a permit. In
+    /// `shadow` mode, where a refusal admits all the same, no waiter is refused for that.
+    pub(crate) fn set_shares(&self, of_limit: [Permille; 4], highest: u32, shadow: bool) {
+        let never = of_limit.map(|share| !shadow && limiter::allowed(highest, share) == 0);
         let word = pack_shares(Shares { of_limit, never });
         self.shares.store(word, Ordering::Release);
     }

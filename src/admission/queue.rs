@@ -83,7 +83,8 @@ impl Waiter {
         self.state.load(Ordering::Acquire)
     }
 
-    /// Leaves the queue by the waiter's own decision; `false` if it was granted or expired first.
+    /// Leaves the queue by the waiter's own decision; `false` if it was granted, expired or
+    /// refused first.
     pub(crate) fn abandon(&self) -> bool {
         self.state
             .compare_exchange(WAITING, ABANDONED, Ordering::AcqRel, Ordering::Acquire)

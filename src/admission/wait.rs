@@ -110,8 +110,9 @@ fn enqueue(
             adm.gate.limiter.release();
             adm.gate.dispatch(adm.queue.as_ref(), now);
         }
-        // Otherwise a dispatch expired the waiter at this instant (and took it out of the queue):
-        // the permit just taken is the only one, and it is this request's.
+        // Otherwise a dispatch expired or refused the waiter at this instant (and took it out of
+        // the queue): the permit just taken is the only one, and it is this request's (taken at
+        // the share read just now, as a first try that read it then would have been admitted).
         return Ok(Place::Held(snapshot, priority, Timestamp::from_nanos(now)));
     }
     Ok(Place::Queued(Queued {
@@ -149,7 +150,8 @@ fn timed_out(engine: &Engine, req: &AdmitRequest<'_>, q: &Queued) -> Verdict {
 
 /// The refusal of a waiter whose priority a reload left a share of the limit that can never hold
 /// a permit (refused in the queue, or on its way in): as a first try under that policy would have
-/// been, shed and told not to retry.
+/// been, told not to retry, and shed (`ConcurrencyLimit` while the class is full, as a first try
+/// says then).
 fn never_admitted(
     engine: &Engine,
     req: &AdmitRequest<'_>,
@@ -157,7 +159,12 @@ fn never_admitted(
     priority: Priority,
 ) -> Verdict {
     let in_flight = adm.gate.limiter.in_flight();
-    let v = Verdict::new(Reason::Shed, crate::Retry::Never)
+    let reason = if in_flight < adm.gate.limiter.limit() {
+        Reason::Shed
+    } else {
+        Reason::ConcurrencyLimit
+    };
+    let v = Verdict::new(reason, crate::Retry::Never)
         .with_dimension(&adm.gate.names[super::CONCURRENCY], Unit::Count)
         .with_amounts(1, u64::from(in_flight), 0)
         .with_class(&adm.gate.name)

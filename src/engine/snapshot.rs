@@ -413,7 +413,7 @@ impl Registry {
             };
             let highest =
                 adaptive.map_or(gate.limiter.limit(), |a| a.max.max(gate.limiter.limit()));
-            gate.set_shares(a.headroom().0, highest);
+            gate.set_shares(a.headroom().0, highest, a.shadow());
             self.adaptive[id] = adaptive;
             let keys = a.per_key().map(|pk| {
                 let table = match &self.key_tables[id] {
