@@ -147,8 +147,9 @@ pub fn render(c: &Comparison) -> String {
         );
     }
 
-    // When the fault starts, across both panels.
-    if c.fault_at_seconds.is_finite() && c.fault_at_seconds >= 0.0 {
+    // When the fault starts, across both panels (if within the run, as the table marks it).
+    let within = (0.0..=c.duration_seconds as f64).contains(&c.fault_at_seconds);
+    if within {
         let at = x.map(c.fault_at_seconds);
         for (top, bottom) in [ERRORS_PANEL, THREADS_PANEL] {
             let _ = writeln!(
@@ -636,8 +637,15 @@ mod tests {
         c.fault_at_seconds = f64::NAN;
         let svg = render(&c);
         assert!(!svg.contains("fault at"));
-        c.fault_at_seconds = 1e300;
         assert!(svg.ends_with("</svg>\n"));
+        // A fault after the end of the run is not drawn at its edge.
+        c.fault_at_seconds = 1e300;
+        assert!(!render(&c).contains("fault at"));
+        c.duration_seconds = 600;
+        c.fault_at_seconds = 700.0;
+        assert!(!render(&c).contains("fault at"));
+        c.fault_at_seconds = 180.0;
+        assert!(render(&c).contains("fault at 3m"));
         assert!(!svg.contains("NaN"));
         // Long series are bucketed.
         let line = svg

@@ -48,7 +48,7 @@ pub fn describe(policy: &Policy) -> String {
     for pool in policy.pools() {
         let _ = writeln!(out, "\npool {}", pool.name());
         let unit = policy.dimension(pool.dimension()).map(|d| d.unit());
-        let limit = unit.map_or_else(|| pool.limit().to_string(), |u| u.format(pool.limit()));
+        let limit = unit.map_or_else(|| pool.limit().to_string(), |u| amount(u, pool.limit()));
         let _ = writeln!(
             out,
             "  {:<24} {} of {} in flight at once",
@@ -106,7 +106,7 @@ fn describe_class(out: &mut String, policy: &Policy, class: &ClassPolicy) {
     for d in policy.dimensions() {
         let limit = class
             .limit(d.name())
-            .map_or_else(|| "unlimited".to_owned(), |l| d.unit().format(l));
+            .map_or_else(|| "unlimited".to_owned(), |l| amount(d.unit(), l));
         let _ = writeln!(out, "    {:<22} {}", d.name(), limit);
     }
     match class.admission() {
@@ -318,6 +318,25 @@ fn unit_name(unit: Unit) -> &'static str {
     }
 }
 
+/// An amount of `unit` as a policy file would write it, exactly: `2MiB`, `2097151B`, `500`.
+/// (`Unit::format`, for verdicts, rounds bytes to one decimal: `2.0MiB` for 2,097,151.)
+fn amount(unit: Unit, n: u64) -> String {
+    match unit {
+        Unit::Bytes => {
+            let whole = ["TiB", "GiB", "MiB", "KiB"]
+                .iter()
+                .zip([40, 30, 20, 10])
+                .find(|&(_, shift)| n >= 1 << shift && n % (1 << shift) == 0);
+            match whole {
+                Some((suffix, shift)) => format!("{}{suffix}", n >> shift),
+                None => format!("{n}B"),
+            }
+        }
+        Unit::Nanos => duration(Duration::from_nanos(n)),
+        Unit::Count => n.to_string(),
+    }
+}
+
 /// A duration as a policy file would write it: `30s`, `2m`, `1.5s`, `250ms`; `none` for no limit.
 fn duration(d: Duration) -> String {
     const NANOS: [(u128, &str); 4] = [
@@ -413,6 +432,21 @@ mod tests {
     }
 
     #[test]
+    fn amounts_are_exact_and_read_back() {
+        assert_eq!(amount(Unit::Bytes, 2 << 20), "2MiB");
+        assert_eq!(amount(Unit::Bytes, (2 << 20) - 1), "2097151B");
+        assert_eq!(amount(Unit::Bytes, 1025), "1025B");
+        assert_eq!(amount(Unit::Bytes, 1 << 40), "1TiB");
+        assert_eq!(amount(Unit::Bytes, 0), "0B");
+        assert_eq!(amount(Unit::Count, 500), "500");
+        assert_eq!(amount(Unit::Nanos, 1_500_000_000), "1.5s");
+        for n in [0, 1, 1023, 1024, 1025, (2 << 20) - 1, 3 << 30, u64::MAX - 1] {
+            let shown = amount(Unit::Bytes, n);
+            assert_eq!(costguard::units::parse_quantity(&shown), Ok(n), "{shown}");
+        }
+    }
+
+    #[test]
     fn every_section_of_a_full_policy_is_shown() {
         let policy = Policy::from_toml_str(
             r#"
@@ -459,7 +493,7 @@ mod tests {
             "wall_time                10s",
             "retries                  1",
             "db_queries             500",
-            "bytes                  8.0MiB",
+            "bytes                  8MiB",
             "depth                  unlimited",
             "adaptive, aimd (backoff ×0.9, latency threshold 200ms)",
             "from 2 to 100, starting at 10",

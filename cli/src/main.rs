@@ -198,11 +198,11 @@ fn replay(args: &ReplayArgs) -> Result<(), Failed> {
         if !unfit.is_empty() {
             return Err(unfit.join("\ncostguard: ").into());
         }
-        // Every door of the replay is a `try_admit`: it never waits, so a queue changes nothing.
+        // Settings the simulation has nothing for: said, rather than silently without effect.
         for class in policy.classes() {
-            if class.admission().and_then(|a| a.queue()).is_some() {
+            for unused in unused_in_replay(class) {
                 say(&format!(
-                    "costguard: note: class {}: the replay admits with try_admit, which never waits; its queue is not used",
+                    "costguard: note: class {}: {unused}",
                     class.name()
                 ));
             }
@@ -214,20 +214,25 @@ fn replay(args: &ReplayArgs) -> Result<(), Failed> {
     };
 
     let several = names.len() > 1;
-    let mut comparisons = Vec::with_capacity(names.len());
-    for (i, name) in names.iter().enumerate() {
-        let comparison = run_with_progress(name, &options)?;
-        if let Some(plot) = &args.plot {
+    // Every run, then every chart, then the output: a chart that cannot be written fails the
+    // command before any table is printed, not after the first scenario's.
+    let comparisons = names
+        .iter()
+        .map(|name| run_with_progress(name, &options))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(plot) = &args.plot {
+        for (name, comparison) in names.iter().zip(&comparisons) {
             let path = plot_path(plot, name, several);
-            std::fs::write(&path, chart::render(&comparison))
+            std::fs::write(&path, chart::render(comparison))
                 .map_err(|e| format!("cannot write the chart to {}: {e}", path.display()))?;
             say(&format!("costguard: chart written to {}", path.display()));
         }
-        if !args.json {
+    }
+    if !args.json {
+        for (i, comparison) in comparisons.iter().enumerate() {
             let separator = if i > 0 { "\n" } else { "" };
-            print(&format!("{separator}{}", table::render(&comparison)))?;
+            print(&format!("{separator}{}", table::render(comparison)))?;
         }
-        comparisons.push(comparison);
     }
     if args.json {
         let json = if several {
@@ -238,6 +243,29 @@ fn replay(args: &ReplayArgs) -> Result<(), Failed> {
         print(&format!("{json}\n"))?;
     }
     Ok(())
+}
+
+/// What in `class` no replay uses. Every door of the replay is a `try_admit`, which never waits;
+/// simulated requests spend no CPU time and carry no key.
+fn unused_in_replay(class: &costguard::policy::ClassPolicy) -> Vec<&'static str> {
+    let admission = class.admission();
+    [
+        (
+            admission.and_then(|a| a.queue()).is_some(),
+            "the replay admits with try_admit, which never waits; its queue is not used",
+        ),
+        (
+            class.cpu_time().is_some(),
+            "simulated requests spend no CPU time; its cpu_time is not used",
+        ),
+        (
+            admission.and_then(|a| a.per_key()).is_some(),
+            "simulated requests carry no key; its per_key limits are not used",
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(unused, note)| unused.then_some(note))
+    .collect()
 }
 
 /// Refuses an unknown name before any work, listing the names there are.

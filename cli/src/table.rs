@@ -401,8 +401,14 @@ fn of_capacity(n: u64, capacity: u64) -> String {
     if capacity == 0 {
         return count(n);
     }
+    // Whole percents, as `percent` does it: never 0% or 100% when it is not.
     let share = (n as f64 / capacity as f64 * 100.0).round();
-    format!("{} ({share:.0}%)", count(n))
+    let share = match (share, n) {
+        (s, n) if s <= 0.0 && n > 0 => "<1".to_owned(),
+        (s, n) if s >= 100.0 && n < capacity => "99".to_owned(),
+        (s, _) => format!("{s:.0}"),
+    };
+    format!("{} ({share}%)", count(n))
 }
 
 /// A share from 0 to 1 as a percentage; never rounded to 100% or 0% when it is not.
@@ -553,6 +559,10 @@ pub(crate) mod tests {
         assert_eq!(at(f64::NAN), "-");
         assert_eq!(of_capacity(64, 200), "64 (32%)");
         assert_eq!(of_capacity(3, 0), "3");
+        assert_eq!(of_capacity(1, 600), "1 (<1%)");
+        assert_eq!(of_capacity(599, 600), "599 (99%)");
+        assert_eq!(of_capacity(600, 600), "600 (100%)");
+        assert_eq!(of_capacity(0, 600), "0 (0%)");
         assert_eq!(clock_label(0), "0");
         assert_eq!(clock_label(30), "30s");
         assert_eq!(clock_label(300), "5m");

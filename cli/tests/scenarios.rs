@@ -345,6 +345,26 @@ fn kafka_2016_guarded_caps_connects_and_ejects_the_broker() {
 /// Only what is sent counts as generated: a log event the engine refuses before any connect (here,
 /// every one, since a request's 1ns wall time leaves no time for an attempt) is no request to
 /// Kafka, so the guarded run generates the original requests and nothing more.
+/// The bound is exact: with no retries each request may make its original and one connect, and
+/// the guarded run stays at or under twice its originals. (A request that arrived before the fault
+/// and connected after it once counted a connect but no original, three requests over.)
+#[test]
+fn kafka_2016_without_retries_stays_within_two_requests_per_original() {
+    let toml = default_policy(kafka::NAME).unwrap();
+    let strict = toml.replace("retries      = 1", "retries      = 0");
+    assert_ne!(
+        strict, toml,
+        "the app class's retries are where the test expects them"
+    );
+    let options = ReplayOptions {
+        seed: ReplayOptions::default().seed,
+        policy: Some(Policy::from_toml_str(&strict).unwrap()),
+    };
+    let g = replay(kafka::NAME, &options, &mut |_| {}).unwrap().guarded;
+    assert_eq!(g.amplification_allowed, Some(2.0));
+    assert!(g.amplification <= 2.0, "amplification {}", g.amplification);
+}
+
 #[test]
 fn kafka_2016_log_events_refused_before_a_connect_generate_nothing() {
     let toml = default_policy(kafka::NAME).unwrap();

@@ -332,8 +332,10 @@ impl Model<'_> {
         req.tries += 1;
         let n = req.tries;
         // A connect counts as a request generated once it is made: below, unguarded always, guarded
-        // once the engine lets the attempt begin (an event it refuses reaches no broker).
-        let counted = self.now >= FAULT_AT;
+        // once the engine lets the attempt begin (an event it refuses reaches no broker). Counted
+        // by the request's arrival, as its original is: a request that arrived before the fault
+        // counts for neither, whenever it connects.
+        let counted = req.arrival >= FAULT_AT;
         let server = &self.servers[req.server];
         let broker = match &server.guard {
             None => {

@@ -73,9 +73,10 @@ pub struct Guard {
 
 impl Guard {
     /// An engine for `policy` on `clock`; `label` names the process in events ("" for none). The
-    /// replay's `seed` also seeds the per-key tables' hash, so that a policy with per-key limits
-    /// replays the same way every time, and, mixed with `label`, the engine's random draws (retry
-    /// jitter, breakers' open times), so that each simulated process draws its own, as real ones do.
+    /// replay's `seed` also seeds the per-key tables' hash (so that an engine here is as
+    /// deterministic as the rest, although the built-in scenarios' requests carry no key), and,
+    /// mixed with `label`, the engine's random draws (retry jitter, breakers' open times), so that
+    /// each simulated process draws its own, as real ones do.
     pub fn new(
         policy: Policy,
         clock: &ManualClock,
