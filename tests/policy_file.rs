@@ -235,11 +235,16 @@ fn empty_and_huge_inputs_are_refused() {
     let endless = Policy::from_toml_reader(std::io::repeat(b' '), "stream").unwrap_err();
     assert!(endless.to_string().starts_with("stream: "), "{endless}");
     assert!(endless.to_string().contains("larger than"), "{endless}");
-    let not_text = Policy::from_toml_reader(&[0xff, 0xfe][..], "stream").unwrap_err();
+    let not_text = Policy::from_toml_reader(&b"# \xff\xfe"[..], "stream").unwrap_err();
     assert!(
-        not_text.to_string().contains("cannot read policy file"),
+        not_text.to_string().contains("not UTF-8 text (byte 2)"),
         "{not_text}"
     );
+    // Too large is too large, even where the limit cuts a character in two.
+    let mut big = vec![b'#'; costguard::policy::MAX_POLICY_BYTES];
+    big.extend_from_slice("é\n".as_bytes());
+    let big = Policy::from_toml_reader(&big[..], "big.toml").unwrap_err();
+    assert!(big.to_string().contains("larger than"), "{big}");
     let wrong = Policy::from_toml_reader("[classes.x]\nwall_time = -1\n".as_bytes(), "p.toml");
     assert!(wrong.unwrap_err().problems()[0]
         .to_string()

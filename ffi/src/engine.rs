@@ -210,24 +210,32 @@ fn policy_error(e: &PolicyError) -> Status {
     Status::COSTGUARD_POLICY_ERROR
 }
 
-/// `COSTGUARD_IO_ERROR` for a file that cannot be opened or is not a regular file; everything
-/// else (its size, its text) is the policy reader's to judge, which reads at most its size limit.
+/// `COSTGUARD_IO_ERROR` for a file that cannot be opened, is not a regular file or cannot be
+/// read; everything else (its size, its text) is the policy reader's to judge.
 fn read_policy_file(path: &str) -> Result<Policy, Status> {
+    use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     // Opened without blocking, and only a regular file is read: opening a FIFO would otherwise
     // block the server's thread until some writer appeared, and a device may never end. The file
-    // checked is the file read (one handle): the path cannot be swapped in between.
-    let opened = std::fs::OpenOptions::new()
+    // checked is the file read (one handle): the path cannot be swapped in between. One byte
+    // more than the reader takes is read, so that it can tell a file too large.
+    let cap = costguard::policy::MAX_POLICY_BYTES as u64 + 1;
+    let mut bytes = Vec::new();
+    let read = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
         .open(path)
-        .and_then(|f| f.metadata().map(|meta| (f, meta)));
-    let problem = match opened {
-        Ok((f, meta)) if meta.is_file() => {
-            return Policy::from_toml_reader(f, path).map_err(|e| policy_error(&e))
+        .and_then(|f| f.metadata().map(|meta| (f, meta)))
+        .and_then(|(f, meta)| match meta {
+            m if m.is_dir() => Ok(Some("is a directory")),
+            m if !m.is_file() => Ok(Some("is not a regular file")),
+            _ => f.take(cap).read_to_end(&mut bytes).map(|_| None),
+        });
+    let problem = match read {
+        Ok(None) => {
+            return Policy::from_toml_reader(&bytes[..], path).map_err(|e| policy_error(&e))
         }
-        Ok((_, meta)) if meta.is_dir() => "is a directory".to_owned(),
-        Ok(_) => "is not a regular file".to_owned(),
+        Ok(Some(problem)) => problem.to_owned(),
         Err(e) => e.to_string(),
     };
     text::set_last_error(format!("{path}: {problem}"));

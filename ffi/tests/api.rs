@@ -88,6 +88,18 @@ fn policy_errors_utf8_and_io() {
             );
         }
         std::fs::remove_file(&fifo).unwrap();
+        // A regular file whose reading fails (this process's memory, read at address 0).
+        let unreadable = "/proc/self/mem";
+        assert!(std::fs::metadata(unreadable).unwrap().is_file());
+        assert_eq!(
+            costguard_engine_new_from_file(unreadable.as_ptr().cast(), unreadable.len(), 0, &mut e),
+            costguard_status::COSTGUARD_IO_ERROR
+        );
+        assert!(
+            last_error().starts_with("/proc/self/mem: "),
+            "{}",
+            last_error()
+        );
         // A regular file past the size limit: read up to the limit only.
         let big = std::env::temp_dir().join(format!("costguard-ffi-{}.big", std::process::id()));
         std::fs::write(&big, vec![b'#'; costguard::policy::MAX_POLICY_BYTES + 1]).unwrap();

@@ -47,17 +47,23 @@ pub(crate) fn read(source: impl Read, path: &Path) -> Result<Policy, PolicyError
     let file: Arc<Path> = Arc::from(path);
     let problem = |message: String| PolicyError::single(path.display().to_string(), message);
     // Read through a cap rather than trusting the file's size: devices, FIFOs and /proc files say
-    // 0, and /dev/zero never ends.
-    let mut text = String::new();
+    // 0, and /dev/zero never ends. Bytes first: the cap may cut a character in two, and a file
+    // too large is too large whatever it holds.
+    let mut bytes = Vec::new();
     let read = source
         .take(MAX_POLICY_BYTES as u64 + 1)
-        .read_to_string(&mut text);
-    let source = text;
+        .read_to_end(&mut bytes);
     match read {
         Ok(n) if n > MAX_POLICY_BYTES => Err(problem(format!(
             "policy file is larger than {MAX_POLICY_BYTES} bytes"
         ))),
-        Ok(_) => parse(&source, Some(file)),
+        Ok(_) => match std::str::from_utf8(&bytes) {
+            Ok(source) => parse(source, Some(file)),
+            Err(e) => Err(problem(format!(
+                "policy file is not UTF-8 text (byte {})",
+                e.valid_up_to()
+            ))),
+        },
         Err(e) => Err(problem(format!("cannot read policy file: {e}"))),
     }
 }
