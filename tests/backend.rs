@@ -2969,38 +2969,49 @@ fn server_errors_do_not_eject_a_host() {
     assert_eq!(ejected(&f, "kafka"), ["k1"], "a timeout does");
 }
 
+/// The policy of the retry-budget reload tests: no ratio, a floor of `per_second`.
+fn floor_policy(per_second: u64) -> Policy {
+    Policy::builder()
+        .class("api", |c| {
+            c.wall_time(Duration::from_secs(3600)).retries(1000)
+        })
+        .backend("db", |b| {
+            b.fraction("retry.ratio", 0.0)
+                .count("retry.min_per_second", per_second)
+        })
+        .build()
+        .unwrap()
+}
+
 /// A backend's retry budget is shared by every request, whichever policy each runs under, and
-/// earns at the current policy's rates only. A request still running under the policy before a
-/// reload that turned the floor on draws on what the new floor earns, without throwing any of it
-/// away; one still running under the policy before a reload that turned the floor off earns
-/// nothing by its old floor.
+/// earns at the current policy's rates: a request still running under the policy before a reload
+/// that turned the floor on draws on what the new floor earns, without throwing any of it away.
 #[test]
-fn an_old_request_draws_on_the_retry_budget_at_the_current_rates() {
-    let policy = |per_second: u64| {
-        Policy::builder()
-            .class("api", |c| {
-                c.wall_time(Duration::from_secs(3600)).retries(1000)
-            })
-            .backend("db", |b| {
-                b.fraction("retry.ratio", 0.0)
-                    .count("retry.min_per_second", per_second)
-            })
-            .build()
-            .unwrap()
-    };
-    let f = fixture(policy(0));
+fn an_old_request_draws_on_a_floor_a_reload_turned_on() {
+    let f = fixture(floor_policy(0));
     let db = f.engine.backend("db").unwrap();
     let old = f.budget(); // no floor, no ratio under its policy
-    f.engine.reload(policy(10)).unwrap();
+    f.engine.reload(floor_policy(10)).unwrap();
     f.clock.advance(Duration::from_secs(5));
     // Five seconds of the new floor of 10 a second, shared by both.
     assert_eq!(f.retries_granted(db, &old, 1), 1);
     let new = f.budget();
     assert_eq!(f.retries_granted(db, &new, 100), 49);
+}
 
-    // Off again: a request begun while the floor was on earns nothing by it from then on.
+/// A request still running under the policy before a reload that turned the retry floor off earns
+/// nothing by its old floor: the shared budget stops earning for everyone.
+#[test]
+fn an_old_request_earns_nothing_by_a_floor_a_reload_turned_off() {
+    let f = fixture(floor_policy(10));
+    let db = f.engine.backend("db").unwrap();
     let on = f.budget();
-    f.engine.reload(policy(0)).unwrap();
+    assert_eq!(
+        f.retries_granted(db, &on, 100),
+        10,
+        "the second a floor starts with"
+    );
+    f.engine.reload(floor_policy(0)).unwrap();
     f.clock.advance(Duration::from_secs(60));
     assert_eq!(f.retries_granted(db, &on, 100), 0, "minted by an old floor");
     assert_eq!(f.engine.backend_stats()[0].retry_tokens, 0);

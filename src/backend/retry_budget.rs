@@ -77,7 +77,9 @@ impl RetryBudget {
     }
 
     /// Gives the budget a reload's rates, at `now`. What it earned up to now is earned at the rates
-    /// it had meanwhile: new rates, a floor turned on among them, apply from now on only.
+    /// it had meanwhile: new rates, a floor turned on among them, apply from now on only. A lower
+    /// cap takes what it leaves out away for good (a cap raised again later starts from what is
+    /// left, as it would have had a retry come in between).
     pub(crate) fn set_rates(&self, now: u64, rates: Rates) {
         let old = self.rates();
         if old == rates {
@@ -88,6 +90,11 @@ impl RetryBudget {
         self.floor_per_second
             .store(rates.floor_per_second, Ordering::Relaxed);
         self.cap.store(rates.cap, Ordering::Relaxed);
+        let _ = self
+            .balance
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                (b > rates.cap).then_some(rates.cap)
+            });
     }
 
     /// Adds `n`, up to `cap`. A full budget (the usual state of a healthy backend) is only read.
@@ -115,8 +122,16 @@ impl RetryBudget {
     /// the floor away. A refill time ahead of `now` is one a clock that stepped back left behind:
     /// it is moved back to `now`, and the floor starts earning again from there.
     fn refill(&self, now: u64, rates: Rates) {
+        self.refill_from(now, rates, true);
+    }
+
+    /// [`refill`](Self::refill); with `step_back` false, a refill time ahead of `now` is left
+    /// where it is (a reload's reading of the clock, taken before it compiled the policy, may be
+    /// older than a retry's meanwhile: moving the refill time back to it would pay that stretch
+    /// of floor twice).
+    fn refill_from(&self, now: u64, rates: Rates, step_back: bool) {
         let last = self.refilled.load(Ordering::Acquire);
-        if now == last || rates.floor_per_second == 0 {
+        if now == last || rates.floor_per_second == 0 || (now < last && !step_back) {
             return;
         }
         if now < last {
@@ -152,7 +167,7 @@ impl RetryBudget {
     /// earns from now, not for the time it was off.
     fn settle(&self, now: u64, rates: Rates) {
         if rates.floor_per_second > 0 {
-            self.refill(now, rates);
+            self.refill_from(now, rates, false);
             return;
         }
         let _ = self
@@ -164,9 +179,8 @@ impl RetryBudget {
 
     /// A retry: withdraw one token if there is one.
     ///
-    /// A balance above the cap (banked under an earlier policy's larger one) counts as the cap:
-    /// a reload that lowers a backend's retry budget takes effect at once, not once the retries
-    /// banked under the old one are spent.
+    /// A balance above the cap counts as the cap (a reload trims the balance as it lowers the cap,
+    /// and this holds for a withdrawal that comes in between).
     pub(crate) fn try_withdraw(&self, now: u64) -> bool {
         let rates = self.rates();
         self.refill(now, rates);
@@ -284,6 +298,31 @@ mod tests {
         // The clock steps back an hour; a second later, a second of floor has been earned.
         assert!(!b.try_withdraw(10 * SEC));
         assert!(b.try_withdraw(11 * SEC));
+    }
+
+    #[test]
+    fn what_a_lower_cap_took_away_does_not_come_back_with_a_higher_one() {
+        let generous = Rates::new(0, 10);
+        let b = RetryBudget::new(0, generous);
+        b.refill(10 * SEC, generous);
+        assert_eq!(b.balance(), 100 * TOKEN);
+        b.set_rates(10 * SEC, Rates::new(0, 0));
+        assert_eq!(b.balance(), 10 * TOKEN);
+        b.set_rates(10 * SEC, generous);
+        assert_eq!(b.balance_at(10 * SEC), 10 * TOKEN);
+    }
+
+    #[test]
+    fn a_reload_reading_an_older_time_pays_no_floor_twice() {
+        let rates = Rates::new(0, 1);
+        let b = RetryBudget::new(0, rates);
+        assert!(b.try_withdraw(0));
+        // A retry at 5 s collects five seconds of floor; a reload that read the clock at 0 s,
+        // before it compiled, then changes the ratio.
+        assert!(b.try_withdraw(5 * SEC));
+        b.set_rates(0, Rates::new(500, 1));
+        let granted = (0..10).filter(|_| b.try_withdraw(5 * SEC)).count();
+        assert_eq!(granted, 4, "five seconds of floor, one of it taken");
     }
 
     #[test]
