@@ -513,7 +513,8 @@ pub(crate) fn validate_backends(
 /// What identifies a host in its pool: its name in lower case, without one trailing dot, and the
 /// port as written. Host names are case-insensitive and `db1.` is the fully qualified `db1`, so
 /// `DB1`, `db1.` and `db1` name one machine; listed as two hosts, it would get twice the per-host
-/// caps and two breakers. The name a policy wrote is what it keeps and shows.
+/// caps and two breakers. The engine shows a host by the name it was first listed under, however
+/// a later policy spells it (a host's metrics stay one series across a reload that respells it).
 pub(crate) fn host_key(host: &str) -> String {
     // `name:port`; a bracketed or bare IPv6 address has more than one colon and no port to split.
     let (name, port) = match host.split_once(':') {
