@@ -2109,24 +2109,29 @@ fn a_critical_waiter_is_not_held_up_by_a_background_one() {
     assert!(poll(&mut background, &waker).is_pending());
 }
 
+/// A class `api` with a limit of 4 and a queue of 8 waiting up to 10 s, where `priority` sees
+/// `share` of the limit; in shadow mode if `shadow`.
+fn shared_queue(priority: Priority, share: f64, shadow: bool) -> Policy {
+    Policy::builder()
+        .class("api", |c| {
+            c.admission(|a| {
+                a.concurrency(4)
+                    .headroom(priority, share)
+                    .queue(8, Duration::from_secs(10))
+                    .shadow(shadow)
+            })
+        })
+        .build()
+        .unwrap()
+}
+
 /// A waiter is held to its priority's share as the policy is now, not as it was when it joined the
 /// queue: a reload that lowers normal work's headroom keeps a queued normal request out until the
 /// new share has room, and a reload that raises it lets the request in at once.
 #[test]
 fn a_waiter_is_held_to_the_share_a_reload_sets() {
     use executor::{poll, CountingWaker};
-    let policy = |normal: f64| {
-        Policy::builder()
-            .class("api", |c| {
-                c.admission(|a| {
-                    a.concurrency(4)
-                        .headroom(Priority::Normal, normal)
-                        .queue(8, Duration::from_secs(10))
-                })
-            })
-            .build()
-            .unwrap()
-    };
+    let policy = |normal: f64| shared_queue(Priority::Normal, normal, false);
     let (e, _clock) = engine(policy(1.0));
     let api = e.class("api").unwrap();
     let in_flight = || e.admission_stats().class("api").unwrap().in_flight;
@@ -2172,18 +2177,7 @@ fn a_waiter_is_held_to_the_share_a_reload_sets() {
 #[test]
 fn a_reload_that_takes_a_priority_s_share_away_refuses_its_waiters_at_once() {
     use executor::{poll, CountingWaker};
-    let policy = |background: f64| {
-        Policy::builder()
-            .class("api", |c| {
-                c.admission(|a| {
-                    a.concurrency(4)
-                        .headroom(Priority::Background, background)
-                        .queue(8, Duration::from_secs(10))
-                })
-            })
-            .build()
-            .unwrap()
-    };
+    let policy = |background: f64| shared_queue(Priority::Background, background, false);
     let (e, _clock) = engine(policy(0.5));
     let api = e.class("api").unwrap();
     let stats = || e.admission_stats().class("api").unwrap().clone();
@@ -2251,19 +2245,8 @@ fn a_reload_that_takes_a_priority_s_share_away_refuses_its_waiters_at_once() {
 #[test]
 fn a_waiter_refused_by_a_reload_is_told_what_a_first_try_is_told() {
     use executor::{poll, CountingWaker};
-    let policy = |background: f64, shadow: bool| {
-        Policy::builder()
-            .class("api", |c| {
-                c.admission(|a| {
-                    a.concurrency(4)
-                        .headroom(Priority::Background, background)
-                        .queue(8, Duration::from_secs(10))
-                        .shadow(shadow)
-                })
-            })
-            .build()
-            .unwrap()
-    };
+    let policy =
+        |background: f64, shadow: bool| shared_queue(Priority::Background, background, shadow);
     let (e, _clock) = engine(policy(0.5, false));
     let api = e.class("api").unwrap();
     let background = |n| AdmitRequest::new(api, id(n)).priority(Priority::Background);
