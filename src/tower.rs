@@ -177,7 +177,8 @@ impl fmt::Debug for AdmitSpec {
 
 /// Gives the inner service access to the request's budget, once it is admitted.
 ///
-/// Implemented by every `Fn(&mut Req, &Budget)`; [`NoAttach`] is the default.
+/// Implemented by every `Fn(&mut Req, &Budget)`; [`NoAttach`] is the default. Installed with
+/// [`AdmissionLayer::attach`] (a closure) or [`AdmissionLayer::attach_with`] (any implementation).
 pub trait AttachBudget<Req> {
     /// Makes `budget` reachable from `request` (a clone into its extensions, typically).
     fn attach(&self, request: &mut Req, budget: &Budget);
@@ -203,6 +204,8 @@ impl<Req> AttachBudget<Req> for NoAttach {
 /// Says how an admitted request ended, from the inner service's result.
 ///
 /// Implemented by every `Fn(&Result<T, E>) -> Outcome`; [`ErrIsOverload`] is the default.
+/// Installed with [`AdmissionLayer::outcome`] (a closure) or [`AdmissionLayer::outcome_with`]
+/// (any implementation).
 pub trait ClassifyOutcome<T, E> {
     /// The outcome of `result`.
     fn classify(&self, result: &Result<T, E>) -> Outcome;
@@ -290,6 +293,15 @@ impl<C, R, A, O> AdmissionLayer<C, R, A, O> {
     where
         A2: Fn(&mut Req, &Budget),
     {
+        self.attach_with::<Req, A2>(attach)
+    }
+
+    /// [`attach`](Self::attach) with any [`AttachBudget`] (a type of the caller's, or
+    /// [`NoAttach`]); `attach` takes a closure, whose argument types it infers.
+    pub fn attach_with<Req, A2>(self, attach: A2) -> AdmissionLayer<C, R, A2, O>
+    where
+        A2: AttachBudget<Req>,
+    {
         let Shared {
             engine,
             classify,
@@ -313,6 +325,15 @@ impl<C, R, A, O> AdmissionLayer<C, R, A, O> {
     pub fn outcome<T, E, O2>(self, outcome: O2) -> AdmissionLayer<C, R, A, O2>
     where
         O2: Fn(&Result<T, E>) -> Outcome,
+    {
+        self.outcome_with::<T, E, O2>(outcome)
+    }
+
+    /// [`outcome`](Self::outcome) with any [`ClassifyOutcome`] (a type of the caller's, or
+    /// [`ErrIsOverload`]); `outcome` takes a closure, whose argument types it infers.
+    pub fn outcome_with<T, E, O2>(self, outcome: O2) -> AdmissionLayer<C, R, A, O2>
+    where
+        O2: ClassifyOutcome<T, E>,
     {
         let Shared {
             engine,
@@ -489,5 +510,27 @@ mod tests {
         let refused = engine.try_admit(&spec(2).request()).unwrap_err();
         assert!(refused.retry_after().is_some_and(|d| d.as_secs() == 0));
         assert_eq!(retry_after_secs(&refused), Some(1));
+
+        let after = |retry| {
+            let v = Verdict::from_parts(
+                crate::Reason::ConcurrencyLimit,
+                retry,
+                None,
+                None,
+                crate::Unit::Count,
+                [1, 1, 1],
+                None,
+            );
+            retry_after_secs(&v)
+        };
+        let secs = |s: f64| crate::Retry::After(std::time::Duration::from_secs_f64(s));
+        assert_eq!(after(secs(1.5)), Some(2));
+        assert_eq!(after(secs(1.0)), Some(1));
+        assert_eq!(after(secs(59.000_000_001)), Some(60));
+        assert_eq!(after(secs(0.000_000_001)), Some(1));
+        assert_eq!(after(crate::Retry::Never), None);
+        assert_eq!(after(crate::Retry::Later), None);
+        let max = crate::Retry::After(std::time::Duration::MAX);
+        assert_eq!(after(max), Some(u64::MAX), "saturates");
     }
 }

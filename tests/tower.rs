@@ -4,7 +4,9 @@
 
 use costguard::clock::ManualClock;
 use costguard::policy::AdmissionBuilder;
-use costguard::tower::{retry_after_secs, AdmissionLayer, AdmitSpec};
+use costguard::tower::{
+    retry_after_secs, AdmissionLayer, AdmitSpec, AttachBudget, ClassifyOutcome,
+};
 use costguard::{Budget, Class, Counter, Engine, Outcome, Policy, Priority, Reason, RequestId};
 use costguard::{Retry, Verdict};
 use std::future::Future;
@@ -155,16 +157,33 @@ impl Running {
 }
 
 /// Runs `test` on a multi-thread runtime with `workers` worker threads. The tests wait on events
-/// only; the watchdog turns a wait that never ends (a broken layer) into a failure instead of a hang.
+/// only; two watchdogs turn a wait that never ends (a broken layer) into a failure instead of a
+/// hang: tokio's timer, and, should a broken layer block the executor's threads (so that nothing
+/// drives that timer, and dropping the runtime waits on them too), a thread of its own that
+/// aborts the test process.
 fn run(workers: usize, test: impl Future<Output = ()>) {
+    const STALLED: Duration = Duration::from_secs(60);
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        // A result or a panic ends the wait (the sender is sent to or dropped); only time does not.
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+            finished.recv_timeout(STALLED + Duration::from_secs(30))
+        {
+            eprintln!("the test stalled with its executor blocked");
+            std::process::abort();
+        }
+    });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .enable_time()
         .build()
         .unwrap();
     runtime
-        .block_on(async { tokio::time::timeout(Duration::from_secs(60), test).await })
+        .block_on(async { tokio::time::timeout(STALLED, test).await })
         .expect("the test stalled");
+    drop(runtime);
+    let _ = done.send(());
+    watchdog.join().unwrap();
 }
 
 fn stats(e: &Engine) -> costguard::admission::ClassStats {
@@ -613,11 +632,24 @@ fn a_custom_outcome_keeps_client_errors_out_of_the_limit() {
     });
 }
 
-/// An inner service whose readiness the test controls, and which must not be called unready.
-#[derive(Clone)]
+/// An inner service whose readiness the test controls, and which must not be called unless this
+/// very instance was driven to readiness (a clone starts unready, as a clone of tower's `Buffer` or
+/// `ConcurrencyLimit` does).
 struct Gate {
     ready: Arc<AtomicBool>,
     broken: Arc<AtomicBool>,
+    /// This instance's own readiness: set by `poll_ready`, spent by `call`.
+    polled: bool,
+}
+
+impl Clone for Gate {
+    fn clone(&self) -> Self {
+        Gate {
+            ready: Arc::clone(&self.ready),
+            broken: Arc::clone(&self.broken),
+            polled: false,
+        }
+    }
 }
 
 impl Service<Req> for Gate {
@@ -629,6 +661,7 @@ impl Service<Req> for Gate {
         if self.broken.load(Ordering::SeqCst) {
             Poll::Ready(Err(Failure(u64::MAX)))
         } else if self.ready.load(Ordering::SeqCst) {
+            self.polled = true;
             Poll::Ready(Ok(()))
         } else {
             Poll::Pending
@@ -637,8 +670,8 @@ impl Service<Req> for Gate {
 
     fn call(&mut self, r: Req) -> Self::Future {
         assert!(
-            self.ready.load(Ordering::SeqCst),
-            "called before it was ready"
+            std::mem::take(&mut self.polled),
+            "called on an instance that was not driven to readiness"
         );
         std::future::ready(Ok(Resp::Served {
             id: RequestId::from_u64(r.n).as_str().to_owned(),
@@ -657,23 +690,122 @@ fn readiness_and_its_errors_are_the_inner_services() {
     let gate = Gate {
         ready: Arc::new(AtomicBool::new(false)),
         broken: Arc::new(AtomicBool::new(false)),
+        polled: false,
     };
     let mut svc = ServiceBuilder::new()
         .layer(admission(&s))
         .service(gate.clone());
     assert!(poll_ready(&mut svc).is_pending());
     gate.ready.store(true, Ordering::SeqCst);
-    assert_eq!(poll_ready(&mut svc), Poll::Ready(Ok(())));
-    let mut fut = svc.call(req(1));
     let mut cx = Context::from_waker(std::task::Waker::noop());
-    assert!(matches!(
-        std::pin::Pin::new(&mut fut).poll(&mut cx),
-        Poll::Ready(Ok(Resp::Served { .. }))
-    ));
+    // Each call is made on the instance driven to readiness, and needs readiness again.
+    for n in 1..=3 {
+        assert_eq!(poll_ready(&mut svc), Poll::Ready(Ok(())));
+        let mut fut = svc.call(req(n));
+        assert!(matches!(
+            std::pin::Pin::new(&mut fut).poll(&mut cx),
+            Poll::Ready(Ok(Resp::Served { .. }))
+        ));
+    }
     gate.broken.store(true, Ordering::SeqCst);
     assert_eq!(poll_ready(&mut svc), Poll::Ready(Err(Failure(u64::MAX))));
     let st = stats(&s.engine);
-    assert_eq!((st.in_flight, st.counts.admitted), (0, 1));
+    assert_eq!((st.in_flight, st.counts.admitted), (0, 3));
+}
+
+/// A response future dropped while its request runs records no outcome: a client that went away
+/// says nothing about the service's capacity, so an adaptive limit does not back off for it.
+#[test]
+fn a_dropped_response_future_records_no_outcome() {
+    let s = setup(aimd);
+    run(2, async {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let inner = service_fn(move |r: Req| {
+            let tx = tx.clone();
+            async move {
+                tx.send(r.n).unwrap();
+                if r.hold {
+                    std::future::pending::<()>().await;
+                }
+                Ok::<_, Failure>(Resp::Served {
+                    id: RequestId::from_u64(r.n).as_str().to_owned(),
+                    priority: Priority::Normal,
+                })
+            }
+        });
+        let svc = ServiceBuilder::new().layer(admission(&s)).service(inner);
+        let held: Vec<_> = (0..3)
+            .map(|n| {
+                tokio::spawn(svc.clone().oneshot(Req {
+                    hold: true,
+                    ..req(n)
+                }))
+            })
+            .collect();
+        for _ in 0..3 {
+            rx.recv().await.unwrap();
+        }
+        for call in held {
+            call.abort();
+            assert!(call.await.unwrap_err().is_cancelled());
+        }
+        assert_eq!(stats(&s.engine).in_flight, 0);
+        // The window closes at the next sample: had the three counted as overload, AIMD would
+        // halve the limit here.
+        s.clock.advance(Duration::from_secs(1));
+        assert!(matches!(
+            svc.clone().oneshot(req(3)).await,
+            Ok(Resp::Served { .. })
+        ));
+        assert_eq!(
+            stats(&s.engine).limit,
+            4,
+            "a dropped request was an overload sample"
+        );
+    });
+}
+
+/// The outcome classifier and the budget attacher can be types of the caller's, installed with
+/// `outcome_with` and `attach_with`, as well as closures.
+#[test]
+fn outcome_and_attach_take_types_of_the_callers() {
+    #[derive(Clone)]
+    struct ClientErrors;
+    impl ClassifyOutcome<Resp, Failure> for ClientErrors {
+        fn classify(&self, result: &Result<Resp, Failure>) -> Outcome {
+            match result {
+                Ok(_) => Outcome::Success,
+                Err(_) => Outcome::ClientError,
+            }
+        }
+    }
+    #[derive(Clone)]
+    struct Attach;
+    impl AttachBudget<Req> for Attach {
+        fn attach(&self, request: &mut Req, budget: &Budget) {
+            request.budget = Some(budget.clone());
+        }
+    }
+    let s = setup(aimd);
+    run(2, async {
+        let attached = service_fn(|r: Req| async move {
+            let budget = r.budget.expect("attached");
+            Err::<Resp, _>(Failure(budget.request_id().as_str().len() as u64))
+        });
+        let mut svc = ServiceBuilder::new()
+            .layer(
+                admission(&s)
+                    .attach_with::<Req, _>(Attach)
+                    .outcome_with::<Resp, Failure, _>(ClientErrors),
+            )
+            .service(attached);
+        for n in 0..3 {
+            assert_eq!(one(&mut svc, req(n)).await, Err(Failure(16)));
+        }
+        s.clock.advance(Duration::from_secs(1));
+        let _ = one(&mut svc, req(3)).await;
+        assert_eq!(stats(&s.engine).limit, 4, "client errors are not overload");
+    });
 }
 
 /// The service the layer wraps stays reachable, as tower middleware's usually is.
