@@ -213,9 +213,8 @@ impl Policy {
         file::load(path.as_ref())
     }
 
-    /// Reads a policy from TOML text read from `source`, at most
-    /// [`MAX_POLICY_BYTES`](crate::policy::MAX_POLICY_BYTES), naming it `name` in errors (file,
-    /// line and column, as [`from_toml_file`](Self::from_toml_file) does).
+    /// Reads a policy from TOML text read from `source`, at most [`MAX_POLICY_BYTES`], naming it
+    /// `name` in errors (file, line and column, as [`from_toml_file`](Self::from_toml_file) does).
     ///
     /// For a file the caller opened and checked itself: reading from that handle leaves no gap
     /// between the check and the read in which the path could be swapped for another file.
