@@ -288,6 +288,53 @@ fn retry_tokens_are_conserved() {
     });
 }
 
+/// What a reload's lower cap takes from the retry budget stays taken, whatever refill raced it.
+///
+/// A retry that collects the floor adds to the balance while a reload lowers the cap. Had the
+/// adder used the cap it read before the reload, its addition could land after the reload's trim,
+/// leaving the balance above the new cap (hidden while the cap stays low) for a later reload that
+/// raises the cap to hand back. Ten seconds of a floor of 100 a second are due when a retry and a
+/// reload to no floor (a cap of 10) race; then a reload raises the cap again at the same instant.
+/// In every interleaving at most the new cap's 10 tokens remain, and nothing more comes back.
+#[test]
+fn what_a_lower_cap_takes_stays_taken_whatever_raced_it() {
+    let policy = |per_second: u64| {
+        Policy::builder()
+            .class("api", |c| {
+                c.wall_time(Duration::from_secs(3600)).retries(1000)
+            })
+            .backend("db", |b| {
+                b.fraction("retry.ratio", 0.0)
+                    .count("retry.min_per_second", per_second)
+            })
+            .build()
+            .unwrap()
+    };
+    loom::model(move || {
+        let clock = ManualClock::new();
+        let engine = Engine::builder(policy(100))
+            .clock(clock.clone())
+            .build()
+            .unwrap();
+        let db = engine.backend("db").unwrap();
+        let budget = engine.begin_by_name("api", RequestId::from_u64(1)).unwrap();
+        clock.advance(Duration::from_secs(10));
+        let retrier = {
+            let (engine, budget) = (engine.clone(), budget.clone());
+            thread::spawn(move || retry_granted(&engine, db, &budget))
+        };
+        engine.reload(policy(0)).unwrap();
+        retrier.join().unwrap();
+        let trimmed = engine.backend_stats()[0].retry_tokens;
+        engine.reload(policy(100)).unwrap();
+        let raised = engine.backend_stats()[0].retry_tokens;
+        assert!(
+            trimmed <= 10 && raised <= 10,
+            "{trimmed} tokens under a cap of 10, {raised} once the cap was raised again"
+        );
+    });
+}
+
 /// A retry refused by the backend's retry budget never uses up the request tree's retries.
 ///
 /// A request tree's retry allowance is shared by everything the request does, and running out of

@@ -7,6 +7,16 @@
 //! bank retries for the moment it closes); every retry withdraws a whole token (1000); the floor
 //! refills with time. The balance is capped, so a long calm spell cannot bank a storm's worth of
 //! retries.
+//!
+//! The budget is the process's, shared by every request whichever policy it runs under, so it keeps
+//! the current policy's rates itself (set by reloads). The balance and its cap share one word:
+//! a reload that lowers the cap trims the balance in the same compare-and-swap that every deposit,
+//! refill and withdrawal goes through, so none of them can put back what the lower cap took away.
+//!
+//! | bits   | field                               |
+//! |--------|-------------------------------------|
+//! | 0..40  | balance, thousandths of a token     |
+//! | 40..64 | cap, whole tokens                   |
 
 use crate::sync::{AtomicU64, Ordering};
 use crossbeam_utils::CachePadded;
@@ -14,18 +24,35 @@ use crossbeam_utils::CachePadded;
 /// One token, in the fixed-point unit.
 pub(crate) const TOKEN: u64 = 1000;
 
+const BALANCE_BITS: u32 = 40;
+const BALANCE: u64 = (1 << BALANCE_BITS) - 1;
+/// The largest cap the word holds, in tokens (2^24 - 1: ten seconds of the highest floor a policy
+/// accepts, 1,000,000 a second, is 10,000,000).
+const MAX_CAP_TOKENS: u64 = (1 << (64 - BALANCE_BITS)) - 1;
+
+/// A refill time this far ahead of a reading is taken for a clock that stepped back; nearer, for a
+/// reading taken a moment before another thread's (or a coarse one lagging a precise one): no time
+/// has passed, rather than a stretch of floor paid twice.
+const STEP_BACK: u64 = 1_000_000_000;
+
+fn pack(balance: u64, cap_tokens: u64) -> u64 {
+    (cap_tokens << BALANCE_BITS) | balance.min(BALANCE)
+}
+
+/// `(balance, cap)`, both in thousandths.
+fn unpack(word: u64) -> (u64, u64) {
+    (word & BALANCE, (word >> BALANCE_BITS) * TOKEN)
+}
+
 #[derive(Debug)]
 pub(crate) struct RetryBudget {
-    /// Thousandths of a token.
-    balance: CachePadded<AtomicU64>,
+    /// The balance and the cap (see the module documentation).
+    word: CachePadded<AtomicU64>,
     /// When the floor last refilled, ns.
     refilled: AtomicU64,
-    /// The rates of the current policy ([`Rates`]'s fields), set by reloads. The budget is shared
-    /// by every request, whichever policy it runs under: one still running under an older policy
-    /// earns, draws and is capped at these, so a floor a reload turned off earns nothing more.
+    /// The current policy's other rates ([`Rates`]'s fields), set by reloads.
     deposit: AtomicU64,
     floor_per_second: AtomicU64,
-    cap: AtomicU64,
 }
 
 /// The budget's settings, in the units it counts in.
@@ -35,7 +62,7 @@ pub(crate) struct Rates {
     pub(crate) deposit: u64,
     /// Tokens per second of floor.
     pub(crate) floor_per_second: u64,
-    /// The most the balance holds, thousandths.
+    /// The most the balance holds, thousandths (a whole number of tokens).
     pub(crate) cap: u64,
 }
 
@@ -47,39 +74,41 @@ impl Rates {
             // Ten seconds of floor, and at least ten retries' worth.
             cap: floor_per_second
                 .saturating_mul(10)
-                .max(10)
-                .saturating_mul(TOKEN),
+                .clamp(10, MAX_CAP_TOKENS)
+                * TOKEN,
         }
+    }
+
+    fn cap_tokens(&self) -> u64 {
+        (self.cap / TOKEN).min(MAX_CAP_TOKENS)
     }
 }
 
 impl RetryBudget {
     pub(crate) fn new(now: u64, rates: Rates) -> Self {
+        let balance = rates.cap.min(rates.floor_per_second.saturating_mul(TOKEN));
         RetryBudget {
-            balance: CachePadded::new(AtomicU64::new(
-                rates.cap.min(rates.floor_per_second.saturating_mul(TOKEN)),
-            )),
+            word: CachePadded::new(AtomicU64::new(pack(balance, rates.cap_tokens()))),
             refilled: AtomicU64::new(now),
             deposit: AtomicU64::new(rates.deposit),
             floor_per_second: AtomicU64::new(rates.floor_per_second),
-            cap: AtomicU64::new(rates.cap),
         }
     }
 
     /// The current policy's rates. (Three words, each set alone: a reader racing a reload may
-    /// see some old and some new, for that one operation.)
+    /// see some old and some new, for that one operation; the cap is always the balance's own.)
+    #[inline]
     pub(crate) fn rates(&self) -> Rates {
         Rates {
             deposit: self.deposit.load(Ordering::Relaxed),
             floor_per_second: self.floor_per_second.load(Ordering::Relaxed),
-            cap: self.cap.load(Ordering::Relaxed),
+            cap: unpack(self.word.load(Ordering::Acquire)).1,
         }
     }
 
     /// Gives the budget a reload's rates, at `now`. What it earned up to now is earned at the rates
     /// it had meanwhile: new rates, a floor turned on among them, apply from now on only. A lower
-    /// cap takes what it leaves out away for good (a cap raised again later starts from what is
-    /// left, as it would have had a retry come in between).
+    /// cap takes what it leaves out away for good.
     pub(crate) fn set_rates(&self, now: u64, rates: Rates) {
         let old = self.rates();
         if old == rates {
@@ -89,29 +118,32 @@ impl RetryBudget {
         self.deposit.store(rates.deposit, Ordering::Relaxed);
         self.floor_per_second
             .store(rates.floor_per_second, Ordering::Relaxed);
-        self.cap.store(rates.cap, Ordering::Relaxed);
+        let cap = rates.cap_tokens();
         let _ = self
-            .balance
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
-                (b > rates.cap).then_some(rates.cap)
+            .word
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                Some(pack(unpack(w).0.min(cap * TOKEN), cap))
             });
     }
 
-    /// Adds `n`, up to `cap`. A full budget (the usual state of a healthy backend) is only read.
-    fn add(&self, n: u64, cap: u64) {
+    /// Adds `n`, up to the cap. A full budget (the usual state of a healthy backend) is only read.
+    #[inline]
+    fn add(&self, n: u64) {
         let _ = self
-            .balance
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+            .word
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                let (b, cap) = unpack(w);
                 let next = b.saturating_add(n).min(cap);
-                (next != b).then_some(next)
+                (next != b).then_some((w & !BALANCE) | next)
             });
     }
 
     /// A first attempt: deposit.
+    #[inline]
     pub(crate) fn deposit(&self) {
         let deposit = self.deposit.load(Ordering::Relaxed);
         if deposit > 0 {
-            self.add(deposit, self.cap.load(Ordering::Relaxed));
+            self.add(deposit);
         }
     }
 
@@ -119,25 +151,27 @@ impl RetryBudget {
     ///
     /// The refill time moves on by the time the whole thousandths earned stand for, not to `now`:
     /// the remainder is kept for the next refill, so that frequent retry decisions do not round
-    /// the floor away. A refill time ahead of `now` is one a clock that stepped back left behind:
-    /// it is moved back to `now`, and the floor starts earning again from there.
+    /// the floor away. A refill time more than [`STEP_BACK`] ahead of `now` is one a clock that
+    /// stepped back left behind: it is moved back to `now`, and the floor starts earning again from
+    /// there. Less far ahead, no time has passed.
+    #[inline]
     fn refill(&self, now: u64, rates: Rates) {
         self.refill_from(now, rates, true);
     }
 
     /// [`refill`](Self::refill); with `step_back` false, a refill time ahead of `now` is left
-    /// where it is (a reload's reading of the clock, taken before it compiled the policy, may be
-    /// older than a retry's meanwhile: moving the refill time back to it would pay that stretch
-    /// of floor twice).
+    /// where it is however far ahead (a reload settles at a reading taken before it compiled).
     fn refill_from(&self, now: u64, rates: Rates, step_back: bool) {
         let last = self.refilled.load(Ordering::Acquire);
-        if now == last || rates.floor_per_second == 0 || (now < last && !step_back) {
+        if now == last || rates.floor_per_second == 0 {
             return;
         }
         if now < last {
-            let _ = self
-                .refilled
-                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire);
+            if step_back && last - now > STEP_BACK {
+                let _ =
+                    self.refilled
+                        .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire);
+            }
             return;
         }
         let per_second = u128::from(rates.floor_per_second) * u128::from(TOKEN);
@@ -158,7 +192,7 @@ impl RetryBudget {
             .compare_exchange(last, to, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
-            self.add(u64::try_from(earned).unwrap_or(u64::MAX), rates.cap);
+            self.add(u64::try_from(earned).unwrap_or(u64::MAX));
         }
     }
 
@@ -178,27 +212,26 @@ impl RetryBudget {
     }
 
     /// A retry: withdraw one token if there is one.
-    ///
-    /// A balance above the cap counts as the cap (a reload trims the balance as it lowers the cap,
-    /// and this holds for a withdrawal that comes in between).
+    #[inline]
     pub(crate) fn try_withdraw(&self, now: u64) -> bool {
         let rates = self.rates();
         self.refill(now, rates);
-        self.balance
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
-                b.min(rates.cap).checked_sub(TOKEN)
+        self.word
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                let (b, cap) = unpack(w);
+                Some((w & !BALANCE) | b.min(cap).checked_sub(TOKEN)?)
             })
             .is_ok()
     }
 
     /// Gives a withdrawn token back (the retry was refused by something else after all).
     pub(crate) fn give_back(&self) {
-        self.add(TOKEN, self.cap.load(Ordering::Relaxed));
+        self.add(TOKEN);
     }
 
     /// The balance, in thousandths of a token.
     pub(crate) fn balance(&self) -> u64 {
-        self.balance.load(Ordering::Relaxed)
+        unpack(self.word.load(Ordering::Relaxed)).0
     }
 
     /// The balance a withdrawal at `now` would find: what is banked plus the floor earned since
@@ -323,6 +356,21 @@ mod tests {
         b.set_rates(0, Rates::new(500, 1));
         let granted = (0..10).filter(|_| b.try_withdraw(5 * SEC)).count();
         assert_eq!(granted, 4, "five seconds of floor, one of it taken");
+    }
+
+    #[test]
+    fn a_reading_a_moment_older_than_the_last_refill_earns_nothing() {
+        let rates = Rates::new(0, 1);
+        let b = RetryBudget::new(0, rates);
+        assert!(b.try_withdraw(0));
+        // One retry collects the floor up to 2 s; another read the clock at 1 s, or reads a
+        // coarse clock lagging a second: no time has passed for it, and the second from 1 s to
+        // 2 s, paid already, is not paid again.
+        assert!(b.try_withdraw(2 * SEC));
+        assert!(b.try_withdraw(2 * SEC));
+        assert!(!b.try_withdraw(SEC));
+        assert!(!b.try_withdraw(2 * SEC), "a second of floor paid twice");
+        assert!(b.try_withdraw(3 * SEC), "and the floor goes on from 2 s");
     }
 
     #[test]
