@@ -293,15 +293,13 @@ impl<C, R, A, O> AdmissionLayer<C, R, A, O> {
     where
         A2: Fn(&mut Req, &Budget),
     {
-        self.attach_with::<Req, A2>(attach)
+        self.attach_with(attach)
     }
 
     /// [`attach`](Self::attach) with any [`AttachBudget`] (a type of the caller's, or
-    /// [`NoAttach`]); `attach` takes a closure, whose argument types it infers.
-    pub fn attach_with<Req, A2>(self, attach: A2) -> AdmissionLayer<C, R, A2, O>
-    where
-        A2: AttachBudget<Req>,
-    {
+    /// [`NoAttach`]); `attach` takes a closure, whose argument types it infers. (The service the
+    /// layer makes requires `AttachBudget<Req>` of its request type.)
+    pub fn attach_with<A2>(self, attach: A2) -> AdmissionLayer<C, R, A2, O> {
         let Shared {
             engine,
             classify,
@@ -326,15 +324,13 @@ impl<C, R, A, O> AdmissionLayer<C, R, A, O> {
     where
         O2: Fn(&Result<T, E>) -> Outcome,
     {
-        self.outcome_with::<T, E, O2>(outcome)
+        self.outcome_with(outcome)
     }
 
     /// [`outcome`](Self::outcome) with any [`ClassifyOutcome`] (a type of the caller's, or
-    /// [`ErrIsOverload`]); `outcome` takes a closure, whose argument types it infers.
-    pub fn outcome_with<T, E, O2>(self, outcome: O2) -> AdmissionLayer<C, R, A, O2>
-    where
-        O2: ClassifyOutcome<T, E>,
-    {
+    /// [`ErrIsOverload`]); `outcome` takes a closure, whose argument types it infers. (The service
+    /// the layer makes requires `ClassifyOutcome` of its inner service's result.)
+    pub fn outcome_with<O2>(self, outcome: O2) -> AdmissionLayer<C, R, A, O2> {
         let Shared {
             engine,
             classify,

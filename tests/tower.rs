@@ -793,11 +793,7 @@ fn outcome_and_attach_take_types_of_the_callers() {
             Err::<Resp, _>(Failure(budget.request_id().as_str().len() as u64))
         });
         let mut svc = ServiceBuilder::new()
-            .layer(
-                admission(&s)
-                    .attach_with::<Req, _>(Attach)
-                    .outcome_with::<Resp, Failure, _>(ClientErrors),
-            )
+            .layer(admission(&s).attach_with(Attach).outcome_with(ClientErrors))
             .service(attached);
         for n in 0..3 {
             assert_eq!(one(&mut svc, req(n)).await, Err(Failure(16)));
@@ -805,6 +801,15 @@ fn outcome_and_attach_take_types_of_the_callers() {
         s.clock.advance(Duration::from_secs(1));
         let _ = one(&mut svc, req(3)).await;
         assert_eq!(stats(&s.engine).limit, 4, "client errors are not overload");
+        // The defaults go back in the same way, with no type annotations.
+        let mut plain = ServiceBuilder::new()
+            .layer(
+                admission(&s)
+                    .attach_with(costguard::tower::NoAttach)
+                    .outcome_with(costguard::tower::ErrIsOverload),
+            )
+            .service(timed(&s.clock));
+        assert!(one(&mut plain, req(4)).await.is_ok());
     });
 }
 

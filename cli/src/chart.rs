@@ -148,7 +148,7 @@ pub fn render(c: &Comparison) -> String {
     }
 
     // When the fault starts, across both panels (if within the run, as the table marks it).
-    let within = (0.0..=c.duration_seconds as f64).contains(&c.fault_at_seconds);
+    let within = (0.0..c.duration_seconds as f64).contains(&c.fault_at_seconds);
     if within {
         let at = x.map(c.fault_at_seconds);
         for (top, bottom) in [ERRORS_PANEL, THREADS_PANEL] {
@@ -646,6 +646,10 @@ mod tests {
         assert!(!render(&c).contains("fault at"));
         c.fault_at_seconds = 180.0;
         assert!(render(&c).contains("fault at 3m"));
+        // At the run's very end, as the table, which has no column there.
+        c.fault_at_seconds = 600.0;
+        assert!(!render(&c).contains("fault at"));
+        assert!(!crate::table::render(&c).contains("the fault, at"));
         assert!(!svg.contains("NaN"));
         // Long series are bucketed.
         let line = svg
