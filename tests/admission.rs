@@ -2240,14 +2240,12 @@ fn a_reload_that_takes_a_priority_s_share_away_refuses_its_waiters_at_once() {
 }
 
 /// A waiter refused by a reload that left its priority no permit is told what a first try under
-/// that policy is told at that moment: `ConcurrencyLimit` while the class is full. And in shadow
-/// mode, where a first try is admitted all the same, nobody is refused for it: the waiter stays.
+/// that policy is told at that moment: `ConcurrencyLimit` while the class is full.
 #[test]
 fn a_waiter_refused_by_a_reload_is_told_what_a_first_try_is_told() {
     use executor::{poll, CountingWaker};
-    let policy =
-        |background: f64, shadow: bool| shared_queue(Priority::Background, background, shadow);
-    let (e, _clock) = engine(policy(0.5, false));
+    let policy = |background: f64| shared_queue(Priority::Background, background, false);
+    let (e, _clock) = engine(policy(0.5));
     let api = e.class("api").unwrap();
     let background = |n| AdmitRequest::new(api, id(n)).priority(Priority::Background);
     let waker = Arc::new(CountingWaker::default());
@@ -2258,18 +2256,7 @@ fn a_waiter_refused_by_a_reload_is_told_what_a_first_try_is_told() {
     assert!(poll(&mut queued, &waker).is_pending());
     held.extend((2..4).map(|i| e.try_admit(&AdmitRequest::new(api, id(i))).unwrap()));
 
-    // Shadow mode, with no share for background work: the waiter waits on.
-    e.reload(policy(0.1, true)).unwrap();
-    assert!(
-        poll(&mut queued, &waker).is_pending(),
-        "refused in shadow mode"
-    );
-    let shadowed = e.try_admit(&background(11));
-    assert!(shadowed.is_ok());
-    drop(shadowed);
-
-    // Enforced, with the class full.
-    e.reload(policy(0.1, false)).unwrap();
+    e.reload(policy(0.1)).unwrap();
     let first = e.try_admit(&background(12)).unwrap_err();
     let std::task::Poll::Ready(Err(refused)) = poll(&mut queued, &waker) else {
         panic!("a waiter with no share left stayed queued");
@@ -2278,6 +2265,43 @@ fn a_waiter_refused_by_a_reload_is_told_what_a_first_try_is_told() {
     assert_eq!(told(&first), (Reason::ConcurrencyLimit, Retry::Never, 4, 0));
     assert_eq!(told(&refused), told(&first));
     drop(held);
+}
+
+/// A reload that turns shadow mode on admits the requests waiting in the queue, as a first try
+/// under it is admitted, whatever their share: shadow mode enforces nothing, and a waiter kept
+/// for a permit it is not owed would be refused after all when its time ran out.
+#[test]
+fn a_reload_to_shadow_mode_admits_the_waiters() {
+    use executor::{poll, CountingWaker};
+    let policy =
+        |background: f64, shadow: bool| shared_queue(Priority::Background, background, shadow);
+    let (e, _clock) = engine(policy(0.5, false));
+    let api = e.class("api").unwrap();
+    let stats = || e.admission_stats().class("api").unwrap().clone();
+    let waker = Arc::new(CountingWaker::default());
+    let held: Vec<_> = (0..4)
+        .map(|i| e.try_admit(&AdmitRequest::new(api, id(i))).unwrap())
+        .collect();
+    let mut normal = e.admit_async(AdmitRequest::new(api, id(10)));
+    let background = AdmitRequest::new(api, id(11)).priority(Priority::Background);
+    let mut background = e.admit_async(background);
+    assert!(poll(&mut normal, &waker).is_pending());
+    assert!(poll(&mut background, &waker).is_pending());
+
+    // Shadow mode, with no share at all for background work.
+    e.reload(policy(0.1, true)).unwrap();
+    for waiter in [&mut normal, &mut background] {
+        let std::task::Poll::Ready(Ok(admitted)) = poll(waiter, &waker) else {
+            panic!("a waiter was kept in shadow mode");
+        };
+        drop(admitted);
+    }
+    let s = stats();
+    assert_eq!((s.queue_len, s.in_flight), (0, 4));
+    assert_eq!(s.counts.refused(Reason::QueueTimeout), 0);
+    assert_eq!(s.counts.admitted, 6);
+    drop(held);
+    assert_eq!(stats().in_flight, 0);
 }
 
 /// A waiter's time limit holds after a reload takes its class's admission settings away: the

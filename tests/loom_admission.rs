@@ -467,13 +467,36 @@ fn lowered_limit_admits_nothing_above_it() {
 /// retried), never left queued for a permit it cannot get.
 #[test]
 fn a_waiter_whose_share_a_reload_takes_away_is_never_left_queued() {
-    let policy = |background: f64| {
+    reload_racing_a_waiter(false, |outcome| {
+        let verdict = outcome.as_ref().map(drop).unwrap_err();
+        assert_eq!(verdict.reason(), Reason::Shed, "{verdict:?}");
+        assert_eq!(verdict.retry(), costguard::Retry::Never, "{verdict:?}");
+        1
+    });
+}
+
+/// The same race with a reload that also turns shadow mode on: whatever the interleaving, the
+/// waiter is admitted, as a first try under that policy is, never left queued.
+#[test]
+fn a_waiter_racing_a_reload_to_shadow_mode_is_admitted() {
+    reload_racing_a_waiter(true, |outcome| {
+        assert!(outcome.is_ok(), "{:?}", outcome.as_ref().err());
+        2
+    });
+}
+
+/// A background waiter (half of a limit of 2, with one permit held) racing a reload that leaves
+/// background work a quarter of the limit (no permit), in shadow mode if `shadow`; `settled`
+/// checks the waiter's outcome and returns how many permits are in flight while it is held.
+fn reload_racing_a_waiter(shadow: bool, settled: fn(&Result<Admitted, costguard::Verdict>) -> u32) {
+    let policy = move |background: f64, shadow: bool| {
         Policy::builder()
             .class("api", |c| {
                 c.admission(|a| {
                     a.concurrency(2)
                         .headroom(Priority::Background, background)
                         .queue(4, Duration::from_secs(10))
+                        .shadow(shadow)
                 })
             })
             .build()
@@ -481,13 +504,13 @@ fn a_waiter_whose_share_a_reload_takes_away_is_never_left_queued() {
     };
     loom::model(move || {
         // Half of a limit of 2, taken: background work waits.
-        let (engine, _clock) = engine(policy(0.5));
+        let (engine, _clock) = engine(policy(0.5, false));
         let api = engine.class("api").unwrap();
         let held = engine.try_admit(&AdmitRequest::new(api, id(1))).unwrap();
         let reloader = {
             let engine = engine.clone();
             // A quarter of 2 is no permit.
-            thread::spawn(move || engine.reload(policy(0.25)).unwrap())
+            thread::spawn(move || engine.reload(policy(0.25, shadow)).unwrap())
         };
         let waker = Waker::from(Arc::new(CountingWaker::default()));
         let request = AdmitRequest::new(api, id(2)).priority(Priority::Background);
@@ -498,14 +521,13 @@ fn a_waiter_whose_share_a_reload_takes_away_is_never_left_queued() {
             Poll::Ready(outcome) => outcome,
             Poll::Pending => match poll_once(&mut waiter, &waker) {
                 Poll::Ready(outcome) => outcome,
-                Poll::Pending => panic!("a waiter with no share left stayed queued"),
+                Poll::Pending => panic!("a waiter stayed queued through the reload"),
             },
         };
-        let verdict = outcome.map(drop).unwrap_err();
-        assert_eq!(verdict.reason(), Reason::Shed, "{verdict:?}");
-        assert_eq!(verdict.retry(), costguard::Retry::Never, "{verdict:?}");
-        assert_eq!(in_flight_and_queued(&engine), (1, 0));
-        drop(held);
+        let in_flight = settled(&outcome);
+        assert_eq!(in_flight_and_queued(&engine), (in_flight, 0));
+        drop((outcome, held));
+        assert_eq!(in_flight_and_queued(&engine), (0, 0));
     });
 }
 

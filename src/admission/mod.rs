@@ -241,19 +241,28 @@ pub(crate) struct Gate {
 
 /// The "never" bit of a lane of [`Gate::shares`] (a share is at most 1000, under bit 10).
 const NEVER: u64 = 1 << 15;
+/// The "shadow" bit, in the first lane only.
+const SHADOW: u64 = 1 << 14;
+const SHARE: u64 = (1 << 14) - 1;
 
 fn pack_shares(shares: Shares) -> u64 {
-    (0..4).fold(0, |word, i| {
+    let lanes = (0..4).fold(0, |word, i| {
         let never = if shares.never[i] { NEVER } else { 0 };
         word | (u64::from(shares.of_limit[i]) | never) << (16 * i)
-    })
+    });
+    if shares.shadow {
+        lanes | SHADOW
+    } else {
+        lanes
+    }
 }
 
 fn unpack_shares(word: u64) -> Shares {
     let lane = |i: usize| (word >> (16 * i)) & 0xffff;
     Shares {
-        of_limit: std::array::from_fn(|i| (lane(i) & !NEVER) as Permille),
+        of_limit: std::array::from_fn(|i| (lane(i) & SHARE) as Permille),
         never: std::array::from_fn(|i| lane(i) & NEVER != 0),
+        shadow: word & SHADOW != 0,
     }
 }
 
@@ -271,6 +280,7 @@ impl Gate {
             shares: AtomicU64::new(pack_shares(Shares {
                 of_limit: [1000; 4],
                 never: [false; 4],
+                shadow: false,
             })),
             latency_ns: AtomicU64::new(0),
             name: Arc::clone(class),
@@ -285,10 +295,14 @@ impl Gate {
     /// Sets each priority's share of the limit, by a reload, once the limit is set: `highest` is
     /// the largest limit the class can have under the new policy (its static limit, or its
     /// adaptive maximum), where a share that rounds down to nothing never holds a permit. In
-    /// `shadow` mode, where a refusal admits all the same, no waiter is refused for that.
+    /// `shadow` mode, where a refusal admits all the same, waiters are admitted as first tries are.
     pub(crate) fn set_shares(&self, of_limit: [Permille; 4], highest: u32, shadow: bool) {
         let never = of_limit.map(|share| !shadow && limiter::allowed(highest, share) == 0);
-        let word = pack_shares(Shares { of_limit, never });
+        let word = pack_shares(Shares {
+            of_limit,
+            never,
+            shadow,
+        });
         self.shares.store(word, Ordering::Release);
     }
 

@@ -33,11 +33,13 @@ pub(crate) const REFUSED: u32 = 4;
 
 /// Each priority's share of the limit under the current policy, and whether that share rounds
 /// down to nothing at the largest limit the class can have: a waiter of such a priority is refused
-/// rather than kept waiting for a permit it can never get.
+/// rather than kept waiting for a permit it can never get. In `shadow` mode (a reload turned it on
+/// while requests waited) every waiter is admitted, as a first try would be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Shares {
     pub(crate) of_limit: [Permille; 4],
     pub(crate) never: [bool; 4],
+    pub(crate) shadow: bool,
 }
 
 /// Why a waiter was not queued.
@@ -47,6 +49,8 @@ pub(crate) enum NotQueued {
     Full(u32),
     /// Its priority can never get a permit under the current policy.
     Never,
+    /// The class is in shadow mode: the request is admitted whatever the limit says.
+    Shadow,
 }
 
 /// How to wake a waiter.
@@ -177,7 +181,11 @@ impl WaitQueue {
         shares: impl FnOnce() -> Shares,
     ) -> Result<(), NotQueued> {
         let mut inner = self.inner.lock();
-        if shares().never[waiter.priority as usize] {
+        let shares = shares();
+        if shares.shadow {
+            return Err(NotQueued::Shadow);
+        }
+        if shares.never[waiter.priority as usize] {
             return Err(NotQueued::Never);
         }
         let len = inner.waiters.len() as u32;
@@ -270,7 +278,9 @@ impl WaitQueue {
                 continue;
             }
             let share = shares.of_limit[w.priority as usize];
-            if blocked.is_some_and(|b| share <= b) || limiter.try_acquire(share).is_err() {
+            if shares.shadow {
+                limiter.force_acquire();
+            } else if blocked.is_some_and(|b| share <= b) || limiter.try_acquire(share).is_err() {
                 // No permit for this one; keep looking to expire the others and to serve those of
                 // a higher priority.
                 blocked = Some(blocked.map_or(share, |b| b.max(share)));

@@ -94,6 +94,11 @@ fn enqueue(
             return Err(v);
         }
         Err(NotQueued::Never) => return Err(never_admitted(engine, req, adm, priority)),
+        // A reload turned shadow mode on since the first try: admitted, as a first try now is.
+        Err(NotQueued::Shadow) => {
+            adm.gate.limiter.force_acquire();
+            return Ok(Place::Held(snapshot, priority, Timestamp::from_nanos(now)));
+        }
     }
     adm.gate.stats.waited();
     // A permit freed before this waiter became visible would be missed: look once more.
