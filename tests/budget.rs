@@ -498,6 +498,22 @@ fn a_child_refused_for_its_parents_margin_names_the_parents_class() {
     assert_eq!(v.requested(), 100_000_000, "parse's margin");
 }
 
+/// A child is refused when no more than the margin is left, since it would get no time at all;
+/// a nanosecond more and it gets that nanosecond.
+#[test]
+fn a_child_with_exactly_the_margin_left_is_refused() {
+    let f = fixture(); // parse: 30 s, margin 100 ms
+    let parse = f.parse();
+    f.clock
+        .advance(Duration::from_millis(29_900) - Duration::from_nanos(1));
+    let child = parse.child().unwrap();
+    assert_eq!(child.remaining(), Duration::from_nanos(1));
+    f.clock.advance(Duration::from_nanos(1));
+    let v = parse.child().unwrap_err();
+    assert_eq!(v.reason(), Reason::InsufficientTime);
+    assert_eq!(parse.remaining(), Duration::from_millis(100));
+}
+
 /// A budget given no wall time at all is refused on wall time, with amounts that say so.
 #[test]
 fn a_zero_wall_time_override_is_refused_on_wall_time() {

@@ -499,8 +499,9 @@ impl Budget {
     ///
     /// The child's limits are its class's, tightened by `overrides`; every charge also goes to every
     /// ancestor. Its deadline is the earlier of its own wall time and this budget's deadline minus the
-    /// class's `child_margin`. Refused when this budget is cancelled or expired, when less than the
-    /// margin is left, or when budgets would nest deeper than [`MAX_BUDGET_DEPTH`].
+    /// class's `child_margin`. Refused when this budget is cancelled or expired, when no more than
+    /// the margin is left (the child would get no time), or when budgets would nest deeper than
+    /// [`MAX_BUDGET_DEPTH`].
     pub fn child_with(
         &self,
         class: Option<Class>,
