@@ -316,29 +316,35 @@ impl Drop for DropFlag {
     }
 }
 
+/// A handler that reports each request entering it, keeps those marked `hold` for ever, and sets
+/// `dropped` when a request's future is dropped.
+fn holding(
+    tx: mpsc::UnboundedSender<Event>,
+    dropped: Arc<AtomicBool>,
+) -> impl Service<Req, Response = Resp, Error = Failure, Future: Send> + Clone + Send + 'static {
+    service_fn(move |r: Req| {
+        let (flag, tx) = (DropFlag(Arc::clone(&dropped)), tx.clone());
+        async move {
+            let _flag = flag;
+            tx.send(Event::Entered(r.n)).unwrap();
+            if r.hold {
+                std::future::pending::<()>().await;
+            }
+            Ok::<_, Failure>(Resp::Served {
+                id: RequestId::from_u64(r.n).as_str().to_owned(),
+                priority: Priority::Normal,
+            })
+        }
+    })
+}
+
 #[test]
 fn a_dropped_response_future_gives_its_grant_back() {
     let s = setup(|a| a.concurrency(1).queue(4, Duration::from_secs(10)));
     run(2, async {
         let inner_dropped = Arc::new(AtomicBool::new(false));
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let inner = {
-            let (inner_dropped, tx) = (Arc::clone(&inner_dropped), tx.clone());
-            service_fn(move |r: Req| {
-                let (flag, tx) = (DropFlag(Arc::clone(&inner_dropped)), tx.clone());
-                async move {
-                    let _flag = flag;
-                    tx.send(Event::Entered(r.n)).unwrap();
-                    if r.hold {
-                        std::future::pending::<()>().await;
-                    }
-                    Ok::<_, Failure>(Resp::Served {
-                        id: RequestId::from_u64(r.n).as_str().to_owned(),
-                        priority: Priority::Normal,
-                    })
-                }
-            })
-        };
+        let inner = holding(tx.clone(), Arc::clone(&inner_dropped));
         let svc = ServiceBuilder::new().layer(admission(&s)).service(inner);
         let call = |r: Req| tokio::spawn(svc.clone().oneshot(r));
 
@@ -720,19 +726,7 @@ fn a_dropped_response_future_records_no_outcome() {
     let s = setup(aimd);
     run(2, async {
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let inner = service_fn(move |r: Req| {
-            let tx = tx.clone();
-            async move {
-                tx.send(r.n).unwrap();
-                if r.hold {
-                    std::future::pending::<()>().await;
-                }
-                Ok::<_, Failure>(Resp::Served {
-                    id: RequestId::from_u64(r.n).as_str().to_owned(),
-                    priority: Priority::Normal,
-                })
-            }
-        });
+        let inner = holding(tx, Arc::new(AtomicBool::new(false)));
         let svc = ServiceBuilder::new().layer(admission(&s)).service(inner);
         let held: Vec<_> = (0..3)
             .map(|n| {
