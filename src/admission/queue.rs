@@ -10,9 +10,9 @@
 //! Each waiter has one state word that leaves `WAITING` exactly once, by CAS: to `GRANTED` by a
 //! releaser that took a permit on its behalf, to `ABANDONED`/`EXPIRED` when it times out or is
 //! dropped, or to `REFUSED` when a reload leaves its priority a share of the limit that can never
-//! hold a permit (waiting out its time could not help it). Whoever loses that race knows it: a releaser that finds its waiter gone gives the permit
-//! back; a waiter that finds itself granted after deciding to leave releases the permit it was handed.
-//! No permit is stranded.
+//! hold a permit (waiting out its time could not help it). Whoever loses that race knows it: a
+//! releaser that finds its waiter gone gives the permit back; a waiter that finds itself granted
+//! after deciding to leave releases the permit it was handed. No permit is stranded.
 //!
 //! A releaser learns that someone waits from one atomic count, read after its release; a waiter
 //! retries once after it has become visible. With both sides sequentially consistent, at least one of
@@ -171,9 +171,10 @@ impl WaitQueue {
     }
 
     /// Queues a waiter unless the queue is full or, as `shares` says under the queue's lock, its
-    /// priority can never get a permit. A reload sets the shares, then takes this lock to dispatch
-    /// (whether or not it sees waiters): either that dispatch comes first, and its new shares are
-    /// read here, or it comes after and refuses the waiter.
+    /// priority can never get a permit or the class is in shadow mode. A reload sets the shares,
+    /// then takes this lock to dispatch (whether or not it sees waiters): either that dispatch
+    /// comes first, and its new shares are read here, or it comes after and refuses (or, in
+    /// shadow mode, admits) the waiter.
     pub(crate) fn enqueue(
         &self,
         waiter: Arc<Waiter>,
@@ -209,9 +210,9 @@ impl WaitQueue {
     }
 
     /// Hands free permits to waiters (newest first while CoDel says overloaded), each within its
-    /// priority's share of the limit in `shares`, expires waiters whose deadline has passed,
-    /// refuses those whose priority can never get a permit, then wakes them. Called after releases,
-    /// by the timer and after reloads.
+    /// priority's share of the limit in `shares` (whatever the limit, in shadow mode), expires
+    /// waiters whose deadline has passed, refuses those whose priority can never get a permit,
+    /// then wakes them. Called after releases, by the timer and after reloads.
     pub(crate) fn dispatch(
         &self,
         limiter: &Limiter,
