@@ -487,10 +487,12 @@ impl Budget {
     /// budget's policy does not know, levels and `cpu_time` are ignored.
     ///
     /// When the usage fits, it is charged all at once. When it does not (the callee went past
-    /// what the header allowed it, or ignored the header), the work is done already: each counter
-    /// is charged as far as the limits allow, so that an allowance the callee overran is used up
-    /// (no retry is left to hand out again), the budget is cancelled, and the verdict of the
-    /// all-at-once charge says which limit the callee went past.
+    /// what the header allowed it, ignored the header, or ran beside another callee of this
+    /// budget), the work is done already: each budget of the chain is charged as much of each
+    /// counter as its own limit holds, so that an allowance the callee overran is used up (no retry
+    /// is left to hand out again) and an ancestor with room left counts all of the work, each
+    /// budget overrun is exhausted, this budget is cancelled, and the verdict of the all-at-once
+    /// charge says which limit the callee went past.
     pub fn charge_usage(&self, usage: &Usage) -> Result<(), Verdict> {
         let snapshot = &self.node().snapshot;
         let charges: Vec<(crate::Counter, u64)> = usage
@@ -508,14 +510,10 @@ impl Budget {
             Ok(()) => return Ok(()),
             Err(v) => v,
         };
+        // The work was done: every budget of the chain counts as much of it as it can hold, and
+        // each one it overran is exhausted.
         for &(counter, n) in &charges {
-            let left = self.remaining_of(counter);
-            // What is left may shrink meanwhile (other threads of the request): then this part is
-            // refused too, and the counter is used up all the same.
-            let _ = self.try_charge(counter, n.min(left));
-            if n > left {
-                self.node().exhaust_tightest(counter.index());
-            }
+            self.node().fill_chain(counter.index(), n);
         }
         self.cancel();
         Err(refusal)
@@ -524,22 +522,36 @@ impl Budget {
     /// What this budget has left, to pass to a callee in another process.
     ///
     /// Time left is reduced by the class's `child_margin` and rounded down to whole milliseconds, so the
-    /// callee always gives up before the caller does.
+    /// callee always gives up before the caller does. A cancelled budget (cancelled, exhausted or
+    /// past its deadline) passes on nothing: no time and no allowance, which a callee's
+    /// [`Engine::begin_propagated`] refuses, as [`child`](Self::child) is refused here.
     pub fn propagation(&self) -> Propagation {
         let node = self.node();
         let snapshot = &node.snapshot;
-        let remaining = self.deadline().map(|_| {
-            let margin = node.rules().map_or(0, |r| r.child_margin);
-            self.remaining()
-                .saturating_sub(Duration::from_nanos(margin))
-        });
+        let cancelled = self.check().is_err();
+        let remaining = if cancelled {
+            Some(Duration::ZERO)
+        } else {
+            self.deadline().map(|_| {
+                let margin = node.rules().map_or(0, |r| r.child_margin);
+                self.remaining()
+                    .saturating_sub(Duration::from_nanos(margin))
+            })
+        };
         let allowances = snapshot
             .dims
             .dims
             .iter()
             .enumerate()
             .filter(|(i, _)| node.chain_limits(*i))
-            .map(|(i, d)| (d.name.to_string(), node.chain_remaining(i)))
+            .map(|(i, d)| {
+                let left = if cancelled {
+                    0
+                } else {
+                    node.chain_remaining(i)
+                };
+                (d.name.to_string(), left)
+            })
             .collect();
         Propagation {
             request_id: Some(node.request_id),
@@ -559,7 +571,8 @@ impl Engine {
     /// Starts a budget for a request that arrived with a propagation header.
     ///
     /// The budget's limits are the class's tightened by the header (see the [module
-    /// documentation](self)). Dimensions this policy does not know are ignored. The header's request id
+    /// documentation](self)). Dimensions this policy does not know are ignored (and so not passed
+    /// on by this budget's own header). The header's request id
     /// is used when present, `fallback_id` otherwise. A header with no time left is refused with
     /// [`Reason::InsufficientTime`](crate::Reason::InsufficientTime).
     pub fn begin_propagated(

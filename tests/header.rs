@@ -384,6 +384,66 @@ fn usage_round_trips_and_what_does_not_fit_uses_the_allowance_up() {
     assert!(parse.is_cancelled());
 }
 
+/// A cancelled budget passes on nothing: a callee started from its header is refused, as a child
+/// is, whether the caller was cancelled, ran out of an allowance or passed its deadline.
+#[test]
+fn a_cancelled_caller_s_header_starts_no_callee() {
+    let (engine, clock) = engine();
+    let lookups = engine.counter("file_lookups").unwrap();
+    let api = engine.class("api").unwrap();
+    let callee = |header: &str| {
+        let prop = Propagation::decode(header).unwrap();
+        assert_eq!(prop.remaining(), Some(Duration::ZERO), "{header}");
+        assert!(prop.allowances().all(|(_, left)| left == 0), "{header}");
+        engine
+            .begin_propagated(api, id("callee"), &prop)
+            .map(drop)
+            .map_err(|v| v.reason())
+    };
+    let cancelled = engine.begin_by_name("parse", id("c")).unwrap();
+    cancelled.cancel();
+    assert!(cancelled.child().is_err());
+    assert_eq!(
+        callee(&cancelled.to_header()),
+        Err(Reason::InsufficientTime)
+    );
+
+    let exhausted = engine.begin_by_name("parse", id("e")).unwrap();
+    exhausted.try_charge(lookups, 495).unwrap();
+    assert!(exhausted.try_charge(lookups, 10).is_err());
+    assert!(exhausted.is_cancelled());
+    assert_eq!(
+        callee(&exhausted.to_header()),
+        Err(Reason::InsufficientTime)
+    );
+
+    let late = engine.begin_by_name("parse", id("l")).unwrap();
+    clock.advance(Duration::from_secs(31));
+    assert_eq!(callee(&late.to_header()), Err(Reason::InsufficientTime));
+}
+
+/// Two callees in flight at once from one child each report usage the child cannot hold in full:
+/// the root still counts all of it, up to its own allowance, so the tree never gets more retries
+/// than the root allows.
+#[test]
+fn usage_a_child_cannot_hold_is_still_counted_by_its_ancestors() {
+    let (engine, _clock) = engine();
+    let root = engine.begin_by_name("parse", id("r")).unwrap(); // 8 retries
+    let child = root
+        .child_with(None, &costguard::Overrides::new().retries(2))
+        .unwrap();
+    // Each callee started from the child's header may retry twice, and does.
+    let answer = Usage::decode("cgu1;retries=2").unwrap();
+    child.charge_usage(&answer).unwrap();
+    let v = child.charge_usage(&answer).unwrap_err();
+    assert_eq!(v.reason(), Reason::LimitExceeded);
+    assert_eq!(child.used(Counter::RETRIES), 2);
+    assert_eq!(root.used(Counter::RETRIES), 4, "the root lost two retries");
+    assert_eq!(root.remaining_of(Counter::RETRIES), 4);
+    assert!(child.is_cancelled());
+    assert!(!root.is_cancelled(), "the root had room for all of it");
+}
+
 /// A header of exactly the longest length allowed decodes; one byte more is refused.
 #[test]
 fn a_header_of_the_longest_length_decodes() {

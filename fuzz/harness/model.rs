@@ -1543,9 +1543,13 @@ impl<'p> Sim<'p> {
     /// Caller side: `propagation`, encoded and decoded; callee side: `begin_propagated`.
     fn propagate(&mut self, x: usize, k: usize) -> Outcome {
         let prop = self.handle(x).propagation();
+        // A cancelled budget (cancelled, exhausted, past its deadline) passes on nothing.
+        let cancelled = self.model.check(x).is_err();
         let m = &self.model;
         let margin = m.setup.margin_nanos(m.nodes[x].class);
-        let expect_remaining = if m.nodes[x].deadline == u64::MAX {
+        let expect_remaining = if cancelled {
+            Some(Duration::ZERO)
+        } else if m.nodes[x].deadline == u64::MAX {
             None
         } else {
             Some(
@@ -1557,7 +1561,14 @@ impl<'p> Sim<'p> {
         let m = &self.model;
         let expect_allowances: Vec<(String, u64)> = (0..NDIM)
             .filter(|&d| m.chain_limits(x, d))
-            .map(|d| (DIM_NAMES[d].to_owned(), m.chain_remaining(x, d)))
+            .map(|d| {
+                let left = if cancelled {
+                    0
+                } else {
+                    m.chain_remaining(x, d)
+                };
+                (DIM_NAMES[d].to_owned(), left)
+            })
             .collect();
         let allowances: Vec<(String, u64)> =
             prop.allowances().map(|(n, v)| (n.to_owned(), v)).collect();

@@ -626,6 +626,51 @@ impl Node {
         }
     }
 
+    /// Adds `n` of the counter `dim` to this node and every ancestor, each taking as much as its
+    /// own limit still holds, and marks every node it could not hold all of exhausted.
+    ///
+    /// For work already done (a callee's reported usage) that does not fit: every budget of the
+    /// chain is charged what it can hold, not only as much as the tightest could, so that an
+    /// ancestor with room left counts the work too and cannot hand the same allowance out again.
+    pub(crate) fn fill_chain(&self, dim: usize, n: u64) {
+        self.fill_chain_via(dim, n, false);
+    }
+
+    fn fill_chain_via(&self, dim: usize, n: u64, via_child: bool) {
+        if let Some(parent) = &self.parent {
+            parent.fill_chain_via(dim, n, true);
+        }
+        let Some(cell) = self.cell(dim) else {
+            return;
+        };
+        let limit = self.limit(dim);
+        let mut used = cell.load(Ordering::Relaxed);
+        let took = loop {
+            // As in `try_add`, no total reaches `u64::MAX`.
+            let take = n.min(limit.min(u64::MAX - 1).saturating_sub(used));
+            if take == 0 {
+                break 0;
+            }
+            // Noted first, as a charge through a child is (see `charge_chain_via`).
+            if via_child && !self.add_from_child(dim, take) {
+                break 0;
+            }
+            match cell.compare_exchange_weak(used, used + take, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => break take,
+                Err(actual) => {
+                    if via_child {
+                        self.sub_from_child(dim, take);
+                    }
+                    used = actual;
+                }
+            }
+        };
+        if took < n {
+            self.mark_exhausted(dim);
+        }
+    }
+
     /// Whether any node of the chain limits `dim`.
     pub(crate) fn chain_limits(&self, dim: usize) -> bool {
         self.limit(dim) != u64::MAX || self.parent.as_ref().is_some_and(|p| p.chain_limits(dim))
