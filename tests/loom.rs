@@ -492,6 +492,51 @@ fn reservations_give_back_exactly_their_estimate() {
 /// cancellation: either the child sees the parent's bit when it registers, or the cancelling thread
 /// finds the child in the parent's list. A child that slipped between the two would keep working for
 /// a request that was already abandoned.
+/// Usage a child cannot hold is still counted, in full, by an ancestor with room, whatever runs
+/// beside it: a refund of the root's own charge can never give that usage back.
+///
+/// A root allows 8 of `a`, its child 2. Two callees of the child report 2 each: one report fits,
+/// the other does not, and its 2 must land on the root all the same (`fill_chain`), noted there as
+/// charged through a descendant. Meanwhile the root charges 1 of its own and refunds 2: at most
+/// its own 1 may come back (less while a descendant's note is ahead of its charge, as for any
+/// charge through a child). Whatever the interleaving, the child ends with 2 and the root with
+/// the children's 4 plus whatever of its own 1 it kept.
+#[test]
+fn usage_a_child_cannot_hold_lands_on_its_ancestors_for_good() {
+    loom::model(|| {
+        let (_engine, root, a, _) = ab_budget(8, u64::MAX);
+        let child = root
+            .child_with(None, &Overrides::new().limit(a, 2))
+            .unwrap();
+        let callees: Vec<_> = (0..2)
+            .map(|_| {
+                let child = child.clone();
+                thread::spawn(move || {
+                    let usage = costguard::Usage::decode("cgu1;a=2").unwrap();
+                    child.charge_usage(&usage).is_ok()
+                })
+            })
+            .collect();
+        root.try_charge(a, 1).unwrap();
+        let refunded = root.refund(a, 2);
+        let fitted: u64 = callees
+            .into_iter()
+            .map(|h| u64::from(h.join().unwrap()))
+            .sum();
+        assert_eq!(fitted, 1, "exactly one report fits the child");
+        assert!(
+            refunded <= 1,
+            "the refund gave back {refunded}, more than the root's own"
+        );
+        assert_eq!(child.used(a), 2);
+        assert_eq!(
+            root.used(a),
+            4 + 1 - refunded,
+            "the root lost usage that did not fit its child"
+        );
+    });
+}
+
 #[test]
 fn child_created_during_cancel_is_cancelled() {
     loom::model(|| {
