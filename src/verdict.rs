@@ -386,6 +386,13 @@ impl fmt::Display for Verdict {
                 u.format(self.used),
                 u.format(self.limit)
             )?,
+            // An unlimited dimension refuses only a total that would reach `u64::MAX`.
+            Reason::CannotFit if self.limit == u64::MAX => write!(
+                f,
+                "{} more would overflow a count that has no limit ({} used)",
+                u.format(self.requested),
+                u.format(self.used)
+            )?,
             Reason::CannotFit => write!(
                 f,
                 "{} can never fit in a limit of {}",
@@ -398,12 +405,21 @@ impl fmt::Display for Verdict {
                 u.format(self.used),
                 u.format(self.limit)
             )?,
-            Reason::InsufficientTime => write!(
-                f,
-                "too little time left ({} left, {} needed)",
-                u.format(self.limit.saturating_sub(self.used)),
-                u.format(self.requested)
-            )?,
+            Reason::InsufficientTime => {
+                let left = self.limit.saturating_sub(self.used);
+                let (shown_left, needed) = (u.format(left), u.format(self.requested));
+                // A child is refused when what is left does not exceed its margin, and a rounded
+                // figure can hide the difference: "10ms left, 10ms needed" would contradict itself.
+                let more = if left >= self.requested || shown_left == needed {
+                    "more than "
+                } else {
+                    ""
+                };
+                write!(
+                    f,
+                    "too little time left ({shown_left} left, {more}{needed} needed)"
+                )?
+            }
             Reason::Cancelled => f.write_str("the request was cancelled")?,
             Reason::TooDeep => write!(f, "budgets nested deeper than {}", self.limit)?,
             Reason::UnknownClass => f.write_str("not in the policy the request runs under")?,
@@ -507,6 +523,22 @@ mod tests {
         assert_eq!(Unit::Nanos.format(1_500_000_000), "1.500s");
         assert_eq!(Unit::Nanos.format(u64::MAX), "none");
         assert_eq!(Unit::Count.format(7), "7");
+    }
+
+    #[test]
+    fn too_little_time_never_reads_as_enough() {
+        let text = |requested, used, limit| {
+            Verdict::new(Reason::InsufficientTime, Retry::Never)
+                .with_dimension(&Arc::from("wall_time"), Unit::Nanos)
+                .with_amounts(requested, used, limit)
+                .to_string()
+        };
+        // 5ms of 30ms left where a backend usually takes 10ms.
+        assert!(text(10_000_000, 25_000_000, 30_000_000).contains("(5ms left, 10ms needed)"));
+        // Rounded to the same figure: 10.2ms left, 10.9ms needed.
+        assert!(text(10_900_000, 0, 10_200_000).contains("(10ms left, more than 10ms needed)"));
+        // Exactly a child's margin left, which a child needs more than.
+        assert!(text(100_000_000, 0, 100_000_000).contains("(100ms left, more than 100ms needed)"));
     }
 
     #[test]

@@ -144,6 +144,13 @@ fn overflowing_sums_are_refused_not_wrapped() {
     api.try_charge(f.db, u64::MAX - 2).unwrap();
     let v = api.try_charge(f.db, 2).unwrap_err();
     assert_eq!(v.reason(), Reason::CannotFit);
+    assert!(
+        v.to_string().ends_with(&format!(
+            "2 more would overflow a count that has no limit ({} used); retrying cannot help",
+            u64::MAX - 2
+        )),
+        "{v}"
+    );
     assert_eq!(api.used(f.db), u64::MAX - 2);
     assert_eq!(api.remaining_of(f.db), u64::MAX, "nothing limits it");
     assert!(!api.is_cancelled());
@@ -512,6 +519,16 @@ fn a_child_with_exactly_the_margin_left_is_refused() {
     let v = parse.child().unwrap_err();
     assert_eq!(v.reason(), Reason::InsufficientTime);
     assert_eq!(parse.remaining(), Duration::from_millis(100));
+    assert!(
+        v.to_string().ends_with(
+            "too little time left (100ms left, more than 100ms needed); retrying cannot help"
+        ),
+        "{v}"
+    );
+    // Less than the margin left: what is needed is the margin.
+    f.clock.advance(Duration::from_millis(40));
+    let v = parse.child().unwrap_err();
+    assert!(v.to_string().contains("(60ms left, 100ms needed)"), "{v}");
 }
 
 /// A budget given no wall time at all is refused on wall time, with amounts that say so.
