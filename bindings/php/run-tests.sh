@@ -58,4 +58,5 @@ expect 'gallery "all of April" (10000 images): refused before any lookup'
 expect 'parse/file_lookups: 10000 can never fit in a limit of 500; retrying cannot help'
 expect 'file_lookups           500 of 500  (limit reached)'
 expect 'limit report for request edit-20150423-0340'
+expect 'header for a sub-request: cg1;id=edit-20150423-0340;pri=normal;t=0;retries=0;'
 echo "== all PHP checks passed"

@@ -60,7 +60,7 @@ pub struct costguard_admit_request {
     pub estimates_len: usize,
     /// Cost charged to the key's rate; 0 = the default (1).
     pub rate_cost: u64,
-    /// Optional incoming propagation header.
+    /// Optional incoming propagation header (malformed, or not UTF-8: `COSTGUARD_HEADER_ERROR`).
     pub header: *const c_char,
     /// Length of `header`; 0 = none.
     pub header_len: usize,

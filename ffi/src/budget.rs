@@ -106,7 +106,7 @@ pub(crate) unsafe fn header(ptr: *const c_char, len: usize) -> Result<Option<Pro
         return Ok(None);
     }
     // SAFETY: forwarded.
-    let s = unsafe { text::string(ptr, len) }?;
+    let s = unsafe { text::header_string(ptr, len, "propagation header") }?;
     Propagation::decode(s).map(Some).map_err(|e| {
         text::set_last_error(format!("propagation header: {e}"));
         Status::COSTGUARD_HEADER_ERROR
@@ -687,7 +687,7 @@ pub unsafe extern "C" fn costguard_budget_usage(
 /// Charges the usage a callee in another process answered with (its usage header value) to this
 /// budget, so that the tree's retry allowance and limits hold across the hop. Counters this
 /// policy does not know, levels and `cpu_time` are ignored. `COSTGUARD_HEADER_ERROR` for a
-/// malformed value (an empty one included); `COSTGUARD_REFUSED` when the usage does not fit (a
+/// malformed value (an empty one, or one that is not UTF-8, included); `COSTGUARD_REFUSED` when the usage does not fit (a
 /// callee that went past its header): each counter is charged as far as the limits allow (an
 /// allowance the callee overran is used up), the budget is cancelled, and the verdict says which
 /// limit the callee went past.
@@ -704,7 +704,7 @@ pub unsafe extern "C" fn costguard_budget_charge_usage(
 ) -> costguard_status {
     boundary(|| {
         // SAFETY: the caller's contract.
-        let s = check!(unsafe { text::string(value, len) });
+        let s = check!(unsafe { text::header_string(value, len, "usage header") });
         let usage = check!(Usage::decode(s).map_err(|e| {
             text::set_last_error(format!("usage header: {e}"));
             Status::COSTGUARD_HEADER_ERROR

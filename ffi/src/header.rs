@@ -23,6 +23,7 @@ fn to_json(p: &Propagation) -> String {
 
 /// Validates a `cg1` header and gives its fields as JSON:
 /// `{"request_id":..,"priority":..,"remaining_ns":..,"allowances":{..}}` (absent fields are null).
+/// A malformed header, bytes that are not UTF-8 included, is `COSTGUARD_HEADER_ERROR`.
 ///
 /// # Safety
 /// `value` points to `len` readable bytes (or NULL with `len` 0); `buf` to `cap` writable bytes (or
@@ -38,7 +39,7 @@ pub unsafe extern "C" fn costguard_header_decode_json(
     boundary(|| {
         let out = check!(TextOut::new(buf, cap, out_len));
         // SAFETY: the caller's contract.
-        let s = check!(unsafe { text::string(value, len) });
+        let s = check!(unsafe { text::header_string(value, len, "propagation header") });
         match Propagation::decode(s) {
             // SAFETY: checked by `TextOut::new`.
             Ok(p) => unsafe { out.write(&to_json(&p)) },

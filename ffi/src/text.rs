@@ -71,6 +71,26 @@ pub(crate) unsafe fn string<'a>(ptr: *const c_char, len: usize) -> Result<&'a st
     })
 }
 
+/// A `(pointer, length)` header value (`what` names it in the last error): a header is ASCII by
+/// its format, so bytes that are not UTF-8 make a malformed header, `COSTGUARD_HEADER_ERROR`, like
+/// any other malformed header, rather than `COSTGUARD_INVALID_UTF8`. A header comes from the
+/// network, and a caller that handles malformed headers must not meet a second kind of them.
+///
+/// # Safety
+/// As for [`bytes`].
+pub(crate) unsafe fn header_string<'a>(
+    ptr: *const c_char,
+    len: usize,
+    what: &str,
+) -> Result<&'a str, Status> {
+    // SAFETY: forwarded contract.
+    let b = unsafe { bytes(ptr, len) }?;
+    std::str::from_utf8(b).map_err(|e| {
+        set_last_error(format!("{what}: not UTF-8 text (byte {})", e.valid_up_to()));
+        Status::COSTGUARD_HEADER_ERROR
+    })
+}
+
 /// A checked text output `(buf, cap, len)`, validated before any work is done.
 pub(crate) struct TextOut {
     buf: *mut c_char,

@@ -760,7 +760,9 @@ static void test_headers_and_reports(void) {
     EXPECT(costguard_header_decode_json(S("cg2;id=x"), out, sizeof out, &len), COSTGUARD_HEADER_ERROR);
     CHECK(last_error_text()[0] != '\0');
     EXPECT(costguard_header_decode_json(S("cg1;id=x;t=-5"), out, sizeof out, &len), COSTGUARD_HEADER_ERROR);
-    EXPECT(costguard_header_decode_json(S("cg1;\xff"), out, sizeof out, &len), COSTGUARD_INVALID_UTF8);
+    /* A header comes from the network: bytes that are not UTF-8 make a malformed one. */
+    EXPECT(costguard_header_decode_json(S("cg1;\xff"), out, sizeof out, &len), COSTGUARD_HEADER_ERROR);
+    CHECK_CONTAINS(last_error_text(), "propagation header: not UTF-8 text (byte 4)");
     EXPECT(costguard_header_decode_json(NULL, 4, out, sizeof out, &len), COSTGUARD_NULL_ARGUMENT);
 
     /* A budget begun from the header: it can only tighten (api allows 50, the header 20). */
@@ -771,6 +773,8 @@ static void test_headers_and_reports(void) {
     EXPECT(costguard_budget_begin(e, api, S("edit-43"), S("cg1;id=;;;"), &bad, &v), COSTGUARD_HEADER_ERROR);
     CHECK_U64(bad.bits, 0x31);
     CHECK(last_error_text()[0] != '\0');
+    EXPECT(costguard_budget_begin(e, api, S("edit-43"), S("cg1;id=\xc3"), &bad, &v), COSTGUARD_HEADER_ERROR);
+    CHECK_U64(bad.bits, 0x31);
     free(header);
 
     /* The callee answers with its usage, and the caller charges it: 15 more lookups and a retry. */
@@ -786,6 +790,8 @@ static void test_headers_and_reports(void) {
     CHECK_U64(remaining_of(b, lookups), 0);
     EXPECT(costguard_budget_charge_usage(b, S("cg1;file_lookups=1"), &v), COSTGUARD_HEADER_ERROR);
     EXPECT(costguard_budget_charge_usage(b, NULL, 0, &v), COSTGUARD_HEADER_ERROR);
+    EXPECT(costguard_budget_charge_usage(b, S("cgu1;retries=\x80"), &v), COSTGUARD_HEADER_ERROR);
+    CHECK_CONTAINS(last_error_text(), "usage header: not UTF-8 text (byte 13)");
     EXPECT(costguard_budget_charge_usage(b, NULL, 4, &v), COSTGUARD_NULL_ARGUMENT);
     free(usage);
 
@@ -930,6 +936,9 @@ static void test_admission(void) {
     OK(costguard_budget_free(gb));
     OK(costguard_grant_finish(g1, COSTGUARD_OUTCOME_SUCCESS));
     rh.header = "cg1;garbage";
+    rh.header_len = strlen(rh.header);
+    EXPECT(costguard_admit(e, &rh, &g1, &v), COSTGUARD_HEADER_ERROR);
+    rh.header = "cg1;id=\xff";
     rh.header_len = strlen(rh.header);
     EXPECT(costguard_admit(e, &rh, &g1, &v), COSTGUARD_HEADER_ERROR);
     free(header);

@@ -83,6 +83,10 @@ foreach ($galleries as $name => $images) {
 }
 
 echo "\nheader for a sub-request: ", $parse->toHeader(), "\n";
+if ($parse->isCancelled()) {
+    // Cancellation crosses the hop: a callee begun from this header is refused at once.
+    echo "  (the budget is spent: the header passes on no time and no allowance)\n";
+}
 echo "\n", $parse->report(), "\n";
 echo "JSON: ", $parse->reportJson(), "\n\n";
 foreach ($engine->stats()['classes'] as $class) {

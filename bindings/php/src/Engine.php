@@ -343,6 +343,9 @@ final class Engine extends Handle
         $i = 0;
         foreach ($charges as $k => $v) {
             if (is_array($v)) {
+                if (count($v) !== 2 || !array_is_list($v)) {
+                    throw new InvalidArgumentException('a charge is [Counter|name, amount]', Status::InvalidArgument->value);
+                }
                 [$counter, $amount] = $v;
             } else {
                 [$counter, $amount] = [$k, $v];

@@ -334,7 +334,7 @@ typedef struct costguard_admit_request {
    */
   uint64_t rate_cost;
   /**
-   * Optional incoming propagation header.
+   * Optional incoming propagation header (malformed, or not UTF-8: `COSTGUARD_HEADER_ERROR`).
    */
   const char *header;
   /**
@@ -830,7 +830,7 @@ costguard_status costguard_budget_usage(struct costguard_budget b,
  * Charges the usage a callee in another process answered with (its usage header value) to this
  * budget, so that the tree's retry allowance and limits hold across the hop. Counters this
  * policy does not know, levels and `cpu_time` are ignored. `COSTGUARD_HEADER_ERROR` for a
- * malformed value (an empty one included); `COSTGUARD_REFUSED` when the usage does not fit (a
+ * malformed value (an empty one, or one that is not UTF-8, included); `COSTGUARD_REFUSED` when the usage does not fit (a
  * callee that went past its header): each counter is charged as far as the limits allow (an
  * allowance the callee overran is used up), the budget is cancelled, and the verdict says which
  * limit the callee went past.
@@ -1015,6 +1015,7 @@ costguard_status costguard_engine_stats_prometheus(struct costguard_engine e,
 /**
  * Validates a `cg1` header and gives its fields as JSON:
  * `{"request_id":..,"priority":..,"remaining_ns":..,"allowances":{..}}` (absent fields are null).
+ * A malformed header, bytes that are not UTF-8 included, is `COSTGUARD_HEADER_ERROR`.
  *
  * # Safety
  * `value` points to `len` readable bytes (or NULL with `len` 0); `buf` to `cap` writable bytes (or

@@ -213,6 +213,10 @@ function test_header_propagation_can_only_tighten(): void
     $ex = assert_throws(HeaderException::class, fn () => Header::decode('cg9;nonsense'));
     assert_same(8, $ex->getCode());
     assert_throws(HeaderException::class, fn () => $e->begin('t', 'x', 'cg1;id=;;'));
+    // A header comes from the network: a stray byte that is not UTF-8 makes it malformed too.
+    $ex = assert_throws(HeaderException::class, fn () => Header::decode("cg1;id=\xff"));
+    assert_true(str_contains($ex->getMessage(), 'not UTF-8 text (byte 7)'), $ex->getMessage());
+    assert_throws(HeaderException::class, fn () => $e->begin('t', 'x', "cg1;id=\xff"));
     assert_same('costguard-budget', Header::NAME);
 
     // The callee answers with what it used; the caller charges it, and has that much less left.
@@ -225,6 +229,7 @@ function test_header_propagation_can_only_tighten(): void
     assert_same(Reason::LimitExceeded, $v->reason);
     assert_same(0, $b->remaining('file_lookups'), 'the overrun uses up what was left');
     assert_throws(HeaderException::class, fn () => $b->chargeUsage('cg1;file_lookups=1'));
+    assert_throws(HeaderException::class, fn () => $b->chargeUsage("cgu1;file_lookups=\xff"));
 }
 
 function test_limit_report_as_text_json_and_array(): void

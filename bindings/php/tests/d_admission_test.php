@@ -2,7 +2,7 @@
 
 declare(strict_types=1);
 
-use Costguard\{Budget, Grant, HeaderException, InvalidHandleException, Outcome, Priority, Reason, RefusedException, Verdict};
+use Costguard\{Budget, Grant, HeaderException, InvalidArgumentException, InvalidHandleException, Outcome, Priority, Reason, RefusedException, Verdict};
 
 /** The stats entry of one class. */
 function class_stats(Costguard\Engine $e, string $class): array
@@ -84,6 +84,21 @@ function test_estimates_that_can_never_fit_are_refused_at_the_door(): void
     $g = $e->admit('t', 'est-2', estimates: [[$e->counter('db_queries'), 5]]);
     $g->finish();
     assert_same(0, class_stats($e, 't')['in_flight']);
+    // A pair missing its amount, or with keys instead of positions: refused, with no PHP warning.
+    foreach ([[['db_queries']], [['db_queries', 1, 2]], [['counter' => 'db_queries', 'amount' => 1]]] as $bad) {
+        $warned = null;
+        set_error_handler(function (int $no, string $msg) use (&$warned): bool {
+            $warned = $msg;
+            return true;
+        });
+        try {
+            assert_throws(InvalidArgumentException::class, fn () => $e->admit('t', 'est-3', estimates: $bad));
+        } finally {
+            restore_error_handler();
+        }
+        assert_same(null, $warned);
+    }
+    assert_same(0, class_stats($e, 't')['in_flight']);
 }
 
 function test_admit_with_a_propagated_header(): void
@@ -95,6 +110,7 @@ function test_admit_with_a_propagated_header(): void
     assert_same(2, $g->budget()->remaining('file_lookups'), 'the header tightens the callee');
     $g->finish();
     assert_throws(HeaderException::class, fn () => $e->admit('t', 'hop-2', header: 'garbage'));
+    assert_throws(HeaderException::class, fn () => $e->admit('t', 'hop-2', header: "cg1;\xff"));
     assert_same(0, class_stats($e, 't')['in_flight'], 'a refused header holds nothing');
 }
 
