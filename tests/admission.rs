@@ -263,6 +263,35 @@ fn one_key_cannot_take_more_than_its_share() {
     assert_eq!(e.admission_stats().class("api").unwrap().in_flight, 3);
 }
 
+/// A rate that does not divide the second into whole nanoseconds (3 a second is 333,333,333.3 ns
+/// each) still lets a key's whole burst in at once, and the next request waits a whole interval.
+#[test]
+fn a_burst_is_let_in_whole_at_a_rate_of_fractional_nanoseconds() {
+    let policy = Policy::builder()
+        .class("api", |c| {
+            c.admission(|a| {
+                a.concurrency(100)
+                    .per_key_rate(3, Duration::from_secs(1), 3)
+            })
+        })
+        .build()
+        .unwrap();
+    let (e, clock) = engine(policy);
+    let api = e.class("api").unwrap();
+    let req = |n: u64| AdmitRequest::new(api, id(n)).key(b"user");
+    let held: Vec<_> = (0..3).map(|n| e.try_admit(&req(n)).unwrap()).collect();
+    let v = e.try_admit(&req(3)).unwrap_err();
+    assert_eq!(v.reason(), Reason::RateLimited);
+    let wait = v.retry_after().unwrap();
+    assert!(
+        (Duration::from_nanos(333_333_333)..=Duration::from_nanos(333_333_336)).contains(&wait),
+        "{wait:?}"
+    );
+    clock.advance(wait);
+    let _next = e.try_admit(&req(4)).unwrap();
+    drop(held);
+}
+
 #[test]
 fn hostile_keys_are_bounded() {
     let (e, _clock) = engine(per_key_policy());

@@ -33,10 +33,11 @@
 //!    (when the request has a key and the class per-key limits): the key's pins below its
 //!    concurrency (65,535 without one), else `KeyConcurrency`, `Retry::Later`, amounts
 //!    `(1, pins, limit)`; then GCRA, in 32.32 fixed point: `interval = max(ceil(per_ns × 2^32 /
-//!    amount), 1)`, `span(c) = ceil(c × interval / 2^32)`, `tolerance = span(burst)`; a cost above
+//!    amount), 1)`, `span(c) = ceil(c × interval / 2^32)`, `tolerance = span(burst) + min(burst, span(burst) >>
+//!    16)` (slack for the TAT's rounding to whole nanoseconds); a cost above
 //!    the burst charges nothing (step 4 said so), nor does a cost of 0, which always conforms; otherwise `new_tat = max(tat, now) + span(cost)`
-//!    must be at most `now + tolerance`, else `RateLimited` with `Retry::After(new_tat - tolerance -
-//!    now)` (`Retry::After(u64::MAX ns)` when `new_tat` is past the clock's range), amounts `(cost, 0, burst)`, dimension `rate`. A key refusal gives back the pool amounts
+//!    must be at most `now + tolerance`, else `RateLimited` with `Retry::After(new_tat -
+//!    span(burst) - now)` (the wait leaves the slack alone) (`Retry::After(u64::MAX ns)` when `new_tat` is past the clock's range), amounts `(cost, 0, burst)`, dimension `rate`. A key refusal gives back the pool amounts
 //!    and the permit, and a rate refusal charges nothing; being last, a rate once charged is never
 //!    taken back;
 //! 8. `admitted` counts.
@@ -649,7 +650,8 @@ impl Model {
             }
             self.classes[class].keys[k].pins += 1;
             if let Some(rate) = pk.rate.filter(|r| rate_cost > 0 && rate_cost <= r.burst) {
-                let tolerance = rate.span(rate.burst);
+                let time = rate.span(rate.burst);
+                let tolerance = time.saturating_add(rate.burst.min(time >> 16));
                 let nonconforming =
                     if let Some(next) = ks.tat.max(self.now).checked_add(rate.span(rate_cost)) {
                         let ahead = next - self.now;
@@ -657,7 +659,7 @@ impl Model {
                             self.classes[class].keys[k].tat = next;
                             None
                         } else {
-                            let wait = Duration::from_nanos(ahead - tolerance);
+                            let wait = Duration::from_nanos(ahead - time);
                             Some((Reason::RateLimited, Retry::After(wait)))
                         }
                     } else {

@@ -10,15 +10,27 @@
 ///
 /// The time one unit of cost stands for is kept in 32.32 fixed point, rounded up: with whole
 /// nanoseconds, a rate of 700 MB a second (1.43 ns a byte) would have been enforced as 1 GB a
-/// second. Rounding up only ever makes a key's allowance a little tighter (by under a nanosecond
-/// per 2^32 units), never looser.
+/// second. Rounding up only ever makes the rate a little tighter (by under a nanosecond per 2^32
+/// units), never looser.
+///
+/// The TAT is kept in whole nanoseconds, so each request's time is rounded up once more: a burst
+/// of small requests stands for up to a nanosecond a request more than the burst's own time. A rate
+/// of 3 a second (333,333,333.3 ns each) would then refuse the third of a burst of 3. The
+/// tolerance therefore has a slack for that rounding: `burst` nanoseconds (a nanosecond for each
+/// request a burst can hold), but never more than 2^-16 of the burst's time, so that the slack
+/// lets in at most 2^-16 of a burst beyond it. A rate of up to about 15,000 units a second gets
+/// every burst of single units whole; a faster one (bytes, say) may get a burst of single units
+/// slightly short, never more than it is allowed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Gcra {
     /// Nanoseconds per unit of cost, times 2^32, rounded up (at least 1).
     interval: u128,
     /// The largest cost that can ever conform.
     pub(crate) burst: u64,
-    /// How far ahead of now the TAT may run: the time `burst` units stand for.
+    /// The time `burst` units stand for.
+    time: u64,
+    /// How far ahead of now the TAT may run: `time`, and the slack for the TAT's rounding (see
+    /// above).
     tolerance: u64,
 }
 
@@ -34,6 +46,9 @@ pub(crate) enum Nonconforming {
 /// The fixed point's fraction bits.
 const FRACTION: u32 = 32;
 
+/// The tolerance's slack for rounding is at most the burst's time shifted right by this much.
+const SLACK_SHIFT: u32 = 16;
+
 impl Gcra {
     /// `amount` units of cost per `per_nanos`, in bursts of at most `burst`.
     pub(crate) fn new(amount: u64, per_nanos: u64, burst: u64) -> Self {
@@ -43,9 +58,13 @@ impl Gcra {
         let mut gcra = Gcra {
             interval,
             burst,
+            time: 0,
             tolerance: 0,
         };
-        gcra.tolerance = gcra.span(burst);
+        gcra.time = gcra.span(burst);
+        gcra.tolerance = gcra
+            .time
+            .saturating_add(burst.min(gcra.time >> SLACK_SHIFT));
         gcra
     }
 
@@ -79,7 +98,9 @@ impl Gcra {
         if ahead <= self.tolerance {
             Ok(next)
         } else {
-            Err(Nonconforming::Wait(ahead - self.tolerance))
+            // The wait is counted without the slack: a hint a few nanoseconds long, and as round
+            // as the rate, rather than one that cuts into the slack.
+            Err(Nonconforming::Wait(ahead - self.time))
         }
     }
 }
@@ -98,8 +119,11 @@ mod tests {
         for _ in 0..3 {
             tat = g.decide(tat, 0, 1).unwrap();
         }
+        // The wait leaves the slack for rounding alone (3 ns, one for each unit of the burst):
+        // exactly the interval, though 3 ns less would do.
         assert_eq!(g.decide(tat, 0, 1), Err(Nonconforming::Wait(SEC / 10)));
-        assert!(g.decide(tat, SEC / 10, 1).is_ok());
+        assert!(g.decide(tat, SEC / 10 - 3, 1).is_ok());
+        assert!(g.decide(tat, SEC / 10 - 4, 1).is_err());
         assert_eq!(g.decide(0, 0, 4), Err(Nonconforming::Never));
         // Cost-weighted: a cost of 3 uses the whole burst.
         let t = g.decide(0, 5 * SEC, 3).unwrap();
@@ -133,10 +157,10 @@ mod tests {
             "a whole burst stands for one second (rounded up): {tat}"
         );
         // Half a second later, half the burst has come back (to within the nanoseconds the
-        // rounding up costs), not more.
+        // rounding up costs), and no more than 2^-16 of a burst beyond it (the slack).
         assert!(g.decide(tat, SEC / 2 + 2, RATE / 2).is_ok());
         assert!(matches!(
-            g.decide(tat, SEC / 2 + 2, RATE / 2 + 1_000),
+            g.decide(tat, SEC / 2 + 2, RATE / 2 + RATE / (1 << 16) + 2),
             Err(Nonconforming::Wait(_))
         ));
         // Paced at 1 MB a millisecond for ten seconds, at most the rate plus the burst gets in.
@@ -154,6 +178,33 @@ mod tests {
         let odd = Gcra::new(3, 10, 7);
         assert!(odd.decide(0, 0, 7).is_ok());
         assert_eq!(odd.decide(0, 0, 8), Err(Nonconforming::Never));
+    }
+
+    /// A burst of single units is let in whole, however the second divides by the rate, and no
+    /// unit more; a burst of one unit and one of the whole burst fit too.
+    #[test]
+    fn bursts_of_single_units_fit_whatever_the_rounding() {
+        for (amount, burst) in [(3, 3), (7, 7), (3, 300), (9, 2), (11, 1), (12_345, 12_345)] {
+            let g = Gcra::new(amount, SEC, burst);
+            let mut tat = 0;
+            for n in 0..burst {
+                tat = g.decide(tat, 0, 1).unwrap_or_else(|e| {
+                    panic!("{amount}/s, burst {burst}: unit {n} refused: {e:?}")
+                });
+            }
+            assert!(
+                g.decide(tat, 0, 1).is_err(),
+                "{amount}/s, burst {burst}: one past the burst"
+            );
+            assert!(g.decide(0, 0, burst).is_ok());
+            // Paced at the rate afterwards: one unit each interval, rounded up to whole ns.
+            let interval = SEC.div_ceil(amount);
+            let mut now = 0;
+            for _ in 0..1_000 {
+                now += interval;
+                tat = g.decide(tat, now, 1).expect("one unit an interval");
+            }
+        }
     }
 
     /// Near the end of the clock's range a next allowed time past it is not clamped into it
