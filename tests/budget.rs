@@ -562,6 +562,34 @@ fn a_cpu_slice_larger_than_the_limit_exhausts_the_budget() {
     drop(meter);
 }
 
+/// CPU time a child's meter measured but the child cannot hold still counts on every ancestor
+/// with room for it: the tree's CPU limit bounds the work, not only what the tightest budget held.
+#[test]
+fn cpu_time_a_child_cannot_hold_counts_on_its_ancestors() {
+    let f = fixture();
+    let root = f.parse(); // cpu_time 20 s
+    let child = root
+        .child_with(
+            None,
+            &Overrides::new().limit(Counter::CPU_TIME, 1_000_000_000),
+        )
+        .unwrap();
+    let mut meter = child.cpu_meter();
+    f.cpu.advance(Duration::from_secs(5));
+    assert_eq!(meter.charge().unwrap_err().reason(), Reason::CannotFit);
+    drop(meter);
+    assert_eq!(child.used(Counter::CPU_TIME), 1_000_000_000);
+    assert_eq!(root.used(Counter::CPU_TIME), 5_000_000_000, "all of it");
+    assert!(child.is_cancelled());
+    assert!(!root.is_cancelled(), "the root had room");
+    // A child's refund never gives back more than it put on the root.
+    assert_eq!(
+        child.refund(Counter::CPU_TIME, 5_000_000_000),
+        1_000_000_000
+    );
+    assert_eq!(root.used(Counter::CPU_TIME), 4_000_000_000);
+}
+
 /// An estimate is the reservation's to give back, not the budget's: a refund cannot take it, so it
 /// is never given back twice (and a child's charges are never given back in its place).
 #[test]

@@ -444,6 +444,36 @@ fn usage_a_child_cannot_hold_is_still_counted_by_its_ancestors() {
     assert!(!root.is_cancelled(), "the root had room for all of it");
 }
 
+/// Usage that a parent cannot hold is not taken in full by the child either: the child never
+/// counts more than its parent took, so that its later refund gives back on the parent only what
+/// the child put there, never a sibling's charge.
+#[test]
+fn a_refund_after_usage_that_did_not_fit_leaves_a_siblings_charge_alone() {
+    let (engine, _clock) = engine();
+    let lookups = engine.counter("file_lookups").unwrap();
+    let parent = engine
+        .begin_with(
+            engine.class("parse").unwrap(),
+            id("p"),
+            &costguard::Overrides::new().limit(lookups, 10),
+        )
+        .unwrap();
+    let a = parent.child().unwrap();
+    let b = parent.child().unwrap();
+    a.try_charge(lookups, 5).unwrap();
+    let usage = Usage::decode("cgu1;file_lookups=20").unwrap();
+    assert!(b.charge_usage(&usage).is_err());
+    assert_eq!(parent.used(lookups), 10, "the parent holds what it can");
+    assert_eq!(b.used(lookups), 5, "no more than the parent took");
+    assert_eq!(b.refund(lookups, 20), 5);
+    assert_eq!(parent.used(lookups), 5, "a's charge is still counted");
+    assert_eq!(
+        a.try_charge(lookups, 6).unwrap_err().reason(),
+        Reason::LimitExceeded
+    );
+    assert!(a.used(lookups) <= 10);
+}
+
 /// A header of exactly the longest length allowed decodes; one byte more is refused.
 #[test]
 fn a_header_of_the_longest_length_decodes() {

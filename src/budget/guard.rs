@@ -154,19 +154,13 @@ impl CpuMeter<'_> {
         self.budget
             .try_charge(Counter::CPU_TIME, n)
             .inspect_err(|_| {
-                // CPU time is measured once spent: what did not fit was used all the same. What still
-                // fits is charged, so the budget stays exhausted and a later slice is refused too
-                // (the total stays within the limit, as every total does), and the budget is
-                // exhausted whatever the refusal's reason: a slice larger than the whole limit is
-                // refused as one that can never fit, which alone would exhaust nothing, though the
-                // time is spent.
-                let rest = self.budget.remaining_of(Counter::CPU_TIME).min(n);
-                if rest > 0 {
-                    let _ = self.budget.try_charge(Counter::CPU_TIME, rest);
-                }
-                self.budget
-                    .node()
-                    .exhaust_tightest(Counter::CPU_TIME.index());
+                // CPU time is measured once spent: what did not fit was used all the same. Every
+                // budget of the chain takes what its limit still holds of it (an ancestor with room
+                // counts all of it, as for a callee's reported usage), so the totals stay within
+                // the limits, and every budget that could not hold it all is exhausted whatever the
+                // refusal's reason: a slice larger than the whole limit is refused as one that can
+                // never fit, which alone would exhaust nothing, though the time is spent.
+                self.budget.node().fill_chain(Counter::CPU_TIME.index(), n);
             })
     }
 }

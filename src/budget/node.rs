@@ -604,50 +604,35 @@ impl Node {
         }
     }
 
-    /// Marks exhausted the node of the chain with the least left of `dim` (the one a charge would
-    /// be refused at: charges go root first, so of equals the one nearest the root), if any node
-    /// limits it.
-    #[cold]
-    pub(crate) fn exhaust_tightest(&self, dim: usize) {
-        let mut tightest: Option<(&Node, u64)> = None;
-        let mut node = Some(self);
-        while let Some(n) = node {
-            let limit = n.limit(dim);
-            if limit != u64::MAX {
-                let left = limit.saturating_sub(n.used(dim));
-                if tightest.is_none_or(|(_, least)| left <= least) {
-                    tightest = Some((n, left));
-                }
-            }
-            node = n.parent.as_deref();
-        }
-        if let Some((n, _)) = tightest {
-            n.mark_exhausted(dim);
-        }
-    }
-
-    /// Adds `n` of the counter `dim` to this node and every ancestor, each taking as much as its
-    /// own limit still holds, and marks every node it could not hold all of exhausted.
+    /// Adds `n` of the counter `dim` to this node and every ancestor, root first, each taking as
+    /// much as its own limit still holds of what its parent took, and marks every node that could
+    /// not hold all of `n` exhausted.
     ///
     /// For work already done (a callee's reported usage) that does not fit: every budget of the
     /// chain is charged what it can hold, not only as much as the tightest could, so that an
     /// ancestor with room left counts the work too and cannot hand the same allowance out again.
+    /// A budget never takes more than its parent took: an ancestor's `used` stays at least any
+    /// descendant's, so that a descendant's refund (which the ancestors follow) never gives back
+    /// on an ancestor what another budget charged there.
     pub(crate) fn fill_chain(&self, dim: usize, n: u64) {
         self.fill_chain_via(dim, n, false);
     }
 
-    fn fill_chain_via(&self, dim: usize, n: u64, via_child: bool) {
-        if let Some(parent) = &self.parent {
-            parent.fill_chain_via(dim, n, true);
-        }
+    /// [`fill_chain`](Self::fill_chain); returns what this node took (`n` as it came, for a node
+    /// whose policy lacks `dim`), which is what its child may take at most.
+    fn fill_chain_via(&self, dim: usize, n: u64, via_child: bool) -> u64 {
+        let given = match &self.parent {
+            Some(parent) => parent.fill_chain_via(dim, n, true),
+            None => n,
+        };
         let Some(cell) = self.cell(dim) else {
-            return;
+            return given;
         };
         let limit = self.limit(dim);
         let mut used = cell.load(Ordering::Relaxed);
         let took = loop {
             // As in `try_add`, no total reaches `u64::MAX`.
-            let take = n.min(limit.min(u64::MAX - 1).saturating_sub(used));
+            let take = given.min(limit.min(u64::MAX - 1).saturating_sub(used));
             if take == 0 {
                 break 0;
             }
@@ -669,6 +654,7 @@ impl Node {
         if took < n {
             self.mark_exhausted(dim);
         }
+        took
     }
 
     /// Whether any node of the chain limits `dim`.
