@@ -562,6 +562,27 @@ fn child_created_during_cancel_is_cancelled() {
     });
 }
 
+/// `cancel` returns only once every child is cancelled, even when another thread set the parent's
+/// first bit (here a cancel too; an exhaustion or a deadline seen alike) and is still walking the
+/// children: the second setter waits for that walk, or does it.
+#[test]
+fn children_are_cancelled_once_cancel_returns_whoever_set_the_first_bit() {
+    loom::model(|| {
+        let (_engine, parent, _, _) = ab_budget(1, 1);
+        let child = parent.child().unwrap();
+        let other = {
+            let parent = parent.clone();
+            thread::spawn(move || parent.cancel())
+        };
+        parent.cancel();
+        assert!(
+            child.is_cancelled(),
+            "cancel() returned before the child was cancelled"
+        );
+        other.join().unwrap();
+    });
+}
+
 /// A refused counter charge cancels the budget for every thread that synchronizes with it.
 ///
 /// Workers poll `is_cancelled()` (one relaxed load) to stop early once a counter ran out. The bit set

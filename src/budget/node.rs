@@ -10,7 +10,7 @@
 //! tree within one in-flight charge of its limit.
 
 use super::report::LimitReport;
-use super::state::{CANCELLED, DEADLINE, EXHAUSTED, INHERITED};
+use super::state::{CANCELLED, DEADLINE, EXHAUSTED, INHERITED, WALKED};
 use crate::clock::Timestamp;
 use crate::engine::snapshot::{ClassRules, Snapshot};
 use crate::handle::{Class, Counter};
@@ -665,7 +665,9 @@ impl Node {
     /// Records that a counter charge on `dim` was refused for lack of allowance.
     #[cold]
     pub(crate) fn mark_exhausted(&self, dim: usize) {
-        if self.state.load(Ordering::Relaxed) & EXHAUSTED != 0 {
+        // Already exhausted, and its children told: nothing to do. (Exhausted but not yet walked,
+        // it goes on to wait for the walk, so that no refusal returns before its children know.)
+        if self.state.load(Ordering::Relaxed) & (EXHAUSTED | WALKED) == EXHAUSTED | WALKED {
             return;
         }
         let _ = self.first_exhausted.compare_exchange(
@@ -687,13 +689,21 @@ impl Node {
     /// Walks the children under this node's `live` lock without collecting them (no allocation).
     /// A child whose last handle is dropped during the walk only *tries* that lock in its `Drop`, so
     /// the walk cannot deadlock on itself. Locks are taken parent before child, never the reverse.
+    ///
+    /// Whoever sets a bit returns only once the walk is done, whoever does it: a `cancel` racing
+    /// another thread's first bit (an exhaustion, a deadline seen) finds the walk not yet marked
+    /// done, waits on the lock for it, or does it itself. Until `WALKED` is set, every setter
+    /// takes the lock; after it, none does.
     #[cold]
     pub(crate) fn set_bits(&self, bits: u32) {
         let before = self.state.fetch_or(bits, Ordering::AcqRel);
-        if before == 0 {
+        if before & WALKED == 0 {
             let live = self.live.lock();
-            for child in live.iter().filter_map(Weak::upgrade) {
-                child.set_bits(INHERITED);
+            if self.state.load(Ordering::Acquire) & WALKED == 0 {
+                for child in live.iter().filter_map(Weak::upgrade) {
+                    child.set_bits(INHERITED);
+                }
+                self.state.fetch_or(WALKED, Ordering::Release);
             }
         }
     }
@@ -701,7 +711,12 @@ impl Node {
     /// Whether the deadline has passed, by the coarse clock; records it if so.
     #[inline]
     pub(crate) fn deadline_passed(&self) -> bool {
-        if self.state.load(Ordering::Relaxed) & DEADLINE != 0 {
+        let state = self.state.load(Ordering::Relaxed);
+        if state & DEADLINE != 0 {
+            if state & WALKED == 0 {
+                // Another thread saw it first and may be telling the children still: wait for it.
+                self.set_bits(DEADLINE);
+            }
             return true;
         }
         // `NEVER` is "no deadline": even a clock saturated at the end of time has not reached it.

@@ -9,11 +9,16 @@
 //! | 1   | `DEADLINE`  | a deadline check found the deadline passed                  |
 //! | 2   | `CANCELLED` | [`Budget::cancel`](crate::Budget::cancel) was called        |
 //! | 3   | `INHERITED` | an ancestor's word got any bit                              |
+//! | 4   | `WALKED`    | every child alive when a first bit was set has inherited it |
+//!
+//! `WALKED` is set only after another bit, so a word is non-zero exactly when the budget is
+//! cancelled; it is no reason of its own.
 
 pub(crate) const EXHAUSTED: u32 = 1 << 0;
 pub(crate) const DEADLINE: u32 = 1 << 1;
 pub(crate) const CANCELLED: u32 = 1 << 2;
 pub(crate) const INHERITED: u32 = 1 << 3;
+pub(crate) const WALKED: u32 = 1 << 4;
 
 /// Why a budget is cancelled, most specific cause first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
