@@ -1189,6 +1189,26 @@ fn a_child_dropped_while_its_clock_panics_is_accounted_for() {
     support::finished();
 }
 
+/// A child dropped in the ordinary way while its clock panics: the panic goes on to the caller,
+/// and the parent still counts the child (as omitted, its report unbuilt).
+#[test]
+fn a_child_dropped_when_its_clock_panics_is_still_counted() {
+    let clock = support::FailingClock::default();
+    let engine = engine_on(&clock);
+    let root = engine.begin_by_name("api", id("r")).unwrap();
+    let child = root.child().unwrap();
+    clock.fail(true);
+    let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(child)));
+    clock.fail(false);
+    assert!(dropped.is_err(), "the clock's panic reaches the caller");
+    let report = root.report();
+    assert_eq!(
+        (report.children.len(), report.children_omitted),
+        (0, 1),
+        "the child counts as omitted"
+    );
+}
+
 /// A CPU meter dropped while its thread unwinds from a panic of the CPU clock does not abort the
 /// process; the budget stays usable.
 #[test]

@@ -750,25 +750,30 @@ impl Drop for Node {
         }
         let room = parent.finished.lock().reports.len() < MAX_CHILD_REPORTS;
         // Build the report outside the parent's locks, and only when there is room to keep it: a
-        // parent with thousands of finished children pays for 64 reports, not thousands. While the
-        // thread unwinds (perhaps from the clock's own panic), a panic building it is caught: one
-        // escaping this drop would abort the process. The child then counts as omitted.
-        let report = room
-            .then(|| {
-                if std::thread::panicking() {
-                    let build = std::panic::AssertUnwindSafe(|| super::report::build(self));
-                    std::panic::catch_unwind(build).ok()
-                } else {
-                    Some(super::report::build(self))
+        // parent with thousands of finished children pays for 64 reports, not thousands. A panic
+        // building it (the clock's) is caught, and the child then counts as omitted: the parent
+        // hears of every child. While the thread unwinds, the panic stops there (a second one
+        // escaping this drop would abort the process); otherwise it goes on once the parent knows.
+        let built = room.then(|| {
+            let build = std::panic::AssertUnwindSafe(|| super::report::build(self));
+            std::panic::catch_unwind(build)
+        });
+        let (report, panic) = match built {
+            Some(Ok(report)) => (Some(report), None),
+            Some(Err(payload)) => (None, Some(payload)),
+            None => (None, None),
+        };
+        {
+            let mut finished = parent.finished.lock();
+            match report {
+                Some(report) if finished.reports.len() < MAX_CHILD_REPORTS => {
+                    finished.reports.push(report);
                 }
-            })
-            .flatten();
-        let mut finished = parent.finished.lock();
-        match report {
-            Some(report) if finished.reports.len() < MAX_CHILD_REPORTS => {
-                finished.reports.push(report);
+                _ => finished.omitted = finished.omitted.saturating_add(1),
             }
-            _ => finished.omitted = finished.omitted.saturating_add(1),
+        }
+        if let Some(payload) = panic.filter(|_| !std::thread::panicking()) {
+            std::panic::resume_unwind(payload);
         }
     }
 }

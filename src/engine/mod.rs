@@ -29,8 +29,10 @@ pub const DEFAULT_COARSE_TICK: Duration = Duration::from_millis(1);
 ///
 /// When the last clone is dropped, the clock thread the engine started for itself (without
 /// [`EngineBuilder::clock`]) stops. A thread that started budgets keeps up to four finished ones
-/// for reuse, each with the policy snapshot it last ran under, until it starts budgets of another
-/// engine or exits: that much of a dropped engine's memory may outlive it.
+/// for reuse, each with the policy snapshot it last ran under, until that one is reused (by a
+/// budget of any engine) or the thread exits: that much of a dropped engine's memory (its policy,
+/// clock and limiter state) may outlive it. A thread that then serves another engine one request at
+/// a time reuses only the budget it finished last, so the other three stay until the thread exits.
 ///
 /// ```
 /// use costguard::{Engine, Policy, RequestId};
