@@ -2333,6 +2333,60 @@ fn a_reload_to_shadow_mode_admits_the_waiters() {
     assert_eq!(stats().in_flight, 0);
 }
 
+/// A waiter is admitted under the policy in force when it gets its permit, as a first try then
+/// would be: a reload to shadow mode admits it past its key's cap (recording the refusal), and a
+/// reload that lowers the cap holds it to the new one.
+#[test]
+fn a_waiter_is_admitted_under_the_policy_in_force_when_it_gets_its_permit() {
+    use executor::{poll, CountingWaker};
+    let policy = |concurrency: u64, per_key: u64, shadow: bool| {
+        Policy::builder()
+            .class("api", |c| {
+                c.admission(|a| {
+                    a.concurrency(concurrency)
+                        .queue(8, Duration::from_secs(10))
+                        .per_key_concurrency(per_key)
+                        .shadow(shadow)
+                })
+            })
+            .build()
+            .unwrap()
+    };
+    let waker = Arc::new(CountingWaker::default());
+    let keyed = |api, n| AdmitRequest::new(api, id(n)).key(b"k");
+
+    // Shadow mode turned on while the waiter of a key at its cap waits.
+    let (e, _clock) = engine(policy(1, 1, false));
+    let api = e.class("api").unwrap();
+    let held = e.try_admit(&keyed(api, 1)).unwrap();
+    let mut waiter = e.admit_async(keyed(api, 2));
+    assert!(poll(&mut waiter, &waker).is_pending());
+    e.reload(policy(1, 1, true)).unwrap();
+    let std::task::Poll::Ready(Ok(admitted)) = poll(&mut waiter, &waker) else {
+        panic!("a waiter was refused after a reload to shadow mode");
+    };
+    let s = e.admission_stats().class("api").unwrap().clone();
+    assert_eq!(s.counts.shadow_refused(Reason::KeyConcurrency), 1);
+    drop((held, admitted));
+
+    // The key's cap lowered from 2 to 1 while its second request waits for a class permit.
+    let (e, _clock) = engine(policy(2, 2, false));
+    let api = e.class("api").unwrap();
+    let other = e.try_admit(&AdmitRequest::new(api, id(1))).unwrap();
+    let first = e.try_admit(&keyed(api, 2)).unwrap();
+    let mut waiter = e.admit_async(keyed(api, 3));
+    assert!(poll(&mut waiter, &waker).is_pending());
+    e.reload(policy(2, 1, false)).unwrap();
+    drop(other);
+    let std::task::Poll::Ready(Err(v)) = poll(&mut waiter, &waker) else {
+        panic!("the key has two requests in flight under a cap of one");
+    };
+    assert_eq!(v.reason(), Reason::KeyConcurrency);
+    drop(first);
+    let s = e.admission_stats().class("api").unwrap().clone();
+    assert_eq!((s.in_flight, s.queue_len), (0, 0));
+}
+
 /// A waiter's time limit holds after a reload takes its class's admission settings away: the
 /// timer still expires it.
 #[test]

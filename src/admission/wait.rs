@@ -197,13 +197,25 @@ pub(crate) fn admit_or_wait(
 }
 
 /// Admits a request that waited (`arrived`: when it joined the queue) with the permit it holds.
+///
+/// The rest of its admission (shadow mode, pools, key limits, budget) follows the policy in force
+/// now, as a first try now would: a reload while it waited applies to it. The permit came from the
+/// class's gate, which reloads keep; only if the current policy has no admission at that gate for
+/// the class (a reload took the settings away) is the request finished under the policy it waited
+/// under, whose grant gives the permit back where it came from.
 fn finish(
     engine: &Engine,
     req: &AdmitRequest<'_>,
-    snapshot: &Arc<Snapshot>,
+    queued_under: &Arc<Snapshot>,
     priority: Priority,
     arrived: Timestamp,
 ) -> Result<Admitted, Verdict> {
+    let current = engine.snapshot();
+    let same_gate = match (admission(&current, req), admission(queued_under, req)) {
+        (Some(now), Some(then)) => Arc::ptr_eq(&now.gate, &then.gate),
+        _ => false,
+    };
+    let snapshot = if same_gate { &current } else { queued_under };
     engine.admit_rest(snapshot, req, priority, true, arrived)
 }
 
