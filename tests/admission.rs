@@ -710,6 +710,52 @@ fn an_adaptive_limit_follows_latency_on_the_manual_clock() {
     assert_eq!(limit(&e), 4);
 }
 
+/// A class whose traffic is all background work may fill only half its limit, rounded down: at
+/// an odd limit that is under half in flight. Requests turned away by the limit show it in use
+/// all the same, so the limit recovers after a backoff.
+#[test]
+fn an_adaptive_limit_of_background_work_recovers_after_a_backoff() {
+    let policy = Policy::builder()
+        .class("batch", |c| {
+            c.priority(Priority::Background).admission(|a| {
+                a.aimd(8, 1, 16, 0.5, Duration::from_millis(100))
+                    .window(Duration::from_secs(1))
+            })
+        })
+        .build()
+        .unwrap();
+    let (e, clock) = engine(policy);
+    let batch = e.class("batch").unwrap();
+    let limit = |e: &Engine| e.admission_stats().class("batch").unwrap().limit;
+    let mut n = 0;
+    // One window: as many requests as the class lets in and more, 10 ms of work each.
+    let mut run = |outcome: Outcome| {
+        clock.advance(Duration::from_millis(990));
+        let mut held = Vec::new();
+        let mut refused = 0;
+        for _ in 0..32 {
+            n += 1;
+            match e.try_admit(&AdmitRequest::new(batch, id(n))) {
+                Ok(a) => held.push(a),
+                Err(_) => refused += 1,
+            }
+        }
+        assert!(refused > 0 && !held.is_empty());
+        clock.advance(Duration::from_millis(10));
+        for a in held {
+            a.finish(outcome);
+        }
+    };
+    run(Outcome::Success);
+    run(Outcome::Overload);
+    run(Outcome::Success); // closes the overloaded window: 8 -> 4
+    assert_eq!(limit(&e), 4);
+    for _ in 0..12 {
+        run(Outcome::Success);
+    }
+    assert_eq!(limit(&e), 16, "one step a window, up to max");
+}
+
 #[test]
 fn a_gradient_limit_survives_requests_that_take_no_time() {
     // On a clock that does not move between admission and finish, every latency sample is 0 ns.

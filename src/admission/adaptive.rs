@@ -11,15 +11,18 @@
 //! sampler's own, which a reload replaces under the same lock: a request still running under an
 //! older policy closes a window by the newest one, never setting a limit outside its bounds.
 //!
-//! Both grow only a limit in use (at least half of it in flight when a window closes): a quiet spell
-//! says nothing about how much more the backend can take.
+//! Both grow only a limit in use: at least half of it in flight when a window closes, or a request
+//! turned away by it (shed or refused as over the limit) during the window. A quiet spell says
+//! nothing about how much more the backend can take. (Half in flight alone would not do: a class
+//! whose traffic is all background work may fill only its share, by default half the limit
+//! rounded down, and after a backoff to an odd limit it would never count as in use again.)
 //!
 //! Only outcomes that say something about the backend's capacity are sampled: successes and
 //! overload failures (server errors, timeouts). Refused, cancelled and client-error requests are not.
 
 use super::limiter::Limiter;
 use crate::policy::{AdaptiveLimit, Algorithm};
-use crate::sync::{AtomicU64, Mutex, Ordering};
+use crate::sync::{AtomicBool, AtomicU64, Mutex, Ordering};
 use crossbeam_utils::CachePadded;
 
 /// One window of samples.
@@ -33,6 +36,15 @@ pub(crate) struct Window {
     pub(crate) overloads: u64,
     /// Requests in flight when the window closed.
     pub(crate) in_flight: u32,
+    /// Whether the limit turned a request away during the window.
+    pub(crate) turned_away: bool,
+}
+
+impl Window {
+    /// Whether the limit was in use: half of it in flight, or a request turned away by it.
+    fn in_use(&self, limit: f64) -> bool {
+        self.turned_away || f64::from(self.in_flight) * 2.0 >= limit
+    }
 }
 
 impl Window {
@@ -80,7 +92,7 @@ fn step(config: &AdaptiveLimit, state: State, w: Window) -> State {
             let threshold = latency_threshold.as_nanos() as f64;
             let limit = if w.overloads > 0 || mean > threshold {
                 (state.limit * f64::from(backoff) / 1000.0).floor()
-            } else if f64::from(w.in_flight) * 2.0 >= state.limit {
+            } else if w.in_use(state.limit) {
                 state.limit + 1.0
             } else {
                 state.limit
@@ -118,7 +130,7 @@ fn step(config: &AdaptiveLimit, state: State, w: Window) -> State {
             let mut target = state.limit * gradient + headroom;
             // Like AIMD, grow only a limit in use: a quiet spell says nothing about how much more
             // the backend can take, and must not leave the next burst a limit at `max`.
-            if f64::from(w.in_flight) * 2.0 < state.limit {
+            if !w.in_use(state.limit) {
                 target = target.min(state.limit);
             }
             let alpha = f64::from(smoothing) / 1000.0;
@@ -137,6 +149,8 @@ pub(crate) struct Sampler {
     count: CachePadded<AtomicU64>,
     sum_ns: AtomicU64,
     overloads: AtomicU64,
+    /// Set when the limit turns a request away (see [`Window::turned_away`]).
+    turned_away: AtomicBool,
     window_end: AtomicU64,
     /// The window's length, ns, of the current configuration.
     window_ns: AtomicU64,
@@ -157,6 +171,7 @@ impl Sampler {
             count: CachePadded::new(AtomicU64::new(0)),
             sum_ns: AtomicU64::new(0),
             overloads: AtomicU64::new(0),
+            turned_away: AtomicBool::new(false),
             window_end: AtomicU64::new(0),
             window_ns: AtomicU64::new(0),
             state: Mutex::new(Adapting::default()),
@@ -217,12 +232,21 @@ impl Sampler {
         }
     }
 
+    /// Notes that the limit turned a request away. Written only when not yet set, so that a
+    /// storm of refusals does not keep taking the line from the requests that finish.
+    pub(crate) fn turned_away(&self) {
+        if !self.turned_away.load(Ordering::Relaxed) {
+            self.turned_away.store(true, Ordering::Relaxed);
+        }
+    }
+
     fn take(&self) -> Window {
         Window {
             count: self.count.swap(0, Ordering::Relaxed),
             sum_ns: self.sum_ns.swap(0, Ordering::Relaxed),
             overloads: self.overloads.swap(0, Ordering::Relaxed),
             in_flight: 0,
+            turned_away: self.turned_away.swap(false, Ordering::Relaxed),
         }
     }
 
@@ -337,6 +361,7 @@ mod tests {
             sum_ns: count * mean_ms * MS,
             overloads,
             in_flight,
+            turned_away: false,
         }
     }
 
@@ -354,6 +379,18 @@ mod tests {
         assert_eq!(s.limit, 11.0, "in use and fast: +1");
         let s = next(&c, s, window(10, 50, 0, 2));
         assert_eq!(s.limit, 11.0, "not in use: unchanged");
+        let turned_away = Window {
+            turned_away: true,
+            ..window(10, 50, 0, 5)
+        };
+        assert_eq!(
+            next(&c, s, turned_away).limit,
+            12.0,
+            "under half in flight, but a request turned away: in use"
+        );
+        let g = gradient2(5, 20);
+        assert!(next(&g, start(11.0), turned_away).limit > 11.0);
+        assert_eq!(next(&g, start(11.0), window(10, 50, 0, 5)).limit, 11.0);
         let s = next(&c, s, window(10, 150, 0, 11));
         assert_eq!(s.limit, 5.0, "slow: halved");
         let s = next(&c, s, window(10, 10, 1, 5));
@@ -431,12 +468,14 @@ mod tests {
             sum_ns: 0,
             overloads: 0,
             in_flight: 10,
+            turned_away: false,
         };
         let huge = Window {
             count: 1,
             sum_ns: u64::MAX,
             overloads: 0,
             in_flight: 10,
+            turned_away: false,
         };
         let mut s = start(10.0);
         for w in [zero, zero, huge, zero, huge, huge, zero] {

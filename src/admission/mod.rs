@@ -781,6 +781,8 @@ impl Engine {
         wait: WaitSlot<'_>,
         (in_flight, allowed, share): (u32, u32, Permille),
     ) -> Result<(), Verdict> {
+        // Demand beyond the limit: an adaptive limit counts as in use (see `adaptive`).
+        adm.gate.sampler.turned_away();
         let v = self.concurrency_verdict(adm, in_flight, allowed, share);
         if adm.shadow {
             self.shadow_refused(rules, adm, req, priority, v);
