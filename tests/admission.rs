@@ -1556,6 +1556,73 @@ fn the_waiter_timer_outlives_a_panic_of_the_clock() {
     assert_eq!(v.reason(), Reason::QueueTimeout);
 }
 
+/// A class stuck at its limit, whose waiters all wait out `max_wait`, has a standing queue as
+/// surely as one whose waiters get in late: CoDel counts the waits that timed out too, and new
+/// waiters get only its target's worth of patience.
+#[test]
+fn codel_sees_a_standing_queue_whose_waiters_all_time_out() {
+    use executor::{poll, CountingWaker};
+    let policy = Policy::builder()
+        .class("api", |c| {
+            c.admission(|a| {
+                a.concurrency(1)
+                    .queue(64, Duration::from_millis(100))
+                    .codel(Duration::from_millis(5), Duration::from_millis(100))
+            })
+        })
+        .build()
+        .unwrap();
+    let (e, clock) = engine(policy);
+    let api = e.class("api").unwrap();
+    let waker = Arc::new(CountingWaker::default());
+    let _stuck = e.try_admit(&AdmitRequest::new(api, id(0))).unwrap();
+    // A new waiter every 10 ms for 600 ms, none ever served; the timer and the waiters' own
+    // polls both time them out.
+    let mut waiters = Vec::new();
+    for n in 1..=60u64 {
+        let mut w = e.admit_async(AdmitRequest::new(api, id(n)));
+        assert!(poll(&mut w, &waker).is_pending());
+        waiters.push(w);
+        clock.advance(Duration::from_millis(10));
+        if n % 2 == 0 {
+            e.expire_waiters();
+        }
+        for w in &mut waiters {
+            let _ = poll(w, &waker);
+        }
+    }
+    let s = e.admission_stats().class("api").unwrap().clone();
+    assert!(s.counts.timed_out >= 50, "{}", s.counts.timed_out);
+    let mut late = e.admit_async(AdmitRequest::new(api, id(100)));
+    assert!(poll(&mut late, &waker).is_pending());
+    clock.advance(Duration::from_millis(5));
+    e.expire_waiters();
+    match poll(&mut late, &waker) {
+        std::task::Poll::Ready(Err(v)) => {
+            assert_eq!(v.reason(), Reason::QueueTimeout);
+            assert_eq!(v.limit(), 5_000_000, "patience cut to the CoDel target");
+        }
+        other => panic!("a new waiter of a standing queue waits past the target: {other:?}"),
+    }
+    // After a quiet interval with nobody waiting, what CoDel learned is stale: a new waiter gets
+    // its whole `max_wait` again.
+    clock.advance(Duration::from_millis(200));
+    let mut fresh = e.admit_async(AdmitRequest::new(api, id(101)));
+    assert!(poll(&mut fresh, &waker).is_pending());
+    clock.advance(Duration::from_millis(99));
+    e.expire_waiters();
+    assert!(
+        poll(&mut fresh, &waker).is_pending(),
+        "patience is max_wait again"
+    );
+    clock.advance(Duration::from_millis(1));
+    e.expire_waiters();
+    assert!(matches!(
+        poll(&mut fresh, &waker),
+        std::task::Poll::Ready(Err(_))
+    ));
+}
+
 #[test]
 fn codel_serves_newest_first_and_shortens_waits_under_standing_queues() {
     use executor::{poll, CountingWaker};

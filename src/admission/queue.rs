@@ -5,7 +5,9 @@
 //! queue's capacity, by its `max_wait`, by the request's own deadline, and by CoDel: when even the
 //! shortest wait of an interval stays above the target, the queue is standing rather than absorbing a
 //! burst; new waiters then get only the target's worth of patience and are served newest first (a
-//! newest-first queue under overload serves requests whose callers are still there).
+//! newest-first queue under overload serves requests whose callers are still there). A wait that
+//! ended in a timeout is a wait like any other: a class stuck at its limit, whose waiters all time
+//! out, has a standing queue too.
 //!
 //! Each waiter has one state word that leaves `WAITING` exactly once, by CAS: to `GRANTED` by a
 //! releaser that took a permit on its behalf, to `ABANDONED`/`EXPIRED` when it times out or is
@@ -128,6 +130,8 @@ struct Codel {
     interval_end: u64,
     min_sojourn: u64,
     overloaded: bool,
+    /// When a waiter last left (granted or timed out).
+    last_departure: u64,
 }
 
 #[derive(Debug, Default)]
@@ -159,9 +163,10 @@ impl WaitQueue {
         self.waiting.load(Ordering::Relaxed)
     }
 
-    /// How long a new waiter may wait: `max_wait`, or only the CoDel target while overloaded.
-    pub(crate) fn patience(&self, policy: &QueuePolicy) -> u64 {
-        let overloaded = self.inner.lock().codel.overloaded;
+    /// How long a new waiter may wait at `now`: `max_wait`, or only the CoDel target while the
+    /// queue is standing.
+    pub(crate) fn patience(&self, policy: &QueuePolicy, now: u64) -> u64 {
+        let overloaded = self.inner.lock().codel.standing(now, policy);
         let d = if overloaded {
             policy.codel_target.min(policy.max_wait)
         } else {
@@ -200,10 +205,34 @@ impl WaitQueue {
 
     /// Takes a waiter out after it abandoned.
     pub(crate) fn remove(&self, waiter: &Arc<Waiter>) {
+        self.remove_after(waiter, None);
+    }
+
+    /// Takes a waiter out after it timed out at `now`: its wait counts for CoDel as a granted
+    /// one's does. A queue whose waiters all time out (a class stuck at its limit) is standing
+    /// too, and new waiters should learn it rather than each wait out the whole `max_wait`.
+    pub(crate) fn remove_timed_out(
+        &self,
+        waiter: &Arc<Waiter>,
+        now: u64,
+        policy: Option<&QueuePolicy>,
+    ) {
+        self.remove_after(waiter, policy.map(|p| (now, p)));
+    }
+
+    fn remove_after(&self, waiter: &Arc<Waiter>, timed_out: Option<(u64, &QueuePolicy)>) {
         let mut inner = self.inner.lock();
+        if let Some((now, policy)) = timed_out {
+            inner
+                .codel
+                .on_departure(now.saturating_sub(waiter.enqueued), now, policy);
+        }
         inner.waiters.retain(|w| !Arc::ptr_eq(w, waiter));
         let len = inner.waiters.len() as u32;
-        if len == 0 {
+        // A queue emptied by a timeout is no sign that the class has room again (a class stuck at
+        // its limit empties its queue that way): CoDel keeps what it learned, which a quiet spell
+        // makes stale (see `Codel::standing`).
+        if len == 0 && timed_out.is_none() {
             inner.codel = Codel::default();
         }
         self.waiting.store(len, Ordering::SeqCst);
@@ -248,7 +277,8 @@ impl WaitQueue {
         // The order is fixed for the pass: a grant may switch CoDel over, and `i` counts the
         // blocked waiters from the end the pass began at (counted from the other end, it would
         // skip as many waiters there). A switch takes effect from the next pass.
-        let lifo = inner.codel.overloaded;
+        let lifo = policy.is_some_and(|p| inner.codel.standing(now, p));
+        let mut granted = false;
         let mut i = 0;
         while i < inner.waiters.len() {
             if woken == WAKE_BATCH {
@@ -272,6 +302,11 @@ impl WaitQueue {
                     .compare_exchange(WAITING, end, Ordering::AcqRel, Ordering::Acquire)
                     .is_ok()
                 {
+                    if let (EXPIRED, Some(policy)) = (end, policy) {
+                        inner
+                            .codel
+                            .on_departure(now.saturating_sub(w.enqueued), now, policy);
+                    }
                     wakes[woken] = w.take_wake();
                     woken += 1;
                 }
@@ -295,8 +330,9 @@ impl WaitQueue {
                 if let Some(policy) = policy {
                     inner
                         .codel
-                        .on_grant(now.saturating_sub(w.enqueued), now, policy);
+                        .on_departure(now.saturating_sub(w.enqueued), now, policy);
                 }
+                granted = true;
                 wakes[woken] = w.take_wake();
                 woken += 1;
             } else {
@@ -306,7 +342,9 @@ impl WaitQueue {
             inner.waiters.remove(index);
         }
         let len = inner.waiters.len() as u32;
-        if len == 0 {
+        // Emptied by grants, the queue has drained: CoDel starts over. Emptied by timeouts only,
+        // it keeps what it learned (see `remove_after`).
+        if len == 0 && granted {
             inner.codel = Codel::default();
         }
         self.waiting.store(len, Ordering::SeqCst);
@@ -315,7 +353,18 @@ impl WaitQueue {
 }
 
 impl Codel {
-    fn on_grant(&mut self, sojourn: u64, now: u64, policy: &QueuePolicy) {
+    /// Whether the queue is standing at `now`: the last interval's shortest wait was above the
+    /// target, and a waiter left within the last interval. A verdict with no departure for a whole
+    /// interval since is stale (the queue went quiet), and new waiters get their whole `max_wait`.
+    fn standing(&self, now: u64, policy: &QueuePolicy) -> bool {
+        let interval = crate::clock::duration_to_nanos(policy.codel_interval);
+        self.overloaded && now.saturating_sub(self.last_departure) <= interval
+    }
+
+    /// A waiter left the queue after `sojourn` ns, granted or timed out (a waiter dropped by its
+    /// caller says nothing about the queue, and is not counted).
+    fn on_departure(&mut self, sojourn: u64, now: u64, policy: &QueuePolicy) {
+        self.last_departure = now;
         let target = crate::clock::duration_to_nanos(policy.codel_target);
         let interval = crate::clock::duration_to_nanos(policy.codel_interval);
         if self.interval_end == 0 {

@@ -65,7 +65,7 @@ fn enqueue(
         .map_or(rules.wall_time, |w| {
             rules.wall_time.min(crate::clock::duration_to_nanos(w))
         });
-    let patience = adm.gate.queue.patience(&policy).min(own);
+    let patience = adm.gate.queue.patience(&policy, now).min(own);
     // No time to wait (a caller whose deadline has come), or an async wait without the timer
     // that ends it (no thread could be started for one): the refusal that sent the request here
     // stands, rather than a wait that would outlast its time.
@@ -299,7 +299,9 @@ pub(crate) fn block(
         if now >= q.waiter.deadline {
             if q.waiter.abandon() {
                 if let Some(adm) = admission(&q.snapshot, req) {
-                    adm.gate.queue.remove(&q.waiter);
+                    adm.gate
+                        .queue
+                        .remove_timed_out(&q.waiter, now, adm.queue.as_ref());
                 }
                 return settled(Err(timed_out(engine, req, &q)));
             }
@@ -427,10 +429,13 @@ fn look(engine: &Engine, req: &AdmitRequest<'_>, q: &Queued, cx: &Context<'_>) -
             REFUSED => return Look::Refused,
             _ => {}
         }
-        if engine.clock().now().as_nanos() >= q.waiter.deadline {
+        let now = engine.clock().now().as_nanos();
+        if now >= q.waiter.deadline {
             if q.waiter.abandon() {
                 if let Some(adm) = admission(&q.snapshot, req) {
-                    adm.gate.queue.remove(&q.waiter);
+                    adm.gate
+                        .queue
+                        .remove_timed_out(&q.waiter, now, adm.queue.as_ref());
                 }
                 return Look::TimedOut;
             }
