@@ -56,7 +56,9 @@ pub enum Reason {
     BulkheadFull,
     /// The backend already has as many connection attempts in progress as it may.
     ConnectLimit,
-    /// No host of the backend's pool is healthy and free.
+    /// No host of the backend's pool (or not the one asked for) is healthy and free. When every
+    /// one is out (ejected, or its breaker open), the hint is `Retry::After` the nearest time one
+    /// is back and the verdict names no dimension; when one is only busy, `Retry::Later`.
     NoHealthyHost,
     /// The backend's process-wide retry budget is empty.
     RetryBudgetExhausted,

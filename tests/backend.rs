@@ -1706,6 +1706,58 @@ fn a_particular_host_can_be_asked_for_and_is_refused_while_ejected() {
     assert_eq!(v.reason(), Reason::NoHealthyHost, "not sent elsewhere");
     let a = f.engine.begin_attempt(kafka, &budget, 0).unwrap();
     assert_eq!(a.host(), Some("k1"));
+    a.finish(AttemptOutcome::Success);
+
+    // The refusal says when the ejection ends (no dimension ran out), and means it.
+    let Retry::After(wait) = v.retry() else {
+        panic!("an ejected host's refusal says when it is back: {v}");
+    };
+    assert_eq!(v.dimension(), None, "{v}");
+    assert!(wait > Duration::ZERO);
+    f.clock.advance(wait - Duration::from_nanos(1));
+    let v = f.engine.begin_attempt_on(k2, &budget, 0).unwrap_err();
+    assert_eq!(v.retry(), Retry::After(Duration::from_nanos(1)));
+    f.clock.advance(Duration::from_nanos(1));
+    let probe = f.engine.begin_attempt_on(k2, &budget, 0).unwrap();
+    // On probation, the host takes one connection attempt at a time: one in progress is a busy
+    // host, not an ejected one, and the hint is to come back once other work finishes.
+    let v = f.engine.begin_attempt_on(k2, &budget, 0).unwrap_err();
+    assert_eq!(
+        (v.reason(), v.retry()),
+        (Reason::NoHealthyHost, Retry::Later)
+    );
+    probe.finish(AttemptOutcome::Success);
+}
+
+/// When every host of the pool is out (ejected, or its breaker open) the refusal's hint is the
+/// nearest time one of them is back.
+#[test]
+fn a_pool_with_every_host_out_says_when_the_first_is_back() {
+    let f = fixture(single("kafka", |b| {
+        b.hosts(&["k1", "k2"])
+            .count("ejection.consecutive_failures", 1)
+            .count("breaker.consecutive_failures", 4095)
+            .fraction("ejection.max_ejected", 1.0)
+    }));
+    let kafka = f.engine.backend("kafka").unwrap();
+    let budget = f.budget();
+    for host in ["k1", "k2"] {
+        let h = f.engine.host(kafka, host).unwrap();
+        f.engine
+            .begin_attempt_on(h, &budget, 0)
+            .unwrap()
+            .finish(AttemptOutcome::ConnectFailure);
+        f.clock.advance(Duration::from_secs(1));
+    }
+    let v = f.engine.begin_attempt(kafka, &budget, 0).unwrap_err();
+    assert_eq!(v.reason(), Reason::NoHealthyHost);
+    let Retry::After(wait) = v.retry() else {
+        panic!("{v}");
+    };
+    f.clock.advance(wait);
+    let a = f.engine.begin_attempt(kafka, &budget, 0).unwrap();
+    assert_eq!(a.host(), Some("k1"), "the first ejected is the first back");
+    a.finish(AttemptOutcome::Success);
 }
 
 #[test]

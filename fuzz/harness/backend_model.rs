@@ -35,7 +35,9 @@
 //!   end the probation. The choice is the documented one: visiting hosts in round-robin order
 //!   (or only the one asked for with `begin_attempt_on`), of the first two that are not ejected,
 //!   below their caps and whose breaker is willing, the one with fewer calls in flight;
-//!   `NoHealthyHost` when there is none. See [`World::choose_host`].
+//!   `NoHealthyHost` when there is none, told to come back `Later` when a host is only busy, or
+//!   `After` the nearest end of an ejection or open breaker when every host is out. See
+//!   [`World::choose_host`].
 //!
 //! - **Reloads** change the pool (which of the three hosts, in what order) and the ejection share,
 //!   nothing else. Every host keeps its state in or out of the pool; a host taken out while ejected
@@ -938,6 +940,7 @@ impl World<'_> {
         let host = if self.pool.is_empty() {
             None
         } else {
+            let mut refused = None;
             let chosen = match &result {
                 Ok(a) => Some(
                     self.pool
@@ -948,18 +951,19 @@ impl World<'_> {
                 ),
                 Err(v) => {
                     assert_eq!(
-                        (v.reason(), v.retry()),
-                        (Reason::NoHealthyHost, Retry::Later),
+                        v.reason(),
+                        Reason::NoHealthyHost,
                         "expected a host or NoHealthyHost (breaker {:?}, {} in flight of {cap}, \
                          {} connecting), got {v:?}",
                         self.breaker.state,
                         self.in_flight,
                         self.connecting
                     );
+                    refused = Some(v.retry());
                     None
                 }
             };
-            self.choose_host(target, chosen);
+            self.choose_host(target, chosen, refused);
             match chosen {
                 Some(x) => {
                     let h = &mut self.hosts[x];
@@ -1023,7 +1027,12 @@ impl World<'_> {
     /// Whether an open breaker whose jittered open time may or may not have passed is willing is
     /// not known: every guess is tried, at least one must give what the engine did, and what all
     /// the matching guesses agree on is learnt.
-    fn choose_host(&mut self, target: Option<usize>, chosen: Option<usize>) {
+    fn choose_host(
+        &mut self,
+        target: Option<usize>,
+        chosen: Option<usize>,
+        refused: Option<Retry>,
+    ) {
         let s = self.s;
         let now = self.now;
         let pool = &self.pool;
@@ -1119,6 +1128,61 @@ impl World<'_> {
             e.probation = true;
             e.fails = 0;
             self.hosts[x].readmitted_at = now;
+        }
+        if let Some(retry) = refused {
+            let visited: Vec<usize> = (0..visits)
+                .map(|i| pool[(start + i) % pool.len()])
+                .collect();
+            self.check_no_host_hint(&visited, retry);
+        }
+    }
+
+    /// A `NoHealthyHost` refusal's hint: `Later` when a host the choice visited is only busy (at
+    /// its caps, or half-open with its probe slots taken); when every one is out (ejected, or its
+    /// breaker open), `After` the nearest end of those, at least 1 ns. An open breaker's end is
+    /// known as a range.
+    fn check_no_host_hint(&self, visited: &[usize], retry: Retry) {
+        let now = self.now;
+        let (mut busy, mut maybe_busy) = (false, false);
+        let (mut lo_min, mut hi_min) = (u64::MAX, u64::MAX);
+        for &x in visited {
+            let h = &self.hosts[x];
+            let (lo, hi) = if h.eject.ejected && now < h.eject.until {
+                (h.eject.until - now, h.eject.until - now)
+            } else {
+                match h.breaker.state {
+                    State::Open { lo, hi } if now < lo => (lo - now, hi - now),
+                    State::Open { hi, .. } if now < hi => {
+                        maybe_busy = true;
+                        (1, hi - now)
+                    }
+                    _ => {
+                        busy = true;
+                        continue;
+                    }
+                }
+            };
+            lo_min = lo_min.min(lo.max(1));
+            hi_min = hi_min.min(hi.max(1));
+        }
+        let hosts: Vec<_> = visited.iter().map(|&x| &self.hosts[x]).collect();
+        match retry {
+            Retry::Later => assert!(
+                busy || maybe_busy,
+                "every host is out, yet the hint is Later at {now}: {hosts:?}"
+            ),
+            Retry::After(d) => {
+                let d = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+                assert!(
+                    !busy,
+                    "a host is only busy, yet the hint is {d} ns: {hosts:?}"
+                );
+                assert!(
+                    (lo_min..=hi_min).contains(&d),
+                    "hint {d} ns, expected within [{lo_min}, {hi_min}] at {now}: {hosts:?}"
+                );
+            }
+            Retry::Never => panic!("NoHealthyHost with Retry::Never: {hosts:?}"),
         }
     }
 

@@ -973,8 +973,8 @@ enum Refusal {
     Open(breaker::Closed),
     /// The backend is at a cap: calls in flight (with the cap applied, ramped) or connects.
     Full(Full, u32),
-    /// No host of the pool is healthy and free.
-    NoHost,
+    /// No host of the pool (or not the one asked for, `target`) is healthy and free at `now`.
+    NoHost { target: Option<u32>, now: u64 },
 }
 
 /// The verdict of a refused attempt, built out of line: verdicts are large, and most attempts never
@@ -1001,10 +1001,46 @@ fn refusal(rules: &BackendRules, budget: &Budget, why: Refusal) -> Verdict {
         Refusal::Full(Full::Connecting, _) => rules
             .verdict(Reason::ConnectLimit, Retry::Later, N_CONNECTING)
             .with_amounts(1, u64::from(p.max_connecting), u64::from(p.max_connecting)),
-        Refusal::NoHost => rules.verdict(Reason::NoHealthyHost, Retry::Later, N_CONNECTING),
+        Refusal::NoHost { target, now } => match no_host_wait(rules, target, now) {
+            // Every host is out for a known time: no dimension ran out, and the hint is when
+            // the first of them comes back.
+            Some(ns) => Verdict::new(
+                Reason::NoHealthyHost,
+                Retry::After(Duration::from_nanos(ns)),
+            ),
+            None => rules.verdict(Reason::NoHealthyHost, Retry::Later, N_CONNECTING),
+        },
     };
     rules.state.refusals.attempt(v.reason());
     v.with_class(&p.name).with_request(budget.request_id())
+}
+
+/// How long until a host that refused an attempt at `now` (the pool's, or `target` alone) could
+/// take one: the nearest end of an ejection or of an open breaker, when every host is out for a
+/// known time. `None` when one is merely busy (at its caps, or half-open with every probe slot
+/// taken), which any finishing attempt may change.
+fn no_host_wait(rules: &BackendRules, target: Option<u32>, now: u64) -> Option<u64> {
+    let hosts = match target {
+        Some(t) => rules.hosts.get(t as usize..=t as usize)?,
+        None => &rules.hosts[..],
+    };
+    let mut soonest: Option<u64> = None;
+    for host in hosts {
+        let wait = if host.is_ejected_at(now) {
+            match host.ejection_ends() {
+                u64::MAX => return None,
+                end => end.saturating_sub(now),
+            }
+        } else {
+            match host.breaker.would_begin(now, rules.limits()) {
+                Err(breaker::Closed::Open(ns)) => ns,
+                Err(breaker::Closed::Probing) | Ok(()) => return None,
+            }
+        };
+        soonest = Some(soonest.map_or(wait, |s| s.min(wait)));
+    }
+    // At least a nanosecond: a hint of zero would read as "now", which just refused.
+    soonest.map(|ns| ns.max(1))
 }
 
 /// The verdict of a retry that the backend's breaker would refuse once `backoff` (ns) is over:
@@ -1230,7 +1266,7 @@ impl Engine {
                     // Nothing was taken on any host; give the backend's permits back, neutrally.
                     state.permits.release(true);
                     release_probe(&state.breaker, role, generation);
-                    return Err(refusal(rules, budget, Refusal::NoHost));
+                    return Err(refusal(rules, budget, Refusal::NoHost { target, now }));
                 }
             }
         }
