@@ -756,6 +756,34 @@ fn an_adaptive_limit_of_background_work_recovers_after_a_backoff() {
     assert_eq!(limit(&e), 16, "one step a window, up to max");
 }
 
+/// Refusals of a priority that no limit up to `max` would let in (a share of nothing, told
+/// `Retry::Never`) say nothing about demand on the limit: an idle limit does not grow on them.
+#[test]
+fn refusals_no_limit_could_admit_do_not_grow_an_idle_adaptive_limit() {
+    let policy = Policy::builder()
+        .class("api", |c| {
+            c.admission(|a| {
+                a.aimd(8, 1, 16, 0.5, Duration::from_millis(100))
+                    .window(Duration::from_secs(1))
+                    .headroom(Priority::Background, 0.0)
+            })
+        })
+        .build()
+        .unwrap();
+    let (e, clock) = engine(policy);
+    let api = e.class("api").unwrap();
+    let limit = |e: &Engine| e.admission_stats().class("api").unwrap().limit;
+    for n in 0..12 {
+        clock.advance(Duration::from_millis(990));
+        let a = e.try_admit(&AdmitRequest::new(api, id(2 * n))).unwrap();
+        let background = AdmitRequest::new(api, id(2 * n + 1)).priority(Priority::Background);
+        assert_eq!(e.try_admit(&background).unwrap_err().retry(), Retry::Never);
+        clock.advance(Duration::from_millis(10));
+        a.finish(Outcome::Success);
+    }
+    assert_eq!(limit(&e), 8, "1 of 8 in flight: not in use");
+}
+
 #[test]
 fn a_gradient_limit_survives_requests_that_take_no_time() {
     // On a clock that does not move between admission and finish, every latency sample is 0 ns.

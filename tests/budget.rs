@@ -590,6 +590,52 @@ fn cpu_time_a_child_cannot_hold_counts_on_its_ancestors() {
     assert_eq!(root.used(Counter::CPU_TIME), 4_000_000_000);
 }
 
+/// Work a parent could not hold exhausts the parent, the budget that ran out; its child, with
+/// room left of its own, is cancelled as its descendant, and its verdict names the parent's limit.
+#[test]
+fn work_a_parent_cannot_hold_exhausts_the_parent_not_a_child_with_room() {
+    let f = fixture();
+    let parse = f.engine.class("parse").unwrap();
+    let root = f
+        .engine
+        .begin_with(
+            parse,
+            id("r"),
+            &Overrides::new().limit(Counter::CPU_TIME, 1_000_000_000),
+        )
+        .unwrap();
+    let child = root.child().unwrap(); // cpu_time 20 s
+    let mut meter = child.cpu_meter();
+    f.cpu.advance(Duration::from_secs(5));
+    assert!(meter.charge().is_err());
+    drop(meter);
+    assert_eq!(root.cancel_reason(), Some(CancelReason::Exhausted));
+    let v = child.check().unwrap_err();
+    assert_eq!(
+        (child.cancel_reason(), v.reason(), v.limit()),
+        (
+            Some(CancelReason::Inherited),
+            Reason::LimitExceeded,
+            1_000_000_000
+        ),
+        "{v}"
+    );
+    // The same through a callee's usage: the child (500 lookups) had room for 20, its parent (10)
+    // did not.
+    let parent = f
+        .engine
+        .begin_with(parse, id("p"), &Overrides::new().limit(f.lookups, 10))
+        .unwrap();
+    let b = parent.child().unwrap();
+    let usage = costguard::Usage::decode("cgu1;file_lookups=20").unwrap();
+    assert!(b.charge_usage(&usage).is_err());
+    let v = b.check().unwrap_err();
+    // Cancelled, as charge_usage cancels the budget that got the report; not exhausted.
+    assert_eq!(b.cancel_reason(), Some(CancelReason::Cancelled), "{v}");
+    assert_eq!(parent.cancel_reason(), Some(CancelReason::Exhausted));
+    assert_eq!(v.reason(), Reason::Cancelled, "{v}");
+}
+
 /// An estimate is the reservation's to give back, not the budget's: a refund cannot take it, so it
 /// is never given back twice (and a child's charges are never given back in its place).
 #[test]

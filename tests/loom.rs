@@ -583,6 +583,44 @@ fn children_are_cancelled_once_cancel_returns_whoever_set_the_first_bit() {
     });
 }
 
+/// A budget past its deadline, seen first by another thread still telling the children: neither
+/// `remaining()` nor `check()` reports the deadline before the children know.
+#[test]
+fn a_passed_deadline_is_reported_only_once_the_children_know() {
+    for check in [false, true] {
+        loom::model(move || {
+            let clock = ManualClock::new();
+            let policy = Policy::builder()
+                .class("job", |c| c.wall_time(Duration::from_secs(30)))
+                .build()
+                .unwrap();
+            let engine = Engine::builder(policy)
+                .clock(clock.clone())
+                .build()
+                .unwrap();
+            let parent = engine.begin_by_name("job", id("r")).unwrap();
+            let child = parent.child().unwrap();
+            clock.advance(Duration::from_secs(31));
+            let other = {
+                let parent = parent.clone();
+                thread::spawn(move || parent.expired())
+            };
+            // Lets the other thread go first, so that the models include it seeing the deadline.
+            thread::yield_now();
+            if check {
+                assert!(parent.check().is_err());
+            } else {
+                assert_eq!(parent.remaining(), Duration::ZERO);
+            }
+            assert!(
+                child.is_cancelled(),
+                "reported before the child was cancelled"
+            );
+            assert!(other.join().unwrap());
+        });
+    }
+}
+
 /// A refused counter charge cancels the budget for every thread that synchronizes with it.
 ///
 /// Workers poll `is_cancelled()` (one relaxed load) to stop early once a counter ran out. The bit set

@@ -781,9 +781,12 @@ impl Engine {
         wait: WaitSlot<'_>,
         (in_flight, allowed, share): (u32, u32, Permille),
     ) -> Result<(), Verdict> {
-        // Demand beyond the limit: an adaptive limit counts as in use (see `adaptive`).
-        adm.gate.sampler.turned_away();
         let v = self.concurrency_verdict(adm, in_flight, allowed, share);
+        // Demand beyond the limit: an adaptive limit counts as in use (see `adaptive`). Not for a
+        // priority no limit could ever admit, which says nothing about this one.
+        if v.retry() != Retry::Never {
+            adm.gate.sampler.turned_away();
+        }
         if adm.shadow {
             self.shadow_refused(rules, adm, req, priority, v);
             adm.gate.limiter.force_acquire();

@@ -157,9 +157,10 @@ impl CpuMeter<'_> {
                 // CPU time is measured once spent: what did not fit was used all the same. Every
                 // budget of the chain takes what its limit still holds of it (an ancestor with room
                 // counts all of it, as for a callee's reported usage), so the totals stay within
-                // the limits, and every budget that could not hold it all is exhausted whatever the
-                // refusal's reason: a slice larger than the whole limit is refused as one that can
-                // never fit, which alone would exhaust nothing, though the time is spent.
+                // the limits, and every budget whose own limit could not hold its share is
+                // exhausted whatever the refusal's reason (its descendants are cancelled with it): a
+                // slice larger than the whole limit is refused as one that can never fit, which
+                // alone would exhaust nothing, though the time is spent.
                 self.budget.node().fill_chain(Counter::CPU_TIME.index(), n);
             })
     }

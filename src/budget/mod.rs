@@ -426,6 +426,7 @@ impl Budget {
             return u64::MAX;
         }
         if node.state.load(Ordering::Relaxed) & DEADLINE != 0 {
+            node.settle();
             return 0;
         }
         let now = now.unwrap_or_else(|| node.snapshot.clock.now());
@@ -650,6 +651,7 @@ impl Budget {
     /// The verdict explaining why this budget is cancelled or expired.
     #[cold]
     fn cancel_verdict(&self) -> Verdict {
+        self.node().settle();
         // Find the budget where the cancellation started.
         let mut node = &**self.node();
         while node.state.load(Ordering::Relaxed) & (EXHAUSTED | DEADLINE | CANCELLED) == 0 {

@@ -605,8 +605,8 @@ impl Node {
     }
 
     /// Adds `n` of the counter `dim` to this node and every ancestor, root first, each taking as
-    /// much as its own limit still holds of what its parent took, and marks every node that could
-    /// not hold all of `n` exhausted.
+    /// much as its own limit still holds of what its parent took, and marks exhausted every node
+    /// whose own limit held less than that (the others are cancelled as its descendants).
     ///
     /// For work already done (a callee's reported usage) that does not fit: every budget of the
     /// chain is charged what it can hold, not only as much as the tightest could, so that an
@@ -651,7 +651,9 @@ impl Node {
                 }
             }
         };
-        if took < n {
+        // Exhausted only if its own limit held less than it was given: a budget that took less
+        // because its parent did has room left, and inherits the parent's cancellation instead.
+        if took < given {
             self.mark_exhausted(dim);
         }
         took
@@ -705,6 +707,17 @@ impl Node {
                 }
                 self.state.fetch_or(WALKED, Ordering::Release);
             }
+        }
+    }
+
+    /// Waits until the children of a cancelled budget have been told (see
+    /// [`set_bits`](Self::set_bits)), for a caller about to report the cancellation: nothing
+    /// reports a budget cancelled while one of its children could still start work.
+    #[cold]
+    pub(crate) fn settle(&self) {
+        let state = self.state.load(Ordering::Acquire);
+        if state != 0 && state & WALKED == 0 {
+            self.set_bits(0);
         }
     }
 
