@@ -113,7 +113,7 @@ pub mod units;
 mod verdict;
 
 pub use admission::{AdmissionStats, AdmitRequest, Admitted, Outcome, RefusalEvent};
-pub use backend::{Attempt, AttemptOutcome, RetryDecision};
+pub use backend::{Attempt, AttemptOutcome, CallError, RetryDecision};
 pub use budget::{
     Budget, CancelReason, CpuMeter, LevelGuard, LimitReport, Overrides, Reservation,
     MAX_BUDGET_DEPTH,

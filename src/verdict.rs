@@ -295,7 +295,9 @@ impl Verdict {
         self.reason
     }
 
-    /// The request class whose limit refused, if any.
+    /// Whose limit refused: the request class for a budget's or admission's refusal, the backend
+    /// for an attempt's or a retry's (`BulkheadFull`, `CircuitOpen`, `NotRetryable`, ...), if any.
+    /// (A retry refused by the request tree's own allowance names the request's class.)
     pub fn class(&self) -> Option<&str> {
         self.class.as_deref()
     }

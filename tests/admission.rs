@@ -244,6 +244,14 @@ fn one_key_cannot_take_more_than_its_share() {
     let v = e.try_admit(&req(3, b"alice")).unwrap_err();
     assert_eq!(v.reason(), Reason::KeyConcurrency);
     assert_eq!(v.retry(), Retry::Later);
+    // The same key, given as text: the same entry.
+    let name = String::from("alice");
+    for v in [
+        e.try_admit(&AdmitRequest::new(api, id(31)).key("alice")),
+        e.try_admit(&AdmitRequest::new(api, id(32)).key(&name)),
+    ] {
+        assert_eq!(v.unwrap_err().reason(), Reason::KeyConcurrency);
+    }
     let _b = e.try_admit(&req(4, b"bob")).unwrap();
     drop((a1, a2));
     // Three units of burst spent: the next waits exactly one emission interval (100 ms).

@@ -124,10 +124,11 @@ impl<'a> AdmitRequest<'a> {
         self
     }
 
-    /// The key per-key limits apply to (user, IP, tenant). At most [`MAX_KEY_LEN`] bytes.
+    /// The key per-key limits apply to (user, IP, tenant): any bytes (`&str`, `&[u8]`, `&String`,
+    /// `&Vec<u8>`, a byte string literal), at most [`MAX_KEY_LEN`] of them.
     #[must_use = "returns the changed request; the original is left as it was"]
-    pub fn key(mut self, key: &'a [u8]) -> Self {
-        self.key = Some(key);
+    pub fn key<K: AsRef<[u8]> + ?Sized>(mut self, key: &'a K) -> Self {
+        self.key = Some(key.as_ref());
         self
     }
 
