@@ -670,6 +670,53 @@ fn a_new_keys_first_charges_are_never_lost() {
     });
 }
 
+/// Key `a` (a rate of 1 an hour, burst 1) has an idle entry in the one slot it shares with key
+/// `b`. A request of each races; then `a` tries once more at the same instant. Should `b` take the
+/// slot over in the instant `a` pins it, charges it and leaves again, the key word reads as before
+/// but for its epoch, and `b`'s compare-exchange fails: `a` keeps its charge, and is admitted at
+/// most once in all.
+#[test]
+fn a_keys_rate_charge_survives_its_slot_being_taken_over() {
+    loom::model(|| {
+        let policy = Policy::builder()
+            .class("api", |c| {
+                c.admission(|a| {
+                    a.concurrency(8)
+                        .per_key_concurrency(8)
+                        .per_key_rate(1, Duration::from_secs(3600), 1)
+                        .max_keys(1)
+                })
+            })
+            .build()
+            .unwrap();
+        let (engine, clock) = engine(policy);
+        let api = engine.class("api").unwrap();
+        drop(
+            engine
+                .try_admit(&AdmitRequest::new(api, id(1)).key(b"a"))
+                .unwrap(),
+        );
+        clock.advance(Duration::from_secs(3600));
+        let spawn = |n: u64, key: &'static [u8]| {
+            let engine = engine.clone();
+            thread::spawn(move || {
+                engine
+                    .try_admit(&AdmitRequest::new(api, id(n)).key(key))
+                    .map(drop)
+                    .is_ok()
+            })
+        };
+        let (a, b) = (spawn(2, b"a"), spawn(3, b"b"));
+        let first = a.join().unwrap();
+        b.join().unwrap();
+        let again = engine
+            .try_admit(&AdmitRequest::new(api, id(4)).key(b"a"))
+            .map(drop)
+            .is_ok();
+        assert!(!(first && again), "key a admitted twice with a burst of 1");
+    });
+}
+
 /// A key taking over an idle slot while that slot's key admits and leaves again: every pin stays
 /// counted on the entry its grant holds. Checked while key `b`'s grants are still held, so that a
 /// lost pin shows as room for more: however many more of `b` are then admitted, `b` never has

@@ -7,7 +7,8 @@
 //!
 //! | word  | bits   | field                                                   |
 //! |-------|--------|---------------------------------------------------------|
-//! | `key` | 16..64 | fingerprint of the key (48 bits from its hash; 0 = empty) |
+//! | `key` | 56..64 | releases of the entry, wrapping (its "epoch")           |
+//! | `key` | 16..56 | fingerprint of the key (40 bits from its hash; 0 = empty) |
 //! | `key` | 0..16  | requests of this key in flight ("pins")                 |
 //! | `tat` | 0..64  | theoretical arrival time of its rate limit (clock ns)   |
 //!
@@ -15,9 +16,12 @@
 //! rate allowance is full again (`tat <= now`) is idle, and is taken over by the next new key that needs
 //! room: eviction loses nothing, since a fresh entry behaves exactly like an idle one. Only a thread
 //! that holds a pin writes `tat`, and a slot with pins cannot be taken over, because pins and
-//! fingerprint share one word. (A new entry keeps its slot's `tat`: if the slot's previous key starts
-//! and ends a request in the very instant it is taken over, the new key inherits that request's
-//! charge, which is stricter, never looser.)
+//! fingerprint share one word. A new key reads the word, then `tat`, then takes the slot by a
+//! compare-exchange on the word; should the old key start and end a request in between (pin,
+//! charge, unpin), the word would read the same again, and the old key would lose its charge to
+//! the new one and start afresh elsewhere with a whole new burst. Every release therefore counts
+//! in the word's epoch, and the compare-exchange fails. (Only 256 requests of the old key in that
+//! instant would bring the epoch round again.)
 //!
 //! Concurrent first requests of one key meet on one entry: a request looking for room that finds a
 //! slot already claimed for its key joins it, and one that claimed a slot while another request of
@@ -31,13 +35,19 @@
 //! overflow entry when a slot of its own frees up may briefly hold up to twice its limit (one on each)
 //! until those requests finish; the class's limit is never exceeded. (Holding new keys back while
 //! the overflow entry is busy would close that window, but under a flood it would keep every new key
-//! off the table for as long as the flood lasts.) (Two fingerprints collide with probability about 2^-48 per pair in a
+//! off the table for as long as the flood lasts.) (Two fingerprints collide with probability about 2^-40 per pair in a
 //! probe window; colliding keys share an entry.)
 
 use super::gcra::{Gcra, Nonconforming};
 use crate::sync::{AtomicU64, Ordering};
 
 const PINS: u64 = 0xffff;
+/// The fingerprint's bits, once shifted down.
+const FP_MASK: u64 = (1 << 40) - 1;
+/// One release, in the epoch's bits (the top 8: a carry out of them is dropped).
+const EPOCH_ONE: u64 = 1 << 56;
+/// The epoch's bits.
+const EPOCH: u64 = !((FP_MASK << FP_SHIFT) | PINS);
 /// The slot of a shadow-mode request admitted past its entry's pin count: it holds no pin, and
 /// its grant releases nothing. Neither a slot of the table nor [`OVERFLOW`].
 pub(crate) const UNPINNED: u32 = u32::MAX - 1;
@@ -58,8 +68,14 @@ const OVERFLOW_FP: u64 = 1;
 #[inline]
 fn place(hash: u64, len: usize) -> (usize, u64) {
     let start = ((u128::from(hash) * len as u128) >> 64) as usize;
-    let fp = (hash.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> FP_SHIFT) | 1;
+    let fp = (hash.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 24) | 1;
     (start, fp)
+}
+
+/// The fingerprint in a key word.
+#[inline]
+fn fingerprint(word: u64) -> u64 {
+    (word >> FP_SHIFT) & FP_MASK
 }
 
 #[derive(Debug, Default)]
@@ -151,7 +167,7 @@ impl KeyTable {
 
         // An entry of this key already?
         for index in candidates.clone() {
-            if self.slot(index).key.load(Ordering::Acquire) >> FP_SHIFT == fp {
+            if fingerprint(self.slot(index).key.load(Ordering::Acquire)) == fp {
                 if let Some(result) = self.pin_and_charge(index, fp, now, cost, limits, shadow) {
                     return result;
                 }
@@ -163,7 +179,7 @@ impl KeyTable {
             let slot = self.slot(index);
             let mut word = slot.key.load(Ordering::Acquire);
             loop {
-                if word >> FP_SHIFT == fp {
+                if fingerprint(word) == fp {
                     match self.pin_and_charge(index, fp, now, cost, limits, shadow) {
                         Some(result) => return result,
                         None => {
@@ -179,7 +195,7 @@ impl KeyTable {
                 }
                 match slot.key.compare_exchange(
                     word,
-                    (fp << FP_SHIFT) | 1,
+                    (word & EPOCH) | (fp << FP_SHIFT) | 1,
                     Ordering::AcqRel,
                     Ordering::Acquire,
                 ) {
@@ -224,7 +240,7 @@ impl KeyTable {
         shadow: bool,
     ) -> Result<(u32, Option<KeyRefusal>), KeyRefusal> {
         for other in earlier {
-            if self.slot(other).key.load(Ordering::Acquire) >> FP_SHIFT == fp {
+            if fingerprint(self.slot(other).key.load(Ordering::Acquire)) == fp {
                 if let Some(result) = self.pin_and_charge(other, fp, now, cost, limits, shadow) {
                     self.release(index);
                     return result;
@@ -248,7 +264,7 @@ impl KeyTable {
         let mut word = slot.key.load(Ordering::Acquire);
         let mut over = None;
         loop {
-            if word >> FP_SHIFT != fp {
+            if fingerprint(word) != fp {
                 return None;
             }
             let pins = word & PINS;
@@ -332,7 +348,7 @@ impl KeyTable {
             self.slot(index)
                 .key
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
-                    (w & PINS != 0).then(|| w - 1)
+                    (w & PINS != 0).then(|| w.wrapping_add(EPOCH_ONE) - 1)
                 });
         debug_assert!(unpinned.is_ok(), "a key entry unpinned with no pins");
     }
@@ -341,7 +357,7 @@ impl KeyTable {
     pub(crate) fn occupied(&self) -> usize {
         self.slots
             .iter()
-            .filter(|s| s.key.load(Ordering::Relaxed) != 0)
+            .filter(|s| fingerprint(s.key.load(Ordering::Relaxed)) != 0)
             .count()
     }
 }
@@ -372,7 +388,7 @@ mod tests {
                 let (start, fp) = place(h, len);
                 assert!(start < len, "hash {h:#x}, {len} slots: start {start}");
                 assert_eq!(fp & 1, 1);
-                assert!(fp < 1 << 48);
+                assert!(fp <= FP_MASK);
                 if len <= 1024 {
                     seen[start] += 1;
                 }
@@ -385,7 +401,7 @@ mod tests {
         // Keys that share a start do not share the top of their fingerprints.
         let (a, b) = (0x0123_4567_89ab_cdefu64, 0x0123_4567_89ab_cdeeu64);
         assert_eq!(place(a, 131_072).0, place(b, 131_072).0);
-        assert_ne!(place(a, 131_072).1 >> 32, place(b, 131_072).1 >> 32);
+        assert_ne!(place(a, 131_072).1 >> 16, place(b, 131_072).1 >> 16);
     }
 
     #[test]
