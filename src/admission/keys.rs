@@ -64,7 +64,7 @@ const OVERFLOW_FP: u64 = 1;
 ///
 /// The slot comes from the hash's high bits by a multiply-shift, not a 64-bit division. The fingerprint comes from the hash multiplied by an odd constant,
 /// whose top bits depend on all of the hash's bits: keys that share a start do not share part of
-/// their fingerprints, so two of them still collide with probability about 2^-48.
+/// their fingerprints, so two of them still collide with probability about 2^-40.
 #[inline]
 fn place(hash: u64, len: usize) -> (usize, u64) {
     let start = ((u128::from(hash) * len as u128) >> 64) as usize;
