@@ -393,6 +393,47 @@ fn shadow_mode_records_but_admits() {
 /// A key's entry counts at most 65,535 requests in flight. Shadow mode admits past that too (as
 /// would-be refusals), and the requests admitted past it release nothing of the entry's when they
 /// end: the count comes back to zero.
+/// Shadow mode counts what enforcement would refuse, no more: a request over its key's cap is
+/// recorded, and, like the refusal it stands for, spends nothing of the key's rate, so the next
+/// request is judged as enforcement would judge it.
+#[test]
+fn shadow_mode_counts_what_enforcement_would_refuse_of_a_key() {
+    let policy = |shadow: bool| {
+        Policy::builder()
+            .class("api", |c| {
+                c.admission(|a| {
+                    a.concurrency(10)
+                        .per_key_concurrency(1)
+                        .per_key_rate(2, Duration::from_secs(1), 2)
+                        .shadow(shadow)
+                })
+            })
+            .build()
+            .unwrap()
+    };
+    let run = |shadow: bool| {
+        let (e, _clock) = engine(policy(shadow));
+        let api = e.class("api").unwrap();
+        let a = e.try_admit(&AdmitRequest::new(api, id(1)).key(b"k"));
+        let b = e.try_admit(&AdmitRequest::new(api, id(2)).key(b"k"));
+        drop((a, b));
+        drop(e.try_admit(&AdmitRequest::new(api, id(3)).key(b"k")));
+        let s = e.admission_stats().class("api").unwrap().clone();
+        let counts = if shadow {
+            &s.counts.shadow_refused
+        } else {
+            &s.counts.refused
+        };
+        counts
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|&(r, n)| (r, n))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(run(false), vec![(Reason::KeyConcurrency, 1)]);
+    assert_eq!(run(true), run(false));
+}
+
 #[test]
 fn shadow_mode_admits_past_what_a_key_entry_can_count() {
     let policy = Policy::builder()

@@ -46,8 +46,9 @@
 //! under `shadow_refused` and reported to the hook with `shadow = true`; the permit, pin and pool
 //! amounts are taken anyway (past the 65,535 pins a key's entry can count, the request is admitted
 //! without a pin, and its rate is not charged). An estimate larger than its whole pool is recorded once (`CannotFit`,
-//! not also `PoolExhausted`). At the key step only one shadow refusal is recorded (the concurrency
-//! one when both apply), and a nonconforming rate charges nothing. Enforced refusals count under `refused`,
+//! not also `PoolExhausted`). At the key step only one shadow refusal is recorded: a request over
+//! the key's cap is not charged to its rate (nor judged by it), and a nonconforming rate charges
+//! nothing. Enforced refusals count under `refused`,
 //! and `Shed` ones also under `shed_by_priority`.
 //!
 //! Dropping a grant gives back its pin, pool amounts and permit (all saturating at zero); finishing it
@@ -649,7 +650,12 @@ impl Model {
                 }
             }
             self.classes[class].keys[k].pins += 1;
-            if let Some(rate) = pk.rate.filter(|r| rate_cost > 0 && rate_cost <= r.burst) {
+            // In shadow mode, a request over the key's cap is not charged to its rate: like the
+            // refusal it stands for, it spends nothing.
+            let rate = pk
+                .rate
+                .filter(|r| over.is_none() && rate_cost > 0 && rate_cost <= r.burst);
+            if let Some(rate) = rate {
                 let time = rate.span(rate.burst);
                 let tolerance = time.saturating_add(rate.burst.min(time >> 16));
                 let nonconforming =

@@ -301,10 +301,13 @@ impl KeyTable {
                 Err(actual) => word = actual,
             }
         }
-        Some(
-            self.charge_rate(index, now, cost, limits, shadow)
-                .map(|(i, r)| (i, over.or(r))),
-        )
+        // Shadow mode, past the key's cap: pinned (it runs, and holds its place), but, like the
+        // refusal it stands for, not charged to the key's rate, so that later requests are judged
+        // as enforcement would judge them.
+        if over.is_some() {
+            return Some(Ok((index, over)));
+        }
+        Some(self.charge_rate(index, now, cost, limits, shadow))
     }
 
     /// With the slot pinned, charges the rate; unpins on refusal.
