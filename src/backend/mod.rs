@@ -973,8 +973,8 @@ enum Refusal {
     Open(breaker::Closed),
     /// The backend is at a cap: calls in flight (with the cap applied, ramped) or connects.
     Full(Full, u32),
-    /// No host of the pool (or not the one asked for, `target`) is healthy and free at `now`.
-    NoHost { target: Option<u32>, now: u64 },
+    /// No host of the pool is healthy and free (see [`no_host`], which builds this verdict).
+    NoHost,
 }
 
 /// The verdict of a refused attempt, built out of line: verdicts are large, and most attempts never
@@ -1001,18 +1001,32 @@ fn refusal(rules: &BackendRules, budget: &Budget, why: Refusal) -> Verdict {
         Refusal::Full(Full::Connecting, _) => rules
             .verdict(Reason::ConnectLimit, Retry::Later, N_CONNECTING)
             .with_amounts(1, u64::from(p.max_connecting), u64::from(p.max_connecting)),
-        Refusal::NoHost { target, now } => match no_host_wait(rules, target, now) {
-            // Every host is out for a known time: no dimension ran out, and the hint is when
-            // the first of them comes back.
-            Some(ns) => Verdict::new(
-                Reason::NoHealthyHost,
-                Retry::After(Duration::from_nanos(ns)),
-            ),
-            None => rules.verdict(Reason::NoHealthyHost, Retry::Later, N_CONNECTING),
-        },
+        Refusal::NoHost => rules.verdict(Reason::NoHealthyHost, Retry::Later, N_CONNECTING),
     };
     rules.state.refusals.attempt(v.reason());
     v.with_class(&p.name).with_request(budget.request_id())
+}
+
+/// The refusal of an attempt for which no host of the pool (or not the one asked for, `target`)
+/// is healthy and free at `now`. Out of [`refusal`]'s way, so that the admitting path carries
+/// nothing more for it.
+#[cold]
+#[inline(never)]
+fn no_host(rules: &BackendRules, budget: &Budget, target: Option<u32>, now: u64) -> Verdict {
+    match no_host_wait(rules, target, now) {
+        // Every host is out for a known time: no dimension ran out, and the hint is when the
+        // first of them comes back.
+        Some(ns) => {
+            rules.state.refusals.attempt(Reason::NoHealthyHost);
+            Verdict::new(
+                Reason::NoHealthyHost,
+                Retry::After(Duration::from_nanos(ns)),
+            )
+            .with_class(&rules.policy.name)
+            .with_request(budget.request_id())
+        }
+        None => refusal(rules, budget, Refusal::NoHost),
+    }
 }
 
 /// How long until a host that refused an attempt at `now` (the pool's, or `target` alone) could
@@ -1266,7 +1280,7 @@ impl Engine {
                     // Nothing was taken on any host; give the backend's permits back, neutrally.
                     state.permits.release(true);
                     release_probe(&state.breaker, role, generation);
-                    return Err(refusal(rules, budget, Refusal::NoHost { target, now }));
+                    return Err(no_host(rules, budget, target, now));
                 }
             }
         }

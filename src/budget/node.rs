@@ -714,6 +714,7 @@ impl Node {
     /// [`set_bits`](Self::set_bits)), for a caller about to report the cancellation: nothing
     /// reports a budget cancelled while one of its children could still start work.
     #[cold]
+    #[inline(never)]
     pub(crate) fn settle(&self) {
         let state = self.state.load(Ordering::Acquire);
         if state != 0 && state & WALKED == 0 {
