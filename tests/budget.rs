@@ -829,6 +829,33 @@ fn a_failed_reload_keeps_the_old_policy() {
     assert_eq!(f.engine.generation(), 1);
 }
 
+/// The class names an engine has seen are bounded like its other names, and the refusal says how
+/// to forget old ones.
+#[test]
+fn a_reload_past_the_class_names_an_engine_can_hold_says_how_to_forget_them() {
+    use costguard::policy::MAX_CLASSES;
+    let policy = |prefix: &str| {
+        (0..MAX_CLASSES)
+            .fold(Policy::builder(), |p, n| {
+                p.class(&format!("{prefix}{n}"), |c| c)
+            })
+            .build()
+            .unwrap()
+    };
+    let engine = Engine::builder(policy("a"))
+        .clock(ManualClock::new())
+        .build()
+        .unwrap();
+    for prefix in ["b", "c", "d"] {
+        engine.reload(policy(prefix)).unwrap();
+    }
+    let err = engine.reload(policy("e")).unwrap_err().to_string();
+    assert!(
+        err.contains("distinct class names") && err.contains("(restart to forget old ones)"),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_reload_refused_for_too_many_names_leaves_no_trace() {
     use costguard::policy::MAX_BACKENDS;

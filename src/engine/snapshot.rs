@@ -173,7 +173,7 @@ impl Registry {
             return Err(PolicyError::single(
                 "classes",
                 format!(
-                    "this engine has seen {} distinct class names; at most {} fit",
+                    "this engine has seen {} distinct class names; at most {} fit (restart to forget old ones)",
                     classes.len(),
                     MAX_CLASSES * 4
                 ),
