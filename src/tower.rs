@@ -122,6 +122,44 @@ impl AdmitSpec {
         }
     }
 
+    /// A request of `class` that arrived with a propagation header, as
+    /// [`Engine::begin_propagated`] starts a budget: the caller's request id (`fallback_id` when it
+    /// sent none), priority, time left and allowances, which can only tighten the class's own.
+    ///
+    /// ```
+    /// use costguard::tower::AdmitSpec;
+    /// use costguard::{Engine, Policy, Priority, Propagation, RequestId};
+    ///
+    /// let policy = Policy::from_toml_str(r#"
+    ///     [dimensions]
+    ///     db_queries = "counter"
+    ///     [classes.api]
+    ///     wall_time = "10s"
+    ///     limits = { db_queries = 100 }
+    ///     [classes.api.admission]
+    ///     concurrency = 8
+    /// "#).unwrap();
+    /// let engine = Engine::new(policy).unwrap();
+    /// let api = engine.class("api").unwrap();
+    /// // The value of the caller's `costguard-budget` header.
+    /// let header = Propagation::decode("cg1;id=edit-42;pri=sheddable;t=2000;db_queries=5").unwrap();
+    /// let spec = AdmitSpec::propagated(api, RequestId::from_u64(7), &header, &engine);
+    /// let admitted = engine.try_admit(&spec.request()).unwrap();
+    /// let db = engine.counter("db_queries").unwrap();
+    /// assert_eq!(admitted.budget().request_id().as_str(), "edit-42");
+    /// assert_eq!(admitted.budget().remaining_of(db), 5);
+    /// assert_eq!(admitted.budget().priority(), Priority::Sheddable);
+    /// ```
+    pub fn propagated(
+        class: Class,
+        fallback_id: RequestId,
+        propagation: &crate::Propagation,
+        engine: &crate::Engine,
+    ) -> Self {
+        let id = propagation.request_id().unwrap_or(fallback_id);
+        AdmitSpec::new(class, id).overrides(propagation.overrides(engine))
+    }
+
     /// The request's priority (the class's default otherwise).
     pub fn priority(mut self, priority: Priority) -> Self {
         self.request = self.request.priority(priority);
