@@ -390,9 +390,6 @@ fn shadow_mode_records_but_admits() {
     );
 }
 
-/// A key's entry counts at most 65,535 requests in flight. Shadow mode admits past that too (as
-/// would-be refusals), and the requests admitted past it release nothing of the entry's when they
-/// end: the count comes back to zero.
 /// Shadow mode counts what enforcement would refuse, no more: a request over its key's cap is
 /// recorded, and, like the refusal it stands for, spends nothing of the key's rate, so the next
 /// request is judged as enforcement would judge it.
@@ -434,6 +431,9 @@ fn shadow_mode_counts_what_enforcement_would_refuse_of_a_key() {
     assert_eq!(run(true), run(false));
 }
 
+/// A key's entry counts at most 65,535 requests in flight. Shadow mode admits past that too (as
+/// would-be refusals), and the requests admitted past it release nothing of the entry's when they
+/// end: the count comes back to zero.
 #[test]
 fn shadow_mode_admits_past_what_a_key_entry_can_count() {
     let policy = Policy::builder()
@@ -1698,6 +1698,94 @@ fn codel_sees_a_standing_queue_whose_waiters_all_time_out() {
         poll(&mut fresh, &waker),
         std::task::Poll::Ready(Err(_))
     ));
+}
+
+/// One queue of a class with one permit, a 100 ms `max_wait` and CoDel at 5 ms / 100 ms.
+fn codel_policy() -> Policy {
+    Policy::builder()
+        .class("api", |c| {
+            c.admission(|a| {
+                a.concurrency(1)
+                    .queue(64, Duration::from_millis(100))
+                    .codel(Duration::from_millis(5), Duration::from_millis(100))
+            })
+        })
+        .build()
+        .unwrap()
+}
+
+/// Keeps the class stuck at its limit, a new waiter every 10 ms, until CoDel has seen its queue
+/// standing; returns the grant that keeps it stuck.
+fn stuck_until_standing(e: &Engine, clock: &ManualClock) -> Admitted {
+    use executor::{poll, CountingWaker};
+    let api = e.class("api").unwrap();
+    let waker = Arc::new(CountingWaker::default());
+    let stuck = e.try_admit(&AdmitRequest::new(api, id(0))).unwrap();
+    let mut waiters = Vec::new();
+    for n in 1..=30u64 {
+        let mut w = e.admit_async(AdmitRequest::new(api, id(n)));
+        assert!(poll(&mut w, &waker).is_pending());
+        waiters.push(w);
+        clock.advance(Duration::from_millis(10));
+        e.expire_waiters();
+        for w in &mut waiters {
+            let _ = poll(w, &waker);
+        }
+    }
+    stuck
+}
+
+/// The patience a new waiter gets now: how long it waits before it times out (the class must
+/// stay full meanwhile).
+fn patience_of_a_new_waiter(e: &Engine, clock: &ManualClock, n: u64) -> u64 {
+    use executor::{poll, CountingWaker};
+    let api = e.class("api").unwrap();
+    let waker = Arc::new(CountingWaker::default());
+    let mut w = e.admit_async(AdmitRequest::new(api, id(n)));
+    assert!(poll(&mut w, &waker).is_pending());
+    clock.advance(Duration::from_millis(100));
+    e.expire_waiters();
+    match poll(&mut w, &waker) {
+        std::task::Poll::Ready(Err(v)) => {
+            assert_eq!(v.reason(), Reason::QueueTimeout);
+            v.limit()
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A stuck class's standing queue stays known when a caller drops its waiter (a dropped waiter
+/// says nothing about the queue), and a class that recovered and stayed quiet is judged afresh:
+/// one late grant after the quiet spell is no standing queue.
+#[test]
+fn codel_forgets_a_standing_queue_only_when_it_drains_or_goes_quiet() {
+    use executor::{poll, CountingWaker};
+    let waker = Arc::new(CountingWaker::default());
+    let (e, clock) = engine(codel_policy());
+    let api = e.class("api").unwrap();
+    let stuck = stuck_until_standing(&e, &clock);
+    assert_eq!(patience_of_a_new_waiter(&e, &clock, 100), 5_000_000);
+    // A caller gives up on the only waiter.
+    let mut gone = e.admit_async(AdmitRequest::new(api, id(101)));
+    assert!(poll(&mut gone, &waker).is_pending());
+    clock.advance(Duration::from_millis(1));
+    drop(gone);
+    assert_eq!(patience_of_a_new_waiter(&e, &clock, 102), 5_000_000);
+
+    // The class recovers, and nobody waits for two intervals.
+    drop(stuck);
+    clock.advance(Duration::from_millis(200));
+    // A burst: one request holds the permit for 6 ms while another waits, a little over the
+    // target; then a newcomer has its whole max_wait, as on a fresh engine.
+    let holder = e.try_admit(&AdmitRequest::new(api, id(200))).unwrap();
+    let mut waiting = e.admit_async(AdmitRequest::new(api, id(201)));
+    assert!(poll(&mut waiting, &waker).is_pending());
+    clock.advance(Duration::from_millis(6));
+    drop(holder);
+    let std::task::Poll::Ready(Ok(_held)) = poll(&mut waiting, &waker) else {
+        panic!("the waiter is granted the freed permit");
+    };
+    assert_eq!(patience_of_a_new_waiter(&e, &clock, 202), 100_000_000);
 }
 
 #[test]

@@ -1729,6 +1729,55 @@ fn a_particular_host_can_be_asked_for_and_is_refused_while_ejected() {
     probe.finish(AttemptOutcome::Success);
 }
 
+/// A host both ejected (10 s) and with its own breaker open (60 s) is back when both are over:
+/// the hint is the later end, and retrying at it is let through.
+#[test]
+fn a_host_ejected_with_its_breaker_open_for_longer_is_back_when_both_are_over() {
+    let f = fixture(single("kafka", |b| {
+        b.hosts(&["k1", "k2"])
+            .count("ejection.consecutive_failures", 2)
+            .count("breaker.consecutive_failures", 2)
+            .duration("ejection.base", Duration::from_secs(10))
+            .duration("breaker.open_for", Duration::from_secs(60))
+            .duration("breaker.max_open_for", Duration::from_secs(60))
+            .fraction("ejection.max_ejected", 1.0)
+    }));
+    let kafka = f.engine.backend("kafka").unwrap();
+    let (k1, k2) = (
+        f.engine.host(kafka, "k1").unwrap(),
+        f.engine.host(kafka, "k2").unwrap(),
+    );
+    let budget = f.budget();
+    let fail = |h| {
+        f.engine
+            .begin_attempt_on(h, &budget, 0)
+            .unwrap()
+            .finish(AttemptOutcome::ConnectFailure)
+    };
+    fail(k2);
+    // A success elsewhere keeps the backend's own breaker closed.
+    f.engine
+        .begin_attempt_on(k1, &budget, 0)
+        .unwrap()
+        .finish(AttemptOutcome::Success);
+    fail(k2);
+    let v = f.engine.begin_attempt_on(k2, &budget, 0).unwrap_err();
+    assert_eq!(v.reason(), Reason::NoHealthyHost, "{v}");
+    let Retry::After(wait) = v.retry() else {
+        panic!("{v}");
+    };
+    assert!(
+        wait > Duration::from_secs(10),
+        "{wait:?}: the breaker's opening is longer"
+    );
+    f.clock.advance(wait);
+    // A request that starts then (the first one's time has run out).
+    f.engine
+        .begin_attempt_on(k2, &f.budget(), 0)
+        .unwrap()
+        .finish(AttemptOutcome::Success);
+}
+
 /// When every host of the pool is out (ejected, or its breaker open) the refusal's hint is the
 /// nearest time one of them is back.
 #[test]

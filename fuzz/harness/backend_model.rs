@@ -1139,28 +1139,42 @@ impl World<'_> {
 
     /// A `NoHealthyHost` refusal's hint: `Later` when a host the choice visited is only busy (at
     /// its caps, or half-open with its probe slots taken); when every one is out (ejected, or its
-    /// breaker open), `After` the nearest end of those, at least 1 ns. An open breaker's end is
-    /// known as a range.
+    /// breaker open), `After` the nearest time one is back, each back once both its ejection and
+    /// its breaker's opening are over, at least 1 ns. An open breaker's end is known as a range.
     fn check_no_host_hint(&self, visited: &[usize], retry: Retry) {
+        let s = self.s;
         let now = self.now;
         let (mut busy, mut maybe_busy) = (false, false);
         let (mut lo_min, mut hi_min) = (u64::MAX, u64::MAX);
         for &x in visited {
             let h = &self.hosts[x];
-            let (lo, hi) = if h.eject.ejected && now < h.eject.until {
-                (h.eject.until - now, h.eject.until - now)
-            } else {
-                match h.breaker.state {
-                    State::Open { lo, hi } if now < lo => (lo - now, hi - now),
-                    State::Open { hi, .. } if now < hi => {
+            let ejected = (h.eject.ejected && now < h.eject.until).then(|| h.eject.until - now);
+            // The breaker's remaining opening as a range; `None` when it would let an attempt in.
+            let open = match h.breaker.state {
+                State::Open { lo, hi } if now < lo => Some((lo - now, hi - now)),
+                State::Open { hi, .. } if now < hi => {
+                    // Unsure: open for up to `hi - now`, or willing already.
+                    if ejected.is_none() {
                         maybe_busy = true;
-                        (1, hi - now)
                     }
-                    _ => {
-                        busy = true;
-                        continue;
-                    }
+                    Some((0, hi - now))
                 }
+                State::HalfOpen { probes, .. }
+                    if probes >= u64::from(s.probes) && now < h.breaker.probe_deadline =>
+                {
+                    busy = true;
+                    continue;
+                }
+                _ => None,
+            };
+            let (lo, hi) = match (ejected, open) {
+                (None, None) => {
+                    busy = true;
+                    continue;
+                }
+                (Some(e), None) => (e, e),
+                (None, Some((lo, hi))) => (lo, hi),
+                (Some(e), Some((lo, hi))) => (e.max(lo), e.max(hi)),
             };
             lo_min = lo_min.min(lo.max(1));
             hi_min = hi_min.min(hi.max(1));

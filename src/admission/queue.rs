@@ -203,36 +203,55 @@ impl WaitQueue {
         Ok(())
     }
 
-    /// Takes a waiter out after it abandoned.
+    /// Takes out a waiter its caller dropped: it says nothing about the queue, and CoDel keeps
+    /// what it learned (a stuck class whose waiters are dropped is as stuck as before).
     pub(crate) fn remove(&self, waiter: &Arc<Waiter>) {
         self.remove_after(waiter, None);
     }
 
-    /// Takes a waiter out after it timed out at `now`: its wait counts for CoDel as a granted
-    /// one's does. A queue whose waiters all time out (a class stuck at its limit) is standing
-    /// too, and new waiters should learn it rather than each wait out the whole `max_wait`.
+    /// Takes out a waiter that timed out at `now`: its wait counts for CoDel as a granted one's
+    /// does. A queue whose waiters all time out (a class stuck at its limit) is standing too, and
+    /// new waiters should learn it rather than each wait out the whole `max_wait`.
     pub(crate) fn remove_timed_out(
         &self,
         waiter: &Arc<Waiter>,
         now: u64,
         policy: Option<&QueuePolicy>,
     ) {
-        self.remove_after(waiter, policy.map(|p| (now, p)));
+        self.remove_after(waiter, policy.map(|p| (now, p, false)));
     }
 
-    fn remove_after(&self, waiter: &Arc<Waiter>, timed_out: Option<(u64, &QueuePolicy)>) {
+    /// Takes out a waiter that took a permit itself as it was queued (one came free meanwhile): a
+    /// wait as short as any grant's, and, should it empty the queue, a queue drained by a grant.
+    pub(crate) fn remove_served(
+        &self,
+        waiter: &Arc<Waiter>,
+        now: u64,
+        policy: Option<&QueuePolicy>,
+    ) {
+        self.remove_after(waiter, policy.map(|p| (now, p, true)));
+    }
+
+    /// `left`: when the waiter left, the queue's settings, and whether it was served.
+    fn remove_after(&self, waiter: &Arc<Waiter>, left: Option<(u64, &QueuePolicy, bool)>) {
         let mut inner = self.inner.lock();
-        if let Some((now, policy)) = timed_out {
+        if let Some((now, policy, served)) = left {
+            // A waiter that timed out left at its deadline, however late that was noticed.
+            let at = if served {
+                now
+            } else {
+                now.min(waiter.deadline)
+            };
             inner
                 .codel
-                .on_departure(now.saturating_sub(waiter.enqueued), now, policy);
+                .on_departure(at.saturating_sub(waiter.enqueued), at, !served, policy);
         }
         inner.waiters.retain(|w| !Arc::ptr_eq(w, waiter));
         let len = inner.waiters.len() as u32;
-        // A queue emptied by a timeout is no sign that the class has room again (a class stuck at
-        // its limit empties its queue that way): CoDel keeps what it learned, which a quiet spell
-        // makes stale (see `Codel::standing`).
-        if len == 0 && timed_out.is_none() {
+        // Only a queue drained by grants shows the class has room again. One emptied by timeouts
+        // or dropped waiters keeps what CoDel learned, which a quiet spell makes stale (see
+        // `Codel::standing`).
+        if len == 0 && left.is_some_and(|(_, _, served)| served) {
             inner.codel = Codel::default();
         }
         self.waiting.store(len, Ordering::SeqCst);
@@ -303,9 +322,11 @@ impl WaitQueue {
                     .is_ok()
                 {
                     if let (EXPIRED, Some(policy)) = (end, policy) {
+                        // It left at its deadline, however late that was noticed.
+                        let at = now.min(w.deadline);
                         inner
                             .codel
-                            .on_departure(now.saturating_sub(w.enqueued), now, policy);
+                            .on_departure(at.saturating_sub(w.enqueued), at, true, policy);
                     }
                     wakes[woken] = w.take_wake();
                     woken += 1;
@@ -330,7 +351,7 @@ impl WaitQueue {
                 if let Some(policy) = policy {
                     inner
                         .codel
-                        .on_departure(now.saturating_sub(w.enqueued), now, policy);
+                        .on_departure(now.saturating_sub(w.enqueued), now, false, policy);
                 }
                 granted = true;
                 wakes[woken] = w.take_wake();
@@ -361,12 +382,28 @@ impl Codel {
         self.overloaded && now.saturating_sub(self.last_departure) <= interval
     }
 
-    /// A waiter left the queue after `sojourn` ns, granted or timed out (a waiter dropped by its
-    /// caller says nothing about the queue, and is not counted).
-    fn on_departure(&mut self, sojourn: u64, now: u64, policy: &QueuePolicy) {
-        self.last_departure = now;
+    /// A waiter left the queue at `now` after `sojourn` ns: granted, or (`timed_out`) gave up
+    /// waiting. (A waiter dropped by its caller says nothing about the queue, and is not counted.)
+    ///
+    /// A timed-out waiter would have waited longer still: its wait counts as a nanosecond more
+    /// than it was, so that waiters cut to the target's patience, timing out at exactly the
+    /// target, keep a stuck class's queue standing. One that gave up before the target (its
+    /// request had less time left) says nothing of the queue's waits, and only shows that the
+    /// queue is in use.
+    fn on_departure(&mut self, sojourn: u64, now: u64, timed_out: bool, policy: &QueuePolicy) {
         let target = crate::clock::duration_to_nanos(policy.codel_target);
         let interval = crate::clock::duration_to_nanos(policy.codel_interval);
+        // After a quiet spell what was learned is stale (see `standing`): this departure starts a
+        // fresh interval rather than closing one that ended long ago on its own.
+        if self.interval_end != 0 && now.saturating_sub(self.last_departure) > interval {
+            *self = Codel::default();
+        }
+        self.last_departure = self.last_departure.max(now);
+        let sojourn = match (timed_out, sojourn < target) {
+            (false, _) => sojourn,
+            (true, false) => sojourn.saturating_add(1),
+            (true, true) => return,
+        };
         if self.interval_end == 0 {
             self.interval_end = now.saturating_add(interval);
             self.min_sojourn = sojourn;

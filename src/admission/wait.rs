@@ -109,7 +109,9 @@ fn enqueue(
         .is_ok()
     {
         if waiter.abandon() {
-            adm.gate.queue.remove(&waiter);
+            adm.gate
+                .queue
+                .remove_served(&waiter, now, adm.queue.as_ref());
         } else if waiter.state() == GRANTED {
             // Granted at the same instant: keep one permit, give the other back.
             adm.gate.limiter.release();

@@ -1040,16 +1040,21 @@ fn no_host_wait(rules: &BackendRules, target: Option<u32>, now: u64) -> Option<u
     };
     let mut soonest: Option<u64> = None;
     for host in hosts {
-        let wait = if host.is_ejected_at(now) {
-            match host.ejection_ends() {
-                u64::MAX => return None,
-                end => end.saturating_sub(now),
-            }
-        } else {
-            match host.breaker.would_begin(now, rules.limits()) {
-                Err(breaker::Closed::Open(ns)) => ns,
-                Err(breaker::Closed::Probing) | Ok(()) => return None,
-            }
+        // Out until both its ejection and its breaker's opening are over, whichever ends later.
+        let ejected = match host.is_ejected_at(now).then(|| host.ejection_ends()) {
+            Some(u64::MAX) => return None,
+            Some(end) => Some(end.saturating_sub(now)),
+            None => None,
+        };
+        let open = match host.breaker.would_begin(now, rules.limits()) {
+            Err(breaker::Closed::Open(ns)) => Some(ns),
+            // Half-open with every probe slot taken: a probe finishing frees one at any moment.
+            Err(breaker::Closed::Probing) => return None,
+            Ok(()) => None,
+        };
+        let wait = match (ejected, open) {
+            (None, None) => return None, // only busy
+            (a, b) => a.unwrap_or(0).max(b.unwrap_or(0)),
         };
         soonest = Some(soonest.map_or(wait, |s| s.min(wait)));
     }
