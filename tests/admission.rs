@@ -1788,6 +1788,67 @@ fn codel_forgets_a_standing_queue_only_when_it_drains_or_goes_quiet() {
     assert_eq!(patience_of_a_new_waiter(&e, &clock, 202), 100_000_000);
 }
 
+/// A stuck class whose waiters (max_wait 900 ms) arrive 150 ms apart, more than an interval: its
+/// queue is never empty and every waiter times out, so it is standing, however far apart the
+/// departures are.
+#[test]
+fn codel_sees_a_stuck_class_with_sparse_departures_as_standing() {
+    use executor::{poll, CountingWaker};
+    let policy = Policy::builder()
+        .class("api", |c| {
+            c.admission(|a| {
+                a.concurrency(1)
+                    .queue(64, Duration::from_millis(900))
+                    .codel(Duration::from_millis(5), Duration::from_millis(100))
+            })
+        })
+        .build()
+        .unwrap();
+    let (e, clock) = engine(policy);
+    let api = e.class("api").unwrap();
+    let waker = Arc::new(CountingWaker::default());
+    let _stuck = e.try_admit(&AdmitRequest::new(api, id(0))).unwrap();
+    let mut waiters = Vec::new();
+    let mut patience = Vec::new();
+    for n in 1..=40u64 {
+        let mut w = e.admit_async(AdmitRequest::new(api, id(n)));
+        assert!(poll(&mut w, &waker).is_pending());
+        waiters.push(w);
+        clock.advance(Duration::from_millis(150));
+        e.expire_waiters();
+        waiters.retain_mut(|w| match poll(w, &waker) {
+            std::task::Poll::Ready(Err(v)) => {
+                patience.push(v.limit() / 1_000_000);
+                false
+            }
+            _ => true,
+        });
+    }
+    // The first waiters joined before CoDel had seen an interval of waits; every later one gets
+    // only the target.
+    assert!(
+        patience.iter().rev().take(25).all(|&p| p == 5),
+        "waiters of a stuck class kept their whole max_wait (ms): {patience:?}"
+    );
+}
+
+/// A clock that steps back does not keep a standing verdict alive: the quiet spell after it is
+/// counted from the step.
+#[test]
+fn codel_forgets_a_standing_queue_after_a_quiet_spell_when_the_clock_stepped_back() {
+    let (e, clock) = engine(codel_policy());
+    let _stuck = stuck_until_standing(&e, &clock);
+    assert_eq!(patience_of_a_new_waiter(&e, &clock, 100), 5_000_000);
+    let t = costguard::clock::Clock::now(&clock);
+    clock.set(t.saturating_sub(Duration::from_secs(10)));
+    clock.advance(Duration::from_millis(200));
+    assert_eq!(
+        patience_of_a_new_waiter(&e, &clock, 101),
+        100_000_000,
+        "two quiet intervals since the step"
+    );
+}
+
 #[test]
 fn codel_serves_newest_first_and_shortens_waits_under_standing_queues() {
     use executor::{poll, CountingWaker};

@@ -1778,6 +1778,58 @@ fn a_host_ejected_with_its_breaker_open_for_longer_is_back_when_both_are_over() 
         .finish(AttemptOutcome::Success);
 }
 
+/// A host ejected for 10 s whose own breaker is half-open with its only probe slot taken is out
+/// until the ejection ends: a probe finishing ends nothing else, so the hint is not `Later`.
+#[test]
+fn an_ejected_host_with_its_probe_slots_taken_is_out_until_the_ejection_ends() {
+    let f = fixture(single("kafka", |b| {
+        b.hosts(&["k1", "k2"])
+            .count("ejection.consecutive_failures", 3)
+            .count("breaker.consecutive_failures", 2)
+            .count("breaker.probes", 1)
+            .duration("ejection.base", Duration::from_secs(10))
+            .duration("breaker.open_for", Duration::from_secs(1))
+            .duration("breaker.max_open_for", Duration::from_secs(1))
+            .duration("breaker.ramp_up", Duration::ZERO)
+            .fraction("ejection.max_ejected", 1.0)
+    }));
+    let kafka = f.engine.backend("kafka").unwrap();
+    let (k1, k2) = (
+        f.engine.host(kafka, "k1").unwrap(),
+        f.engine.host(kafka, "k2").unwrap(),
+    );
+    let b = f.budget();
+    // An attempt on k2 that will fail later.
+    let slow = f.engine.begin_attempt_on(k2, &b, 0).unwrap();
+    let ok1 = || {
+        f.engine
+            .begin_attempt_on(k1, &b, 0)
+            .unwrap()
+            .finish(AttemptOutcome::Success)
+    };
+    for _ in 0..2 {
+        f.engine
+            .begin_attempt_on(k2, &b, 0)
+            .unwrap()
+            .finish(AttemptOutcome::ConnectFailure);
+        ok1();
+    }
+    // k2's breaker is open for 1 s; then a probe takes its only slot.
+    f.clock.advance(Duration::from_secs(1));
+    let probe = f.engine.begin_attempt_on(k2, &b, 0).unwrap();
+    assert!(probe.is_probe());
+    // The slow attempt fails: a third failure in a row ejects k2 for 10 s.
+    slow.finish(AttemptOutcome::ConnectFailure);
+    ok1();
+    let v = f.engine.begin_attempt_on(k2, &b, 0).unwrap_err();
+    assert_eq!(v.reason(), Reason::NoHealthyHost, "{v}");
+    assert!(
+        matches!(v.retry(), Retry::After(d) if d >= Duration::from_secs(9)),
+        "{v}"
+    );
+    probe.finish(AttemptOutcome::Success);
+}
+
 /// When every host of the pool is out (ejected, or its breaker open) the refusal's hint is the
 /// nearest time one of them is back.
 #[test]

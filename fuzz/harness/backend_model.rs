@@ -1138,9 +1138,10 @@ impl World<'_> {
     }
 
     /// A `NoHealthyHost` refusal's hint: `Later` when a host the choice visited is only busy (at
-    /// its caps, or half-open with its probe slots taken); when every one is out (ejected, or its
-    /// breaker open), `After` the nearest time one is back, each back once both its ejection and
-    /// its breaker's opening are over, at least 1 ns. An open breaker's end is known as a range.
+    /// its caps, or, not ejected, half-open with its probe slots taken); when every one is out
+    /// (ejected, or its breaker open), `After` the nearest time one is back, each back once both
+    /// its ejection and its breaker's opening are over, at least 1 ns. An open breaker's end is
+    /// known as a range.
     fn check_no_host_hint(&self, visited: &[usize], retry: Retry) {
         let s = self.s;
         let now = self.now;
@@ -1160,7 +1161,9 @@ impl World<'_> {
                     Some((0, hi - now))
                 }
                 State::HalfOpen { probes, .. }
-                    if probes >= u64::from(s.probes) && now < h.breaker.probe_deadline =>
+                    if ejected.is_none()
+                        && probes >= u64::from(s.probes)
+                        && now < h.breaker.probe_deadline =>
                 {
                     busy = true;
                     continue;

@@ -6,8 +6,10 @@
 //! shortest wait of an interval stays above the target, the queue is standing rather than absorbing a
 //! burst; new waiters then get only the target's worth of patience and are served newest first (a
 //! newest-first queue under overload serves requests whose callers are still there). A wait that
-//! ended in a timeout is a wait like any other: a class stuck at its limit, whose waiters all time
-//! out, has a standing queue too.
+//! ended in a timeout counts too (as a little longer than it was: the waiter would have waited
+//! on), so a class stuck at its limit, whose waiters all time out, has a standing queue as well.
+//! What CoDel learned is kept until the queue drains by grants, or has stood empty for an
+//! interval.
 //!
 //! Each waiter has one state word that leaves `WAITING` exactly once, by CAS: to `GRANTED` by a
 //! releaser that took a permit on its behalf, to `ABANDONED`/`EXPIRED` when it times out or is
@@ -130,8 +132,8 @@ struct Codel {
     interval_end: u64,
     min_sojourn: u64,
     overloaded: bool,
-    /// When a waiter last left (granted or timed out).
-    last_departure: u64,
+    /// When the queue last became empty (meaningful while it is).
+    emptied_at: u64,
 }
 
 #[derive(Debug, Default)]
@@ -166,7 +168,10 @@ impl WaitQueue {
     /// How long a new waiter may wait at `now`: `max_wait`, or only the CoDel target while the
     /// queue is standing.
     pub(crate) fn patience(&self, policy: &QueuePolicy, now: u64) -> u64 {
-        let overloaded = self.inner.lock().codel.standing(now, policy);
+        let inner = self.inner.lock();
+        let quiet = inner.waiters.is_empty();
+        let overloaded = inner.codel.standing(now, quiet, policy);
+        drop(inner);
         let d = if overloaded {
             policy.codel_target.min(policy.max_wait)
         } else {
@@ -183,9 +188,10 @@ impl WaitQueue {
     pub(crate) fn enqueue(
         &self,
         waiter: Arc<Waiter>,
-        capacity: u32,
+        policy: &QueuePolicy,
         shares: impl FnOnce() -> Shares,
     ) -> Result<(), NotQueued> {
+        let capacity = policy.capacity;
         let mut inner = self.inner.lock();
         let shares = shares();
         if shares.shadow {
@@ -198,6 +204,10 @@ impl WaitQueue {
         if len >= capacity {
             return Err(NotQueued::Full(len));
         }
+        // The first waiter after a quiet spell starts CoDel afresh: what it learned is stale.
+        if len == 0 && inner.codel.stale(waiter.enqueued, policy) {
+            inner.codel = Codel::default();
+        }
         inner.waiters.push_back(waiter);
         self.waiting.store(len + 1, Ordering::SeqCst);
         Ok(())
@@ -209,9 +219,10 @@ impl WaitQueue {
         self.remove_after(waiter, None);
     }
 
-    /// Takes out a waiter that timed out at `now`: its wait counts for CoDel as a granted one's
-    /// does. A queue whose waiters all time out (a class stuck at its limit) is standing too, and
-    /// new waiters should learn it rather than each wait out the whole `max_wait`.
+    /// Takes out a waiter that timed out at `now`: its wait counts for CoDel (see
+    /// [`Codel::on_departure`]). A queue whose waiters all time out (a class stuck at its limit) is
+    /// standing too, and new waiters should learn it rather than each wait out the whole
+    /// `max_wait`.
     pub(crate) fn remove_timed_out(
         &self,
         waiter: &Arc<Waiter>,
@@ -246,13 +257,23 @@ impl WaitQueue {
                 .codel
                 .on_departure(at.saturating_sub(waiter.enqueued), at, !served, policy);
         }
+        let before = inner.waiters.len();
         inner.waiters.retain(|w| !Arc::ptr_eq(w, waiter));
         let len = inner.waiters.len() as u32;
-        // Only a queue drained by grants shows the class has room again. One emptied by timeouts
-        // or dropped waiters keeps what CoDel learned, which a quiet spell makes stale (see
-        // `Codel::standing`).
-        if len == 0 && left.is_some_and(|(_, _, served)| served) {
-            inner.codel = Codel::default();
+        if len == 0 && before > 0 {
+            match left {
+                Some((_, _, true)) => inner.codel = Codel::default(),
+                // Only a queue drained by grants shows the class has room again. One emptied by
+                // a timeout or a dropped waiter keeps what CoDel learned, until it has stayed
+                // empty for an interval (see `Codel::standing`).
+                Some((now, _, false)) => inner.codel.emptied(now),
+                // A dropped waiter: no clock is read here (its future may be dropped while the
+                // thread unwinds), and the queue was in use at least until it joined.
+                None => {
+                    let at = waiter.enqueued.max(inner.codel.emptied_at);
+                    inner.codel.emptied(at);
+                }
+            }
         }
         self.waiting.store(len, Ordering::SeqCst);
     }
@@ -296,8 +317,9 @@ impl WaitQueue {
         // The order is fixed for the pass: a grant may switch CoDel over, and `i` counts the
         // blocked waiters from the end the pass began at (counted from the other end, it would
         // skip as many waiters there). A switch takes effect from the next pass.
-        let lifo = policy.is_some_and(|p| inner.codel.standing(now, p));
-        let mut granted = false;
+        let quiet = inner.waiters.is_empty();
+        let lifo = policy.is_some_and(|p| inner.codel.standing(now, quiet, p));
+        let (mut granted, mut expired) = (false, false);
         let mut i = 0;
         while i < inner.waiters.len() {
             if woken == WAKE_BATCH {
@@ -327,6 +349,7 @@ impl WaitQueue {
                         inner
                             .codel
                             .on_departure(at.saturating_sub(w.enqueued), at, true, policy);
+                        expired = true;
                     }
                     wakes[woken] = w.take_wake();
                     woken += 1;
@@ -363,10 +386,15 @@ impl WaitQueue {
             inner.waiters.remove(index);
         }
         let len = inner.waiters.len() as u32;
-        // Emptied by grants, the queue has drained: CoDel starts over. Emptied by timeouts only,
-        // it keeps what it learned (see `remove_after`).
-        if len == 0 && granted {
-            inner.codel = Codel::default();
+        if len == 0 && (granted || expired) {
+            if granted && !expired {
+                // Drained by grants alone: the class has room again, and CoDel starts over.
+                inner.codel = Codel::default();
+            } else {
+                // Emptied (at least partly) by timeouts: it keeps what it learned (see
+                // `remove_after`).
+                inner.codel.emptied(now);
+            }
         }
         self.waiting.store(len, Ordering::SeqCst);
         woken < WAKE_BATCH
@@ -374,12 +402,24 @@ impl WaitQueue {
 }
 
 impl Codel {
-    /// Whether the queue is standing at `now`: the last interval's shortest wait was above the
-    /// target, and a waiter left within the last interval. A verdict with no departure for a whole
-    /// interval since is stale (the queue went quiet), and new waiters get their whole `max_wait`.
-    fn standing(&self, now: u64, policy: &QueuePolicy) -> bool {
-        let interval = crate::clock::duration_to_nanos(policy.codel_interval);
-        self.overloaded && now.saturating_sub(self.last_departure) <= interval
+    /// Whether the queue is standing at `now` (`quiet`: it is empty): the last interval's
+    /// shortest wait was above the target, and the queue has not stood empty for a whole interval
+    /// since. A verdict older than that quiet spell is stale, and new waiters get their whole
+    /// `max_wait`; the next waiter starts a fresh interval (see [`WaitQueue::enqueue`]).
+    fn standing(&self, now: u64, quiet: bool, policy: &QueuePolicy) -> bool {
+        self.overloaded && !(quiet && self.stale(now, policy))
+    }
+
+    /// Whether the queue, empty now, has been empty for more than an interval. After a clock
+    /// that stepped back behind the time the queue emptied, what was learned is stale too.
+    fn stale(&self, now: u64, policy: &QueuePolicy) -> bool {
+        now < self.emptied_at
+            || now - self.emptied_at > crate::clock::duration_to_nanos(policy.codel_interval)
+    }
+
+    /// The queue became empty at `now`, not drained by grants.
+    fn emptied(&mut self, now: u64) {
+        self.emptied_at = now;
     }
 
     /// A waiter left the queue at `now` after `sojourn` ns: granted, or (`timed_out`) gave up
@@ -388,17 +428,10 @@ impl Codel {
     /// A timed-out waiter would have waited longer still: its wait counts as a nanosecond more
     /// than it was, so that waiters cut to the target's patience, timing out at exactly the
     /// target, keep a stuck class's queue standing. One that gave up before the target (its
-    /// request had less time left) says nothing of the queue's waits, and only shows that the
-    /// queue is in use.
+    /// request had less time left) says nothing of the queue's waits, and is not counted.
     fn on_departure(&mut self, sojourn: u64, now: u64, timed_out: bool, policy: &QueuePolicy) {
         let target = crate::clock::duration_to_nanos(policy.codel_target);
         let interval = crate::clock::duration_to_nanos(policy.codel_interval);
-        // After a quiet spell what was learned is stale (see `standing`): this departure starts a
-        // fresh interval rather than closing one that ended long ago on its own.
-        if self.interval_end != 0 && now.saturating_sub(self.last_departure) > interval {
-            *self = Codel::default();
-        }
-        self.last_departure = self.last_departure.max(now);
         let sojourn = match (timed_out, sojourn < target) {
             (false, _) => sojourn,
             (true, false) => sojourn.saturating_add(1),
@@ -410,6 +443,8 @@ impl Codel {
             return;
         }
         self.min_sojourn = self.min_sojourn.min(sojourn);
+        // A clock that stepped back would hold the interval open until it caught up.
+        self.interval_end = self.interval_end.min(now.saturating_add(interval));
         if now >= self.interval_end {
             self.overloaded = self.min_sojourn > target;
             self.min_sojourn = u64::MAX;

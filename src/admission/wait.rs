@@ -82,7 +82,7 @@ fn enqueue(
     let queued = adm
         .gate
         .queue
-        .enqueue(Arc::clone(&waiter), policy.capacity, || adm.gate.shares());
+        .enqueue(Arc::clone(&waiter), &policy, || adm.gate.shares());
     match queued {
         Ok(()) => {}
         Err(NotQueued::Full(len)) => {

@@ -1048,9 +1048,10 @@ fn no_host_wait(rules: &BackendRules, target: Option<u32>, now: u64) -> Option<u
         };
         let open = match host.breaker.would_begin(now, rules.limits()) {
             Err(breaker::Closed::Open(ns)) => Some(ns),
-            // Half-open with every probe slot taken: a probe finishing frees one at any moment.
-            Err(breaker::Closed::Probing) => return None,
-            Ok(()) => None,
+            // Half-open with every probe slot taken: a probe finishing frees one at any moment,
+            // which ends nothing else (an ejection still runs its course).
+            Err(breaker::Closed::Probing) if ejected.is_none() => return None,
+            Err(breaker::Closed::Probing) | Ok(()) => None,
         };
         let wait = match (ejected, open) {
             (None, None) => return None, // only busy
