@@ -1633,23 +1633,27 @@ fn the_waiter_timer_outlives_a_panic_of_the_clock() {
     assert_eq!(v.reason(), Reason::QueueTimeout);
 }
 
+/// One queue of a class with one permit, `max_wait` (ms) and CoDel at 5 ms / 100 ms.
+fn codel_policy(max_wait: u64) -> Policy {
+    Policy::builder()
+        .class("api", |c| {
+            c.admission(|a| {
+                a.concurrency(1)
+                    .queue(64, Duration::from_millis(max_wait))
+                    .codel(Duration::from_millis(5), Duration::from_millis(100))
+            })
+        })
+        .build()
+        .unwrap()
+}
+
 /// A class stuck at its limit, whose waiters all wait out `max_wait`, has a standing queue as
 /// surely as one whose waiters get in late: CoDel counts the waits that timed out too, and new
 /// waiters get only its target's worth of patience.
 #[test]
 fn codel_sees_a_standing_queue_whose_waiters_all_time_out() {
     use executor::{poll, CountingWaker};
-    let policy = Policy::builder()
-        .class("api", |c| {
-            c.admission(|a| {
-                a.concurrency(1)
-                    .queue(64, Duration::from_millis(100))
-                    .codel(Duration::from_millis(5), Duration::from_millis(100))
-            })
-        })
-        .build()
-        .unwrap();
-    let (e, clock) = engine(policy);
+    let (e, clock) = engine(codel_policy(100));
     let api = e.class("api").unwrap();
     let waker = Arc::new(CountingWaker::default());
     let _stuck = e.try_admit(&AdmitRequest::new(api, id(0))).unwrap();
@@ -1700,20 +1704,6 @@ fn codel_sees_a_standing_queue_whose_waiters_all_time_out() {
     ));
 }
 
-/// One queue of a class with one permit, a 100 ms `max_wait` and CoDel at 5 ms / 100 ms.
-fn codel_policy() -> Policy {
-    Policy::builder()
-        .class("api", |c| {
-            c.admission(|a| {
-                a.concurrency(1)
-                    .queue(64, Duration::from_millis(100))
-                    .codel(Duration::from_millis(5), Duration::from_millis(100))
-            })
-        })
-        .build()
-        .unwrap()
-}
-
 /// Keeps the class stuck at its limit, a new waiter every 10 ms, until CoDel has seen its queue
 /// standing; returns the grant that keeps it stuck.
 fn stuck_until_standing(e: &Engine, clock: &ManualClock) -> Admitted {
@@ -1761,7 +1751,7 @@ fn patience_of_a_new_waiter(e: &Engine, clock: &ManualClock, n: u64) -> u64 {
 fn codel_forgets_a_standing_queue_only_when_it_drains_or_goes_quiet() {
     use executor::{poll, CountingWaker};
     let waker = Arc::new(CountingWaker::default());
-    let (e, clock) = engine(codel_policy());
+    let (e, clock) = engine(codel_policy(100));
     let api = e.class("api").unwrap();
     let stuck = stuck_until_standing(&e, &clock);
     assert_eq!(patience_of_a_new_waiter(&e, &clock, 100), 5_000_000);
@@ -1794,17 +1784,7 @@ fn codel_forgets_a_standing_queue_only_when_it_drains_or_goes_quiet() {
 #[test]
 fn codel_sees_a_stuck_class_with_sparse_departures_as_standing() {
     use executor::{poll, CountingWaker};
-    let policy = Policy::builder()
-        .class("api", |c| {
-            c.admission(|a| {
-                a.concurrency(1)
-                    .queue(64, Duration::from_millis(900))
-                    .codel(Duration::from_millis(5), Duration::from_millis(100))
-            })
-        })
-        .build()
-        .unwrap();
-    let (e, clock) = engine(policy);
+    let (e, clock) = engine(codel_policy(900));
     let api = e.class("api").unwrap();
     let waker = Arc::new(CountingWaker::default());
     let _stuck = e.try_admit(&AdmitRequest::new(api, id(0))).unwrap();
@@ -1836,7 +1816,7 @@ fn codel_sees_a_stuck_class_with_sparse_departures_as_standing() {
 /// counted from the step.
 #[test]
 fn codel_forgets_a_standing_queue_after_a_quiet_spell_when_the_clock_stepped_back() {
-    let (e, clock) = engine(codel_policy());
+    let (e, clock) = engine(codel_policy(100));
     let _stuck = stuck_until_standing(&e, &clock);
     assert_eq!(patience_of_a_new_waiter(&e, &clock, 100), 5_000_000);
     let t = costguard::clock::Clock::now(&clock);

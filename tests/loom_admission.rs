@@ -633,22 +633,28 @@ fn first_requests_of_a_new_key_meet_on_one_entry() {
     });
 }
 
+/// Keys of class `api` share one slot of the per-key table, each allowed one request an hour
+/// (burst 1), 8 at once.
+fn one_slot_one_an_hour() -> Policy {
+    Policy::builder()
+        .class("api", |c| {
+            c.admission(|a| {
+                a.concurrency(8)
+                    .per_key_concurrency(8)
+                    .per_key_rate(1, Duration::from_secs(3600), 1)
+                    .max_keys(1)
+            })
+        })
+        .build()
+        .unwrap()
+}
+
 /// Two concurrent first requests of one new key under a rate with a burst of 1 (one per hour):
 /// exactly one conforms, however the fresh entry's creation and the charges interleave.
 #[test]
 fn a_new_keys_first_charges_are_never_lost() {
     loom::model(|| {
-        let policy = Policy::builder()
-            .class("api", |c| {
-                c.admission(|a| {
-                    a.concurrency(8)
-                        .per_key_concurrency(8)
-                        .per_key_rate(1, Duration::from_secs(3600), 1)
-                        .max_keys(1)
-                })
-            })
-            .build()
-            .unwrap();
+        let policy = one_slot_one_an_hour();
         let (engine, _clock) = engine(policy);
         let api = engine.class("api").unwrap();
         let spawn = |n: u64| {
@@ -678,17 +684,7 @@ fn a_new_keys_first_charges_are_never_lost() {
 #[test]
 fn a_keys_rate_charge_survives_its_slot_being_taken_over() {
     loom::model(|| {
-        let policy = Policy::builder()
-            .class("api", |c| {
-                c.admission(|a| {
-                    a.concurrency(8)
-                        .per_key_concurrency(8)
-                        .per_key_rate(1, Duration::from_secs(3600), 1)
-                        .max_keys(1)
-                })
-            })
-            .build()
-            .unwrap();
+        let policy = one_slot_one_an_hour();
         let (engine, clock) = engine(policy);
         let api = engine.class("api").unwrap();
         drop(
