@@ -1829,6 +1829,78 @@ fn codel_forgets_a_standing_queue_after_a_quiet_spell_when_the_clock_stepped_bac
     );
 }
 
+/// Waiters 150 ms apart (max_wait 900 ms), none served, until CoDel has judged the queue standing;
+/// returns the waiters still queued (joined 450 to 900 ms).
+fn standing_with_old_waiters<'e>(
+    e: &'e Engine,
+    clock: &ManualClock,
+) -> Vec<costguard::admission::AdmitFuture<'e, 'static>> {
+    use executor::{poll, CountingWaker};
+    let api = e.class("api").unwrap();
+    let waker = Arc::new(CountingWaker::default());
+    let mut waiters = Vec::new();
+    for n in 1..=8u64 {
+        let mut w = e.admit_async(AdmitRequest::new(api, id(n)));
+        assert!(poll(&mut w, &waker).is_pending());
+        waiters.push(w);
+        clock.advance(Duration::from_millis(150));
+        e.expire_waiters();
+        waiters.retain_mut(|w| poll(w, &waker).is_pending());
+    }
+    waiters
+}
+
+/// A queue emptied by dropped waiters, or by timeouts and a grant in one dispatch however many
+/// waiters that dispatch wakes, keeps what CoDel learned while it has stood empty for less than
+/// an interval.
+#[test]
+fn codel_keeps_its_verdict_however_the_queue_emptied() {
+    use executor::{poll, CountingWaker};
+    let waker = Arc::new(CountingWaker::default());
+    // Dropped waiters, the last of which had joined 150 ms before.
+    let (e, clock) = engine(codel_policy(900));
+    let api = e.class("api").unwrap();
+    let _stuck = e.try_admit(&AdmitRequest::new(api, id(0))).unwrap();
+    let waiters = standing_with_old_waiters(&e, &clock);
+    assert_eq!(waiters.len(), 4);
+    drop(waiters);
+    assert_eq!(e.admission_stats().class("api").unwrap().queue_len, 0);
+    clock.advance(Duration::from_millis(1));
+    assert_eq!(patience_of_a_new_waiter(&e, &clock, 100), 5_000_000);
+
+    // One dispatch expiring more waiters than it wakes in one pass (8), then granting one.
+    for expiring in [7, 12] {
+        let (e, clock) = engine(codel_policy(900));
+        let api = e.class("api").unwrap();
+        let stuck = e.try_admit(&AdmitRequest::new(api, id(0))).unwrap();
+        let mut waiters = standing_with_old_waiters(&e, &clock);
+        let mut old = waiters.remove(0);
+        drop(waiters);
+        let mut short: Vec<_> = (0..expiring)
+            .map(|n| {
+                let mut w = e.admit_async(AdmitRequest::new(api, id(20 + n)));
+                assert!(poll(&mut w, &waker).is_pending());
+                w
+            })
+            .collect();
+        clock.advance(Duration::from_millis(6));
+        drop(stuck);
+        let std::task::Poll::Ready(Ok(held)) = poll(&mut old, &waker) else {
+            panic!("the oldest waiter is granted the freed permit");
+        };
+        for w in &mut short {
+            assert!(matches!(poll(w, &waker), std::task::Poll::Ready(Err(_))));
+        }
+        // Kept full, so that the next waiter times out.
+        assert_eq!(
+            patience_of_a_new_waiter(&e, &clock, 99),
+            5_000_000,
+            "{expiring} timeouts and a grant"
+        );
+        drop(held);
+    }
+}
+
 #[test]
 fn codel_serves_newest_first_and_shortens_waits_under_standing_queues() {
     use executor::{poll, CountingWaker};

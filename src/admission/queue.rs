@@ -8,8 +8,9 @@
 //! newest-first queue under overload serves requests whose callers are still there). A wait that
 //! ended in a timeout counts too (as a little longer than it was: the waiter would have waited
 //! on), so a class stuck at its limit, whose waiters all time out, has a standing queue as well.
-//! What CoDel learned is kept until the queue drains by grants, or has stood empty for an
-//! interval.
+//! What CoDel learned is kept until the queue has stood empty for an interval: a queue emptied
+//! by timeouts is no sign that the class has room again, and one drained by grants soon shows it
+//! in the next interval's waits.
 //!
 //! Each waiter has one state word that leaves `WAITING` exactly once, by CAS: to `GRANTED` by a
 //! releaser that took a permit on its behalf, to `ABANDONED`/`EXPIRED` when it times out or is
@@ -213,10 +214,12 @@ impl WaitQueue {
         Ok(())
     }
 
-    /// Takes out a waiter its caller dropped: it says nothing about the queue, and CoDel keeps
-    /// what it learned (a stuck class whose waiters are dropped is as stuck as before).
-    pub(crate) fn remove(&self, waiter: &Arc<Waiter>) {
-        self.remove_after(waiter, None);
+    /// Takes out a waiter its caller dropped at `now` (`None`: while the thread unwinds, when no
+    /// clock is read). Its wait says nothing about the queue.
+    pub(crate) fn remove(&self, waiter: &Arc<Waiter>, now: Option<u64>) {
+        // Unknown, the time is at least when the waiter joined.
+        let now = now.unwrap_or(waiter.enqueued);
+        self.remove_after(waiter, now, None);
     }
 
     /// Takes out a waiter that timed out at `now`: its wait counts for CoDel (see
@@ -229,51 +232,40 @@ impl WaitQueue {
         now: u64,
         policy: Option<&QueuePolicy>,
     ) {
-        self.remove_after(waiter, policy.map(|p| (now, p, false)));
+        self.remove_after(waiter, now, policy.map(|p| (p, true)));
     }
 
     /// Takes out a waiter that took a permit itself as it was queued (one came free meanwhile): a
-    /// wait as short as any grant's, and, should it empty the queue, a queue drained by a grant.
+    /// wait as short as any grant's.
     pub(crate) fn remove_served(
         &self,
         waiter: &Arc<Waiter>,
         now: u64,
         policy: Option<&QueuePolicy>,
     ) {
-        self.remove_after(waiter, policy.map(|p| (now, p, true)));
+        self.remove_after(waiter, now, policy.map(|p| (p, false)));
     }
 
-    /// `left`: when the waiter left, the queue's settings, and whether it was served.
-    fn remove_after(&self, waiter: &Arc<Waiter>, left: Option<(u64, &QueuePolicy, bool)>) {
+    /// `counted`: the queue's settings, and whether the waiter timed out (else it was served);
+    /// `None` for a wait CoDel does not count.
+    fn remove_after(&self, waiter: &Arc<Waiter>, now: u64, counted: Option<(&QueuePolicy, bool)>) {
         let mut inner = self.inner.lock();
-        if let Some((now, policy, served)) = left {
+        if let Some((policy, timed_out)) = counted {
             // A waiter that timed out left at its deadline, however late that was noticed.
-            let at = if served {
-                now
-            } else {
+            let at = if timed_out {
                 now.min(waiter.deadline)
+            } else {
+                now
             };
             inner
                 .codel
-                .on_departure(at.saturating_sub(waiter.enqueued), at, !served, policy);
+                .on_departure(at.saturating_sub(waiter.enqueued), at, timed_out, policy);
         }
         let before = inner.waiters.len();
         inner.waiters.retain(|w| !Arc::ptr_eq(w, waiter));
         let len = inner.waiters.len() as u32;
         if len == 0 && before > 0 {
-            match left {
-                Some((_, _, true)) => inner.codel = Codel::default(),
-                // Only a queue drained by grants shows the class has room again. One emptied by
-                // a timeout or a dropped waiter keeps what CoDel learned, until it has stayed
-                // empty for an interval (see `Codel::standing`).
-                Some((now, _, false)) => inner.codel.emptied(now),
-                // A dropped waiter: no clock is read here (its future may be dropped while the
-                // thread unwinds), and the queue was in use at least until it joined.
-                None => {
-                    let at = waiter.enqueued.max(inner.codel.emptied_at);
-                    inner.codel.emptied(at);
-                }
-            }
+            inner.codel.emptied(now);
         }
         self.waiting.store(len, Ordering::SeqCst);
     }
@@ -319,7 +311,7 @@ impl WaitQueue {
         // skip as many waiters there). A switch takes effect from the next pass.
         let quiet = inner.waiters.is_empty();
         let lifo = policy.is_some_and(|p| inner.codel.standing(now, quiet, p));
-        let (mut granted, mut expired) = (false, false);
+        let before = inner.waiters.len();
         let mut i = 0;
         while i < inner.waiters.len() {
             if woken == WAKE_BATCH {
@@ -349,7 +341,6 @@ impl WaitQueue {
                         inner
                             .codel
                             .on_departure(at.saturating_sub(w.enqueued), at, true, policy);
-                        expired = true;
                     }
                     wakes[woken] = w.take_wake();
                     woken += 1;
@@ -376,7 +367,6 @@ impl WaitQueue {
                         .codel
                         .on_departure(now.saturating_sub(w.enqueued), now, false, policy);
                 }
-                granted = true;
                 wakes[woken] = w.take_wake();
                 woken += 1;
             } else {
@@ -386,15 +376,8 @@ impl WaitQueue {
             inner.waiters.remove(index);
         }
         let len = inner.waiters.len() as u32;
-        if len == 0 && (granted || expired) {
-            if granted && !expired {
-                // Drained by grants alone: the class has room again, and CoDel starts over.
-                inner.codel = Codel::default();
-            } else {
-                // Emptied (at least partly) by timeouts: it keeps what it learned (see
-                // `remove_after`).
-                inner.codel.emptied(now);
-            }
+        if len == 0 && before > 0 {
+            inner.codel.emptied(now);
         }
         self.waiting.store(len, Ordering::SeqCst);
         woken < WAKE_BATCH
@@ -410,14 +393,14 @@ impl Codel {
         self.overloaded && !(quiet && self.stale(now, policy))
     }
 
-    /// Whether the queue, empty now, has been empty for more than an interval. After a clock
-    /// that stepped back behind the time the queue emptied, what was learned is stale too.
+    /// Whether the queue, empty now, has been empty for more than an interval. A clock more than
+    /// an interval behind the time the queue emptied stepped back, and makes what was learned
+    /// stale too; one a little behind is a reading taken just before another thread emptied it.
     fn stale(&self, now: u64, policy: &QueuePolicy) -> bool {
-        now < self.emptied_at
-            || now - self.emptied_at > crate::clock::duration_to_nanos(policy.codel_interval)
+        now.abs_diff(self.emptied_at) > crate::clock::duration_to_nanos(policy.codel_interval)
     }
 
-    /// The queue became empty at `now`, not drained by grants.
+    /// The queue became empty at `now`.
     fn emptied(&mut self, now: u64) {
         self.emptied_at = now;
     }
@@ -450,5 +433,44 @@ impl Codel {
             self.min_sojourn = u64::MAX;
             self.interval_end = now.saturating_add(interval);
         }
+    }
+}
+
+#[cfg(all(test, not(costguard_loom)))]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn policy() -> QueuePolicy {
+        QueuePolicy {
+            capacity: 8,
+            max_wait: Duration::from_millis(900),
+            codel_target: Duration::from_millis(5),
+            codel_interval: Duration::from_millis(100),
+        }
+    }
+
+    /// A reading taken a moment before another thread emptied the queue is no clock stepping
+    /// back: what CoDel learned stays. A clock further back than an interval did step back.
+    #[test]
+    fn a_quiet_spell_is_the_time_the_queue_stood_empty() {
+        const MS: u64 = 1_000_000;
+        let p = policy();
+        let mut c = Codel {
+            overloaded: true,
+            ..Codel::default()
+        };
+        c.emptied(1_000 * MS);
+        assert!(
+            c.standing(1_000 * MS - 1_000, true, &p),
+            "a reading 1 µs older"
+        );
+        assert!(c.standing(1_100 * MS, true, &p), "empty for an interval");
+        assert!(!c.standing(1_100 * MS + 1, true, &p), "empty for longer");
+        assert!(
+            c.standing(5_000 * MS, false, &p),
+            "never stale while anyone waits"
+        );
+        assert!(!c.standing(800 * MS, true, &p), "a clock 200 ms back");
     }
 }

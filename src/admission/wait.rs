@@ -465,7 +465,17 @@ impl Drop for AdmitFuture<'_, '_> {
 fn leave(engine: &Engine, req: &AdmitRequest<'_>, q: &Queued) {
     if q.waiter.abandon() {
         if let Some(adm) = admission(&q.snapshot, req) {
-            adm.gate.queue.remove(&q.waiter);
+            // When it left, for CoDel's sense of a quiet queue. Not read while the thread unwinds
+            // (a clock that panicked once may again), and a panicking clock here is no reason to
+            // leave the waiter behind in the queue.
+            let now = if std::thread::panicking() {
+                None
+            } else {
+                let clock = engine.clock();
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| clock.now().as_nanos()))
+                    .ok()
+            };
+            adm.gate.queue.remove(&q.waiter, now);
         }
         return;
     }
