@@ -18,6 +18,7 @@ fn id(n: u64) -> RequestId {
     RequestId::from_u64(n)
 }
 
+use support::executor;
 use support::manual_engine as engine;
 
 fn simple(limit: u64) -> (Engine, ManualClock, Class) {
@@ -1133,29 +1134,6 @@ fn a_caller_without_time_left_does_not_join_the_queue() {
         (0, 0, 0)
     );
     assert_eq!(stats.counts.refused(Reason::ConcurrencyLimit), 1);
-}
-
-mod executor {
-    //! Just enough of an executor to poll a future by hand.
-    use std::future::Future;
-    use std::pin::Pin;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
-    use std::task::{Context, Poll, Wake, Waker};
-
-    #[derive(Default)]
-    pub struct CountingWaker(pub AtomicUsize);
-
-    impl Wake for CountingWaker {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    pub fn poll<F: Future + Unpin>(f: &mut F, waker: &Arc<CountingWaker>) -> Poll<F::Output> {
-        let waker = Waker::from(Arc::clone(waker));
-        Pin::new(f).poll(&mut Context::from_waker(&waker))
-    }
 }
 
 #[test]

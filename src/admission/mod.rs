@@ -320,7 +320,7 @@ impl Gate {
     /// share, and expires the waiters whose time is up (see [`WaitQueue::dispatch`]).
     pub(crate) fn dispatch(&self, policy: Option<&QueuePolicy>, now: u64) {
         self.queue
-            .dispatch(&self.limiter, self.shares(), policy, now);
+            .dispatch(&self.limiter, self.shares(), policy, Some(now));
     }
 
     /// [`dispatch`](Self::dispatch) for a permit given back while the thread unwinds (a handler's
@@ -331,7 +331,9 @@ impl Gate {
     pub(crate) fn dispatch_unwinding(&self, clock: &dyn Clock, policy: Option<&QueuePolicy>) {
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| clock.now())) {
             Ok(now) => self.dispatch(policy, now.as_nanos()),
-            Err(_) => self.dispatch(None, 0),
+            Err(_) => self
+                .queue
+                .dispatch(&self.limiter, self.shares(), None, None),
         }
     }
 

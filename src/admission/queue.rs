@@ -133,8 +133,9 @@ struct Codel {
     interval_end: u64,
     min_sojourn: u64,
     overloaded: bool,
-    /// When the queue last became empty (meaningful while it is).
-    emptied_at: u64,
+    /// When the queue last became empty (meaningful while it is); `None` when that time is not
+    /// known (no clock could be read), in which case the quiet spell counts from the next reading.
+    emptied_at: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -169,7 +170,7 @@ impl WaitQueue {
     /// How long a new waiter may wait at `now`: `max_wait`, or only the CoDel target while the
     /// queue is standing.
     pub(crate) fn patience(&self, policy: &QueuePolicy, now: u64) -> u64 {
-        let inner = self.inner.lock();
+        let mut inner = self.inner.lock();
         let quiet = inner.waiters.is_empty();
         let overloaded = inner.codel.standing(now, quiet, policy);
         drop(inner);
@@ -217,8 +218,6 @@ impl WaitQueue {
     /// Takes out a waiter its caller dropped at `now` (`None`: while the thread unwinds, when no
     /// clock is read). Its wait says nothing about the queue.
     pub(crate) fn remove(&self, waiter: &Arc<Waiter>, now: Option<u64>) {
-        // Unknown, the time is at least when the waiter joined.
-        let now = now.unwrap_or(waiter.enqueued);
         self.remove_after(waiter, now, None);
     }
 
@@ -232,7 +231,7 @@ impl WaitQueue {
         now: u64,
         policy: Option<&QueuePolicy>,
     ) {
-        self.remove_after(waiter, now, policy.map(|p| (p, true)));
+        self.remove_after(waiter, Some(now), policy.map(|p| (p, true)));
     }
 
     /// Takes out a waiter that took a permit itself as it was queued (one came free meanwhile): a
@@ -243,14 +242,19 @@ impl WaitQueue {
         now: u64,
         policy: Option<&QueuePolicy>,
     ) {
-        self.remove_after(waiter, now, policy.map(|p| (p, false)));
+        self.remove_after(waiter, Some(now), policy.map(|p| (p, false)));
     }
 
-    /// `counted`: the queue's settings, and whether the waiter timed out (else it was served);
-    /// `None` for a wait CoDel does not count.
-    fn remove_after(&self, waiter: &Arc<Waiter>, now: u64, counted: Option<(&QueuePolicy, bool)>) {
+    /// `now`: when the waiter left, if known; `counted`: the queue's settings, and whether the
+    /// waiter timed out (else it was served), `None` for a wait CoDel does not count.
+    fn remove_after(
+        &self,
+        waiter: &Arc<Waiter>,
+        now: Option<u64>,
+        counted: Option<(&QueuePolicy, bool)>,
+    ) {
         let mut inner = self.inner.lock();
-        if let Some((policy, timed_out)) = counted {
+        if let (Some(now), Some((policy, timed_out))) = (now, counted) {
             // A waiter that timed out left at its deadline, however late that was noticed.
             let at = if timed_out {
                 now.min(waiter.deadline)
@@ -274,12 +278,16 @@ impl WaitQueue {
     /// priority's share of the limit in `shares` (whatever the limit, in shadow mode), expires
     /// waiters whose deadline has passed, refuses those whose priority can never get a permit,
     /// then wakes them. Called after releases, by the timer and after reloads.
+    /// `now` is `None` when no clock could be read (see [`Gate::dispatch_unwinding`]): no waiter
+    /// is expired then, and CoDel is not told.
+    ///
+    /// [`Gate::dispatch_unwinding`]: super::Gate::dispatch_unwinding
     pub(crate) fn dispatch(
         &self,
         limiter: &Limiter,
         shares: Shares,
         policy: Option<&QueuePolicy>,
-        now: u64,
+        now: Option<u64>,
     ) {
         loop {
             let mut wakes: [Wake; WAKE_BATCH] = std::array::from_fn(|_| Wake::Nobody);
@@ -298,9 +306,14 @@ impl WaitQueue {
         limiter: &Limiter,
         shares: Shares,
         policy: Option<&QueuePolicy>,
-        now: u64,
+        known: Option<u64>,
         wakes: &mut [Wake; WAKE_BATCH],
     ) -> bool {
+        // Without a reading, as if no time had passed: nothing expires, CoDel is not told.
+        let (now, policy) = match known {
+            Some(now) => (now, policy),
+            None => (0, None),
+        };
         let mut woken = 0;
         let mut inner = self.inner.lock();
         // The highest share a waiter failed to get a permit at: waiters at that share or below
@@ -377,7 +390,7 @@ impl WaitQueue {
         }
         let len = inner.waiters.len() as u32;
         if len == 0 && before > 0 {
-            inner.codel.emptied(now);
+            inner.codel.emptied(known);
         }
         self.waiting.store(len, Ordering::SeqCst);
         woken < WAKE_BATCH
@@ -389,19 +402,27 @@ impl Codel {
     /// shortest wait was above the target, and the queue has not stood empty for a whole interval
     /// since. A verdict older than that quiet spell is stale, and new waiters get their whole
     /// `max_wait`; the next waiter starts a fresh interval (see [`WaitQueue::enqueue`]).
-    fn standing(&self, now: u64, quiet: bool, policy: &QueuePolicy) -> bool {
+    fn standing(&mut self, now: u64, quiet: bool, policy: &QueuePolicy) -> bool {
         self.overloaded && !(quiet && self.stale(now, policy))
     }
 
     /// Whether the queue, empty now, has been empty for more than an interval. A clock more than
     /// an interval behind the time the queue emptied stepped back, and makes what was learned
     /// stale too; one a little behind is a reading taken just before another thread emptied it.
-    fn stale(&self, now: u64, policy: &QueuePolicy) -> bool {
-        now.abs_diff(self.emptied_at) > crate::clock::duration_to_nanos(policy.codel_interval)
+    ///
+    /// A queue emptied at a time not known counts its quiet spell from this reading.
+    fn stale(&mut self, now: u64, policy: &QueuePolicy) -> bool {
+        match self.emptied_at {
+            Some(at) => at.abs_diff(now) > crate::clock::duration_to_nanos(policy.codel_interval),
+            None => {
+                self.emptied_at = Some(now);
+                false
+            }
+        }
     }
 
-    /// The queue became empty at `now`.
-    fn emptied(&mut self, now: u64) {
+    /// The queue became empty at `now` (`None`: a time not known).
+    fn emptied(&mut self, now: Option<u64>) {
         self.emptied_at = now;
     }
 
@@ -460,7 +481,7 @@ mod tests {
             overloaded: true,
             ..Codel::default()
         };
-        c.emptied(1_000 * MS);
+        c.emptied(Some(1_000 * MS));
         assert!(
             c.standing(1_000 * MS - 1_000, true, &p),
             "a reading 1 µs older"
@@ -472,5 +493,10 @@ mod tests {
             "never stale while anyone waits"
         );
         assert!(!c.standing(800 * MS, true, &p), "a clock 200 ms back");
+        // Emptied at a time not known (no clock could be read): counted from the next reading.
+        c.emptied(None);
+        assert!(c.standing(7_000 * MS, true, &p));
+        assert!(c.standing(7_100 * MS, true, &p));
+        assert!(!c.standing(7_100 * MS + 1, true, &p));
     }
 }

@@ -1,5 +1,6 @@
-//! What the tests of panics share: clocks that panic when told to, and a child process to run a
-//! test in whose failure could abort the process.
+//! What the tests share: an engine on a manual clock, a hand-driven executor for futures, clocks
+//! that panic when told to, and a child process to run a test in whose failure could abort the
+//! process.
 //!
 //! A panic escaping a destructor while another panic unwinds aborts the process, and with it the
 //! whole test binary. A test of such code runs its body in a child (the same test binary, asked for
@@ -94,4 +95,29 @@ pub fn in_child(test: &str) -> bool {
 /// Says, in the child, that the body ran to its end.
 pub fn finished() {
     eprintln!("{FINISHED}");
+}
+
+/// Just enough of an executor to poll a future by hand.
+pub mod executor {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Wake, Waker};
+
+    /// A waker that counts its wakes.
+    #[derive(Default)]
+    pub struct CountingWaker(pub AtomicUsize);
+
+    impl Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Polls `f` once with `waker`.
+    pub fn poll<F: Future + Unpin>(f: &mut F, waker: &Arc<CountingWaker>) -> Poll<F::Output> {
+        let waker = Waker::from(Arc::clone(waker));
+        Pin::new(f).poll(&mut Context::from_waker(&waker))
+    }
 }
