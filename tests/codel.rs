@@ -1,4 +1,6 @@
-//! CoDel in the admission wait queue, at its edges: the time a queue emptied when no clock could be read (waiters dropped while their thread unwinds, a clock that panics), and a reload that takes the queue away.
+//! The wait queue at its edges: CoDel when no clock could be read (waiters dropped while their
+//! thread unwinds, a clock that panics), a reload that takes the queue away, and a permit given
+//! back while the clock panics.
 #![allow(clippy::result_large_err)]
 
 mod support;
@@ -185,4 +187,37 @@ fn verdict_does_not_survive_a_reload_without_a_queue() {
     let _ = AtomicUsize::new(0);
     let _ = clock.now();
     assert_eq!(patience(&e, &adv, 100), None, "whole max_wait after 5 s");
+}
+
+/// A future dropped (not while unwinding) just as it was granted a permit, while the clock
+/// panics: the permit it gives back still reaches the next waiter, and the clock's panic goes on
+/// to the caller.
+#[test]
+fn a_permit_given_back_with_a_panicking_clock_reaches_the_next_waiter() {
+    use std::sync::atomic::Ordering;
+    let clock = support::FailingClock::default();
+    let e = Engine::builder(codel_policy(900))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let api = e.class("api").unwrap();
+    let (waker, woken) = (
+        Arc::new(CountingWaker::default()),
+        Arc::new(CountingWaker::default()),
+    );
+    let held = e.try_admit(&AdmitRequest::new(api, id(0))).unwrap();
+    let mut first = e.admit_async(AdmitRequest::new(api, id(1)));
+    let mut second = e.admit_async(AdmitRequest::new(api, id(2)));
+    assert!(poll(&mut first, &waker).is_pending());
+    assert!(poll(&mut second, &woken).is_pending());
+    // The permit is handed to the first waiter, which is dropped before it looks.
+    drop(held);
+    clock.fail(true);
+    let dropped = quiet_panics(move || drop(first));
+    // Read before the clock works again: nothing else (the timer) could have handed it on.
+    let wakes = woken.0.load(Ordering::SeqCst);
+    clock.fail(false);
+    assert!(dropped.is_err(), "the clock's panic reaches the caller");
+    assert_eq!(wakes, 1, "the second waiter was handed the permit");
+    assert!(matches!(poll(&mut second, &woken), Poll::Ready(Ok(_))));
 }

@@ -331,10 +331,14 @@ impl Gate {
     pub(crate) fn dispatch_unwinding(&self, clock: &dyn Clock, policy: Option<&QueuePolicy>) {
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| clock.now())) {
             Ok(now) => self.dispatch(policy, now.as_nanos()),
-            Err(_) => self
-                .queue
-                .dispatch(&self.limiter, self.shares(), None, None),
+            Err(_) => self.dispatch_without_time(),
         }
+    }
+
+    /// [`dispatch`](Self::dispatch) when the clock could not be read: as if no time had passed.
+    pub(crate) fn dispatch_without_time(&self) {
+        self.queue
+            .dispatch(&self.limiter, self.shares(), None, None);
     }
 
     /// A hint for when a permit may be free: about one mean latency divided among the requests in

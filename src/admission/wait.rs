@@ -236,6 +236,9 @@ fn return_permit(engine: &Engine, req: &AdmitRequest<'_>, q: &Queued) {
 
 /// Gives back a permit held for a request that will not use it, and hands it to the next waiter
 /// (while unwinding, as a grant dropped then does: see [`Gate::dispatch_unwinding`]).
+///
+/// A clock that panics here still lets the permit reach the next waiter (dispatched as if no time
+/// had passed), and the panic goes on afterwards.
 fn give_back(engine: &Engine, adm: &ClassAdmission) {
     adm.gate.limiter.release();
     if std::thread::panicking() {
@@ -243,8 +246,14 @@ fn give_back(engine: &Engine, adm: &ClassAdmission) {
             .dispatch_unwinding(&**engine.clock(), adm.queue.as_ref());
         return;
     }
-    let now = engine.clock().now().as_nanos();
-    adm.gate.dispatch(adm.queue.as_ref(), now);
+    let clock = engine.clock();
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| clock.now())) {
+        Ok(now) => adm.gate.dispatch(adm.queue.as_ref(), now.as_nanos()),
+        Err(panic) => {
+            adm.gate.dispatch_without_time();
+            std::panic::resume_unwind(panic);
+        }
+    }
 }
 
 /// Admits a request with the permit `enqueue` took for it (one that came free while it was being
