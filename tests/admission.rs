@@ -20,6 +20,7 @@ fn id(n: u64) -> RequestId {
 
 use support::executor;
 use support::manual_engine as engine;
+use support::{codel_policy, standing_with_old_waiters};
 
 fn simple(limit: u64) -> (Engine, ManualClock, Class) {
     let policy = Policy::builder()
@@ -1611,20 +1612,6 @@ fn the_waiter_timer_outlives_a_panic_of_the_clock() {
     assert_eq!(v.reason(), Reason::QueueTimeout);
 }
 
-/// One queue of a class with one permit, `max_wait` (ms) and CoDel at 5 ms / 100 ms.
-fn codel_policy(max_wait: u64) -> Policy {
-    Policy::builder()
-        .class("api", |c| {
-            c.admission(|a| {
-                a.concurrency(1)
-                    .queue(64, Duration::from_millis(max_wait))
-                    .codel(Duration::from_millis(5), Duration::from_millis(100))
-            })
-        })
-        .build()
-        .unwrap()
-}
-
 /// A class stuck at its limit, whose waiters all wait out `max_wait`, has a standing queue as
 /// surely as one whose waiters get in late: CoDel counts the waits that timed out too, and new
 /// waiters get only its target's worth of patience.
@@ -1807,27 +1794,6 @@ fn codel_forgets_a_standing_queue_after_a_quiet_spell_when_the_clock_stepped_bac
     );
 }
 
-/// Waiters 150 ms apart (max_wait 900 ms), none served, until CoDel has judged the queue standing;
-/// returns the waiters still queued (joined 450 to 900 ms).
-fn standing_with_old_waiters<'e>(
-    e: &'e Engine,
-    clock: &ManualClock,
-) -> Vec<costguard::admission::AdmitFuture<'e, 'static>> {
-    use executor::{poll, CountingWaker};
-    let api = e.class("api").unwrap();
-    let waker = Arc::new(CountingWaker::default());
-    let mut waiters = Vec::new();
-    for n in 1..=8u64 {
-        let mut w = e.admit_async(AdmitRequest::new(api, id(n)));
-        assert!(poll(&mut w, &waker).is_pending());
-        waiters.push(w);
-        clock.advance(Duration::from_millis(150));
-        e.expire_waiters();
-        waiters.retain_mut(|w| poll(w, &waker).is_pending());
-    }
-    waiters
-}
-
 /// A queue emptied by dropped waiters, or by timeouts and a grant in one dispatch however many
 /// waiters that dispatch wakes, keeps what CoDel learned while it has stood empty for less than
 /// an interval.
@@ -1839,7 +1805,7 @@ fn codel_keeps_its_verdict_however_the_queue_emptied() {
     let (e, clock) = engine(codel_policy(900));
     let api = e.class("api").unwrap();
     let _stuck = e.try_admit(&AdmitRequest::new(api, id(0))).unwrap();
-    let waiters = standing_with_old_waiters(&e, &clock);
+    let waiters = standing_with_old_waiters(&e, &|d| clock.advance(d));
     assert_eq!(waiters.len(), 4);
     drop(waiters);
     assert_eq!(e.admission_stats().class("api").unwrap().queue_len, 0);
@@ -1851,7 +1817,7 @@ fn codel_keeps_its_verdict_however_the_queue_emptied() {
         let (e, clock) = engine(codel_policy(900));
         let api = e.class("api").unwrap();
         let stuck = e.try_admit(&AdmitRequest::new(api, id(0))).unwrap();
-        let mut waiters = standing_with_old_waiters(&e, &clock);
+        let mut waiters = standing_with_old_waiters(&e, &|d| clock.advance(d));
         let mut old = waiters.remove(0);
         drop(waiters);
         let mut short: Vec<_> = (0..expiring)

@@ -1,63 +1,18 @@
 //! The wait queue at its edges: CoDel when no clock could be read (waiters dropped while their
 //! thread unwinds, a clock that panics), a reload that takes the queue away, and a permit given
 //! back while the clock panics.
-#![allow(clippy::result_large_err)]
 
 mod support;
 
-use support::executor;
-
-use costguard::clock::Clock;
 use costguard::{AdmitRequest, Engine, Policy, Reason, RequestId};
-use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
-
-use executor::{poll, CountingWaker};
+use support::executor::{poll, CountingWaker};
+use support::{codel_policy, standing_with_old_waiters, FailingClock};
 
 fn id(n: u64) -> RequestId {
     RequestId::from_u64(n)
-}
-
-fn codel_policy(max_wait: u64) -> Policy {
-    Policy::builder()
-        .class("api", |c| {
-            c.admission(|a| {
-                a.concurrency(1)
-                    .queue(64, Duration::from_millis(max_wait))
-                    .codel(Duration::from_millis(5), Duration::from_millis(100))
-            })
-        })
-        .build()
-        .unwrap()
-}
-
-fn no_queue_policy() -> Policy {
-    Policy::builder()
-        .class("api", |c| c.admission(|a| a.concurrency(1)))
-        .build()
-        .unwrap()
-}
-
-/// As tests/admission.rs: waiters 150 ms apart (max_wait 900 ms), none served, until CoDel has
-/// judged the queue standing; returns the waiters still queued.
-fn standing_with_old_waiters<'e>(
-    e: &'e Engine,
-    clock: &dyn Fn(Duration),
-) -> Vec<costguard::admission::AdmitFuture<'e, 'static>> {
-    let api = e.class("api").unwrap();
-    let waker = Arc::new(CountingWaker::default());
-    let mut waiters = Vec::new();
-    for n in 1..=8u64 {
-        let mut w = e.admit_async(AdmitRequest::new(api, id(n)));
-        assert!(poll(&mut w, &waker).is_pending());
-        waiters.push(w);
-        clock(Duration::from_millis(150));
-        e.expire_waiters();
-        waiters.retain_mut(|w| poll(w, &waker).is_pending());
-    }
-    waiters
 }
 
 /// The patience (ns) of a new waiter of the full class: `None` if it still waits after 100 ms.
@@ -78,80 +33,80 @@ fn patience(e: &Engine, advance: &dyn Fn(Duration), n: u64) -> Option<u64> {
     }
 }
 
+/// The queue, emptied a moment ago, is still standing: a new waiter gets the target's patience.
+fn assert_still_standing(e: &Engine, advance: &dyn Fn(Duration)) {
+    advance(Duration::from_millis(1));
+    assert_eq!(
+        patience(e, advance, 100),
+        Some(5_000_000),
+        "empty for 1 ms: the queue is still standing"
+    );
+}
+
+/// An engine of [`codel_policy`]`(900)` on a clock that panics when told to.
+fn failing_engine() -> (Engine, FailingClock) {
+    let clock = FailingClock::default();
+    let e = Engine::builder(codel_policy(900))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    (e, clock)
+}
+
 fn quiet_panics<R>(f: impl FnOnce() -> R) -> std::thread::Result<R> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
 }
 
-/// Waiters dropped while their thread unwinds (a handler's panic) empty the queue; a waiter 1 ms
-/// later should still see the standing queue (empty for 1 ms, not an interval).
+/// Waiters dropped while their thread unwinds (a handler's panic) empty the queue where no clock
+/// is read: the quiet spell counts from the next reading, and the queue is still standing.
 #[test]
 fn waiters_dropped_while_unwinding_keep_the_verdict() {
     let (e, clock) = support::manual_engine(codel_policy(900));
-    let adv = |d| clock.advance(d);
+    let advance = |d| clock.advance(d);
     let api = e.class("api").unwrap();
     let _stuck = e.try_admit(&AdmitRequest::new(api, id(0))).unwrap();
-    let waiters = standing_with_old_waiters(&e, &adv);
+    let waiters = standing_with_old_waiters(&e, &advance);
     assert_eq!(waiters.len(), 4);
     let _ = quiet_panics(move || {
         let _w = waiters;
         panic!("a handler panics while its waiters wait");
     });
     assert_eq!(e.admission_stats().class("api").unwrap().queue_len, 0);
-    clock.advance(Duration::from_millis(1));
-    assert_eq!(
-        patience(&e, &adv, 100),
-        Some(5_000_000),
-        "queue empty for 1 ms, yet CoDel started afresh (None: whole max_wait)"
-    );
+    assert_still_standing(&e, &advance);
 }
 
-/// Waiters dropped while the clock panics: `leave` catches it and removes them, but the queue
-/// is then taken as emptied when the last of them joined (150+ ms ago).
+/// Waiters dropped while the clock panics leave the queue all the same, and it is still standing.
 #[test]
 fn waiters_dropped_with_a_failing_clock_keep_the_verdict() {
-    let clock = support::FailingClock::default();
-    let e = Engine::builder(codel_policy(900))
-        .clock(clock.clone())
-        .build()
-        .unwrap();
-    let adv = |d| clock.clock.advance(d);
+    let (e, clock) = failing_engine();
+    let advance = |d| clock.clock.advance(d);
     let api = e.class("api").unwrap();
     let _stuck = e.try_admit(&AdmitRequest::new(api, id(0))).unwrap();
-    let waiters = standing_with_old_waiters(&e, &adv);
+    let waiters = standing_with_old_waiters(&e, &advance);
     assert_eq!(waiters.len(), 4);
     clock.fail(true);
     drop(waiters);
     clock.fail(false);
     assert_eq!(e.admission_stats().class("api").unwrap().queue_len, 0);
-    clock.clock.advance(Duration::from_millis(1));
-    assert_eq!(
-        patience(&e, &adv, 100),
-        Some(5_000_000),
-        "queue empty for 1 ms, yet CoDel started afresh (None: whole max_wait)"
-    );
+    assert_still_standing(&e, &advance);
 }
 
-/// A grant dropped while unwinding, its clock failing too: `dispatch_unwinding` dispatches at
-/// time 0, the pass empties the queue and records it as emptied at 0, so the verdict is stale at
-/// once, though the doc says CoDel is not told.
+/// A grant dropped while its thread unwinds, the clock panicking too: its permit goes to the last
+/// waiter as if no time had passed, and the queue it empties is still standing.
 #[test]
 fn grant_dropped_while_unwinding_with_a_failing_clock_keeps_the_verdict() {
-    let clock = support::FailingClock::default();
-    let e = Engine::builder(codel_policy(900))
-        .clock(clock.clone())
-        .build()
-        .unwrap();
-    let adv = |d| clock.clock.advance(d);
+    let (e, clock) = failing_engine();
+    let advance = |d| clock.clock.advance(d);
     let api = e.class("api").unwrap();
     let stuck = e.try_admit(&AdmitRequest::new(api, id(0))).unwrap();
-    let mut waiters = standing_with_old_waiters(&e, &adv);
+    let mut waiters = standing_with_old_waiters(&e, &advance);
     let mut old = waiters.remove(0);
     drop(waiters);
     assert_eq!(e.admission_stats().class("api").unwrap().queue_len, 1);
-    let c = clock.clone();
+    let failing = clock.clone();
     let _ = quiet_panics(move || {
-        let _s = stuck;
-        c.fail(true);
+        let _stuck = stuck;
+        failing.fail(true);
         panic!("the handler panics, and the clock with it");
     });
     clock.fail(false);
@@ -160,33 +115,29 @@ fn grant_dropped_while_unwinding_with_a_failing_clock_keeps_the_verdict() {
         panic!("the old waiter got the permit");
     };
     assert_eq!(e.admission_stats().class("api").unwrap().queue_len, 0);
-    clock.clock.advance(Duration::from_millis(1));
-    assert_eq!(
-        patience(&e, &adv, 100),
-        Some(5_000_000),
-        "queue empty for 1 ms, yet CoDel started afresh (None: whole max_wait)"
-    );
+    assert_still_standing(&e, &advance);
     drop(held);
 }
 
-/// A reload takes the queue settings away for a long while, then gives them back: the verdict
-/// learned before should be stale.
+/// A reload takes the queue settings away for a long while, then gives them back: what CoDel
+/// learned before is stale, and a new waiter gets its whole `max_wait`.
 #[test]
-fn verdict_does_not_survive_a_reload_without_a_queue() {
+fn a_verdict_does_not_outlive_a_long_spell_without_a_queue() {
     let (e, clock) = support::manual_engine(codel_policy(900));
-    let adv = |d| clock.advance(d);
+    let advance = |d| clock.advance(d);
     let api = e.class("api").unwrap();
     let _stuck = e.try_admit(&AdmitRequest::new(api, id(0))).unwrap();
-    let waiters = standing_with_old_waiters(&e, &adv);
-    e.reload(no_queue_policy()).unwrap();
+    let waiters = standing_with_old_waiters(&e, &advance);
+    let no_queue = Policy::builder()
+        .class("api", |c| c.admission(|a| a.concurrency(1)))
+        .build()
+        .unwrap();
+    e.reload(no_queue).unwrap();
     clock.advance(Duration::from_millis(1));
-    // Still queued ones wait on; new ones are refused.
     drop(waiters);
     clock.advance(Duration::from_secs(5));
     e.reload(codel_policy(900)).unwrap();
-    let _ = AtomicUsize::new(0);
-    let _ = clock.now();
-    assert_eq!(patience(&e, &adv, 100), None, "whole max_wait after 5 s");
+    assert_eq!(patience(&e, &advance, 100), None, "the whole max_wait");
 }
 
 /// A future dropped (not while unwinding) just as it was granted a permit, while the clock
@@ -195,11 +146,7 @@ fn verdict_does_not_survive_a_reload_without_a_queue() {
 #[test]
 fn a_permit_given_back_with_a_panicking_clock_reaches_the_next_waiter() {
     use std::sync::atomic::Ordering;
-    let clock = support::FailingClock::default();
-    let e = Engine::builder(codel_policy(900))
-        .clock(clock.clone())
-        .build()
-        .unwrap();
+    let (e, clock) = failing_engine();
     let api = e.class("api").unwrap();
     let (waker, woken) = (
         Arc::new(CountingWaker::default()),

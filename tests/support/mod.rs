@@ -121,3 +121,42 @@ pub mod executor {
         Pin::new(f).poll(&mut Context::from_waker(&waker))
     }
 }
+
+/// One class `api` with one permit, a queue of `max_wait` (ms) and CoDel at 5 ms / 100 ms.
+pub fn codel_policy(max_wait: u64) -> costguard::Policy {
+    costguard::Policy::builder()
+        .class("api", |c| {
+            c.admission(|a| {
+                a.concurrency(1)
+                    .queue(64, Duration::from_millis(max_wait))
+                    .codel(Duration::from_millis(5), Duration::from_millis(100))
+            })
+        })
+        .build()
+        .unwrap()
+}
+
+/// Under [`codel_policy`]`(900)` with its one permit held: waiters 150 ms apart, none served, until
+/// CoDel has judged the queue standing; `advance` moves the clock. Returns the waiters still
+/// queued (joined 450 to 900 ms).
+pub fn standing_with_old_waiters<'e>(
+    e: &'e costguard::Engine,
+    advance: &dyn Fn(Duration),
+) -> Vec<costguard::admission::AdmitFuture<'e, 'static>> {
+    use executor::{poll, CountingWaker};
+    let api = e.class("api").unwrap();
+    let waker = Arc::new(CountingWaker::default());
+    let mut waiters = Vec::new();
+    for n in 1..=8u64 {
+        let mut w = e.admit_async(costguard::AdmitRequest::new(
+            api,
+            costguard::RequestId::from_u64(n),
+        ));
+        assert!(poll(&mut w, &waker).is_pending());
+        waiters.push(w);
+        advance(Duration::from_millis(150));
+        e.expire_waiters();
+        waiters.retain_mut(|w| poll(w, &waker).is_pending());
+    }
+    waiters
+}
