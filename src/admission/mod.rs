@@ -329,7 +329,7 @@ impl Gate {
     /// had passed (none is expired, CoDel is not told) rather than to nobody; a waiter whose wait
     /// was in fact over is admitted all the same, unless its request's own deadline has passed.
     pub(crate) fn dispatch_unwinding(&self, clock: &dyn Clock, policy: Option<&QueuePolicy>) {
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| clock.now())) {
+        match caught_now(clock) {
             Ok(now) => self.dispatch(policy, now.as_nanos()),
             Err(_) => self.dispatch_without_time(),
         }
@@ -1161,4 +1161,10 @@ struct Held<'r> {
     permit: bool,
     pools: [u64; POOLS],
     now: Timestamp,
+}
+
+/// The clock's reading, or the panic it raised: for the paths that must go on without a reading
+/// (a permit given back, a waiter leaving) rather than leave work undone.
+pub(crate) fn caught_now(clock: &dyn Clock) -> std::thread::Result<Timestamp> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| clock.now()))
 }

@@ -278,6 +278,7 @@ impl WaitQueue {
     /// priority's share of the limit in `shares` (whatever the limit, in shadow mode), expires
     /// waiters whose deadline has passed, refuses those whose priority can never get a permit,
     /// then wakes them. Called after releases, by the timer and after reloads.
+    ///
     /// `now` is `None` when no clock could be read (see [`Gate::dispatch_unwinding`]): no waiter
     /// is expired then, and CoDel is not told.
     ///

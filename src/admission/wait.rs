@@ -246,8 +246,7 @@ fn give_back(engine: &Engine, adm: &ClassAdmission) {
             .dispatch_unwinding(&**engine.clock(), adm.queue.as_ref());
         return;
     }
-    let clock = engine.clock();
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| clock.now())) {
+    match super::caught_now(&**engine.clock()) {
         Ok(now) => adm.gate.dispatch(adm.queue.as_ref(), now.as_nanos()),
         Err(panic) => {
             adm.gate.dispatch_without_time();
@@ -480,9 +479,9 @@ fn leave(engine: &Engine, req: &AdmitRequest<'_>, q: &Queued) {
             let now = if std::thread::panicking() {
                 None
             } else {
-                let clock = engine.clock();
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| clock.now().as_nanos()))
+                super::caught_now(&**engine.clock())
                     .ok()
+                    .map(Timestamp::as_nanos)
             };
             adm.gate.queue.remove(&q.waiter, now);
         }

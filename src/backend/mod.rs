@@ -1003,8 +1003,14 @@ fn refusal(rules: &BackendRules, budget: &Budget, why: Refusal) -> Verdict {
             .with_amounts(1, u64::from(p.max_connecting), u64::from(p.max_connecting)),
         Refusal::NoHost => rules.verdict(Reason::NoHealthyHost, Retry::Later, N_CONNECTING),
     };
+    counted(rules, budget, v)
+}
+
+/// A refused attempt's verdict, counted and completed with the backend and the request.
+fn counted(rules: &BackendRules, budget: &Budget, v: Verdict) -> Verdict {
     rules.state.refusals.attempt(v.reason());
-    v.with_class(&p.name).with_request(budget.request_id())
+    v.with_class(&rules.policy.name)
+        .with_request(budget.request_id())
 }
 
 /// The refusal of an attempt for which no host of the pool (or not the one asked for, `target`)
@@ -1016,15 +1022,14 @@ fn no_host(rules: &BackendRules, budget: &Budget, target: Option<u32>, now: u64)
     match no_host_wait(rules, target, now) {
         // Every host is out for a known time: no dimension ran out, and the hint is when the
         // first of them comes back.
-        Some(ns) => {
-            rules.state.refusals.attempt(Reason::NoHealthyHost);
+        Some(ns) => counted(
+            rules,
+            budget,
             Verdict::new(
                 Reason::NoHealthyHost,
                 Retry::After(Duration::from_nanos(ns)),
-            )
-            .with_class(&rules.policy.name)
-            .with_request(budget.request_id())
-        }
+            ),
+        ),
         None => refusal(rules, budget, Refusal::NoHost),
     }
 }
